@@ -1,0 +1,575 @@
+//! Request and response bodies of the coordinator's worker and admin APIs.
+//!
+//! Field names of the legacy RMA shapes are kept (`worker_id`, `assigned_containers`, `current_load`, ...) so
+//! existing workers and dashboards keep working; new fields are added beside them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::caps::{Capabilities, LegacyCapabilities};
+use crate::ids::WorkerId;
+use crate::tier::Tier;
+
+/// Where heartbeats go, relative to the coordinator.
+pub const HEARTBEAT_PATH: &str = "/api/worker/heartbeat";
+
+/// Registration in Commons' own shape.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The machine.
+    pub capabilities: Capabilities,
+    /// Base URL at which the coordinator reaches this worker's services (`{endpoint}/api/service/{name}/...`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The worker's tunnel URL, when it keeps one open.
+    #[serde(default)]
+    pub tunnel_url: Option<String>,
+    /// The worker's address as it sees it.
+    #[serde(default)]
+    pub ip_address: Option<String>,
+    /// The volunteer agrees to serve as an edge when the host has a public address.
+    #[serde(default)]
+    pub edge_opt_in: bool,
+    /// Required when the coordinator asks for enrollment.
+    #[serde(default)]
+    pub enrollment_token: Option<String>,
+}
+
+/// Registration in the legacy RMA shape.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LegacyRegisterRequest {
+    /// The machine, sizes as strings with units.
+    pub capabilities: LegacyCapabilities,
+    /// The worker's address.
+    #[serde(default)]
+    pub ip_address: Option<String>,
+    /// The worker's tunnel URL.
+    #[serde(default)]
+    pub tunnel_url: Option<String>,
+    /// Required when the coordinator asks for enrollment.
+    #[serde(default)]
+    pub enrollment_token: Option<String>,
+}
+
+/// A registration, whichever shape it came in, with capabilities in bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewWorker {
+    /// The machine.
+    pub capabilities: Capabilities,
+    /// Base URL of the worker's services.
+    pub endpoint: Option<String>,
+    /// Tunnel URL.
+    pub tunnel_url: Option<String>,
+    /// Address.
+    pub ip_address: Option<String>,
+    /// Opted in to the edge role.
+    pub edge_opt_in: bool,
+    /// Enrollment token, if sent.
+    pub enrollment_token: Option<String>,
+    /// Came in the legacy shape.
+    pub legacy: bool,
+}
+
+/// One container a worker should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ContainerAssignment {
+    /// Container name, e.g. `commons-llm`.
+    pub name: String,
+    /// The service it provides.
+    pub service: String,
+    /// Image reference.
+    pub image: String,
+    /// Port inside the container.
+    pub port: u16,
+    /// Environment (configuration, never secrets).
+    pub env: BTreeMap<String, String>,
+    /// Needs a GPU.
+    pub requires_gpu: bool,
+}
+
+/// Roles a worker holds besides its tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Roles {
+    /// Serves as an edge.
+    pub edge: bool,
+    /// Offers storage.
+    pub storage: bool,
+}
+
+/// The coordinator's answer to a registration: the legacy fields plus Commons' own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RegisterResponse {
+    /// The new worker's id (128 bits, hex).
+    pub worker_id: WorkerId,
+    /// Tier 1, 2 or 3.
+    pub tier: Tier,
+    /// Roles.
+    pub roles: Roles,
+    /// Containers to run.
+    pub assigned_containers: Vec<ContainerAssignment>,
+    /// Where to send heartbeats (path on the coordinator).
+    pub heartbeat_url: String,
+    /// Seconds between heartbeats.
+    pub heartbeat_interval: u64,
+    /// The coordinator's public URL.
+    pub coordinator_url: String,
+    /// The worker's tunnel URL as registered.
+    pub tunnel_url: Option<String>,
+    /// Where the coordinator will reach the worker's services.
+    pub endpoint: Option<String>,
+    /// Secret for `Authorization: Bearer` on heartbeats and unregistration. Shown once.
+    pub worker_token: String,
+    /// Version of the assignment; heartbeats echo it and get new containers when it changes.
+    pub assignment_version: u64,
+}
+
+/// What a worker says about itself in a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ReportedStatus {
+    /// Working normally.
+    Healthy,
+    /// Working, but something is wrong (a container restarting, hot GPU).
+    Degraded,
+    /// Paused by the volunteer: out of routing, still alive.
+    Paused,
+    /// Working at capacity.
+    Busy,
+}
+
+/// A worker's status as the coordinator sees it: what it reported, unless it stopped reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerStatus {
+    /// Reported healthy.
+    Healthy,
+    /// Reported degraded.
+    Degraded,
+    /// Paused.
+    Paused,
+    /// Busy.
+    Busy,
+    /// No heartbeat for 90 s: out of routing.
+    Stale,
+    /// No heartbeat for 10 min.
+    Offline,
+}
+
+impl WorkerStatus {
+    /// All statuses.
+    pub const ALL: [WorkerStatus; 6] = [Self::Healthy, Self::Degraded, Self::Paused, Self::Busy, Self::Stale, Self::Offline];
+
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Degraded => "degraded",
+            Self::Paused => "paused",
+            Self::Busy => "busy",
+            Self::Stale => "stale",
+            Self::Offline => "offline",
+        }
+    }
+
+    /// Parses a lowercase name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Alive: heartbeating recently (whatever it reported).
+    pub fn is_live(self) -> bool {
+        !matches!(self, Self::Stale | Self::Offline)
+    }
+
+    /// Can take service requests.
+    pub fn is_routable(self) -> bool {
+        matches!(self, Self::Healthy | Self::Degraded | Self::Busy)
+    }
+}
+
+impl From<ReportedStatus> for WorkerStatus {
+    fn from(s: ReportedStatus) -> Self {
+        match s {
+            ReportedStatus::Healthy => Self::Healthy,
+            ReportedStatus::Degraded => Self::Degraded,
+            ReportedStatus::Paused => Self::Paused,
+            ReportedStatus::Busy => Self::Busy,
+        }
+    }
+}
+
+/// A container's state on a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    /// Image being pulled.
+    Pulling,
+    /// Created, not started.
+    Created,
+    /// Starting.
+    Starting,
+    /// Running.
+    Running,
+    /// Restarting after a crash.
+    Restarting,
+    /// Stopped on purpose (pause).
+    Stopped,
+    /// Exited.
+    Exited,
+    /// Failed and given up on.
+    Failed,
+}
+
+/// One container in a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ContainerStatus {
+    /// Container name.
+    pub name: String,
+    /// State.
+    pub state: ContainerState,
+    /// Restarts so far.
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+/// One GPU in a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct GpuSample {
+    /// GPU index.
+    pub index: u32,
+    /// Utilisation in [0, 1].
+    #[serde(default)]
+    pub utilization: f32,
+    /// Temperature in °C.
+    #[serde(default)]
+    pub temperature_c: f32,
+    /// VRAM in use, bytes.
+    #[serde(default)]
+    pub memory_used_bytes: u64,
+}
+
+/// A heartbeat, Commons' shape or the legacy one (`current_load`, `available_memory: "22.4GB"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HeartbeatRequest {
+    /// The worker's id (at most 64 characters).
+    pub worker_id: String,
+    /// healthy | degraded | paused | busy.
+    pub status: ReportedStatus,
+    /// Load in [0, 1].
+    #[serde(alias = "current_load")]
+    pub load: f64,
+    /// Free memory in bytes.
+    #[serde(default)]
+    pub free_memory_bytes: Option<u64>,
+    /// Free memory, legacy string ("22.4GB").
+    #[serde(default)]
+    pub available_memory: Option<String>,
+    /// Per-GPU figures.
+    #[serde(default)]
+    pub gpus: Vec<GpuSample>,
+    /// Container states.
+    #[serde(default)]
+    pub containers: Vec<ContainerStatus>,
+    /// The assignment version the worker runs.
+    #[serde(default)]
+    pub assignment_version: Option<u64>,
+    /// The agent's version.
+    #[serde(default)]
+    pub agent_version: Option<String>,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HeartbeatResponse {
+    /// "ok".
+    pub status: String,
+    /// Seconds until the next heartbeat.
+    pub heartbeat_interval: u64,
+    /// The current assignment version.
+    pub assignment_version: u64,
+    /// The new assignment, present only when it differs from the version the worker sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_containers: Option<Vec<ContainerAssignment>>,
+}
+
+/// `GET /health` (seed shape).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Health {
+    /// "healthy".
+    pub status: String,
+    /// The coordinator's name.
+    pub coordinator: String,
+    /// Worker counts.
+    pub workers: HealthWorkers,
+}
+
+/// Worker counts in `/health`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HealthWorkers {
+    /// All known workers.
+    pub total: u64,
+    /// Heartbeating.
+    pub active: u64,
+    /// Stale or offline.
+    pub stale: u64,
+}
+
+/// Counts per tier under the seeds' keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ByTier<T> {
+    /// Tier 1.
+    pub gpu_workers: T,
+    /// Tier 2.
+    pub service_workers: T,
+    /// Tier 3.
+    pub data_workers: T,
+}
+
+impl<T> ByTier<T> {
+    /// The slot for a tier.
+    pub fn get_mut(&mut self, tier: Tier) -> &mut T {
+        match tier {
+            Tier::Gpu => &mut self.gpu_workers,
+            Tier::Service => &mut self.service_workers,
+            Tier::Data => &mut self.data_workers,
+        }
+    }
+}
+
+/// Counts per status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ByStatus {
+    /// Healthy.
+    pub healthy: u64,
+    /// Degraded.
+    pub degraded: u64,
+    /// Paused.
+    pub paused: u64,
+    /// Busy.
+    pub busy: u64,
+    /// Stale.
+    pub stale: u64,
+    /// Offline.
+    pub offline: u64,
+}
+
+impl ByStatus {
+    /// The slot for a status.
+    pub fn get_mut(&mut self, s: WorkerStatus) -> &mut u64 {
+        match s {
+            WorkerStatus::Healthy => &mut self.healthy,
+            WorkerStatus::Degraded => &mut self.degraded,
+            WorkerStatus::Paused => &mut self.paused,
+            WorkerStatus::Busy => &mut self.busy,
+            WorkerStatus::Stale => &mut self.stale,
+            WorkerStatus::Offline => &mut self.offline,
+        }
+    }
+}
+
+/// `GET /api/admin/stats` (seed shape, extended).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Stats {
+    /// All workers.
+    pub total_workers: u64,
+    /// Healthy workers.
+    pub healthy_workers: u64,
+    /// Live workers per tier.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub workers_by_tier: ByTier<u64>,
+    /// Average load of live workers per tier.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub average_load_by_tier: ByTier<f64>,
+    /// Service requests served (all workers).
+    pub total_tasks_completed: u64,
+    /// Workers per status.
+    pub workers_by_status: ByStatus,
+    /// GPUs on live workers.
+    pub gpus: u64,
+    /// VRAM on live workers, bytes.
+    pub total_vram_bytes: u64,
+    /// CPU cores on live workers.
+    pub cpu_cores: u64,
+    /// Free storage on live workers, bytes.
+    pub storage_bytes: u64,
+    /// Service requests routed since start.
+    pub requests_total: u64,
+    /// Service requests that failed since start.
+    pub errors_total: u64,
+}
+
+/// `GET /api/admin/health` (seed shape, extended).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AdminHealth {
+    /// healthy (a live GPU and a live service worker), degraded (some workers) or critical (none).
+    pub overall_status: String,
+    /// Workers per status.
+    pub workers_by_status: ByStatus,
+    /// Whether each tier has at least one live worker.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub has_minimum_workers: ByTier<bool>,
+    /// Services below their wanted replicas.
+    pub service_gaps: Vec<String>,
+}
+
+/// One worker in the admin API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkerSummary {
+    /// Id.
+    pub worker_id: WorkerId,
+    /// Tier.
+    pub tier: Tier,
+    /// Roles.
+    pub roles: Roles,
+    /// Status.
+    pub status: WorkerStatus,
+    /// Load in [0, 1].
+    pub current_load: f64,
+    /// Free memory, bytes.
+    pub free_memory_bytes: u64,
+    /// Requests served (the seeds' `tasks_completed`).
+    pub tasks_completed: u64,
+    /// Requests routed to it.
+    pub requests: u64,
+    /// Of which failed.
+    pub errors: u64,
+    /// Moving average of its request latency, ms.
+    pub latency_ms: f64,
+    /// Services it runs.
+    pub services: Vec<String>,
+    /// Containers assigned.
+    pub assigned_containers: Vec<ContainerAssignment>,
+    /// Container states from its last heartbeat.
+    pub containers: Vec<ContainerStatus>,
+    /// GPU figures from its last heartbeat.
+    pub gpu_samples: Vec<GpuSample>,
+    /// Last heartbeat (RFC 3339), absent before the first.
+    pub last_heartbeat: Option<String>,
+    /// Registration time (RFC 3339).
+    pub registered_at: String,
+    /// Address.
+    pub ip_address: Option<String>,
+    /// Where it is reached.
+    pub endpoint: Option<String>,
+    /// Agent version from its last heartbeat or registration.
+    pub agent_version: String,
+    /// Registered in the legacy shape.
+    pub legacy: bool,
+    /// The machine.
+    pub capabilities: Capabilities,
+}
+
+/// `GET /api/admin/workers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkerList {
+    /// This page.
+    pub workers: Vec<WorkerSummary>,
+    /// Matching workers in all.
+    pub total: u64,
+    /// Page offset.
+    pub offset: u64,
+    /// Page size.
+    pub limit: u64,
+}
+
+/// Coverage of one service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServiceCoverage {
+    /// Service name.
+    pub name: String,
+    /// Wanted replicas.
+    pub wanted: u32,
+    /// Workers assigned (any status).
+    pub assigned: u32,
+    /// Assigned workers that can take requests now.
+    pub healthy: u32,
+    /// wanted - healthy, or 0.
+    pub gap: u32,
+    /// Needs a GPU.
+    pub requires_gpu: bool,
+}
+
+/// `GET /api/admin/services`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServicesReport {
+    /// Every service in the catalogue.
+    pub services: Vec<ServiceCoverage>,
+    /// Names of services with a gap.
+    pub gaps: Vec<String>,
+}
+
+/// One minute of history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HistoryPoint {
+    /// Minute, ms since the Unix epoch.
+    pub ts_ms: i64,
+    /// Workers per status.
+    pub workers_by_status: ByStatus,
+    /// Live workers per tier.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub workers_by_tier: ByTier<u64>,
+    /// Average load per tier.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub average_load_by_tier: ByTier<f64>,
+    /// Service requests in this minute.
+    pub requests: u64,
+    /// Failed service requests in this minute.
+    pub errors: u64,
+}
+
+/// `GET /api/admin/history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct History {
+    /// "1h", "24h" or "7d".
+    pub range: String,
+    /// Points, oldest first.
+    pub points: Vec<HistoryPoint>,
+}
+
+/// `POST /api/admin/enrollment-tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnrollmentTokenRequest {
+    /// What the token is for ("lab-3 servers").
+    pub label: String,
+}
+
+/// A new enrollment token, shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnrollmentToken {
+    /// Id, for revoking.
+    pub id: String,
+    /// Label.
+    pub label: String,
+    /// The token itself; only its hash is kept.
+    pub token: String,
+}

@@ -1,0 +1,242 @@
+//! The service catalogue: which services exist, which image runs each, and what a worker needs to hold one.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use thiserror::Error;
+
+use crate::units::parse_size;
+
+/// The catalogue shipped with Commons.
+pub const DEFAULT_CATALOGUE: &str = include_str!("../catalogue/default.toml");
+
+/// At most this many services in a catalogue.
+pub const MAX_SERVICES: usize = 64;
+
+/// One service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Name, also the routing key (`/api/service/{name}/...`): lowercase letters, digits and '-'.
+    pub name: String,
+    /// What it does, for people.
+    #[serde(default)]
+    pub description: String,
+    /// Container image, pinned by tag or digest.
+    pub image: String,
+    /// The port the container listens on.
+    pub port: u16,
+    /// Environment for the container: configuration only, never secrets.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Needs an NVIDIA GPU.
+    #[serde(default)]
+    pub requires_gpu: bool,
+    /// VRAM needed on one GPU, in bytes.
+    #[serde(default, deserialize_with = "size")]
+    pub min_vram: u64,
+    /// Memory needed, in bytes.
+    #[serde(default, deserialize_with = "size")]
+    pub min_ram: u64,
+    /// Cores needed.
+    #[serde(default)]
+    pub min_cores: u32,
+    /// Free disk needed on one disk, in bytes.
+    #[serde(default, deserialize_with = "size")]
+    pub min_storage: u64,
+    /// Wanted replicas across the pool.
+    #[serde(default = "one")]
+    pub replicas: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(b) => Ok(b),
+        Size::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// A loaded, validated catalogue. Services keep their order; a service's index is stable for the life of the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Catalogue {
+    services: Vec<ServiceSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogueFile {
+    #[serde(default)]
+    service: Vec<ServiceSpec>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+/// Why a catalogue was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CatalogueError {
+    /// Not valid TOML, or a field of the wrong type.
+    #[error("the catalogue is not valid: {0}")]
+    Parse(String),
+    /// A rule about a service was broken.
+    #[error("service {service:?}: {message}")]
+    Invalid {
+        /// The service.
+        service: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+const SECRET_WORDS: [&str; 6] = ["SECRET", "TOKEN", "PASSWORD", "PASSWD", "API_KEY", "PRIVATE"];
+
+impl Catalogue {
+    /// The shipped catalogue.
+    pub fn builtin() -> Self {
+        Self::load(DEFAULT_CATALOGUE, None).expect("the shipped catalogue is valid")
+    }
+
+    /// The `base` catalogue with `overlay` applied: entries replace same-named ones, new ones are appended,
+    /// names in `remove` are dropped.
+    pub fn load(base: &str, overlay: Option<&str>) -> Result<Self, CatalogueError> {
+        let parse = |text: &str| toml::from_str::<CatalogueFile>(text).map_err(|e| CatalogueError::Parse(e.to_string()));
+        let mut services = parse(base)?.service;
+        if let Some(text) = overlay {
+            let file = parse(text)?;
+            services.retain(|s| !file.remove.contains(&s.name));
+            for spec in file.service {
+                match services.iter_mut().find(|s| s.name == spec.name) {
+                    Some(slot) => *slot = spec,
+                    None => services.push(spec),
+                }
+            }
+        }
+        let catalogue = Self { services };
+        catalogue.validate()?;
+        Ok(catalogue)
+    }
+
+    fn validate(&self) -> Result<(), CatalogueError> {
+        let invalid = |s: &ServiceSpec, m: String| CatalogueError::Invalid { service: s.name.clone(), message: m };
+        if self.services.len() > MAX_SERVICES {
+            return Err(CatalogueError::Parse(format!("at most {MAX_SERVICES} services")));
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if s.name.is_empty() || s.name.len() > 32 || !s.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+                return Err(invalid(s, "a name is 1 to 32 lowercase letters, digits or '-'".into()));
+            }
+            if self.services[..i].iter().any(|o| o.name == s.name) {
+                return Err(invalid(s, "appears twice".into()));
+            }
+            if s.image.is_empty() || s.image.len() > 256 || s.image.contains(char::is_whitespace) {
+                return Err(invalid(s, "the image must be a reference without spaces, at most 256 characters".into()));
+            }
+            if s.port == 0 {
+                return Err(invalid(s, "the port must be 1 to 65535".into()));
+            }
+            if s.requires_gpu && s.min_vram == 0 {
+                return Err(invalid(s, "a GPU service must say how much VRAM it needs (min_vram)".into()));
+            }
+            for key in s.env.keys() {
+                let upper = key.to_ascii_uppercase();
+                if let Some(word) = SECRET_WORDS.iter().find(|w| upper.contains(*w)) {
+                    return Err(invalid(s, format!("env {key:?} looks like a secret ({word}); secrets never go in the catalogue")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The services, in order.
+    pub fn services(&self) -> &[ServiceSpec] {
+        &self.services
+    }
+
+    /// The index of the service with this name.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.services.iter().position(|s| s.name == name)
+    }
+
+    /// The service at an index.
+    pub fn get(&self, index: usize) -> Option<&ServiceSpec> {
+        self.services.get(index)
+    }
+
+    /// Number of services.
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Whether the catalogue has no service.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::units::GIB;
+
+    #[test]
+    fn builtin_loads() {
+        let c = Catalogue::builtin();
+        assert!(c.len() >= 6);
+        let llm = c.get(c.index_of("llm").unwrap()).unwrap();
+        assert!(llm.requires_gpu);
+        assert_eq!(llm.min_vram, 8 * GIB);
+    }
+
+    #[test]
+    fn overlay_replaces_adds_and_removes() {
+        let overlay = r#"
+            remove = ["redis"]
+            [[service]]
+            name = "llm"
+            image = "example/llm:2"
+            port = 9000
+            requires_gpu = true
+            min_vram = 17179869184
+            replicas = 5
+            [[service]]
+            name = "translate"
+            image = "example/translate:1"
+            port = 7000
+            min_ram = "1GB"
+        "#;
+        let c = Catalogue::load(DEFAULT_CATALOGUE, Some(overlay)).unwrap();
+        assert!(c.index_of("redis").is_none());
+        let llm = c.get(c.index_of("llm").unwrap()).unwrap();
+        assert_eq!((llm.port, llm.replicas, llm.min_vram), (9000, 5, 16 * GIB));
+        let t = c.get(c.index_of("translate").unwrap()).unwrap();
+        assert_eq!((t.min_ram, t.replicas), (GIB, 1));
+    }
+
+    #[test]
+    fn refuses_bad_catalogues() {
+        let cases = [
+            ("[[service]]\nname='x'\nimage='i'\nport=1\nenv={DB_PASSWORD='hunter2'}", "secret"),
+            ("[[service]]\nname='X Y'\nimage='i'\nport=1", "lowercase"),
+            ("[[service]]\nname='a'\nimage='i'\nport=0", "port"),
+            ("[[service]]\nname='a'\nimage='i'\nport=1\nrequires_gpu=true", "min_vram"),
+            ("[[service]]\nname='a'\nimage='i'\nport=1\nmin_ram='lots'", "not a size"),
+            ("[[service]]\nname='a'\nimage='i'\nport=1\n[[service]]\nname='a'\nimage='i'\nport=2", "twice"),
+            ("[[service]]\nname='a'\nimage='i'\nport=1\ncolour='red'", "unknown field"),
+            ("not toml at all [", "not valid"),
+        ];
+        for (text, needle) in cases {
+            let err = Catalogue::load(text, None).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?} gave {err:?}, wanted {needle:?}");
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Commons' wire protocol and the pure logic every component shares.
+//!
+//! Plain data and pure functions only: no async runtime, no HTTP server, no database. This crate
+//! builds for `wasm32-unknown-unknown` so the portal can use the same types as the servers.
+//!
+//! - [`units`]: byte sizes with units ("23.5GB", "4096MB") as the legacy RMA workers send them.
+//! - [`ids`]: the 128-bit worker id.
+//! - [`caps`]: hardware capabilities, native and legacy shapes.
+//! - [`tier`]: the tier and role rules.
+//! - [`catalogue`]: the service catalogue (TOML) and [`assign`]: which services a worker gets.
+//! - [`api`]: request and response bodies of the worker and admin APIs.
+//! - [`validate`]: field limits and the registration parser that maps every bad input to a field.
+//! - [`routing`]: the weight of a worker when routing a service request.
+//! - [`error`]: the JSON error body every server answers with.
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod assign;
+pub mod caps;
+pub mod catalogue;
+pub mod error;
+pub mod ids;
+pub mod routing;
+pub mod tier;
+pub mod units;
+pub mod validate;
+
+pub use error::ErrorBody;
+pub use ids::WorkerId;
