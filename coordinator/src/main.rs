@@ -1,1 +1,108 @@
-fn main(){}
+//! `commons-coordinator`: parse the command line and configuration, start tracing, run the server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser};
+use commons_coordinator::config::{Config, Secret};
+use commons_coordinator::Server;
+use tracing_subscriber::EnvFilter;
+
+/// The Commons coordinator: worker registry, assignment, heartbeats, routing and admin API.
+///
+/// Settings come from defaults, then the `--config` file, then COMMONS_* environment variables and flags.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "COMMONS_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Directory for the SQLite database [default: the XDG data dir].
+    #[arg(long, env = "COMMONS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A TOML configuration file (keys as in Config: listen, data_dir, heartbeat_interval_secs, ...).
+    #[arg(long, env = "COMMONS_CONFIG")]
+    config: Option<PathBuf>,
+    /// The URL workers reach this coordinator at.
+    #[arg(long, env = "COMMONS_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// A catalogue file that overrides the shipped services by name.
+    #[arg(long, env = "COMMONS_CATALOGUE")]
+    catalogue: Option<PathBuf>,
+    /// Registrations per minute per client address (0 = no limit).
+    #[arg(long, env = "COMMONS_REGISTER_RATE_LIMIT")]
+    register_rate_limit: Option<u32>,
+    /// Seconds between worker heartbeats.
+    #[arg(long, env = "COMMONS_HEARTBEAT_INTERVAL")]
+    heartbeat_interval: Option<u64>,
+    /// Require an enrollment token to register.
+    #[arg(long, env = "COMMONS_REQUIRE_ENROLLMENT", action = ArgAction::SetTrue)]
+    require_enrollment: bool,
+    /// Accept token-less heartbeats from workers that registered in the legacy RMA shape (migration aid).
+    #[arg(long, env = "COMMONS_LEGACY_OPEN_WORKERS", action = ArgAction::SetTrue)]
+    legacy_open_workers: bool,
+    /// The admin token (at least 16 characters). Prefer the environment variable to a flag.
+    #[arg(long, env = "COMMONS_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+impl Cli {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = self.data_dir {
+            c.data_dir = v;
+        }
+        if let Some(v) = self.public_url {
+            c.public_url = Some(v);
+        }
+        if let Some(v) = self.catalogue {
+            c.catalogue = Some(v);
+        }
+        if let Some(v) = self.register_rate_limit {
+            c.register_rate_limit = v;
+        }
+        if let Some(v) = self.heartbeat_interval {
+            c.heartbeat_interval_secs = v;
+        }
+        c.require_enrollment |= self.require_enrollment;
+        c.legacy_open_workers |= self.legacy_open_workers;
+        if let Some(v) = self.admin_token {
+            c.admin_token = Some(Secret(v));
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("commons-coordinator: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.into_config()?;
+    let data_dir = config.data_dir.clone();
+    let server = Server::bind(config).await?;
+    println!("Commons coordinator listening on {}", server.url());
+    println!("Data: {}", data_dir.join("commons.db").display());
+    if let Some(token) = server.new_admin_token() {
+        println!("Admin token (shown once; only its hash is stored): {token}");
+    }
+    server.run_until_signal().await
+}

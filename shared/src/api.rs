@@ -107,8 +107,10 @@ pub struct Roles {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterResponse {
     /// The new worker's id (128 bits, hex).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "0123456789abcdef0123456789abcdef"))]
     pub worker_id: WorkerId,
     /// Tier 1, 2 or 3.
+    #[cfg_attr(feature = "openapi", schema(value_type = u8, minimum = 1, maximum = 3))]
     pub tier: Tier,
     /// Roles.
     pub roles: Roles,
@@ -439,8 +441,10 @@ pub struct AdminHealth {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerSummary {
     /// Id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "0123456789abcdef0123456789abcdef"))]
     pub worker_id: WorkerId,
     /// Tier.
+    #[cfg_attr(feature = "openapi", schema(value_type = u8, minimum = 1, maximum = 3))]
     pub tier: Tier,
     /// Roles.
     pub roles: Roles,

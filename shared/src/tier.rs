@@ -16,7 +16,6 @@ pub const STORAGE_ROLE_MIN_FREE: u64 = 100 * GIB;
 
 /// A worker's tier. Serialised as the seeds' integer (1, 2, 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Tier {
     /// Tier 1: a GPU with at least 8 GiB of VRAM.
     Gpu = 1,
@@ -70,7 +69,6 @@ impl<'de> Deserialize<'de> for Tier {
 
 /// Tier plus roles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Classification {
     /// The tier.
     pub tier: Tier,

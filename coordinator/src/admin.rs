@@ -1,0 +1,301 @@
+//! The admin API: workers, stats, health, services, history, enrollment tokens. Every route needs the admin token.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::{Path, Query, State};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use commons_shared::api::{
+    AdminHealth, ByTier, EnrollmentToken, EnrollmentTokenRequest, History, HistoryPoint, ServiceCoverage,
+    ServicesReport, Stats, WorkerList, WorkerStatus, WorkerSummary,
+};
+use commons_shared::tier::Tier;
+use commons_shared::validate::{parse_json, MAX_STRING_LEN};
+use commons_shared::ErrorBody;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::bearer;
+use crate::error::{ApiError, ApiResult};
+use crate::http::{Body, ClientIp};
+use crate::registry::Worker;
+use crate::state::{now_ms, rfc3339, AppState};
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/admin/workers", get(workers))
+        .route("/api/admin/workers/{id}", get(worker))
+        .route("/api/admin/stats", get(stats))
+        .route("/api/admin/health", get(admin_health))
+        .route("/api/admin/services", get(services))
+        .route("/api/admin/gaps", get(services))
+        .route("/api/admin/history", get(history))
+        .route("/api/admin/enrollment-tokens", get(list_enrollments).post(create_enrollment))
+        .route("/api/admin/enrollment-tokens/{id}", delete(revoke_enrollment))
+}
+
+/// Admin credentials, checked as an extractor.
+pub(crate) struct Admin;
+
+impl axum::extract::FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await.unwrap_or(ClientIp([0, 0, 0, 0].into()));
+        state.check_admin(bearer(&parts.headers), ip)?;
+        Ok(Admin)
+    }
+}
+
+fn summary(state: &AppState, w: &Worker, now: Instant) -> WorkerSummary {
+    let live = w.live.lock();
+    let requests = w.requests.load(Ordering::Relaxed);
+    let errors = w.errors.load(Ordering::Relaxed);
+    WorkerSummary {
+        worker_id: w.id,
+        tier: w.tier,
+        roles: w.roles,
+        status: live.status(now, state.liveness),
+        current_load: live.load,
+        free_memory_bytes: live.free_memory,
+        tasks_completed: requests - errors.min(requests),
+        requests,
+        errors,
+        latency_ms: w.latency_ms(),
+        services: state.service_names(&live.services),
+        assigned_containers: state.containers(&live.services),
+        containers: live.containers.clone(),
+        gpu_samples: live.gpus.clone(),
+        last_heartbeat: live.last_heartbeat_ms.map(rfc3339),
+        registered_at: rfc3339(w.registered_at_ms),
+        ip_address: w.ip_address.as_deref().map(str::to_owned),
+        endpoint: w.endpoint.as_deref().map(str::to_owned),
+        agent_version: live.agent_version.to_string(),
+        legacy: w.legacy,
+        capabilities: w.caps.clone(),
+    }
+}
+
+/// Filters and page of `/api/admin/workers`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WorkerQuery {
+    /// 1, 2 or 3.
+    tier: Option<u8>,
+    /// healthy | degraded | paused | busy | stale | offline.
+    status: Option<String>,
+    /// A service name.
+    service: Option<String>,
+    /// Page size, at most 1000 (default 100).
+    limit: Option<u64>,
+    /// Offset.
+    offset: Option<u64>,
+}
+
+/// Workers, filtered and paginated.
+#[utoipa::path(get, path = "/api/admin/workers", params(WorkerQuery),
+    responses((status = 200, body = WorkerList), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub(crate) async fn workers(
+    State(state): State<AppState>,
+    _: Admin,
+    q: Result<Query<WorkerQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<WorkerList>> {
+    let Query(q) = q.map_err(|e| ApiError::Invalid { field: "query".into(), message: e.body_text() })?;
+    let tier = q
+        .tier
+        .map(|t| Tier::from_number(t).ok_or_else(|| ApiError::Invalid { field: "tier".into(), message: "must be 1, 2 or 3".into() }))
+        .transpose()?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            WorkerStatus::parse(s).ok_or_else(|| ApiError::Invalid {
+                field: "status".into(),
+                message: "must be healthy, degraded, paused, busy, stale or offline".into(),
+            })
+        })
+        .transpose()?;
+    let service = q
+        .service
+        .as_deref()
+        .map(|s| {
+            state.catalogue.index_of(s).ok_or_else(|| ApiError::Invalid { field: "service".into(), message: format!("no service {s:?}") })
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let offset = q.offset.unwrap_or(0);
+    let now = Instant::now();
+    let mut all: Vec<_> = state
+        .registry
+        .all()
+        .into_iter()
+        .filter(|w| tier.is_none_or(|t| w.tier == t))
+        .filter(|w| {
+            let live = w.live.lock();
+            status.is_none_or(|s| live.status(now, state.liveness) == s)
+                && service.is_none_or(|s| live.services.contains(&(s as u16)))
+        })
+        .collect();
+    all.sort_by_key(|w| (w.registered_at_ms, w.id));
+    let total = all.len() as u64;
+    let workers = all.iter().skip(offset as usize).take(limit as usize).map(|w| summary(&state, w, now)).collect();
+    Ok(Json(WorkerList { workers, total, offset, limit }))
+}
+
+/// One worker.
+#[utoipa::path(get, path = "/api/admin/workers/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = WorkerSummary), (status = 404, body = ErrorBody)), security(("admin_token" = [])))]
+pub(crate) async fn worker(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> ApiResult<Json<WorkerSummary>> {
+    let w = id.parse().ok().and_then(|i| state.registry.get(i)).ok_or_else(|| ApiError::NotFound(format!("no worker {id:?}")))?;
+    Ok(Json(summary(&state, &w, Instant::now())))
+}
+
+/// Counts over the registry, shared by stats, health and history.
+pub(crate) fn snapshot(state: &AppState) -> (Stats, ByTier<bool>) {
+    let now = Instant::now();
+    let mut s = Stats::default();
+    let mut load_sum = ByTier::<f64>::default();
+    for w in state.registry.all() {
+        let live = w.live.lock();
+        let status = live.status(now, state.liveness);
+        s.total_workers += 1;
+        *s.workers_by_status.get_mut(status) += 1;
+        s.total_tasks_completed += w.requests.load(Ordering::Relaxed).saturating_sub(w.errors.load(Ordering::Relaxed));
+        if status == WorkerStatus::Healthy {
+            s.healthy_workers += 1;
+        }
+        if status.is_live() {
+            *s.workers_by_tier.get_mut(w.tier) += 1;
+            *load_sum.get_mut(w.tier) += live.load;
+            s.gpus += w.caps.gpus.len() as u64;
+            s.total_vram_bytes += w.caps.total_vram();
+            s.cpu_cores += u64::from(w.caps.cpu.cores);
+            s.storage_bytes += w.caps.total_free_disk();
+        }
+    }
+    for t in Tier::ALL {
+        let n = *s.workers_by_tier.get_mut(t);
+        *s.average_load_by_tier.get_mut(t) = if n == 0 { 0.0 } else { *load_sum.get_mut(t) / n as f64 };
+    }
+    s.requests_total = state.requests_total.load(Ordering::Relaxed);
+    s.errors_total = state.errors_total.load(Ordering::Relaxed);
+    let minimum = ByTier {
+        gpu_workers: s.workers_by_tier.gpu_workers > 0,
+        service_workers: s.workers_by_tier.service_workers > 0,
+        data_workers: s.workers_by_tier.data_workers > 0,
+    };
+    (s, minimum)
+}
+
+/// Totals (seed shape, extended).
+#[utoipa::path(get, path = "/api/admin/stats", responses((status = 200, body = Stats)), security(("admin_token" = [])))]
+pub(crate) async fn stats(State(state): State<AppState>, _: Admin) -> Json<Stats> {
+    Json(snapshot(&state).0)
+}
+
+fn coverage(state: &AppState) -> ServicesReport {
+    let now = Instant::now();
+    let services: Vec<ServiceCoverage> = state
+        .catalogue
+        .services()
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let providers = state.registry.providers(i);
+            let healthy = providers.iter().filter(|w| w.live.lock().status(now, state.liveness).is_routable()).count() as u32;
+            ServiceCoverage {
+                name: spec.name.clone(),
+                wanted: spec.replicas,
+                assigned: providers.len() as u32,
+                healthy,
+                gap: spec.replicas.saturating_sub(healthy),
+                requires_gpu: spec.requires_gpu,
+            }
+        })
+        .collect();
+    let gaps = services.iter().filter(|s| s.gap > 0).map(|s| s.name.clone()).collect();
+    ServicesReport { services, gaps }
+}
+
+/// Overall health (seed shape, extended).
+#[utoipa::path(get, path = "/api/admin/health", responses((status = 200, body = AdminHealth)), security(("admin_token" = [])))]
+pub(crate) async fn admin_health(State(state): State<AppState>, _: Admin) -> Json<AdminHealth> {
+    let (s, minimum) = snapshot(&state);
+    let overall = if minimum.gpu_workers && minimum.service_workers {
+        "healthy"
+    } else if s.workers_by_tier.gpu_workers + s.workers_by_tier.service_workers + s.workers_by_tier.data_workers > 0 {
+        "degraded"
+    } else {
+        "critical"
+    };
+    Json(AdminHealth {
+        overall_status: overall.into(),
+        workers_by_status: s.workers_by_status,
+        has_minimum_workers: minimum,
+        service_gaps: coverage(&state).gaps,
+    })
+}
+
+/// Coverage per service and the gaps.
+#[utoipa::path(get, path = "/api/admin/services", responses((status = 200, body = ServicesReport)), security(("admin_token" = [])))]
+pub(crate) async fn services(State(state): State<AppState>, _: Admin) -> Json<ServicesReport> {
+    Json(coverage(&state))
+}
+
+/// History range.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct HistoryQuery {
+    /// 1h (default), 24h or 7d.
+    range: Option<String>,
+}
+
+/// Per-minute time series (kept 7 days).
+#[utoipa::path(get, path = "/api/admin/history", params(HistoryQuery),
+    responses((status = 200, body = History), (status = 422, body = ErrorBody)), security(("admin_token" = [])))]
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    _: Admin,
+    q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<History>> {
+    let Query(q) = q.map_err(|e| ApiError::Invalid { field: "query".into(), message: e.body_text() })?;
+    let range = q.range.unwrap_or_else(|| "1h".into());
+    let ms: i64 = match range.as_str() {
+        "1h" => 3_600_000,
+        "24h" => 86_400_000,
+        "7d" => 7 * 86_400_000,
+        _ => return Err(ApiError::Invalid { field: "range".into(), message: "must be 1h, 24h or 7d".into() }),
+    };
+    let store = state.store.clone();
+    let since = now_ms() - ms;
+    let rows = tokio::task::spawn_blocking(move || store.history(since, 20_000))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let points = rows
+        .into_iter()
+        .filter_map(|(_, data)| serde_json::from_str::<HistoryPoint>(&data).ok())
+        .collect();
+    Ok(Json(History { range, points }))
+}
+
+/// Creates an enrollment token (shown once).
+#[utoipa::path(post, path = "/api/admin/enrollment-tokens", request_body = EnrollmentTokenRequest,
+    responses((status = 200, body = EnrollmentToken), (status = 422, body = ErrorBody)), security(("admin_token" = [])))]
+pub(crate) async fn create_enrollment(State(state): State<AppState>, _: Admin, Body(body): Body) -> ApiResult<Json<EnrollmentToken>> {
+    let req: EnrollmentTokenRequest = parse_json(&body)?;
+    if req.label.is_empty() || req.label.len() > MAX_STRING_LEN {
+        return Err(ApiError::Invalid { field: "label".into(), message: format!("1 to {MAX_STRING_LEN} characters") });
+    }
+    let (id, token) = state.create_enrollment(req.label.clone()).await?;
+    Ok(Json(EnrollmentToken { id, label: req.label, token }))
+}
+
+async fn list_enrollments(State(state): State<AppState>, _: Admin) -> Json<serde_json::Value> {
+    let tokens: Vec<_> = state.enrollments().into_iter().map(|(id, label)| json!({ "id": id, "label": label })).collect();
+    Json(json!({ "tokens": tokens }))
+}
+
+async fn revoke_enrollment(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    state.revoke_enrollment(&id).await?;
+    Ok(Json(json!({ "status": "revoked", "id": id })))
+}

@@ -1,0 +1,169 @@
+//! Configuration: defaults, then a TOML file (`--config`), then `COMMONS_*` environment variables and flags.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A secret that never shows in logs or `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Everything the coordinator can be told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the SQLite database lives.
+    pub data_dir: PathBuf,
+    /// The URL workers and the edge reach this coordinator at (`coordinator_url` in answers). Default: `http://{listen}`.
+    pub public_url: Option<String>,
+    /// Name shown in `/health`.
+    pub name: String,
+    /// Admin token; when unset one is created on first start, printed once and stored hashed.
+    pub admin_token: Option<Secret>,
+    /// Registration needs an enrollment token created through the admin API.
+    pub require_enrollment: bool,
+    /// Accept heartbeats and unregistrations without a token from workers that registered in the legacy shape.
+    pub legacy_open_workers: bool,
+    /// Seconds between a worker's heartbeats.
+    pub heartbeat_interval_secs: u64,
+    /// No heartbeat for this long: stale, out of routing.
+    pub stale_after_secs: u64,
+    /// No heartbeat for this long: offline.
+    pub offline_after_secs: u64,
+    /// Offline workers are forgotten after this long.
+    pub purge_offline_after_secs: u64,
+    /// Heartbeats are kept in memory and written to SQLite in batches at this interval (at most 1000 ms).
+    pub flush_interval_ms: u64,
+    /// Registrations per minute per client address; 0 turns the limit off.
+    pub register_rate_limit: u32,
+    /// Failed admin logins per minute per client address before 429.
+    pub admin_auth_rate_limit: u32,
+    /// A catalogue file that overrides the shipped one by service name.
+    pub catalogue: Option<PathBuf>,
+    /// At most this many services per worker.
+    pub max_services_per_worker: usize,
+    /// Largest body forwarded to a worker.
+    pub proxy_body_limit_bytes: usize,
+    /// Seconds to wait for a worker's answer headers.
+    pub proxy_timeout_secs: u64,
+    /// Seconds to wait for a TCP connection to a worker before trying another.
+    pub proxy_connect_timeout_ms: u64,
+    /// Seconds between history points (60 in production; tests shorten it).
+    pub history_interval_secs: u64,
+    /// Days of history kept.
+    pub history_retention_days: u64,
+    /// Seconds between rebalancing passes.
+    pub rebalance_interval_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: default_data_dir(),
+            public_url: None,
+            name: "commons-coordinator".into(),
+            admin_token: None,
+            require_enrollment: false,
+            legacy_open_workers: false,
+            heartbeat_interval_secs: 30,
+            stale_after_secs: 90,
+            offline_after_secs: 600,
+            purge_offline_after_secs: 7 * 24 * 3600,
+            flush_interval_ms: 1000,
+            register_rate_limit: 60,
+            admin_auth_rate_limit: 20,
+            catalogue: None,
+            max_services_per_worker: 3,
+            proxy_body_limit_bytes: 64 * 1024 * 1024,
+            proxy_timeout_secs: 300,
+            proxy_connect_timeout_ms: 2000,
+            history_interval_secs: 60,
+            history_retention_days: 7,
+            rebalance_interval_secs: 15,
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/commons-coordinator` (or the platform's equivalent), else `./commons-data`.
+pub fn default_data_dir() -> PathBuf {
+    dirs::data_dir()
+        .map(|d| d.join("commons-coordinator"))
+        .unwrap_or_else(|| PathBuf::from("commons-data"))
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("the configuration file {path} is not valid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if self.flush_interval_ms == 0 || self.flush_interval_ms > 1000 {
+            return bad("flush_interval_ms must be from 1 to 1000");
+        }
+        if self.heartbeat_interval_secs == 0 || self.heartbeat_interval_secs >= self.stale_after_secs {
+            return bad("heartbeat_interval_secs must be at least 1 and below stale_after_secs");
+        }
+        if self.offline_after_secs <= self.stale_after_secs {
+            return bad("offline_after_secs must be above stale_after_secs");
+        }
+        if self.history_interval_secs == 0 || self.rebalance_interval_secs == 0 {
+            return bad("history_interval_secs and rebalance_interval_secs must be at least 1");
+        }
+        if let Some(t) = &self.admin_token
+            && t.0.len() < 16
+        {
+            return bad("the admin token must be at least 16 characters");
+        }
+        if let Some(u) = &self.public_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return bad("public_url must start with http:// or https://");
+        }
+        Ok(())
+    }
+
+    /// The URL given to workers.
+    pub fn coordinator_url(&self, bound: SocketAddr) -> String {
+        self.public_url.clone().unwrap_or_else(|| format!("http://{bound}"))
+    }
+}

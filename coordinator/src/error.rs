@@ -1,0 +1,116 @@
+//! The API's errors: each a status code and a JSON `{error, message}` body.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use commons_shared::ErrorBody;
+use commons_shared::validate::InputError;
+
+/// An error answered to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: not JSON, or a malformed request.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 422: a field is wrong.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Dotted path of the field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// 401: no or wrong credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: credentials valid but not for this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 413.
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
+    /// 429.
+    #[error("{0}")]
+    RateLimited(String),
+    /// 503: no worker offers the service.
+    #[error("no healthy worker offers the service {0:?} right now; try again shortly")]
+    NoWorker(String),
+    /// 503: every worker tried for the service could not be reached.
+    #[error("no worker for the service {service:?} could be reached ({tried} tried); try again shortly")]
+    Unreachable {
+        /// The service.
+        service: String,
+        /// Workers tried.
+        tried: usize,
+    },
+    /// 502: the worker failed.
+    #[error("{0}")]
+    BadGateway(String),
+    /// 504: the worker did not answer in time.
+    #[error("{0}")]
+    GatewayTimeout(String),
+    /// 500: our fault; details go to the log, not the client.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::NoWorker(_) | Self::Unreachable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_worker"),
+            Self::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+            Self::GatewayTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+}
+
+impl From<InputError> for ApiError {
+    fn from(e: InputError) -> Self {
+        match e {
+            InputError::Syntax(m) => Self::BadRequest(format!("the body is not valid JSON: {m}")),
+            InputError::Field { field, message } => Self::Invalid { field, message },
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        if let Self::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let body = ErrorBody::new(code, self.to_string());
+        let mut resp = (status, axum::Json(body)).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// The handler result type.
+pub type ApiResult<T> = Result<T, ApiError>;

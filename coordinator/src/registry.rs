@@ -1,0 +1,198 @@
+//! The in-memory worker registry: the source of truth while running, written through to [`crate::store`].
+//!
+//! Heartbeats touch only one worker's [`Live`] behind its own mutex, under a read lock of the map, so they scale
+//! across cores; the flusher writes dirty workers to SQLite in batches. Liveness is derived from a monotonic clock
+//! ([`Instant`]) at read time, so no sweep has to run for a worker to count as stale.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use commons_shared::api::{ContainerStatus, GpuSample, ReportedStatus, Roles, WorkerStatus};
+use commons_shared::caps::Capabilities;
+use commons_shared::tier::Tier;
+use commons_shared::WorkerId;
+use parking_lot::{Mutex, RwLock};
+
+use crate::auth::TokenHash;
+
+/// A registered worker.
+#[derive(Debug)]
+pub struct Worker {
+    /// Id.
+    pub id: WorkerId,
+    /// Hash of its token.
+    pub token_hash: TokenHash,
+    /// Tier.
+    pub tier: Tier,
+    /// Roles.
+    pub roles: Roles,
+    /// The machine.
+    pub caps: Capabilities,
+    /// Address it registered with.
+    pub ip_address: Option<Box<str>>,
+    /// Base URL of its services.
+    pub endpoint: Option<Box<str>>,
+    /// Tunnel URL.
+    pub tunnel_url: Option<Box<str>>,
+    /// Registered in the legacy shape.
+    pub legacy: bool,
+    /// Registration time, ms since the epoch.
+    pub registered_at_ms: i64,
+    /// What heartbeats change.
+    pub live: Mutex<Live>,
+    /// Requests routed to it.
+    pub requests: AtomicU64,
+    /// Of which failed.
+    pub errors: AtomicU64,
+    /// Requests waiting for its answer now.
+    pub in_flight: AtomicU32,
+    /// Moving average of its latency, µs.
+    pub latency_us: AtomicU64,
+}
+
+/// The changing part of a worker.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// What it last reported.
+    pub reported: ReportedStatus,
+    /// Load in [0, 1].
+    pub load: f64,
+    /// Free memory, bytes.
+    pub free_memory: u64,
+    /// When it last heartbeated (or registered): monotonic.
+    pub last_seen: Instant,
+    /// Wall-clock time of its last heartbeat, ms since the epoch; `None` before the first.
+    pub last_heartbeat_ms: Option<i64>,
+    /// GPU figures.
+    pub gpus: Vec<GpuSample>,
+    /// Container states.
+    pub containers: Vec<ContainerStatus>,
+    /// Services (catalogue indices).
+    pub services: Vec<u16>,
+    /// Assignment version.
+    pub assignment_version: u64,
+    /// Agent version.
+    pub agent_version: Box<str>,
+    /// Changed since the last flush.
+    pub dirty: bool,
+}
+
+/// When a worker turns stale and offline.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// No heartbeat for this long: stale.
+    pub stale_after: Duration,
+    /// No heartbeat for this long: offline.
+    pub offline_after: Duration,
+}
+
+impl Live {
+    /// Status at `now`.
+    pub fn status(&self, now: Instant, l: Liveness) -> WorkerStatus {
+        let silent = now.saturating_duration_since(self.last_seen);
+        if silent >= l.offline_after {
+            WorkerStatus::Offline
+        } else if silent >= l.stale_after {
+            WorkerStatus::Stale
+        } else {
+            self.reported.into()
+        }
+    }
+}
+
+impl Worker {
+    /// Latency moving average, ms.
+    pub fn latency_ms(&self) -> f64 {
+        self.latency_us.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    /// Records one routed request's outcome.
+    pub fn record(&self, ok: bool, latency: Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let sample = latency.as_micros().min(u128::from(u64::MAX)) as u64;
+        // EWMA with alpha = 1/5; a lost update under a race only delays convergence.
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { old - old / 5 + sample / 5 };
+        self.latency_us.store(new, Ordering::Relaxed);
+    }
+}
+
+/// All workers, and which of them run each service.
+#[derive(Debug, Default)]
+pub struct Registry {
+    workers: RwLock<HashMap<WorkerId, Arc<Worker>>>,
+    providers: RwLock<Vec<Vec<Arc<Worker>>>>,
+}
+
+impl Registry {
+    /// An empty registry for a catalogue of `services` services.
+    pub fn new(services: usize) -> Self {
+        Self { workers: RwLock::default(), providers: RwLock::new(vec![Vec::new(); services]) }
+    }
+
+    /// Adds a worker.
+    pub fn insert(&self, w: Arc<Worker>) {
+        let services = w.live.lock().services.clone();
+        self.workers.write().insert(w.id, w.clone());
+        let mut p = self.providers.write();
+        for s in services {
+            if let Some(list) = p.get_mut(usize::from(s)) {
+                list.push(w.clone());
+            }
+        }
+    }
+
+    /// Removes a worker; the removed one if it was there.
+    pub fn remove(&self, id: WorkerId) -> Option<Arc<Worker>> {
+        let w = self.workers.write().remove(&id)?;
+        for list in self.providers.write().iter_mut() {
+            list.retain(|x| x.id != id);
+        }
+        Some(w)
+    }
+
+    /// A worker by id.
+    pub fn get(&self, id: WorkerId) -> Option<Arc<Worker>> {
+        self.workers.read().get(&id).cloned()
+    }
+
+    /// Number of workers.
+    pub fn len(&self) -> usize {
+        self.workers.read().len()
+    }
+
+    /// Whether there is no worker.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A snapshot of every worker.
+    pub fn all(&self) -> Vec<Arc<Worker>> {
+        self.workers.read().values().cloned().collect()
+    }
+
+    /// The workers that run a service.
+    pub fn providers(&self, service: usize) -> Vec<Arc<Worker>> {
+        self.providers.read().get(service).cloned().unwrap_or_default()
+    }
+
+    /// Records that a worker's services changed from `old` to `new` (its `Live` already says `new`).
+    pub fn reassign(&self, w: &Arc<Worker>, old: &[u16], new: &[u16]) {
+        let mut p = self.providers.write();
+        for s in old.iter().filter(|s| !new.contains(s)) {
+            if let Some(list) = p.get_mut(usize::from(*s)) {
+                list.retain(|x| x.id != w.id);
+            }
+        }
+        for s in new.iter().filter(|s| !old.contains(s)) {
+            if let Some(list) = p.get_mut(usize::from(*s)) {
+                list.push(w.clone());
+            }
+        }
+    }
+}

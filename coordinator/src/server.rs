@@ -1,0 +1,134 @@
+//! The coordinator as a library type: bind, serve, shut down.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::state::AppState;
+use crate::store::Store;
+
+/// A running coordinator.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    state: AppState,
+    stop: watch::Sender<bool>,
+    serve: JoinHandle<std::io::Result<()>>,
+    tasks: Vec<JoinHandle<()>>,
+    new_admin_token: Option<String>,
+}
+
+impl Server {
+    /// Opens the database, loads the registry and starts serving on `config.listen`.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let store = Store::open(&config.data_dir)?;
+        let url = config.coordinator_url(addr);
+        let (state, new_admin_token) = AppState::load(config, store, url).await?;
+        let app = crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let (stop, mut stopped) = watch::channel(false);
+        let serve = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        let tasks = crate::tasks::spawn(&state);
+        Ok(Self { addr, state, stop, serve, tasks, new_admin_token })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://{addr}`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The state (for tests and embedding).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The admin token created on this start, if one was (shown once; only its hash is stored).
+    pub fn new_admin_token(&self) -> Option<&str> {
+        self.new_admin_token.as_deref()
+    }
+
+    /// Stops accepting, lets requests in progress finish, flushes heartbeats durably.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let served = self.serve.await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        let flushed = self.state.flush(true).await?;
+        tracing::info!(heartbeats = flushed, "flushed; stopped");
+        served??;
+        Ok(())
+    }
+
+    /// Stops at once without flushing, as a crash would (tests use it to show what survives).
+    pub fn abort(self) {
+        self.serve.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown().await
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Helpers that start real coordinators on loopback for tests.
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils {
+    use super::*;
+
+    /// A configuration for tests: loopback port 0, the given data dir, a known admin token, no rate limit.
+    pub fn config(data_dir: &std::path::Path) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.to_owned(),
+            admin_token: Some(crate::config::Secret(ADMIN_TOKEN.into())),
+            register_rate_limit: 0,
+            flush_interval_ms: 100,
+            ..Config::default()
+        }
+    }
+
+    /// The admin token of [`config`].
+    pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+}

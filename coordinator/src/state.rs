@@ -1,0 +1,601 @@
+//! The coordinator's state and its operations, independent of HTTP.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use commons_shared::api::{
+    ContainerAssignment, HeartbeatRequest, HeartbeatResponse, NewWorker, RegisterResponse, ReportedStatus, Roles,
+    WorkerStatus, HEARTBEAT_PATH,
+};
+use commons_shared::assign::assign;
+use commons_shared::catalogue::Catalogue;
+use commons_shared::tier::{classify, Tier};
+use commons_shared::WorkerId;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use parking_lot::{Mutex, RwLock};
+use rand::RngCore;
+
+use crate::auth::{self, TokenHash};
+use crate::config::Config;
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::Metrics;
+use crate::registry::{Live, Liveness, Registry, Worker};
+use crate::store::{EnrollmentRow, LiveRow, Store, StoreError, WorkerRow};
+
+/// Shared by every handler and background task.
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// See [`AppState`].
+#[derive(Debug)]
+pub struct Inner {
+    /// Configuration.
+    pub config: Config,
+    /// The service catalogue.
+    pub catalogue: Catalogue,
+    /// Workers.
+    pub registry: Registry,
+    /// Database.
+    pub store: Store,
+    /// URL given to workers.
+    pub coordinator_url: String,
+    /// Liveness thresholds.
+    pub liveness: Liveness,
+    /// Metrics handles.
+    pub metrics: Metrics,
+    admin_hash: TokenHash,
+    enrollments: RwLock<Vec<(String, String, TokenHash)>>,
+    register_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    admin_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// Live workers per service (index by catalogue), refreshed by the sweeper and bumped by registrations.
+    coverage: Mutex<Vec<u32>>,
+    /// Service requests routed since start.
+    pub requests_total: AtomicU64,
+    /// Of which failed.
+    pub errors_total: AtomicU64,
+}
+
+fn limiter(per_minute: u32) -> Option<DefaultKeyedRateLimiter<IpAddr>> {
+    NonZeroU32::new(per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n)))
+}
+
+/// Wall-clock now, ms since the epoch.
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// RFC 3339 of ms since the epoch.
+pub fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default()
+}
+
+fn roles_bits(r: Roles) -> u8 {
+    u8::from(r.edge) | (u8::from(r.storage) << 1)
+}
+
+fn status_str(s: ReportedStatus) -> &'static str {
+    WorkerStatus::from(s).as_str()
+}
+
+fn parse_reported(s: &str) -> ReportedStatus {
+    match s {
+        "degraded" => ReportedStatus::Degraded,
+        "paused" => ReportedStatus::Paused,
+        "busy" => ReportedStatus::Busy,
+        _ => ReportedStatus::Healthy,
+    }
+}
+
+/// What the admin token check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// The admin.
+    Admin,
+    /// The worker itself.
+    Worker,
+}
+
+impl AppState {
+    /// Builds the state: loads the catalogue, the registry from the store, and the admin token (creating one when
+    /// none is configured or stored). Returns the new admin token when one was created, to be shown once.
+    pub async fn load(config: Config, store: Store, coordinator_url: String) -> anyhow::Result<(Self, Option<String>)> {
+        let overlay = match &config.catalogue {
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read the catalogue {}: {e}", p.display()))?),
+            None => None,
+        };
+        let catalogue = Catalogue::load(commons_shared::catalogue::DEFAULT_CATALOGUE, overlay.as_deref())?;
+
+        let mut new_admin_token = None;
+        let admin_hash = match &config.admin_token {
+            Some(t) => auth::hash_token(&t.0),
+            None => match store.setting("admin_token_hash")? {
+                Some(h) => decode_hash(&h)?,
+                None => {
+                    let token = auth::new_token();
+                    let hash = auth::hash_token(&token);
+                    store.set_setting("admin_token_hash", &hex::encode(hash)).await?;
+                    new_admin_token = Some(token);
+                    hash
+                }
+            },
+        };
+        let enrollments = store
+            .load_enrollments()?
+            .into_iter()
+            .map(|e| Ok((e.id, e.label, e.hash.as_slice().try_into().map_err(|_| StoreError::Corrupt("enrollment hash".into()))?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+
+        let liveness = Liveness {
+            stale_after: Duration::from_secs(config.stale_after_secs),
+            offline_after: Duration::from_secs(config.offline_after_secs),
+        };
+        let registry = Registry::new(catalogue.len());
+        let now = Instant::now();
+        let wall = now_ms();
+        let rows = store.load_workers()?;
+        let count = rows.len();
+        for row in rows {
+            match worker_from_row(row, &catalogue, now, wall) {
+                Ok(w) => registry.insert(Arc::new(w)),
+                Err(e) => tracing::error!(error = %e, "skipping a stored worker that cannot be read"),
+            }
+        }
+        tracing::info!(workers = count, db = %store.path().display(), "registry loaded");
+
+        let state = Self(Arc::new(Inner {
+            register_limiter: limiter(config.register_rate_limit),
+            admin_limiter: limiter(config.admin_auth_rate_limit.max(1)).expect("at least 1"),
+            coverage: Mutex::new(vec![0; catalogue.len()]),
+            metrics: Metrics::new(),
+            config,
+            catalogue,
+            registry,
+            store,
+            coordinator_url,
+            liveness,
+            admin_hash,
+            enrollments: RwLock::new(enrollments),
+            requests_total: AtomicU64::new(0),
+            errors_total: AtomicU64::new(0),
+        }));
+        state.refresh_coverage();
+        Ok((state, new_admin_token))
+    }
+
+    /// Containers for a list of services.
+    pub fn containers(&self, services: &[u16]) -> Vec<ContainerAssignment> {
+        services
+            .iter()
+            .filter_map(|&i| self.catalogue.get(usize::from(i)))
+            .map(|s| ContainerAssignment {
+                name: format!("commons-{}", s.name),
+                service: s.name.clone(),
+                image: s.image.clone(),
+                port: s.port,
+                env: s.env.clone(),
+                requires_gpu: s.requires_gpu,
+            })
+            .collect()
+    }
+
+    /// Service names for a list of services.
+    pub fn service_names(&self, services: &[u16]) -> Vec<String> {
+        services.iter().filter_map(|&i| self.catalogue.get(usize::from(i))).map(|s| s.name.clone()).collect()
+    }
+
+    /// Recounts live workers per service.
+    pub fn refresh_coverage(&self) -> Vec<u32> {
+        let now = Instant::now();
+        let counts: Vec<u32> = (0..self.catalogue.len())
+            .map(|s| {
+                self.registry.providers(s).iter().filter(|w| w.live.lock().status(now, self.liveness).is_live()).count() as u32
+            })
+            .collect();
+        *self.coverage.lock() = counts.clone();
+        counts
+    }
+
+    /// Checks the per-address registration limit.
+    pub fn check_register_rate(&self, ip: IpAddr) -> ApiResult<()> {
+        match &self.register_limiter {
+            Some(l) if l.check_key(&ip).is_err() => Err(ApiError::RateLimited(format!(
+                "too many registrations from {ip}; at most {} per minute",
+                self.config.register_rate_limit
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks the admin token; wrong tokens count against the address's limit.
+    pub fn check_admin(&self, token: Option<&str>, ip: IpAddr) -> ApiResult<()> {
+        if let Some(t) = token
+            && auth::token_matches(t, &self.admin_hash)
+        {
+            return Ok(());
+        }
+        if self.admin_limiter.check_key(&ip).is_err() {
+            return Err(ApiError::RateLimited("too many failed admin logins from this address; wait a minute".into()));
+        }
+        Err(match token {
+            None => ApiError::Unauthorized("this needs the admin token: send Authorization: Bearer <token>".into()),
+            Some(_) => ApiError::Unauthorized("the admin token is wrong".into()),
+        })
+    }
+
+    /// Whether a token is the admin's (no rate accounting).
+    pub fn is_admin(&self, token: &str) -> bool {
+        auth::token_matches(token, &self.admin_hash)
+    }
+
+    fn check_enrollment(&self, token: Option<&str>) -> ApiResult<()> {
+        if !self.config.require_enrollment {
+            return Ok(());
+        }
+        let Some(token) = token else {
+            return Err(ApiError::Unauthorized("this coordinator requires an enrollment token (enrollment_token)".into()));
+        };
+        let hash = auth::hash_token(token);
+        let known = self.enrollments.read().iter().any(|(_, _, h)| subtle::ConstantTimeEq::ct_eq(&h[..], &hash[..]).into());
+        if known {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("the enrollment token is not valid (revoked or mistyped)".into()))
+        }
+    }
+
+    /// Registers a worker: classify, assign, store durably, then add to the registry.
+    pub async fn register(&self, new: NewWorker) -> ApiResult<RegisterResponse> {
+        self.check_enrollment(new.enrollment_token.as_deref())?;
+        let class = classify(&new.capabilities, new.edge_opt_in);
+        let services: Vec<u16> = {
+            let mut coverage = self.coverage.lock();
+            let chosen = assign(&new.capabilities, &self.catalogue, &coverage, &[], self.config.max_services_per_worker, true);
+            for &i in &chosen {
+                coverage[i] += 1;
+            }
+            chosen.into_iter().map(|i| i as u16).collect()
+        };
+        let mut id_bytes = [0u8; 16];
+        rand::rng().fill_bytes(&mut id_bytes);
+        let id = WorkerId::from_bytes(id_bytes);
+        let token = auth::new_token();
+        let token_hash = auth::hash_token(&token);
+        let roles = Roles { edge: class.edge, storage: class.storage };
+        let endpoint = new.endpoint.clone().or_else(|| new.tunnel_url.clone());
+        let registered_at_ms = now_ms();
+        let agent_version = new.capabilities.agent_version.clone();
+        let row = WorkerRow {
+            id: id.to_string(),
+            token_hash: token_hash.to_vec(),
+            tier: class.tier.number(),
+            roles: roles_bits(roles),
+            capabilities: serde_json::to_string(&new.capabilities).map_err(|e| ApiError::Internal(e.to_string()))?,
+            ip_address: new.ip_address.clone(),
+            endpoint: endpoint.clone(),
+            tunnel_url: new.tunnel_url.clone(),
+            legacy: new.legacy,
+            services: serde_json::to_string(&self.service_names(&services)).unwrap_or_else(|_| "[]".into()),
+            assignment_version: 1,
+            registered_at_ms,
+            live: LiveRow {
+                id: id.to_string(),
+                last_heartbeat_ms: None,
+                status: "healthy".into(),
+                load: 0.0,
+                free_memory: 0,
+                agent_version: agent_version.clone(),
+                samples: "{}".into(),
+                requests: 0,
+                errors: 0,
+            },
+        };
+        if let Err(e) = self.store.insert_worker(row).await {
+            let mut coverage = self.coverage.lock();
+            for &i in &services {
+                coverage[usize::from(i)] = coverage[usize::from(i)].saturating_sub(1);
+            }
+            return Err(e.into());
+        }
+        let containers = self.containers(&services);
+        let worker = Worker {
+            id,
+            token_hash,
+            tier: class.tier,
+            roles,
+            caps: new.capabilities,
+            ip_address: new.ip_address.map(Into::into),
+            endpoint: endpoint.clone().map(Into::into),
+            tunnel_url: new.tunnel_url.clone().map(Into::into),
+            legacy: new.legacy,
+            registered_at_ms,
+            live: parking_lot::Mutex::new(Live {
+                reported: ReportedStatus::Healthy,
+                load: 0.0,
+                free_memory: 0,
+                last_seen: Instant::now(),
+                last_heartbeat_ms: None,
+                gpus: Vec::new(),
+                containers: Vec::new(),
+                services,
+                assignment_version: 1,
+                agent_version: agent_version.into(),
+                dirty: false,
+            }),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            in_flight: Default::default(),
+            latency_us: AtomicU64::new(0),
+        };
+        self.registry.insert(Arc::new(worker));
+        self.metrics.registrations.increment(1);
+        tracing::debug!(worker = %id, tier = class.tier.number(), "registered");
+        Ok(RegisterResponse {
+            worker_id: id,
+            tier: class.tier,
+            roles,
+            assigned_containers: containers,
+            heartbeat_url: HEARTBEAT_PATH.into(),
+            heartbeat_interval: self.config.heartbeat_interval_secs,
+            coordinator_url: self.coordinator_url.clone(),
+            tunnel_url: new.tunnel_url,
+            endpoint,
+            worker_token: token,
+            assignment_version: 1,
+        })
+    }
+
+    /// Finds a worker and checks that the caller may act on it: its own token, the admin's, or (legacy-open mode)
+    /// no token from a legacy worker.
+    pub fn authorize_worker(&self, id: &str, token: Option<&str>) -> ApiResult<(Arc<Worker>, Caller)> {
+        let not_found = || ApiError::NotFound(format!("no worker {id:?} is registered here; register again"));
+        let wid: WorkerId = id.parse().map_err(|_| not_found())?;
+        let w = self.registry.get(wid).ok_or_else(not_found)?;
+        match token {
+            Some(t) if auth::token_matches(t, &w.token_hash) => Ok((w, Caller::Worker)),
+            Some(t) if self.is_admin(t) => Ok((w, Caller::Admin)),
+            Some(_) => Err(ApiError::Forbidden("this token does not belong to that worker".into())),
+            None if self.config.legacy_open_workers && w.legacy => Ok((w, Caller::Worker)),
+            None => Err(ApiError::Unauthorized("send the worker token as Authorization: Bearer <worker_token>".into())),
+        }
+    }
+
+    /// Applies a heartbeat in memory; the flusher persists it.
+    pub fn heartbeat(&self, hb: HeartbeatRequest, token: Option<&str>) -> ApiResult<HeartbeatResponse> {
+        let (w, caller) = self.authorize_worker(&hb.worker_id, token)?;
+        if caller == Caller::Admin {
+            return Err(ApiError::Forbidden("heartbeats come from the worker itself, with its own token".into()));
+        }
+        let (version, changed) = {
+            let mut live = w.live.lock();
+            live.reported = hb.status;
+            live.load = hb.load;
+            if let Some(m) = hb.free_memory_bytes {
+                live.free_memory = m;
+            }
+            live.last_seen = Instant::now();
+            live.last_heartbeat_ms = Some(now_ms());
+            live.gpus = hb.gpus;
+            live.containers = hb.containers;
+            if let Some(v) = hb.agent_version {
+                live.agent_version = v.into();
+            }
+            live.dirty = true;
+            let changed = hb.assignment_version.is_some_and(|v| v != live.assignment_version);
+            (live.assignment_version, changed.then(|| live.services.clone()))
+        };
+        self.metrics.heartbeats.increment(1);
+        Ok(HeartbeatResponse {
+            status: "ok".into(),
+            heartbeat_interval: self.config.heartbeat_interval_secs,
+            assignment_version: version,
+            assigned_containers: changed.map(|s| self.containers(&s)),
+        })
+    }
+
+    /// Removes a worker durably.
+    pub async fn unregister(&self, id: &str, token: Option<&str>) -> ApiResult<WorkerId> {
+        let (w, _) = self.authorize_worker(id, token)?;
+        let removed = self.registry.remove(w.id).ok_or_else(|| ApiError::NotFound(format!("no worker {id:?}")))?;
+        if let Err(e) = self.store.delete_worker(w.id.to_string()).await {
+            self.registry.insert(removed);
+            return Err(e.into());
+        }
+        Ok(w.id)
+    }
+
+    /// Writes dirty heartbeat state. With `wait`, returns once it is durable.
+    pub async fn flush(&self, wait: bool) -> Result<usize, StoreError> {
+        let mut rows = Vec::new();
+        for w in self.registry.all() {
+            let mut live = w.live.lock();
+            if !live.dirty {
+                continue;
+            }
+            live.dirty = false;
+            rows.push(LiveRow {
+                id: w.id.to_string(),
+                last_heartbeat_ms: live.last_heartbeat_ms,
+                status: status_str(live.reported).into(),
+                load: live.load,
+                free_memory: live.free_memory.min(i64::MAX as u64) as i64,
+                agent_version: live.agent_version.to_string(),
+                samples: serde_json::json!({ "gpus": live.gpus, "containers": live.containers }).to_string(),
+                requests: w.requests.load(Ordering::Relaxed) as i64,
+                errors: w.errors.load(Ordering::Relaxed) as i64,
+            });
+        }
+        let n = rows.len();
+        if wait {
+            self.store.write_live_sync(rows).await?;
+        } else {
+            self.store.write_live(rows);
+        }
+        Ok(n)
+    }
+
+    /// Gives services with too few live workers to live workers that can hold them. Returns how many workers changed.
+    pub fn rebalance(&self) -> usize {
+        let mut coverage = self.refresh_coverage();
+        let wanted: Vec<u32> = self.catalogue.services().iter().map(|s| s.replicas).collect();
+        if coverage.iter().zip(&wanted).all(|(c, w)| c >= w) {
+            return 0;
+        }
+        let now = Instant::now();
+        let mut candidates: Vec<(f64, Arc<Worker>)> = self
+            .registry
+            .all()
+            .into_iter()
+            .filter_map(|w| {
+                let live = w.live.lock();
+                (live.status(now, self.liveness) == WorkerStatus::Healthy).then(|| (live.load, w.clone()))
+            })
+            .collect();
+        candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut changed = 0;
+        for (_, w) in candidates {
+            if coverage.iter().zip(&wanted).all(|(c, w)| c >= w) {
+                break;
+            }
+            let mut live = w.live.lock();
+            let current: Vec<usize> = live.services.iter().map(|&s| usize::from(s)).collect();
+            let next = assign(&w.caps, &self.catalogue, &coverage, &current, self.config.max_services_per_worker, false);
+            if next.len() == current.len() {
+                continue;
+            }
+            for &i in &next[current.len()..] {
+                coverage[i] += 1;
+            }
+            let old = std::mem::replace(&mut live.services, next.iter().map(|&i| i as u16).collect());
+            live.assignment_version += 1;
+            let (services, version) = (live.services.clone(), live.assignment_version);
+            drop(live);
+            self.registry.reassign(&w, &old, &services);
+            self.store.write_assignment(
+                w.id.to_string(),
+                serde_json::to_string(&self.service_names(&services)).unwrap_or_else(|_| "[]".into()),
+                version,
+            );
+            changed += 1;
+        }
+        *self.coverage.lock() = coverage;
+        changed
+    }
+
+    /// Forgets workers offline for longer than the retention. Returns how many.
+    pub fn purge_offline(&self) -> usize {
+        let now = Instant::now();
+        let retention = Duration::from_secs(self.config.purge_offline_after_secs);
+        let gone: Vec<WorkerId> = self
+            .registry
+            .all()
+            .iter()
+            .filter(|w| now.saturating_duration_since(w.live.lock().last_seen) >= self.liveness.offline_after + retention)
+            .map(|w| w.id)
+            .collect();
+        for id in &gone {
+            self.registry.remove(*id);
+        }
+        self.store.purge(gone.iter().map(ToString::to_string).collect());
+        gone.len()
+    }
+
+    /// Creates an enrollment token.
+    pub async fn create_enrollment(&self, label: String) -> ApiResult<(String, String)> {
+        let token = auth::new_token();
+        let hash = auth::hash_token(&token);
+        let id = token[..12].to_owned();
+        self.store.insert_enrollment(EnrollmentRow { id: id.clone(), label: label.clone(), hash: hash.to_vec() }).await?;
+        self.enrollments.write().push((id.clone(), label, hash));
+        Ok((id, token))
+    }
+
+    /// Revokes an enrollment token.
+    pub async fn revoke_enrollment(&self, id: &str) -> ApiResult<()> {
+        if !self.store.revoke_enrollment(id.to_owned()).await? {
+            return Err(ApiError::NotFound(format!("no enrollment token {id:?}")));
+        }
+        self.enrollments.write().retain(|(i, _, _)| i != id);
+        Ok(())
+    }
+
+    /// Enrollment tokens (id, label).
+    pub fn enrollments(&self) -> Vec<(String, String)> {
+        self.enrollments.read().iter().map(|(i, l, _)| (i.clone(), l.clone())).collect()
+    }
+
+    /// Forgets rate-limit state of quiet addresses.
+    pub fn trim_limiters(&self) {
+        if let Some(l) = &self.register_limiter {
+            l.retain_recent();
+        }
+        self.admin_limiter.retain_recent();
+    }
+}
+
+fn decode_hash(h: &str) -> Result<TokenHash, StoreError> {
+    hex::decode(h)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| StoreError::Corrupt("admin token hash".into()))
+}
+
+fn worker_from_row(row: WorkerRow, catalogue: &Catalogue, now: Instant, wall_ms: i64) -> Result<Worker, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("worker {}: {what}", row.id));
+    let id: WorkerId = row.id.parse().map_err(|_| corrupt("id"))?;
+    let tier = Tier::from_number(row.tier).ok_or_else(|| corrupt("tier"))?;
+    let caps = serde_json::from_str(&row.capabilities).map_err(|_| corrupt("capabilities"))?;
+    let names: Vec<String> = serde_json::from_str(&row.services).map_err(|_| corrupt("services"))?;
+    // Services that left the catalogue are dropped; the rebalancer fills any gap.
+    let services = names.iter().filter_map(|n| catalogue.index_of(n)).map(|i| i as u16).collect();
+    #[derive(serde::Deserialize, Default)]
+    struct Samples {
+        #[serde(default)]
+        gpus: Vec<commons_shared::api::GpuSample>,
+        #[serde(default)]
+        containers: Vec<commons_shared::api::ContainerStatus>,
+    }
+    let samples: Samples = serde_json::from_str(&row.live.samples).unwrap_or_default();
+    // Carry the silence across the restart: a worker last heard 80 s ago is stale 10 s after start.
+    let last_wall = row.live.last_heartbeat_ms.unwrap_or(row.registered_at_ms);
+    let silent = Duration::from_millis(wall_ms.saturating_sub(last_wall).max(0) as u64);
+    let last_seen = now.checked_sub(silent).unwrap_or(now);
+    Ok(Worker {
+        id,
+        token_hash: row.token_hash.as_slice().try_into().map_err(|_| corrupt("token hash"))?,
+        tier,
+        roles: Roles { edge: row.roles & 1 != 0, storage: row.roles & 2 != 0 },
+        caps,
+        ip_address: row.ip_address.map(Into::into),
+        endpoint: row.endpoint.map(Into::into),
+        tunnel_url: row.tunnel_url.map(Into::into),
+        legacy: row.legacy,
+        registered_at_ms: row.registered_at_ms,
+        live: parking_lot::Mutex::new(Live {
+            reported: parse_reported(&row.live.status),
+            load: row.live.load,
+            free_memory: row.live.free_memory.max(0) as u64,
+            last_seen,
+            last_heartbeat_ms: row.live.last_heartbeat_ms,
+            gpus: samples.gpus,
+            containers: samples.containers,
+            services,
+            assignment_version: row.assignment_version,
+            agent_version: row.live.agent_version.into(),
+            dirty: false,
+        }),
+        requests: AtomicU64::new(row.live.requests.max(0) as u64),
+        errors: AtomicU64::new(row.live.errors.max(0) as u64),
+        in_flight: Default::default(),
+        latency_us: AtomicU64::new(0),
+    })
+}
