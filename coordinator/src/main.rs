@@ -1,5 +1,6 @@
 //! `commons-coordinator`: parse the command line and configuration, start tracing, run the server.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -99,10 +100,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.into_config()?;
     let data_dir = config.data_dir.clone();
     let server = Server::bind(config).await?;
-    println!("Commons coordinator listening on {}", server.url());
-    println!("Data: {}", data_dir.join("commons.db").display());
+    // Written without println!: a closed stdout must not take the server down.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "Commons coordinator listening on {}", server.url());
+    let _ = writeln!(out, "Data: {}", data_dir.join("commons.db").display());
     if let Some(token) = server.new_admin_token() {
-        println!("Admin token (shown once; only its hash is stored): {token}");
+        let _ = writeln!(out, "Admin token (shown once; only its hash is stored): {token}");
     }
+    let _ = out.flush();
+    drop(out);
     server.run_until_signal().await
 }

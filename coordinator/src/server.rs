@@ -129,6 +129,13 @@ pub mod test_utils {
         }
     }
 
+    /// The router and state over `config`'s database, without a socket, for `tower::ServiceExt::oneshot` tests.
+    pub async fn app(config: Config) -> anyhow::Result<(axum::Router, AppState)> {
+        let store = Store::open(&config.data_dir)?;
+        let (state, _) = AppState::load(config, store, "http://coordinator.test".into()).await?;
+        Ok((crate::http::router(state.clone()), state))
+    }
+
     /// The admin token of [`config`].
     pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 }
