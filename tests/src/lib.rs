@@ -1,1 +1,156 @@
-//! x
+//! Harness for Commons' cross-component tests: real coordinators and real worker HTTP servers on loopback.
+//!
+//! The tests live in `tests/tests/`; the load generator in `src/bin/loadgen.rs`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use commons_coordinator::server::test_utils;
+use commons_coordinator::{Config, Server};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+/// A catalogue overlay that leaves only the given services (name, replicas), each needing 1 GiB and 1 core.
+pub fn catalogue_only(dir: &std::path::Path, services: &[(&str, u32)]) -> PathBuf {
+    let builtin = commons_shared::catalogue::Catalogue::builtin();
+    let remove: Vec<String> = builtin.services().iter().map(|s| format!("{:?}", s.name)).collect();
+    let mut text = format!("remove = [{}]\n", remove.join(", "));
+    for (i, (name, replicas)) in services.iter().enumerate() {
+        text.push_str(&format!(
+            "[[service]]\nname = {name:?}\nimage = \"example/{name}:1\"\nport = {}\nmin_ram = \"1GB\"\nmin_cores = 1\nreplicas = {replicas}\n",
+            9000 + i
+        ));
+    }
+    let path = dir.join("catalogue.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A coordinator on loopback with its own temp dir.
+#[derive(Debug)]
+pub struct Coordinator {
+    /// The server.
+    pub server: Server,
+    /// Its data dir.
+    pub dir: tempfile::TempDir,
+}
+
+impl Coordinator {
+    /// Starts one; `tune` adjusts the test configuration.
+    pub async fn start(tune: impl FnOnce(&mut Config, &std::path::Path)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_utils::config(dir.path());
+        tune(&mut config, dir.path());
+        let server = Server::bind(config).await.unwrap();
+        Self { server, dir }
+    }
+
+    /// Base URL.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+}
+
+/// What a fake worker saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Requests served.
+    pub requests: AtomicU64,
+}
+
+/// A worker's HTTP server on loopback that answers `/api/service/{service}/{*path}` by echoing what it received.
+#[derive(Debug)]
+pub struct WorkerServer {
+    /// Its name (echoed in answers).
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Counters.
+    pub seen: Arc<Seen>,
+    task: JoinHandle<()>,
+}
+
+async fn echo(State((name, seen)): State<(String, Arc<Seen>)>, Path((service, path)): Path<(String, String)>, req: Request) -> Response {
+    seen.requests.fetch_add(1, Ordering::Relaxed);
+    let (parts, body) = req.into_parts();
+    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if parts.headers.get("x-echo-body").is_some() {
+        // Stream the body straight back.
+        return Response::builder().header("x-worker", name).body(Body::new(body)).unwrap();
+    }
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    axum::Json(json!({
+        "worker": name,
+        "service": service,
+        "path": path,
+        "method": parts.method.as_str(),
+        "query": parts.uri.query(),
+        "body_len": bytes.len(),
+        "x_test": header("x-test"),
+        "x_forwarded_for": header("x-forwarded-for"),
+        "host": header("host"),
+    }))
+    .into_response()
+}
+
+impl WorkerServer {
+    /// Starts one.
+    pub async fn start(name: &str) -> Self {
+        let seen = Arc::new(Seen::default());
+        let app = Router::new().route("/api/service/{service}/{*path}", any(echo)).with_state((name.to_owned(), seen.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { name: name.into(), addr, seen, task }
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops it: its port refuses connections afterwards.
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// A registered worker's credentials.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// Id.
+    pub id: String,
+    /// Token.
+    pub token: String,
+}
+
+/// Registers a 4-core, 16 GiB worker reachable at `endpoint`.
+pub async fn register(client: &reqwest::Client, coordinator: &str, endpoint: &str) -> Registered {
+    let gib = 1u64 << 30;
+    let body = json!({"capabilities": {"cpu": {"cores": 4, "threads": 8}, "memory_bytes": 16 * gib,
+        "disks": [{"mount": "/", "total_bytes": 100 * gib, "free_bytes": 50 * gib}]}, "endpoint": endpoint});
+    let r: Value = client.post(format!("{coordinator}/api/worker/register")).json(&body).send().await.unwrap().json().await.unwrap();
+    Registered { id: r["worker_id"].as_str().unwrap().into(), token: r["worker_token"].as_str().unwrap().into() }
+}
+
+/// Sends a heartbeat.
+pub async fn heartbeat(client: &reqwest::Client, coordinator: &str, w: &Registered, status: &str, load: f64) {
+    let r = client
+        .post(format!("{coordinator}/api/worker/heartbeat"))
+        .bearer_auth(&w.token)
+        .json(&json!({"worker_id": w.id, "status": status, "load": load}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

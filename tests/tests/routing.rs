@@ -1,0 +1,123 @@
+//! Service routing against real worker HTTP servers on loopback: weighted choice, retry when one is dead,
+//! 503 when none, and a streamed body passing through unchanged.
+
+use commons_coordinator::server::test_utils::ADMIN_TOKEN;
+use commons_tests::{catalogue_only, heartbeat, register, Coordinator, WorkerServer};
+use serde_json::Value;
+use std::sync::atomic::Ordering;
+
+async fn coordinator() -> Coordinator {
+    Coordinator::start(|c, dir| c.catalogue = Some(catalogue_only(dir, &[("echo", 3)]))).await
+}
+
+#[tokio::test]
+async fn requests_favour_the_less_loaded_worker() {
+    let c = coordinator().await;
+    let client = reqwest::Client::new();
+    let light = WorkerServer::start("light").await;
+    let heavy = WorkerServer::start("heavy").await;
+    let wl = register(&client, &c.url(), &light.url()).await;
+    let wh = register(&client, &c.url(), &heavy.url()).await;
+    heartbeat(&client, &c.url(), &wl, "healthy", 0.1).await;
+    heartbeat(&client, &c.url(), &wh, "healthy", 0.9).await;
+    for _ in 0..600 {
+        let r = client.get(format!("{}/api/service/echo/ping", c.url())).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let (l, h) = (light.seen.requests.load(Ordering::Relaxed), heavy.seen.requests.load(Ordering::Relaxed));
+    // Weights 1/(0.1+0.1) : 1/(0.1+0.9) = 5 : 1.
+    assert_eq!(l + h, 600);
+    assert!(h > 0, "the loaded worker still gets a share");
+    assert!(l > 3 * h, "light {l}, heavy {h}");
+    // Per-worker counts are in the admin API.
+    let w: Value = client.get(format!("{}/api/admin/workers/{}", c.url(), wl.id)).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(w["requests"].as_u64(), Some(l));
+    assert_eq!(w["errors"], 0);
+    assert!(w["latency_ms"].as_f64().unwrap() > 0.0);
+
+    // A paused worker gets nothing.
+    heartbeat(&client, &c.url(), &wl, "paused", 0.1).await;
+    let before = light.seen.requests.load(Ordering::Relaxed);
+    for _ in 0..50 {
+        client.get(format!("{}/api/service/echo/ping", c.url())).send().await.unwrap();
+    }
+    assert_eq!(light.seen.requests.load(Ordering::Relaxed), before);
+}
+
+#[tokio::test]
+async fn a_dead_worker_is_retried_on_another() {
+    let c = coordinator().await;
+    let client = reqwest::Client::new();
+    let alive = WorkerServer::start("alive").await;
+    let dead = WorkerServer::start("dead").await;
+    let wa = register(&client, &c.url(), &alive.url()).await;
+    let wd = register(&client, &c.url(), &dead.url()).await;
+    heartbeat(&client, &c.url(), &wa, "healthy", 0.5).await;
+    heartbeat(&client, &c.url(), &wd, "healthy", 0.0).await;
+    dead.stop().await;
+    for i in 0..60 {
+        let r = client.post(format!("{}/api/service/echo/job?n={i}", c.url())).body("work").send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["worker"], "alive");
+        assert_eq!(body["query"], format!("n={i}"));
+    }
+    let w: Value = client.get(format!("{}/api/admin/workers/{}", c.url(), wd.id)).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    assert!(w["errors"].as_u64().unwrap() > 0, "the dead worker's failures are counted: {w}");
+}
+
+#[tokio::test]
+async fn no_worker_is_a_503_naming_the_service() {
+    let c = coordinator().await;
+    let client = reqwest::Client::new();
+    let r = client.get(format!("{}/api/service/echo/x", c.url())).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "no_worker");
+    assert!(body["message"].as_str().unwrap().contains("echo"));
+    // The only worker is dead: still a 503 once its connection fails.
+    let dead = WorkerServer::start("dead").await;
+    let w = register(&client, &c.url(), &dead.url()).await;
+    heartbeat(&client, &c.url(), &w, "healthy", 0.0).await;
+    dead.stop().await;
+    let r = client.get(format!("{}/api/service/echo/x", c.url())).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("echo"), "{body}");
+}
+
+#[tokio::test]
+async fn bodies_stream_through_with_method_headers_and_query() {
+    let c = coordinator().await;
+    let client = reqwest::Client::new();
+    let ws = WorkerServer::start("w").await;
+    let w = register(&client, &c.url(), &ws.url()).await;
+    heartbeat(&client, &c.url(), &w, "healthy", 0.2).await;
+    let payload: Vec<u8> = (0..(4 << 20)).map(|i: u32| (i * 31 % 251) as u8).collect();
+    let r = client
+        .put(format!("{}/api/service/echo/upload", c.url()))
+        .header("x-echo-body", "1")
+        .body(payload.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-worker"], "w");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), payload.as_slice());
+
+    let r: Value = client
+        .delete(format!("{}/api/service/echo/a/b/c?x=1&y=2", c.url()))
+        .header("x-test", "kept")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["method"], "DELETE");
+    assert_eq!(r["path"], "a/b/c");
+    assert_eq!(r["query"], "x=1&y=2");
+    assert_eq!(r["x_test"], "kept");
+    assert_eq!(r["x_forwarded_for"], "127.0.0.1");
+    assert_eq!(r["host"], ws.addr.to_string());
+}
