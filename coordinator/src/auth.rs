@@ -28,6 +28,24 @@ pub fn token_matches(token: &str, hash: &TokenHash) -> bool {
     hash_token(token).ct_eq(hash).into()
 }
 
+/// The bearer token of a request, read without copying the other headers.
+#[derive(Debug, Clone, Default)]
+pub struct Bearer(pub Option<String>);
+
+impl Bearer {
+    /// The token, if one was sent.
+    pub fn token(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Bearer {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(bearer(&parts.headers).map(str::to_owned)))
+    }
+}
+
 /// The token of an `Authorization: Bearer <token>` header, if there is one.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;

@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
 use axum::{Json, Router};
@@ -18,7 +18,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use utoipa::OpenApi;
 
-use crate::auth::bearer;
+use crate::auth::Bearer;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::{admin, proxy};
@@ -111,20 +111,20 @@ async fn register(State(state): State<AppState>, ClientIp(ip): ClientIp, Body(bo
     responses((status = 200, body = HeartbeatResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("worker_token" = [])))]
-async fn heartbeat(State(state): State<AppState>, headers: HeaderMap, Body(body): Body) -> ApiResult<Json<HeartbeatResponse>> {
+async fn heartbeat(State(state): State<AppState>, token: Bearer, Body(body): Body) -> ApiResult<Json<HeartbeatResponse>> {
     let hb = parse_heartbeat(&body)?;
-    Ok(Json(state.heartbeat(hb, bearer(&headers))?))
+    Ok(Json(state.heartbeat(hb, token.token())?))
 }
 
 /// A worker leaves.
 #[utoipa::path(delete, path = "/api/worker/unregister/{id}", params(("id" = String, Path)),
     responses((status = 200), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("worker_token" = [])))]
-async fn unregister(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+async fn unregister(State(state): State<AppState>, Path(id): Path<String>, token: Bearer) -> ApiResult<Json<serde_json::Value>> {
     if id.len() > MAX_ID_LEN {
         return Err(ApiError::Invalid { field: "id".into(), message: format!("at most {MAX_ID_LEN} characters") });
     }
-    let id = state.unregister(&id, bearer(&headers)).await?;
+    let id = state.unregister(&id, token.token()).await?;
     Ok(Json(json!({ "status": "unregistered", "worker_id": id })))
 }
 

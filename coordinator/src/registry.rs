@@ -4,7 +4,6 @@
 //! across cores; the flusher writes dirty workers to SQLite in batches. Liveness is derived from a monotonic clock
 //! ([`Instant`]) at read time, so no sweep has to run for a worker to count as stale.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,6 +13,7 @@ use commons_shared::caps::Capabilities;
 use commons_shared::tier::Tier;
 use commons_shared::WorkerId;
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 
 use crate::auth::TokenHash;
 
@@ -125,7 +125,8 @@ impl Worker {
 /// All workers, and which of them run each service.
 #[derive(Debug, Default)]
 pub struct Registry {
-    workers: RwLock<HashMap<WorkerId, Arc<Worker>>>,
+    /// Keyed by server-chosen random ids, so a fast non-keyed hash cannot be steered into collisions.
+    workers: RwLock<FxHashMap<WorkerId, Arc<Worker>>>,
     providers: RwLock<Vec<Vec<Arc<Worker>>>>,
 }
 

@@ -72,7 +72,7 @@ impl Server {
         for t in &self.tasks {
             t.abort();
         }
-        let flushed = self.state.flush(true).await?;
+        let flushed = self.state.flush().await?;
         tracing::info!(heartbeats = flushed, "flushed; stopped");
         served??;
         Ok(())

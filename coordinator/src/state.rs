@@ -413,34 +413,45 @@ impl AppState {
         Ok(w.id)
     }
 
-    /// Writes dirty heartbeat state. With `wait`, returns once it is durable.
-    pub async fn flush(&self, wait: bool) -> Result<usize, StoreError> {
-        let mut rows = Vec::new();
+    /// Writes dirty heartbeat state durably, one chunk at a time: each chunk is committed before the next is
+    /// built, so memory stays flat however many workers there are.
+    pub async fn flush(&self) -> Result<usize, StoreError> {
+        #[derive(serde::Serialize)]
+        struct Samples<'a> {
+            gpus: &'a [commons_shared::api::GpuSample],
+            containers: &'a [commons_shared::api::ContainerStatus],
+        }
+        const CHUNK: usize = 1024;
+        let mut total = 0;
+        let mut rows = Vec::with_capacity(CHUNK);
         for w in self.registry.all() {
-            let mut live = w.live.lock();
-            if !live.dirty {
-                continue;
+            {
+                let mut live = w.live.lock();
+                if !live.dirty {
+                    continue;
+                }
+                live.dirty = false;
+                rows.push(LiveRow {
+                    id: w.id.to_string(),
+                    last_heartbeat_ms: live.last_heartbeat_ms,
+                    status: status_str(live.reported).into(),
+                    load: live.load,
+                    free_memory: live.free_memory.min(i64::MAX as u64) as i64,
+                    agent_version: live.agent_version.to_string(),
+                    samples: serde_json::to_string(&Samples { gpus: &live.gpus, containers: &live.containers })
+                        .unwrap_or_else(|_| "{}".into()),
+                    requests: w.requests.load(Ordering::Relaxed) as i64,
+                    errors: w.errors.load(Ordering::Relaxed) as i64,
+                });
             }
-            live.dirty = false;
-            rows.push(LiveRow {
-                id: w.id.to_string(),
-                last_heartbeat_ms: live.last_heartbeat_ms,
-                status: status_str(live.reported).into(),
-                load: live.load,
-                free_memory: live.free_memory.min(i64::MAX as u64) as i64,
-                agent_version: live.agent_version.to_string(),
-                samples: serde_json::json!({ "gpus": live.gpus, "containers": live.containers }).to_string(),
-                requests: w.requests.load(Ordering::Relaxed) as i64,
-                errors: w.errors.load(Ordering::Relaxed) as i64,
-            });
+            if rows.len() == CHUNK {
+                total += rows.len();
+                self.store.write_live(std::mem::replace(&mut rows, Vec::with_capacity(CHUNK))).await?;
+            }
         }
-        let n = rows.len();
-        if wait {
-            self.store.write_live_sync(rows).await?;
-        } else {
-            self.store.write_live(rows);
-        }
-        Ok(n)
+        total += rows.len();
+        self.store.write_live(rows).await?;
+        Ok(total)
     }
 
     /// Gives services with too few live workers to live workers that can hold them. Returns how many workers changed.

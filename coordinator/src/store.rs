@@ -109,7 +109,7 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 enum Cmd {
     InsertWorker(Box<WorkerRow>, Reply<()>),
     DeleteWorker(String, Reply<bool>),
-    Live(Vec<LiveRow>, Option<Reply<()>>),
+    Live(Vec<LiveRow>, Reply<()>),
     Assignment { id: String, services: String, version: u64 },
     Purge(Vec<String>),
     History { ts_ms: i64, data: String, prune_before_ms: i64 },
@@ -155,6 +155,8 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // A small page cache per connection (the OS caches the file anyway): memory stays flat as the registry grows.
+    conn.pragma_update(None, "cache_size", -512)?;
     Ok(conn)
 }
 
@@ -217,16 +219,10 @@ impl Store {
         self.ask(|r| Cmd::DeleteWorker(id, r)).await
     }
 
-    /// Writes heartbeat state in one transaction, without waiting.
-    pub fn write_live(&self, rows: Vec<LiveRow>) {
-        if !rows.is_empty() {
-            self.tell(Cmd::Live(rows, None));
-        }
-    }
-
-    /// Writes heartbeat state and waits until it is durable.
-    pub async fn write_live_sync(&self, rows: Vec<LiveRow>) -> Result<(), StoreError> {
-        self.ask(|r| Cmd::Live(rows, Some(r))).await
+    /// Writes heartbeat state in one transaction and waits until it is durable (an empty list is a barrier:
+    /// everything queued before it is durable when it returns).
+    pub async fn write_live(&self, rows: Vec<LiveRow>) -> Result<(), StoreError> {
+        self.ask(|r| Cmd::Live(rows, r)).await
     }
 
     /// Stores a new assignment (fire and forget; the worker learns it on its next heartbeat).
@@ -431,10 +427,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Cmd, done: &mut Vec<Box<dyn FnOnce
                     }
                     Ok(())
                 });
-            match r {
-                Some(r) => done.push(reply(r, res)),
-                None => log("heartbeats", res.map(|_| 0)),
-            }
+            done.push(reply(r, res));
         }
         Cmd::Assignment { id, services, version } => log(
             "assignment",

@@ -37,7 +37,7 @@ pub fn spawn(state: &AppState) -> Vec<JoinHandle<()>> {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = s.flush(false).await {
+            if let Err(e) = s.flush().await {
                 tracing::error!(error = %e, "heartbeat flush failed");
             }
         }

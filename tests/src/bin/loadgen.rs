@@ -1,1 +1,316 @@
-fn main(){}
+//! `commons-loadgen`: registers N workers and drives heartbeats with C connections against a real coordinator
+//! process, then against a bare axum handler (the ceiling), and prints the figures.
+//!
+//! ```text
+//! cargo build --release -p commons-coordinator -p commons-tests
+//! target/release/commons-loadgen --workers 10000 --connections 64 --duration 10
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+/// Load generator for the Commons coordinator.
+#[derive(Debug, Parser)]
+#[command(about)]
+struct Cli {
+    /// Workers to register.
+    #[arg(long, default_value_t = 10_000)]
+    workers: usize,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Seconds of heartbeats.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// The coordinator binary [default: next to this one].
+    #[arg(long)]
+    coordinator_bin: Option<PathBuf>,
+    /// Skip the bare-handler ceiling run.
+    #[arg(long)]
+    no_ceiling: bool,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// (internal) A bare axum server that only parses heartbeat JSON: the ceiling.
+    #[command(hide = true)]
+    BareServer,
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a server process that prints its URL as the last word of its first line.
+fn spawn(mut cmd: Command) -> Result<(Proc, String)> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("cannot start the server process")?;
+    let mut out = BufReader::new(child.stdout.take().context("no stdout")?);
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let url = line.trim().rsplit(' ').next().unwrap_or_default().to_owned();
+    if !url.starts_with("http://") {
+        bail!("the server did not print its URL: {line:?}");
+    }
+    Ok((Proc(child), url))
+}
+
+/// A `/proc/{pid}/status` figure in KiB (VmRSS, RssAnon, RssFile).
+fn proc_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    proc_kib(pid, "VmRSS:")
+}
+
+async fn connect(url: &str) -> Result<SendRequest<Full<Bytes>>> {
+    let addr = url.trim_start_matches("http://");
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn post(s: &mut SendRequest<Full<Bytes>>, host: &str, path: &str, token: Option<&str>, body: Bytes) -> Result<(u16, Bytes)> {
+    let mut req = hyper::Request::post(path).header("host", host).header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    s.ready().await?;
+    let resp = s.send_request(req.body(Full::new(body))?).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    f64::from(sorted[i]) / 1000.0
+}
+
+struct Phase {
+    count: usize,
+    errors: usize,
+    secs: f64,
+    latencies_us: Vec<u32>,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.count as f64 / self.secs
+    }
+    fn p(&self, q: f64) -> f64 {
+        percentile(&self.latencies_us, q)
+    }
+}
+
+fn register_body(i: usize) -> Bytes {
+    let gib = 1u64 << 30;
+    Bytes::from(
+        json!({"capabilities": {"cpu": {"brand": "Load CPU", "cores": 4, "threads": 8, "frequency_mhz": 3000},
+            "memory_bytes": 16 * gib, "disks": [{"mount": "/", "total_bytes": 200 * gib, "free_bytes": 80 * gib}],
+            "os": "linux", "arch": "x86_64", "hostname": format!("load-{i}"), "agent_version": "0.1.0"},
+            "endpoint": format!("http://127.0.0.1:{}", 20000 + i % 10000)})
+        .to_string(),
+    )
+}
+
+async fn register_all(url: &str, n: usize, conns: usize) -> Result<(Vec<(String, String)>, Phase)> {
+    let host = url.trim_start_matches("http://").to_owned();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let (url, host) = (url.to_owned(), host.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = connect(&url).await?;
+            let mut out = Vec::new();
+            let mut lat = Vec::new();
+            for i in (c..n).step_by(conns) {
+                let t = Instant::now();
+                let (status, body) = post(&mut s, &host, "/api/worker/register", None, register_body(i)).await?;
+                lat.push(t.elapsed().as_micros() as u32);
+                if status != 200 {
+                    bail!("registration answered {status}: {}", String::from_utf8_lossy(&body));
+                }
+                let v: Value = serde_json::from_slice(&body)?;
+                out.push((v["worker_id"].as_str().unwrap_or_default().to_owned(), v["worker_token"].as_str().unwrap_or_default().to_owned()));
+            }
+            anyhow::Ok((out, lat))
+        }));
+    }
+    let mut workers = Vec::with_capacity(n);
+    let mut latencies_us = Vec::with_capacity(n);
+    for t in tasks {
+        let (w, l) = t.await??;
+        workers.extend(w);
+        latencies_us.extend(l);
+    }
+    latencies_us.sort_unstable();
+    Ok((workers, Phase { count: n, errors: 0, secs: start.elapsed().as_secs_f64(), latencies_us }))
+}
+
+async fn heartbeats(url: &str, workers: Arc<Vec<(String, String)>>, conns: usize, secs: u64) -> Result<Phase> {
+    let host = url.trim_start_matches("http://").to_owned();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let (url, host, workers) = (url.to_owned(), host.clone(), workers.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = connect(&url).await?;
+            let mine: Vec<(Bytes, &str)> = workers
+                .iter()
+                .skip(c)
+                .step_by(conns)
+                .enumerate()
+                .map(|(k, (id, token))| {
+                    let body = format!(
+                        r#"{{"worker_id":"{id}","status":"healthy","load":{:.2},"free_memory_bytes":{},"gpus":[],"containers":[{{"name":"commons-ocr","state":"running","restarts":0}}]}}"#,
+                        (k % 100) as f64 / 100.0,
+                        8u64 << 30
+                    );
+                    (Bytes::from(body), token.as_str())
+                })
+                .collect();
+            let (mut lat, mut errors, mut i) = (Vec::with_capacity(1 << 16), 0usize, 0usize);
+            while Instant::now() < deadline && !mine.is_empty() {
+                let (body, token) = &mine[i % mine.len()];
+                i += 1;
+                let t = Instant::now();
+                let (status, _) = post(&mut s, &host, "/api/worker/heartbeat", Some(token), body.clone()).await?;
+                lat.push(t.elapsed().as_micros() as u32);
+                if status != 200 {
+                    errors += 1;
+                }
+            }
+            anyhow::Ok((lat, errors))
+        }));
+    }
+    let mut latencies_us = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await??;
+        latencies_us.extend(l);
+        errors += e;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    latencies_us.sort_unstable();
+    Ok(Phase { count: latencies_us.len(), errors, secs, latencies_us })
+}
+
+async fn bare_server() -> Result<()> {
+    use axum::routing::post;
+    async fn hb(axum::Json(h): axum::Json<commons_shared::api::HeartbeatRequest>) -> axum::Json<Value> {
+        axum::Json(json!({"status": "ok", "worker": h.worker_id.len()}))
+    }
+    let app = axum::Router::new().route("/api/worker/heartbeat", post(hb));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("bare server listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(Sub::BareServer) = cli.command {
+        return bare_server().await;
+    }
+    if cli.workers == 0 || cli.connections == 0 {
+        bail!("--workers and --connections must be at least 1");
+    }
+    let me = std::env::current_exe()?;
+    let bin = cli.coordinator_bin.clone().unwrap_or_else(|| me.with_file_name("commons-coordinator"));
+    if !bin.exists() {
+        bail!("no coordinator binary at {}; build it with `cargo build --release -p commons-coordinator` or pass --coordinator-bin", bin.display());
+    }
+    let data = tempfile::tempdir()?;
+    let mut cmd = Command::new(&bin);
+    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("COMMONS_REGISTER_RATE_LIMIT", "0")
+        .env("COMMONS_ADMIN_TOKEN", "loadgen-admin-token-0123456789")
+        .env("RUST_LOG", "warn");
+    let (coord, url) = spawn(cmd)?;
+    let pid = coord.0.id();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle = rss_kib(pid);
+    println!("coordinator {url} (pid {pid}), {} workers, {} connections, {} s of heartbeats", cli.workers, cli.connections, cli.duration);
+
+    let (workers, reg) = register_all(&url, cli.workers, cli.connections).await?;
+    let after_reg = rss_kib(pid);
+    println!(
+        "registration: {} in {:.2} s ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms",
+        reg.count,
+        reg.secs,
+        reg.rate(),
+        reg.p(0.50),
+        reg.p(0.99)
+    );
+    let workers = Arc::new(workers);
+    let hb = heartbeats(&url, workers.clone(), cli.connections, cli.duration).await?;
+    let after_hb = rss_kib(pid);
+    println!(
+        "heartbeats: {} in {:.2} s = {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, non-200: {}",
+        hb.count,
+        hb.secs,
+        hb.rate(),
+        hb.p(0.50),
+        hb.p(0.99),
+        hb.errors
+    );
+    println!(
+        "coordinator RSS: idle {:.1} MiB, after registration {:.1} MiB, after heartbeats {:.1} MiB; per worker {:.2} KiB",
+        idle as f64 / 1024.0,
+        after_reg as f64 / 1024.0,
+        after_hb as f64 / 1024.0,
+        after_hb.saturating_sub(idle) as f64 / cli.workers as f64
+    );
+    println!(
+        "  of which anonymous (heap) {:.1} MiB, file-backed (the binary's code pages) {:.1} MiB",
+        proc_kib(pid, "RssAnon:") as f64 / 1024.0,
+        proc_kib(pid, "RssFile:") as f64 / 1024.0
+    );
+    drop(coord);
+
+    if !cli.no_ceiling {
+        let mut cmd = Command::new(&me);
+        cmd.arg("bare-server");
+        let (_bare, bare_url) = spawn(cmd)?;
+        let ceiling = heartbeats(&bare_url, workers, cli.connections, cli.duration).await?;
+        println!(
+            "ceiling (bare axum handler parsing the same JSON, same client): {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+            ceiling.rate(),
+            ceiling.p(0.50),
+            ceiling.p(0.99)
+        );
+        println!("coordinator throughput = {:.0}% of the ceiling", 100.0 * hb.rate() / ceiling.rate());
+    }
+    Ok(())
+}
