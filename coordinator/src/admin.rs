@@ -6,13 +6,13 @@ use std::time::Instant;
 use axum::extract::{Path, Query, State};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
+use commons_shared::ErrorBody;
 use commons_shared::api::{
-    AdminHealth, ByTier, EnrollmentToken, EnrollmentTokenRequest, History, HistoryPoint, ServiceCoverage,
-    ServicesReport, Stats, WorkerList, WorkerStatus, WorkerSummary,
+    AdminHealth, ByTier, EnrollmentToken, EnrollmentTokenRequest, History, HistoryPoint,
+    ServiceCoverage, ServicesReport, Stats, WorkerList, WorkerStatus, WorkerSummary,
 };
 use commons_shared::tier::Tier;
-use commons_shared::validate::{parse_json, MAX_STRING_LEN};
-use commons_shared::ErrorBody;
+use commons_shared::validate::{MAX_STRING_LEN, parse_json};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -20,7 +20,7 @@ use crate::auth::bearer;
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Body, ClientIp};
 use crate::registry::Worker;
-use crate::state::{now_ms, rfc3339, AppState};
+use crate::state::{AppState, now_ms, rfc3339};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -31,8 +31,14 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/admin/services", get(services))
         .route("/api/admin/gaps", get(services))
         .route("/api/admin/history", get(history))
-        .route("/api/admin/enrollment-tokens", get(list_enrollments).post(create_enrollment))
-        .route("/api/admin/enrollment-tokens/{id}", delete(revoke_enrollment))
+        .route(
+            "/api/admin/enrollment-tokens",
+            get(list_enrollments).post(create_enrollment),
+        )
+        .route(
+            "/api/admin/enrollment-tokens/{id}",
+            delete(revoke_enrollment),
+        )
 }
 
 /// Admin credentials, checked as an extractor.
@@ -40,8 +46,13 @@ pub(crate) struct Admin;
 
 impl axum::extract::FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &AppState) -> Result<Self, ApiError> {
-        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await.unwrap_or(ClientIp([0, 0, 0, 0].into()));
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state)
+            .await
+            .unwrap_or(ClientIp([0, 0, 0, 0].into()));
         state.check_admin(bearer(&parts.headers), ip)?;
         Ok(Admin)
     }
@@ -101,10 +112,18 @@ pub(crate) async fn workers(
     _: Admin,
     q: Result<Query<WorkerQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<WorkerList>> {
-    let Query(q) = q.map_err(|e| ApiError::Invalid { field: "query".into(), message: e.body_text() })?;
+    let Query(q) = q.map_err(|e| ApiError::Invalid {
+        field: "query".into(),
+        message: e.body_text(),
+    })?;
     let tier = q
         .tier
-        .map(|t| Tier::from_number(t).ok_or_else(|| ApiError::Invalid { field: "tier".into(), message: "must be 1, 2 or 3".into() }))
+        .map(|t| {
+            Tier::from_number(t).ok_or_else(|| ApiError::Invalid {
+                field: "tier".into(),
+                message: "must be 1, 2 or 3".into(),
+            })
+        })
         .transpose()?;
     let status = q
         .status
@@ -120,7 +139,13 @@ pub(crate) async fn workers(
         .service
         .as_deref()
         .map(|s| {
-            state.catalogue.index_of(s).ok_or_else(|| ApiError::Invalid { field: "service".into(), message: format!("no service {s:?}") })
+            state
+                .catalogue
+                .index_of(s)
+                .ok_or_else(|| ApiError::Invalid {
+                    field: "service".into(),
+                    message: format!("no service {s:?}"),
+                })
         })
         .transpose()?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
@@ -139,15 +164,33 @@ pub(crate) async fn workers(
         .collect();
     all.sort_by_key(|w| (w.registered_at_ms, w.id));
     let total = all.len() as u64;
-    let workers = all.iter().skip(offset as usize).take(limit as usize).map(|w| summary(&state, w, now)).collect();
-    Ok(Json(WorkerList { workers, total, offset, limit }))
+    let workers = all
+        .iter()
+        .skip(offset as usize)
+        .take(limit as usize)
+        .map(|w| summary(&state, w, now))
+        .collect();
+    Ok(Json(WorkerList {
+        workers,
+        total,
+        offset,
+        limit,
+    }))
 }
 
 /// One worker.
 #[utoipa::path(get, path = "/api/admin/workers/{id}", params(("id" = String, Path)),
     responses((status = 200, body = WorkerSummary), (status = 404, body = ErrorBody)), security(("admin_token" = [])))]
-pub(crate) async fn worker(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> ApiResult<Json<WorkerSummary>> {
-    let w = id.parse().ok().and_then(|i| state.registry.get(i)).ok_or_else(|| ApiError::NotFound(format!("no worker {id:?}")))?;
+pub(crate) async fn worker(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WorkerSummary>> {
+    let w = id
+        .parse()
+        .ok()
+        .and_then(|i| state.registry.get(i))
+        .ok_or_else(|| ApiError::NotFound(format!("no worker {id:?}")))?;
     Ok(Json(summary(&state, &w, Instant::now())))
 }
 
@@ -161,7 +204,10 @@ pub(crate) fn snapshot(state: &AppState) -> (Stats, ByTier<bool>) {
         let status = live.status(now, state.liveness);
         s.total_workers += 1;
         *s.workers_by_status.get_mut(status) += 1;
-        s.total_tasks_completed += w.requests.load(Ordering::Relaxed).saturating_sub(w.errors.load(Ordering::Relaxed));
+        s.total_tasks_completed += w
+            .requests
+            .load(Ordering::Relaxed)
+            .saturating_sub(w.errors.load(Ordering::Relaxed));
         if status == WorkerStatus::Healthy {
             s.healthy_workers += 1;
         }
@@ -176,7 +222,11 @@ pub(crate) fn snapshot(state: &AppState) -> (Stats, ByTier<bool>) {
     }
     for t in Tier::ALL {
         let n = *s.workers_by_tier.get_mut(t);
-        *s.average_load_by_tier.get_mut(t) = if n == 0 { 0.0 } else { *load_sum.get_mut(t) / n as f64 };
+        *s.average_load_by_tier.get_mut(t) = if n == 0 {
+            0.0
+        } else {
+            *load_sum.get_mut(t) / n as f64
+        };
     }
     s.requests_total = state.requests_total.load(Ordering::Relaxed);
     s.errors_total = state.errors_total.load(Ordering::Relaxed);
@@ -203,7 +253,10 @@ fn coverage(state: &AppState) -> ServicesReport {
         .enumerate()
         .map(|(i, spec)| {
             let providers = state.registry.providers(i);
-            let healthy = providers.iter().filter(|w| w.live.lock().status(now, state.liveness).is_routable()).count() as u32;
+            let healthy = providers
+                .iter()
+                .filter(|w| w.live.lock().status(now, state.liveness).is_routable())
+                .count() as u32;
             ServiceCoverage {
                 name: spec.name.clone(),
                 wanted: spec.replicas,
@@ -214,7 +267,11 @@ fn coverage(state: &AppState) -> ServicesReport {
             }
         })
         .collect();
-    let gaps = services.iter().filter(|s| s.gap > 0).map(|s| s.name.clone()).collect();
+    let gaps = services
+        .iter()
+        .filter(|s| s.gap > 0)
+        .map(|s| s.name.clone())
+        .collect();
     ServicesReport { services, gaps }
 }
 
@@ -224,7 +281,11 @@ pub(crate) async fn admin_health(State(state): State<AppState>, _: Admin) -> Jso
     let (s, minimum) = snapshot(&state);
     let overall = if minimum.gpu_workers && minimum.service_workers {
         "healthy"
-    } else if s.workers_by_tier.gpu_workers + s.workers_by_tier.service_workers + s.workers_by_tier.data_workers > 0 {
+    } else if s.workers_by_tier.gpu_workers
+        + s.workers_by_tier.service_workers
+        + s.workers_by_tier.data_workers
+        > 0
+    {
         "degraded"
     } else {
         "critical"
@@ -258,13 +319,21 @@ pub(crate) async fn history(
     _: Admin,
     q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<History>> {
-    let Query(q) = q.map_err(|e| ApiError::Invalid { field: "query".into(), message: e.body_text() })?;
+    let Query(q) = q.map_err(|e| ApiError::Invalid {
+        field: "query".into(),
+        message: e.body_text(),
+    })?;
     let range = q.range.unwrap_or_else(|| "1h".into());
     let ms: i64 = match range.as_str() {
         "1h" => 3_600_000,
         "24h" => 86_400_000,
         "7d" => 7 * 86_400_000,
-        _ => return Err(ApiError::Invalid { field: "range".into(), message: "must be 1h, 24h or 7d".into() }),
+        _ => {
+            return Err(ApiError::Invalid {
+                field: "range".into(),
+                message: "must be 1h, 24h or 7d".into(),
+            });
+        }
     };
     let store = state.store.clone();
     let since = now_ms() - ms;
@@ -281,21 +350,40 @@ pub(crate) async fn history(
 /// Creates an enrollment token (shown once).
 #[utoipa::path(post, path = "/api/admin/enrollment-tokens", request_body = EnrollmentTokenRequest,
     responses((status = 200, body = EnrollmentToken), (status = 422, body = ErrorBody)), security(("admin_token" = [])))]
-pub(crate) async fn create_enrollment(State(state): State<AppState>, _: Admin, Body(body): Body) -> ApiResult<Json<EnrollmentToken>> {
+pub(crate) async fn create_enrollment(
+    State(state): State<AppState>,
+    _: Admin,
+    Body(body): Body,
+) -> ApiResult<Json<EnrollmentToken>> {
     let req: EnrollmentTokenRequest = parse_json(&body)?;
     if req.label.is_empty() || req.label.len() > MAX_STRING_LEN {
-        return Err(ApiError::Invalid { field: "label".into(), message: format!("1 to {MAX_STRING_LEN} characters") });
+        return Err(ApiError::Invalid {
+            field: "label".into(),
+            message: format!("1 to {MAX_STRING_LEN} characters"),
+        });
     }
     let (id, token) = state.create_enrollment(req.label.clone()).await?;
-    Ok(Json(EnrollmentToken { id, label: req.label, token }))
+    Ok(Json(EnrollmentToken {
+        id,
+        label: req.label,
+        token,
+    }))
 }
 
 async fn list_enrollments(State(state): State<AppState>, _: Admin) -> Json<serde_json::Value> {
-    let tokens: Vec<_> = state.enrollments().into_iter().map(|(id, label)| json!({ "id": id, "label": label })).collect();
+    let tokens: Vec<_> = state
+        .enrollments()
+        .into_iter()
+        .map(|(id, label)| json!({ "id": id, "label": label }))
+        .collect();
     Json(json!({ "tokens": tokens }))
 }
 
-async fn revoke_enrollment(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn revoke_enrollment(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     state.revoke_enrollment(&id).await?;
     Ok(Json(json!({ "status": "revoked", "id": id })))
 }

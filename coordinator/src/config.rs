@@ -130,8 +130,14 @@ pub enum ConfigError {
 impl Config {
     /// Reads a TOML file over the defaults.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })
     }
 
     /// Checks ranges.
@@ -140,7 +146,9 @@ impl Config {
         if self.flush_interval_ms == 0 || self.flush_interval_ms > 1000 {
             return bad("flush_interval_ms must be from 1 to 1000");
         }
-        if self.heartbeat_interval_secs == 0 || self.heartbeat_interval_secs >= self.stale_after_secs {
+        if self.heartbeat_interval_secs == 0
+            || self.heartbeat_interval_secs >= self.stale_after_secs
+        {
             return bad("heartbeat_interval_secs must be at least 1 and below stale_after_secs");
         }
         if self.offline_after_secs <= self.stale_after_secs {
@@ -164,6 +172,8 @@ impl Config {
 
     /// The URL given to workers.
     pub fn coordinator_url(&self, bound: SocketAddr) -> String {
-        self.public_url.clone().unwrap_or_else(|| format!("http://{bound}"))
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"))
     }
 }

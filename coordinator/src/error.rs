@@ -38,7 +38,9 @@ pub enum ApiError {
     #[error("no healthy worker offers the service {0:?} right now; try again shortly")]
     NoWorker(String),
     /// 503: every worker tried for the service could not be reached.
-    #[error("no worker for the service {service:?} could be reached ({tried} tried); try again shortly")]
+    #[error(
+        "no worker for the service {service:?} could be reached ({tried} tried); try again shortly"
+    )]
     Unreachable {
         /// The service.
         service: String,
@@ -66,7 +68,9 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            Self::NoWorker(_) | Self::Unreachable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_worker"),
+            Self::NoWorker(_) | Self::Unreachable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "no_worker")
+            }
             Self::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             Self::GatewayTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -103,10 +107,12 @@ impl IntoResponse for ApiError {
         let body = ErrorBody::new(code, self.to_string());
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
         }
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

@@ -4,15 +4,19 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State,
+};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
 use axum::{Json, Router};
-use commons_shared::api::{Health, HealthWorkers, HeartbeatResponse, RegisterRequest, RegisterResponse};
-use commons_shared::validate::{parse_heartbeat, parse_registration, MAX_BODY_BYTES, MAX_ID_LEN};
 use commons_shared::ErrorBody;
+use commons_shared::api::{
+    Health, HealthWorkers, HeartbeatResponse, RegisterRequest, RegisterResponse,
+};
+use commons_shared::validate::{MAX_BODY_BYTES, MAX_ID_LEN, parse_heartbeat, parse_registration};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -49,10 +53,14 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Bytes::from_request(req, state).await {
             Ok(b) => Ok(Self(b)),
-            Err(BytesRejection::FailedToBufferBody(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(BytesRejection::FailedToBufferBody(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
                 Err(ApiError::TooLarge(MAX_BODY_BYTES))
             }
-            Err(e) => Err(ApiError::BadRequest(format!("cannot read the request body: {e}"))),
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "cannot read the request body: {e}"
+            ))),
         }
     }
 }
@@ -83,7 +91,11 @@ pub fn router(state: AppState) -> Router {
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a handler panicked");
-    (StatusCode::INTERNAL_SERVER_ERROR, Json(ErrorBody::new("internal", "internal error"))).into_response()
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(ErrorBody::new("internal", "internal error")),
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -91,7 +103,13 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> Response {
-    (StatusCode::METHOD_NOT_ALLOWED, Json(ErrorBody::new("method_not_allowed", "this endpoint does not take that method")))
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(ErrorBody::new(
+            "method_not_allowed",
+            "this endpoint does not take that method",
+        )),
+    )
         .into_response()
 }
 
@@ -100,7 +118,11 @@ async fn method_not_allowed() -> Response {
     responses((status = 200, body = RegisterResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
               (status = 429, body = ErrorBody)))]
-async fn register(State(state): State<AppState>, ClientIp(ip): ClientIp, Body(body): Body) -> ApiResult<Json<RegisterResponse>> {
+async fn register(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Body(body): Body,
+) -> ApiResult<Json<RegisterResponse>> {
     state.check_register_rate(ip)?;
     let new = parse_registration(&body)?;
     Ok(Json(state.register(new).await?))
@@ -111,7 +133,11 @@ async fn register(State(state): State<AppState>, ClientIp(ip): ClientIp, Body(bo
     responses((status = 200, body = HeartbeatResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("worker_token" = [])))]
-async fn heartbeat(State(state): State<AppState>, token: Bearer, Body(body): Body) -> ApiResult<Json<HeartbeatResponse>> {
+async fn heartbeat(
+    State(state): State<AppState>,
+    token: Bearer,
+    Body(body): Body,
+) -> ApiResult<Json<HeartbeatResponse>> {
     let hb = parse_heartbeat(&body)?;
     Ok(Json(state.heartbeat(hb, token.token())?))
 }
@@ -120,9 +146,16 @@ async fn heartbeat(State(state): State<AppState>, token: Bearer, Body(body): Bod
 #[utoipa::path(delete, path = "/api/worker/unregister/{id}", params(("id" = String, Path)),
     responses((status = 200), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("worker_token" = [])))]
-async fn unregister(State(state): State<AppState>, Path(id): Path<String>, token: Bearer) -> ApiResult<Json<serde_json::Value>> {
+async fn unregister(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    token: Bearer,
+) -> ApiResult<Json<serde_json::Value>> {
     if id.len() > MAX_ID_LEN {
-        return Err(ApiError::Invalid { field: "id".into(), message: format!("at most {MAX_ID_LEN} characters") });
+        return Err(ApiError::Invalid {
+            field: "id".into(),
+            message: format!("at most {MAX_ID_LEN} characters"),
+        });
     }
     let id = state.unregister(&id, token.token()).await?;
     Ok(Json(json!({ "status": "unregistered", "worker_id": id })))
@@ -141,12 +174,22 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
             workers.stale += 1;
         }
     }
-    Json(Health { status: "healthy".into(), coordinator: state.config.name.clone(), workers })
+    Json(Health {
+        status: "healthy".into(),
+        coordinator: state.config.name.clone(),
+        workers,
+    })
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     crate::tasks::update_gauges(&state);
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::handle().render())
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::metrics::handle().render(),
+    )
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
@@ -160,7 +203,10 @@ impl utoipa::Modify for SecurityAddon {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
         for name in ["worker_token", "admin_token"] {
-            components.add_security_scheme(name, SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
         }
     }
 }

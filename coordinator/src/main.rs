@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{ArgAction, Parser};
-use commons_coordinator::config::{Config, Secret};
 use commons_coordinator::Server;
+use commons_coordinator::config::{Config, Secret};
 use tracing_subscriber::EnvFilter;
 
 /// The Commons coordinator: worker registry, assignment, heartbeats, routing and admin API.
@@ -84,7 +84,9 @@ impl Cli {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()).await {
@@ -105,7 +107,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let _ = writeln!(out, "Commons coordinator listening on {}", server.url());
     let _ = writeln!(out, "Data: {}", data_dir.join("commons.db").display());
     if let Some(token) = server.new_admin_token() {
-        let _ = writeln!(out, "Admin token (shown once; only its hash is stored): {token}");
+        let _ = writeln!(
+            out,
+            "Admin token (shown once; only its hash is stored): {token}"
+        );
     }
     let _ = out.flush();
     drop(out);

@@ -14,7 +14,10 @@ pub fn handle() -> &'static PrometheusHandle {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Suffix("_seconds".into()),
-                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+                &[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
+                ],
             )
             .expect("bucket list is not empty")
             .build_recorder();
@@ -43,8 +46,14 @@ impl Metrics {
     pub fn new() -> Self {
         handle();
         metrics::describe_counter!("commons_heartbeats_total", "Heartbeats accepted");
-        metrics::describe_counter!("commons_registrations_total", "Worker registrations accepted");
-        metrics::describe_histogram!("commons_route_latency_seconds", "Service request latency through the coordinator");
+        metrics::describe_counter!(
+            "commons_registrations_total",
+            "Worker registrations accepted"
+        );
+        metrics::describe_histogram!(
+            "commons_route_latency_seconds",
+            "Service request latency through the coordinator"
+        );
         metrics::describe_counter!("commons_route_errors_total", "Service requests that failed");
         metrics::describe_gauge!("commons_workers", "Workers by status and tier");
         Self {

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, Uri};
+use axum::http::{HeaderName, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
-use commons_shared::routing::{pick_weighted, route_weight};
 use commons_shared::WorkerId;
+use commons_shared::routing::{pick_weighted, route_weight};
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 use tokio::net::TcpStream;
@@ -65,10 +65,19 @@ fn target(w: &Worker, service: &str, port: u16, rest: &str, query: Option<&str>)
         path.push('?');
         path.push_str(q);
     }
-    Some(Target { authority, path_and_query: path })
+    Some(Target {
+        authority,
+        path_and_query: path,
+    })
 }
 
-fn pick(state: &AppState, service: usize, skip: &[WorkerId], rest: &str, query: Option<&str>) -> Option<(Arc<Worker>, Target)> {
+fn pick(
+    state: &AppState,
+    service: usize,
+    skip: &[WorkerId],
+    rest: &str,
+    query: Option<&str>,
+) -> Option<(Arc<Worker>, Target)> {
     let spec = state.catalogue.get(service)?;
     let now = Instant::now();
     let mut cands = Vec::new();
@@ -81,7 +90,12 @@ fn pick(state: &AppState, service: usize, skip: &[WorkerId], rest: &str, query: 
             let live = w.live.lock();
             (live.status(now, state.liveness), live.load)
         };
-        let weight = route_weight(status, load, w.latency_ms(), w.in_flight.load(Ordering::Relaxed));
+        let weight = route_weight(
+            status,
+            load,
+            w.latency_ms(),
+            w.in_flight.load(Ordering::Relaxed),
+        );
         if weight > 0.0
             && let Some(t) = target(&w, &spec.name, spec.port, rest, query)
         {
@@ -120,19 +134,35 @@ pub(crate) async fn forward(
     Path((service, path)): Path<(String, String)>,
     req: Request,
 ) -> Response {
-    route(state, ip, service, path, req).await.unwrap_or_else(IntoResponse::into_response)
+    route(state, ip, service, path, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Forwards `ANY /api/service/{service}`.
-pub(crate) async fn forward_root(State(state): State<AppState>, ClientIp(ip): ClientIp, Path(service): Path<String>, req: Request) -> Response {
-    route(state, ip, service, String::new(), req).await.unwrap_or_else(IntoResponse::into_response)
+pub(crate) async fn forward_root(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Path(service): Path<String>,
+    req: Request,
+) -> Response {
+    route(state, ip, service, String::new(), req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn route(state: AppState, client: std::net::IpAddr, service: String, rest: String, req: Request) -> Result<Response, ApiError> {
-    let index = state
-        .catalogue
-        .index_of(&service)
-        .ok_or_else(|| ApiError::NotFound(format!("there is no service {service:?}; see /api/admin/services")))?;
+async fn route(
+    state: AppState,
+    client: std::net::IpAddr,
+    service: String,
+    rest: String,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let index = state.catalogue.index_of(&service).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "there is no service {service:?}; see /api/admin/services"
+        ))
+    })?;
     let start = Instant::now();
     state.requests_total.fetch_add(1, Ordering::Relaxed);
     let query = req.uri().query().map(str::to_owned);
@@ -140,22 +170,31 @@ async fn route(state: AppState, client: std::net::IpAddr, service: String, rest:
     let mut tried = Vec::new();
     // One try and one retry on another worker when the connection cannot be made.
     for _ in 0..2 {
-        let Some((w, t)) = pick(&state, index, &tried, &rest, query.as_deref()) else { break };
+        let Some((w, t)) = pick(&state, index, &tried, &rest, query.as_deref()) else {
+            break;
+        };
         match tokio::time::timeout(connect_timeout, TcpStream::connect(&t.authority)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 let result = send(&state, &w, t, stream, req, client).await;
                 let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
                 w.record(ok, start.elapsed());
-                state.metrics.route_latency.record(start.elapsed().as_secs_f64());
+                state
+                    .metrics
+                    .route_latency
+                    .record(start.elapsed().as_secs_f64());
                 if !ok {
                     state.errors_total.fetch_add(1, Ordering::Relaxed);
                     state.metrics.route_errors.increment(1);
                 }
                 return result;
             }
-            Ok(Err(e)) => tracing::warn!(worker = %w.id, error = %e, "cannot connect to worker; trying another"),
-            Err(_) => tracing::warn!(worker = %w.id, "connecting to worker timed out; trying another"),
+            Ok(Err(e)) => {
+                tracing::warn!(worker = %w.id, error = %e, "cannot connect to worker; trying another")
+            }
+            Err(_) => {
+                tracing::warn!(worker = %w.id, "connecting to worker timed out; trying another")
+            }
         }
         w.record(false, start.elapsed());
         tried.push(w.id);
@@ -165,11 +204,21 @@ async fn route(state: AppState, client: std::net::IpAddr, service: String, rest:
     if tried.is_empty() {
         Err(ApiError::NoWorker(service))
     } else {
-        Err(ApiError::Unreachable { service, tried: tried.len() })
+        Err(ApiError::Unreachable {
+            service,
+            tried: tried.len(),
+        })
     }
 }
 
-async fn send(state: &AppState, w: &Worker, t: Target, stream: TcpStream, req: Request, client: std::net::IpAddr) -> Result<Response, ApiError> {
+async fn send(
+    state: &AppState,
+    w: &Worker,
+    t: Target,
+    stream: TcpStream,
+    req: Request,
+    client: std::net::IpAddr,
+) -> Result<Response, ApiError> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ApiError::BadGateway(format!("the worker's connection failed: {e}")))?;
@@ -180,19 +229,33 @@ async fn send(state: &AppState, w: &Worker, t: Target, stream: TcpStream, req: R
     });
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(header::HOST, HeaderValue::from_str(&t.authority).map_err(|e| ApiError::Internal(e.to_string()))?);
-    let forwarded = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    parts.headers.insert(
+        header::HOST,
+        HeaderValue::from_str(&t.authority).map_err(|e| ApiError::Internal(e.to_string()))?,
+    );
+    let forwarded = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(prev) => format!("{prev}, {client}"),
         None => client.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
         parts.headers.insert("x-forwarded-for", v);
     }
-    parts.uri = t.path_and_query.parse().map_err(|_| ApiError::BadRequest("the request path cannot be forwarded".into()))?;
+    parts.uri = t
+        .path_and_query
+        .parse()
+        .map_err(|_| ApiError::BadRequest("the request path cannot be forwarded".into()))?;
     parts.version = axum::http::Version::HTTP_11;
     let upstream = axum::http::Request::from_parts(parts, body);
     w.in_flight.fetch_add(1, Ordering::Relaxed);
-    let answer = tokio::time::timeout(Duration::from_secs(state.config.proxy_timeout_secs), sender.send_request(upstream)).await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(state.config.proxy_timeout_secs),
+        sender.send_request(upstream),
+    )
+    .await;
     w.in_flight.fetch_sub(1, Ordering::Relaxed);
     match answer {
         Ok(Ok(resp)) => {
@@ -200,8 +263,13 @@ async fn send(state: &AppState, w: &Worker, t: Target, stream: TcpStream, req: R
             strip_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, Body::new(body)))
         }
-        Ok(Err(e)) => Err(ApiError::BadGateway(format!("the worker failed to answer: {e}"))),
-        Err(_) => Err(ApiError::GatewayTimeout(format!("the worker did not answer within {} s", state.config.proxy_timeout_secs))),
+        Ok(Err(e)) => Err(ApiError::BadGateway(format!(
+            "the worker failed to answer: {e}"
+        ))),
+        Err(_) => Err(ApiError::GatewayTimeout(format!(
+            "the worker did not answer within {} s",
+            state.config.proxy_timeout_secs
+        ))),
     }
 }
 
@@ -243,13 +311,45 @@ mod tests {
 
     #[test]
     fn targets() {
-        let t = target(&worker(Some("http://127.0.0.1:9000/base/"), None), "ocr", 8884, "v1/run", Some("x=1")).unwrap();
-        assert_eq!((t.authority.as_str(), t.path_and_query.as_str()), ("127.0.0.1:9000", "/base/api/service/ocr/v1/run?x=1"));
-        let t = target(&worker(Some("http://w.example"), None), "ocr", 8884, "", None).unwrap();
-        assert_eq!((t.authority.as_str(), t.path_and_query.as_str()), ("w.example:80", "/api/service/ocr"));
+        let t = target(
+            &worker(Some("http://127.0.0.1:9000/base/"), None),
+            "ocr",
+            8884,
+            "v1/run",
+            Some("x=1"),
+        )
+        .unwrap();
+        assert_eq!(
+            (t.authority.as_str(), t.path_and_query.as_str()),
+            ("127.0.0.1:9000", "/base/api/service/ocr/v1/run?x=1")
+        );
+        let t = target(
+            &worker(Some("http://w.example"), None),
+            "ocr",
+            8884,
+            "",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (t.authority.as_str(), t.path_and_query.as_str()),
+            ("w.example:80", "/api/service/ocr")
+        );
         let t = target(&worker(None, Some("10.1.2.3")), "ocr", 8884, "run", None).unwrap();
-        assert_eq!((t.authority.as_str(), t.path_and_query.as_str()), ("10.1.2.3:8884", "/run"));
-        assert!(target(&worker(Some("https://x.trycloudflare.com"), None), "ocr", 1, "", None).is_none());
+        assert_eq!(
+            (t.authority.as_str(), t.path_and_query.as_str()),
+            ("10.1.2.3:8884", "/run")
+        );
+        assert!(
+            target(
+                &worker(Some("https://x.trycloudflare.com"), None),
+                "ocr",
+                1,
+                "",
+                None
+            )
+            .is_none()
+        );
         assert!(target(&worker(None, None), "ocr", 1, "", None).is_none());
     }
 }

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use commons_shared::WorkerId;
 use commons_shared::api::{ContainerStatus, GpuSample, ReportedStatus, Roles, WorkerStatus};
 use commons_shared::caps::Capabilities;
 use commons_shared::tier::Tier;
-use commons_shared::WorkerId;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 
@@ -117,7 +117,11 @@ impl Worker {
         let sample = latency.as_micros().min(u128::from(u64::MAX)) as u64;
         // EWMA with alpha = 1/5; a lost update under a race only delays convergence.
         let old = self.latency_us.load(Ordering::Relaxed);
-        let new = if old == 0 { sample } else { old - old / 5 + sample / 5 };
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 5 + sample / 5
+        };
         self.latency_us.store(new, Ordering::Relaxed);
     }
 }
@@ -133,7 +137,10 @@ pub struct Registry {
 impl Registry {
     /// An empty registry for a catalogue of `services` services.
     pub fn new(services: usize) -> Self {
-        Self { workers: RwLock::default(), providers: RwLock::new(vec![Vec::new(); services]) }
+        Self {
+            workers: RwLock::default(),
+            providers: RwLock::new(vec![Vec::new(); services]),
+        }
     }
 
     /// Adds a worker.
@@ -179,7 +186,11 @@ impl Registry {
 
     /// The workers that run a service.
     pub fn providers(&self, service: usize) -> Vec<Arc<Worker>> {
-        self.providers.read().get(service).cloned().unwrap_or_default()
+        self.providers
+            .read()
+            .get(service)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Records that a worker's services changed from `old` to `new` (its `Live` already says `new`).

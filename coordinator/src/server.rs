@@ -32,7 +32,8 @@ impl Server {
         let store = Store::open(&config.data_dir)?;
         let url = config.coordinator_url(addr);
         let (state, new_admin_token) = AppState::load(config, store, url).await?;
-        let app = crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let app =
+            crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let (stop, mut stopped) = watch::channel(false);
         let serve = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -42,7 +43,14 @@ impl Server {
                 .await
         });
         let tasks = crate::tasks::spawn(&state);
-        Ok(Self { addr, state, stop, serve, tasks, new_admin_token })
+        Ok(Self {
+            addr,
+            state,
+            stop,
+            serve,
+            tasks,
+            new_admin_token,
+        })
     }
 
     /// The address it listens on.

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use commons_shared::WorkerId;
 use commons_shared::api::{
-    ContainerAssignment, HeartbeatRequest, HeartbeatResponse, NewWorker, RegisterResponse, ReportedStatus, Roles,
-    WorkerStatus, HEARTBEAT_PATH,
+    ContainerAssignment, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, NewWorker,
+    RegisterResponse, ReportedStatus, Roles, WorkerStatus,
 };
 use commons_shared::assign::assign;
 use commons_shared::catalogue::Catalogue;
-use commons_shared::tier::{classify, Tier};
-use commons_shared::WorkerId;
+use commons_shared::tier::{Tier, classify};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use parking_lot::{Mutex, RwLock};
 use rand::RngCore;
@@ -76,7 +76,9 @@ pub fn now_ms() -> i64 {
 
 /// RFC 3339 of ms since the epoch.
 pub fn rfc3339(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default()
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
 fn roles_bits(r: Roles) -> u8 {
@@ -108,12 +110,22 @@ pub enum Caller {
 impl AppState {
     /// Builds the state: loads the catalogue, the registry from the store, and the admin token (creating one when
     /// none is configured or stored). Returns the new admin token when one was created, to be shown once.
-    pub async fn load(config: Config, store: Store, coordinator_url: String) -> anyhow::Result<(Self, Option<String>)> {
-        let overlay = match &config.catalogue {
-            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read the catalogue {}: {e}", p.display()))?),
-            None => None,
-        };
-        let catalogue = Catalogue::load(commons_shared::catalogue::DEFAULT_CATALOGUE, overlay.as_deref())?;
+    pub async fn load(
+        config: Config,
+        store: Store,
+        coordinator_url: String,
+    ) -> anyhow::Result<(Self, Option<String>)> {
+        let overlay =
+            match &config.catalogue {
+                Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+                    anyhow::anyhow!("cannot read the catalogue {}: {e}", p.display())
+                })?),
+                None => None,
+            };
+        let catalogue = Catalogue::load(
+            commons_shared::catalogue::DEFAULT_CATALOGUE,
+            overlay.as_deref(),
+        )?;
 
         let mut new_admin_token = None;
         let admin_hash = match &config.admin_token {
@@ -123,7 +135,9 @@ impl AppState {
                 None => {
                     let token = auth::new_token();
                     let hash = auth::hash_token(&token);
-                    store.set_setting("admin_token_hash", &hex::encode(hash)).await?;
+                    store
+                        .set_setting("admin_token_hash", &hex::encode(hash))
+                        .await?;
                     new_admin_token = Some(token);
                     hash
                 }
@@ -132,7 +146,16 @@ impl AppState {
         let enrollments = store
             .load_enrollments()?
             .into_iter()
-            .map(|e| Ok((e.id, e.label, e.hash.as_slice().try_into().map_err(|_| StoreError::Corrupt("enrollment hash".into()))?)))
+            .map(|e| {
+                Ok((
+                    e.id,
+                    e.label,
+                    e.hash
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("enrollment hash".into()))?,
+                ))
+            })
             .collect::<Result<Vec<_>, StoreError>>()?;
 
         let liveness = Liveness {
@@ -147,7 +170,9 @@ impl AppState {
         for row in rows {
             match worker_from_row(row, &catalogue, now, wall) {
                 Ok(w) => registry.insert(Arc::new(w)),
-                Err(e) => tracing::error!(error = %e, "skipping a stored worker that cannot be read"),
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping a stored worker that cannot be read")
+                }
             }
         }
         tracing::info!(workers = count, db = %store.path().display(), "registry loaded");
@@ -190,7 +215,11 @@ impl AppState {
 
     /// Service names for a list of services.
     pub fn service_names(&self, services: &[u16]) -> Vec<String> {
-        services.iter().filter_map(|&i| self.catalogue.get(usize::from(i))).map(|s| s.name.clone()).collect()
+        services
+            .iter()
+            .filter_map(|&i| self.catalogue.get(usize::from(i)))
+            .map(|s| s.name.clone())
+            .collect()
     }
 
     /// Recounts live workers per service.
@@ -198,7 +227,11 @@ impl AppState {
         let now = Instant::now();
         let counts: Vec<u32> = (0..self.catalogue.len())
             .map(|s| {
-                self.registry.providers(s).iter().filter(|w| w.live.lock().status(now, self.liveness).is_live()).count() as u32
+                self.registry
+                    .providers(s)
+                    .iter()
+                    .filter(|w| w.live.lock().status(now, self.liveness).is_live())
+                    .count() as u32
             })
             .collect();
         *self.coverage.lock() = counts.clone();
@@ -224,10 +257,14 @@ impl AppState {
             return Ok(());
         }
         if self.admin_limiter.check_key(&ip).is_err() {
-            return Err(ApiError::RateLimited("too many failed admin logins from this address; wait a minute".into()));
+            return Err(ApiError::RateLimited(
+                "too many failed admin logins from this address; wait a minute".into(),
+            ));
         }
         Err(match token {
-            None => ApiError::Unauthorized("this needs the admin token: send Authorization: Bearer <token>".into()),
+            None => ApiError::Unauthorized(
+                "this needs the admin token: send Authorization: Bearer <token>".into(),
+            ),
             Some(_) => ApiError::Unauthorized("the admin token is wrong".into()),
         })
     }
@@ -242,14 +279,22 @@ impl AppState {
             return Ok(());
         }
         let Some(token) = token else {
-            return Err(ApiError::Unauthorized("this coordinator requires an enrollment token (enrollment_token)".into()));
+            return Err(ApiError::Unauthorized(
+                "this coordinator requires an enrollment token (enrollment_token)".into(),
+            ));
         };
         let hash = auth::hash_token(token);
-        let known = self.enrollments.read().iter().any(|(_, _, h)| subtle::ConstantTimeEq::ct_eq(&h[..], &hash[..]).into());
+        let known = self
+            .enrollments
+            .read()
+            .iter()
+            .any(|(_, _, h)| subtle::ConstantTimeEq::ct_eq(&h[..], &hash[..]).into());
         if known {
             Ok(())
         } else {
-            Err(ApiError::Forbidden("the enrollment token is not valid (revoked or mistyped)".into()))
+            Err(ApiError::Forbidden(
+                "the enrollment token is not valid (revoked or mistyped)".into(),
+            ))
         }
     }
 
@@ -259,7 +304,14 @@ impl AppState {
         let class = classify(&new.capabilities, new.edge_opt_in);
         let services: Vec<u16> = {
             let mut coverage = self.coverage.lock();
-            let chosen = assign(&new.capabilities, &self.catalogue, &coverage, &[], self.config.max_services_per_worker, true);
+            let chosen = assign(
+                &new.capabilities,
+                &self.catalogue,
+                &coverage,
+                &[],
+                self.config.max_services_per_worker,
+                true,
+            );
             for &i in &chosen {
                 coverage[i] += 1;
             }
@@ -270,7 +322,10 @@ impl AppState {
         let id = WorkerId::from_bytes(id_bytes);
         let token = auth::new_token();
         let token_hash = auth::hash_token(&token);
-        let roles = Roles { edge: class.edge, storage: class.storage };
+        let roles = Roles {
+            edge: class.edge,
+            storage: class.storage,
+        };
         let endpoint = new.endpoint.clone().or_else(|| new.tunnel_url.clone());
         let registered_at_ms = now_ms();
         let agent_version = new.capabilities.agent_version.clone();
@@ -279,12 +334,14 @@ impl AppState {
             token_hash: token_hash.to_vec(),
             tier: class.tier.number(),
             roles: roles_bits(roles),
-            capabilities: serde_json::to_string(&new.capabilities).map_err(|e| ApiError::Internal(e.to_string()))?,
+            capabilities: serde_json::to_string(&new.capabilities)
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
             ip_address: new.ip_address.clone(),
             endpoint: endpoint.clone(),
             tunnel_url: new.tunnel_url.clone(),
             legacy: new.legacy,
-            services: serde_json::to_string(&self.service_names(&services)).unwrap_or_else(|_| "[]".into()),
+            services: serde_json::to_string(&self.service_names(&services))
+                .unwrap_or_else(|_| "[]".into()),
             assignment_version: 1,
             registered_at_ms,
             live: LiveRow {
@@ -356,24 +413,42 @@ impl AppState {
 
     /// Finds a worker and checks that the caller may act on it: its own token, the admin's, or (legacy-open mode)
     /// no token from a legacy worker.
-    pub fn authorize_worker(&self, id: &str, token: Option<&str>) -> ApiResult<(Arc<Worker>, Caller)> {
-        let not_found = || ApiError::NotFound(format!("no worker {id:?} is registered here; register again"));
+    pub fn authorize_worker(
+        &self,
+        id: &str,
+        token: Option<&str>,
+    ) -> ApiResult<(Arc<Worker>, Caller)> {
+        let not_found = || {
+            ApiError::NotFound(format!(
+                "no worker {id:?} is registered here; register again"
+            ))
+        };
         let wid: WorkerId = id.parse().map_err(|_| not_found())?;
         let w = self.registry.get(wid).ok_or_else(not_found)?;
         match token {
             Some(t) if auth::token_matches(t, &w.token_hash) => Ok((w, Caller::Worker)),
             Some(t) if self.is_admin(t) => Ok((w, Caller::Admin)),
-            Some(_) => Err(ApiError::Forbidden("this token does not belong to that worker".into())),
+            Some(_) => Err(ApiError::Forbidden(
+                "this token does not belong to that worker".into(),
+            )),
             None if self.config.legacy_open_workers && w.legacy => Ok((w, Caller::Worker)),
-            None => Err(ApiError::Unauthorized("send the worker token as Authorization: Bearer <worker_token>".into())),
+            None => Err(ApiError::Unauthorized(
+                "send the worker token as Authorization: Bearer <worker_token>".into(),
+            )),
         }
     }
 
     /// Applies a heartbeat in memory; the flusher persists it.
-    pub fn heartbeat(&self, hb: HeartbeatRequest, token: Option<&str>) -> ApiResult<HeartbeatResponse> {
+    pub fn heartbeat(
+        &self,
+        hb: HeartbeatRequest,
+        token: Option<&str>,
+    ) -> ApiResult<HeartbeatResponse> {
         let (w, caller) = self.authorize_worker(&hb.worker_id, token)?;
         if caller == Caller::Admin {
-            return Err(ApiError::Forbidden("heartbeats come from the worker itself, with its own token".into()));
+            return Err(ApiError::Forbidden(
+                "heartbeats come from the worker itself, with its own token".into(),
+            ));
         }
         let (version, changed) = {
             let mut live = w.live.lock();
@@ -390,8 +465,13 @@ impl AppState {
                 live.agent_version = v.into();
             }
             live.dirty = true;
-            let changed = hb.assignment_version.is_some_and(|v| v != live.assignment_version);
-            (live.assignment_version, changed.then(|| live.services.clone()))
+            let changed = hb
+                .assignment_version
+                .is_some_and(|v| v != live.assignment_version);
+            (
+                live.assignment_version,
+                changed.then(|| live.services.clone()),
+            )
         };
         self.metrics.heartbeats.increment(1);
         Ok(HeartbeatResponse {
@@ -405,7 +485,10 @@ impl AppState {
     /// Removes a worker durably.
     pub async fn unregister(&self, id: &str, token: Option<&str>) -> ApiResult<WorkerId> {
         let (w, _) = self.authorize_worker(id, token)?;
-        let removed = self.registry.remove(w.id).ok_or_else(|| ApiError::NotFound(format!("no worker {id:?}")))?;
+        let removed = self
+            .registry
+            .remove(w.id)
+            .ok_or_else(|| ApiError::NotFound(format!("no worker {id:?}")))?;
         if let Err(e) = self.store.delete_worker(w.id.to_string()).await {
             self.registry.insert(removed);
             return Err(e.into());
@@ -438,15 +521,20 @@ impl AppState {
                     load: live.load,
                     free_memory: live.free_memory.min(i64::MAX as u64) as i64,
                     agent_version: live.agent_version.to_string(),
-                    samples: serde_json::to_string(&Samples { gpus: &live.gpus, containers: &live.containers })
-                        .unwrap_or_else(|_| "{}".into()),
+                    samples: serde_json::to_string(&Samples {
+                        gpus: &live.gpus,
+                        containers: &live.containers,
+                    })
+                    .unwrap_or_else(|_| "{}".into()),
                     requests: w.requests.load(Ordering::Relaxed) as i64,
                     errors: w.errors.load(Ordering::Relaxed) as i64,
                 });
             }
             if rows.len() == CHUNK {
                 total += rows.len();
-                self.store.write_live(std::mem::replace(&mut rows, Vec::with_capacity(CHUNK))).await?;
+                self.store
+                    .write_live(std::mem::replace(&mut rows, Vec::with_capacity(CHUNK)))
+                    .await?;
             }
         }
         total += rows.len();
@@ -457,7 +545,12 @@ impl AppState {
     /// Gives services with too few live workers to live workers that can hold them. Returns how many workers changed.
     pub fn rebalance(&self) -> usize {
         let mut coverage = self.refresh_coverage();
-        let wanted: Vec<u32> = self.catalogue.services().iter().map(|s| s.replicas).collect();
+        let wanted: Vec<u32> = self
+            .catalogue
+            .services()
+            .iter()
+            .map(|s| s.replicas)
+            .collect();
         if coverage.iter().zip(&wanted).all(|(c, w)| c >= w) {
             return 0;
         }
@@ -468,7 +561,8 @@ impl AppState {
             .into_iter()
             .filter_map(|w| {
                 let live = w.live.lock();
-                (live.status(now, self.liveness) == WorkerStatus::Healthy).then(|| (live.load, w.clone()))
+                (live.status(now, self.liveness) == WorkerStatus::Healthy)
+                    .then(|| (live.load, w.clone()))
             })
             .collect();
         candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -479,21 +573,30 @@ impl AppState {
             }
             let mut live = w.live.lock();
             let current: Vec<usize> = live.services.iter().map(|&s| usize::from(s)).collect();
-            let next = assign(&w.caps, &self.catalogue, &coverage, &current, self.config.max_services_per_worker, false);
+            let next = assign(
+                &w.caps,
+                &self.catalogue,
+                &coverage,
+                &current,
+                self.config.max_services_per_worker,
+                false,
+            );
             if next.len() == current.len() {
                 continue;
             }
             for &i in &next[current.len()..] {
                 coverage[i] += 1;
             }
-            let old = std::mem::replace(&mut live.services, next.iter().map(|&i| i as u16).collect());
+            let old =
+                std::mem::replace(&mut live.services, next.iter().map(|&i| i as u16).collect());
             live.assignment_version += 1;
             let (services, version) = (live.services.clone(), live.assignment_version);
             drop(live);
             self.registry.reassign(&w, &old, &services);
             self.store.write_assignment(
                 w.id.to_string(),
-                serde_json::to_string(&self.service_names(&services)).unwrap_or_else(|_| "[]".into()),
+                serde_json::to_string(&self.service_names(&services))
+                    .unwrap_or_else(|_| "[]".into()),
                 version,
             );
             changed += 1;
@@ -510,13 +613,17 @@ impl AppState {
             .registry
             .all()
             .iter()
-            .filter(|w| now.saturating_duration_since(w.live.lock().last_seen) >= self.liveness.offline_after + retention)
+            .filter(|w| {
+                now.saturating_duration_since(w.live.lock().last_seen)
+                    >= self.liveness.offline_after + retention
+            })
             .map(|w| w.id)
             .collect();
         for id in &gone {
             self.registry.remove(*id);
         }
-        self.store.purge(gone.iter().map(ToString::to_string).collect());
+        self.store
+            .purge(gone.iter().map(ToString::to_string).collect());
         gone.len()
     }
 
@@ -525,7 +632,13 @@ impl AppState {
         let token = auth::new_token();
         let hash = auth::hash_token(&token);
         let id = token[..12].to_owned();
-        self.store.insert_enrollment(EnrollmentRow { id: id.clone(), label: label.clone(), hash: hash.to_vec() }).await?;
+        self.store
+            .insert_enrollment(EnrollmentRow {
+                id: id.clone(),
+                label: label.clone(),
+                hash: hash.to_vec(),
+            })
+            .await?;
         self.enrollments.write().push((id.clone(), label, hash));
         Ok((id, token))
     }
@@ -541,7 +654,11 @@ impl AppState {
 
     /// Enrollment tokens (id, label).
     pub fn enrollments(&self) -> Vec<(String, String)> {
-        self.enrollments.read().iter().map(|(i, l, _)| (i.clone(), l.clone())).collect()
+        self.enrollments
+            .read()
+            .iter()
+            .map(|(i, l, _)| (i.clone(), l.clone()))
+            .collect()
     }
 
     /// Forgets rate-limit state of quiet addresses.
@@ -560,14 +677,24 @@ fn decode_hash(h: &str) -> Result<TokenHash, StoreError> {
         .ok_or_else(|| StoreError::Corrupt("admin token hash".into()))
 }
 
-fn worker_from_row(row: WorkerRow, catalogue: &Catalogue, now: Instant, wall_ms: i64) -> Result<Worker, StoreError> {
+fn worker_from_row(
+    row: WorkerRow,
+    catalogue: &Catalogue,
+    now: Instant,
+    wall_ms: i64,
+) -> Result<Worker, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("worker {}: {what}", row.id));
     let id: WorkerId = row.id.parse().map_err(|_| corrupt("id"))?;
     let tier = Tier::from_number(row.tier).ok_or_else(|| corrupt("tier"))?;
     let caps = serde_json::from_str(&row.capabilities).map_err(|_| corrupt("capabilities"))?;
-    let names: Vec<String> = serde_json::from_str(&row.services).map_err(|_| corrupt("services"))?;
+    let names: Vec<String> =
+        serde_json::from_str(&row.services).map_err(|_| corrupt("services"))?;
     // Services that left the catalogue are dropped; the rebalancer fills any gap.
-    let services = names.iter().filter_map(|n| catalogue.index_of(n)).map(|i| i as u16).collect();
+    let services = names
+        .iter()
+        .filter_map(|n| catalogue.index_of(n))
+        .map(|i| i as u16)
+        .collect();
     #[derive(serde::Deserialize, Default)]
     struct Samples {
         #[serde(default)]
@@ -582,9 +709,16 @@ fn worker_from_row(row: WorkerRow, catalogue: &Catalogue, now: Instant, wall_ms:
     let last_seen = now.checked_sub(silent).unwrap_or(now);
     Ok(Worker {
         id,
-        token_hash: row.token_hash.as_slice().try_into().map_err(|_| corrupt("token hash"))?,
+        token_hash: row
+            .token_hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| corrupt("token hash"))?,
         tier,
-        roles: Roles { edge: row.roles & 1 != 0, storage: row.roles & 2 != 0 },
+        roles: Roles {
+            edge: row.roles & 1 != 0,
+            storage: row.roles & 2 != 0,
+        },
         caps,
         ip_address: row.ip_address.map(Into::into),
         endpoint: row.endpoint.map(Into::into),

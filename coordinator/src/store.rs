@@ -106,13 +106,24 @@ pub struct EnrollmentRow {
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// Answers a caller once the batch's commit is known (with the commit's error, if any).
+type Done = Box<dyn FnOnce(Option<&StoreError>)>;
+
 enum Cmd {
     InsertWorker(Box<WorkerRow>, Reply<()>),
     DeleteWorker(String, Reply<bool>),
     Live(Vec<LiveRow>, Reply<()>),
-    Assignment { id: String, services: String, version: u64 },
+    Assignment {
+        id: String,
+        services: String,
+        version: u64,
+    },
     Purge(Vec<String>),
-    History { ts_ms: i64, data: String, prune_before_ms: i64 },
+    History {
+        ts_ms: i64,
+        data: String,
+        prune_before_ms: i64,
+    },
     Setting(String, String, Reply<()>),
     InsertEnrollment(EnrollmentRow, Reply<()>),
     RevokeEnrollment(String, Reply<bool>),
@@ -177,7 +188,10 @@ impl std::fmt::Debug for Cmd {
 impl Store {
     /// Opens (creating if needed) `commons.db` in `data_dir` and migrates it.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir { path: data_dir.into(), source })?;
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.into(),
+            source,
+        })?;
         let path = data_dir.join("commons.db");
         let mut writer = open(&path)?;
         migrations().to_latest(&mut writer)?;
@@ -188,8 +202,15 @@ impl Store {
         std::thread::Builder::new()
             .name("commons-db-writer".into())
             .spawn(move || writer_loop(writer, rx))
-            .map_err(|source| StoreError::DataDir { path: data_dir.into(), source })?;
-        Ok(Self { tx, reader: Arc::new(Mutex::new(reader)), path })
+            .map_err(|source| StoreError::DataDir {
+                path: data_dir.into(),
+                source,
+            })?;
+        Ok(Self {
+            tx,
+            reader: Arc::new(Mutex::new(reader)),
+            path,
+        })
     }
 
     /// The database file.
@@ -227,7 +248,11 @@ impl Store {
 
     /// Stores a new assignment (fire and forget; the worker learns it on its next heartbeat).
     pub fn write_assignment(&self, id: String, services: String, version: u64) {
-        self.tell(Cmd::Assignment { id, services, version });
+        self.tell(Cmd::Assignment {
+            id,
+            services,
+            version,
+        });
     }
 
     /// Forgets workers.
@@ -239,7 +264,11 @@ impl Store {
 
     /// Adds a history point and drops those older than `prune_before_ms`.
     pub fn write_history(&self, ts_ms: i64, data: String, prune_before_ms: i64) {
-        self.tell(Cmd::History { ts_ms, data, prune_before_ms });
+        self.tell(Cmd::History {
+            ts_ms,
+            data,
+            prune_before_ms,
+        });
     }
 
     /// Sets a setting durably.
@@ -261,7 +290,11 @@ impl Store {
     /// Reads a setting.
     pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         let conn = self.reader.lock();
-        Ok(conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+        Ok(conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
     }
 
     /// Every stored worker.
@@ -307,15 +340,25 @@ impl Store {
     pub fn load_enrollments(&self) -> Result<Vec<EnrollmentRow>, StoreError> {
         let conn = self.reader.lock();
         let mut stmt = conn.prepare("SELECT id, label, hash FROM enrollment_tokens")?;
-        let rows = stmt.query_map([], |r| Ok(EnrollmentRow { id: r.get(0)?, label: r.get(1)?, hash: r.get(2)? }))?;
+        let rows = stmt.query_map([], |r| {
+            Ok(EnrollmentRow {
+                id: r.get(0)?,
+                label: r.get(1)?,
+                hash: r.get(2)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// History points since `since_ms`, oldest first, at most `limit`.
     pub fn history(&self, since_ms: i64, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
         let conn = self.reader.lock();
-        let mut stmt = conn.prepare_cached("SELECT ts_ms, data FROM history WHERE ts_ms >= ?1 ORDER BY ts_ms LIMIT ?2")?;
-        let rows = stmt.query_map(params![since_ms, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT ts_ms, data FROM history WHERE ts_ms >= ?1 ORDER BY ts_ms LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![since_ms, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
@@ -330,7 +373,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>) {
                 Err(_) => break,
             }
         }
-        let mut done: Vec<Box<dyn FnOnce(Option<&StoreError>)>> = Vec::with_capacity(batch.len());
+        let mut done: Vec<Done> = Vec::with_capacity(batch.len());
         let result = (|| -> Result<(), StoreError> {
             let tx = conn.transaction()?;
             for cmd in batch {
@@ -349,8 +392,15 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>) {
 }
 
 /// Applies one command inside the open transaction and queues its reply for after the commit.
-fn apply(tx: &rusqlite::Transaction<'_>, cmd: Cmd, done: &mut Vec<Box<dyn FnOnce(Option<&StoreError>)>>) {
-    fn reply<T: 'static>(r: Reply<T>, res: Result<T, rusqlite::Error>) -> Box<dyn FnOnce(Option<&StoreError>)> {
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    cmd: Cmd,
+    done: &mut Vec<Done>,
+) {
+    fn reply<T: 'static>(
+        r: Reply<T>,
+        res: Result<T, rusqlite::Error>,
+    ) -> Done {
         Box::new(move |commit_err: Option<&StoreError>| {
             let out = match (res, commit_err) {
                 (Err(e), _) => Err(StoreError::Sqlite(e)),
@@ -402,7 +452,9 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Cmd, done: &mut Vec<Box<dyn FnOnce
             done.push(reply(r, res));
         }
         Cmd::DeleteWorker(id, r) => {
-            let res = tx.execute("DELETE FROM workers WHERE id = ?1", [id]).map(|n| n > 0);
+            let res = tx
+                .execute("DELETE FROM workers WHERE id = ?1", [id])
+                .map(|n| n > 0);
             done.push(reply(r, res));
         }
         Cmd::Live(rows, r) => {
@@ -429,7 +481,11 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Cmd, done: &mut Vec<Box<dyn FnOnce
                 });
             done.push(reply(r, res));
         }
-        Cmd::Assignment { id, services, version } => log(
+        Cmd::Assignment {
+            id,
+            services,
+            version,
+        } => log(
             "assignment",
             tx.execute(
                 "UPDATE workers SET services = ?2, assignment_version = ?3 WHERE id = ?1",
@@ -438,12 +494,28 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Cmd, done: &mut Vec<Box<dyn FnOnce
         ),
         Cmd::Purge(ids) => {
             for id in ids {
-                log("purge", tx.execute("DELETE FROM workers WHERE id = ?1", [id]));
+                log(
+                    "purge",
+                    tx.execute("DELETE FROM workers WHERE id = ?1", [id]),
+                );
             }
         }
-        Cmd::History { ts_ms, data, prune_before_ms } => {
-            log("history", tx.execute("INSERT OR REPLACE INTO history (ts_ms, data) VALUES (?1, ?2)", params![ts_ms, data]));
-            log("history prune", tx.execute("DELETE FROM history WHERE ts_ms < ?1", [prune_before_ms]));
+        Cmd::History {
+            ts_ms,
+            data,
+            prune_before_ms,
+        } => {
+            log(
+                "history",
+                tx.execute(
+                    "INSERT OR REPLACE INTO history (ts_ms, data) VALUES (?1, ?2)",
+                    params![ts_ms, data],
+                ),
+            );
+            log(
+                "history prune",
+                tx.execute("DELETE FROM history WHERE ts_ms < ?1", [prune_before_ms]),
+            );
         }
         Cmd::Setting(k, v, r) => {
             let res = tx
@@ -453,12 +525,17 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Cmd, done: &mut Vec<Box<dyn FnOnce
         }
         Cmd::InsertEnrollment(e, r) => {
             let res = tx
-                .execute("INSERT INTO enrollment_tokens (id, label, hash) VALUES (?1, ?2, ?3)", params![e.id, e.label, e.hash])
+                .execute(
+                    "INSERT INTO enrollment_tokens (id, label, hash) VALUES (?1, ?2, ?3)",
+                    params![e.id, e.label, e.hash],
+                )
                 .map(|_| ());
             done.push(reply(r, res));
         }
         Cmd::RevokeEnrollment(id, r) => {
-            let res = tx.execute("DELETE FROM enrollment_tokens WHERE id = ?1", [id]).map(|n| n > 0);
+            let res = tx
+                .execute("DELETE FROM enrollment_tokens WHERE id = ?1", [id])
+                .map(|n| n > 0);
             done.push(reply(r, res));
         }
     }

@@ -6,9 +6,9 @@ use std::time::Duration;
 use commons_shared::api::{HistoryPoint, WorkerStatus};
 use commons_shared::tier::Tier;
 use tokio::task::JoinHandle;
-use tokio::time::{interval, MissedTickBehavior};
+use tokio::time::{MissedTickBehavior, interval};
 
-use crate::state::{now_ms, AppState};
+use crate::state::{AppState, now_ms};
 
 /// Sets the `commons_workers{status, tier}` gauges.
 pub fn update_gauges(state: &AppState) {
@@ -56,10 +56,13 @@ pub fn spawn(state: &AppState) -> Vec<JoinHandle<()>> {
             }
             update_gauges(&s);
             passes += 1;
-            if passes % 20 == 0 {
+            if passes.is_multiple_of(20) {
                 let purged = s.purge_offline();
                 if purged > 0 {
-                    tracing::info!(workers = purged, "forgot workers offline past the retention");
+                    tracing::info!(
+                        workers = purged,
+                        "forgot workers offline past the retention"
+                    );
                 }
                 s.trim_limiters();
             }

@@ -3,8 +3,8 @@
 mod common;
 
 use axum::http::StatusCode;
-use commons_coordinator::server::test_utils::ADMIN_TOKEN;
 use common::*;
+use commons_coordinator::server::test_utils::ADMIN_TOKEN;
 use serde_json::json;
 
 #[tokio::test]
@@ -19,7 +19,17 @@ async fn legacy_registration_answers_legacy_fields() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    for key in ["worker_id", "tier", "assigned_containers", "heartbeat_url", "heartbeat_interval", "coordinator_url", "tunnel_url", "endpoint", "worker_token"] {
+    for key in [
+        "worker_id",
+        "tier",
+        "assigned_containers",
+        "heartbeat_url",
+        "heartbeat_interval",
+        "coordinator_url",
+        "tunnel_url",
+        "endpoint",
+        "worker_token",
+    ] {
         assert!(r.body.get(key).is_some(), "missing {key}: {}", r.body);
     }
     assert_eq!(r.body["tier"], 1);
@@ -35,7 +45,10 @@ async fn legacy_registration_answers_legacy_fields() {
         }
     }
     // A GPU box gets a GPU service first when the pool has none.
-    assert!(containers.iter().any(|c| c["requires_gpu"] == true), "{containers:?}");
+    assert!(
+        containers.iter().any(|c| c["requires_gpu"] == true),
+        "{containers:?}"
+    );
 }
 
 #[tokio::test]
@@ -45,7 +58,13 @@ async fn vram_in_megabytes_is_not_tier_one() {
         .register(&json!({"capabilities": {"cpu_cores": 4, "ram": "16GB", "gpu_type": "NVIDIA RTX 3050", "gpu_memory": "4096MB"}}))
         .await;
     assert_eq!(body["tier"], 2);
-    assert!(body["assigned_containers"].as_array().unwrap().iter().all(|c| c["requires_gpu"] == false));
+    assert!(
+        body["assigned_containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["requires_gpu"] == false)
+    );
 }
 
 #[tokio::test]
@@ -53,21 +72,43 @@ async fn heartbeat_needs_the_workers_own_token() {
     let app = app().await;
     let (a, ta, _) = app.register(&native(4, 16, None)).await;
     let (b, tb, _) = app.register(&native(4, 16, None)).await;
-    assert_eq!(app.heartbeat(&a, Some(&ta), 0.2).await.status, StatusCode::OK);
+    assert_eq!(
+        app.heartbeat(&a, Some(&ta), 0.2).await.status,
+        StatusCode::OK
+    );
     // No token, another worker's token, a made-up token.
     let r = app.heartbeat(&a, None, 0.2).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.body["error"], "unauthorized");
-    assert_eq!(app.heartbeat(&a, Some(&tb), 0.2).await.status, StatusCode::FORBIDDEN);
-    assert_eq!(app.heartbeat(&b, Some(&ta), 0.2).await.status, StatusCode::FORBIDDEN);
-    assert_eq!(app.heartbeat(&a, Some("0000"), 0.2).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.heartbeat(&a, Some(&tb), 0.2).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        app.heartbeat(&b, Some(&ta), 0.2).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        app.heartbeat(&a, Some("0000"), 0.2).await.status,
+        StatusCode::FORBIDDEN
+    );
     // The admin cannot heartbeat for a worker either.
-    assert_eq!(app.heartbeat(&a, Some(ADMIN_TOKEN), 0.2).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.heartbeat(&a, Some(ADMIN_TOKEN), 0.2).await.status,
+        StatusCode::FORBIDDEN
+    );
     // Unknown worker: 404, so a legacy agent re-registers.
     let r = app.heartbeat("worker-195d5431", Some(&ta), 0.2).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     // A worker cannot unregister another.
-    let r = app.call("DELETE", &format!("/api/worker/unregister/{b}"), Some(&ta), None).await;
+    let r = app
+        .call(
+            "DELETE",
+            &format!("/api/worker/unregister/{b}"),
+            Some(&ta),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let w = app.admin_get(&format!("/api/admin/workers/{a}")).await;
     assert_eq!(w.body["current_load"], 0.2);
@@ -78,7 +119,10 @@ async fn legacy_open_mode_accepts_tokenless_heartbeats_from_legacy_workers_only(
     let closed = app().await;
     let (id, _, _) = closed.register(&legacy()).await;
     let hb = json!({"worker_id": id, "status": "healthy", "current_load": 1.0, "available_memory": "22.4GB"});
-    assert_eq!(closed.post("/api/worker/heartbeat", None, &hb).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        closed.post("/api/worker/heartbeat", None, &hb).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 
     let open = app_with(|c| c.legacy_open_workers = true).await;
     let (id, _, _) = open.register(&legacy()).await;
@@ -86,32 +130,81 @@ async fn legacy_open_mode_accepts_tokenless_heartbeats_from_legacy_workers_only(
     let r = open.post("/api/worker/heartbeat", None, &hb).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let w = open.admin_get(&format!("/api/admin/workers/{id}")).await;
-    assert_eq!(w.body["free_memory_bytes"], (22.4 * (1u64 << 30) as f64).round() as u64);
+    assert_eq!(
+        w.body["free_memory_bytes"],
+        (22.4 * (1u64 << 30) as f64).round() as u64
+    );
     // A native worker still needs its token in open mode.
     let (nid, _, _) = open.register(&native(4, 16, None)).await;
-    assert_eq!(open.heartbeat(&nid, None, 0.1).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        open.heartbeat(&nid, None, 0.1).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     // Seed-style shutdown: 200, then 404.
-    assert_eq!(open.call("DELETE", &format!("/api/worker/unregister/{id}"), None, None).await.status, StatusCode::OK);
-    assert_eq!(open.call("DELETE", &format!("/api/worker/unregister/{id}"), None, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        open.call(
+            "DELETE",
+            &format!("/api/worker/unregister/{id}"),
+            None,
+            None
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        open.call(
+            "DELETE",
+            &format!("/api/worker/unregister/{id}"),
+            None,
+            None
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
 async fn unregister_then_404() {
     let app = app().await;
     let (id, token, _) = app.register(&native(4, 16, None)).await;
-    let r = app.call("DELETE", &format!("/api/worker/unregister/{id}"), Some(&token), None).await;
+    let r = app
+        .call(
+            "DELETE",
+            &format!("/api/worker/unregister/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["worker_id"], id);
-    let r = app.call("DELETE", &format!("/api/worker/unregister/{id}"), Some(&token), None).await;
+    let r = app
+        .call(
+            "DELETE",
+            &format!("/api/worker/unregister/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(app.heartbeat(&id, Some(&token), 0.1).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.heartbeat(&id, Some(&token), 0.1).await.status,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(app.admin_get("/api/admin/workers").await.body["total"], 0);
 }
 
 #[tokio::test]
 async fn admin_needs_the_token_and_limits_guessing() {
     let app = app_with(|c| c.admin_auth_rate_limit = 3).await;
-    for path in ["/api/admin/workers", "/api/admin/stats", "/api/admin/health", "/api/admin/services", "/api/admin/history"] {
+    for path in [
+        "/api/admin/workers",
+        "/api/admin/stats",
+        "/api/admin/health",
+        "/api/admin/services",
+        "/api/admin/history",
+    ] {
         let r = app.admin_get(path).await;
         assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
     }
@@ -120,11 +213,22 @@ async fn admin_needs_the_token_and_limits_guessing() {
     assert_eq!(r.body["error"], "unauthorized");
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        statuses.push(app.call("GET", "/api/admin/stats", Some("wrong-token"), None).await.status);
+        statuses.push(
+            app.call("GET", "/api/admin/stats", Some("wrong-token"), None)
+                .await
+                .status,
+        );
     }
-    assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
+    assert_eq!(
+        statuses.last(),
+        Some(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
     // The right token still works from the same address.
-    assert_eq!(app.admin_get("/api/admin/stats").await.status, StatusCode::OK);
+    assert_eq!(
+        app.admin_get("/api/admin/stats").await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -136,12 +240,18 @@ async fn admin_views_in_seed_shapes() {
     app.heartbeat(&data_id, Some(&data_token), 0.5).await;
 
     let health = app.call("GET", "/health", None, None).await;
-    assert_eq!(health.body, json!({"status": "healthy", "coordinator": "commons-coordinator", "workers": {"total": 3, "active": 3, "stale": 0}}));
+    assert_eq!(
+        health.body,
+        json!({"status": "healthy", "coordinator": "commons-coordinator", "workers": {"total": 3, "active": 3, "stale": 0}})
+    );
 
     let s = app.admin_get("/api/admin/stats").await.body;
     assert_eq!(s["total_workers"], 3);
     assert_eq!(s["healthy_workers"], 3);
-    assert_eq!(s["workers_by_tier"], json!({"gpu_workers": 1, "service_workers": 1, "data_workers": 1}));
+    assert_eq!(
+        s["workers_by_tier"],
+        json!({"gpu_workers": 1, "service_workers": 1, "data_workers": 1})
+    );
     assert_eq!(s["average_load_by_tier"]["data_workers"], 0.5);
     assert_eq!(s["gpus"], 1);
     assert_eq!(s["total_vram_bytes"], 24u64 << 30);
@@ -154,48 +264,122 @@ async fn admin_views_in_seed_shapes() {
     let list = app.admin_get("/api/admin/workers?tier=3").await.body;
     assert_eq!(list["total"], 1);
     let w = &list["workers"][0];
-    for key in ["worker_id", "tier", "status", "current_load", "tasks_completed", "assigned_containers", "last_heartbeat", "registered_at", "ip_address", "capabilities"] {
+    for key in [
+        "worker_id",
+        "tier",
+        "status",
+        "current_load",
+        "tasks_completed",
+        "assigned_containers",
+        "last_heartbeat",
+        "registered_at",
+        "ip_address",
+        "capabilities",
+    ] {
         assert!(w.get(key).is_some(), "missing {key}");
     }
     assert_eq!(w["worker_id"], data_id);
     assert!(w["last_heartbeat"].as_str().unwrap().ends_with('Z'));
     // Pagination and filters.
-    let page = app.admin_get("/api/admin/workers?limit=2&offset=0").await.body;
-    assert_eq!((page["total"].as_u64(), page["workers"].as_array().unwrap().len()), (Some(3), 2));
-    let page = app.admin_get("/api/admin/workers?limit=2&offset=2").await.body;
+    let page = app
+        .admin_get("/api/admin/workers?limit=2&offset=0")
+        .await
+        .body;
+    assert_eq!(
+        (
+            page["total"].as_u64(),
+            page["workers"].as_array().unwrap().len()
+        ),
+        (Some(3), 2)
+    );
+    let page = app
+        .admin_get("/api/admin/workers?limit=2&offset=2")
+        .await
+        .body;
     assert_eq!(page["workers"].as_array().unwrap().len(), 1);
-    assert_eq!(app.admin_get("/api/admin/workers?status=stale").await.body["total"], 0);
+    assert_eq!(
+        app.admin_get("/api/admin/workers?status=stale").await.body["total"],
+        0
+    );
     let gpu_service = app.admin_get("/api/admin/workers?service=llm").await.body;
     assert_eq!(gpu_service["total"], 1);
-    for (q, field) in [("tier=9", "tier"), ("status=sleepy", "status"), ("service=nope", "service"), ("limit=-1", "query")] {
+    for (q, field) in [
+        ("tier=9", "tier"),
+        ("status=sleepy", "status"),
+        ("service=nope", "service"),
+        ("limit=-1", "query"),
+    ] {
         let r = app.admin_get(&format!("/api/admin/workers?{q}")).await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{q}");
-        assert!(r.body["message"].as_str().unwrap().starts_with(field), "{q}: {}", r.body);
+        assert!(
+            r.body["message"].as_str().unwrap().starts_with(field),
+            "{q}: {}",
+            r.body
+        );
     }
 
     let services = app.admin_get("/api/admin/services").await.body;
-    let llm = services["services"].as_array().unwrap().iter().find(|s| s["name"] == "llm").unwrap();
-    assert_eq!((llm["assigned"].as_u64(), llm["healthy"].as_u64(), llm["wanted"].as_u64()), (Some(1), Some(1), Some(2)));
+    let llm = services["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "llm")
+        .unwrap();
+    assert_eq!(
+        (
+            llm["assigned"].as_u64(),
+            llm["healthy"].as_u64(),
+            llm["wanted"].as_u64()
+        ),
+        (Some(1), Some(1), Some(2))
+    );
     assert!(services["gaps"].as_array().unwrap().contains(&json!("llm")));
 }
 
 #[tokio::test]
 async fn enrollment_tokens_gate_registration() {
     let app = app_with(|c| c.require_enrollment = true).await;
-    let r = app.post("/api/worker/register", None, &native(4, 16, None)).await;
+    let r = app
+        .post("/api/worker/register", None, &native(4, 16, None))
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(r.body["message"].as_str().unwrap().contains("enrollment"));
-    let t = app.post("/api/admin/enrollment-tokens", Some(ADMIN_TOKEN), &json!({"label": "lab 3"})).await;
+    let t = app
+        .post(
+            "/api/admin/enrollment-tokens",
+            Some(ADMIN_TOKEN),
+            &json!({"label": "lab 3"}),
+        )
+        .await;
     assert_eq!(t.status, StatusCode::OK);
     let token = t.body["token"].as_str().unwrap().to_owned();
     let mut body = native(4, 16, None);
     body["enrollment_token"] = json!("not-the-token");
-    assert_eq!(app.post("/api/worker/register", None, &body).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.post("/api/worker/register", None, &body).await.status,
+        StatusCode::FORBIDDEN
+    );
     body["enrollment_token"] = json!(token);
-    assert_eq!(app.post("/api/worker/register", None, &body).await.status, StatusCode::OK);
+    assert_eq!(
+        app.post("/api/worker/register", None, &body).await.status,
+        StatusCode::OK
+    );
     let id = t.body["id"].as_str().unwrap();
-    assert_eq!(app.call("DELETE", &format!("/api/admin/enrollment-tokens/{id}"), Some(ADMIN_TOKEN), None).await.status, StatusCode::OK);
-    assert_eq!(app.post("/api/worker/register", None, &body).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.call(
+            "DELETE",
+            &format!("/api/admin/enrollment-tokens/{id}"),
+            Some(ADMIN_TOKEN),
+            None
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.post("/api/worker/register", None, &body).await.status,
+        StatusCode::FORBIDDEN
+    );
 }
 
 #[tokio::test]
@@ -203,10 +387,23 @@ async fn registration_rate_limit_per_address() {
     let app = app_with(|c| c.register_rate_limit = 2).await;
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        statuses.push(app.post("/api/worker/register", None, &native(4, 16, None)).await.status);
+        statuses.push(
+            app.post("/api/worker/register", None, &native(4, 16, None))
+                .await
+                .status,
+        );
     }
-    assert_eq!(statuses, [StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
-    let r = app.post("/api/worker/register", None, &native(4, 16, None)).await;
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    let r = app
+        .post("/api/worker/register", None, &native(4, 16, None))
+        .await;
     assert_eq!(r.body["error"], "rate_limited");
     assert!(r.headers.contains_key("retry-after"));
 }
@@ -244,22 +441,48 @@ async fn rebalancing_reaches_workers_through_heartbeats() {
     let (y, ty, yb) = app.register(&native(2, 4, None)).await;
     assert_eq!(yb["assigned_containers"][0]["name"], "commons-a");
     let (x, tx, xb) = app.register(&native(2, 8, None)).await;
-    let names = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|c| c["service"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let names = |v: &serde_json::Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["service"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(names(&xb["assigned_containers"]), ["b"]);
     assert_eq!(xb["assignment_version"], 1);
     // Current version: no assignment in the answer.
     let hb = |id: &str, v: u64| json!({"worker_id": id, "status": "healthy", "load": 0.1, "assignment_version": v});
-    let r = app.post("/api/worker/heartbeat", Some(&tx), &hb(&x, 1)).await;
+    let r = app
+        .post("/api/worker/heartbeat", Some(&tx), &hb(&x, 1))
+        .await;
     assert!(r.body.get("assigned_containers").is_none(), "{}", r.body);
     assert_eq!(app.state.rebalance(), 0, "no gap, no change");
     // Y leaves: "a" has a gap that X can hold beside "b".
-    assert_eq!(app.call("DELETE", &format!("/api/worker/unregister/{y}"), Some(&ty), None).await.status, StatusCode::OK);
-    assert_eq!(app.admin_get("/api/admin/services").await.body["gaps"], json!(["a"]));
+    assert_eq!(
+        app.call(
+            "DELETE",
+            &format!("/api/worker/unregister/{y}"),
+            Some(&ty),
+            None
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.admin_get("/api/admin/services").await.body["gaps"],
+        json!(["a"])
+    );
     assert_eq!(app.state.rebalance(), 1);
-    let r = app.post("/api/worker/heartbeat", Some(&tx), &hb(&x, 1)).await;
+    let r = app
+        .post("/api/worker/heartbeat", Some(&tx), &hb(&x, 1))
+        .await;
     assert_eq!(r.body["assignment_version"], 2);
     assert_eq!(names(&r.body["assigned_containers"]), ["b", "a"]);
-    assert_eq!(app.admin_get("/api/admin/services").await.body["gaps"], json!([]));
+    assert_eq!(
+        app.admin_get("/api/admin/services").await.body["gaps"],
+        json!([])
+    );
 }
 
 #[tokio::test]
@@ -272,16 +495,52 @@ async fn silent_workers_turn_stale_and_come_back() {
     .await;
     let (id, token, _) = app.register(&native(4, 16, None)).await;
     let status = |b: &serde_json::Value| b["status"].as_str().unwrap().to_owned();
-    assert_eq!(status(&app.admin_get(&format!("/api/admin/workers/{id}")).await.body), "healthy");
+    assert_eq!(
+        status(
+            &app.admin_get(&format!("/api/admin/workers/{id}"))
+                .await
+                .body
+        ),
+        "healthy"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    assert_eq!(status(&app.admin_get(&format!("/api/admin/workers/{id}")).await.body), "stale");
+    assert_eq!(
+        status(
+            &app.admin_get(&format!("/api/admin/workers/{id}"))
+                .await
+                .body
+        ),
+        "stale"
+    );
     let h = app.call("GET", "/health", None, None).await.body;
-    assert_eq!((h["workers"]["active"].as_u64(), h["workers"]["stale"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(
+        (
+            h["workers"]["active"].as_u64(),
+            h["workers"]["stale"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
     // Out of routing: its services have no healthy replica.
     let services = app.admin_get("/api/admin/services").await.body;
-    assert!(services["services"].as_array().unwrap().iter().all(|s| s["healthy"] == 0));
-    assert_eq!(app.heartbeat(&id, Some(&token), 0.3).await.status, StatusCode::OK);
-    assert_eq!(status(&app.admin_get(&format!("/api/admin/workers/{id}")).await.body), "healthy");
+    assert!(
+        services["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["healthy"] == 0)
+    );
+    assert_eq!(
+        app.heartbeat(&id, Some(&token), 0.3).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(
+            &app.admin_get(&format!("/api/admin/workers/{id}"))
+                .await
+                .body
+        ),
+        "healthy"
+    );
 }
 
 #[tokio::test]
@@ -331,15 +590,35 @@ async fn openapi_and_metrics() {
     let app = app().await;
     let r = app.call("GET", "/api/openapi.json", None, None).await;
     assert_eq!(r.status, StatusCode::OK);
-    for path in ["/api/worker/register", "/api/worker/heartbeat", "/api/admin/workers", "/api/admin/history"] {
+    for path in [
+        "/api/worker/register",
+        "/api/worker/heartbeat",
+        "/api/admin/workers",
+        "/api/admin/history",
+    ] {
         assert!(r.body["paths"].get(path).is_some(), "openapi lacks {path}");
     }
     let (id, token, _) = app.register(&native(4, 16, None)).await;
     app.heartbeat(&id, Some(&token), 0.1).await;
-    let req = axum::http::Request::get("/metrics").body(axum::body::Body::empty()).unwrap();
-    let resp = tower::ServiceExt::oneshot(app.router.clone(), req).await.unwrap();
-    let text = String::from_utf8(http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes().to_vec()).unwrap();
-    for name in ["commons_heartbeats_total", "commons_registrations_total", "commons_workers{"] {
+    let req = axum::http::Request::get("/metrics")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = tower::ServiceExt::oneshot(app.router.clone(), req)
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    for name in [
+        "commons_heartbeats_total",
+        "commons_registrations_total",
+        "commons_workers{",
+    ] {
         assert!(text.contains(name), "metrics lack {name}:\n{text}");
     }
 }

@@ -6,17 +6,32 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use commons_coordinator::server::test_utils::{config, ADMIN_TOKEN};
-use commons_coordinator::Server;
 use common::native;
-use serde_json::{json, Value};
+use commons_coordinator::Server;
+use commons_coordinator::server::test_utils::{ADMIN_TOKEN, config};
+use serde_json::{Value, json};
 
 async fn register_n(client: &reqwest::Client, url: &str, n: usize) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for i in 0..n {
-        let body = if i % 3 == 0 { common::legacy() } else { native(4, 16, None) };
-        let r: Value = client.post(format!("{url}/api/worker/register")).json(&body).send().await.unwrap().json().await.unwrap();
-        out.push((r["worker_id"].as_str().unwrap().to_owned(), r["worker_token"].as_str().unwrap().to_owned()));
+        let body = if i % 3 == 0 {
+            common::legacy()
+        } else {
+            native(4, 16, None)
+        };
+        let r: Value = client
+            .post(format!("{url}/api/worker/register"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        out.push((
+            r["worker_id"].as_str().unwrap().to_owned(),
+            r["worker_token"].as_str().unwrap().to_owned(),
+        ));
     }
     out
 }
@@ -34,7 +49,15 @@ async fn heartbeat(client: &reqwest::Client, url: &str, id: &str, token: &str, l
 }
 
 async fn admin(client: &reqwest::Client, url: &str, path: &str) -> Value {
-    client.get(format!("{url}{path}")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap()
+    client
+        .get(format!("{url}{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -52,10 +75,19 @@ async fn hundred_workers_survive_a_drop_without_shutdown() {
     let list = admin(&client, &url, "/api/admin/workers?limit=1000").await;
     assert_eq!(list["total"], 100);
     for (id, token) in &workers {
-        assert_eq!(heartbeat(&client, &url, id, token, 0.1).await, 200, "token of {id} no longer valid");
+        assert_eq!(
+            heartbeat(&client, &url, id, token, 0.1).await,
+            200,
+            "token of {id} no longer valid"
+        );
     }
     // Legacy workers are still known as legacy; tiers and assignments are kept.
-    let w = admin(&client, &url, &format!("/api/admin/workers/{}", workers[0].0)).await;
+    let w = admin(
+        &client,
+        &url,
+        &format!("/api/admin/workers/{}", workers[0].0),
+    )
+    .await;
     assert_eq!(w["legacy"], true);
     assert!(!w["assigned_containers"].as_array().unwrap().is_empty());
     server.shutdown().await.unwrap();
@@ -103,7 +135,10 @@ async fn kill_9_loses_at_most_the_flush_window() {
     // Past the 1 s flush window: these heartbeats are on disk.
     tokio::time::sleep(Duration::from_millis(1600)).await;
     // Inside the window: this one may be lost, nothing else may.
-    assert_eq!(heartbeat(&client, &url, &workers[0].0, &workers[0].1, 0.77).await, 200);
+    assert_eq!(
+        heartbeat(&client, &url, &workers[0].0, &workers[0].1, 0.77).await,
+        200
+    );
     proc.0.kill().unwrap(); // SIGKILL
     proc.0.wait().unwrap();
 

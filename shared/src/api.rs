@@ -168,7 +168,14 @@ pub enum WorkerStatus {
 
 impl WorkerStatus {
     /// All statuses.
-    pub const ALL: [WorkerStatus; 6] = [Self::Healthy, Self::Degraded, Self::Paused, Self::Busy, Self::Stale, Self::Offline];
+    pub const ALL: [WorkerStatus; 6] = [
+        Self::Healthy,
+        Self::Degraded,
+        Self::Paused,
+        Self::Busy,
+        Self::Stale,
+        Self::Offline,
+    ];
 
     /// Lowercase name.
     pub fn as_str(self) -> &'static str {

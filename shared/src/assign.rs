@@ -19,7 +19,12 @@ struct Holding<'a> {
 
 impl<'a> Holding<'a> {
     fn new(caps: &'a Capabilities) -> Self {
-        Self { caps, ram: 0, storage: 0, gpu_taken: vec![false; caps.gpus.len()] }
+        Self {
+            caps,
+            ram: 0,
+            storage: 0,
+            gpu_taken: vec![false; caps.gpus.len()],
+        }
     }
 
     /// The GPU a service would take: the smallest free NVIDIA GPU with enough VRAM.
@@ -28,7 +33,11 @@ impl<'a> Holding<'a> {
             .gpus
             .iter()
             .enumerate()
-            .filter(|(i, g)| !self.gpu_taken[*i] && g.vendor == GpuVendor::Nvidia && g.vram_bytes >= spec.min_vram)
+            .filter(|(i, g)| {
+                !self.gpu_taken[*i]
+                    && g.vendor == GpuVendor::Nvidia
+                    && g.vram_bytes >= spec.min_vram
+            })
             .min_by_key(|(_, g)| g.vram_bytes)
             .map(|(i, _)| i)
     }
@@ -65,7 +74,9 @@ pub fn can_hold(caps: &Capabilities, spec: &ServiceSpec) -> bool {
 /// Whether a machine could run all of these services at once.
 pub fn can_hold_all(caps: &Capabilities, catalogue: &Catalogue, services: &[usize]) -> bool {
     let mut h = Holding::new(caps);
-    services.iter().all(|&i| catalogue.get(i).is_some_and(|s| h.try_take(s)))
+    services
+        .iter()
+        .all(|&i| catalogue.get(i).is_some_and(|s| h.try_take(s)))
 }
 
 /// The services a worker should run: those it holds (`current`, kept) plus what it can add.
@@ -92,14 +103,18 @@ pub fn assign(
         }
     }
     let cover = |i: usize| coverage.get(i).copied().unwrap_or(0);
-    let mut order: Vec<usize> = (0..catalogue.len()).filter(|i| !chosen.contains(i)).collect();
+    let mut order: Vec<usize> = (0..catalogue.len())
+        .filter(|i| !chosen.contains(i))
+        .collect();
     // Least covered first, as a fraction of what is wanted; GPU services before CPU ones at equal coverage so a
     // scarce GPU is not spent on nothing; then catalogue order.
     order.sort_by(|&a, &b| {
         let (sa, sb) = (catalogue.get(a).unwrap(), catalogue.get(b).unwrap());
         let ra = f64::from(cover(a)) / f64::from(sa.replicas.max(1));
         let rb = f64::from(cover(b)) / f64::from(sb.replicas.max(1));
-        ra.total_cmp(&rb).then(sb.requires_gpu.cmp(&sa.requires_gpu)).then(a.cmp(&b))
+        ra.total_cmp(&rb)
+            .then(sb.requires_gpu.cmp(&sa.requires_gpu))
+            .then(a.cmp(&b))
     });
     for &i in &order {
         if chosen.len() >= max_services {
@@ -110,10 +125,12 @@ pub fn assign(
             chosen.push(i);
         }
     }
-    if fill_idle && chosen.is_empty() && max_services > 0 {
-        if let Some(&i) = order.iter().find(|&&i| holding.try_take(catalogue.get(i).unwrap())) {
-            chosen.push(i);
-        }
+    if fill_idle
+        && chosen.is_empty()
+        && max_services > 0
+        && let Some(&i) = order.iter().find(|&&i| holding.try_take(catalogue.get(i).unwrap()))
+    {
+        chosen.push(i);
     }
     chosen
 }
@@ -171,13 +188,25 @@ mod tests {
 
     fn caps(cores: u32, ram_gib: u64, vram_gib: &[u64], free_gib: u64) -> Capabilities {
         Capabilities {
-            cpu: Cpu { cores, ..Default::default() },
+            cpu: Cpu {
+                cores,
+                ..Default::default()
+            },
             memory_bytes: ram_gib * GIB,
             gpus: vram_gib
                 .iter()
-                .map(|v| Gpu { vendor: GpuVendor::Nvidia, name: "g".into(), vram_bytes: v * GIB, ..Default::default() })
+                .map(|v| Gpu {
+                    vendor: GpuVendor::Nvidia,
+                    name: "g".into(),
+                    vram_bytes: v * GIB,
+                    ..Default::default()
+                })
                 .collect(),
-            disks: vec![Disk { mount: "/".into(), total_bytes: free_gib * GIB, free_bytes: free_gib * GIB }],
+            disks: vec![Disk {
+                mount: "/".into(),
+                total_bytes: free_gib * GIB,
+                free_bytes: free_gib * GIB,
+            }],
             ..Default::default()
         }
     }
@@ -190,13 +219,29 @@ mod tests {
     fn assignment_table() {
         let c = catalogue();
         // (cores, ram, vram, free disk, coverage per service, max) -> services
-        let table: &[((u32, u64, &[u64], u64), [u32; 5], usize, &[&str])] = &[
+        type Row<'a> = ((u32, u64, &'a [u64], u64), [u32; 5], usize, &'a [&'a str]);
+        let table: &[Row] = &[
             // Empty pool, a 24 GiB GPU box: GPU services first; one GPU holds one GPU service.
-            ((8, 32, &[24], 50), [0, 0, 0, 0, 0], 3, &["gpu-big", "cpu", "tiny"]),
+            (
+                (8, 32, &[24], 50),
+                [0, 0, 0, 0, 0],
+                3,
+                &["gpu-big", "cpu", "tiny"],
+            ),
             // Two GPUs: both GPU services.
-            ((8, 32, &[24, 8], 50), [0, 0, 0, 0, 0], 3, &["gpu-big", "gpu-small", "cpu"]),
+            (
+                (8, 32, &[24, 8], 50),
+                [0, 0, 0, 0, 0],
+                3,
+                &["gpu-big", "gpu-small", "cpu"],
+            ),
             // gpu-big covered: the small GPU service goes first.
-            ((8, 32, &[24], 50), [1, 0, 0, 0, 0], 3, &["gpu-small", "cpu", "tiny"]),
+            (
+                (8, 32, &[24], 50),
+                [1, 0, 0, 0, 0],
+                3,
+                &["gpu-small", "cpu", "tiny"],
+            ),
             // A laptop: no GPU, 2 GiB: only what fits in memory.
             ((2, 2, &[], 50), [0, 0, 0, 0, 0], 3, &["tiny"]),
             // Memory adds up: 5 GiB holds cpu (4) + tiny (0.5) but not disk (1) too.
@@ -208,11 +253,27 @@ mod tests {
             // An 8 GiB GPU cannot hold a 16 GiB service, and 7 GiB cannot hold an 8 GiB one.
             ((8, 32, &[7], 50), [0, 0, 2, 1, 1], 3, &["cpu"]),
             // Max services respected.
-            ((8, 64, &[24, 24], 500), [0, 0, 0, 0, 0], 2, &["gpu-big", "gpu-small"]),
+            (
+                (8, 64, &[24, 24], 500),
+                [0, 0, 0, 0, 0],
+                2,
+                &["gpu-big", "gpu-small"],
+            ),
         ];
         for ((cores, ram, vram, free), coverage, max, want) in table {
-            let got = assign(&caps(*cores, *ram, vram, *free), &c, coverage, &[], *max, true);
-            assert_eq!(names(&c, &got), *want, "cores={cores} ram={ram} vram={vram:?} coverage={coverage:?}");
+            let got = assign(
+                &caps(*cores, *ram, vram, *free),
+                &c,
+                coverage,
+                &[],
+                *max,
+                true,
+            );
+            assert_eq!(
+                names(&c, &got),
+                *want,
+                "cores={cores} ram={ram} vram={vram:?} coverage={coverage:?}"
+            );
         }
     }
 
@@ -243,7 +304,10 @@ mod tests {
         let m = caps(8, 32, &[24], 50);
         let tiny = c.index_of("tiny").unwrap();
         // All covered: nothing added, current kept.
-        assert_eq!(assign(&m, &c, &[1, 2, 2, 1, 1], &[tiny], 3, false), vec![tiny]);
+        assert_eq!(
+            assign(&m, &c, &[1, 2, 2, 1, 1], &[tiny], 3, false),
+            vec![tiny]
+        );
         // cpu has a gap: it is added beside tiny.
         let got = assign(&m, &c, &[1, 2, 0, 1, 1], &[tiny], 3, false);
         assert_eq!(names(&c, &got), ["tiny", "cpu"]);

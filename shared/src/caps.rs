@@ -53,7 +53,10 @@ impl GpuVendor {
     /// Guesses the vendor from a marketing name ("NVIDIA RTX 4090", "Radeon RX 7900").
     pub fn from_name(name: &str) -> Self {
         let n = name.to_ascii_lowercase();
-        if ["nvidia", "geforce", "rtx", "gtx", "quadro", "tesla"].iter().any(|k| n.contains(k)) {
+        if ["nvidia", "geforce", "rtx", "gtx", "quadro", "tesla"]
+            .iter()
+            .any(|k| n.contains(k))
+        {
             Self::Nvidia
         } else if ["amd", "radeon", "instinct"].iter().any(|k| n.contains(k)) {
             Self::Amd

@@ -98,7 +98,9 @@ pub enum CatalogueError {
     },
 }
 
-const SECRET_WORDS: [&str; 6] = ["SECRET", "TOKEN", "PASSWORD", "PASSWD", "API_KEY", "PRIVATE"];
+const SECRET_WORDS: [&str; 6] = [
+    "SECRET", "TOKEN", "PASSWORD", "PASSWD", "API_KEY", "PRIVATE",
+];
 
 impl Catalogue {
     /// The shipped catalogue.
@@ -109,7 +111,9 @@ impl Catalogue {
     /// The `base` catalogue with `overlay` applied: entries replace same-named ones, new ones are appended,
     /// names in `remove` are dropped.
     pub fn load(base: &str, overlay: Option<&str>) -> Result<Self, CatalogueError> {
-        let parse = |text: &str| toml::from_str::<CatalogueFile>(text).map_err(|e| CatalogueError::Parse(e.to_string()));
+        let parse = |text: &str| {
+            toml::from_str::<CatalogueFile>(text).map_err(|e| CatalogueError::Parse(e.to_string()))
+        };
         let mut services = parse(base)?.service;
         if let Some(text) = overlay {
             let file = parse(text)?;
@@ -127,30 +131,55 @@ impl Catalogue {
     }
 
     fn validate(&self) -> Result<(), CatalogueError> {
-        let invalid = |s: &ServiceSpec, m: String| CatalogueError::Invalid { service: s.name.clone(), message: m };
+        let invalid = |s: &ServiceSpec, m: String| CatalogueError::Invalid {
+            service: s.name.clone(),
+            message: m,
+        };
         if self.services.len() > MAX_SERVICES {
-            return Err(CatalogueError::Parse(format!("at most {MAX_SERVICES} services")));
+            return Err(CatalogueError::Parse(format!(
+                "at most {MAX_SERVICES} services"
+            )));
         }
         for (i, s) in self.services.iter().enumerate() {
-            if s.name.is_empty() || s.name.len() > 32 || !s.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-                return Err(invalid(s, "a name is 1 to 32 lowercase letters, digits or '-'".into()));
+            if s.name.is_empty()
+                || s.name.len() > 32
+                || !s
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(invalid(
+                    s,
+                    "a name is 1 to 32 lowercase letters, digits or '-'".into(),
+                ));
             }
             if self.services[..i].iter().any(|o| o.name == s.name) {
                 return Err(invalid(s, "appears twice".into()));
             }
             if s.image.is_empty() || s.image.len() > 256 || s.image.contains(char::is_whitespace) {
-                return Err(invalid(s, "the image must be a reference without spaces, at most 256 characters".into()));
+                return Err(invalid(
+                    s,
+                    "the image must be a reference without spaces, at most 256 characters".into(),
+                ));
             }
             if s.port == 0 {
                 return Err(invalid(s, "the port must be 1 to 65535".into()));
             }
             if s.requires_gpu && s.min_vram == 0 {
-                return Err(invalid(s, "a GPU service must say how much VRAM it needs (min_vram)".into()));
+                return Err(invalid(
+                    s,
+                    "a GPU service must say how much VRAM it needs (min_vram)".into(),
+                ));
             }
             for key in s.env.keys() {
                 let upper = key.to_ascii_uppercase();
                 if let Some(word) = SECRET_WORDS.iter().find(|w| upper.contains(*w)) {
-                    return Err(invalid(s, format!("env {key:?} looks like a secret ({word}); secrets never go in the catalogue")));
+                    return Err(invalid(
+                        s,
+                        format!(
+                            "env {key:?} looks like a secret ({word}); secrets never go in the catalogue"
+                        ),
+                    ));
                 }
             }
         }
@@ -225,18 +254,36 @@ mod tests {
     #[test]
     fn refuses_bad_catalogues() {
         let cases = [
-            ("[[service]]\nname='x'\nimage='i'\nport=1\nenv={DB_PASSWORD='hunter2'}", "secret"),
+            (
+                "[[service]]\nname='x'\nimage='i'\nport=1\nenv={DB_PASSWORD='hunter2'}",
+                "secret",
+            ),
             ("[[service]]\nname='X Y'\nimage='i'\nport=1", "lowercase"),
             ("[[service]]\nname='a'\nimage='i'\nport=0", "port"),
-            ("[[service]]\nname='a'\nimage='i'\nport=1\nrequires_gpu=true", "min_vram"),
-            ("[[service]]\nname='a'\nimage='i'\nport=1\nmin_ram='lots'", "not a size"),
-            ("[[service]]\nname='a'\nimage='i'\nport=1\n[[service]]\nname='a'\nimage='i'\nport=2", "twice"),
-            ("[[service]]\nname='a'\nimage='i'\nport=1\ncolour='red'", "unknown field"),
+            (
+                "[[service]]\nname='a'\nimage='i'\nport=1\nrequires_gpu=true",
+                "min_vram",
+            ),
+            (
+                "[[service]]\nname='a'\nimage='i'\nport=1\nmin_ram='lots'",
+                "not a size",
+            ),
+            (
+                "[[service]]\nname='a'\nimage='i'\nport=1\n[[service]]\nname='a'\nimage='i'\nport=2",
+                "twice",
+            ),
+            (
+                "[[service]]\nname='a'\nimage='i'\nport=1\ncolour='red'",
+                "unknown field",
+            ),
             ("not toml at all [", "not valid"),
         ];
         for (text, needle) in cases {
             let err = Catalogue::load(text, None).unwrap_err().to_string();
-            assert!(err.contains(needle), "{text:?} gave {err:?}, wanted {needle:?}");
+            assert!(
+                err.contains(needle),
+                "{text:?} gave {err:?}, wanted {needle:?}"
+            );
         }
     }
 }

@@ -74,7 +74,13 @@ mod tests {
 
     #[test]
     fn rejects_other_shapes() {
-        for bad in ["", "worker-195d5431", "0123456789abcdef001122334455667", "g123456789abcdef0011223344556677", "+123456789abcdef0011223344556677"] {
+        for bad in [
+            "",
+            "worker-195d5431",
+            "0123456789abcdef001122334455667",
+            "g123456789abcdef0011223344556677",
+            "+123456789abcdef0011223344556677",
+        ] {
             assert!(bad.parse::<WorkerId>().is_err(), "{bad}");
         }
     }

@@ -13,8 +13,16 @@ pub fn route_weight(status: WorkerStatus, load: f64, latency_ms: f64, in_flight:
         WorkerStatus::Busy => 0.25,
         WorkerStatus::Paused | WorkerStatus::Stale | WorkerStatus::Offline => return 0.0,
     };
-    let load = if load.is_finite() { load.clamp(0.0, 1.0) } else { 1.0 };
-    let latency = if latency_ms.is_finite() { latency_ms.max(0.0) } else { 1e6 };
+    let load = if load.is_finite() {
+        load.clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    let latency = if latency_ms.is_finite() {
+        latency_ms.max(0.0)
+    } else {
+        1e6
+    };
     let load_score = 1.0 / (0.1 + load + 0.1 * f64::from(in_flight));
     let latency_score = 1.0 / (1.0 + latency / 100.0);
     health * load_score * latency_score
@@ -52,7 +60,11 @@ mod tests {
         assert!(w(WorkerStatus::Healthy, 0.5, 10.0, 0) > w(WorkerStatus::Healthy, 0.5, 500.0, 0));
         assert!(w(WorkerStatus::Healthy, 0.5, 10.0, 0) > w(WorkerStatus::Degraded, 0.5, 10.0, 0));
         assert!(w(WorkerStatus::Healthy, 0.5, 10.0, 0) > w(WorkerStatus::Healthy, 0.5, 10.0, 8));
-        for s in [WorkerStatus::Paused, WorkerStatus::Stale, WorkerStatus::Offline] {
+        for s in [
+            WorkerStatus::Paused,
+            WorkerStatus::Stale,
+            WorkerStatus::Offline,
+        ] {
             assert_eq!(w(s, 0.0, 0.0, 0), 0.0);
         }
         assert!(w(WorkerStatus::Healthy, f64::NAN, f64::INFINITY, 0).is_finite());

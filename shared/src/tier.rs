@@ -82,7 +82,8 @@ pub struct Classification {
 pub fn classify(caps: &Capabilities, edge_opt_in: bool) -> Classification {
     let tier = if caps.max_vram() >= GPU_TIER_MIN_VRAM {
         Tier::Gpu
-    } else if caps.memory_bytes >= SERVICE_TIER_MIN_RAM && caps.cpu.cores >= SERVICE_TIER_MIN_CORES {
+    } else if caps.memory_bytes >= SERVICE_TIER_MIN_RAM && caps.cpu.cores >= SERVICE_TIER_MIN_CORES
+    {
         Tier::Service
     } else {
         Tier::Data
@@ -99,16 +100,35 @@ mod tests {
     use super::*;
     use crate::caps::{Cpu, Disk, Gpu};
 
-    fn machine(cores: u32, ram_gib: u64, vram_gib: &[u64], free_gib: u64, public: bool) -> Capabilities {
+    fn machine(
+        cores: u32,
+        ram_gib: u64,
+        vram_gib: &[u64],
+        free_gib: u64,
+        public: bool,
+    ) -> Capabilities {
         Capabilities {
-            cpu: Cpu { cores, threads: cores * 2, ..Default::default() },
+            cpu: Cpu {
+                cores,
+                threads: cores * 2,
+                ..Default::default()
+            },
             memory_bytes: ram_gib * GIB,
             gpus: vram_gib
                 .iter()
                 .enumerate()
-                .map(|(i, v)| Gpu { name: format!("gpu{i}"), index: i as u32, vram_bytes: v * GIB, ..Default::default() })
+                .map(|(i, v)| Gpu {
+                    name: format!("gpu{i}"),
+                    index: i as u32,
+                    vram_bytes: v * GIB,
+                    ..Default::default()
+                })
                 .collect(),
-            disks: vec![Disk { mount: "/".into(), total_bytes: 2 * free_gib * GIB, free_bytes: free_gib * GIB }],
+            disks: vec![Disk {
+                mount: "/".into(),
+                total_bytes: 2 * free_gib * GIB,
+                free_bytes: free_gib * GIB,
+            }],
             public_address: public,
             ..Default::default()
         }
@@ -117,11 +137,18 @@ mod tests {
     #[test]
     fn tier_table() {
         // (cores, ram GiB, VRAM per GPU, free GiB, public, opt-in) -> (tier, edge, storage)
-        let table: &[((u32, u64, &[u64], u64, bool, bool), (Tier, bool, bool))] = &[
+        type Row<'a> = ((u32, u64, &'a [u64], u64, bool, bool), (Tier, bool, bool));
+        let table: &[Row] = &[
             ((8, 32, &[24], 500, false, false), (Tier::Gpu, false, true)),
             ((8, 32, &[8], 50, false, false), (Tier::Gpu, false, false)),
-            ((8, 32, &[7], 50, false, false), (Tier::Service, false, false)),
-            ((8, 32, &[4, 4], 50, false, false), (Tier::Service, false, false)),
+            (
+                (8, 32, &[7], 50, false, false),
+                (Tier::Service, false, false),
+            ),
+            (
+                (8, 32, &[4, 4], 50, false, false),
+                (Tier::Service, false, false),
+            ),
             ((2, 4, &[], 50, false, false), (Tier::Service, false, false)),
             ((1, 16, &[], 50, false, false), (Tier::Data, false, false)),
             ((4, 3, &[], 50, false, false), (Tier::Data, false, false)),
@@ -131,7 +158,11 @@ mod tests {
         ];
         for ((cores, ram, vram, free, public, opt_in), want) in table {
             let c = classify(&machine(*cores, *ram, vram, *free, *public), *opt_in);
-            assert_eq!((c.tier, c.edge, c.storage), *want, "cores={cores} ram={ram} vram={vram:?} free={free}");
+            assert_eq!(
+                (c.tier, c.edge, c.storage),
+                *want,
+                "cores={cores} ram={ram} vram={vram:?} free={free}"
+            );
         }
     }
 

@@ -124,12 +124,23 @@ mod tests {
             ("", UnitError::Empty),
             ("   ", UnitError::Empty),
             ("lots", UnitError::NotANumber("lots".into())),
-            ("Unknown (AMD)", UnitError::NotANumber("Unknown (AMD)".into())),
+            (
+                "Unknown (AMD)",
+                UnitError::NotANumber("Unknown (AMD)".into()),
+            ),
             (".", UnitError::NotANumber(".".into())),
             ("1.2.3GB", UnitError::NotANumber("1.2.3GB".into())),
             ("-5GB", UnitError::NotANumber("-5GB".into())),
-            ("12 parsecs", UnitError::UnknownUnit { unit: "parsecs".into() }),
-            ("99999999999999TB", UnitError::OutOfRange("99999999999999TB".into())),
+            (
+                "12 parsecs",
+                UnitError::UnknownUnit {
+                    unit: "parsecs".into(),
+                },
+            ),
+            (
+                "99999999999999TB",
+                UnitError::OutOfRange("99999999999999TB".into()),
+            ),
         ];
         for (text, want) in bad {
             assert_eq!(parse_size(text).as_ref(), Err(want), "{text}");

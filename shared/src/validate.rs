@@ -39,7 +39,10 @@ pub enum InputError {
 impl InputError {
     /// A field error.
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Field { field: field.into(), message: message.into() }
+        Self::Field {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -52,7 +55,10 @@ fn from_json_error(e: serde_path_to_error::Error<serde_json::Error>) -> InputErr
             // serde's message already names a missing field; keep it but drop the position suffix.
             let msg = inner.to_string();
             let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
-            InputError::Field { field, message: msg }
+            InputError::Field {
+                field,
+                message: msg,
+            }
         }
         _ => InputError::Syntax(inner.to_string()),
     }
@@ -85,7 +91,10 @@ impl Check {
 
     fn string(&mut self, field: &str, value: &str, max: usize) {
         if value.len() > max {
-            self.fail(field, format!("is {} bytes long; at most {max} allowed", value.len()));
+            self.fail(
+                field,
+                format!("is {} bytes long; at most {max} allowed", value.len()),
+            );
         } else if value.chars().any(char::is_control) {
             self.fail(field, "contains control characters".into());
         }
@@ -99,7 +108,10 @@ impl Check {
 
     fn list<T>(&mut self, field: &str, list: &[T]) {
         if list.len() > MAX_LIST_LEN {
-            self.fail(field, format!("has {} entries; at most {MAX_LIST_LEN} allowed", list.len()));
+            self.fail(
+                field,
+                format!("has {} entries; at most {MAX_LIST_LEN} allowed", list.len()),
+            );
         }
     }
 
@@ -112,8 +124,14 @@ impl Check {
     fn url(&mut self, field: &str, value: &Option<String>) {
         if let Some(v) = value {
             self.string(field, v, MAX_STRING_LEN);
-            if !(v.starts_with("http://") || v.starts_with("https://")) || v.len() < 10 || v.contains(char::is_whitespace) {
-                self.fail(field, format!("must be an http:// or https:// URL, got {v:?}"));
+            if !(v.starts_with("http://") || v.starts_with("https://"))
+                || v.len() < 10
+                || v.contains(char::is_whitespace)
+            {
+                self.fail(
+                    field,
+                    format!("must be an http:// or https:// URL, got {v:?}"),
+                );
             }
         }
     }
@@ -130,17 +148,40 @@ fn check_capabilities(c: &mut Check, caps: &Capabilities) {
     }
     c.list("capabilities.disks", &caps.disks);
     for (i, d) in caps.disks.iter().enumerate() {
-        c.string(&format!("capabilities.disks[{i}].mount"), &d.mount, MAX_STRING_LEN);
+        c.string(
+            &format!("capabilities.disks[{i}].mount"),
+            &d.mount,
+            MAX_STRING_LEN,
+        );
         if d.free_bytes > d.total_bytes {
-            c.fail(&format!("capabilities.disks[{i}].free_bytes"), "is larger than total_bytes".into());
+            c.fail(
+                &format!("capabilities.disks[{i}].free_bytes"),
+                "is larger than total_bytes".into(),
+            );
         }
     }
     c.list("capabilities.gpus", &caps.gpus);
     for (i, g) in caps.gpus.iter().enumerate() {
-        c.string(&format!("capabilities.gpus[{i}].name"), &g.name, MAX_STRING_LEN);
-        c.string(&format!("capabilities.gpus[{i}].uuid"), &g.uuid, MAX_STRING_LEN);
-        c.string(&format!("capabilities.gpus[{i}].driver_version"), &g.driver_version, MAX_STRING_LEN);
-        c.string(&format!("capabilities.gpus[{i}].compute_capability"), &g.compute_capability, MAX_STRING_LEN);
+        c.string(
+            &format!("capabilities.gpus[{i}].name"),
+            &g.name,
+            MAX_STRING_LEN,
+        );
+        c.string(
+            &format!("capabilities.gpus[{i}].uuid"),
+            &g.uuid,
+            MAX_STRING_LEN,
+        );
+        c.string(
+            &format!("capabilities.gpus[{i}].driver_version"),
+            &g.driver_version,
+            MAX_STRING_LEN,
+        );
+        c.string(
+            &format!("capabilities.gpus[{i}].compute_capability"),
+            &g.compute_capability,
+            MAX_STRING_LEN,
+        );
     }
     for (field, v) in [
         ("capabilities.os", &caps.os),
@@ -166,30 +207,58 @@ fn from_legacy(req: LegacyRegisterRequest) -> Result<NewWorker, InputError> {
     c.opt_string("capabilities.gpu_memory", &l.gpu_memory, MAX_STRING_LEN);
     c.finish()?;
     if l.cpu_cores == 0 {
-        return Err(InputError::field("capabilities.cpu_cores", "must be at least 1"));
+        return Err(InputError::field(
+            "capabilities.cpu_cores",
+            "must be at least 1",
+        ));
     }
     let memory_bytes = legacy_size("capabilities.ram", &l.ram)?;
-    let storage = l.storage.as_deref().map(|s| legacy_size("capabilities.storage", s)).transpose()?;
-    let gpu_name = l.gpu_type.as_deref().map(str::trim).filter(|s| !s.is_empty() && !s.eq_ignore_ascii_case("none"));
+    let storage = l
+        .storage
+        .as_deref()
+        .map(|s| legacy_size("capabilities.storage", s))
+        .transpose()?;
+    let gpu_name = l
+        .gpu_type
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && !s.eq_ignore_ascii_case("none"));
     let gpus = match (gpu_name, l.gpu_memory.as_deref()) {
         (Some(name), vram) => vec![Gpu {
             vendor: GpuVendor::from_name(name),
             name: name.to_owned(),
-            vram_bytes: vram.map(|v| legacy_size("capabilities.gpu_memory", v)).transpose()?.unwrap_or(0),
+            vram_bytes: vram
+                .map(|v| legacy_size("capabilities.gpu_memory", v))
+                .transpose()?
+                .unwrap_or(0),
             ..Default::default()
         }],
         (None, Some(v)) => {
             // VRAM without a GPU name: still check it so a bad value is reported, then keep an unnamed GPU.
             let vram_bytes = legacy_size("capabilities.gpu_memory", v)?;
-            vec![Gpu { name: "unknown".into(), vram_bytes, ..Default::default() }]
+            vec![Gpu {
+                name: "unknown".into(),
+                vram_bytes,
+                ..Default::default()
+            }]
         }
         (None, None) => Vec::new(),
     };
     let capabilities = Capabilities {
-        cpu: Cpu { cores: l.cpu_cores, threads: l.cpu_cores, ..Default::default() },
+        cpu: Cpu {
+            cores: l.cpu_cores,
+            threads: l.cpu_cores,
+            ..Default::default()
+        },
         memory_bytes,
         disks: storage
-            .map(|s| vec![Disk { mount: "/".into(), total_bytes: s, free_bytes: s }])
+            .map(|s| {
+                vec![Disk {
+                    mount: "/".into(),
+                    total_bytes: s,
+                    free_bytes: s,
+                }]
+            })
             .unwrap_or_default(),
         gpus,
         ..Default::default()
@@ -209,10 +278,11 @@ fn from_legacy(req: LegacyRegisterRequest) -> Result<NewWorker, InputError> {
 ///
 /// The legacy shape is recognised by its capabilities (`ram` or `cpu_cores` present).
 pub fn parse_registration(body: &[u8]) -> Result<NewWorker, InputError> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => InputError::field("body", e.to_string()),
-        _ => InputError::Syntax(e.to_string()),
-    })?;
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => InputError::field("body", e.to_string()),
+            _ => InputError::Syntax(e.to_string()),
+        })?;
     let Some(obj) = value.as_object() else {
         return Err(InputError::field("body", "must be a JSON object"));
     };
@@ -259,7 +329,10 @@ pub fn parse_heartbeat(body: &[u8]) -> Result<HeartbeatRequest, InputError> {
     for (i, g) in hb.gpus.iter().enumerate() {
         c.fraction(&format!("gpus[{i}].utilization"), f64::from(g.utilization));
         if !g.temperature_c.is_finite() || !(-50.0..=150.0).contains(&g.temperature_c) {
-            c.fail(&format!("gpus[{i}].temperature_c"), format!("must be from -50 to 150 °C, got {}", g.temperature_c));
+            c.fail(
+                &format!("gpus[{i}].temperature_c"),
+                format!("must be from -50 to 150 °C, got {}", g.temperature_c),
+            );
         }
     }
     c.list("containers", &hb.containers);
@@ -307,39 +380,82 @@ mod tests {
     #[test]
     fn bad_registrations_name_the_field() {
         let table = [
-            (r#"{"capabilities": {"cpu_cores": 2, "ram": "lots"}}"#, "capabilities.ram"),
-            (r#"{"capabilities": {"cpu_cores": 2, "ram": "8GB", "gpu_type": "Radeon", "gpu_memory": "Unknown (AMD)"}}"#, "capabilities.gpu_memory"),
-            (r#"{"capabilities": {"cpu_cores": 2, "ram": "8GB", "storage": "big"}}"#, "capabilities.storage"),
-            (r#"{"capabilities": {"cpu_cores": -2, "ram": "8GB"}}"#, "capabilities.cpu_cores"),
-            (r#"{"capabilities": {"cpu_cores": 0, "ram": "8GB"}}"#, "capabilities.cpu_cores"),
+            (
+                r#"{"capabilities": {"cpu_cores": 2, "ram": "lots"}}"#,
+                "capabilities.ram",
+            ),
+            (
+                r#"{"capabilities": {"cpu_cores": 2, "ram": "8GB", "gpu_type": "Radeon", "gpu_memory": "Unknown (AMD)"}}"#,
+                "capabilities.gpu_memory",
+            ),
+            (
+                r#"{"capabilities": {"cpu_cores": 2, "ram": "8GB", "storage": "big"}}"#,
+                "capabilities.storage",
+            ),
+            (
+                r#"{"capabilities": {"cpu_cores": -2, "ram": "8GB"}}"#,
+                "capabilities.cpu_cores",
+            ),
+            (
+                r#"{"capabilities": {"cpu_cores": 0, "ram": "8GB"}}"#,
+                "capabilities.cpu_cores",
+            ),
             (r#"{"capabilities": {"cpu_cores": 2}}"#, "capabilities"),
-            (r#"{"capabilities": {"cpu": {"cores": 2}, "memory_bytes": -1}}"#, "capabilities.memory_bytes"),
-            (r#"{"capabilities": {"cpu": {"cores": 2}, "memory_bytes": 1}, "endpoint": "ftp://x"}"#, "endpoint"),
-            (r#"{"capabilities": {"cpu": {"cores": 2}, "memory_bytes": 1}, "ip_address": "not-an-ip"}"#, "ip_address"),
-            (r#"{"capabilities": {"cpu": {"cores": 2}, "memory_bytes": 1}, "surprise": 1}"#, "surprise"),
+            (
+                r#"{"capabilities": {"cpu": {"cores": 2}, "memory_bytes": -1}}"#,
+                "capabilities.memory_bytes",
+            ),
+            (
+                r#"{"capabilities": {"cpu": {"cores": 2}, "memory_bytes": 1}, "endpoint": "ftp://x"}"#,
+                "endpoint",
+            ),
+            (
+                r#"{"capabilities": {"cpu": {"cores": 2}, "memory_bytes": 1}, "ip_address": "not-an-ip"}"#,
+                "ip_address",
+            ),
+            (
+                r#"{"capabilities": {"cpu": {"cores": 2}, "memory_bytes": 1}, "surprise": 1}"#,
+                "surprise",
+            ),
             (r#"[1, 2]"#, "body"),
             (r#"{}"#, "body"),
         ];
         for (body, want) in table {
             let got = field_of(body);
-            assert!(got.contains(want) || (want == "body" && got == "body"), "{body}: field {got:?}, wanted {want:?}");
+            assert!(
+                got.contains(want) || (want == "body" && got == "body"),
+                "{body}: field {got:?}, wanted {want:?}"
+            );
         }
     }
 
     #[test]
     fn long_fields_and_lists_are_refused() {
         let long = "x".repeat(MAX_STRING_LEN + 1);
-        let body = format!(r#"{{"capabilities": {{"cpu": {{"cores": 2, "brand": "{long}"}}, "memory_bytes": 1}}}}"#);
+        let body = format!(
+            r#"{{"capabilities": {{"cpu": {{"cores": 2, "brand": "{long}"}}, "memory_bytes": 1}}}}"#
+        );
         assert_eq!(field_of(&body), "capabilities.cpu.brand");
-        let disks: Vec<String> = (0..65).map(|i| format!(r#"{{"mount": "/d{i}", "total_bytes": 1, "free_bytes": 1}}"#)).collect();
-        let body = format!(r#"{{"capabilities": {{"cpu": {{"cores": 2}}, "memory_bytes": 1, "disks": [{}]}}}}"#, disks.join(","));
+        let disks: Vec<String> = (0..65)
+            .map(|i| format!(r#"{{"mount": "/d{i}", "total_bytes": 1, "free_bytes": 1}}"#))
+            .collect();
+        let body = format!(
+            r#"{{"capabilities": {{"cpu": {{"cores": 2}}, "memory_bytes": 1, "disks": [{}]}}}}"#,
+            disks.join(",")
+        );
         assert_eq!(field_of(&body), "capabilities.disks");
     }
 
     #[test]
     fn syntax_errors_are_not_field_errors() {
         for body in ["", "{", "{\"capabilities\": }", "nope"] {
-            assert!(matches!(parse_registration(body.as_bytes()), Err(InputError::Syntax(_))), "{body}");
+            assert!(
+                matches!(
+                    parse_registration(body.as_bytes()),
+                    Err(InputError::Syntax(_))
+                ),
+                "{body}"
+            );
         }
     }
 
@@ -347,15 +463,39 @@ mod tests {
     fn heartbeats() {
         let hb = parse_heartbeat(br#"{"worker_id": "worker-195d5431", "status": "healthy", "current_load": 1.0, "available_memory": "22.4GB"}"#).unwrap();
         assert_eq!(hb.load, 1.0);
-        assert_eq!(hb.free_memory_bytes, Some((22.4 * GIB as f64).round() as u64));
+        assert_eq!(
+            hb.free_memory_bytes,
+            Some((22.4 * GIB as f64).round() as u64)
+        );
         let bad = [
-            (r#"{"worker_id": "a", "status": "sleepy", "load": 0.5}"#, "status"),
-            (r#"{"worker_id": "a", "status": "healthy", "load": 1.5}"#, "load"),
-            (r#"{"worker_id": "a", "status": "healthy", "load": -0.1}"#, "load"),
-            (r#"{"worker_id": "a", "status": "healthy", "load": "high"}"#, "load"),
-            (r#"{"worker_id": "a", "status": "healthy", "load": 0.1, "free_memory_bytes": -5}"#, "free_memory_bytes"),
-            (r#"{"worker_id": "a", "status": "healthy", "load": 0.1, "gpus": [{"index": 0, "temperature_c": 900}]}"#, "gpus[0].temperature_c"),
-            (r#"{"worker_id": "a", "status": "healthy", "load": 0.1, "containers": [{"name": "c", "state": "vibing"}]}"#, "containers[0].state"),
+            (
+                r#"{"worker_id": "a", "status": "sleepy", "load": 0.5}"#,
+                "status",
+            ),
+            (
+                r#"{"worker_id": "a", "status": "healthy", "load": 1.5}"#,
+                "load",
+            ),
+            (
+                r#"{"worker_id": "a", "status": "healthy", "load": -0.1}"#,
+                "load",
+            ),
+            (
+                r#"{"worker_id": "a", "status": "healthy", "load": "high"}"#,
+                "load",
+            ),
+            (
+                r#"{"worker_id": "a", "status": "healthy", "load": 0.1, "free_memory_bytes": -5}"#,
+                "free_memory_bytes",
+            ),
+            (
+                r#"{"worker_id": "a", "status": "healthy", "load": 0.1, "gpus": [{"index": 0, "temperature_c": 900}]}"#,
+                "gpus[0].temperature_c",
+            ),
+            (
+                r#"{"worker_id": "a", "status": "healthy", "load": 0.1, "containers": [{"name": "c", "state": "vibing"}]}"#,
+                "containers[0].state",
+            ),
         ];
         for (body, want) in bad {
             match parse_heartbeat(body.as_bytes()) {
@@ -363,9 +503,16 @@ mod tests {
                 other => panic!("{body}: {other:?}"),
             }
         }
-        let long_id = format!(r#"{{"worker_id": "{}", "status": "healthy", "load": 0.1}}"#, "a".repeat(65));
-        assert!(matches!(parse_heartbeat(long_id.as_bytes()), Err(InputError::Field { field, .. }) if field == "worker_id"));
+        let long_id = format!(
+            r#"{{"worker_id": "{}", "status": "healthy", "load": 0.1}}"#,
+            "a".repeat(65)
+        );
+        assert!(
+            matches!(parse_heartbeat(long_id.as_bytes()), Err(InputError::Field { field, .. }) if field == "worker_id")
+        );
         // 1e999 is not a finite number: refused, never stored as infinity.
-        assert!(parse_heartbeat(br#"{"worker_id": "a", "status": "healthy", "load": 1e999}"#).is_err());
+        assert!(
+            parse_heartbeat(br#"{"worker_id": "a", "status": "healthy", "load": 1e999}"#).is_err()
+        );
     }
 }

@@ -7,20 +7,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use axum::Router;
 use commons_coordinator::server::test_utils;
 use commons_coordinator::{Config, Server};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 /// A catalogue overlay that leaves only the given services (name, replicas), each needing 1 GiB and 1 core.
 pub fn catalogue_only(dir: &std::path::Path, services: &[(&str, u32)]) -> PathBuf {
     let builtin = commons_shared::catalogue::Catalogue::builtin();
-    let remove: Vec<String> = builtin.services().iter().map(|s| format!("{:?}", s.name)).collect();
+    let remove: Vec<String> = builtin
+        .services()
+        .iter()
+        .map(|s| format!("{:?}", s.name))
+        .collect();
     let mut text = format!("remove = [{}]\n", remove.join(", "));
     for (i, (name, replicas)) in services.iter().enumerate() {
         text.push_str(&format!(
@@ -77,15 +81,30 @@ pub struct WorkerServer {
     task: JoinHandle<()>,
 }
 
-async fn echo(State((name, seen)): State<(String, Arc<Seen>)>, Path((service, path)): Path<(String, String)>, req: Request) -> Response {
+async fn echo(
+    State((name, seen)): State<(String, Arc<Seen>)>,
+    Path((service, path)): Path<(String, String)>,
+    req: Request,
+) -> Response {
     seen.requests.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
-    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |n: &str| {
+        parts
+            .headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     if parts.headers.get("x-echo-body").is_some() {
         // Stream the body straight back.
-        return Response::builder().header("x-worker", name).body(Body::new(body)).unwrap();
+        return Response::builder()
+            .header("x-worker", name)
+            .body(Body::new(body))
+            .unwrap();
     }
-    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
     axum::Json(json!({
         "worker": name,
         "service": service,
@@ -104,13 +123,20 @@ impl WorkerServer {
     /// Starts one.
     pub async fn start(name: &str) -> Self {
         let seen = Arc::new(Seen::default());
-        let app = Router::new().route("/api/service/{service}/{*path}", any(echo)).with_state((name.to_owned(), seen.clone()));
+        let app = Router::new()
+            .route("/api/service/{service}/{*path}", any(echo))
+            .with_state((name.to_owned(), seen.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { name: name.into(), addr, seen, task }
+        Self {
+            name: name.into(),
+            addr,
+            seen,
+            task,
+        }
     }
 
     /// Its base URL.
@@ -139,12 +165,29 @@ pub async fn register(client: &reqwest::Client, coordinator: &str, endpoint: &st
     let gib = 1u64 << 30;
     let body = json!({"capabilities": {"cpu": {"cores": 4, "threads": 8}, "memory_bytes": 16 * gib,
         "disks": [{"mount": "/", "total_bytes": 100 * gib, "free_bytes": 50 * gib}]}, "endpoint": endpoint});
-    let r: Value = client.post(format!("{coordinator}/api/worker/register")).json(&body).send().await.unwrap().json().await.unwrap();
-    Registered { id: r["worker_id"].as_str().unwrap().into(), token: r["worker_token"].as_str().unwrap().into() }
+    let r: Value = client
+        .post(format!("{coordinator}/api/worker/register"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    Registered {
+        id: r["worker_id"].as_str().unwrap().into(),
+        token: r["worker_token"].as_str().unwrap().into(),
+    }
 }
 
 /// Sends a heartbeat.
-pub async fn heartbeat(client: &reqwest::Client, coordinator: &str, w: &Registered, status: &str, load: f64) {
+pub async fn heartbeat(
+    client: &reqwest::Client,
+    coordinator: &str,
+    w: &Registered,
+    status: &str,
+    load: f64,
+) {
     let r = client
         .post(format!("{coordinator}/api/worker/heartbeat"))
         .bearer_auth(&w.token)

@@ -2,7 +2,7 @@
 //! 503 when none, and a streamed body passing through unchanged.
 
 use commons_coordinator::server::test_utils::ADMIN_TOKEN;
-use commons_tests::{catalogue_only, heartbeat, register, Coordinator, WorkerServer};
+use commons_tests::{Coordinator, WorkerServer, catalogue_only, heartbeat, register};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
 
@@ -21,16 +21,31 @@ async fn requests_favour_the_less_loaded_worker() {
     heartbeat(&client, &c.url(), &wl, "healthy", 0.1).await;
     heartbeat(&client, &c.url(), &wh, "healthy", 0.9).await;
     for _ in 0..600 {
-        let r = client.get(format!("{}/api/service/echo/ping", c.url())).send().await.unwrap();
+        let r = client
+            .get(format!("{}/api/service/echo/ping", c.url()))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let (l, h) = (light.seen.requests.load(Ordering::Relaxed), heavy.seen.requests.load(Ordering::Relaxed));
+    let (l, h) = (
+        light.seen.requests.load(Ordering::Relaxed),
+        heavy.seen.requests.load(Ordering::Relaxed),
+    );
     // Weights 1/(0.1+0.1) : 1/(0.1+0.9) = 5 : 1.
     assert_eq!(l + h, 600);
     assert!(h > 0, "the loaded worker still gets a share");
     assert!(l > 3 * h, "light {l}, heavy {h}");
     // Per-worker counts are in the admin API.
-    let w: Value = client.get(format!("{}/api/admin/workers/{}", c.url(), wl.id)).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let w: Value = client
+        .get(format!("{}/api/admin/workers/{}", c.url(), wl.id))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(w["requests"].as_u64(), Some(l));
     assert_eq!(w["errors"], 0);
     assert!(w["latency_ms"].as_f64().unwrap() > 0.0);
@@ -39,7 +54,11 @@ async fn requests_favour_the_less_loaded_worker() {
     heartbeat(&client, &c.url(), &wl, "paused", 0.1).await;
     let before = light.seen.requests.load(Ordering::Relaxed);
     for _ in 0..50 {
-        client.get(format!("{}/api/service/echo/ping", c.url())).send().await.unwrap();
+        client
+            .get(format!("{}/api/service/echo/ping", c.url()))
+            .send()
+            .await
+            .unwrap();
     }
     assert_eq!(light.seen.requests.load(Ordering::Relaxed), before);
 }
@@ -56,21 +75,41 @@ async fn a_dead_worker_is_retried_on_another() {
     heartbeat(&client, &c.url(), &wd, "healthy", 0.0).await;
     dead.stop().await;
     for i in 0..60 {
-        let r = client.post(format!("{}/api/service/echo/job?n={i}", c.url())).body("work").send().await.unwrap();
+        let r = client
+            .post(format!("{}/api/service/echo/job?n={i}", c.url()))
+            .body("work")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "request {i}");
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["worker"], "alive");
         assert_eq!(body["query"], format!("n={i}"));
     }
-    let w: Value = client.get(format!("{}/api/admin/workers/{}", c.url(), wd.id)).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
-    assert!(w["errors"].as_u64().unwrap() > 0, "the dead worker's failures are counted: {w}");
+    let w: Value = client
+        .get(format!("{}/api/admin/workers/{}", c.url(), wd.id))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        w["errors"].as_u64().unwrap() > 0,
+        "the dead worker's failures are counted: {w}"
+    );
 }
 
 #[tokio::test]
 async fn no_worker_is_a_503_naming_the_service() {
     let c = coordinator().await;
     let client = reqwest::Client::new();
-    let r = client.get(format!("{}/api/service/echo/x", c.url())).send().await.unwrap();
+    let r = client
+        .get(format!("{}/api/service/echo/x", c.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "no_worker");
@@ -80,7 +119,11 @@ async fn no_worker_is_a_503_naming_the_service() {
     let w = register(&client, &c.url(), &dead.url()).await;
     heartbeat(&client, &c.url(), &w, "healthy", 0.0).await;
     dead.stop().await;
-    let r = client.get(format!("{}/api/service/echo/x", c.url())).send().await.unwrap();
+    let r = client
+        .get(format!("{}/api/service/echo/x", c.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();
     assert!(body["message"].as_str().unwrap().contains("echo"), "{body}");

@@ -1,14 +1,14 @@
 //! Helpers for the coordinator's tests: a router over a temp-file SQLite, and one-call requests.
 #![allow(dead_code)]
 
+use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use axum::Router;
+use commons_coordinator::Config;
 use commons_coordinator::server::test_utils::{self, ADMIN_TOKEN};
 use commons_coordinator::state::AppState;
-use commons_coordinator::Config;
 use http_body_util::BodyExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
 pub struct App {
@@ -36,7 +36,13 @@ pub struct Resp {
 }
 
 impl App {
-    pub async fn call(&self, method: &str, uri: &str, token: Option<&str>, body: Option<&[u8]>) -> Resp {
+    pub async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Resp {
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
@@ -44,7 +50,12 @@ impl App {
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
-        let req = req.body(body.map(|b| Body::from(b.to_vec())).unwrap_or_else(Body::empty)).unwrap();
+        let req = req
+            .body(
+                body.map(|b| Body::from(b.to_vec()))
+                    .unwrap_or_else(Body::empty),
+            )
+            .unwrap();
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
@@ -52,13 +63,19 @@ impl App {
         let body = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
-        Resp { status, body, headers }
+        Resp {
+            status,
+            body,
+            headers,
+        }
     }
 
     pub async fn post(&self, uri: &str, token: Option<&str>, body: &Value) -> Resp {
-        self.call("POST", uri, token, Some(body.to_string().as_bytes())).await
+        self.call("POST", uri, token, Some(body.to_string().as_bytes()))
+            .await
     }
 
     pub async fn admin_get(&self, uri: &str) -> Resp {
@@ -69,11 +86,20 @@ impl App {
     pub async fn register(&self, body: &Value) -> (String, String, Value) {
         let r = self.post("/api/worker/register", None, body).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-        (r.body["worker_id"].as_str().unwrap().into(), r.body["worker_token"].as_str().unwrap().into(), r.body)
+        (
+            r.body["worker_id"].as_str().unwrap().into(),
+            r.body["worker_token"].as_str().unwrap().into(),
+            r.body,
+        )
     }
 
     pub async fn heartbeat(&self, id: &str, token: Option<&str>, load: f64) -> Resp {
-        self.post("/api/worker/heartbeat", token, &json!({"worker_id": id, "status": "healthy", "load": load})).await
+        self.post(
+            "/api/worker/heartbeat",
+            token,
+            &json!({"worker_id": id, "status": "healthy", "load": load}),
+        )
+        .await
     }
 }
 

@@ -12,13 +12,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// Load generator for the Commons coordinator.
 #[derive(Debug, Parser)]
@@ -61,12 +61,21 @@ impl Drop for Proc {
 
 /// Starts a server process that prints its URL as the last word of its first line.
 fn spawn(mut cmd: Command) -> Result<(Proc, String)> {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("cannot start the server process")?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start the server process")?;
     let mut out = BufReader::new(child.stdout.take().context("no stdout")?);
     let mut line = String::new();
     out.read_line(&mut line)?;
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let url = line.trim().rsplit(' ').next().unwrap_or_default().to_owned();
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     if !url.starts_with("http://") {
         bail!("the server did not print its URL: {line:?}");
     }
@@ -77,7 +86,11 @@ fn spawn(mut cmd: Command) -> Result<(Proc, String)> {
 fn proc_kib(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -94,8 +107,16 @@ async fn connect(url: &str) -> Result<SendRequest<Full<Bytes>>> {
     Ok(sender)
 }
 
-async fn post(s: &mut SendRequest<Full<Bytes>>, host: &str, path: &str, token: Option<&str>, body: Bytes) -> Result<(u16, Bytes)> {
-    let mut req = hyper::Request::post(path).header("host", host).header("content-type", "application/json");
+async fn post(
+    s: &mut SendRequest<Full<Bytes>>,
+    host: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Bytes,
+) -> Result<(u16, Bytes)> {
+    let mut req = hyper::Request::post(path)
+        .header("host", host)
+        .header("content-type", "application/json");
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
@@ -153,13 +174,26 @@ async fn register_all(url: &str, n: usize, conns: usize) -> Result<(Vec<(String,
             let mut lat = Vec::new();
             for i in (c..n).step_by(conns) {
                 let t = Instant::now();
-                let (status, body) = post(&mut s, &host, "/api/worker/register", None, register_body(i)).await?;
+                let (status, body) = post(
+                    &mut s,
+                    &host,
+                    "/api/worker/register",
+                    None,
+                    register_body(i),
+                )
+                .await?;
                 lat.push(t.elapsed().as_micros() as u32);
                 if status != 200 {
-                    bail!("registration answered {status}: {}", String::from_utf8_lossy(&body));
+                    bail!(
+                        "registration answered {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    );
                 }
                 let v: Value = serde_json::from_slice(&body)?;
-                out.push((v["worker_id"].as_str().unwrap_or_default().to_owned(), v["worker_token"].as_str().unwrap_or_default().to_owned()));
+                out.push((
+                    v["worker_id"].as_str().unwrap_or_default().to_owned(),
+                    v["worker_token"].as_str().unwrap_or_default().to_owned(),
+                ));
             }
             anyhow::Ok((out, lat))
         }));
@@ -172,10 +206,23 @@ async fn register_all(url: &str, n: usize, conns: usize) -> Result<(Vec<(String,
         latencies_us.extend(l);
     }
     latencies_us.sort_unstable();
-    Ok((workers, Phase { count: n, errors: 0, secs: start.elapsed().as_secs_f64(), latencies_us }))
+    Ok((
+        workers,
+        Phase {
+            count: n,
+            errors: 0,
+            secs: start.elapsed().as_secs_f64(),
+            latencies_us,
+        },
+    ))
 }
 
-async fn heartbeats(url: &str, workers: Arc<Vec<(String, String)>>, conns: usize, secs: u64) -> Result<Phase> {
+async fn heartbeats(
+    url: &str,
+    workers: Arc<Vec<(String, String)>>,
+    conns: usize,
+    secs: u64,
+) -> Result<Phase> {
     let host = url.trim_start_matches("http://").to_owned();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(secs);
@@ -221,12 +268,19 @@ async fn heartbeats(url: &str, workers: Arc<Vec<(String, String)>>, conns: usize
     }
     let secs = start.elapsed().as_secs_f64();
     latencies_us.sort_unstable();
-    Ok(Phase { count: latencies_us.len(), errors, secs, latencies_us })
+    Ok(Phase {
+        count: latencies_us.len(),
+        errors,
+        secs,
+        latencies_us,
+    })
 }
 
 async fn bare_server() -> Result<()> {
     use axum::routing::post;
-    async fn hb(axum::Json(h): axum::Json<commons_shared::api::HeartbeatRequest>) -> axum::Json<Value> {
+    async fn hb(
+        axum::Json(h): axum::Json<commons_shared::api::HeartbeatRequest>,
+    ) -> axum::Json<Value> {
         axum::Json(json!({"status": "ok", "worker": h.worker_id.len()}))
     }
     let app = axum::Router::new().route("/api/worker/heartbeat", post(hb));
@@ -246,9 +300,15 @@ async fn main() -> Result<()> {
         bail!("--workers and --connections must be at least 1");
     }
     let me = std::env::current_exe()?;
-    let bin = cli.coordinator_bin.clone().unwrap_or_else(|| me.with_file_name("commons-coordinator"));
+    let bin = cli
+        .coordinator_bin
+        .clone()
+        .unwrap_or_else(|| me.with_file_name("commons-coordinator"));
     if !bin.exists() {
-        bail!("no coordinator binary at {}; build it with `cargo build --release -p commons-coordinator` or pass --coordinator-bin", bin.display());
+        bail!(
+            "no coordinator binary at {}; build it with `cargo build --release -p commons-coordinator` or pass --coordinator-bin",
+            bin.display()
+        );
     }
     let data = tempfile::tempdir()?;
     let mut cmd = Command::new(&bin);
@@ -261,7 +321,10 @@ async fn main() -> Result<()> {
     let pid = coord.0.id();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle = rss_kib(pid);
-    println!("coordinator {url} (pid {pid}), {} workers, {} connections, {} s of heartbeats", cli.workers, cli.connections, cli.duration);
+    println!(
+        "coordinator {url} (pid {pid}), {} workers, {} connections, {} s of heartbeats",
+        cli.workers, cli.connections, cli.duration
+    );
 
     let (workers, reg) = register_all(&url, cli.workers, cli.connections).await?;
     let after_reg = rss_kib(pid);
@@ -310,7 +373,10 @@ async fn main() -> Result<()> {
             ceiling.p(0.50),
             ceiling.p(0.99)
         );
-        println!("coordinator throughput = {:.0}% of the ceiling", 100.0 * hb.rate() / ceiling.rate());
+        println!(
+            "coordinator throughput = {:.0}% of the ceiling",
+            100.0 * hb.rate() / ceiling.rate()
+        );
     }
     Ok(())
 }
