@@ -392,15 +392,8 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>) {
 }
 
 /// Applies one command inside the open transaction and queues its reply for after the commit.
-fn apply(
-    tx: &rusqlite::Transaction<'_>,
-    cmd: Cmd,
-    done: &mut Vec<Done>,
-) {
-    fn reply<T: 'static>(
-        r: Reply<T>,
-        res: Result<T, rusqlite::Error>,
-    ) -> Done {
+fn apply(tx: &rusqlite::Transaction<'_>, cmd: Cmd, done: &mut Vec<Done>) {
+    fn reply<T: 'static>(r: Reply<T>, res: Result<T, rusqlite::Error>) -> Done {
         Box::new(move |commit_err: Option<&StoreError>| {
             let out = match (res, commit_err) {
                 (Err(e), _) => Err(StoreError::Sqlite(e)),

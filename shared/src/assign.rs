@@ -128,7 +128,9 @@ pub fn assign(
     if fill_idle
         && chosen.is_empty()
         && max_services > 0
-        && let Some(&i) = order.iter().find(|&&i| holding.try_take(catalogue.get(i).unwrap()))
+        && let Some(&i) = order
+            .iter()
+            .find(|&&i| holding.try_take(catalogue.get(i).unwrap()))
     {
         chosen.push(i);
     }
