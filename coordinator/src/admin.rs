@@ -18,9 +18,9 @@ use serde_json::json;
 
 use crate::auth::bearer;
 use crate::error::{ApiError, ApiResult};
-use crate::http::{Body, ClientIp};
 use crate::registry::Worker;
 use crate::state::{AppState, now_ms, rfc3339};
+use commons_server::extract::{Body, ClientIp};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()

@@ -1,24 +1,16 @@
-//! The HTTP API: routes, extractors, and the worker-facing handlers.
+//! The HTTP API: routes and the worker-facing handlers.
 
-use std::net::{IpAddr, SocketAddr};
-
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{
-    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State,
-};
-use axum::http::StatusCode;
-use axum::http::request::Parts;
-use axum::response::{IntoResponse, Response};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::response::IntoResponse;
 use axum::routing::{any, delete, get, post};
 use axum::{Json, Router};
+use commons_server::extract::{Body, ClientIp};
 use commons_shared::ErrorBody;
 use commons_shared::api::{
     Health, HealthWorkers, HeartbeatResponse, RegisterRequest, RegisterResponse,
 };
 use commons_shared::validate::{MAX_BODY_BYTES, MAX_ID_LEN, parse_heartbeat, parse_registration};
 use serde_json::json;
-use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use utoipa::OpenApi;
 
@@ -26,44 +18,6 @@ use crate::auth::Bearer;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::{admin, proxy};
-
-/// The client's address (from the connection; 0.0.0.0 when there is none, as in `oneshot` tests).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientIp(pub IpAddr);
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
-    type Rejection = std::convert::Infallible;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip())
-                .unwrap_or(IpAddr::from([0, 0, 0, 0])),
-        ))
-    }
-}
-
-/// A request body within the route's limit; a larger one is a JSON 413, never a plain-text error.
-#[derive(Debug)]
-pub struct Body(pub Bytes);
-
-impl<S: Send + Sync> FromRequest<S> for Body {
-    type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Bytes::from_request(req, state).await {
-            Ok(b) => Ok(Self(b)),
-            Err(BytesRejection::FailedToBufferBody(e))
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                Err(ApiError::TooLarge(MAX_BODY_BYTES))
-            }
-            Err(e) => Err(ApiError::BadRequest(format!(
-                "cannot read the request body: {e}"
-            ))),
-        }
-    }
-}
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
@@ -82,35 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/service/{service}/{*path}", any(proxy::forward))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(proxy_limit));
-    api.merge(service)
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(CatchPanicLayer::custom(panic_response))
-        .with_state(state)
-}
-
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("a handler panicked");
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Json(ErrorBody::new("internal", "internal error")),
-    )
-        .into_response()
-}
-
-async fn not_found() -> ApiError {
-    ApiError::NotFound("no such endpoint; see /api/openapi.json".into())
-}
-
-async fn method_not_allowed() -> Response {
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        Json(ErrorBody::new(
-            "method_not_allowed",
-            "this endpoint does not take that method",
-        )),
-    )
-        .into_response()
+    commons_server::finish(api.merge(service).with_state(state))
 }
 
 /// Registers a worker (Commons' shape or the legacy RMA shape).
@@ -188,7 +114,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        crate::metrics::handle().render(),
+        commons_server::metrics::handle().render(),
     )
 }
 

@@ -5,9 +5,7 @@
 #![deny(missing_docs)]
 
 mod admin;
-pub mod auth;
 pub mod config;
-pub mod error;
 pub mod http;
 pub mod metrics;
 mod proxy;
@@ -17,5 +15,6 @@ pub mod state;
 pub mod store;
 pub mod tasks;
 
+pub use commons_server::{auth, error};
 pub use config::Config;
 pub use server::Server;

@@ -3,7 +3,7 @@
 //! The worker is picked at random, weighted by [`commons_shared::routing::route_weight`] (health, inverse load,
 //! latency EWMA, requests in flight). The TCP connection is opened first, so a worker that cannot be reached is
 //! given up for another one (once) before any of the request body is read; the body is then streamed to the
-//! worker and the answer streamed back.
+//! worker and the answer streamed back ([`commons_server::forward`]).
 //!
 //! Where the request goes on the worker: with an `endpoint` (or tunnel URL), `{endpoint}/api/service/{type}/{path}`
 //! (the agent's gateway speaks the same paths as the coordinator); a legacy worker with only an address gets
@@ -13,61 +13,32 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderName, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
+use commons_server::extract::ClientIp;
+use commons_server::forward::{self, Target};
 use commons_shared::WorkerId;
 use commons_shared::routing::{pick_weighted, route_weight};
-use hyper_util::rt::TokioIo;
 use rand::Rng;
-use tokio::net::TcpStream;
 
 use crate::error::ApiError;
-use crate::http::ClientIp;
 use crate::registry::Worker;
 use crate::state::AppState;
 
-/// Where one request goes on one worker.
-#[derive(Debug)]
-struct Target {
-    authority: String,
-    path_and_query: String,
-}
-
 fn target(w: &Worker, service: &str, port: u16, rest: &str, query: Option<&str>) -> Option<Target> {
-    let mut path = String::new();
-    let authority = if let Some(base) = w.endpoint.as_deref() {
-        let uri: Uri = base.parse().ok()?;
-        if uri.scheme_str() != Some("http") {
-            // TLS to workers arrives with the tunnel work; until then https endpoints are not routed to.
-            return None;
-        }
-        let auth = uri.authority()?;
-        let authority = match auth.port_u16() {
-            Some(_) => auth.to_string(),
-            None => format!("{}:80", auth.host()),
-        };
-        path.push_str(uri.path().trim_end_matches('/'));
-        path.push_str("/api/service/");
-        path.push_str(service);
-        if !rest.is_empty() {
-            path.push('/');
-        }
-        authority
-    } else {
-        let ip: std::net::IpAddr = w.ip_address.as_deref()?.parse().ok()?;
-        path.push('/');
-        std::net::SocketAddr::new(ip, port).to_string()
-    };
-    path.push_str(rest);
+    let sep = if rest.is_empty() { "" } else { "/" };
+    if let Some(base) = w.endpoint.as_deref() {
+        return Target::from_base(base, &format!("/api/service/{service}{sep}{rest}"), query);
+    }
+    let ip: std::net::IpAddr = w.ip_address.as_deref()?.parse().ok()?;
+    let mut path_and_query = format!("/{rest}");
     if let Some(q) = query {
-        path.push('?');
-        path.push_str(q);
+        path_and_query.push('?');
+        path_and_query.push_str(q);
     }
     Some(Target {
-        authority,
-        path_and_query: path,
+        authority: std::net::SocketAddr::new(ip, port).to_string(),
+        path_and_query,
     })
 }
 
@@ -105,23 +76,6 @@ fn pick(
     }
     let i = pick_weighted(&weights, rand::rng().random::<f64>())?;
     Some(cands.swap_remove(i))
-}
-
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-];
-
-fn strip_hop_by_hop(h: &mut axum::http::HeaderMap) {
-    for name in &HOP_BY_HOP {
-        h.remove(name);
-    }
-    h.remove(header::TRANSFER_ENCODING);
 }
 
 /// Forwards `ANY /api/service/{service}/{*path}`.
@@ -173,10 +127,12 @@ async fn route(
         let Some((w, t)) = pick(&state, index, &tried, &rest, query.as_deref()) else {
             break;
         };
-        match tokio::time::timeout(connect_timeout, TcpStream::connect(&t.authority)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                let result = send(&state, &w, t, stream, req, client).await;
+        match forward::connect(&t.authority, connect_timeout).await {
+            Ok(stream) => {
+                w.in_flight.fetch_add(1, Ordering::Relaxed);
+                let timeout = Duration::from_secs(state.config.proxy_timeout_secs);
+                let result = forward::send(stream, &t, req, client, timeout).await;
+                w.in_flight.fetch_sub(1, Ordering::Relaxed);
                 let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
                 w.record(ok, start.elapsed());
                 state
@@ -189,11 +145,8 @@ async fn route(
                 }
                 return result;
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::warn!(worker = %w.id, error = %e, "cannot connect to worker; trying another")
-            }
-            Err(_) => {
-                tracing::warn!(worker = %w.id, "connecting to worker timed out; trying another")
             }
         }
         w.record(false, start.elapsed());
@@ -208,68 +161,6 @@ async fn route(
             service,
             tried: tried.len(),
         })
-    }
-}
-
-async fn send(
-    state: &AppState,
-    w: &Worker,
-    t: Target,
-    stream: TcpStream,
-    req: Request,
-    client: std::net::IpAddr,
-) -> Result<Response, ApiError> {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ApiError::BadGateway(format!("the worker's connection failed: {e}")))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "worker connection closed");
-        }
-    });
-    let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(
-        header::HOST,
-        HeaderValue::from_str(&t.authority).map_err(|e| ApiError::Internal(e.to_string()))?,
-    );
-    let forwarded = match parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) => format!("{prev}, {client}"),
-        None => client.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        parts.headers.insert("x-forwarded-for", v);
-    }
-    parts.uri = t
-        .path_and_query
-        .parse()
-        .map_err(|_| ApiError::BadRequest("the request path cannot be forwarded".into()))?;
-    parts.version = axum::http::Version::HTTP_11;
-    let upstream = axum::http::Request::from_parts(parts, body);
-    w.in_flight.fetch_add(1, Ordering::Relaxed);
-    let answer = tokio::time::timeout(
-        Duration::from_secs(state.config.proxy_timeout_secs),
-        sender.send_request(upstream),
-    )
-    .await;
-    w.in_flight.fetch_sub(1, Ordering::Relaxed);
-    match answer {
-        Ok(Ok(resp)) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Ok(Response::from_parts(parts, Body::new(body)))
-        }
-        Ok(Err(e)) => Err(ApiError::BadGateway(format!(
-            "the worker failed to answer: {e}"
-        ))),
-        Err(_) => Err(ApiError::GatewayTimeout(format!(
-            "the worker did not answer within {} s",
-            state.config.proxy_timeout_secs
-        ))),
     }
 }
 

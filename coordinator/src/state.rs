@@ -69,17 +69,7 @@ fn limiter(per_minute: u32) -> Option<DefaultKeyedRateLimiter<IpAddr>> {
     NonZeroU32::new(per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n)))
 }
 
-/// Wall-clock now, ms since the epoch.
-pub fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
-
-/// RFC 3339 of ms since the epoch.
-pub fn rfc3339(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
-}
+pub use commons_server::{now_ms, rfc3339};
 
 fn roles_bits(r: Roles) -> u8 {
     u8::from(r.edge) | (u8::from(r.storage) << 1)

@@ -39,6 +39,12 @@ pub enum StoreError {
     Closed,
 }
 
+impl From<StoreError> for commons_server::error::ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
 /// A worker as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerRow {

@@ -1,0 +1,159 @@
+//! Forwarding a request to an upstream (a worker, or a coordinator) over HTTP/1.1 with the body streamed both
+//! ways.
+//!
+//! The connection is opened first ([`connect`]) so that a caller can try another upstream when it cannot be
+//! reached, before any of the request body is read; [`send`] then forwards method, headers (hop-by-hop removed,
+//! `X-Forwarded-For` added) and the body.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
+use axum::response::Response;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::error::ApiError;
+
+/// Where one request goes: `host:port` and the path with its query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `host:port`.
+    pub authority: String,
+    /// `/path?query`.
+    pub path_and_query: String,
+}
+
+impl Target {
+    /// `{base}{path}` with `query`, where `base` is an `http://` URL (any path on it is kept as a prefix).
+    /// `None` for anything but plain http: TLS to upstreams is not built yet.
+    pub fn from_base(base: &str, path: &str, query: Option<&str>) -> Option<Self> {
+        let uri: Uri = base.parse().ok()?;
+        if uri.scheme_str() != Some("http") {
+            return None;
+        }
+        let auth = uri.authority()?;
+        let authority = match auth.port_u16() {
+            Some(_) => auth.to_string(),
+            None => format!("{}:80", auth.host()),
+        };
+        let mut p = uri.path().trim_end_matches('/').to_owned();
+        p.push_str(path);
+        if let Some(q) = query {
+            p.push('?');
+            p.push_str(q);
+        }
+        Some(Self {
+            authority,
+            path_and_query: p,
+        })
+    }
+}
+
+/// Opens the TCP connection, within `timeout`.
+pub async fn connect(authority: &str, timeout: Duration) -> std::io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(authority))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::TRANSFER_ENCODING,
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    for name in &HOP_BY_HOP {
+        h.remove(name);
+    }
+}
+
+/// Sends `req` to `target` over `stream` and returns the answer with its body streaming. `timeout` bounds the wait
+/// for the answer's headers.
+pub async fn send(
+    stream: TcpStream,
+    target: &Target,
+    req: Request,
+    client: IpAddr,
+    timeout: Duration,
+) -> Result<Response, ApiError> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ApiError::BadGateway(format!("the upstream connection failed: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection closed");
+        }
+    });
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(
+        header::HOST,
+        HeaderValue::from_str(&target.authority).map_err(|e| ApiError::Internal(e.to_string()))?,
+    );
+    let forwarded = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) => format!("{prev}, {client}"),
+        None => client.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        parts.headers.insert("x-forwarded-for", v);
+    }
+    parts.uri = target
+        .path_and_query
+        .parse()
+        .map_err(|_| ApiError::BadRequest("the request path cannot be forwarded".into()))?;
+    parts.version = axum::http::Version::HTTP_11;
+    let upstream = axum::http::Request::from_parts(parts, body);
+    match tokio::time::timeout(timeout, sender.send_request(upstream)).await {
+        Ok(Ok(resp)) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Ok(Response::from_parts(parts, Body::new(body)))
+        }
+        Ok(Err(e)) => Err(ApiError::BadGateway(format!(
+            "the upstream failed to answer: {e}"
+        ))),
+        Err(_) => Err(ApiError::GatewayTimeout(format!(
+            "no answer within {} s",
+            timeout.as_secs()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_from_bases() {
+        let t = Target::from_base(
+            "http://127.0.0.1:9000/base/",
+            "/api/service/ocr/v1",
+            Some("x=1"),
+        )
+        .unwrap();
+        assert_eq!(t.authority, "127.0.0.1:9000");
+        assert_eq!(t.path_and_query, "/base/api/service/ocr/v1?x=1");
+        let t = Target::from_base("http://w.example", "/api/x", None).unwrap();
+        assert_eq!(
+            (t.authority.as_str(), t.path_and_query.as_str()),
+            ("w.example:80", "/api/x")
+        );
+        assert!(Target::from_base("https://x.trycloudflare.com", "/", None).is_none());
+        assert!(Target::from_base("not a url", "/", None).is_none());
+    }
+}

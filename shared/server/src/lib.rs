@@ -1,0 +1,84 @@
+//! What Commons' servers (the coordinator and the edge) share: the JSON error type, request extractors, the
+//! router's fallbacks, secrets, streaming forwarding to an upstream, the Prometheus recorder, time helpers and
+//! the shutdown signal.
+//!
+//! `commons-shared` stays plain data for the browser; this crate is its server-side companion.
+#![deny(missing_docs)]
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod forward;
+pub mod metrics;
+
+use axum::Json;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use commons_shared::ErrorBody;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::error::ApiError;
+
+/// Adds what every Commons router needs: JSON 404 and 405 fallbacks, and a caught panic answered as a JSON 500.
+pub fn finish(router: Router) -> Router {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(CatchPanicLayer::custom(panic_response))
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a handler panicked");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(ErrorBody::new("internal", "internal error")),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint; see /api/openapi.json".into())
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(ErrorBody::new(
+            "method_not_allowed",
+            "this endpoint does not take that method",
+        )),
+    )
+        .into_response()
+}
+
+/// Wall-clock now, ms since the epoch.
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// RFC 3339 of ms since the epoch.
+pub fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
