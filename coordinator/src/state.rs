@@ -1,7 +1,6 @@
 //! The coordinator's state and its operations, independent of HTTP.
 
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,11 +13,10 @@ use commons_shared::api::{
 use commons_shared::assign::assign;
 use commons_shared::catalogue::Catalogue;
 use commons_shared::tier::{Tier, classify};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use parking_lot::{Mutex, RwLock};
 use rand::RngCore;
 
-use crate::auth::{self, TokenHash};
+use crate::auth::{self, AdminGate, RateLimit, TokenHash};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
@@ -53,20 +51,15 @@ pub struct Inner {
     pub liveness: Liveness,
     /// Metrics handles.
     pub metrics: Metrics,
-    admin_hash: TokenHash,
+    admin: AdminGate,
     enrollments: RwLock<Vec<(String, String, TokenHash)>>,
-    register_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    admin_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    register_limit: RateLimit,
     /// Live workers per service (index by catalogue), refreshed by the sweeper and bumped by registrations.
     coverage: Mutex<Vec<u32>>,
     /// Service requests routed since start.
     pub requests_total: AtomicU64,
     /// Of which failed.
     pub errors_total: AtomicU64,
-}
-
-fn limiter(per_minute: u32) -> Option<DefaultKeyedRateLimiter<IpAddr>> {
-    NonZeroU32::new(per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n)))
 }
 
 pub use commons_server::{now_ms, rfc3339};
@@ -117,22 +110,20 @@ impl AppState {
             overlay.as_deref(),
         )?;
 
-        let mut new_admin_token = None;
-        let admin_hash = match &config.admin_token {
-            Some(t) => auth::hash_token(&t.0),
-            None => match store.setting("admin_token_hash")? {
-                Some(h) => decode_hash(&h)?,
-                None => {
-                    let token = auth::new_token();
-                    let hash = auth::hash_token(&token);
-                    store
-                        .set_setting("admin_token_hash", &hex::encode(hash))
-                        .await?;
-                    new_admin_token = Some(token);
-                    hash
-                }
-            },
+        let stored = match &config.admin_token {
+            Some(_) => None,
+            None => store.setting("admin_token_hash")?,
         };
+        let (admin_hash, new_admin_token) = AdminGate::resolve(
+            config.admin_token.as_ref().map(|t| t.0.as_str()),
+            stored.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        if new_admin_token.is_some() {
+            store
+                .set_setting("admin_token_hash", &hex::encode(admin_hash))
+                .await?;
+        }
         let enrollments = store
             .load_enrollments()?
             .into_iter()
@@ -168,8 +159,8 @@ impl AppState {
         tracing::info!(workers = count, db = %store.path().display(), "registry loaded");
 
         let state = Self(Arc::new(Inner {
-            register_limiter: limiter(config.register_rate_limit),
-            admin_limiter: limiter(config.admin_auth_rate_limit.max(1)).expect("at least 1"),
+            register_limit: RateLimit::per_minute(config.register_rate_limit),
+            admin: AdminGate::new(admin_hash, config.admin_auth_rate_limit),
             coverage: Mutex::new(vec![0; catalogue.len()]),
             metrics: Metrics::new(),
             config,
@@ -178,7 +169,6 @@ impl AppState {
             store,
             coordinator_url,
             liveness,
-            admin_hash,
             enrollments: RwLock::new(enrollments),
             requests_total: AtomicU64::new(0),
             errors_total: AtomicU64::new(0),
@@ -230,38 +220,24 @@ impl AppState {
 
     /// Checks the per-address registration limit.
     pub fn check_register_rate(&self, ip: IpAddr) -> ApiResult<()> {
-        match &self.register_limiter {
-            Some(l) if l.check_key(&ip).is_err() => Err(ApiError::RateLimited(format!(
+        if self.register_limit.allow(ip) {
+            Ok(())
+        } else {
+            Err(ApiError::RateLimited(format!(
                 "too many registrations from {ip}; at most {} per minute",
-                self.config.register_rate_limit
-            ))),
-            _ => Ok(()),
+                self.register_limit.rate()
+            )))
         }
     }
 
     /// Checks the admin token; wrong tokens count against the address's limit.
     pub fn check_admin(&self, token: Option<&str>, ip: IpAddr) -> ApiResult<()> {
-        if let Some(t) = token
-            && auth::token_matches(t, &self.admin_hash)
-        {
-            return Ok(());
-        }
-        if self.admin_limiter.check_key(&ip).is_err() {
-            return Err(ApiError::RateLimited(
-                "too many failed admin logins from this address; wait a minute".into(),
-            ));
-        }
-        Err(match token {
-            None => ApiError::Unauthorized(
-                "this needs the admin token: send Authorization: Bearer <token>".into(),
-            ),
-            Some(_) => ApiError::Unauthorized("the admin token is wrong".into()),
-        })
+        self.admin.check(token, ip)
     }
 
     /// Whether a token is the admin's (no rate accounting).
     pub fn is_admin(&self, token: &str) -> bool {
-        auth::token_matches(token, &self.admin_hash)
+        self.admin.is_admin(token)
     }
 
     fn check_enrollment(&self, token: Option<&str>) -> ApiResult<()> {
@@ -653,18 +629,9 @@ impl AppState {
 
     /// Forgets rate-limit state of quiet addresses.
     pub fn trim_limiters(&self) {
-        if let Some(l) = &self.register_limiter {
-            l.retain_recent();
-        }
-        self.admin_limiter.retain_recent();
+        self.register_limit.trim();
+        self.admin.trim();
     }
-}
-
-fn decode_hash(h: &str) -> Result<TokenHash, StoreError> {
-    hex::decode(h)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| StoreError::Corrupt("admin token hash".into()))
 }
 
 fn worker_from_row(

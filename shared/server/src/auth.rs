@@ -3,10 +3,16 @@
 //! Every token we hand out is 256 random bits, so one SHA-256 is a sound way to store it (no dictionary to
 //! guess from); comparisons are constant-time.
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+
 use axum::http::HeaderMap;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
 
 /// SHA-256 of a token.
 pub type TokenHash = [u8; 32];
@@ -60,6 +66,108 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty() && t.len() <= 256)
+}
+
+/// A per-address rate limit (requests per minute); 0 means none.
+#[derive(Debug)]
+pub struct RateLimit {
+    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    per_minute: u32,
+}
+
+impl RateLimit {
+    /// At most `per_minute` per address; 0 turns the limit off.
+    pub fn per_minute(per_minute: u32) -> Self {
+        Self {
+            limiter: NonZeroU32::new(per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n))),
+            per_minute,
+        }
+    }
+
+    /// Takes one from `ip`'s allowance; false when it has none left.
+    pub fn allow(&self, ip: IpAddr) -> bool {
+        self.limiter
+            .as_ref()
+            .is_none_or(|l| l.check_key(&ip).is_ok())
+    }
+
+    /// The configured rate.
+    pub fn rate(&self) -> u32 {
+        self.per_minute
+    }
+
+    /// Forgets addresses that have been quiet.
+    pub fn trim(&self) {
+        if let Some(l) = &self.limiter {
+            l.retain_recent();
+        }
+    }
+}
+
+/// The admin token check: the right token passes; wrong ones count against the address, which gets 429 when it
+/// has made too many.
+#[derive(Debug)]
+pub struct AdminGate {
+    hash: TokenHash,
+    failures: RateLimit,
+}
+
+impl AdminGate {
+    /// A gate for the token with this hash, allowing `failures_per_minute` wrong tokens per address.
+    pub fn new(hash: TokenHash, failures_per_minute: u32) -> Self {
+        Self {
+            hash,
+            failures: RateLimit::per_minute(failures_per_minute.max(1)),
+        }
+    }
+
+    /// The admin token hash from configuration, else the stored one, else a new token: returns the hash and, when
+    /// one was created, the new token (to show once and store the hash of).
+    pub fn resolve(
+        configured: Option<&str>,
+        stored_hex: Option<&str>,
+    ) -> Result<(TokenHash, Option<String>), String> {
+        if let Some(t) = configured {
+            return Ok((hash_token(t), None));
+        }
+        if let Some(h) = stored_hex {
+            let hash = hex::decode(h)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or("the stored admin token hash is corrupt")?;
+            return Ok((hash, None));
+        }
+        let token = new_token();
+        Ok((hash_token(&token), Some(token)))
+    }
+
+    /// Whether `token` is the admin's.
+    pub fn is_admin(&self, token: &str) -> bool {
+        token_matches(token, &self.hash)
+    }
+
+    /// Checks a request's token.
+    pub fn check(&self, token: Option<&str>, ip: IpAddr) -> Result<(), ApiError> {
+        if token.is_some_and(|t| self.is_admin(t)) {
+            return Ok(());
+        }
+        if !self.failures.allow(ip) {
+            return Err(ApiError::RateLimited(
+                "too many failed admin logins from this address; wait a minute".into(),
+            ));
+        }
+        Err(match token {
+            None => ApiError::Unauthorized(
+                "this needs the admin token: send Authorization: Bearer <token>".into(),
+            ),
+            Some(_) => ApiError::Unauthorized("the admin token is wrong".into()),
+        })
+    }
+
+    /// Forgets addresses that have been quiet.
+    pub fn trim(&self) {
+        self.failures.trim();
+    }
 }
 
 #[cfg(test)]
