@@ -1,21 +1,11 @@
 //! Configuration: defaults, then a TOML file (`--config`), then `COMMONS_*` environment variables and flags.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// A secret that never shows in logs or `Debug`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use commons_server::auth::Secret;
 
 /// Everything the coordinator can be told.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +51,17 @@ pub struct Config {
     pub proxy_connect_timeout_ms: u64,
     /// Seconds between history points (60 in production; tests shorten it).
     pub history_interval_secs: u64,
+    /// The edge router to register with (needs `federation_key`; set `public_url` when the listen address is not
+    /// what workers and the edge reach).
+    pub edge_url: Option<String>,
+    /// The key the edge's admin enrolled for this coordinator.
+    pub federation_key: Option<Secret>,
+    /// Milliseconds between heartbeats to the edge.
+    pub edge_heartbeat_interval_ms: u64,
+    /// Region label reported to the edge.
+    pub region: Option<String>,
+    /// Addresses whose `X-Forwarded-For` is believed (the edge's), for per-client rate limits.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Days of history kept.
     pub history_retention_days: u64,
     /// Seconds between rebalancing passes.
@@ -91,6 +92,11 @@ impl Default for Config {
             proxy_connect_timeout_ms: 2000,
             history_interval_secs: 60,
             history_retention_days: 7,
+            edge_url: None,
+            federation_key: None,
+            edge_heartbeat_interval_ms: 60_000,
+            region: None,
+            trusted_proxies: Vec::new(),
             rebalance_interval_secs: 15,
         }
     }
@@ -161,6 +167,19 @@ impl Config {
             && t.0.len() < 16
         {
             return bad("the admin token must be at least 16 characters");
+        }
+        if let Some(edge) = &self.edge_url {
+            if !(edge.starts_with("http://") || edge.starts_with("https://")) {
+                return bad("edge_url must start with http:// or https://");
+            }
+            if self.federation_key.is_none() {
+                return bad(
+                    "registering with an edge needs federation_key (COMMONS_FEDERATION_KEY), enrolled by the edge's admin",
+                );
+            }
+            if self.edge_heartbeat_interval_ms < 10 {
+                return bad("edge_heartbeat_interval_ms must be at least 10");
+            }
         }
         if let Some(u) = &self.public_url
             && !(u.starts_with("http://") || u.starts_with("https://"))

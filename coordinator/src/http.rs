@@ -46,12 +46,31 @@ pub fn router(state: AppState) -> Router {
               (status = 429, body = ErrorBody)))]
 async fn register(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
+    ClientIp(peer): ClientIp,
+    headers: axum::http::HeaderMap,
     Body(body): Body,
 ) -> ApiResult<Json<RegisterResponse>> {
-    state.check_register_rate(ip)?;
+    state.check_register_rate(client_ip(&state, peer, &headers))?;
     let new = parse_registration(&body)?;
     Ok(Json(state.register(new).await?))
+}
+
+/// The client's address: the peer's, or, when the peer is a trusted proxy (the edge), the last address it put in
+/// `X-Forwarded-For`.
+fn client_ip(
+    state: &AppState,
+    peer: std::net::IpAddr,
+    headers: &axum::http::HeaderMap,
+) -> std::net::IpAddr {
+    if !state.config.trusted_proxies.contains(&peer) {
+        return peer;
+    }
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(peer)
 }
 
 /// A worker's heartbeat.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 mod proxy;
+pub mod registrar;
 pub mod registry;
 pub mod server;
 pub mod state;

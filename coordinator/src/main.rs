@@ -42,6 +42,15 @@ struct Cli {
     /// Accept token-less heartbeats from workers that registered in the legacy RMA shape (migration aid).
     #[arg(long, env = "COMMONS_LEGACY_OPEN_WORKERS", action = ArgAction::SetTrue)]
     legacy_open_workers: bool,
+    /// The edge router to register with (needs COMMONS_FEDERATION_KEY; set --public-url too unless --listen is reachable).
+    #[arg(long, env = "COMMONS_EDGE_URL")]
+    edge_url: Option<String>,
+    /// The federation key enrolled at the edge for this coordinator.
+    #[arg(long, env = "COMMONS_FEDERATION_KEY", hide_env_values = true)]
+    federation_key: Option<String>,
+    /// Region label reported to the edge.
+    #[arg(long, env = "COMMONS_REGION")]
+    region: Option<String>,
     /// The admin token (at least 16 characters). Prefer the environment variable to a flag.
     #[arg(long, env = "COMMONS_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -73,6 +82,15 @@ impl Cli {
         }
         c.require_enrollment |= self.require_enrollment;
         c.legacy_open_workers |= self.legacy_open_workers;
+        if let Some(v) = self.edge_url {
+            c.edge_url = Some(v);
+        }
+        if let Some(v) = self.federation_key {
+            c.federation_key = Some(Secret(v));
+        }
+        if let Some(v) = self.region {
+            c.region = Some(v);
+        }
         if let Some(v) = self.admin_token {
             c.admin_token = Some(Secret(v));
         }

@@ -19,6 +19,7 @@ pub struct Server {
     serve: JoinHandle<std::io::Result<()>>,
     tasks: Vec<JoinHandle<()>>,
     new_admin_token: Option<String>,
+    id: String,
 }
 
 impl Server {
@@ -42,7 +43,16 @@ impl Server {
                 })
                 .await
         });
-        let tasks = crate::tasks::spawn(&state);
+        let id = match state.store.setting("coordinator_id")? {
+            Some(id) => id,
+            None => {
+                let id = format!("c-{}", &crate::auth::new_token()[..16]);
+                state.store.set_setting("coordinator_id", &id).await?;
+                id
+            }
+        };
+        let mut tasks = crate::tasks::spawn(&state);
+        tasks.extend(crate::registrar::spawn(&state, &id));
         Ok(Self {
             addr,
             state,
@@ -50,6 +60,7 @@ impl Server {
             serve,
             tasks,
             new_admin_token,
+            id,
         })
     }
 
@@ -73,8 +84,14 @@ impl Server {
         self.new_admin_token.as_deref()
     }
 
-    /// Stops accepting, lets requests in progress finish, flushes heartbeats durably.
+    /// This coordinator's stable id (its name at the edge).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Deregisters from the edge, stops accepting, lets requests in progress finish, flushes heartbeats durably.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        crate::registrar::deregister(&self.state, &self.id).await;
         let _ = self.stop.send(true);
         let served = self.serve.await;
         for t in &self.tasks {
@@ -87,11 +104,13 @@ impl Server {
     }
 
     /// Stops at once without flushing, as a crash would (tests use it to show what survives).
-    pub fn abort(self) {
+    pub async fn abort(self) {
         self.serve.abort();
         for t in &self.tasks {
             t.abort();
         }
+        // Wait until the listener is closed, so its port can be bound again.
+        let _ = self.serve.await;
     }
 
     /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.

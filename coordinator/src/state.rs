@@ -254,7 +254,7 @@ impl AppState {
             .enrollments
             .read()
             .iter()
-            .any(|(_, _, h)| subtle::ConstantTimeEq::ct_eq(&h[..], &hash[..]).into());
+            .any(|(_, _, h)| auth::hashes_equal(h, &hash));
         if known {
             Ok(())
         } else {

@@ -68,7 +68,7 @@ async fn hundred_workers_survive_a_drop_without_shutdown() {
     let url = server.url();
     let workers = register_n(&client, &url, 100).await;
     // Dropped like a crash: no flush, no graceful close.
-    server.abort();
+    server.abort().await;
 
     let server = Server::bind(config(dir.path())).await.unwrap();
     let url = server.url();

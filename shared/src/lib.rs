@@ -8,7 +8,7 @@
 //! - [`caps`]: hardware capabilities, native and legacy shapes.
 //! - [`tier`]: the tier and role rules.
 //! - [`catalogue`]: the service catalogue (TOML) and [`assign`]: which services a worker gets.
-//! - [`api`]: request and response bodies of the worker and admin APIs.
+//! - [`api`]: request and response bodies of the worker and admin APIs; [`edge`]: the edge router's.
 //! - [`validate`]: field limits and the registration parser that maps every bad input to a field.
 //! - [`routing`]: the weight of a worker when routing a service request.
 //! - [`error`]: the JSON error body every server answers with.
@@ -18,6 +18,7 @@ pub mod api;
 pub mod assign;
 pub mod caps;
 pub mod catalogue;
+pub mod edge;
 pub mod error;
 pub mod ids;
 pub mod routing;

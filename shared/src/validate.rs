@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use crate::api::{HeartbeatRequest, LegacyRegisterRequest, NewWorker, RegisterRequest};
 use crate::caps::{Capabilities, Cpu, Disk, Gpu, GpuVendor};
+use crate::edge::{CoordinatorFigures, EdgeHeartbeat, EdgeRegisterRequest};
 use crate::units::parse_size;
 
 /// Largest body on worker routes.
@@ -350,6 +351,72 @@ pub fn parse_heartbeat(body: &[u8]) -> Result<HeartbeatRequest, InputError> {
     Ok(hb)
 }
 
+fn check_figures(c: &mut Check, prefix: &str, f: &CoordinatorFigures) {
+    c.fraction(&format!("{prefix}load"), f.load);
+    if !f.latency_ms.is_finite() || f.latency_ms < 0.0 {
+        c.fail(
+            &format!("{prefix}latency_ms"),
+            format!(
+                "must be a finite number of at least 0, got {}",
+                f.latency_ms
+            ),
+        );
+    }
+    c.list(
+        &format!("{prefix}services"),
+        &f.services.iter().collect::<Vec<_>>(),
+    );
+    for name in f.services.keys() {
+        c.string(&format!("{prefix}services"), name, MAX_ID_LEN);
+    }
+}
+
+/// A coordinator's registration at the edge, checked; the URL (`url` or `tunnel_url`) is required.
+pub fn parse_edge_register(body: &[u8]) -> Result<(EdgeRegisterRequest, String), InputError> {
+    let r: EdgeRegisterRequest = parse_json(body)?;
+    let url = r.url.clone().or_else(|| r.tunnel_url.clone());
+    let Some(url) = url else {
+        return Err(InputError::field(
+            "url",
+            "is required: the coordinator's public URL (url or tunnel_url)",
+        ));
+    };
+    let mut c = Check::default();
+    c.url("url", &Some(url.clone()));
+    c.opt_string("id", &r.id, MAX_ID_LEN);
+    if let Some(id) = &r.id
+        && (id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    {
+        c.fail("id", "must be letters, digits, '-' or '_'".into());
+    }
+    c.opt_string("region", &r.region, MAX_STRING_LEN);
+    if let Some(caps) = &r.capabilities {
+        c.opt_string("capabilities.location", &caps.location, MAX_STRING_LEN);
+    }
+    c.list("dht_addrs", &r.dht_addrs);
+    for (i, a) in r.dht_addrs.iter().enumerate() {
+        c.string(&format!("dht_addrs[{i}]"), a, MAX_STRING_LEN);
+    }
+    if let Some(f) = &r.figures {
+        check_figures(&mut c, "figures.", f);
+    }
+    c.finish()?;
+    Ok((r, url))
+}
+
+/// A coordinator's heartbeat at the edge, checked.
+pub fn parse_edge_heartbeat(body: &[u8]) -> Result<EdgeHeartbeat, InputError> {
+    let hb: EdgeHeartbeat = parse_json(body)?;
+    let mut c = Check::default();
+    c.string("id", &hb.id, MAX_ID_LEN);
+    check_figures(&mut c, "", &hb.figures);
+    c.finish()?;
+    Ok(hb)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,6 +524,39 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    #[test]
+    fn edge_registrations() {
+        let (r, url) = parse_edge_register(br#"{"worker_id": "c1", "tunnel_url": "http://127.0.0.1:9000", "capabilities": {"location": "London"}}"#).unwrap();
+        assert_eq!(
+            (r.id.as_deref(), url.as_str()),
+            (Some("c1"), "http://127.0.0.1:9000")
+        );
+        for (body, field) in [
+            (r#"{"id": "c1"}"#, "url"),
+            (r#"{"url": "nope"}"#, "url"),
+            (r#"{"url": "http://127.0.0.1:1", "id": "a b"}"#, "id"),
+            (
+                r#"{"url": "http://127.0.0.1:1", "figures": {"load": 2}}"#,
+                "figures.load",
+            ),
+        ] {
+            assert!(
+                matches!(parse_edge_register(body.as_bytes()), Err(InputError::Field { field: f, .. }) if f == field),
+                "{body}"
+            );
+        }
+        assert!(
+            matches!(parse_edge_heartbeat(br#"{"id": "c1", "load": -1}"#), Err(InputError::Field { field, .. }) if field == "load")
+        );
+        assert_eq!(
+            parse_edge_heartbeat(br#"{"id": "c1", "load": 0.5, "services": {"ocr": 2}}"#)
+                .unwrap()
+                .figures
+                .services["ocr"],
+            2
+        );
     }
 
     #[test]

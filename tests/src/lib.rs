@@ -62,6 +62,83 @@ impl Coordinator {
     }
 }
 
+/// An edge on loopback with its own temp dir.
+#[derive(Debug)]
+pub struct Edge {
+    /// The server.
+    pub server: commons_edge::Server,
+    /// Its data dir.
+    pub dir: tempfile::TempDir,
+}
+
+impl Edge {
+    /// Starts one; `tune` adjusts the test configuration.
+    pub async fn start(tune: impl FnOnce(&mut commons_edge::Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, tune).await
+    }
+
+    /// Starts one on an existing data dir.
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        tune: impl FnOnce(&mut commons_edge::Config),
+    ) -> Self {
+        let mut config = commons_edge::server::test_utils::config(dir.path());
+        tune(&mut config);
+        let server = commons_edge::Server::bind(config).await.unwrap();
+        Self { server, dir }
+    }
+
+    /// Base URL.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// Creates a federation key through the admin API.
+    pub async fn federation_key(&self, client: &reqwest::Client, label: &str) -> String {
+        let r: Value = client
+            .post(format!("{}/api/admin/federation-keys", self.url()))
+            .bearer_auth(commons_edge::server::test_utils::ADMIN_TOKEN)
+            .json(&json!({"label": label}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["key"].as_str().unwrap().to_owned()
+    }
+
+    /// An admin GET.
+    pub async fn admin(&self, client: &reqwest::Client, path: &str) -> Value {
+        client
+            .get(format!("{}{path}", self.url()))
+            .bearer_auth(commons_edge::server::test_utils::ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+/// Waits until `check` holds, polling every 50 ms, at most `secs`.
+pub async fn eventually<F, Fut>(secs: u64, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
 /// What a fake worker saw.
 #[derive(Debug, Default)]
 pub struct Seen {

@@ -14,6 +14,17 @@ use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 
+/// A secret that never shows in logs or `Debug`.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// SHA-256 of a token.
 pub type TokenHash = [u8; 32];
 
@@ -32,6 +43,11 @@ pub fn hash_token(token: &str) -> TokenHash {
 /// Whether `token` hashes to `hash`, in constant time.
 pub fn token_matches(token: &str, hash: &TokenHash) -> bool {
     hash_token(token).ct_eq(hash).into()
+}
+
+/// Whether two hashes are equal, in constant time.
+pub fn hashes_equal(a: &TokenHash, b: &TokenHash) -> bool {
+    a.ct_eq(b).into()
 }
 
 /// The bearer token of a request, read without copying the other headers.

@@ -47,6 +47,9 @@ pub enum ApiError {
         /// Workers tried.
         tried: usize,
     },
+    /// 503: nothing can take the request now.
+    #[error("{0}")]
+    Unavailable(String),
     /// 502: the worker failed.
     #[error("{0}")]
     BadGateway(String),
@@ -71,6 +74,7 @@ impl ApiError {
             Self::NoWorker(_) | Self::Unreachable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "no_worker")
             }
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             Self::GatewayTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

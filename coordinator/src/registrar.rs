@@ -1,0 +1,190 @@
+//! The registrar: with an edge configured, the coordinator registers there at start, heartbeats its figures,
+//! registers again when the edge no longer knows it, and deregisters on shutdown.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use commons_shared::edge::{
+    CoordinatorFigures, EdgeCapabilities, EdgeHeartbeat, EdgeRegisterRequest,
+};
+use tokio::task::JoinHandle;
+
+use crate::state::AppState;
+
+/// This coordinator's figures for the edge.
+pub fn figures(state: &AppState) -> CoordinatorFigures {
+    let now = Instant::now();
+    let (mut workers, mut load, mut queue, mut latency, mut with_latency) =
+        (0u32, 0.0, 0u32, 0.0, 0u32);
+    for w in state.registry.all() {
+        let live = w.live.lock();
+        if live.status(now, state.liveness).is_live() {
+            workers += 1;
+            load += live.load;
+        }
+        queue += w.in_flight.load(Ordering::Relaxed);
+        let l = w.latency_ms();
+        if l > 0.0 {
+            latency += l;
+            with_latency += 1;
+        }
+    }
+    let mut services = BTreeMap::new();
+    for (i, spec) in state.catalogue.services().iter().enumerate() {
+        let healthy = state
+            .registry
+            .providers(i)
+            .iter()
+            .filter(|w| w.live.lock().status(now, state.liveness).is_routable())
+            .count();
+        services.insert(spec.name.clone(), healthy as u32);
+    }
+    CoordinatorFigures {
+        load: if workers == 0 {
+            0.0
+        } else {
+            (load / f64::from(workers)).clamp(0.0, 1.0)
+        },
+        workers,
+        queue_depth: queue,
+        latency_ms: if with_latency == 0 {
+            0.0
+        } else {
+            latency / f64::from(with_latency)
+        },
+        services,
+    }
+}
+
+struct Edge {
+    client: reqwest::Client,
+    url: String,
+    key: String,
+    id: String,
+}
+
+impl Edge {
+    fn new(state: &AppState, id: &str) -> Option<Self> {
+        let c = &state.config;
+        Some(Self {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .ok()?,
+            url: c.edge_url.clone()?.trim_end_matches('/').to_owned(),
+            key: c.federation_key.clone()?.0,
+            id: id.to_owned(),
+        })
+    }
+
+    async fn register(&self, state: &AppState) -> Result<(), String> {
+        let body = EdgeRegisterRequest {
+            id: Some(self.id.clone()),
+            url: Some(state.coordinator_url.clone()),
+            region: state.config.region.clone(),
+            capabilities: Some(EdgeCapabilities {
+                location: state.config.region.clone(),
+            }),
+            figures: Some(figures(state)),
+            ..Default::default()
+        };
+        let r = self
+            .client
+            .post(format!("{}/api/edge/register", self.url))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!(
+                "the edge answered {}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            )),
+            Err(e) => Err(format!("cannot reach the edge: {e}")),
+        }
+    }
+
+    /// `Ok(true)` when the edge knows us, `Ok(false)` when it asks us to register again.
+    async fn heartbeat(&self, state: &AppState) -> Result<bool, String> {
+        let body = EdgeHeartbeat {
+            id: self.id.clone(),
+            figures: figures(state),
+        };
+        let r = self
+            .client
+            .post(format!("{}/api/edge/heartbeat", self.url))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => Ok(true),
+            Ok(r) if r.status() == 404 => Ok(false),
+            Ok(r) => Err(format!(
+                "the edge answered {}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            )),
+            Err(e) => Err(format!("cannot reach the edge: {e}")),
+        }
+    }
+}
+
+/// Starts the registrar when an edge is configured.
+pub fn spawn(state: &AppState, id: &str) -> Option<JoinHandle<()>> {
+    let edge = Edge::new(state, id)?;
+    let state = state.clone();
+    Some(tokio::spawn(async move {
+        let every = Duration::from_millis(state.config.edge_heartbeat_interval_ms);
+        let mut registered = false;
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            if !registered {
+                match edge.register(&state).await {
+                    Ok(()) => {
+                        tracing::info!(edge = %edge.url, id = %edge.id, "registered with the edge");
+                        registered = true;
+                        backoff = Duration::from_millis(500);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "edge registration failed; retrying");
+                        tokio::time::sleep(backoff.min(every)).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                }
+            }
+            tokio::time::sleep(every).await;
+            match edge.heartbeat(&state).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!("the edge no longer knows this coordinator; registering again");
+                    registered = false;
+                }
+                Err(e) => tracing::warn!(error = %e, "edge heartbeat failed"),
+            }
+        }
+    }))
+}
+
+/// Tells the edge this coordinator is leaving (best effort, bounded).
+pub async fn deregister(state: &AppState, id: &str) {
+    let Some(edge) = Edge::new(state, id) else {
+        return;
+    };
+    let r = edge
+        .client
+        .delete(format!("{}/api/edge/coordinators/{}", edge.url, edge.id))
+        .bearer_auth(&edge.key)
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await;
+    match r {
+        Ok(r) if r.status().is_success() => tracing::info!("deregistered from the edge"),
+        Ok(r) => tracing::warn!(status = %r.status(), "the edge refused the deregistration"),
+        Err(e) => tracing::warn!(error = %e, "cannot reach the edge to deregister"),
+    }
+}

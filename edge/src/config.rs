@@ -1,0 +1,92 @@
+//! Configuration: defaults, then a TOML file (`--config`), then `COMMONS_*` environment variables and flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use commons_server::auth::Secret;
+
+/// Everything the edge can be told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the SQLite database lives.
+    pub data_dir: PathBuf,
+    /// Admin token; when unset one is created on first start, printed once and stored hashed.
+    pub admin_token: Option<Secret>,
+    /// Seconds between coordinator heartbeats the edge asks for.
+    pub heartbeat_interval_secs: u64,
+    /// A coordinator silent this long is forgotten (checked actively).
+    pub coordinator_ttl_secs: u64,
+    /// A coordinator that could not be reached is avoided this long (unless it heartbeats).
+    pub suspect_secs: u64,
+    /// Worker registrations forwarded per minute per client address; 0 turns the limit off.
+    pub register_rate_limit: u32,
+    /// Failed admin logins per minute per client address before 429.
+    pub admin_auth_rate_limit: u32,
+    /// Largest body forwarded on service routes.
+    pub proxy_body_limit_bytes: usize,
+    /// Seconds to wait for a coordinator's answer headers.
+    pub proxy_timeout_secs: u64,
+    /// Milliseconds to wait for a TCP connection to a coordinator before trying another.
+    pub proxy_connect_timeout_ms: u64,
+    /// Seconds a bootstrap answer may be cached.
+    pub bootstrap_ttl_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            data_dir: dirs::data_dir()
+                .map(|d| d.join("commons-edge"))
+                .unwrap_or_else(|| PathBuf::from("commons-edge-data")),
+            admin_token: None,
+            heartbeat_interval_secs: 60,
+            coordinator_ttl_secs: 300,
+            suspect_secs: 30,
+            register_rate_limit: 60,
+            admin_auth_rate_limit: 20,
+            proxy_body_limit_bytes: 64 * 1024 * 1024,
+            proxy_timeout_secs: 300,
+            proxy_connect_timeout_ms: 2000,
+            bootstrap_ttl_secs: 300,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "the configuration file {} is not valid: {e}",
+                path.display()
+            )
+        })
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.heartbeat_interval_secs >= 1,
+            "heartbeat_interval_secs must be at least 1"
+        );
+        anyhow::ensure!(
+            self.coordinator_ttl_secs > self.heartbeat_interval_secs,
+            "coordinator_ttl_secs must be above heartbeat_interval_secs"
+        );
+        if let Some(t) = &self.admin_token {
+            anyhow::ensure!(
+                t.0.len() >= 16,
+                "the admin token must be at least 16 characters"
+            );
+        }
+        Ok(())
+    }
+}

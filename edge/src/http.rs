@@ -1,0 +1,450 @@
+//! The edge's HTTP API.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body as AxumBody;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, delete, get, post};
+use axum::{Json, Router};
+use commons_server::auth::Bearer;
+use commons_server::error::{ApiError, ApiResult};
+use commons_server::extract::{Body, ClientIp};
+use commons_server::forward::{self, Target};
+use commons_shared::ErrorBody;
+use commons_shared::edge::{
+    Bootstrap, CoordinatorList, DayCounts, EdgeAck, EdgeHealth, EdgeMetrics, EdgeRegisterRequest,
+    EdgeTopology, FederationKey, Seed,
+};
+use commons_shared::validate::{
+    MAX_BODY_BYTES, MAX_ID_LEN, MAX_STRING_LEN, parse_edge_heartbeat, parse_edge_register,
+    parse_json,
+};
+use serde_json::json;
+use tower_http::limit::RequestBodyLimitLayer;
+use utoipa::OpenApi;
+
+use crate::state::{Coordinator, EdgeState};
+
+/// The kind of an edge request, for the per-day counts.
+pub fn kind_of(path: &str) -> &'static str {
+    if path == "/api/dht/bootstrap" {
+        "bootstrap"
+    } else if path == "/api/worker/register" {
+        "registration"
+    } else if path.starts_with("/api/service/") {
+        "service"
+    } else if path.starts_with("/api/edge/") {
+        "federation"
+    } else if path.starts_with("/api/admin/") {
+        "admin"
+    } else {
+        "other"
+    }
+}
+
+async fn count(State(state): State<EdgeState>, req: Request, next: Next) -> Response {
+    state.count(kind_of(req.uri().path()));
+    next.run(req).await
+}
+
+/// The whole API.
+pub fn router(state: EdgeState) -> Router {
+    let api = Router::new()
+        .route("/api/edge/register", post(register))
+        .route("/api/edge/heartbeat", post(heartbeat))
+        .route("/api/edge/coordinators/{id}", delete(deregister))
+        .route("/api/worker/register", post(register_worker))
+        .route("/api/dht/bootstrap", get(bootstrap))
+        .route("/health", get(health))
+        .route("/metrics", get(prometheus))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/admin/coordinators", get(coordinators))
+        .route("/api/admin/topology", get(topology))
+        .route("/api/admin/metrics", get(request_metrics))
+        .route(
+            "/api/admin/federation-keys",
+            get(list_keys).post(create_key),
+        )
+        .route("/api/admin/federation-keys/{id}", delete(revoke_key))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    let service = Router::new()
+        .route("/api/service/{service}", any(forward_root))
+        .route("/api/service/{service}/{*path}", any(forward_service))
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(
+            state.config.proxy_body_limit_bytes,
+        ));
+    commons_server::finish(
+        api.merge(service)
+            .layer(middleware::from_fn_with_state(state.clone(), count))
+            .with_state(state),
+    )
+}
+
+/// Admin credentials, checked as an extractor.
+struct Admin;
+
+impl axum::extract::FromRequestParts<EdgeState> for Admin {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &EdgeState,
+    ) -> Result<Self, ApiError> {
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state)
+            .await
+            .unwrap_or(ClientIp([0, 0, 0, 0].into()));
+        state.check_admin(commons_server::auth::bearer(&parts.headers), ip)?;
+        Ok(Admin)
+    }
+}
+
+fn ack(state: &EdgeState, id: String) -> Json<EdgeAck> {
+    Json(EdgeAck {
+        status: "ok".into(),
+        id,
+        heartbeat_interval: state.config.heartbeat_interval_secs,
+        ttl: state.config.coordinator_ttl_secs,
+    })
+}
+
+/// A coordinator registers (federation key as Bearer).
+#[utoipa::path(post, path = "/api/edge/register", request_body = EdgeRegisterRequest,
+    responses((status = 200, body = EdgeAck), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn register(
+    State(state): State<EdgeState>,
+    token: Bearer,
+    Body(body): Body,
+) -> ApiResult<Json<EdgeAck>> {
+    let (req, url) = parse_edge_register(&body)?;
+    let id = state.register(req, url, token.token()).await?;
+    Ok(ack(&state, id))
+}
+
+/// A coordinator's heartbeat: refreshes its last-seen time and figures.
+#[utoipa::path(post, path = "/api/edge/heartbeat", request_body = commons_shared::edge::EdgeHeartbeat,
+    responses((status = 200, body = EdgeAck), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn heartbeat(
+    State(state): State<EdgeState>,
+    token: Bearer,
+    Body(body): Body,
+) -> ApiResult<Json<EdgeAck>> {
+    let hb = parse_edge_heartbeat(&body)?;
+    let id = hb.id.clone();
+    state.heartbeat(hb, token.token()).await?;
+    Ok(ack(&state, id))
+}
+
+async fn deregister(
+    State(state): State<EdgeState>,
+    token: Bearer,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if id.len() > MAX_ID_LEN {
+        return Err(ApiError::Invalid {
+            field: "id".into(),
+            message: format!("at most {MAX_ID_LEN} characters"),
+        });
+    }
+    state.deregister(&id, token.token()).await?;
+    Ok(Json(json!({"status": "deregistered", "id": id})))
+}
+
+/// Tries up to two coordinators: connects first, so an unreachable one is skipped (and avoided for a while)
+/// before the request is spent.
+async fn forward_to(
+    state: &EdgeState,
+    client: IpAddr,
+    location: Option<&str>,
+    service: Option<&str>,
+    path: &str,
+    req: Request,
+) -> ApiResult<Response> {
+    let query = req.uri().query().map(str::to_owned);
+    let connect_timeout = Duration::from_millis(state.config.proxy_connect_timeout_ms);
+    let suspect = Duration::from_secs(state.config.suspect_secs);
+    let mut tried: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        let Some(c) = state.choose(&tried, location, service) else {
+            break;
+        };
+        let Some(target) = Target::from_base(&c.url, path, query.as_deref()) else {
+            tried.push(c.id.clone());
+            continue;
+        };
+        let start = Instant::now();
+        match forward::connect(&target.authority, connect_timeout).await {
+            Ok(stream) => {
+                let result = forward::send(
+                    stream,
+                    &target,
+                    req,
+                    client,
+                    Duration::from_secs(state.config.proxy_timeout_secs),
+                )
+                .await;
+                let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
+                c.record(ok, start.elapsed(), None);
+                return result;
+            }
+            Err(e) => {
+                tracing::warn!(coordinator = %c.id, error = %e, "cannot reach coordinator; avoiding it and trying another");
+                c.record(false, start.elapsed(), Some(suspect));
+                tried.push(c.id.clone());
+            }
+        }
+    }
+    let what = service.map_or("registrations".to_owned(), |s| format!("the service {s:?}"));
+    Err(ApiError::Unavailable(format!(
+        "no coordinator can take {what} right now ({} tried); try again shortly",
+        tried.len()
+    )))
+}
+
+/// Forwards a worker's registration to a coordinator, whose answer says where to heartbeat.
+#[utoipa::path(post, path = "/api/worker/register", request_body = commons_shared::api::RegisterRequest,
+    responses((status = 200, body = commons_shared::api::RegisterResponse), (status = 503, body = ErrorBody)))]
+async fn register_worker(
+    State(state): State<EdgeState>,
+    ClientIp(ip): ClientIp,
+    req: Request,
+) -> ApiResult<Response> {
+    state.check_register_rate(ip)?;
+    let (parts, body) = req.into_parts();
+    let Body(bytes) = Body::from_request(Request::from_parts(parts.clone(), body), &state).await?;
+    // Prefer a coordinator near the worker when it says where it is; the coordinator validates the rest.
+    let region = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?
+        .pointer("/capabilities/region")
+        .and_then(|v| v.as_str())
+        .filter(|r| !r.is_empty() && r.len() <= MAX_STRING_LEN)
+        .map(str::to_owned);
+    let req = Request::from_parts(parts, AxumBody::from(bytes));
+    forward_to(
+        &state,
+        ip,
+        region.as_deref(),
+        None,
+        "/api/worker/register",
+        req,
+    )
+    .await
+}
+
+use axum::extract::FromRequest;
+
+async fn forward_service(
+    State(state): State<EdgeState>,
+    ClientIp(ip): ClientIp,
+    Path((service, path)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let full = format!("/api/service/{service}/{path}");
+    forward_to(&state, ip, None, Some(&service), &full, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn forward_root(
+    State(state): State<EdgeState>,
+    ClientIp(ip): ClientIp,
+    Path(service): Path<String>,
+    req: Request,
+) -> Response {
+    let full = format!("/api/service/{service}");
+    forward_to(&state, ip, None, Some(&service), &full, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// DHT bootstrap seeds: live coordinators with DHT addresses.
+#[utoipa::path(get, path = "/api/dht/bootstrap", responses((status = 200, body = Bootstrap)))]
+async fn bootstrap(State(state): State<EdgeState>) -> Json<Bootstrap> {
+    let seeds: Vec<Seed> = state
+        .all()
+        .iter()
+        .filter(|c| !c.dht_addrs.is_empty())
+        .take(16)
+        .map(|c| Seed {
+            node_id: c.id.clone(),
+            multiaddrs: c.dht_addrs.clone(),
+            location: c.location.clone().or(c.region.clone()),
+        })
+        .collect();
+    Json(Bootstrap {
+        count: seeds.len(),
+        seeds,
+        ttl: state.config.bootstrap_ttl_secs,
+    })
+}
+
+/// Seed shape: `{status, coordinators, message}`.
+#[utoipa::path(get, path = "/health", responses((status = 200, body = EdgeHealth)))]
+async fn health(State(state): State<EdgeState>) -> Json<EdgeHealth> {
+    let n = state.healthy_count();
+    Json(EdgeHealth {
+        status: if n > 0 { "healthy" } else { "degraded" }.into(),
+        coordinators: n,
+        message: if n > 0 {
+            "Edge router operational".into()
+        } else {
+            "no coordinator is registered yet".into()
+        },
+    })
+}
+
+async fn prometheus(State(state): State<EdgeState>) -> impl IntoResponse {
+    metrics::gauge!("commons_edge_coordinators").set(state.all().len() as f64);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        commons_server::metrics::handle().render(),
+    )
+}
+
+fn infos(state: &EdgeState) -> Vec<commons_shared::edge::CoordinatorInfo> {
+    let now = Instant::now();
+    state
+        .all()
+        .iter()
+        .map(|c: &Arc<Coordinator>| c.info(now))
+        .collect()
+}
+
+/// Registered coordinators.
+#[utoipa::path(get, path = "/api/admin/coordinators", responses((status = 200, body = CoordinatorList)))]
+async fn coordinators(State(state): State<EdgeState>, _: Admin) -> Json<CoordinatorList> {
+    let coordinators = infos(&state);
+    Json(CoordinatorList {
+        total: coordinators.len(),
+        coordinators,
+    })
+}
+
+/// The global view: coordinators with their worker counts and load.
+#[utoipa::path(get, path = "/api/admin/topology", responses((status = 200, body = EdgeTopology)))]
+async fn topology(State(state): State<EdgeState>, _: Admin) -> Json<EdgeTopology> {
+    let coordinators = infos(&state);
+    let mut services = std::collections::BTreeMap::new();
+    for c in &coordinators {
+        for (s, n) in &c.figures.services {
+            *services.entry(s.clone()).or_insert(0u64) += u64::from(*n);
+        }
+    }
+    let total_workers = coordinators
+        .iter()
+        .map(|c| u64::from(c.figures.workers))
+        .sum();
+    Json(EdgeTopology {
+        coordinators,
+        total_workers,
+        services,
+    })
+}
+
+/// Requests per kind per day, 30 days.
+#[utoipa::path(get, path = "/api/admin/metrics", responses((status = 200, body = EdgeMetrics)))]
+async fn request_metrics(State(state): State<EdgeState>, _: Admin) -> Json<EdgeMetrics> {
+    let days = state
+        .counts()
+        .into_iter()
+        .map(|(day, counts)| DayCounts {
+            total: counts.values().sum(),
+            day,
+            counts,
+        })
+        .collect();
+    Json(EdgeMetrics { days })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyRequest {
+    label: String,
+}
+
+async fn create_key(
+    State(state): State<EdgeState>,
+    _: Admin,
+    Body(body): Body,
+) -> ApiResult<Json<FederationKey>> {
+    let req: KeyRequest = parse_json(&body)?;
+    if req.label.is_empty() || req.label.len() > MAX_STRING_LEN {
+        return Err(ApiError::Invalid {
+            field: "label".into(),
+            message: format!("1 to {MAX_STRING_LEN} characters"),
+        });
+    }
+    let (id, key) = state.create_key(req.label.clone()).await?;
+    Ok(Json(FederationKey {
+        id,
+        label: req.label,
+        key,
+    }))
+}
+
+async fn list_keys(State(state): State<EdgeState>, _: Admin) -> Json<serde_json::Value> {
+    let keys: Vec<_> = state
+        .keys()
+        .into_iter()
+        .map(|(id, label)| json!({"id": id, "label": label}))
+        .collect();
+    Json(json!({ "keys": keys }))
+}
+
+async fn revoke_key(
+    State(state): State<EdgeState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    state.revoke_key(&id).await?;
+    Ok(Json(json!({"status": "revoked", "id": id})))
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Commons edge router",
+        description = "Registry of coordinators, DHT bootstrap, routing to coordinators."
+    ),
+    paths(
+        register,
+        heartbeat,
+        register_worker,
+        bootstrap,
+        health,
+        coordinators,
+        topology,
+        request_metrics
+    )
+)]
+struct ApiDoc;
+
+#[cfg(test)]
+mod tests {
+    use super::kind_of;
+
+    #[test]
+    fn kinds() {
+        for (path, kind) in [
+            ("/api/dht/bootstrap", "bootstrap"),
+            ("/api/worker/register", "registration"),
+            ("/api/service/ocr/x", "service"),
+            ("/api/edge/heartbeat", "federation"),
+            ("/api/admin/metrics", "admin"),
+            ("/health", "other"),
+        ] {
+            assert_eq!(kind_of(path), kind);
+        }
+    }
+}

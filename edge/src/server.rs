@@ -1,0 +1,159 @@
+//! The edge as a library type: bind, serve, shut down.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{MissedTickBehavior, interval};
+
+use crate::config::Config;
+use crate::state::EdgeState;
+use crate::store::Store;
+
+/// A running edge.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    state: EdgeState,
+    stop: watch::Sender<bool>,
+    serve: JoinHandle<std::io::Result<()>>,
+    tasks: Vec<JoinHandle<()>>,
+    new_admin_token: Option<String>,
+}
+
+fn spawn_tasks(state: &EdgeState) -> Vec<JoinHandle<()>> {
+    let s = state.clone();
+    // Expiry is checked actively, a few times per TTL, not only when the list is read.
+    let every =
+        Duration::from_millis((s.config.coordinator_ttl_secs * 1000 / 5).clamp(200, 10_000));
+    let expiry = tokio::spawn(async move {
+        let mut tick = interval(every);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut n = 0u64;
+        loop {
+            tick.tick().await;
+            if let Err(e) = s.expire().await {
+                tracing::error!(error = %e, "expiring coordinators failed");
+            }
+            n += 1;
+            if n.is_multiple_of(100) {
+                s.trim_limiters();
+            }
+        }
+    });
+    let s = state.clone();
+    let counts = tokio::spawn(async move {
+        let mut tick = interval(Duration::from_secs(5));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = s.flush_counts().await {
+                tracing::error!(error = %e, "writing request counts failed");
+            }
+        }
+    });
+    vec![expiry, counts]
+}
+
+impl Server {
+    /// Opens the database, loads the registry and starts serving on `config.listen`.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let store = Store::open(&config.data_dir)?;
+        let (state, new_admin_token) = EdgeState::load(config, store).await?;
+        let app =
+            crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let (stop, mut stopped) = watch::channel(false);
+        let serve = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        let tasks = spawn_tasks(&state);
+        Ok(Self {
+            addr,
+            state,
+            stop,
+            serve,
+            tasks,
+            new_admin_token,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://{addr}`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The state.
+    pub fn state(&self) -> &EdgeState {
+        &self.state
+    }
+
+    /// The admin token created on this start, if one was.
+    pub fn new_admin_token(&self) -> Option<&str> {
+        self.new_admin_token.as_deref()
+    }
+
+    /// Stops accepting, lets requests in progress finish, writes the request counts.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let served = self.serve.await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.state.flush_counts().await?;
+        served??;
+        Ok(())
+    }
+
+    /// Stops at once, as a crash would.
+    pub async fn abort(self) {
+        self.serve.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
+        // Wait until the listener is closed, so its port can be bound again.
+        let _ = self.serve.await;
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        commons_server::shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown().await
+    }
+}
+
+/// Helpers that start real edges on loopback for tests.
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils {
+    use super::*;
+
+    /// The admin token of [`config`].
+    pub const ADMIN_TOKEN: &str = "edge-test-admin-token-0123456789";
+
+    /// Loopback port 0, the given data dir, a known admin token, no registration limit.
+    pub fn config(data_dir: &std::path::Path) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.to_owned(),
+            admin_token: Some(crate::config::Secret(ADMIN_TOKEN.into())),
+            register_rate_limit: 0,
+            ..Config::default()
+        }
+    }
+}
