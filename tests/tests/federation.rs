@@ -349,7 +349,9 @@ async fn edge_bad_input_corpus() {
         .unwrap();
     assert_eq!(ok.status(), 200);
     let big = "x".repeat(70 * 1024);
-    let cases: Vec<(&str, &str, Option<&str>, String, u16, &str)> = vec![
+    // (method, path, federation key, body, status, what the message mentions)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/api/edge/register",
