@@ -51,6 +51,9 @@ struct Cli {
     /// Region label reported to the edge.
     #[arg(long, env = "COMMONS_REGION")]
     region: Option<String>,
+    /// Addresses (the edge's) whose X-Forwarded-For is believed for per-client rate limits, comma-separated.
+    #[arg(long, env = "COMMONS_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<std::net::IpAddr>,
     /// The admin token (at least 16 characters). Prefer the environment variable to a flag.
     #[arg(long, env = "COMMONS_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -87,6 +90,9 @@ impl Cli {
         }
         if let Some(v) = self.federation_key {
             c.federation_key = Some(Secret(v));
+        }
+        if !self.trusted_proxies.is_empty() {
+            c.trusted_proxies = self.trusted_proxies;
         }
         if let Some(v) = self.region {
             c.region = Some(v);

@@ -433,6 +433,56 @@ fn two_service_catalogue(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 #[tokio::test]
+async fn a_trusted_proxy_forwards_the_client_address_for_rate_limits() {
+    // oneshot requests come from 0.0.0.0: trust it as if it were the edge.
+    let app = app_with(|c| {
+        c.register_rate_limit = 1;
+        c.trusted_proxies = vec!["0.0.0.0".parse().unwrap()];
+    })
+    .await;
+    let register = |xff: &'static str| {
+        let req = axum::http::Request::post("/api/worker/register")
+            .header("x-forwarded-for", xff)
+            .body(axum::body::Body::from(native(4, 16, None).to_string()))
+            .unwrap();
+        tower::ServiceExt::oneshot(app.router.clone(), req)
+    };
+    assert_eq!(
+        register("198.51.100.1").await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        register("198.51.100.2").await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        register("203.0.113.9, 198.51.100.1")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Untrusted peers' headers are ignored: every request counts against the peer itself.
+    let plain = app_with(|c| c.register_rate_limit = 1).await;
+    for (xff, want) in [
+        ("198.51.100.1", StatusCode::OK),
+        ("198.51.100.2", StatusCode::TOO_MANY_REQUESTS),
+    ] {
+        let req = axum::http::Request::post("/api/worker/register")
+            .header("x-forwarded-for", xff)
+            .body(axum::body::Body::from(native(4, 16, None).to_string()))
+            .unwrap();
+        assert_eq!(
+            tower::ServiceExt::oneshot(plain.router.clone(), req)
+                .await
+                .unwrap()
+                .status(),
+            want
+        );
+    }
+}
+
+#[tokio::test]
 async fn rebalancing_reaches_workers_through_heartbeats() {
     let cat_dir = tempfile::tempdir().unwrap();
     let catalogue = two_service_catalogue(cat_dir.path());

@@ -47,7 +47,9 @@ pub fn kind_of(path: &str) -> &'static str {
 }
 
 async fn count(State(state): State<EdgeState>, req: Request, next: Next) -> Response {
-    state.count(kind_of(req.uri().path()));
+    let kind = kind_of(req.uri().path());
+    state.count(kind);
+    metrics::counter!("commons_edge_requests_total", "kind" => kind).increment(1);
     next.run(req).await
 }
 
