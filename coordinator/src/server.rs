@@ -2,8 +2,8 @@
 
 use std::net::SocketAddr;
 
+use commons_server::serve::Serving;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -15,8 +15,7 @@ use crate::store::Store;
 pub struct Server {
     addr: SocketAddr,
     state: AppState,
-    stop: watch::Sender<bool>,
-    serve: JoinHandle<std::io::Result<()>>,
+    serving: Serving,
     tasks: Vec<JoinHandle<()>>,
     new_admin_token: Option<String>,
     id: String,
@@ -33,16 +32,7 @@ impl Server {
         let store = Store::open(&config.data_dir)?;
         let url = config.coordinator_url(addr);
         let (state, new_admin_token) = AppState::load(config, store, url).await?;
-        let app =
-            crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let (stop, mut stopped) = watch::channel(false);
-        let serve = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let serving = Serving::start(listener, crate::http::router(state.clone()))?;
         let id = match state.store.setting("coordinator_id")? {
             Some(id) => id,
             None => {
@@ -56,8 +46,7 @@ impl Server {
         Ok(Self {
             addr,
             state,
-            stop,
-            serve,
+            serving,
             tasks,
             new_admin_token,
             id,
@@ -92,25 +81,21 @@ impl Server {
     /// Deregisters from the edge, stops accepting, lets requests in progress finish, flushes heartbeats durably.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         crate::registrar::deregister(&self.state, &self.id).await;
-        let _ = self.stop.send(true);
-        let served = self.serve.await;
+        let served = self.serving.stop().await;
         for t in &self.tasks {
             t.abort();
         }
         let flushed = self.state.flush().await?;
         tracing::info!(heartbeats = flushed, "flushed; stopped");
-        served??;
-        Ok(())
+        served
     }
 
     /// Stops at once without flushing, as a crash would (tests use it to show what survives).
     pub async fn abort(self) {
-        self.serve.abort();
         for t in &self.tasks {
             t.abort();
         }
-        // Wait until the listener is closed, so its port can be bound again.
-        let _ = self.serve.await;
+        self.serving.abort().await;
     }
 
     /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.

@@ -13,10 +13,10 @@ use commons_shared::api::{
 use commons_shared::assign::assign;
 use commons_shared::catalogue::Catalogue;
 use commons_shared::tier::{Tier, classify};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use rand::RngCore;
 
-use crate::auth::{self, AdminGate, RateLimit, TokenHash};
+use crate::auth::{self, AdminGate, NamedToken, RateLimit, TokenSet};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
@@ -52,7 +52,7 @@ pub struct Inner {
     /// Metrics handles.
     pub metrics: Metrics,
     admin: AdminGate,
-    enrollments: RwLock<Vec<(String, String, TokenHash)>>,
+    enrollments: TokenSet,
     register_limit: RateLimit,
     /// Live workers per service (index by catalogue), refreshed by the sweeper and bumped by registrations.
     coverage: Mutex<Vec<u32>>,
@@ -128,14 +128,16 @@ impl AppState {
             .load_enrollments()?
             .into_iter()
             .map(|e| {
-                Ok((
-                    e.id,
-                    e.label,
-                    e.hash
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupt("enrollment hash".into()))?,
-                ))
+                let hash = e
+                    .hash
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("enrollment hash".into()))?;
+                Ok(NamedToken {
+                    id: e.id,
+                    label: e.label,
+                    hash,
+                })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
 
@@ -169,7 +171,7 @@ impl AppState {
             store,
             coordinator_url,
             liveness,
-            enrollments: RwLock::new(enrollments),
+            enrollments: TokenSet::new(enrollments),
             requests_total: AtomicU64::new(0),
             errors_total: AtomicU64::new(0),
         }));
@@ -249,12 +251,7 @@ impl AppState {
                 "this coordinator requires an enrollment token (enrollment_token)".into(),
             ));
         };
-        let hash = auth::hash_token(token);
-        let known = self
-            .enrollments
-            .read()
-            .iter()
-            .any(|(_, _, h)| auth::hashes_equal(h, &hash));
+        let known = self.enrollments.find(token).is_some();
         if known {
             Ok(())
         } else {
@@ -593,19 +590,17 @@ impl AppState {
         gone.len()
     }
 
-    /// Creates an enrollment token.
+    /// Creates an enrollment token: (id, the token shown once).
     pub async fn create_enrollment(&self, label: String) -> ApiResult<(String, String)> {
-        let token = auth::new_token();
-        let hash = auth::hash_token(&token);
-        let id = token[..12].to_owned();
-        self.store
-            .insert_enrollment(EnrollmentRow {
-                id: id.clone(),
-                label: label.clone(),
-                hash: hash.to_vec(),
-            })
-            .await?;
-        self.enrollments.write().push((id.clone(), label, hash));
+        let (entry, token) = NamedToken::mint(label);
+        let row = EnrollmentRow {
+            id: entry.id.clone(),
+            label: entry.label.clone(),
+            hash: entry.hash.to_vec(),
+        };
+        self.store.insert_enrollment(row).await?;
+        let id = entry.id.clone();
+        self.enrollments.insert(entry);
         Ok((id, token))
     }
 
@@ -614,17 +609,13 @@ impl AppState {
         if !self.store.revoke_enrollment(id.to_owned()).await? {
             return Err(ApiError::NotFound(format!("no enrollment token {id:?}")));
         }
-        self.enrollments.write().retain(|(i, _, _)| i != id);
+        self.enrollments.remove(id);
         Ok(())
     }
 
     /// Enrollment tokens (id, label).
     pub fn enrollments(&self) -> Vec<(String, String)> {
-        self.enrollments
-            .read()
-            .iter()
-            .map(|(i, l, _)| (i.clone(), l.clone()))
-            .collect()
+        self.enrollments.list()
     }
 
     /// Forgets rate-limit state of quiet addresses.

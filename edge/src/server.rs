@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use commons_server::serve::Serving;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{MissedTickBehavior, interval};
 
@@ -17,8 +17,7 @@ use crate::store::Store;
 pub struct Server {
     addr: SocketAddr,
     state: EdgeState,
-    stop: watch::Sender<bool>,
-    serve: JoinHandle<std::io::Result<()>>,
+    serving: Serving,
     tasks: Vec<JoinHandle<()>>,
     new_admin_token: Option<String>,
 }
@@ -67,22 +66,12 @@ impl Server {
         let addr = listener.local_addr()?;
         let store = Store::open(&config.data_dir)?;
         let (state, new_admin_token) = EdgeState::load(config, store).await?;
-        let app =
-            crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let (stop, mut stopped) = watch::channel(false);
-        let serve = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let serving = Serving::start(listener, crate::http::router(state.clone()))?;
         let tasks = spawn_tasks(&state);
         Ok(Self {
             addr,
             state,
-            stop,
-            serve,
+            serving,
             tasks,
             new_admin_token,
         })
@@ -110,24 +99,20 @@ impl Server {
 
     /// Stops accepting, lets requests in progress finish, writes the request counts.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
-        let served = self.serve.await;
+        let served = self.serving.stop().await;
         for t in &self.tasks {
             t.abort();
         }
         self.state.flush_counts().await?;
-        served??;
-        Ok(())
+        served
     }
 
     /// Stops at once, as a crash would.
     pub async fn abort(self) {
-        self.serve.abort();
         for t in &self.tasks {
             t.abort();
         }
-        // Wait until the listener is closed, so its port can be bound again.
-        let _ = self.serve.await;
+        self.serving.abort().await;
     }
 
     /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.

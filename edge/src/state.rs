@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use commons_server::auth::{self, AdminGate, RateLimit, TokenHash};
+use commons_server::auth::{AdminGate, NamedToken, RateLimit, TokenSet};
 use commons_server::error::{ApiError, ApiResult};
 use commons_server::{now_ms, rfc3339};
 use commons_shared::api::WorkerStatus;
@@ -152,7 +152,7 @@ pub struct Inner {
     /// Database.
     pub store: Store,
     coordinators: RwLock<HashMap<String, Arc<Coordinator>>>,
-    keys: RwLock<Vec<(String, String, TokenHash)>>,
+    keys: TokenSet,
     admin: AdminGate,
     register_limit: RateLimit,
     /// Requests per (day, kind).
@@ -189,7 +189,13 @@ impl EdgeState {
         let keys = store
             .load_keys()?
             .into_iter()
-            .filter_map(|(id, label, h)| Some((id, label, h.try_into().ok()?)))
+            .filter_map(|(id, label, h)| {
+                Some(NamedToken {
+                    id,
+                    label,
+                    hash: h.try_into().ok()?,
+                })
+            })
             .collect();
         let now = Instant::now();
         let wall = now_ms();
@@ -232,7 +238,7 @@ impl EdgeState {
             config,
             store,
             coordinators: RwLock::new(coordinators),
-            keys: RwLock::new(keys),
+            keys: TokenSet::new(keys),
             counts: Mutex::new(counts),
         }));
         Ok((state, new_token))
@@ -293,15 +299,9 @@ impl EdgeState {
         let token = token.ok_or_else(|| {
             ApiError::Unauthorized("send the federation key as Authorization: Bearer <key>".into())
         })?;
-        let hash = auth::hash_token(token);
-        self.keys
-            .read()
-            .iter()
-            .find(|(_, _, h)| auth::hashes_equal(h, &hash))
-            .map(|(id, _, _)| id.clone())
-            .ok_or_else(|| {
-                ApiError::Unauthorized("this federation key is not enrolled at this edge".into())
-            })
+        self.keys.find(token).ok_or_else(|| {
+            ApiError::Unauthorized("this federation key is not enrolled at this edge".into())
+        })
     }
 
     /// Registers (or re-registers) a coordinator.
@@ -474,15 +474,14 @@ impl EdgeState {
         cands.get(i).cloned()
     }
 
-    /// Creates a federation key.
+    /// Creates a federation key: (id, the key shown once).
     pub async fn create_key(&self, label: String) -> ApiResult<(String, String)> {
-        let key = auth::new_token();
-        let hash = auth::hash_token(&key);
-        let id = key[..12].to_owned();
+        let (entry, key) = NamedToken::mint(label);
         self.store
-            .insert_key(id.clone(), label.clone(), hash.to_vec())
+            .insert_key(entry.id.clone(), entry.label.clone(), entry.hash.to_vec())
             .await?;
-        self.keys.write().push((id.clone(), label, hash));
+        let id = entry.id.clone();
+        self.keys.insert(entry);
         Ok((id, key))
     }
 
@@ -491,17 +490,13 @@ impl EdgeState {
         if !self.store.delete_key(id.to_owned()).await? {
             return Err(ApiError::NotFound(format!("no federation key {id:?}")));
         }
-        self.keys.write().retain(|(i, _, _)| i != id);
+        self.keys.remove(id);
         Ok(())
     }
 
     /// Federation keys (id, label).
     pub fn keys(&self) -> Vec<(String, String)> {
-        self.keys
-            .read()
-            .iter()
-            .map(|(i, l, _)| (i.clone(), l.clone()))
-            .collect()
+        self.keys.list()
     }
 
     /// Forgets rate-limit state of quiet addresses.

@@ -186,6 +186,79 @@ impl AdminGate {
     }
 }
 
+/// One named token (an enrollment token, a federation key): only its hash is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedToken {
+    /// Id, for revoking (the token's first 12 hex digits).
+    pub id: String,
+    /// What it is for.
+    pub label: String,
+    /// SHA-256 of the token.
+    pub hash: TokenHash,
+}
+
+impl NamedToken {
+    /// A new token: the entry to store and keep, and the token to show once.
+    pub fn mint(label: String) -> (Self, String) {
+        let token = new_token();
+        (
+            Self {
+                id: token[..12].to_owned(),
+                label,
+                hash: hash_token(&token),
+            },
+            token,
+        )
+    }
+}
+
+/// A set of named tokens, checked in constant time per entry.
+#[derive(Debug, Default)]
+pub struct TokenSet {
+    entries: parking_lot::RwLock<Vec<NamedToken>>,
+}
+
+impl TokenSet {
+    /// A set holding `entries`.
+    pub fn new(entries: Vec<NamedToken>) -> Self {
+        Self {
+            entries: parking_lot::RwLock::new(entries),
+        }
+    }
+
+    /// Adds an entry.
+    pub fn insert(&self, entry: NamedToken) {
+        self.entries.write().push(entry);
+    }
+
+    /// Removes an entry by id; whether it was there.
+    pub fn remove(&self, id: &str) -> bool {
+        let mut e = self.entries.write();
+        let before = e.len();
+        e.retain(|t| t.id != id);
+        e.len() != before
+    }
+
+    /// The id of the entry `token` belongs to.
+    pub fn find(&self, token: &str) -> Option<String> {
+        let hash = hash_token(token);
+        self.entries
+            .read()
+            .iter()
+            .find(|t| hashes_equal(&t.hash, &hash))
+            .map(|t| t.id.clone())
+    }
+
+    /// (id, label) of every entry.
+    pub fn list(&self) -> Vec<(String, String)> {
+        self.entries
+            .read()
+            .iter()
+            .map(|t| (t.id.clone(), t.label.clone()))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +271,19 @@ mod tests {
         let h = hash_token(&t);
         assert!(token_matches(&t, &h));
         assert!(!token_matches("nope", &h));
+    }
+
+    #[test]
+    fn token_sets() {
+        let (entry, token) = NamedToken::mint("lab".into());
+        let set = TokenSet::new(vec![]);
+        assert_eq!(set.find(&token), None);
+        set.insert(entry.clone());
+        assert_eq!(set.find(&token).as_deref(), Some(entry.id.as_str()));
+        assert_eq!(set.list(), vec![(entry.id.clone(), "lab".to_owned())]);
+        assert!(set.remove(&entry.id));
+        assert!(!set.remove(&entry.id));
+        assert_eq!(set.find(&token), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod forward;
 pub mod metrics;
+pub mod serve;
 
 use axum::Json;
 use axum::Router;
