@@ -1,0 +1,424 @@
+//! The agent: joins a coordinator, heartbeats, pauses and resumes, fails over, quits cleanly.
+//!
+//! Its state is published on a watch channel (`Stopped → Registering → Active ⇄ Paused`, or `Error`) for a UI
+//! or the control API to follow; commands arrive on a channel.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use commons_shared::api::{HeartbeatRequest, RegisterRequest, RegisterResponse, ReportedStatus};
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::client::{CallError, Client};
+use crate::credentials::{CredentialStore, Credentials};
+use crate::hardware::{self, GpuProbe, LoadSampler};
+use crate::settings::Settings;
+
+/// What the agent is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "lowercase")]
+pub enum State {
+    /// Not running.
+    Stopped,
+    /// Joining a coordinator.
+    Registering,
+    /// Fetching images (with containers).
+    Pulling,
+    /// Donating.
+    Active,
+    /// Paused by the volunteer (or a hot GPU).
+    Paused,
+    /// Stuck, with why.
+    Error(String),
+}
+
+/// What the agent can be told.
+#[derive(Debug)]
+pub enum Command {
+    /// Stop donating, stay registered.
+    Pause,
+    /// Donate again.
+    Resume,
+    /// Unregister and stop.
+    Quit,
+}
+
+/// Who the agent is right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Session {
+    /// Worker id.
+    pub worker_id: String,
+    /// The coordinator it heartbeats.
+    pub coordinator_url: String,
+    /// Registrations so far in this run (failovers and re-registrations add to it).
+    pub registrations: u32,
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct AgentHandle {
+    /// Its state.
+    pub state: watch::Receiver<State>,
+    /// Its session.
+    pub session: watch::Receiver<Session>,
+    commands: mpsc::Sender<Command>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl AgentHandle {
+    /// Sends a command.
+    pub async fn send(&self, c: Command) -> bool {
+        self.commands.send(c).await.is_ok()
+    }
+
+    /// A sender for commands (the control API holds one).
+    pub fn commands(&self) -> mpsc::Sender<Command> {
+        self.commands.clone()
+    }
+
+    /// Waits until the state satisfies `f`, at most `timeout`.
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        f: impl Fn(&State) -> bool,
+    ) -> Option<State> {
+        tokio::time::timeout(timeout, self.state.wait_for(|s| f(s)))
+            .await
+            .ok()?
+            .ok()
+            .map(|s| s.clone())
+    }
+
+    /// Stops the agent at once, as a crash would: nothing is unregistered or forgotten.
+    pub async fn abort(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
+    /// Waits for the agent to finish.
+    pub async fn join(self) -> anyhow::Result<()> {
+        self.task.await?
+    }
+}
+
+/// Starts an agent.
+pub fn start(
+    settings: Settings,
+    creds: Arc<dyn CredentialStore>,
+    probe: Arc<dyn GpuProbe>,
+) -> AgentHandle {
+    let (state_tx, state) = watch::channel(State::Stopped);
+    let (session_tx, session) = watch::channel(Session::default());
+    let (commands, rx) = mpsc::channel(16);
+    let mut agent = Agent {
+        settings,
+        creds,
+        probe,
+        client: Client::new(),
+        state: state_tx,
+        session: session_tx,
+        rx,
+        paused: false,
+    };
+    let task = tokio::spawn(async move { agent.run().await });
+    AgentHandle {
+        state,
+        session,
+        commands,
+        task,
+    }
+}
+
+struct Agent {
+    settings: Settings,
+    creds: Arc<dyn CredentialStore>,
+    probe: Arc<dyn GpuProbe>,
+    client: Client,
+    state: watch::Sender<State>,
+    session: watch::Sender<Session>,
+    rx: mpsc::Receiver<Command>,
+    paused: bool,
+}
+
+/// The joined coordinator.
+struct Joined {
+    creds: Credentials,
+    interval: Duration,
+    version: u64,
+}
+
+enum Next {
+    Quit,
+    Rejoin { via_entry: bool },
+}
+
+fn jitter(max_ms: u64) -> Duration {
+    Duration::from_millis(rand::rng().random_range(0..=max_ms))
+}
+
+impl Agent {
+    fn set(&self, s: State) {
+        self.state.send_if_modified(|cur| {
+            let changed = *cur != s;
+            *cur = s;
+            changed
+        });
+    }
+
+    fn active_state(&self) -> State {
+        if self.paused {
+            State::Paused
+        } else {
+            State::Active
+        }
+    }
+
+    async fn run(&mut self) -> anyhow::Result<()> {
+        self.set(State::Registering);
+        let mut joined = match self.creds.load() {
+            Ok(Some(c)) => {
+                // Resume as the worker we were; the first heartbeat tells whether the coordinator still knows us.
+                self.session.send_modify(|s| {
+                    s.worker_id = c.worker_id.clone();
+                    s.coordinator_url = c.coordinator_url.clone();
+                });
+                Some(Joined {
+                    creds: c,
+                    interval: Duration::from_secs(1),
+                    version: 0,
+                })
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.set(State::Error(e.to_string()));
+                return Err(e.into());
+            }
+        };
+        let mut via_entry = false;
+        loop {
+            let j = match joined.take() {
+                Some(j) => j,
+                None => match self.join(via_entry).await {
+                    Some(j) => j,
+                    None => return self.stop(None).await,
+                },
+            };
+            match self.donate(j).await? {
+                Next::Quit => return Ok(()),
+                Next::Rejoin { via_entry: v } => {
+                    via_entry = v;
+                    self.set(State::Registering);
+                }
+            }
+        }
+    }
+
+    fn register_request(&self) -> RegisterRequest {
+        let d = hardware::detect(self.probe.as_ref());
+        let mut caps = d.capabilities;
+        caps.region = self.settings.region.clone().unwrap_or_default();
+        RegisterRequest {
+            capabilities: caps,
+            endpoint: self.settings.endpoint.clone(),
+            enrollment_token: self.settings.enrollment_token.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Registers, retrying with backoff and jitter; `None` when told to quit meanwhile.
+    async fn join(&mut self, failover: bool) -> Option<Joined> {
+        // After a coordinator dies, go through the edge (it knows the others), even if we joined directly.
+        let entry = if failover {
+            self.settings.edge_url.clone()
+        } else {
+            self.settings.entry_url().to_owned()
+        };
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let req = self.register_request();
+            match self.client.register(&entry, &req).await {
+                Ok(r) => return Some(self.joined(r)),
+                Err(e) => {
+                    tracing::warn!(entry = %entry, error = %e, "registration failed; retrying");
+                    if let CallError::Refused {
+                        status, message, ..
+                    } = &e
+                        && (*status == 401 || *status == 403 || *status == 422)
+                    {
+                        self.set(State::Error(format!("registration refused: {message}")));
+                    }
+                }
+            }
+            let wait = backoff + jitter(backoff.as_millis() as u64 / 2);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                c = self.rx.recv() => match c {
+                    Some(Command::Quit) | None => return None,
+                    Some(Command::Pause) => self.paused = true,
+                    Some(Command::Resume) => self.paused = false,
+                },
+            }
+        }
+    }
+
+    fn joined(&mut self, r: RegisterResponse) -> Joined {
+        let creds = Credentials {
+            worker_id: r.worker_id.to_string(),
+            worker_token: r.worker_token.clone(),
+            coordinator_url: r.coordinator_url.clone(),
+        };
+        if let Err(e) = self.creds.save(&creds) {
+            tracing::error!(error = %e, "cannot keep the credentials; they last until this agent stops");
+        }
+        self.session.send_modify(|s| {
+            s.worker_id = creds.worker_id.clone();
+            s.coordinator_url = creds.coordinator_url.clone();
+            s.registrations += 1;
+        });
+        tracing::info!(worker = %creds.worker_id, coordinator = %creds.coordinator_url, tier = r.tier.number(), "joined");
+        Joined {
+            creds,
+            interval: Duration::from_secs(r.heartbeat_interval.max(1)),
+            version: r.assignment_version,
+        }
+    }
+
+    fn heartbeat_request(&self, j: &Joined, sampler: &mut LoadSampler) -> (HeartbeatRequest, bool) {
+        let load = sampler.sample();
+        let gpus = self.probe.read().unwrap_or_default();
+        let hot = gpus
+            .iter()
+            .any(|g| g.temperature_c > self.settings.max_gpu_temp_c);
+        let status = if self.paused || hot {
+            ReportedStatus::Paused
+        } else if load.cpu > 0.9 {
+            ReportedStatus::Busy
+        } else {
+            ReportedStatus::Healthy
+        };
+        let hb = HeartbeatRequest {
+            worker_id: j.creds.worker_id.clone(),
+            status,
+            load: load.cpu,
+            free_memory_bytes: Some(load.free_memory),
+            available_memory: None,
+            gpus: hardware::gpus_to_samples(&gpus),
+            containers: Vec::new(),
+            assignment_version: Some(j.version),
+            agent_version: Some(env!("CARGO_PKG_VERSION").into()),
+        };
+        (hb, hot)
+    }
+
+    /// Heartbeats until something ends this session.
+    async fn donate(&mut self, mut j: Joined) -> anyhow::Result<Next> {
+        let mut sampler = LoadSampler::new();
+        let probe_every = Duration::from_millis(self.settings.probe_interval_ms);
+        let mut next_beat = Instant::now();
+        let mut next_probe = Instant::now() + probe_every;
+        let mut probe_failures = 0;
+        let mut beat_failures = 0;
+        loop {
+            let now = Instant::now();
+            if now >= next_beat {
+                let (hb, hot) = self.heartbeat_request(&j, &mut sampler);
+                match self
+                    .client
+                    .heartbeat(&j.creds.coordinator_url, &j.creds.worker_token, &hb)
+                    .await
+                {
+                    Ok(r) => {
+                        beat_failures = 0;
+                        j.interval = Duration::from_secs(r.heartbeat_interval.max(1));
+                        if r.assigned_containers.is_some() {
+                            j.version = r.assignment_version;
+                        }
+                        self.set(if hot {
+                            State::Paused
+                        } else {
+                            self.active_state()
+                        });
+                    }
+                    Err(CallError::Unknown(status)) => {
+                        tracing::info!(
+                            status,
+                            "the coordinator no longer knows this worker; registering again"
+                        );
+                        let _ = self.creds.clear();
+                        return Ok(Next::Rejoin { via_entry: false });
+                    }
+                    Err(e) => {
+                        beat_failures += 1;
+                        tracing::warn!(error = %e, "heartbeat failed");
+                        if beat_failures >= 2 {
+                            return Ok(Next::Rejoin { via_entry: true });
+                        }
+                    }
+                }
+                next_beat = Instant::now() + j.interval;
+            }
+            if now >= next_probe {
+                if self
+                    .client
+                    .alive(&j.creds.coordinator_url, Duration::from_millis(1500))
+                    .await
+                {
+                    probe_failures = 0;
+                } else {
+                    probe_failures += 1;
+                    tracing::warn!(coordinator = %j.creds.coordinator_url, "coordinator not answering");
+                    if probe_failures >= 2 {
+                        tracing::warn!("coordinator gone; failing over through the edge");
+                        tokio::time::sleep(jitter(500)).await;
+                        return Ok(Next::Rejoin { via_entry: true });
+                    }
+                }
+                // Probe faster while in doubt.
+                next_probe = Instant::now()
+                    + if probe_failures > 0 {
+                        probe_every / 3
+                    } else {
+                        probe_every
+                    };
+            }
+            let wake = next_beat.min(next_probe);
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                c = self.rx.recv() => match c {
+                    Some(Command::Pause) => { self.paused = true; self.set(State::Paused); next_beat = Instant::now(); }
+                    Some(Command::Resume) => { self.paused = false; self.set(State::Active); next_beat = Instant::now(); }
+                    Some(Command::Quit) | None => { self.stop(Some(&j)).await?; return Ok(Next::Quit); }
+                },
+            }
+        }
+    }
+
+    /// Leaves cleanly: unregisters, forgets the credentials, reports Stopped.
+    async fn stop(&mut self, j: Option<&Joined>) -> anyhow::Result<()> {
+        if let Some(j) = j {
+            match self
+                .client
+                .unregister(
+                    &j.creds.coordinator_url,
+                    &j.creds.worker_id,
+                    &j.creds.worker_token,
+                )
+                .await
+            {
+                Ok(()) | Err(CallError::Unknown(_)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not unregister; the coordinator will mark this worker stale")
+                }
+            }
+            if let Err(e) = self.creds.clear() {
+                tracing::warn!(error = %e, "could not forget the credentials");
+            }
+        }
+        self.set(State::Stopped);
+        Ok(())
+    }
+}

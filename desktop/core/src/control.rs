@@ -1,0 +1,121 @@
+//! The local control API: a unix socket (mode 0600) the CLI and the desktop app use to ask the running agent
+//! for its status and to pause, resume or quit it.
+
+use std::path::{Path, PathBuf};
+
+use axum::extract::State as AxState;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::agent::{Command, Session, State};
+
+#[derive(Clone)]
+struct Ctl {
+    state: watch::Receiver<State>,
+    session: watch::Receiver<Session>,
+    commands: mpsc::Sender<Command>,
+}
+
+async fn status(AxState(c): AxState<Ctl>) -> Json<Value> {
+    let state = c.state.borrow().clone();
+    let session = c.session.borrow().clone();
+    Json(json!({"state": state, "session": session}))
+}
+
+async fn send(c: &Ctl, cmd: Command) -> Json<Value> {
+    let ok = c.commands.send(cmd).await.is_ok();
+    Json(json!({"ok": ok}))
+}
+
+async fn pause(AxState(c): AxState<Ctl>) -> Json<Value> {
+    send(&c, Command::Pause).await
+}
+
+async fn resume(AxState(c): AxState<Ctl>) -> Json<Value> {
+    send(&c, Command::Resume).await
+}
+
+async fn quit(AxState(c): AxState<Ctl>) -> Json<Value> {
+    send(&c, Command::Quit).await
+}
+
+/// The control server; removes its socket when dropped.
+#[derive(Debug)]
+pub struct ControlServer {
+    path: PathBuf,
+    task: JoinHandle<()>,
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Serves the control API at `path`.
+pub async fn serve(
+    path: &Path,
+    state: watch::Receiver<State>,
+    session: watch::Receiver<Session>,
+    commands: mpsc::Sender<Command>,
+) -> anyhow::Result<ControlServer> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!(
+                "an agent is already running (its control socket {} answers)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let app = Router::new()
+        .route("/status", get(status))
+        .route("/pause", post(pause))
+        .route("/resume", post(resume))
+        .route("/quit", post(quit))
+        .with_state(Ctl {
+            state,
+            session,
+            commands,
+        });
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(ControlServer {
+        path: path.to_owned(),
+        task,
+    })
+}
+
+/// Calls the running agent: `GET /status` or `POST /pause|/resume|/quit`.
+pub async fn call(path: &Path, method: &str, route: &str) -> anyhow::Result<Value> {
+    let stream = UnixStream::connect(path).await.map_err(|e| {
+        anyhow::anyhow!("no agent is running (cannot open its control socket {}: {e}); start one with `commons-agent run`", path.display())
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(route)
+        .header("host", "agent")
+        .body(http_body_util::Empty::<axum::body::Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(serde_json::from_slice(&body)?)
+}

@@ -1,0 +1,238 @@
+//! Where the worker id and token live: the OS keyring, or an explicit file (mode 0600) for servers.
+//!
+//! A keyring that cannot be reached is an error that says what to do; there is never a silent fallback to a
+//! plaintext file.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What the agent keeps between runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// The worker id.
+    pub worker_id: String,
+    /// The worker token.
+    pub worker_token: String,
+    /// The coordinator it belongs to.
+    pub coordinator_url: String,
+}
+
+/// Credentials could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// The keyring is not there or refused.
+    #[error(
+        "the OS keyring cannot be reached ({0}); on a server without one, pass --credentials-file PATH"
+    )]
+    Keyring(String),
+    /// The file failed.
+    #[error("credentials file {0}: {1}")]
+    File(PathBuf, String),
+}
+
+/// A place for credentials.
+pub trait CredentialStore: Send + Sync + std::fmt::Debug {
+    /// The stored credentials, if any.
+    fn load(&self) -> Result<Option<Credentials>, CredentialError>;
+    /// Stores them.
+    fn save(&self, c: &Credentials) -> Result<(), CredentialError>;
+    /// Forgets them.
+    fn clear(&self) -> Result<(), CredentialError>;
+}
+
+/// The OS keyring (kernel keyutils on Linux; Secret Service, Keychain or Credential Manager elsewhere).
+#[derive(Debug)]
+pub struct KeyringStore {
+    service: String,
+    user: String,
+}
+
+impl KeyringStore {
+    /// The agent's entry.
+    pub fn new() -> Self {
+        Self {
+            service: "commons-agent".into(),
+            user: "worker".into(),
+        }
+    }
+
+    fn entry(&self) -> Result<keyring::Entry, CredentialError> {
+        keyring::Entry::new(&self.service, &self.user)
+            .map_err(|e| CredentialError::Keyring(e.to_string()))
+    }
+}
+
+impl Default for KeyringStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CredentialStore for KeyringStore {
+    fn load(&self) -> Result<Option<Credentials>, CredentialError> {
+        match self.entry()?.get_password() {
+            Ok(s) => serde_json::from_str(&s)
+                .map(Some)
+                .map_err(|e| CredentialError::Keyring(format!("stored value unreadable: {e}"))),
+            Err(keyring::Error::NoEntry) => Ok(None),
+            Err(e) => Err(CredentialError::Keyring(e.to_string())),
+        }
+    }
+
+    fn save(&self, c: &Credentials) -> Result<(), CredentialError> {
+        let text = serde_json::to_string(c).map_err(|e| CredentialError::Keyring(e.to_string()))?;
+        let entry = self.entry()?;
+        entry
+            .set_password(&text)
+            .map_err(|e| CredentialError::Keyring(e.to_string()))?;
+        // Read it back: some keyrings accept a write they cannot keep (the sandbox's session keyring does).
+        match entry.get_password() {
+            Ok(back) if back == text => Ok(()),
+            Ok(_) => Err(CredentialError::Keyring(
+                "it did not keep what was written".into(),
+            )),
+            Err(e) => Err(CredentialError::Keyring(format!(
+                "it did not keep what was written: {e}"
+            ))),
+        }
+    }
+
+    fn clear(&self) -> Result<(), CredentialError> {
+        match self.entry()?.delete_credential() {
+            Ok(()) | Err(keyring::Error::NoEntry) => Ok(()),
+            Err(e) => Err(CredentialError::Keyring(e.to_string())),
+        }
+    }
+}
+
+/// A file readable by its owner only.
+#[derive(Debug)]
+pub struct FileStore {
+    path: PathBuf,
+}
+
+impl FileStore {
+    /// The file at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    fn err(&self, m: impl std::fmt::Display) -> CredentialError {
+        CredentialError::File(self.path.clone(), m.to_string())
+    }
+}
+
+#[cfg(unix)]
+fn private(path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(std::fs::metadata(path)?.permissions().mode() & 0o077 == 0)
+}
+
+#[cfg(not(unix))]
+fn private(_: &Path) -> std::io::Result<bool> {
+    Ok(true)
+}
+
+impl CredentialStore for FileStore {
+    fn load(&self) -> Result<Option<Credentials>, CredentialError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        if !private(&self.path).map_err(|e| self.err(e))? {
+            return Err(
+                self.err("is readable by others; make it mode 0600 (chmod 600) and try again")
+            );
+        }
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| self.err(format!("is not valid: {e}")))
+    }
+
+    fn save(&self, c: &Credentials) -> Result<(), CredentialError> {
+        let text = serde_json::to_string_pretty(c).map_err(|e| self.err(e))?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
+        }
+        let tmp = self.path.with_extension("tmp");
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp).map_err(|e| self.err(e))?;
+        std::io::Write::write_all(&mut f, text.as_bytes()).map_err(|e| self.err(e))?;
+        f.sync_all().map_err(|e| self.err(e))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| self.err(e))
+    }
+
+    fn clear(&self) -> Result<(), CredentialError> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds() -> Credentials {
+        Credentials {
+            worker_id: "0123".into(),
+            worker_token: "secret".into(),
+            coordinator_url: "http://127.0.0.1:1".into(),
+        }
+    }
+
+    #[test]
+    fn file_store_round_trip_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("sub/creds.json"));
+        assert_eq!(store.load().unwrap(), None);
+        store.save(&creds()).unwrap();
+        assert_eq!(store.load().unwrap(), Some(creds()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("sub/creds.json"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+            std::fs::set_permissions(
+                dir.path().join("sub/creds.json"),
+                std::fs::Permissions::from_mode(0o644),
+            )
+            .unwrap();
+            let e = store.load().unwrap_err().to_string();
+            assert!(e.contains("chmod 600"), "{e}");
+        }
+        store.clear().unwrap();
+        assert_eq!(store.load().unwrap(), None);
+    }
+
+    #[test]
+    fn keyring_round_trips_or_says_what_to_do() {
+        // The kernel keyring works in a fresh session (`keyctl session -`); elsewhere it must fail clearly,
+        // never fall back to a file.
+        let store = KeyringStore {
+            service: "commons-agent-test".into(),
+            user: format!("t{}", std::process::id()),
+        };
+        match store.save(&creds()) {
+            Ok(()) => {
+                assert_eq!(store.load().unwrap(), Some(creds()));
+                store.clear().unwrap();
+                assert_eq!(store.load().unwrap(), None);
+            }
+            Err(e) => assert!(e.to_string().contains("--credentials-file"), "{e}"),
+        }
+    }
+}

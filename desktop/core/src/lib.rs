@@ -1,0 +1,17 @@
+//! The Commons volunteer agent, window-free: everything the desktop app does for a volunteer, as a library the
+//! Tauri shell and the headless `commons-agent` binary both use. It never imports a GUI toolkit.
+//!
+//! - [`hardware`]: CPU, memory, disks (sysinfo) and NVIDIA GPUs (NVML behind [`hardware::GpuProbe`]).
+//! - [`settings`]: the volunteer's TOML settings.
+//! - [`credentials`]: worker id and token in the OS keyring, or a 0600 file for servers.
+//! - [`client`]: the coordinator's worker API.
+//! - [`agent`]: joining, heartbeats, pause and resume, failover, quitting; its state on a watch channel.
+//! - [`control`]: the local control API on a unix socket.
+#![deny(missing_docs)]
+
+pub mod agent;
+pub mod client;
+pub mod control;
+pub mod credentials;
+pub mod hardware;
+pub mod settings;

@@ -1,0 +1,194 @@
+//! `commons-agent`: the headless volunteer agent for servers and CI.
+//!
+//! `run` joins and donates until SIGTERM, Ctrl-C or `quit`; `detect` prints the hardware; `status`, `pause`,
+//! `resume` and `quit` talk to the running agent over its control socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use commons_agent::agent::{self, Command, State};
+use commons_agent::control;
+use commons_agent::credentials::{CredentialStore, FileStore, KeyringStore};
+use commons_agent::hardware;
+use commons_agent::settings::Settings;
+use tracing_subscriber::EnvFilter;
+
+/// The Commons volunteer agent (headless).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Settings file [default: $XDG_CONFIG_HOME/commons/agent.toml].
+    #[arg(long, global = true, env = "COMMONS_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Keep the worker credentials in this file (mode 0600) instead of the OS keyring.
+    #[arg(long, global = true, env = "COMMONS_CREDENTIALS_FILE")]
+    credentials_file: Option<PathBuf>,
+    /// The control socket [default: from the settings].
+    #[arg(long, global = true, env = "COMMONS_CONTROL_SOCKET")]
+    control_socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Join and donate until stopped.
+    Run {
+        /// Join through this edge.
+        #[arg(long)]
+        edge: Option<String>,
+        /// Join this coordinator directly.
+        #[arg(long)]
+        coordinator: Option<String>,
+        /// Enrollment token, when the coordinator asks for one.
+        #[arg(long, env = "COMMONS_ENROLLMENT_TOKEN", hide_env_values = true)]
+        enrollment_token: Option<String>,
+    },
+    /// Print this machine's capabilities.
+    Detect {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The running agent's state.
+    Status,
+    /// Pause the running agent.
+    Pause,
+    /// Resume the running agent.
+    Resume,
+    /// Stop the running agent: unregister and exit.
+    Quit,
+}
+
+fn settings(cli: &Cli) -> anyhow::Result<Settings> {
+    let path = cli.config.clone().unwrap_or_else(Settings::default_path);
+    let mut s = Settings::load(&path)?;
+    if let Some(p) = &cli.control_socket {
+        s.control_socket = Some(p.clone());
+    }
+    Ok(s)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut s = settings(&cli)?;
+    match cli.command {
+        Cmd::Detect { json } => {
+            let d = hardware::detect(hardware::default_probe().as_ref());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d.capabilities)?);
+            } else {
+                print!("{}", hardware::table(&d));
+            }
+            Ok(())
+        }
+        Cmd::Status => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &control::call(&s.control_socket(), "GET", "/status").await?
+                )?
+            );
+            Ok(())
+        }
+        Cmd::Pause | Cmd::Resume | Cmd::Quit => {
+            let route = match cli.command {
+                Cmd::Pause => "/pause",
+                Cmd::Resume => "/resume",
+                _ => "/quit",
+            };
+            control::call(&s.control_socket(), "POST", route).await?;
+            println!("ok");
+            Ok(())
+        }
+        Cmd::Run {
+            edge,
+            coordinator,
+            enrollment_token,
+        } => {
+            if let Some(e) = edge {
+                s.edge_url = e;
+            }
+            if coordinator.is_some() {
+                s.coordinator_url = coordinator;
+            }
+            if enrollment_token.is_some() {
+                s.enrollment_token = enrollment_token;
+            }
+            s.validate()?;
+            let creds: Arc<dyn CredentialStore> = match &cli.credentials_file {
+                Some(p) => Arc::new(FileStore::new(p)),
+                None => {
+                    let k = KeyringStore::new();
+                    // Fail now, with what to do, rather than after joining.
+                    k.load()?;
+                    Arc::new(k)
+                }
+            };
+            let probe: Arc<dyn hardware::GpuProbe> = Arc::from(hardware::default_probe());
+            let socket = s.control_socket();
+            let mut handle = agent::start(s, creds, probe);
+            let _control = control::serve(
+                &socket,
+                handle.state.clone(),
+                handle.session.clone(),
+                handle.commands(),
+            )
+            .await?;
+            println!("commons-agent running; control socket {}", socket.display());
+            let commands = handle.commands();
+            tokio::spawn(async move {
+                commons_server_signal().await;
+                let _ = commands.send(Command::Quit).await;
+            });
+            let mut last = State::Stopped;
+            loop {
+                let state = handle.state.borrow().clone();
+                if state != last {
+                    println!("state: {}", serde_json::to_string(&state)?);
+                    last = state.clone();
+                }
+                if state == State::Stopped && handle.session.borrow().registrations > 0 {
+                    break;
+                }
+                if handle.state.changed().await.is_err() {
+                    break;
+                }
+            }
+            handle.join().await
+        }
+    }
+}
+
+async fn commons_server_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("commons-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The volunteer's settings: a TOML file in the XDG config dir, with defaults and checked ranges.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The default entry point: the project's edge (a local one in development).
+pub const DEFAULT_EDGE_URL: &str = "http://127.0.0.1:8090";
+
+/// Settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// The edge to join through (used unless `coordinator_url` is set, and for failover).
+    pub edge_url: String,
+    /// Join this coordinator directly instead of going through the edge.
+    pub coordinator_url: Option<String>,
+    /// Enrollment token, when the coordinator asks for one.
+    pub enrollment_token: Option<String>,
+    /// Where the coordinator reaches this agent's services (its gateway or tunnel URL).
+    pub endpoint: Option<String>,
+    /// Region label, e.g. "eu-west".
+    pub region: Option<String>,
+    /// Milliseconds between checks that the coordinator is still there (failover detection).
+    pub probe_interval_ms: u64,
+    /// Pause donating while a GPU is hotter than this (°C).
+    pub max_gpu_temp_c: u32,
+    /// The local control socket [default: `$XDG_RUNTIME_DIR/commons-agent.sock`].
+    pub control_socket: Option<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            edge_url: DEFAULT_EDGE_URL.into(),
+            coordinator_url: None,
+            enrollment_token: None,
+            endpoint: None,
+            region: None,
+            probe_interval_ms: 3000,
+            max_gpu_temp_c: 85,
+            control_socket: None,
+        }
+    }
+}
+
+/// Settings that cannot be used: the message names the key and what is allowed.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file cannot be read.
+    #[error("cannot read the settings file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// Not valid TOML, or a key of the wrong type.
+    #[error("the settings file {0} is not valid: {1}")]
+    Parse(PathBuf, String),
+    /// A value out of range.
+    #[error("setting {key}: {message}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// What is allowed.
+        message: String,
+    },
+}
+
+fn check_url(key: &'static str, url: &str) -> Result<(), SettingsError> {
+    if (url.starts_with("http://") || url.starts_with("https://"))
+        && url.len() > 8
+        && url.len() <= 256
+    {
+        Ok(())
+    } else {
+        Err(SettingsError::Invalid {
+            key,
+            message: format!("must be an http:// or https:// URL, got {url:?}"),
+        })
+    }
+}
+
+impl Settings {
+    /// `$XDG_CONFIG_HOME/commons/agent.toml`.
+    pub fn default_path() -> PathBuf {
+        dirs::config_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("commons")
+            .join("agent.toml")
+    }
+
+    /// Reads the file (defaults when it does not exist) and checks it.
+    pub fn load(path: &Path) -> Result<Self, SettingsError> {
+        let s = match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| SettingsError::Parse(path.into(), e.to_string()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::default(),
+            Err(e) => return Err(SettingsError::Read(path.into(), e)),
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        check_url("edge_url", &self.edge_url)?;
+        if let Some(u) = &self.coordinator_url {
+            check_url("coordinator_url", u)?;
+        }
+        if let Some(u) = &self.endpoint {
+            check_url("endpoint", u)?;
+        }
+        if !(500..=60_000).contains(&self.probe_interval_ms) {
+            return Err(SettingsError::Invalid {
+                key: "probe_interval_ms",
+                message: format!("must be from 500 to 60000, got {}", self.probe_interval_ms),
+            });
+        }
+        if !(40..=100).contains(&self.max_gpu_temp_c) {
+            return Err(SettingsError::Invalid {
+                key: "max_gpu_temp_c",
+                message: format!("must be from 40 to 100 °C, got {}", self.max_gpu_temp_c),
+            });
+        }
+        Ok(())
+    }
+
+    /// Where the control socket is.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control_socket.clone().unwrap_or_else(|| {
+            dirs::runtime_dir()
+                .unwrap_or_else(std::env::temp_dir)
+                .join("commons-agent.sock")
+        })
+    }
+
+    /// Where to register: the coordinator when one is set, else the edge.
+    pub fn entry_url(&self) -> &str {
+        self.coordinator_url.as_deref().unwrap_or(&self.edge_url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        assert_eq!(Settings::load(&p).unwrap(), Settings::default());
+        std::fs::write(
+            &p,
+            "coordinator_url = \"http://127.0.0.1:8080\"\nmax_gpu_temp_c = 80\n",
+        )
+        .unwrap();
+        let s = Settings::load(&p).unwrap();
+        assert_eq!(s.entry_url(), "http://127.0.0.1:8080");
+        assert_eq!(s.max_gpu_temp_c, 80);
+    }
+
+    #[test]
+    fn bad_settings_name_the_key_and_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        for (text, needle) in [
+            (
+                "max_gpu_temp_c = 300",
+                "max_gpu_temp_c: must be from 40 to 100",
+            ),
+            (
+                "probe_interval_ms = 10",
+                "probe_interval_ms: must be from 500 to 60000",
+            ),
+            ("edge_url = \"ftp://x\"", "edge_url: must be an http"),
+            ("colour = \"red\"", "unknown field"),
+            ("max_gpu_temp_c = \"hot\"", "max_gpu_temp_c"),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = Settings::load(&p).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The `commons-agent` binary: detect, and a run that SIGTERM ends cleanly.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use commons_coordinator::server::test_utils::{ADMIN_TOKEN, config};
+
+const BIN: &str = env!("CARGO_BIN_EXE_commons-agent");
+
+#[test]
+fn detect_prints_a_table_and_json() {
+    let out = Command::new(BIN)
+        .args(["detect"])
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("CPU") && text.contains("Memory") && text.contains("GPU"),
+        "{text}"
+    );
+    let out = Command::new(BIN)
+        .args(["detect", "--json"])
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    let caps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(caps["cpu"]["cores"].as_u64().unwrap() >= 1);
+    assert!(caps["memory_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn bad_settings_and_no_agent_are_sentences_and_a_nonzero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, "max_gpu_temp_c = 300\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--config"])
+        .arg(&cfg)
+        .arg("detect")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_gpu_temp_c: must be from 40 to 100")
+    );
+    let out = Command::new(BIN)
+        .args(["--control-socket"])
+        .arg(dir.path().join("none.sock"))
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no agent is running"));
+}
+
+#[tokio::test]
+async fn sigterm_is_a_graceful_quit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = commons_coordinator::Server::bind(config(&dir.path().join("coord")))
+        .await
+        .unwrap();
+    let sock = dir.path().join("agent.sock");
+    let creds = dir.path().join("creds.json");
+    let mut child = Command::new(BIN)
+        .args(["--config"])
+        .arg(dir.path().join("agent.toml"))
+        .arg("--credentials-file")
+        .arg(&creds)
+        .arg("--control-socket")
+        .arg(&sock)
+        .args(["run", "--coordinator", &server.url()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until it is active, through its own CLI.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut id = String::new();
+    while Instant::now() < deadline {
+        let out = Command::new(BIN)
+            .arg("--control-socket")
+            .arg(&sock)
+            .arg("status")
+            .output()
+            .unwrap();
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            && v["state"]["state"] == "active"
+        {
+            id = v["session"]["worker_id"].as_str().unwrap().to_owned();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!id.is_empty(), "the agent never became active");
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/admin/workers/{id}", server.url());
+    assert_eq!(
+        client
+            .get(&url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let t = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "no exit within 15 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(code.success(), "{code:?}");
+    assert_eq!(
+        client
+            .get(&url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404,
+        "unregistered"
+    );
+    assert!(!creds.exists(), "credentials forgotten");
+    assert!(!sock.exists(), "control socket removed");
+    server.shutdown().await.unwrap();
+}

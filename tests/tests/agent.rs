@@ -1,0 +1,288 @@
+//! The headless agent against real coordinators and a real edge on loopback.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use commons_agent::agent::{self, Command, State};
+use commons_agent::credentials::{CredentialStore, FileStore};
+use commons_agent::hardware::{GpuReading, RecordedProbe};
+use commons_agent::settings::Settings;
+use commons_coordinator::config::Secret;
+use commons_coordinator::server::test_utils::ADMIN_TOKEN;
+use commons_tests::{Coordinator, Edge, eventually};
+use serde_json::Value;
+
+fn no_gpu() -> Arc<RecordedProbe> {
+    Arc::new(RecordedProbe(Err(commons_agent::hardware::NoGpu(
+        "no driver in tests".into(),
+    ))))
+}
+
+async fn worker(client: &reqwest::Client, coordinator: &str, id: &str) -> (u16, Value) {
+    let r = client
+        .get(format!("{coordinator}/api/admin/workers/{id}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or_default())
+}
+
+fn settings_for(coordinator: Option<&str>, edge: Option<&str>) -> Settings {
+    Settings {
+        coordinator_url: coordinator.map(Into::into),
+        edge_url: edge.unwrap_or("http://127.0.0.1:9").into(),
+        ..Settings::default()
+    }
+}
+
+#[tokio::test]
+async fn joins_heartbeats_pauses_resumes_and_quits() {
+    let c = Coordinator::start(|cfg, _| cfg.heartbeat_interval_secs = 1).await;
+    let client = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Arc::new(FileStore::new(dir.path().join("creds.json")));
+    let mut a = agent::start(settings_for(Some(&c.url()), None), creds.clone(), no_gpu());
+    assert_eq!(
+        a.wait_for(Duration::from_secs(10), |s| *s == State::Active)
+            .await,
+        Some(State::Active)
+    );
+    let id = a.session.borrow().worker_id.clone();
+    assert_eq!(
+        creds.load().unwrap().unwrap().worker_id,
+        id,
+        "credentials kept"
+    );
+    // Its heartbeats carry real figures.
+    assert!(
+        eventually(5, || async {
+            worker(&client, &c.url(), &id).await.1["last_heartbeat"].is_string()
+        })
+        .await
+    );
+    let (_, w) = worker(&client, &c.url(), &id).await;
+    assert!(w["free_memory_bytes"].as_u64().unwrap() > 0);
+    assert!(w["capabilities"]["memory_bytes"].as_u64().unwrap() > 0);
+
+    a.send(Command::Pause).await;
+    assert_eq!(
+        a.wait_for(Duration::from_secs(5), |s| *s == State::Paused)
+            .await,
+        Some(State::Paused)
+    );
+    assert!(
+        eventually(5, || async {
+            worker(&client, &c.url(), &id).await.1["status"] == "paused"
+        })
+        .await
+    );
+    a.send(Command::Resume).await;
+    assert!(
+        eventually(5, || async {
+            worker(&client, &c.url(), &id).await.1["status"] == "healthy"
+        })
+        .await
+    );
+
+    a.send(Command::Quit).await;
+    assert_eq!(
+        a.wait_for(Duration::from_secs(5), |s| *s == State::Stopped)
+            .await,
+        Some(State::Stopped)
+    );
+    a.join().await.unwrap();
+    assert_eq!(
+        worker(&client, &c.url(), &id).await.0,
+        404,
+        "unregistered on quit"
+    );
+    assert_eq!(creds.load().unwrap(), None, "credentials forgotten on quit");
+}
+
+#[tokio::test]
+async fn a_restarted_agent_keeps_its_id_and_re_registers_when_forgotten() {
+    let c = Coordinator::start(|cfg, _| cfg.heartbeat_interval_secs = 1).await;
+    let client = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Arc::new(FileStore::new(dir.path().join("creds.json")));
+    let mut a = agent::start(settings_for(Some(&c.url()), None), creds.clone(), no_gpu());
+    a.wait_for(Duration::from_secs(10), |s| *s == State::Active)
+        .await
+        .unwrap();
+    let first = a.session.borrow().worker_id.clone();
+    // Crash the agent (no quit): the credentials stay.
+    a.abort().await;
+    let mut b = agent::start(settings_for(Some(&c.url()), None), creds.clone(), no_gpu());
+    b.wait_for(Duration::from_secs(10), |s| *s == State::Active)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.session.borrow().worker_id,
+        first,
+        "the same worker, no new registration"
+    );
+    assert_eq!(b.session.borrow().registrations, 0);
+    // The coordinator forgets it: the next heartbeat gets 404 and the agent registers again.
+    let r = client
+        .delete(format!("{}/api/worker/unregister/{first}", c.url()))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut s = b.session.clone();
+    let again =
+        tokio::time::timeout(Duration::from_secs(5), s.wait_for(|s| s.registrations == 1)).await;
+    assert!(again.is_ok(), "re-registered");
+    assert_ne!(b.session.borrow().worker_id, first);
+    b.send(Command::Quit).await;
+    b.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn failover_to_another_coordinator_through_the_edge_within_ten_seconds() {
+    let client = reqwest::Client::new();
+    let edge = Edge::start(|_| {}).await;
+    let key = edge.federation_key(&client, "pool").await;
+    let mut coords = Vec::new();
+    for _ in 0..2 {
+        let (url, key) = (edge.url(), key.clone());
+        coords.push(
+            Coordinator::start(move |cfg, _| {
+                cfg.edge_url = Some(url);
+                cfg.federation_key = Some(Secret(key));
+                cfg.edge_heartbeat_interval_ms = 200;
+            })
+            .await,
+        );
+    }
+    assert!(
+        eventually(5, || async {
+            edge.admin(&client, "/api/admin/coordinators").await["total"] == 2
+        })
+        .await
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // Default settings (probe every 3 s, the coordinator's 30 s heartbeat interval), joining through the edge.
+    let mut a = agent::start(
+        settings_for(None, Some(&edge.url())),
+        Arc::new(FileStore::new(dir.path().join("c.json"))),
+        no_gpu(),
+    );
+    a.wait_for(Duration::from_secs(10), |s| *s == State::Active)
+        .await
+        .unwrap();
+    let first = a.session.borrow().coordinator_url.clone();
+    let i = coords
+        .iter()
+        .position(|c| c.url() == first)
+        .expect("joined one of ours");
+    let dead = coords.remove(i);
+    let killed = Instant::now();
+    dead.server.abort().await;
+    let mut s = a.session.clone();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        s.wait_for(|s| s.coordinator_url != first && s.registrations == 2),
+    )
+    .await
+    .expect("failed over within 10 s")
+    .unwrap();
+    a.wait_for(Duration::from_secs(10), |s| *s == State::Active)
+        .await
+        .unwrap();
+    let took = killed.elapsed();
+    println!("failover took {took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(a.session.borrow().coordinator_url, coords[0].url());
+    let id = a.session.borrow().worker_id.clone();
+    assert!(
+        eventually(5, || async {
+            worker(&client, &coords[0].url(), &id).await.0 == 200
+        })
+        .await
+    );
+    a.send(Command::Quit).await;
+    a.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_hot_gpu_pauses_donating() {
+    let c = Coordinator::start(|cfg, _| cfg.heartbeat_interval_secs = 1).await;
+    let client = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let hot = GpuReading {
+        name: "NVIDIA RTX 4090".into(),
+        memory_total: 24 << 30,
+        temperature_c: 95,
+        ..Default::default()
+    };
+    let mut a = agent::start(
+        settings_for(Some(&c.url()), None),
+        Arc::new(FileStore::new(dir.path().join("c.json"))),
+        Arc::new(RecordedProbe(Ok(vec![hot]))),
+    );
+    assert_eq!(
+        a.wait_for(Duration::from_secs(10), |s| *s == State::Paused)
+            .await,
+        Some(State::Paused)
+    );
+    let id = a.session.borrow().worker_id.clone();
+    let (_, w) = worker(&client, &c.url(), &id).await;
+    assert_eq!(w["tier"], 1, "registered as a GPU worker");
+    assert_eq!(w["status"], "paused");
+    assert_eq!(w["gpu_samples"][0]["temperature_c"], 95.0);
+    a.send(Command::Quit).await;
+    a.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_control_socket_drives_a_running_agent() {
+    let c = Coordinator::start(|cfg, _| cfg.heartbeat_interval_secs = 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let mut a = agent::start(
+        settings_for(Some(&c.url()), None),
+        Arc::new(FileStore::new(dir.path().join("c.json"))),
+        no_gpu(),
+    );
+    let _ctl =
+        commons_agent::control::serve(&sock, a.state.clone(), a.session.clone(), a.commands())
+            .await
+            .unwrap();
+    a.wait_for(Duration::from_secs(10), |s| *s == State::Active)
+        .await
+        .unwrap();
+    let st = commons_agent::control::call(&sock, "GET", "/status")
+        .await
+        .unwrap();
+    assert_eq!(st["state"]["state"], "active");
+    assert_eq!(
+        st["session"]["worker_id"],
+        a.session.borrow().worker_id.as_str()
+    );
+    commons_agent::control::call(&sock, "POST", "/pause")
+        .await
+        .unwrap();
+    a.wait_for(Duration::from_secs(5), |s| *s == State::Paused)
+        .await
+        .unwrap();
+    commons_agent::control::call(&sock, "POST", "/resume")
+        .await
+        .unwrap();
+    a.wait_for(Duration::from_secs(5), |s| *s == State::Active)
+        .await
+        .unwrap();
+    // A second agent cannot take the same socket.
+    let second =
+        commons_agent::control::serve(&sock, a.state.clone(), a.session.clone(), a.commands())
+            .await;
+    assert!(second.unwrap_err().to_string().contains("already running"));
+    commons_agent::control::call(&sock, "POST", "/quit")
+        .await
+        .unwrap();
+    a.wait_for(Duration::from_secs(5), |s| *s == State::Stopped)
+        .await
+        .unwrap();
+}
