@@ -190,6 +190,7 @@ impl AppState {
                 image: s.image.clone(),
                 port: s.port,
                 env: s.env.clone(),
+                args: s.args.clone(),
                 requires_gpu: s.requires_gpu,
             })
             .collect()

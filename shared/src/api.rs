@@ -88,6 +88,9 @@ pub struct ContainerAssignment {
     pub port: u16,
     /// Environment (configuration, never secrets).
     pub env: BTreeMap<String, String>,
+    /// Command instead of the image's default (empty: the image's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
     /// Needs a GPU.
     pub requires_gpu: bool,
 }

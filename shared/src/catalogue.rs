@@ -30,6 +30,9 @@ pub struct ServiceSpec {
     /// Environment for the container: configuration only, never secrets.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Command to run instead of the image's default, when set.
+    #[serde(default)]
+    pub args: Vec<String>,
     /// Needs an NVIDIA GPU.
     #[serde(default)]
     pub requires_gpu: bool,

@@ -5,12 +5,14 @@
 //! - [`settings`]: the volunteer's TOML settings.
 //! - [`credentials`]: worker id and token in the OS keyring, or a 0600 file for servers.
 //! - [`client`]: the coordinator's worker API.
+//! - [`containers`]: the assigned services in unprivileged, capped, labelled containers (bollard).
 //! - [`agent`]: joining, heartbeats, pause and resume, failover, quitting; its state on a watch channel.
 //! - [`control`]: the local control API on a unix socket.
 #![deny(missing_docs)]
 
 pub mod agent;
 pub mod client;
+pub mod containers;
 pub mod control;
 pub mod credentials;
 pub mod hardware;

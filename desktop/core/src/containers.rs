@@ -1,0 +1,520 @@
+//! Running the assigned services in containers, through the Docker Engine API (bollard).
+//!
+//! A volunteer's machine is sacred: the agent only ever lists, stops or removes containers that carry its
+//! labels (owner and instance); each container runs unprivileged (all capabilities dropped, no new
+//! privileges, read-only root with a tmpfs, an init process), capped in CPU, memory and processes, with its port
+//! bound to 127.0.0.1 only; a GPU is requested only when the service needs one and the volunteer allows it; and
+//! an image runs only when the volunteer's allow-list admits it, so a coordinator cannot make a volunteer run an
+//! arbitrary image.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, ContainerSummaryStateEnum, DeviceRequest, HostConfig, PortBinding,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
+    StopContainerOptions,
+};
+use commons_shared::api::{ContainerAssignment, ContainerState, ContainerStatus};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+/// Label: who owns the container.
+pub const LABEL_OWNER: &str = "org.commons.owner";
+/// The owner label's value.
+pub const OWNER: &str = "commons-agent";
+/// Label: which agent instance on this machine.
+pub const LABEL_INSTANCE: &str = "org.commons.instance";
+/// Label: the service.
+pub const LABEL_SERVICE: &str = "org.commons.service";
+/// Label: the host port on 127.0.0.1.
+pub const LABEL_HOST_PORT: &str = "org.commons.host-port";
+/// Label: a digest of what the container was created from (a changed assignment means a new container).
+pub const LABEL_SPEC: &str = "org.commons.spec";
+
+/// The container engine failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No engine answers.
+    #[error(
+        "Docker is not running: {0}. Start Docker (or point DOCKER_HOST at it); until then this machine donates no containers"
+    )]
+    NotRunning(String),
+    /// The image is not on the volunteer's allow-list.
+    #[error("the image {0:?} is not on this volunteer's allow-list (settings: allowed_images)")]
+    NotAllowed(String),
+    /// The engine refused something.
+    #[error("container engine: {0}")]
+    Engine(#[from] bollard::errors::Error),
+}
+
+/// What the volunteer allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Images allowed: an exact reference, or a prefix ending in '/' or ':'.
+    pub allowed_images: Vec<String>,
+    /// Share of all cores the containers may use together, percent.
+    pub cpu_percent: u32,
+    /// Memory per container, bytes.
+    pub memory_bytes: u64,
+    /// Whether containers may use the GPU.
+    pub allow_gpu: bool,
+    /// This agent's instance name (several agents can share one engine).
+    pub instance: String,
+}
+
+impl Policy {
+    /// Whether an image may run.
+    pub fn allows(&self, image: &str) -> bool {
+        self.allowed_images.iter().any(|a| {
+            a == image || ((a.ends_with('/') || a.ends_with(':')) && image.starts_with(a.as_str()))
+        })
+    }
+}
+
+/// The images of the shipped catalogue: the default allow-list.
+pub fn catalogue_images() -> Vec<String> {
+    commons_shared::catalogue::Catalogue::builtin()
+        .services()
+        .iter()
+        .map(|s| s.image.clone())
+        .collect()
+}
+
+/// One pull progress event: bytes of one layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// The image.
+    pub image: String,
+    /// The layer id.
+    pub layer: String,
+    /// What the engine says ("Downloading", "Pull complete", ...).
+    pub status: String,
+    /// Bytes so far.
+    pub current: u64,
+    /// Bytes in all (0 when unknown).
+    pub total: u64,
+}
+
+/// One of our containers as the engine has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ours {
+    /// Container id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Service.
+    pub service: String,
+    /// Running now.
+    pub running: bool,
+    /// Spec digest label.
+    pub spec: String,
+    /// Host port.
+    pub host_port: u16,
+}
+
+/// The engine, and what the agent wants running on it.
+#[derive(Debug)]
+pub struct Engine {
+    docker: Docker,
+    policy: Policy,
+    restarts: HashMap<String, (u32, Instant)>,
+}
+
+fn spec_digest(a: &ContainerAssignment, p: &Policy) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        &a.image,
+        a.port,
+        &a.env,
+        &a.args,
+        a.requires_gpu && p.allow_gpu,
+        p.cpu_percent,
+        p.memory_bytes,
+    )
+        .hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Engine {
+    /// Connects to the engine at `DOCKER_HOST` (or the platform default) and agrees on an API version.
+    pub async fn connect(policy: Policy) -> Result<Self, EngineError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| EngineError::NotRunning(e.to_string()))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| EngineError::NotRunning(e.to_string()))?;
+        docker
+            .ping()
+            .await
+            .map_err(|e| EngineError::NotRunning(e.to_string()))?;
+        Ok(Self {
+            docker,
+            policy,
+            restarts: HashMap::new(),
+        })
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Pulls an image, sending per-layer progress.
+    pub async fn pull(
+        &self,
+        image: &str,
+        progress: Option<&mpsc::Sender<Progress>>,
+    ) -> Result<(), EngineError> {
+        if !self.policy.allows(image) {
+            return Err(EngineError::NotAllowed(image.into()));
+        }
+        let opts = CreateImageOptions {
+            from_image: Some(image.into()),
+            ..Default::default()
+        };
+        let mut stream = self.docker.create_image(Some(opts), None, None);
+        while let Some(item) = stream.next().await {
+            let info = item?;
+            if let (Some(tx), Some(layer)) = (progress, info.id.clone()) {
+                let d = info.progress_detail.unwrap_or_default();
+                let _ = tx
+                    .send(Progress {
+                        image: image.into(),
+                        layer,
+                        status: info.status.unwrap_or_default(),
+                        current: d.current.unwrap_or(0).max(0) as u64,
+                        total: d.total.unwrap_or(0).max(0) as u64,
+                    })
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn has_image(&self, image: &str) -> bool {
+        self.docker.inspect_image(image).await.is_ok()
+    }
+
+    /// Our containers (this owner and instance), running or not.
+    pub async fn ours(&self) -> Result<Vec<Ours>, EngineError> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![
+                format!("{LABEL_OWNER}={OWNER}"),
+                format!("{LABEL_INSTANCE}={}", self.policy.instance),
+            ],
+        )]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                // Belt and braces: never trust the filter alone with a volunteer's containers.
+                if labels.get(LABEL_OWNER).map(String::as_str) != Some(OWNER)
+                    || labels.get(LABEL_INSTANCE) != Some(&self.policy.instance)
+                {
+                    return None;
+                }
+                Some(Ours {
+                    id: c.id?,
+                    name: c
+                        .names
+                        .unwrap_or_default()
+                        .first()
+                        .map(|n| n.trim_start_matches('/').to_owned())
+                        .unwrap_or_default(),
+                    service: labels.get(LABEL_SERVICE).cloned().unwrap_or_default(),
+                    running: matches!(
+                        c.state,
+                        Some(
+                            ContainerSummaryStateEnum::RUNNING
+                                | ContainerSummaryStateEnum::RESTARTING
+                        )
+                    ),
+                    spec: labels.get(LABEL_SPEC).cloned().unwrap_or_default(),
+                    host_port: labels
+                        .get(LABEL_HOST_PORT)
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0),
+                })
+            })
+            .collect())
+    }
+
+    fn container_name(&self, a: &ContainerAssignment) -> String {
+        format!("{}-{}", a.name, self.policy.instance)
+    }
+
+    /// Creates and starts a container for an assignment.
+    pub async fn create(&self, a: &ContainerAssignment) -> Result<Ours, EngineError> {
+        if !self.policy.allows(&a.image) {
+            return Err(EngineError::NotAllowed(a.image.clone()));
+        }
+        let host_port =
+            free_port().map_err(|e| EngineError::NotRunning(format!("no free port: {e}")))?;
+        let spec = spec_digest(a, &self.policy);
+        let port_key = format!("{}/tcp", a.port);
+        let labels = HashMap::from([
+            (LABEL_OWNER.to_owned(), OWNER.to_owned()),
+            (LABEL_INSTANCE.to_owned(), self.policy.instance.clone()),
+            (LABEL_SERVICE.to_owned(), a.service.clone()),
+            (LABEL_HOST_PORT.to_owned(), host_port.to_string()),
+            (LABEL_SPEC.to_owned(), spec.clone()),
+        ]);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as i64;
+        let nano_cpus =
+            cores * 1_000_000_000 * i64::from(self.policy.cpu_percent.clamp(1, 100)) / 100;
+        let device_requests = (a.requires_gpu && self.policy.allow_gpu).then(|| {
+            vec![DeviceRequest {
+                count: Some(-1),
+                capabilities: Some(vec![vec!["gpu".into()]]),
+                ..Default::default()
+            }]
+        });
+        let host = HostConfig {
+            privileged: Some(false),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(HashMap::from([(
+                "/tmp".into(),
+                "rw,noexec,nosuid,size=64m".into(),
+            )])),
+            init: Some(true),
+            memory: Some(self.policy.memory_bytes as i64),
+            nano_cpus: Some(nano_cpus),
+            pids_limit: Some(256),
+            port_bindings: Some(HashMap::from([(
+                port_key.clone(),
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(host_port.to_string()),
+                }]),
+            )])),
+            device_requests,
+            ..Default::default()
+        };
+        let env: Vec<String> = a.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let body = ContainerCreateBody {
+            image: Some(a.image.clone()),
+            env: Some(env),
+            cmd: (!a.args.is_empty()).then(|| a.args.clone()),
+            labels: Some(labels),
+            exposed_ports: Some(vec![port_key]),
+            host_config: Some(host),
+            ..Default::default()
+        };
+        let name = self.container_name(a);
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await?;
+        self.docker.start_container(&created.id, None).await?;
+        Ok(Ours {
+            id: created.id,
+            name,
+            service: a.service.clone(),
+            running: true,
+            spec,
+            host_port,
+        })
+    }
+
+    /// Stops one of ours.
+    pub async fn stop(&self, id: &str) -> Result<(), EngineError> {
+        match self
+            .docker
+            .stop_container(
+                id,
+                Some(StopContainerOptions {
+                    t: Some(5),
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304 | 404,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes one of ours (stopping it first).
+    pub async fn remove(&self, id: &str) -> Result<(), EngineError> {
+        match self
+            .docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stops all of ours (pause).
+    pub async fn stop_all(&self) -> Result<(), EngineError> {
+        for c in self.ours().await? {
+            self.stop(&c.id).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes all of ours (quit): nothing of ours is left behind.
+    pub async fn remove_all(&mut self) -> Result<(), EngineError> {
+        for c in self.ours().await? {
+            self.remove(&c.id).await?;
+        }
+        self.restarts.clear();
+        Ok(())
+    }
+
+    /// Makes the engine match `desired`: adopts matching containers (after an agent restart too), removes stale or
+    /// changed ones, pulls and creates missing ones, restarts crashed ones with backoff (1 s doubling to 60 s).
+    /// Returns the state of every desired container for the heartbeat.
+    pub async fn reconcile(
+        &mut self,
+        desired: &[ContainerAssignment],
+        progress: Option<&mpsc::Sender<Progress>>,
+    ) -> Result<Vec<ContainerStatus>, EngineError> {
+        let mut have: BTreeMap<String, Ours> = BTreeMap::new();
+        for c in self.ours().await? {
+            let wanted = desired.iter().find(|a| a.service == c.service);
+            match wanted {
+                Some(a)
+                    if spec_digest(a, &self.policy) == c.spec && !have.contains_key(&c.service) =>
+                {
+                    have.insert(c.service.clone(), c);
+                }
+                _ => self.remove(&c.id).await?,
+            }
+        }
+        let mut out = Vec::with_capacity(desired.len());
+        for a in desired {
+            let name = a.name.clone();
+            if !self.policy.allows(&a.image) {
+                tracing::warn!(image = %a.image, "refusing an image outside the allow-list");
+                out.push(ContainerStatus {
+                    name,
+                    state: ContainerState::Failed,
+                    restarts: 0,
+                });
+                continue;
+            }
+            match have.get(&a.service) {
+                Some(c) if c.running => out.push(ContainerStatus {
+                    name,
+                    state: ContainerState::Running,
+                    restarts: self.restarts.get(&a.service).map_or(0, |r| r.0),
+                }),
+                Some(c) => {
+                    // Crashed: restart with backoff.
+                    let (n, at) = *self
+                        .restarts
+                        .get(&a.service)
+                        .unwrap_or(&(0, Instant::now() - Duration::from_secs(3600)));
+                    let wait = Duration::from_secs(1u64 << n.min(6)).min(Duration::from_secs(60));
+                    if at.elapsed() >= wait {
+                        self.docker.start_container(&c.id, None).await?;
+                        self.restarts
+                            .insert(a.service.clone(), (n + 1, Instant::now()));
+                    }
+                    out.push(ContainerStatus {
+                        name,
+                        state: ContainerState::Restarting,
+                        restarts: n + 1,
+                    });
+                }
+                None => {
+                    if !self.has_image(&a.image).await {
+                        self.pull(&a.image, progress).await?;
+                    }
+                    self.create(a).await?;
+                    out.push(ContainerStatus {
+                        name,
+                        state: ContainerState::Running,
+                        restarts: 0,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The raw engine (tests inspect containers with it).
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list() {
+        let p = Policy {
+            allowed_images: vec![
+                "docker.io/library/redis:7.4-alpine".into(),
+                "127.0.0.1:5000/".into(),
+                "ghcr.io/commons/ocr:".into(),
+            ],
+            cpu_percent: 50,
+            memory_bytes: 1 << 30,
+            allow_gpu: false,
+            instance: "t".into(),
+        };
+        assert!(p.allows("docker.io/library/redis:7.4-alpine"));
+        assert!(!p.allows("docker.io/library/redis:latest"));
+        assert!(p.allows("127.0.0.1:5000/tiny:1"));
+        assert!(p.allows("ghcr.io/commons/ocr:2"));
+        assert!(!p.allows("ghcr.io/commons/ocr-evil:2"));
+        assert!(!p.allows("evil.example/miner:1"));
+        assert!(catalogue_images().iter().all(|i| {
+            Policy {
+                allowed_images: catalogue_images(),
+                ..p.clone()
+            }
+            .allows(i)
+        }));
+    }
+}

@@ -1,0 +1,245 @@
+//! The agent's containers on a real engine (dockerd with a loopback registry holding 127.0.0.1:5000/tiny:1;
+//! `.ci/engine.sh` starts both and `.ci/test` exports DOCKER_HOST).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
+use commons_agent::containers::{Engine, EngineError, LABEL_OWNER, Policy};
+use commons_shared::api::{ContainerAssignment, ContainerState};
+
+const IMAGE: &str = "127.0.0.1:5000/tiny:1";
+
+fn policy(instance: &str) -> Policy {
+    Policy {
+        allowed_images: vec!["127.0.0.1:5000/".into()],
+        cpu_percent: 50,
+        memory_bytes: 64 << 20,
+        allow_gpu: false,
+        instance: instance.into(),
+    }
+}
+
+fn service(name: &str, args: &[&str]) -> ContainerAssignment {
+    ContainerAssignment {
+        name: format!("commons-{name}"),
+        service: name.into(),
+        image: IMAGE.into(),
+        port: 8080,
+        env: BTreeMap::from([("MODE".into(), "test".into())]),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        requires_gpu: false,
+    }
+}
+
+async fn engine(instance: &str) -> Engine {
+    Engine::connect(policy(instance))
+        .await
+        .expect("a container engine: run .ci/engine.sh and export DOCKER_HOST")
+}
+
+#[tokio::test]
+async fn pull_with_progress_then_run_capped_labelled_and_unprivileged() {
+    let mut e = engine("t-run").await;
+    e.remove_all().await.unwrap();
+    // A real pull from the loopback registry, with per-layer progress (an image no other test uses).
+    let pulled = "127.0.0.1:5000/tiny-pull:1";
+    let _ = e
+        .docker()
+        .remove_image(
+            pulled,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    e.pull(pulled, Some(&tx)).await.unwrap();
+    drop(tx);
+    let mut events = Vec::new();
+    while let Some(p) = rx.recv().await {
+        events.push(p);
+    }
+    assert!(!events.is_empty(), "progress events");
+    assert!(
+        events.iter().any(|p| p.total > 0 && p.current > 0),
+        "bytes per layer: {events:?}"
+    );
+
+    let statuses = e
+        .reconcile(&[service("sleeper", &["sleep", "600"])], None)
+        .await
+        .unwrap();
+    assert_eq!(statuses[0].state, ContainerState::Running);
+    let ours = e.ours().await.unwrap();
+    assert_eq!(ours.len(), 1);
+    let c = e
+        .docker()
+        .inspect_container(&ours[0].id, None)
+        .await
+        .unwrap();
+    let h = c.host_config.unwrap();
+    assert_eq!(h.memory, Some(64 << 20));
+    assert!(h.nano_cpus.unwrap() > 0);
+    assert_eq!(h.privileged, Some(false));
+    assert_eq!(h.cap_drop, Some(vec!["ALL".to_owned()]));
+    assert_eq!(
+        h.security_opt,
+        Some(vec!["no-new-privileges:true".to_owned()])
+    );
+    assert_eq!(h.readonly_rootfs, Some(true));
+    assert_eq!(h.init, Some(true));
+    assert_eq!(h.pids_limit, Some(256));
+    let binding = &h.port_bindings.unwrap()["8080/tcp"].clone().unwrap()[0];
+    assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
+    assert!(
+        h.device_requests.unwrap_or_default().is_empty(),
+        "no GPU unless needed and allowed"
+    );
+    let labels = c.config.unwrap().labels.unwrap();
+    assert_eq!(labels[LABEL_OWNER], "commons-agent");
+    // The limits are the kernel's, not just the engine's bookkeeping.
+    assert_eq!(c.state.unwrap().running, Some(true));
+    e.remove_all().await.unwrap();
+    assert!(
+        e.ours().await.unwrap().is_empty(),
+        "quit leaves nothing behind"
+    );
+}
+
+#[tokio::test]
+async fn images_outside_the_allow_list_are_refused() {
+    let mut e = engine("t-allow").await;
+    let mut evil = service("evil", &["sleep", "600"]);
+    evil.image = "evil.example/miner:1".into();
+    assert!(matches!(
+        e.pull(&evil.image, None).await,
+        Err(EngineError::NotAllowed(_))
+    ));
+    assert!(matches!(
+        e.create(&evil).await,
+        Err(EngineError::NotAllowed(_))
+    ));
+    let s = e.reconcile(&[evil], None).await.unwrap();
+    assert_eq!(s[0].state, ContainerState::Failed);
+    assert!(e.ours().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn adopts_after_restart_restarts_crashes_pauses_and_never_touches_others() {
+    let mut e = engine("t-adopt").await;
+    e.remove_all().await.unwrap();
+    // A container that is not ours: no labels.
+    e.pull(IMAGE, None).await.unwrap();
+    let stranger = "stranger-commons-test";
+    let _ = e
+        .docker()
+        .remove_container(
+            stranger,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await;
+    let body = ContainerCreateBody {
+        image: Some(IMAGE.into()),
+        cmd: Some(vec!["sleep".into(), "600".into()]),
+        ..Default::default()
+    };
+    e.docker()
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(stranger.into()),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await
+        .unwrap();
+    e.docker().start_container(stranger, None).await.unwrap();
+
+    let desired = [
+        service("keeper", &["sleep", "600"]),
+        service("crasher", &["sh", "-c", "sleep 1; exit 3"]),
+    ];
+    e.reconcile(&desired, None).await.unwrap();
+    let before: HashMap<String, String> = e
+        .ours()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.service, c.id))
+        .collect();
+    assert_eq!(before.len(), 2);
+
+    // A new engine handle (the agent restarted): it adopts what runs instead of recreating it.
+    let mut e2 = engine("t-adopt").await;
+    e2.reconcile(&desired, None).await.unwrap();
+    let after: HashMap<String, String> = e2
+        .ours()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.service, c.id))
+        .collect();
+    assert_eq!(before, after, "adopted, not recreated");
+
+    // The crasher exits after 1 s; reconcile restarts it.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let s = e2.reconcile(&desired, None).await.unwrap();
+    let crasher = s.iter().find(|c| c.name == "commons-crasher").unwrap();
+    assert_eq!(crasher.state, ContainerState::Restarting);
+    assert!(crasher.restarts >= 1);
+
+    // Pause stops ours only.
+    e2.stop_all().await.unwrap();
+    assert!(e2.ours().await.unwrap().iter().all(|c| !c.running));
+    let s = e2.reconcile(&desired[..1], None).await.unwrap();
+    assert_eq!(
+        s[0].state,
+        ContainerState::Restarting,
+        "resumed by a restart"
+    );
+
+    // A changed assignment replaces the container; a dropped one is removed.
+    let mut changed = desired[0].clone();
+    changed.env.insert("MODE".into(), "other".into());
+    e2.reconcile(std::slice::from_ref(&changed), None)
+        .await
+        .unwrap();
+    let now = e2.ours().await.unwrap();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0].id, before["keeper"]);
+
+    e2.remove_all().await.unwrap();
+    assert!(e2.ours().await.unwrap().is_empty());
+    let s = e2.docker().inspect_container(stranger, None).await.unwrap();
+    assert_eq!(
+        s.state.unwrap().running,
+        Some(true),
+        "never touched a container that is not ours"
+    );
+    e2.docker()
+        .remove_container(
+            stranger,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_absent_engine_is_a_clear_message() {
+    let e = bollard::Docker::connect_with_unix(
+        "/nonexistent/docker.sock",
+        5,
+        bollard::API_DEFAULT_VERSION,
+    );
+    assert!(e.is_err());
+    let msg = EngineError::NotRunning(e.unwrap_err().to_string()).to_string();
+    assert!(msg.starts_with("Docker is not running: "), "{msg}");
+}
