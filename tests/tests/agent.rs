@@ -32,6 +32,7 @@ fn settings_for(coordinator: Option<&str>, edge: Option<&str>) -> Settings {
     Settings {
         coordinator_url: coordinator.map(Into::into),
         edge_url: edge.unwrap_or("http://127.0.0.1:9").into(),
+        containers: false,
         ..Settings::default()
     }
 }
@@ -285,4 +286,93 @@ async fn the_control_socket_drives_a_running_agent() {
     a.wait_for(Duration::from_secs(5), |s| *s == State::Stopped)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn assigned_services_run_as_containers_through_pause_resume_and_quit() {
+    let c = Coordinator::start(|cfg, dir| {
+        let path = dir.join("catalogue.toml");
+        let names: Vec<String> =
+            commons_shared::catalogue::Catalogue::builtin().services().iter().map(|s| format!("{:?}", s.name)).collect();
+        std::fs::write(
+            &path,
+            format!(
+                "remove = [{}]\n[[service]]\nname = \"tiny\"\nimage = \"127.0.0.1:5000/tiny:1\"\nport = 8080\nargs = [\"sleep\", \"600\"]\nmin_ram = \"64MB\"\nreplicas = 1\n",
+                names.join(", ")
+            ),
+        )
+        .unwrap();
+        cfg.catalogue = Some(path);
+        cfg.heartbeat_interval_secs = 1;
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = format!("agent-e2e-{}", std::process::id());
+    let settings = Settings {
+        coordinator_url: Some(c.url()),
+        containers: true,
+        allowed_images: Some(vec!["127.0.0.1:5000/".into()]),
+        memory_mb: 64,
+        instance: instance.clone(),
+        ..Settings::default()
+    };
+    let policy = settings.policy();
+    let started = Instant::now();
+    let mut a = agent::start(
+        settings,
+        Arc::new(FileStore::new(dir.path().join("c.json"))),
+        no_gpu(),
+    );
+    a.wait_for(Duration::from_secs(30), |s| *s == State::Active)
+        .await
+        .expect("active");
+    println!("registration to Active: {:?}", started.elapsed());
+    let engine = commons_agent::containers::Engine::connect(policy)
+        .await
+        .expect("DOCKER_HOST: run .ci/engine.sh");
+    let ours = engine.ours().await.unwrap();
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0].service, "tiny");
+    assert!(ours[0].running);
+    let id = a.session.borrow().worker_id.clone();
+    assert!(
+        eventually(5, || async {
+            let w = worker(&client, &c.url(), &id).await.1;
+            w["containers"][0]["state"] == "running" && w["containers"][0]["name"] == "commons-tiny"
+        })
+        .await
+    );
+    a.send(Command::Pause).await;
+    a.wait_for(Duration::from_secs(10), |s| *s == State::Paused)
+        .await
+        .unwrap();
+    assert!(
+        engine.ours().await.unwrap().iter().all(|c| !c.running),
+        "paused: containers stopped"
+    );
+    assert!(
+        eventually(5, || async {
+            worker(&client, &c.url(), &id).await.1["containers"][0]["state"] == "stopped"
+        })
+        .await
+    );
+    a.send(Command::Resume).await;
+    a.wait_for(Duration::from_secs(10), |s| *s == State::Active)
+        .await
+        .unwrap();
+    assert!(
+        eventually(10, || async {
+            engine.ours().await.unwrap().iter().all(|c| c.running)
+        })
+        .await,
+        "resumed: running again"
+    );
+    a.send(Command::Quit).await;
+    a.join().await.unwrap();
+    assert!(
+        engine.ours().await.unwrap().is_empty(),
+        "quit leaves nothing behind"
+    );
+    assert_eq!(worker(&client, &c.url(), &id).await.0, 404);
 }

@@ -6,13 +6,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use commons_shared::api::{HeartbeatRequest, RegisterRequest, RegisterResponse, ReportedStatus};
+use commons_shared::api::{
+    ContainerAssignment, ContainerState, ContainerStatus, HeartbeatRequest, RegisterRequest,
+    RegisterResponse, ReportedStatus,
+};
 use rand::Rng;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::client::{CallError, Client};
+use crate::containers::Engine;
 use crate::credentials::{CredentialStore, Credentials};
 use crate::hardware::{self, GpuProbe, LoadSampler};
 use crate::settings::Settings;
@@ -122,6 +126,9 @@ pub fn start(
         session: session_tx,
         rx,
         paused: false,
+        engine: None,
+        desired: Vec::new(),
+        containers: Vec::new(),
     };
     let task = tokio::spawn(async move { agent.run().await });
     AgentHandle {
@@ -141,6 +148,9 @@ struct Agent {
     session: watch::Sender<Session>,
     rx: mpsc::Receiver<Command>,
     paused: bool,
+    engine: Option<Engine>,
+    desired: Vec<ContainerAssignment>,
+    containers: Vec<ContainerStatus>,
 }
 
 /// The joined coordinator.
@@ -178,6 +188,12 @@ impl Agent {
 
     async fn run(&mut self) -> anyhow::Result<()> {
         self.set(State::Registering);
+        if self.settings.containers {
+            match Engine::connect(self.settings.policy()).await {
+                Ok(e) => self.engine = Some(e),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
         let mut joined = match self.creds.load() {
             Ok(Some(c)) => {
                 // Resume as the worker we were; the first heartbeat tells whether the coordinator still knows us.
@@ -280,6 +296,7 @@ impl Agent {
             s.registrations += 1;
         });
         tracing::info!(worker = %creds.worker_id, coordinator = %creds.coordinator_url, tier = r.tier.number(), "joined");
+        self.desired = r.assigned_containers.clone();
         Joined {
             creds,
             interval: Duration::from_secs(r.heartbeat_interval.max(1)),
@@ -307,7 +324,7 @@ impl Agent {
             free_memory_bytes: Some(load.free_memory),
             available_memory: None,
             gpus: hardware::gpus_to_samples(&gpus),
-            containers: Vec::new(),
+            containers: self.containers.clone(),
             assignment_version: Some(j.version),
             agent_version: Some(env!("CARGO_PKG_VERSION").into()),
         };
@@ -322,8 +339,20 @@ impl Agent {
         let mut next_probe = Instant::now() + probe_every;
         let mut probe_failures = 0;
         let mut beat_failures = 0;
+        let reconcile_every = Duration::from_secs(5);
+        let mut next_reconcile = Instant::now() + reconcile_every;
+        if !self.paused && self.engine.is_some() && !self.desired.is_empty() {
+            self.set(State::Pulling);
+            self.reconcile().await;
+        }
         loop {
             let now = Instant::now();
+            if now >= next_reconcile {
+                if !self.paused {
+                    self.reconcile().await;
+                }
+                next_reconcile = Instant::now() + reconcile_every;
+            }
             if now >= next_beat {
                 let (hb, hot) = self.heartbeat_request(&j, &mut sampler);
                 match self
@@ -334,8 +363,13 @@ impl Agent {
                     Ok(r) => {
                         beat_failures = 0;
                         j.interval = Duration::from_secs(r.heartbeat_interval.max(1));
-                        if r.assigned_containers.is_some() {
+                        if let Some(list) = r.assigned_containers {
                             j.version = r.assignment_version;
+                            tracing::info!(containers = list.len(), "new assignment");
+                            self.desired = list;
+                            if !self.paused {
+                                self.reconcile().await;
+                            }
                         }
                         self.set(if hot {
                             State::Paused
@@ -385,20 +419,59 @@ impl Agent {
                         probe_every
                     };
             }
-            let wake = next_beat.min(next_probe);
+            let wake = next_beat.min(next_probe).min(next_reconcile);
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => {}
                 c = self.rx.recv() => match c {
-                    Some(Command::Pause) => { self.paused = true; self.set(State::Paused); next_beat = Instant::now(); }
-                    Some(Command::Resume) => { self.paused = false; self.set(State::Active); next_beat = Instant::now(); }
+                    Some(Command::Pause) => { self.paused = true; self.pause_containers().await; self.set(State::Paused); next_beat = Instant::now(); }
+                    Some(Command::Resume) => { self.paused = false; self.reconcile().await; self.set(State::Active); next_beat = Instant::now(); }
                     Some(Command::Quit) | None => { self.stop(Some(&j)).await?; return Ok(Next::Quit); }
                 },
             }
         }
     }
 
-    /// Leaves cleanly: unregisters, forgets the credentials, reports Stopped.
+    /// Makes the containers match the assignment; their states go into the next heartbeat.
+    async fn reconcile(&mut self) {
+        let Some(engine) = self.engine.as_mut() else {
+            return;
+        };
+        match engine.reconcile(&self.desired, None).await {
+            Ok(states) => self.containers = states,
+            Err(e) => {
+                tracing::warn!(error = %e, "containers could not be brought up");
+                self.containers = self
+                    .desired
+                    .iter()
+                    .map(|a| ContainerStatus {
+                        name: a.name.clone(),
+                        state: ContainerState::Failed,
+                        restarts: 0,
+                    })
+                    .collect();
+            }
+        }
+    }
+
+    async fn pause_containers(&mut self) {
+        let Some(engine) = self.engine.as_ref() else {
+            return;
+        };
+        if let Err(e) = engine.stop_all().await {
+            tracing::warn!(error = %e, "could not stop the containers");
+        }
+        for c in &mut self.containers {
+            c.state = ContainerState::Stopped;
+        }
+    }
+
+    /// Leaves cleanly: removes its containers, unregisters, forgets the credentials, reports Stopped.
     async fn stop(&mut self, j: Option<&Joined>) -> anyhow::Result<()> {
+        if let Some(engine) = self.engine.as_mut()
+            && let Err(e) = engine.remove_all().await
+        {
+            tracing::warn!(error = %e, "could not remove the containers");
+        }
         if let Some(j) = j {
             match self
                 .client

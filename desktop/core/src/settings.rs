@@ -27,6 +27,18 @@ pub struct Settings {
     pub max_gpu_temp_c: u32,
     /// The local control socket [default: `$XDG_RUNTIME_DIR/commons-agent.sock`].
     pub control_socket: Option<PathBuf>,
+    /// Run the assigned services in containers (needs Docker).
+    pub containers: bool,
+    /// Images that may run: exact references, or prefixes ending in '/' or ':' [default: the shipped catalogue's].
+    pub allowed_images: Option<Vec<String>>,
+    /// Share of all cores the containers may use, percent.
+    pub cpu_percent: u32,
+    /// Memory per container, MiB.
+    pub memory_mb: u64,
+    /// Let GPU services use the GPU.
+    pub allow_gpu: bool,
+    /// Name of this agent on the container engine (several agents can share one).
+    pub instance: String,
 }
 
 impl Default for Settings {
@@ -40,6 +52,12 @@ impl Default for Settings {
             probe_interval_ms: 3000,
             max_gpu_temp_c: 85,
             control_socket: None,
+            containers: true,
+            allowed_images: None,
+            cpu_percent: 50,
+            memory_mb: 4096,
+            allow_gpu: true,
+            instance: "default".into(),
         }
     }
 }
@@ -119,7 +137,45 @@ impl Settings {
                 message: format!("must be from 40 to 100 °C, got {}", self.max_gpu_temp_c),
             });
         }
+        if !(1..=100).contains(&self.cpu_percent) {
+            return Err(SettingsError::Invalid {
+                key: "cpu_percent",
+                message: format!("must be from 1 to 100, got {}", self.cpu_percent),
+            });
+        }
+        if !(64..=1_048_576).contains(&self.memory_mb) {
+            return Err(SettingsError::Invalid {
+                key: "memory_mb",
+                message: format!("must be from 64 to 1048576, got {}", self.memory_mb),
+            });
+        }
+        if self.instance.is_empty()
+            || self.instance.len() > 32
+            || !self
+                .instance
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(SettingsError::Invalid {
+                key: "instance",
+                message: "must be 1 to 32 letters, digits or '-'".into(),
+            });
+        }
         Ok(())
+    }
+
+    /// The container policy these settings give.
+    pub fn policy(&self) -> crate::containers::Policy {
+        crate::containers::Policy {
+            allowed_images: self
+                .allowed_images
+                .clone()
+                .unwrap_or_else(crate::containers::catalogue_images),
+            cpu_percent: self.cpu_percent,
+            memory_bytes: self.memory_mb * 1024 * 1024,
+            allow_gpu: self.allow_gpu,
+            instance: self.instance.clone(),
+        }
     }
 
     /// Where the control socket is.
@@ -171,6 +227,9 @@ mod tests {
             ),
             ("edge_url = \"ftp://x\"", "edge_url: must be an http"),
             ("colour = \"red\"", "unknown field"),
+            ("cpu_percent = 0", "cpu_percent: must be from 1 to 100"),
+            ("memory_mb = 1", "memory_mb: must be from 64"),
+            ("instance = \"a b\"", "instance: must be"),
             ("max_gpu_temp_c = \"hot\"", "max_gpu_temp_c"),
         ] {
             std::fs::write(&p, text).unwrap();
