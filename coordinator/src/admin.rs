@@ -80,7 +80,7 @@ fn summary(state: &AppState, w: &Worker, now: Instant) -> WorkerSummary {
         last_heartbeat: live.last_heartbeat_ms.map(rfc3339),
         registered_at: rfc3339(w.registered_at_ms),
         ip_address: w.ip_address.as_deref().map(str::to_owned),
-        endpoint: w.endpoint.as_deref().map(str::to_owned),
+        endpoint: live.endpoint.as_deref().map(str::to_owned),
         agent_version: live.agent_version.to_string(),
         legacy: w.legacy,
         capabilities: w.caps.clone(),

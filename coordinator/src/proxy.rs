@@ -25,9 +25,16 @@ use crate::error::ApiError;
 use crate::registry::Worker;
 use crate::state::AppState;
 
-fn target(w: &Worker, service: &str, port: u16, rest: &str, query: Option<&str>) -> Option<Target> {
+fn target(
+    w: &Worker,
+    endpoint: Option<&str>,
+    service: &str,
+    port: u16,
+    rest: &str,
+    query: Option<&str>,
+) -> Option<Target> {
     let sep = if rest.is_empty() { "" } else { "/" };
-    if let Some(base) = w.endpoint.as_deref() {
+    if let Some(base) = endpoint {
         return Target::from_base(base, &format!("/api/service/{service}{sep}{rest}"), query);
     }
     let ip: std::net::IpAddr = w.ip_address.as_deref()?.parse().ok()?;
@@ -57,9 +64,13 @@ fn pick(
         if skip.contains(&w.id) {
             continue;
         }
-        let (status, load) = {
+        let (status, load, endpoint) = {
             let live = w.live.lock();
-            (live.status(now, state.liveness), live.load)
+            (
+                live.status(now, state.liveness),
+                live.load,
+                live.endpoint.clone(),
+            )
         };
         let weight = route_weight(
             status,
@@ -68,7 +79,7 @@ fn pick(
             w.in_flight.load(Ordering::Relaxed),
         );
         if weight > 0.0
-            && let Some(t) = target(&w, &spec.name, spec.port, rest, query)
+            && let Some(t) = target(&w, endpoint.as_deref(), &spec.name, spec.port, rest, query)
         {
             cands.push((w, t));
             weights.push(weight);
@@ -176,7 +187,6 @@ mod tests {
             roles: Default::default(),
             caps: Default::default(),
             ip_address: ip.map(Into::into),
-            endpoint: endpoint.map(Into::into),
             tunnel_url: None,
             legacy: false,
             registered_at_ms: 0,
@@ -191,6 +201,7 @@ mod tests {
                 services: vec![],
                 assignment_version: 1,
                 agent_version: "".into(),
+                endpoint: endpoint.map(Into::into),
                 dirty: false,
             }),
             requests: Default::default(),
@@ -204,6 +215,7 @@ mod tests {
     fn targets() {
         let t = target(
             &worker(Some("http://127.0.0.1:9000/base/"), None),
+            Some("http://127.0.0.1:9000/base/"),
             "ocr",
             8884,
             "v1/run",
@@ -216,6 +228,7 @@ mod tests {
         );
         let t = target(
             &worker(Some("http://w.example"), None),
+            Some("http://w.example"),
             "ocr",
             8884,
             "",
@@ -226,7 +239,15 @@ mod tests {
             (t.authority.as_str(), t.path_and_query.as_str()),
             ("w.example:80", "/api/service/ocr")
         );
-        let t = target(&worker(None, Some("10.1.2.3")), "ocr", 8884, "run", None).unwrap();
+        let t = target(
+            &worker(None, Some("10.1.2.3")),
+            None,
+            "ocr",
+            8884,
+            "run",
+            None,
+        )
+        .unwrap();
         assert_eq!(
             (t.authority.as_str(), t.path_and_query.as_str()),
             ("10.1.2.3:8884", "/run")
@@ -234,6 +255,7 @@ mod tests {
         assert!(
             target(
                 &worker(Some("https://x.trycloudflare.com"), None),
+                Some("https://x.trycloudflare.com"),
                 "ocr",
                 1,
                 "",
@@ -241,6 +263,6 @@ mod tests {
             )
             .is_none()
         );
-        assert!(target(&worker(None, None), "ocr", 1, "", None).is_none());
+        assert!(target(&worker(None, None), None, "ocr", 1, "", None).is_none());
     }
 }

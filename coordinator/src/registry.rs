@@ -32,8 +32,6 @@ pub struct Worker {
     pub caps: Capabilities,
     /// Address it registered with.
     pub ip_address: Option<Box<str>>,
-    /// Base URL of its services.
-    pub endpoint: Option<Box<str>>,
     /// Tunnel URL.
     pub tunnel_url: Option<Box<str>>,
     /// Registered in the legacy shape.
@@ -75,6 +73,8 @@ pub struct Live {
     pub assignment_version: u64,
     /// Agent version.
     pub agent_version: Box<str>,
+    /// Base URL of its services (a heartbeat can change it when a tunnel restarts).
+    pub endpoint: Option<Box<str>>,
     /// Changed since the last flush.
     pub dirty: bool,
 }

@@ -315,6 +315,7 @@ impl AppState {
                 load: 0.0,
                 free_memory: 0,
                 agent_version: agent_version.clone(),
+                endpoint: endpoint.clone(),
                 samples: "{}".into(),
                 requests: 0,
                 errors: 0,
@@ -335,7 +336,6 @@ impl AppState {
             roles,
             caps: new.capabilities,
             ip_address: new.ip_address.map(Into::into),
-            endpoint: endpoint.clone().map(Into::into),
             tunnel_url: new.tunnel_url.clone().map(Into::into),
             legacy: new.legacy,
             registered_at_ms,
@@ -350,6 +350,7 @@ impl AppState {
                 services,
                 assignment_version: 1,
                 agent_version: agent_version.into(),
+                endpoint: endpoint.clone().map(Into::into),
                 dirty: false,
             }),
             requests: AtomicU64::new(0),
@@ -428,6 +429,9 @@ impl AppState {
             if let Some(v) = hb.agent_version {
                 live.agent_version = v.into();
             }
+            if let Some(e) = hb.endpoint {
+                live.endpoint = Some(e.into());
+            }
             live.dirty = true;
             let changed = hb
                 .assignment_version
@@ -485,6 +489,7 @@ impl AppState {
                     load: live.load,
                     free_memory: live.free_memory.min(i64::MAX as u64) as i64,
                     agent_version: live.agent_version.to_string(),
+                    endpoint: live.endpoint.as_deref().map(str::to_owned),
                     samples: serde_json::to_string(&Samples {
                         gpus: &live.gpus,
                         containers: &live.containers,
@@ -670,7 +675,6 @@ fn worker_from_row(
         },
         caps,
         ip_address: row.ip_address.map(Into::into),
-        endpoint: row.endpoint.map(Into::into),
         tunnel_url: row.tunnel_url.map(Into::into),
         legacy: row.legacy,
         registered_at_ms: row.registered_at_ms,
@@ -685,6 +689,7 @@ fn worker_from_row(
             services,
             assignment_version: row.assignment_version,
             agent_version: row.live.agent_version.into(),
+            endpoint: row.endpoint.map(Into::into),
             dirty: false,
         }),
         requests: AtomicU64::new(row.live.requests.max(0) as u64),

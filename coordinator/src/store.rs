@@ -91,6 +91,8 @@ pub struct LiveRow {
     pub free_memory: i64,
     /// Agent version.
     pub agent_version: String,
+    /// Base URL of the worker's services.
+    pub endpoint: Option<String>,
     /// GPU samples and container states as JSON.
     pub samples: String,
     /// Requests routed.
@@ -333,6 +335,7 @@ impl Store {
                     load: r.get(14)?,
                     free_memory: r.get(15)?,
                     agent_version: r.get(16)?,
+                    endpoint: r.get(6)?,
                     samples: r.get(17)?,
                     requests: r.get(18)?,
                     errors: r.get(19)?,
@@ -460,7 +463,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Cmd, done: &mut Vec<Done>) {
             let res = tx
                 .prepare_cached(
                     "UPDATE workers SET last_heartbeat_ms = ?2, status = ?3, load = ?4, free_memory = ?5, agent_version = ?6,
-                     samples = ?7, requests = ?8, errors = ?9 WHERE id = ?1",
+                     samples = ?7, requests = ?8, errors = ?9, endpoint = ?10 WHERE id = ?1",
                 )
                 .and_then(|mut s| {
                     for l in &rows {
@@ -473,7 +476,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Cmd, done: &mut Vec<Done>) {
                             l.agent_version,
                             l.samples,
                             l.requests,
-                            l.errors
+                            l.errors,
+                            l.endpoint
                         ])?;
                     }
                     Ok(())

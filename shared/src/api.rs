@@ -303,6 +303,9 @@ pub struct HeartbeatRequest {
     /// The agent's version.
     #[serde(default)]
     pub agent_version: Option<String>,
+    /// A new base URL for the worker's services (its tunnel restarted with a new address).
+    #[serde(default)]
+    pub endpoint: Option<String>,
 }
 
 /// The answer to a heartbeat.

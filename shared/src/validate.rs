@@ -342,6 +342,7 @@ pub fn parse_heartbeat(body: &[u8]) -> Result<HeartbeatRequest, InputError> {
     }
     c.opt_string("available_memory", &hb.available_memory, MAX_STRING_LEN);
     c.opt_string("agent_version", &hb.agent_version, MAX_STRING_LEN);
+    c.url("endpoint", &hb.endpoint);
     c.finish()?;
     if hb.free_memory_bytes.is_none()
         && let Some(text) = &hb.available_memory

@@ -18,8 +18,10 @@ use tokio::task::JoinHandle;
 use crate::client::{CallError, Client};
 use crate::containers::Engine;
 use crate::credentials::{CredentialStore, Credentials};
+use crate::gateway::Gateway;
 use crate::hardware::{self, GpuProbe, LoadSampler};
 use crate::settings::Settings;
+use crate::tunnel::{Mode, Tunnel};
 
 /// What the agent is doing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -129,6 +131,9 @@ pub fn start(
         engine: None,
         desired: Vec::new(),
         containers: Vec::new(),
+        gateway: None,
+        tunnel: None,
+        reported_endpoint: None,
     };
     let task = tokio::spawn(async move { agent.run().await });
     AgentHandle {
@@ -151,6 +156,9 @@ struct Agent {
     engine: Option<Engine>,
     desired: Vec<ContainerAssignment>,
     containers: Vec<ContainerStatus>,
+    gateway: Option<Gateway>,
+    tunnel: Option<Tunnel>,
+    reported_endpoint: Option<String>,
 }
 
 /// The joined coordinator.
@@ -193,6 +201,10 @@ impl Agent {
                 Ok(e) => self.engine = Some(e),
                 Err(e) => tracing::warn!("{e}"),
             }
+        }
+        if let Err(e) = self.open_gateway().await {
+            self.set(State::Error(e.to_string()));
+            return Err(e);
         }
         let mut joined = match self.creds.load() {
             Ok(Some(c)) => {
@@ -238,7 +250,7 @@ impl Agent {
         caps.region = self.settings.region.clone().unwrap_or_default();
         RegisterRequest {
             capabilities: caps,
-            endpoint: self.settings.endpoint.clone(),
+            endpoint: self.endpoint(),
             enrollment_token: self.settings.enrollment_token.clone(),
             ..Default::default()
         }
@@ -297,6 +309,7 @@ impl Agent {
         });
         tracing::info!(worker = %creds.worker_id, coordinator = %creds.coordinator_url, tier = r.tier.number(), "joined");
         self.desired = r.assigned_containers.clone();
+        self.reported_endpoint = r.endpoint.clone();
         Joined {
             creds,
             interval: Duration::from_secs(r.heartbeat_interval.max(1)),
@@ -317,14 +330,18 @@ impl Agent {
         } else {
             ReportedStatus::Healthy
         };
+        let busy = self.gateway.as_ref().map_or(0.0, |g| g.routes.load());
         let hb = HeartbeatRequest {
             worker_id: j.creds.worker_id.clone(),
             status,
-            load: load.cpu,
+            load: load.cpu.max(busy),
             free_memory_bytes: Some(load.free_memory),
             available_memory: None,
             gpus: hardware::gpus_to_samples(&gpus),
             containers: self.containers.clone(),
+            endpoint: self
+                .endpoint()
+                .filter(|e| Some(e) != self.reported_endpoint.as_ref()),
             assignment_version: Some(j.version),
             agent_version: Some(env!("CARGO_PKG_VERSION").into()),
         };
@@ -362,6 +379,9 @@ impl Agent {
                 {
                     Ok(r) => {
                         beat_failures = 0;
+                        if hb.endpoint.is_some() {
+                            self.reported_endpoint = hb.endpoint.clone();
+                        }
                         j.interval = Duration::from_secs(r.heartbeat_interval.max(1));
                         if let Some(list) = r.assigned_containers {
                             j.version = r.assignment_version;
@@ -431,12 +451,53 @@ impl Agent {
         }
     }
 
+    /// Starts the gateway and the tunnel in front of it.
+    async fn open_gateway(&mut self) -> anyhow::Result<()> {
+        let g = Gateway::start(self.settings.gateway_listen).await?;
+        let mode = match self.settings.tunnel.as_str() {
+            "quick" => Mode::Quick {
+                program: self.settings.cloudflared.clone(),
+                to: g.url(),
+            },
+            "named" => Mode::Named {
+                program: self.settings.cloudflared.clone(),
+                token: crate::credentials::tunnel_token()?,
+                url: self.settings.tunnel_hostname.clone().unwrap_or_default(),
+            },
+            _ => Mode::None(self.settings.endpoint.clone().unwrap_or_else(|| g.url())),
+        };
+        let mut tunnel = Tunnel::start(mode);
+        // A quick tunnel needs a moment for its address; register without one rather than wait forever.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(30),
+            tunnel.url.wait_for(Option::is_some),
+        )
+        .await;
+        self.gateway = Some(g);
+        self.tunnel = Some(tunnel);
+        Ok(())
+    }
+
+    /// Where the coordinator reaches this worker now.
+    fn endpoint(&self) -> Option<String> {
+        self.tunnel.as_ref().and_then(|t| t.url.borrow().clone())
+    }
+
     /// Makes the containers match the assignment; their states go into the next heartbeat.
     async fn reconcile(&mut self) {
         let Some(engine) = self.engine.as_mut() else {
             return;
         };
-        match engine.reconcile(&self.desired, None).await {
+        let result = engine.reconcile(&self.desired, None).await;
+        if let (Ok(ours), Some(g)) = (engine.ours().await, &self.gateway) {
+            g.routes.set(
+                ours.into_iter()
+                    .filter(|c| c.running)
+                    .map(|c| (c.service, c.host_port))
+                    .collect(),
+            );
+        }
+        match result {
             Ok(states) => self.containers = states,
             Err(e) => {
                 tracing::warn!(error = %e, "containers could not be brought up");
@@ -465,8 +526,12 @@ impl Agent {
         }
     }
 
-    /// Leaves cleanly: removes its containers, unregisters, forgets the credentials, reports Stopped.
+    /// Leaves cleanly: stops its tunnel, removes its containers, unregisters, forgets the credentials, reports Stopped.
     async fn stop(&mut self, j: Option<&Joined>) -> anyhow::Result<()> {
+        if let Some(t) = self.tunnel.take() {
+            t.stop().await;
+        }
+        self.gateway = None;
         if let Some(engine) = self.engine.as_mut()
             && let Err(e) = engine.remove_all().await
         {

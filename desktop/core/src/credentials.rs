@@ -106,6 +106,18 @@ impl CredentialStore for KeyringStore {
     }
 }
 
+/// The named tunnel's token, kept in the keyring (`commons-agent` / `tunnel-token`).
+pub fn tunnel_token() -> Result<String, CredentialError> {
+    let entry = keyring::Entry::new("commons-agent", "tunnel-token")
+        .map_err(|e| CredentialError::Keyring(e.to_string()))?;
+    entry.get_password().map_err(|e| match e {
+        keyring::Error::NoEntry => CredentialError::Keyring(
+            "no tunnel token is stored (commons-agent / tunnel-token)".into(),
+        ),
+        e => CredentialError::Keyring(e.to_string()),
+    })
+}
+
 /// A file readable by its owner only.
 #[derive(Debug)]
 pub struct FileStore {

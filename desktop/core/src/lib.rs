@@ -8,6 +8,7 @@
 //! - [`containers`]: the assigned services in unprivileged, capped, labelled containers (bollard).
 //! - [`agent`]: joining, heartbeats, pause and resume, failover, quitting; its state on a watch channel.
 //! - [`control`]: the local control API on a unix socket.
+//! - [`gateway`]: the local reverse proxy in front of the containers; [`tunnel`]: how the world reaches it.
 #![deny(missing_docs)]
 
 pub mod agent;
@@ -15,5 +16,7 @@ pub mod client;
 pub mod containers;
 pub mod control;
 pub mod credentials;
+pub mod gateway;
 pub mod hardware;
 pub mod settings;
+pub mod tunnel;

@@ -39,6 +39,16 @@ pub struct Settings {
     pub allow_gpu: bool,
     /// Name of this agent on the container engine (several agents can share one).
     pub instance: String,
+    /// Where the local gateway in front of the containers listens.
+    pub gateway_listen: std::net::SocketAddr,
+    /// How the coordinator reaches the gateway: "none" (LAN or public address: `endpoint`, else the gateway's own
+    /// address), "quick" (a cloudflared quick tunnel) or "named" (a cloudflared named tunnel at `tunnel_hostname`,
+    /// its token in the keyring).
+    pub tunnel: String,
+    /// The cloudflared executable.
+    pub cloudflared: PathBuf,
+    /// The named tunnel's public URL.
+    pub tunnel_hostname: Option<String>,
 }
 
 impl Default for Settings {
@@ -58,6 +68,10 @@ impl Default for Settings {
             memory_mb: 4096,
             allow_gpu: true,
             instance: "default".into(),
+            gateway_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            tunnel: "none".into(),
+            cloudflared: PathBuf::from("cloudflared"),
+            tunnel_hostname: None,
         }
     }
 }
@@ -161,6 +175,24 @@ impl Settings {
                 message: "must be 1 to 32 letters, digits or '-'".into(),
             });
         }
+        match self.tunnel.as_str() {
+            "none" | "quick" => {}
+            "named" => match &self.tunnel_hostname {
+                Some(u) => check_url("tunnel_hostname", u)?,
+                None => {
+                    return Err(SettingsError::Invalid {
+                        key: "tunnel_hostname",
+                        message: "is required with tunnel = \"named\"".into(),
+                    });
+                }
+            },
+            other => {
+                return Err(SettingsError::Invalid {
+                    key: "tunnel",
+                    message: format!("must be \"none\", \"quick\" or \"named\", got {other:?}"),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -230,6 +262,11 @@ mod tests {
             ("cpu_percent = 0", "cpu_percent: must be from 1 to 100"),
             ("memory_mb = 1", "memory_mb: must be from 64"),
             ("instance = \"a b\"", "instance: must be"),
+            (
+                "tunnel = \"ssh\"",
+                "tunnel: must be \"none\", \"quick\" or \"named\"",
+            ),
+            ("tunnel = \"named\"", "tunnel_hostname: is required"),
             ("max_gpu_temp_c = \"hot\"", "max_gpu_temp_c"),
         ] {
             std::fs::write(&p, text).unwrap();

@@ -1,0 +1,172 @@
+//! The agent's local gateway: one reverse proxy in front of the service containers, which the tunnel (or the
+//! LAN) exposes. `/api/service/{service}/{path}` (the coordinator's forwarding path) and `/{service}/{path}` go to
+//! `http://127.0.0.1:{the container's host port}/{path}`. It counts requests and measures latency; requests in
+//! flight count towards the load the agent reports.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use commons_server::error::ApiError;
+use commons_server::extract::ClientIp;
+use commons_server::forward::{self, Target};
+use parking_lot::RwLock;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// Counters and the service → port map, shared with the agent.
+#[derive(Debug, Default)]
+pub struct Routes {
+    ports: RwLock<HashMap<String, u16>>,
+    /// Requests served.
+    pub requests: AtomicU64,
+    /// Of which failed.
+    pub errors: AtomicU64,
+    /// In flight now.
+    pub in_flight: AtomicU32,
+    /// Latency moving average, µs.
+    pub latency_us: AtomicU64,
+}
+
+impl Routes {
+    /// Replaces the service → host port map.
+    pub fn set(&self, ports: HashMap<String, u16>) {
+        *self.ports.write() = ports;
+    }
+
+    /// The host port of a service.
+    pub fn port(&self, service: &str) -> Option<u16> {
+        self.ports.read().get(service).copied()
+    }
+
+    fn record(&self, ok: bool, latency: Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let sample = latency.as_micros().min(u128::from(u64::MAX)) as u64;
+        let old = self.latency_us.load(Ordering::Relaxed);
+        self.latency_us.store(
+            if old == 0 {
+                sample
+            } else {
+                old - old / 5 + sample / 5
+            },
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The share of capacity busy with requests: 8 in flight is full.
+    pub fn load(&self) -> f64 {
+        (f64::from(self.in_flight.load(Ordering::Relaxed)) / 8.0).min(1.0)
+    }
+}
+
+async fn forward_to(
+    routes: &Routes,
+    client: IpAddr,
+    service: &str,
+    rest: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let port = routes
+        .port(service)
+        .ok_or_else(|| ApiError::NotFound(format!("this worker does not run {service:?} now")))?;
+    let mut path = format!("/{rest}");
+    if let Some(q) = req.uri().query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    let target = Target {
+        authority: format!("127.0.0.1:{port}"),
+        path_and_query: path,
+    };
+    let start = Instant::now();
+    routes.in_flight.fetch_add(1, Ordering::Relaxed);
+    let result = match forward::connect(&target.authority, Duration::from_secs(2)).await {
+        Ok(stream) => forward::send(stream, &target, req, client, Duration::from_secs(300)).await,
+        Err(e) => Err(ApiError::BadGateway(format!(
+            "the {service} container is not answering: {e}"
+        ))),
+    };
+    routes.in_flight.fetch_sub(1, Ordering::Relaxed);
+    routes.record(
+        matches!(&result, Ok(r) if !r.status().is_server_error()),
+        start.elapsed(),
+    );
+    result
+}
+
+async fn api_path(
+    State(r): State<Arc<Routes>>,
+    ClientIp(ip): ClientIp,
+    Path((service, rest)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    forward_to(&r, ip, &service, &rest, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn short_path(
+    State(r): State<Arc<Routes>>,
+    ClientIp(ip): ClientIp,
+    Path((service, rest)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    forward_to(&r, ip, &service, &rest, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its routes and counters.
+    pub routes: Arc<Routes>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Gateway {
+    /// Starts listening on `listen`.
+    pub async fn start(listen: SocketAddr) -> anyhow::Result<Self> {
+        let routes = Arc::new(Routes::default());
+        let app = commons_server::finish(
+            Router::new()
+                .route("/api/service/{service}/{*path}", any(api_path))
+                .route("/{service}/{*path}", any(short_path))
+                .with_state(routes.clone()),
+        );
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("the gateway cannot listen on {listen}: {e}"))?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
+        });
+        Ok(Self { addr, routes, task })
+    }
+
+    /// `http://{addr}`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
