@@ -376,3 +376,48 @@ async fn assigned_services_run_as_containers_through_pause_resume_and_quit() {
     );
     assert_eq!(worker(&client, &c.url(), &id).await.0, 404);
 }
+
+#[tokio::test]
+async fn outside_the_schedule_the_agent_holds_back() {
+    let c = Coordinator::start(|cfg, _| cfg.heartbeat_interval_secs = 1).await;
+    let client = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    // A one-hour window starting two hours from now: now is outside it.
+    let now = commons_agent::schedule::local_minute();
+    let (start, end) = ((now + 120) % 1440, (now + 180) % 1440);
+    let window = format!(
+        "{:02}:{:02}-{:02}:{:02}",
+        start / 60,
+        start % 60,
+        end / 60,
+        end % 60
+    );
+    let settings = Settings {
+        schedule: vec![window],
+        ..settings_for(Some(&c.url()), None)
+    };
+    settings.validate().unwrap();
+    let mut a = agent::start(
+        settings,
+        Arc::new(FileStore::new(dir.path().join("c.json"))),
+        no_gpu(),
+    );
+    assert_eq!(
+        a.wait_for(Duration::from_secs(10), |s| *s == State::Paused)
+            .await,
+        Some(State::Paused)
+    );
+    let id = a.session.borrow().worker_id.clone();
+    assert!(
+        eventually(5, || async {
+            worker(&client, &c.url(), &id).await.1["status"] == "paused"
+        })
+        .await
+    );
+    // Resuming by hand does not override the schedule.
+    a.send(Command::Resume).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(*a.state.borrow(), State::Paused);
+    a.send(Command::Quit).await;
+    a.join().await.unwrap();
+}

@@ -72,9 +72,15 @@ pub struct AgentHandle {
     pub session: watch::Receiver<Session>,
     commands: mpsc::Sender<Command>,
     task: JoinHandle<anyhow::Result<()>>,
+    progress: Option<mpsc::Receiver<crate::containers::Progress>>,
 }
 
 impl AgentHandle {
+    /// Image pull progress (bytes per layer), for a progress bar; `None` after the first call.
+    pub fn take_progress(&mut self) -> Option<mpsc::Receiver<crate::containers::Progress>> {
+        self.progress.take()
+    }
+
     /// Sends a command.
     pub async fn send(&self, c: Command) -> bool {
         self.commands.send(c).await.is_ok()
@@ -119,6 +125,7 @@ pub fn start(
     let (state_tx, state) = watch::channel(State::Stopped);
     let (session_tx, session) = watch::channel(Session::default());
     let (commands, rx) = mpsc::channel(16);
+    let (progress_tx, progress) = mpsc::channel(256);
     let mut agent = Agent {
         settings,
         creds,
@@ -128,12 +135,14 @@ pub fn start(
         session: session_tx,
         rx,
         paused: false,
+        held: false,
         engine: None,
         desired: Vec::new(),
         containers: Vec::new(),
         gateway: None,
         tunnel: None,
         reported_endpoint: None,
+        progress: progress_tx,
     };
     let task = tokio::spawn(async move { agent.run().await });
     AgentHandle {
@@ -141,6 +150,7 @@ pub fn start(
         session,
         commands,
         task,
+        progress: Some(progress),
     }
 }
 
@@ -153,12 +163,15 @@ struct Agent {
     session: watch::Sender<Session>,
     rx: mpsc::Receiver<Command>,
     paused: bool,
+    /// Held back by the schedule or battery power.
+    held: bool,
     engine: Option<Engine>,
     desired: Vec<ContainerAssignment>,
     containers: Vec<ContainerStatus>,
     gateway: Option<Gateway>,
     tunnel: Option<Tunnel>,
     reported_endpoint: Option<String>,
+    progress: mpsc::Sender<crate::containers::Progress>,
 }
 
 /// The joined coordinator.
@@ -187,10 +200,35 @@ impl Agent {
     }
 
     fn active_state(&self) -> State {
-        if self.paused {
+        if self.paused || self.held {
             State::Paused
         } else {
             State::Active
+        }
+    }
+
+    /// Holds donating back outside the schedule or on battery, and lets it go again.
+    async fn update_hold(&mut self) {
+        let reason = crate::schedule::blocked(
+            &self.settings.windows(),
+            crate::schedule::local_minute(),
+            self.settings.on_ac_power_only,
+            crate::schedule::on_mains(std::path::Path::new("/sys/class/power_supply")),
+        );
+        if reason.is_some() == self.held {
+            return;
+        }
+        self.held = reason.is_some();
+        match reason {
+            Some(r) => {
+                tracing::info!(reason = %r, "holding donations back");
+                self.pause_containers().await;
+            }
+            None if !self.paused => {
+                tracing::info!("donating again");
+                self.reconcile().await;
+            }
+            None => {}
         }
     }
 
@@ -323,7 +361,7 @@ impl Agent {
         let hot = gpus
             .iter()
             .any(|g| g.temperature_c > self.settings.max_gpu_temp_c);
-        let status = if self.paused || hot {
+        let status = if self.paused || self.held || hot {
             ReportedStatus::Paused
         } else if load.cpu > 0.9 {
             ReportedStatus::Busy
@@ -358,19 +396,21 @@ impl Agent {
         let mut beat_failures = 0;
         let reconcile_every = Duration::from_secs(5);
         let mut next_reconcile = Instant::now() + reconcile_every;
-        if !self.paused && self.engine.is_some() && !self.desired.is_empty() {
+        self.update_hold().await;
+        if !self.paused && !self.held && self.engine.is_some() && !self.desired.is_empty() {
             self.set(State::Pulling);
             self.reconcile().await;
         }
         loop {
             let now = Instant::now();
             if now >= next_reconcile {
-                if !self.paused {
+                if !self.paused && !self.held {
                     self.reconcile().await;
                 }
                 next_reconcile = Instant::now() + reconcile_every;
             }
             if now >= next_beat {
+                self.update_hold().await;
                 let (hb, hot) = self.heartbeat_request(&j, &mut sampler);
                 match self
                     .client
@@ -387,11 +427,11 @@ impl Agent {
                             j.version = r.assignment_version;
                             tracing::info!(containers = list.len(), "new assignment");
                             self.desired = list;
-                            if !self.paused {
+                            if !self.paused && !self.held {
                                 self.reconcile().await;
                             }
                         }
-                        self.set(if hot {
+                        self.set(if hot || self.held {
                             State::Paused
                         } else {
                             self.active_state()
@@ -444,7 +484,14 @@ impl Agent {
                 _ = tokio::time::sleep_until(wake.into()) => {}
                 c = self.rx.recv() => match c {
                     Some(Command::Pause) => { self.paused = true; self.pause_containers().await; self.set(State::Paused); next_beat = Instant::now(); }
-                    Some(Command::Resume) => { self.paused = false; self.reconcile().await; self.set(State::Active); next_beat = Instant::now(); }
+                    Some(Command::Resume) => {
+                        self.paused = false;
+                        if !self.held {
+                            self.reconcile().await;
+                        }
+                        self.set(self.active_state());
+                        next_beat = Instant::now();
+                    }
                     Some(Command::Quit) | None => { self.stop(Some(&j)).await?; return Ok(Next::Quit); }
                 },
             }
@@ -488,7 +535,7 @@ impl Agent {
         let Some(engine) = self.engine.as_mut() else {
             return;
         };
-        let result = engine.reconcile(&self.desired, None).await;
+        let result = engine.reconcile(&self.desired, Some(&self.progress)).await;
         if let (Ok(ours), Some(g)) = (engine.ours().await, &self.gateway) {
             g.routes.set(
                 ours.into_iter()

@@ -189,15 +189,14 @@ impl Engine {
             let info = item?;
             if let (Some(tx), Some(layer)) = (progress, info.id.clone()) {
                 let d = info.progress_detail.unwrap_or_default();
-                let _ = tx
-                    .send(Progress {
-                        image: image.into(),
-                        layer,
-                        status: info.status.unwrap_or_default(),
-                        current: d.current.unwrap_or(0).max(0) as u64,
-                        total: d.total.unwrap_or(0).max(0) as u64,
-                    })
-                    .await;
+                // Never wait for a slow reader: a full channel drops the event.
+                let _ = tx.try_send(Progress {
+                    image: image.into(),
+                    layer,
+                    status: info.status.unwrap_or_default(),
+                    current: d.current.unwrap_or(0).max(0) as u64,
+                    total: d.total.unwrap_or(0).max(0) as u64,
+                });
             }
         }
         Ok(())

@@ -129,6 +129,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let probe: Arc<dyn hardware::GpuProbe> = Arc::from(hardware::default_probe());
             let socket = s.control_socket();
             let mut handle = agent::start(s, creds, probe);
+            if let Some(rx) = handle.take_progress() {
+                tokio::spawn(pull_bars(rx));
+            }
             let _control = control::serve(
                 &socket,
                 handle.state.clone(),
@@ -157,6 +160,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             handle.join().await
+        }
+    }
+}
+
+/// One progress bar per image layer while images are pulled (drawn on a terminal only).
+async fn pull_bars(mut rx: tokio::sync::mpsc::Receiver<commons_agent::containers::Progress>) {
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    let multi = MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix:>24} {bar:30} {bytes}/{total_bytes} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let mut bars = std::collections::HashMap::new();
+    while let Some(p) = rx.recv().await {
+        let bar = bars.entry(p.layer.clone()).or_insert_with(|| {
+            let b = multi.add(ProgressBar::new(0));
+            b.set_style(style.clone());
+            b.set_prefix(format!(
+                "{} {}",
+                p.image.rsplit('/').next().unwrap_or(&p.image),
+                p.layer
+            ));
+            b
+        });
+        if p.total > 0 {
+            bar.set_length(p.total);
+            bar.set_position(p.current.min(p.total));
+        }
+        bar.set_message(p.status.clone());
+        if p.status.starts_with("Pull complete") || p.status.starts_with("Already exists") {
+            bar.finish();
         }
     }
 }

@@ -49,6 +49,10 @@ pub struct Settings {
     pub cloudflared: PathBuf,
     /// The named tunnel's public URL.
     pub tunnel_hostname: Option<String>,
+    /// Donate only inside these daily windows, local time, "HH:MM-HH:MM" (wrapping past midnight); empty: always.
+    pub schedule: Vec<String>,
+    /// Donate only on mains power (laptops).
+    pub on_ac_power_only: bool,
 }
 
 impl Default for Settings {
@@ -72,6 +76,8 @@ impl Default for Settings {
             tunnel: "none".into(),
             cloudflared: PathBuf::from("cloudflared"),
             tunnel_hostname: None,
+            schedule: Vec::new(),
+            on_ac_power_only: false,
         }
     }
 }
@@ -175,6 +181,18 @@ impl Settings {
                 message: "must be 1 to 32 letters, digits or '-'".into(),
             });
         }
+        if let Some(bad) = self
+            .schedule
+            .iter()
+            .find(|w| crate::schedule::Window::parse(w).is_none())
+        {
+            return Err(SettingsError::Invalid {
+                key: "schedule",
+                message: format!(
+                    "{bad:?} is not a window; write \"HH:MM-HH:MM\" (00:00 to 24:00, start and end differ)"
+                ),
+            });
+        }
         match self.tunnel.as_str() {
             "none" | "quick" => {}
             "named" => match &self.tunnel_hostname {
@@ -208,6 +226,14 @@ impl Settings {
             allow_gpu: self.allow_gpu,
             instance: self.instance.clone(),
         }
+    }
+
+    /// The schedule windows.
+    pub fn windows(&self) -> Vec<crate::schedule::Window> {
+        self.schedule
+            .iter()
+            .filter_map(|w| crate::schedule::Window::parse(w))
+            .collect()
     }
 
     /// Where the control socket is.
