@@ -136,6 +136,7 @@ pub fn start(
         rx,
         paused: false,
         held: false,
+        idle: crate::idle::X11Idle::default(),
         engine: None,
         desired: Vec::new(),
         containers: Vec::new(),
@@ -163,8 +164,9 @@ struct Agent {
     session: watch::Sender<Session>,
     rx: mpsc::Receiver<Command>,
     paused: bool,
-    /// Held back by the schedule or battery power.
+    /// Held back by the schedule, battery power or a volunteer at the keyboard.
     held: bool,
+    idle: crate::idle::X11Idle,
     engine: Option<Engine>,
     desired: Vec<ContainerAssignment>,
     containers: Vec<ContainerStatus>,
@@ -214,6 +216,11 @@ impl Agent {
             crate::schedule::local_minute(),
             self.settings.on_ac_power_only,
             crate::schedule::on_mains(std::path::Path::new("/sys/class/power_supply")),
+            self.settings.idle_only
+                && crate::idle::in_use(
+                    &self.idle,
+                    Duration::from_secs(u64::from(self.settings.idle_after_minutes) * 60),
+                ),
         );
         if reason.is_some() == self.held {
             return;

@@ -2,7 +2,8 @@
 //! Tauri shell and the headless `commons-agent` binary both use. It never imports a GUI toolkit.
 //!
 //! - [`hardware`]: CPU, memory, disks (sysinfo) and NVIDIA GPUs (NVML behind [`hardware::GpuProbe`]).
-//! - [`settings`]: the volunteer's TOML settings; [`schedule`]: when donating is allowed (windows, mains power).
+//! - [`settings`]: the volunteer's TOML settings; [`schedule`]: when donating is allowed (windows, mains power); [`idle`]: whether the
+//!   volunteer is at the keyboard.
 //! - [`credentials`]: worker id and token in the OS keyring, or a 0600 file for servers.
 //! - [`client`]: the coordinator's worker API.
 //! - [`containers`]: the assigned services in unprivileged, capped, labelled containers (bollard).
@@ -18,6 +19,7 @@ pub mod control;
 pub mod credentials;
 pub mod gateway;
 pub mod hardware;
+pub mod idle;
 pub mod schedule;
 pub mod settings;
 pub mod tunnel;

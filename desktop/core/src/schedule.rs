@@ -32,13 +32,17 @@ impl Window {
     }
 }
 
-/// Why donating is held back now, if it is.
+/// Why donating is held back now, if it is (`in_use`: someone is at the keyboard and `idle_only` is set).
 pub fn blocked(
     windows: &[Window],
     minute_of_day: u16,
     ac_only: bool,
     on_ac: Option<bool>,
+    in_use: bool,
 ) -> Option<String> {
+    if in_use {
+        return Some("the computer is in use".into());
+    }
     if !windows.is_empty() && !windows.iter().any(|w| w.contains(minute_of_day)) {
         return Some("outside the donation schedule".into());
     }
@@ -117,18 +121,26 @@ mod tests {
     #[test]
     fn blocking() {
         let night = [Window::parse("18:00-08:00").unwrap()];
-        assert_eq!(blocked(&[], 600, false, None), None);
+        assert_eq!(blocked(&[], 600, false, None, false), None);
         assert_eq!(
-            blocked(&night, 600, false, None).as_deref(),
+            blocked(&night, 600, false, None, false).as_deref(),
             Some("outside the donation schedule")
         );
-        assert_eq!(blocked(&night, 1200, false, None), None);
+        assert_eq!(blocked(&night, 1200, false, None, false), None);
         assert_eq!(
-            blocked(&[], 600, true, Some(false)).as_deref(),
+            blocked(&[], 600, true, Some(false), false).as_deref(),
             Some("on battery power")
         );
-        assert_eq!(blocked(&[], 600, true, Some(true)), None);
-        assert_eq!(blocked(&[], 600, true, None), None, "no battery: mains");
+        assert_eq!(blocked(&[], 600, true, Some(true), false), None);
+        assert_eq!(
+            blocked(&[], 600, true, None, false),
+            None,
+            "no battery: mains"
+        );
+        assert_eq!(
+            blocked(&[], 600, false, None, true).as_deref(),
+            Some("the computer is in use")
+        );
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub struct Settings {
     pub schedule: Vec<String>,
     /// Donate only on mains power (laptops).
     pub on_ac_power_only: bool,
+    /// Donate only while nobody is using the computer (keyboard and mouse; X11).
+    pub idle_only: bool,
+    /// Minutes without input before the computer counts as idle.
+    pub idle_after_minutes: u32,
 }
 
 impl Default for Settings {
@@ -78,6 +82,8 @@ impl Default for Settings {
             tunnel_hostname: None,
             schedule: Vec::new(),
             on_ac_power_only: false,
+            idle_only: false,
+            idle_after_minutes: 5,
         }
     }
 }
@@ -191,6 +197,12 @@ impl Settings {
                 message: format!(
                     "{bad:?} is not a window; write \"HH:MM-HH:MM\" (00:00 to 24:00, start and end differ)"
                 ),
+            });
+        }
+        if !(1..=240).contains(&self.idle_after_minutes) {
+            return Err(SettingsError::Invalid {
+                key: "idle_after_minutes",
+                message: format!("must be from 1 to 240, got {}", self.idle_after_minutes),
             });
         }
         match self.tunnel.as_str() {
