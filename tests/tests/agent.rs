@@ -421,3 +421,26 @@ async fn outside_the_schedule_the_agent_holds_back() {
     a.send(Command::Quit).await;
     a.join().await.unwrap();
 }
+
+#[tokio::test]
+async fn without_a_container_engine_the_agent_still_joins() {
+    let c = Coordinator::start(|cfg, _| cfg.heartbeat_interval_secs = 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        containers: true,
+        docker_host: Some("unix:///nonexistent/docker.sock".into()),
+        ..settings_for(Some(&c.url()), None)
+    };
+    let mut a = agent::start(
+        settings,
+        Arc::new(FileStore::new(dir.path().join("c.json"))),
+        no_gpu(),
+    );
+    assert_eq!(
+        a.wait_for(Duration::from_secs(10), |s| *s == State::Active)
+            .await,
+        Some(State::Active)
+    );
+    a.send(Command::Quit).await;
+    a.join().await.unwrap();
+}

@@ -18,6 +18,9 @@ fn policy(instance: &str) -> Policy {
         memory_bytes: 64 << 20,
         allow_gpu: false,
         instance: instance.into(),
+        gpus: None,
+        scratch_mb: 32,
+        docker_host: None,
     }
 }
 
@@ -90,6 +93,11 @@ async fn pull_with_progress_then_run_capped_labelled_and_unprivileged() {
     assert_eq!(h.readonly_rootfs, Some(true));
     assert_eq!(h.init, Some(true));
     assert_eq!(h.pids_limit, Some(256));
+    assert_eq!(
+        h.tmpfs.unwrap()["/tmp"],
+        "rw,noexec,nosuid,size=32m",
+        "the disk cap"
+    );
     let binding = &h.port_bindings.unwrap()["8080/tcp"].clone().unwrap()[0];
     assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
     assert!(
@@ -230,6 +238,32 @@ async fn adopts_after_restart_restarts_crashes_pauses_and_never_touches_others()
         )
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn gpu_services_get_only_the_allowed_gpus() {
+    // Create only (no start): this machine has no GPU, and the engine accepts the request at create time.
+    let mut p = policy("t-gpu");
+    p.allow_gpu = true;
+    p.gpus = Some(vec![1]);
+    let e = Engine::connect(p).await.unwrap();
+    e.pull(IMAGE, None).await.unwrap();
+    let mut gpu = service("gpu", &["sleep", "600"]);
+    gpu.requires_gpu = true;
+    // Starting fails without a GPU ("could not select device driver"); the request itself is what we check.
+    let _ = e.create(&gpu).await;
+    let ours = e.ours().await.unwrap();
+    assert_eq!(ours.len(), 1);
+    let c = e
+        .docker()
+        .inspect_container(&ours[0].id, None)
+        .await
+        .unwrap();
+    let req = &c.host_config.unwrap().device_requests.unwrap()[0];
+    assert_eq!(req.device_ids, Some(vec!["1".to_owned()]));
+    assert_eq!(req.capabilities, Some(vec![vec!["gpu".to_owned()]]));
+    let mut e = e;
+    e.remove_all().await.unwrap();
 }
 
 #[tokio::test]

@@ -64,6 +64,12 @@ pub struct Policy {
     pub allow_gpu: bool,
     /// This agent's instance name (several agents can share one engine).
     pub instance: String,
+    /// Which GPUs containers may use (indices); `None`: all.
+    pub gpus: Option<Vec<u32>>,
+    /// Writable scratch space per container (a tmpfs at /tmp; the root is read-only), MiB: the disk cap.
+    pub scratch_mb: u64,
+    /// The engine's socket (`unix:///…`); `None`: `DOCKER_HOST` or the platform default.
+    pub docker_host: Option<String>,
 }
 
 impl Policy {
@@ -135,6 +141,8 @@ fn spec_digest(a: &ContainerAssignment, p: &Policy) -> String {
         a.requires_gpu && p.allow_gpu,
         p.cpu_percent,
         p.memory_bytes,
+        &p.gpus,
+        p.scratch_mb,
     )
         .hash(&mut h);
     format!("{:016x}", h.finish())
@@ -149,8 +157,11 @@ fn free_port() -> std::io::Result<u16> {
 impl Engine {
     /// Connects to the engine at `DOCKER_HOST` (or the platform default) and agrees on an API version.
     pub async fn connect(policy: Policy) -> Result<Self, EngineError> {
-        let docker = Docker::connect_with_local_defaults()
-            .map_err(|e| EngineError::NotRunning(e.to_string()))?;
+        let docker = match &policy.docker_host {
+            Some(host) => Docker::connect_with_socket(host, 120, bollard::API_DEFAULT_VERSION),
+            None => Docker::connect_with_local_defaults(),
+        }
+        .map_err(|e| EngineError::NotRunning(e.to_string()))?;
         let docker = docker
             .negotiate_version()
             .await
@@ -286,7 +297,16 @@ impl Engine {
             cores * 1_000_000_000 * i64::from(self.policy.cpu_percent.clamp(1, 100)) / 100;
         let device_requests = (a.requires_gpu && self.policy.allow_gpu).then(|| {
             vec![DeviceRequest {
-                count: Some(-1),
+                count: if self.policy.gpus.is_some() {
+                    None
+                } else {
+                    Some(-1)
+                },
+                device_ids: self
+                    .policy
+                    .gpus
+                    .as_ref()
+                    .map(|g| g.iter().map(u32::to_string).collect()),
                 capabilities: Some(vec![vec!["gpu".into()]]),
                 ..Default::default()
             }]
@@ -298,7 +318,7 @@ impl Engine {
             readonly_rootfs: Some(true),
             tmpfs: Some(HashMap::from([(
                 "/tmp".into(),
-                "rw,noexec,nosuid,size=64m".into(),
+                format!("rw,noexec,nosuid,size={}m", self.policy.scratch_mb),
             )])),
             init: Some(true),
             memory: Some(self.policy.memory_bytes as i64),
@@ -501,6 +521,9 @@ mod tests {
             memory_bytes: 1 << 30,
             allow_gpu: false,
             instance: "t".into(),
+            gpus: None,
+            scratch_mb: 64,
+            docker_host: None,
         };
         assert!(p.allows("docker.io/library/redis:7.4-alpine"));
         assert!(!p.allows("docker.io/library/redis:latest"));

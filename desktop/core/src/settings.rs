@@ -37,6 +37,12 @@ pub struct Settings {
     pub memory_mb: u64,
     /// Let GPU services use the GPU.
     pub allow_gpu: bool,
+    /// Which GPUs (indices) they may use; unset: all.
+    pub gpus: Option<Vec<u32>>,
+    /// Writable scratch space per container, MiB (the root is read-only): the disk cap.
+    pub scratch_mb: u64,
+    /// The container engine's socket (`unix:///…`); unset: `DOCKER_HOST` or the platform default.
+    pub docker_host: Option<String>,
     /// Name of this agent on the container engine (several agents can share one).
     pub instance: String,
     /// Where the local gateway in front of the containers listens.
@@ -75,6 +81,9 @@ impl Default for Settings {
             cpu_percent: 50,
             memory_mb: 4096,
             allow_gpu: true,
+            gpus: None,
+            scratch_mb: 1024,
+            docker_host: None,
             instance: "default".into(),
             gateway_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             tunnel: "none".into(),
@@ -199,6 +208,12 @@ impl Settings {
                 ),
             });
         }
+        if !(16..=1_048_576).contains(&self.scratch_mb) {
+            return Err(SettingsError::Invalid {
+                key: "scratch_mb",
+                message: format!("must be from 16 to 1048576, got {}", self.scratch_mb),
+            });
+        }
         if !(1..=240).contains(&self.idle_after_minutes) {
             return Err(SettingsError::Invalid {
                 key: "idle_after_minutes",
@@ -237,6 +252,9 @@ impl Settings {
             memory_bytes: self.memory_mb * 1024 * 1024,
             allow_gpu: self.allow_gpu,
             instance: self.instance.clone(),
+            gpus: self.gpus.clone(),
+            scratch_mb: self.scratch_mb,
+            docker_host: self.docker_host.clone(),
         }
     }
 
