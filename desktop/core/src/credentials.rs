@@ -41,25 +41,84 @@ pub trait CredentialStore: Send + Sync + std::fmt::Debug {
     fn clear(&self) -> Result<(), CredentialError>;
 }
 
-/// The OS keyring (kernel keyutils on Linux; Secret Service, Keychain or Credential Manager elsewhere).
+/// The OS keyring. On Linux: the desktop session's Secret Service (GNOME Keyring, KWallet) when a session bus
+/// offers one, else the kernel's keyutils keyring (headless servers); elsewhere the platform's store.
 #[derive(Debug)]
 pub struct KeyringStore {
     service: String,
     user: String,
 }
 
+/// Which keyring a [`KeyringStore`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The Secret Service on the session bus.
+    SecretService,
+    /// The kernel keyutils keyring (or the platform's own store off Linux).
+    Keyutils,
+}
+
 impl KeyringStore {
     /// The agent's entry.
     pub fn new() -> Self {
+        Self::named("commons-agent", "worker")
+    }
+
+    /// Another entry (tests, self-checks).
+    pub fn named(service: &str, user: &str) -> Self {
         Self {
-            service: "commons-agent".into(),
-            user: "worker".into(),
+            service: service.into(),
+            user: user.into(),
         }
     }
 
+    /// The backend this machine offers: the Secret Service when a session bus answers for it, else keyutils.
+    pub fn backend(&self) -> Backend {
+        #[cfg(target_os = "linux")]
+        {
+            if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some()
+                && let Ok(c) = keyring::secret_service::SsCredential::new_with_target(
+                    None,
+                    &self.service,
+                    &self.user,
+                )
+                && matches!(
+                    keyring::Entry::new_with_credential(Box::new(c)).get_password(),
+                    Ok(_) | Err(keyring::Error::NoEntry)
+                )
+            {
+                return Backend::SecretService;
+            }
+        }
+        Backend::Keyutils
+    }
+
     fn entry(&self) -> Result<keyring::Entry, CredentialError> {
-        keyring::Entry::new(&self.service, &self.user)
-            .map_err(|e| CredentialError::Keyring(e.to_string()))
+        let err = |e: keyring::Error| CredentialError::Keyring(e.to_string());
+        #[cfg(target_os = "linux")]
+        {
+            let credential: Box<keyring::credential::Credential> = match self.backend() {
+                Backend::SecretService => Box::new(
+                    keyring::secret_service::SsCredential::new_with_target(
+                        None,
+                        &self.service,
+                        &self.user,
+                    )
+                    .map_err(err)?,
+                ),
+                Backend::Keyutils => Box::new(
+                    keyring::keyutils::KeyutilsCredential::new_with_target(
+                        None,
+                        &self.service,
+                        &self.user,
+                    )
+                    .map_err(err)?,
+                ),
+            };
+            Ok(keyring::Entry::new_with_credential(credential))
+        }
+        #[cfg(not(target_os = "linux"))]
+        keyring::Entry::new(&self.service, &self.user).map_err(err)
     }
 }
 
@@ -234,10 +293,7 @@ mod tests {
     fn keyring_round_trips_or_says_what_to_do() {
         // The kernel keyring works in a fresh session (`keyctl session -`); elsewhere it must fail clearly,
         // never fall back to a file.
-        let store = KeyringStore {
-            service: "commons-agent-test".into(),
-            user: format!("t{}", std::process::id()),
-        };
+        let store = KeyringStore::named("commons-agent-test", &format!("t{}", std::process::id()));
         match store.save(&creds()) {
             Ok(()) => {
                 assert_eq!(store.load().unwrap(), Some(creds()));

@@ -60,6 +60,8 @@ enum Cmd {
     Resume,
     /// Stop the running agent: unregister and exit.
     Quit,
+    /// Check that the OS keyring keeps a secret (writes, reads and deletes a test entry).
+    KeyringCheck,
 }
 
 fn settings(cli: &Cli) -> anyhow::Result<Settings> {
@@ -81,6 +83,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", hardware::table(&d));
             }
+            Ok(())
+        }
+        Cmd::KeyringCheck => {
+            use commons_agent::credentials::Credentials;
+            let store = KeyringStore::named(
+                "commons-agent-check",
+                &format!("check-{}", std::process::id()),
+            );
+            let backend = store.backend();
+            let probe = Credentials {
+                worker_id: "check".into(),
+                worker_token: "check".into(),
+                coordinator_url: "http://127.0.0.1:1".into(),
+            };
+            store.save(&probe)?;
+            anyhow::ensure!(
+                store.load()? == Some(probe),
+                "the keyring returned something else than was stored"
+            );
+            store.clear()?;
+            println!("keyring ok: {backend:?}");
             Ok(())
         }
         Cmd::Status => {

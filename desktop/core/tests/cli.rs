@@ -137,3 +137,55 @@ async fn sigterm_is_a_graceful_quit() {
     assert!(!sock.exists(), "control socket removed");
     server.shutdown().await.unwrap();
 }
+
+fn keyring_check(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().expect("run the keyring check");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn keyring_backends_keep_secrets_or_say_what_to_do() {
+    // Kernel keyutils in a fresh session keyring (how a headless server runs it).
+    let (ok, text) = keyring_check(
+        Command::new("keyctl")
+            .args(["session", "-", BIN, "keyring-check"])
+            .env_remove("DBUS_SESSION_BUS_ADDRESS"),
+    );
+    assert!(ok && text.contains("keyring ok: Keyutils"), "{text}");
+
+    // A desktop session: a session bus with GNOME Keyring's Secret Service.
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let script = format!(
+        "echo '' | gnome-keyring-daemon --unlock --components=secrets >/dev/null 2>&1; exec {BIN} keyring-check"
+    );
+    let (ok, text) = keyring_check(
+        Command::new("dbus-run-session")
+            .args(["--", "sh", "-c", &script])
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path().join("data"))
+            .env("XDG_RUNTIME_DIR", &run),
+    );
+    assert!(ok && text.contains("keyring ok: SecretService"), "{text}");
+
+    // Whatever this sandbox's own session keyring does, it either keeps the secret or says what to do instead.
+    let (ok, text) = keyring_check(
+        Command::new(BIN)
+            .arg("keyring-check")
+            .env_remove("DBUS_SESSION_BUS_ADDRESS"),
+    );
+    assert!(ok || text.contains("--credentials-file"), "{text}");
+}
