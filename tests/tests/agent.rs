@@ -288,9 +288,9 @@ async fn the_control_socket_drives_a_running_agent() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn assigned_services_run_as_containers_through_pause_resume_and_quit() {
-    let c = Coordinator::start(|cfg, dir| {
+/// A coordinator whose only service is the tiny busybox image from the loopback registry.
+async fn tiny_coordinator() -> Coordinator {
+    Coordinator::start(|cfg, dir| {
         let path = dir.join("catalogue.toml");
         let names: Vec<String> =
             commons_shared::catalogue::Catalogue::builtin().services().iter().map(|s| format!("{:?}", s.name)).collect();
@@ -305,18 +305,58 @@ async fn assigned_services_run_as_containers_through_pause_resume_and_quit() {
         cfg.catalogue = Some(path);
         cfg.heartbeat_interval_secs = 1;
     })
-    .await;
-    let client = reqwest::Client::new();
-    let dir = tempfile::tempdir().unwrap();
-    let instance = format!("agent-e2e-{}", std::process::id());
-    let settings = Settings {
+    .await
+}
+
+fn container_settings(c: &Coordinator, instance: &str) -> Settings {
+    Settings {
         coordinator_url: Some(c.url()),
         containers: true,
         allowed_images: Some(vec!["127.0.0.1:5000/".into()]),
         memory_mb: 64,
-        instance: instance.clone(),
+        instance: instance.into(),
         ..Settings::default()
-    };
+    }
+}
+
+#[tokio::test]
+async fn after_a_crash_the_restarted_agent_adopts_its_containers() {
+    let c = tiny_coordinator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let instance = format!("agent-crash-{}", std::process::id());
+    let creds = Arc::new(FileStore::new(dir.path().join("c.json")));
+    let mut a = agent::start(container_settings(&c, &instance), creds.clone(), no_gpu());
+    a.wait_for(Duration::from_secs(30), |s| *s == State::Active)
+        .await
+        .expect("active");
+    let engine =
+        commons_agent::containers::Engine::connect(container_settings(&c, &instance).policy())
+            .await
+            .unwrap();
+    let before = engine.ours().await.unwrap();
+    assert_eq!(before.len(), 1);
+    a.abort().await; // as kill -9 would: nothing stopped, nothing unregistered
+    let mut b = agent::start(container_settings(&c, &instance), creds, no_gpu());
+    b.wait_for(Duration::from_secs(30), |s| *s == State::Active)
+        .await
+        .expect("active again");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = engine.ours().await.unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].id, before[0].id, "adopted, not recreated");
+    assert!(after[0].running);
+    b.send(Command::Quit).await;
+    b.join().await.unwrap();
+    assert!(engine.ours().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn assigned_services_run_as_containers_through_pause_resume_and_quit() {
+    let c = tiny_coordinator().await;
+    let client = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = format!("agent-e2e-{}", std::process::id());
+    let settings = container_settings(&c, &instance);
     let policy = settings.policy();
     let started = Instant::now();
     let mut a = agent::start(

@@ -138,7 +138,7 @@ pub fn start(
         held: false,
         idle: crate::idle::X11Idle::default(),
         engine: None,
-        desired: Vec::new(),
+        desired: None,
         containers: Vec::new(),
         gateway: None,
         tunnel: None,
@@ -168,7 +168,9 @@ struct Agent {
     held: bool,
     idle: crate::idle::X11Idle,
     engine: Option<Engine>,
-    desired: Vec<ContainerAssignment>,
+    /// The assignment; `None` until the coordinator has said it (after a restart, until the first heartbeat):
+    /// reconciling against nothing would remove what should be adopted.
+    desired: Option<Vec<ContainerAssignment>>,
     containers: Vec<ContainerStatus>,
     gateway: Option<Gateway>,
     tunnel: Option<Tunnel>,
@@ -353,7 +355,7 @@ impl Agent {
             s.registrations += 1;
         });
         tracing::info!(worker = %creds.worker_id, coordinator = %creds.coordinator_url, tier = r.tier.number(), "joined");
-        self.desired = r.assigned_containers.clone();
+        self.desired = Some(r.assigned_containers.clone());
         self.reported_endpoint = r.endpoint.clone();
         Joined {
             creds,
@@ -404,7 +406,11 @@ impl Agent {
         let reconcile_every = Duration::from_secs(5);
         let mut next_reconcile = Instant::now() + reconcile_every;
         self.update_hold().await;
-        if !self.paused && !self.held && self.engine.is_some() && !self.desired.is_empty() {
+        if !self.paused
+            && !self.held
+            && self.engine.is_some()
+            && self.desired.as_ref().is_some_and(|d| !d.is_empty())
+        {
             self.set(State::Pulling);
             self.reconcile().await;
         }
@@ -433,7 +439,7 @@ impl Agent {
                         if let Some(list) = r.assigned_containers {
                             j.version = r.assignment_version;
                             tracing::info!(containers = list.len(), "new assignment");
-                            self.desired = list;
+                            self.desired = Some(list);
                             if !self.paused && !self.held {
                                 self.reconcile().await;
                             }
@@ -539,10 +545,10 @@ impl Agent {
 
     /// Makes the containers match the assignment; their states go into the next heartbeat.
     async fn reconcile(&mut self) {
-        let Some(engine) = self.engine.as_mut() else {
+        let (Some(engine), Some(desired)) = (self.engine.as_mut(), self.desired.as_ref()) else {
             return;
         };
-        let result = engine.reconcile(&self.desired, Some(&self.progress)).await;
+        let result = engine.reconcile(desired, Some(&self.progress)).await;
         if let (Ok(ours), Some(g)) = (engine.ours().await, &self.gateway) {
             g.routes.set(
                 ours.into_iter()
@@ -558,6 +564,7 @@ impl Agent {
                 self.containers = self
                     .desired
                     .iter()
+                    .flatten()
                     .map(|a| ContainerStatus {
                         name: a.name.clone(),
                         state: ContainerState::Failed,
