@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use clap::{ArgAction, Parser};
 use commons_coordinator::Server;
 use commons_coordinator::config::{Config, Secret};
-use tracing_subscriber::EnvFilter;
 
 /// The Commons coordinator: worker registry, assignment, heartbeats, routing and admin API.
 ///
@@ -107,19 +106,8 @@ impl Cli {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("commons-coordinator: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    commons_server::init_tracing("info");
+    commons_server::exit("commons-coordinator", run(Cli::parse()).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use clap::Parser;
 use commons_edge::Server;
 use commons_edge::config::{Config, Secret};
-use tracing_subscriber::EnvFilter;
 
 /// The Commons edge router: registry of coordinators, DHT bootstrap, routing to coordinators.
 ///
@@ -63,19 +62,8 @@ impl Cli {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("commons-edge: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    commons_server::init_tracing("info");
+    commons_server::exit("commons-edge", run(Cli::parse()).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

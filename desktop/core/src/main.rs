@@ -4,7 +4,6 @@
 //! `resume` and `quit` talk to the running agent over its control socket.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
@@ -13,7 +12,6 @@ use commons_agent::control;
 use commons_agent::credentials::{CredentialStore, FileStore, KeyringStore};
 use commons_agent::hardware;
 use commons_agent::settings::Settings;
-use tracing_subscriber::EnvFilter;
 
 /// The Commons volunteer agent (headless).
 #[derive(Debug, Parser)]
@@ -165,7 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("commons-agent running; control socket {}", socket.display());
             let commands = handle.commands();
             tokio::spawn(async move {
-                commons_server_signal().await;
+                commons_server::shutdown_signal().await;
                 let _ = commands.send(Command::Quit).await;
             });
             let mut last = State::Stopped;
@@ -216,34 +214,8 @@ async fn pull_bars(mut rx: tokio::sync::mpsc::Receiver<commons_agent::containers
     }
 }
 
-async fn commons_server_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-}
-
 #[tokio::main]
-async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("commons-agent: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+async fn main() -> std::process::ExitCode {
+    commons_server::init_tracing("warn");
+    commons_server::exit("commons-agent", run(Cli::parse()).await)
 }
