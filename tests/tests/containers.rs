@@ -194,7 +194,7 @@ async fn adopts_after_restart_restarts_crashes_pauses_and_never_touches_others()
     assert_eq!(before, after, "adopted, not recreated");
 
     // The crasher exits after 1 s; reconcile restarts it.
-    tokio::time::sleep(Duration::from_millis(1800)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     let s = e2.reconcile(&desired, None).await.unwrap();
     let crasher = s.iter().find(|c| c.name == "commons-crasher").unwrap();
     assert_eq!(crasher.state, ContainerState::Restarting);
