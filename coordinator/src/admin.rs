@@ -60,8 +60,8 @@ impl axum::extract::FromRequestParts<AppState> for Admin {
 
 fn summary(state: &AppState, w: &Worker, now: Instant) -> WorkerSummary {
     let live = w.live.lock();
-    let requests = w.requests.load(Ordering::Relaxed);
-    let errors = w.errors.load(Ordering::Relaxed);
+    let requests = w.stats.requests();
+    let errors = w.stats.errors();
     WorkerSummary {
         worker_id: w.id,
         tier: w.tier,
@@ -72,7 +72,7 @@ fn summary(state: &AppState, w: &Worker, now: Instant) -> WorkerSummary {
         tasks_completed: requests - errors.min(requests),
         requests,
         errors,
-        latency_ms: w.latency_ms(),
+        latency_ms: w.stats.latency_ms(),
         services: state.service_names(&live.services),
         assigned_containers: state.containers(&live.services),
         containers: live.containers.clone(),
@@ -204,10 +204,7 @@ pub(crate) fn snapshot(state: &AppState) -> (Stats, ByTier<bool>) {
         let status = live.status(now, state.liveness);
         s.total_workers += 1;
         *s.workers_by_status.get_mut(status) += 1;
-        s.total_tasks_completed += w
-            .requests
-            .load(Ordering::Relaxed)
-            .saturating_sub(w.errors.load(Ordering::Relaxed));
+        s.total_tasks_completed += w.stats.requests().saturating_sub(w.stats.errors());
         if status == WorkerStatus::Healthy {
             s.healthy_workers += 1;
         }

@@ -72,12 +72,7 @@ fn pick(
                 live.endpoint.clone(),
             )
         };
-        let weight = route_weight(
-            status,
-            load,
-            w.latency_ms(),
-            w.in_flight.load(Ordering::Relaxed),
-        );
+        let weight = route_weight(status, load, w.stats.latency_ms(), w.stats.in_flight());
         if weight > 0.0
             && let Some(t) = target(&w, endpoint.as_deref(), &spec.name, spec.port, rest, query)
         {
@@ -140,12 +135,12 @@ async fn route(
         };
         match forward::connect(&t.authority, connect_timeout).await {
             Ok(stream) => {
-                w.in_flight.fetch_add(1, Ordering::Relaxed);
+                let in_flight = w.stats.start();
                 let timeout = Duration::from_secs(state.config.proxy_timeout_secs);
                 let result = forward::send(stream, &t, req, client, timeout).await;
-                w.in_flight.fetch_sub(1, Ordering::Relaxed);
+                drop(in_flight);
                 let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
-                w.record(ok, start.elapsed());
+                w.stats.record(ok, start.elapsed());
                 state
                     .metrics
                     .route_latency
@@ -160,7 +155,7 @@ async fn route(
                 tracing::warn!(worker = %w.id, error = %e, "cannot connect to worker; trying another")
             }
         }
-        w.record(false, start.elapsed());
+        w.stats.record(false, start.elapsed());
         tried.push(w.id);
     }
     state.errors_total.fetch_add(1, Ordering::Relaxed);
@@ -204,10 +199,7 @@ mod tests {
                 endpoint: endpoint.map(Into::into),
                 dirty: false,
             }),
-            requests: Default::default(),
-            errors: Default::default(),
-            in_flight: Default::default(),
-            latency_us: Default::default(),
+            stats: Default::default(),
         }
     }
 

@@ -2,7 +2,6 @@
 //! registers again when the edge no longer knows it, and deregisters on shutdown.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use commons_shared::edge::{
@@ -23,8 +22,8 @@ pub fn figures(state: &AppState) -> CoordinatorFigures {
             workers += 1;
             load += live.load;
         }
-        queue += w.in_flight.load(Ordering::Relaxed);
-        let l = w.latency_ms();
+        queue += w.stats.in_flight();
+        let l = w.stats.latency_ms();
         if l > 0.0 {
             latency += l;
             with_latency += 1;

@@ -5,7 +5,6 @@
 //! ([`Instant`]) at read time, so no sweep has to run for a worker to count as stale.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use commons_shared::WorkerId;
@@ -14,6 +13,8 @@ use commons_shared::caps::Capabilities;
 use commons_shared::tier::Tier;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
+
+use commons_server::stats::RequestStats;
 
 use crate::auth::TokenHash;
 
@@ -40,14 +41,8 @@ pub struct Worker {
     pub registered_at_ms: i64,
     /// What heartbeats change.
     pub live: Mutex<Live>,
-    /// Requests routed to it.
-    pub requests: AtomicU64,
-    /// Of which failed.
-    pub errors: AtomicU64,
-    /// Requests waiting for its answer now.
-    pub in_flight: AtomicU32,
-    /// Moving average of its latency, µs.
-    pub latency_us: AtomicU64,
+    /// Requests routed to it: counts, in flight, latency.
+    pub stats: RequestStats,
 }
 
 /// The changing part of a worker.
@@ -99,30 +94,6 @@ impl Live {
         } else {
             self.reported.into()
         }
-    }
-}
-
-impl Worker {
-    /// Latency moving average, ms.
-    pub fn latency_ms(&self) -> f64 {
-        self.latency_us.load(Ordering::Relaxed) as f64 / 1000.0
-    }
-
-    /// Records one routed request's outcome.
-    pub fn record(&self, ok: bool, latency: Duration) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        if !ok {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        let sample = latency.as_micros().min(u128::from(u64::MAX)) as u64;
-        // EWMA with alpha = 1/5; a lost update under a race only delays convergence.
-        let old = self.latency_us.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            sample
-        } else {
-            old - old / 5 + sample / 5
-        };
-        self.latency_us.store(new, Ordering::Relaxed);
     }
 }
 

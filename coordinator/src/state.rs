@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use commons_shared::WorkerId;
@@ -15,6 +15,8 @@ use commons_shared::catalogue::Catalogue;
 use commons_shared::tier::{Tier, classify};
 use parking_lot::Mutex;
 use rand::RngCore;
+
+use commons_server::stats::RequestStats;
 
 use crate::auth::{self, AdminGate, NamedToken, RateLimit, TokenSet};
 use crate::config::Config;
@@ -353,10 +355,7 @@ impl AppState {
                 endpoint: endpoint.clone().map(Into::into),
                 dirty: false,
             }),
-            requests: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            in_flight: Default::default(),
-            latency_us: AtomicU64::new(0),
+            stats: RequestStats::default(),
         };
         self.registry.insert(Arc::new(worker));
         self.metrics.registrations.increment(1);
@@ -495,8 +494,8 @@ impl AppState {
                         containers: &live.containers,
                     })
                     .unwrap_or_else(|_| "{}".into()),
-                    requests: w.requests.load(Ordering::Relaxed) as i64,
-                    errors: w.errors.load(Ordering::Relaxed) as i64,
+                    requests: w.stats.requests() as i64,
+                    errors: w.stats.errors() as i64,
                 });
             }
             if rows.len() == CHUNK {
@@ -692,9 +691,9 @@ fn worker_from_row(
             endpoint: row.endpoint.map(Into::into),
             dirty: false,
         }),
-        requests: AtomicU64::new(row.live.requests.max(0) as u64),
-        errors: AtomicU64::new(row.live.errors.max(0) as u64),
-        in_flight: Default::default(),
-        latency_us: AtomicU64::new(0),
+        stats: RequestStats::with_counts(
+            row.live.requests.max(0) as u64,
+            row.live.errors.max(0) as u64,
+        ),
     })
 }

@@ -3,11 +3,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use commons_server::auth::{AdminGate, NamedToken, RateLimit, TokenSet};
 use commons_server::error::{ApiError, ApiResult};
+use commons_server::stats::RequestStats;
 use commons_server::{now_ms, rfc3339};
 use commons_shared::api::WorkerStatus;
 use commons_shared::edge::{
@@ -41,12 +41,8 @@ pub struct Coordinator {
     pub registered_at_ms: i64,
     /// What heartbeats change.
     pub live: Mutex<CoordLive>,
-    /// Requests forwarded to it.
-    pub forwarded: AtomicU64,
-    /// Of which failed.
-    pub errors: AtomicU64,
-    /// Forwarding latency EWMA, µs.
-    pub latency_us: AtomicU64,
+    /// Requests forwarded to it: counts and latency.
+    pub stats: RequestStats,
 }
 
 /// The changing part of a coordinator.
@@ -78,8 +74,7 @@ impl Coordinator {
         {
             return 0.0;
         }
-        let latency =
-            (self.latency_us.load(Ordering::Relaxed) as f64 / 1000.0).max(live.figures.latency_ms);
+        let latency = self.stats.latency_ms().max(live.figures.latency_ms);
         let w = route_weight(
             WorkerStatus::Healthy,
             live.figures.load,
@@ -94,23 +89,10 @@ impl Coordinator {
 
     /// Records a forward's outcome; a connection failure makes it suspect for `suspect`.
     pub fn record(&self, ok: bool, latency: Duration, suspect: Option<Duration>) {
-        self.forwarded.fetch_add(1, Ordering::Relaxed);
-        if !ok {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
+        self.stats.record(ok, latency);
         if let Some(d) = suspect {
             self.live.lock().suspect_until = Some(Instant::now() + d);
         }
-        let sample = latency.as_micros().min(u128::from(u64::MAX)) as u64;
-        let old = self.latency_us.load(Ordering::Relaxed);
-        self.latency_us.store(
-            if old == 0 {
-                sample
-            } else {
-                old - old / 5 + sample / 5
-            },
-            Ordering::Relaxed,
-        );
     }
 
     /// The admin view.
@@ -125,8 +107,8 @@ impl Coordinator {
             capacity: self.capacity,
             figures: live.figures,
             healthy: live.suspect_until.is_none_or(|t| now >= t),
-            forwarded: self.forwarded.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
+            forwarded: self.stats.requests(),
+            errors: self.stats.errors(),
             last_seen: rfc3339(live.last_seen_ms),
             registered_at: rfc3339(self.registered_at_ms),
         }
@@ -217,9 +199,7 @@ impl EdgeState {
                 capacity: row.capacity,
                 key_id: row.key_id,
                 registered_at_ms: row.registered_at_ms,
-                forwarded: AtomicU64::new(0),
-                errors: AtomicU64::new(0),
-                latency_us: AtomicU64::new(0),
+                stats: RequestStats::default(),
             };
             coordinators.insert(c.id.clone(), Arc::new(c));
         }
@@ -354,9 +334,7 @@ impl EdgeState {
                 last_seen_ms: now_wall,
                 suspect_until: None,
             }),
-            forwarded: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            latency_us: AtomicU64::new(0),
+            stats: RequestStats::default(),
         };
         self.coordinators.write().insert(id.clone(), Arc::new(c));
         tracing::info!(coordinator = %id, "coordinator registered");

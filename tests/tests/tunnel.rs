@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use commons_agent::agent::{self, Command, State};
@@ -120,8 +119,8 @@ async fn the_gateway_forwards_to_the_service_and_counts() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    assert_eq!(g.routes.requests.load(Ordering::Relaxed), 1);
-    assert!(g.routes.latency_us.load(Ordering::Relaxed) > 0);
+    assert_eq!(g.routes.stats.requests(), 1);
+    assert!(g.routes.stats.latency_ms() > 0.0);
 }
 
 #[tokio::test]

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -16,6 +15,7 @@ use axum::routing::any;
 use commons_server::error::ApiError;
 use commons_server::extract::ClientIp;
 use commons_server::forward::{self, Target};
+use commons_server::stats::RequestStats;
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -24,14 +24,8 @@ use tokio::task::JoinHandle;
 #[derive(Debug, Default)]
 pub struct Routes {
     ports: RwLock<HashMap<String, u16>>,
-    /// Requests served.
-    pub requests: AtomicU64,
-    /// Of which failed.
-    pub errors: AtomicU64,
-    /// In flight now.
-    pub in_flight: AtomicU32,
-    /// Latency moving average, µs.
-    pub latency_us: AtomicU64,
+    /// Requests served: counts, in flight, latency.
+    pub stats: RequestStats,
 }
 
 impl Routes {
@@ -45,26 +39,9 @@ impl Routes {
         self.ports.read().get(service).copied()
     }
 
-    fn record(&self, ok: bool, latency: Duration) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        if !ok {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        let sample = latency.as_micros().min(u128::from(u64::MAX)) as u64;
-        let old = self.latency_us.load(Ordering::Relaxed);
-        self.latency_us.store(
-            if old == 0 {
-                sample
-            } else {
-                old - old / 5 + sample / 5
-            },
-            Ordering::Relaxed,
-        );
-    }
-
     /// The share of capacity busy with requests: 8 in flight is full.
     pub fn load(&self) -> f64 {
-        (f64::from(self.in_flight.load(Ordering::Relaxed)) / 8.0).min(1.0)
+        (f64::from(self.stats.in_flight()) / 8.0).min(1.0)
     }
 }
 
@@ -88,15 +65,15 @@ async fn forward_to(
         path_and_query: path,
     };
     let start = Instant::now();
-    routes.in_flight.fetch_add(1, Ordering::Relaxed);
+    let in_flight = routes.stats.start();
     let result = match forward::connect(&target.authority, Duration::from_secs(2)).await {
         Ok(stream) => forward::send(stream, &target, req, client, Duration::from_secs(300)).await,
         Err(e) => Err(ApiError::BadGateway(format!(
             "the {service} container is not answering: {e}"
         ))),
     };
-    routes.in_flight.fetch_sub(1, Ordering::Relaxed);
-    routes.record(
+    drop(in_flight);
+    routes.stats.record(
         matches!(&result, Ok(r) if !r.status().is_server_error()),
         start.elapsed(),
     );

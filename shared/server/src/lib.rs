@@ -11,6 +11,7 @@ pub mod extract;
 pub mod forward;
 pub mod metrics;
 pub mod serve;
+pub mod stats;
 
 use axum::Json;
 use axum::Router;
