@@ -47,6 +47,8 @@ pub trait CredentialStore: Send + Sync + std::fmt::Debug {
 pub struct KeyringStore {
     service: String,
     user: String,
+    /// Chosen on first use: probing the session bus for every read and write would ask it again each time.
+    backend: std::sync::OnceLock<Backend>,
 }
 
 /// Which keyring a [`KeyringStore`] uses.
@@ -69,11 +71,16 @@ impl KeyringStore {
         Self {
             service: service.into(),
             user: user.into(),
+            backend: std::sync::OnceLock::new(),
         }
     }
 
     /// The backend this machine offers: the Secret Service when a session bus answers for it, else keyutils.
     pub fn backend(&self) -> Backend {
+        *self.backend.get_or_init(|| self.probe_backend())
+    }
+
+    fn probe_backend(&self) -> Backend {
         #[cfg(target_os = "linux")]
         {
             if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some()
