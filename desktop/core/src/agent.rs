@@ -291,12 +291,17 @@ impl Agent {
         }
     }
 
-    fn register_request(&self) -> RegisterRequest {
-        let d = hardware::detect(self.probe.as_ref());
-        let mut caps = d.capabilities;
+    /// This machine's capabilities, detected once per join (not on every retry).
+    fn capabilities(&self) -> commons_shared::caps::Capabilities {
+        let mut caps = hardware::detect(self.probe.as_ref()).capabilities;
         caps.region = self.settings.region.clone().unwrap_or_default();
+        caps
+    }
+
+    fn register_request(&self, caps: &commons_shared::caps::Capabilities) -> RegisterRequest {
         RegisterRequest {
-            capabilities: caps,
+            capabilities: caps.clone(),
+            // The tunnel's address can change between attempts: read it each time.
             endpoint: self.endpoint(),
             enrollment_token: self.settings.enrollment_token.clone(),
             ..Default::default()
@@ -312,8 +317,9 @@ impl Agent {
             self.settings.entry_url().to_owned()
         };
         let mut backoff = Duration::from_millis(250);
+        let caps = self.capabilities();
         loop {
-            let req = self.register_request();
+            let req = self.register_request(&caps);
             match self.client.register(&entry, &req).await {
                 Ok(r) => return Some(self.joined(r)),
                 Err(e) => {
