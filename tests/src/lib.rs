@@ -56,6 +56,24 @@ impl Coordinator {
         Self { server, dir }
     }
 
+    /// Starts one that registers with `edge` using `key` and heartbeats it every `heartbeat_ms`; `tune` adjusts
+    /// the rest of the test configuration.
+    pub async fn federated(
+        edge: &Edge,
+        key: &str,
+        heartbeat_ms: u64,
+        tune: impl FnOnce(&mut Config, &std::path::Path),
+    ) -> Self {
+        let (url, key) = (edge.url(), key.to_owned());
+        Self::start(move |c, dir| {
+            c.edge_url = Some(url);
+            c.federation_key = Some(commons_coordinator::config::Secret(key));
+            c.edge_heartbeat_interval_ms = heartbeat_ms;
+            tune(c, dir);
+        })
+        .await
+    }
+
     /// Base URL.
     pub fn url(&self) -> String {
         self.server.url()
@@ -107,6 +125,13 @@ impl Edge {
             .await
             .unwrap();
         r["key"].as_str().unwrap().to_owned()
+    }
+
+    /// How many coordinators the edge knows.
+    pub async fn coordinator_count(&self, client: &reqwest::Client) -> u64 {
+        self.admin(client, "/api/admin/coordinators").await["total"]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     /// An admin GET.

@@ -7,7 +7,6 @@ use commons_agent::agent::{self, Command, State};
 use commons_agent::credentials::{CredentialStore, FileStore};
 use commons_agent::hardware::{GpuReading, RecordedProbe};
 use commons_agent::settings::Settings;
-use commons_coordinator::config::Secret;
 use commons_coordinator::server::test_utils::ADMIN_TOKEN;
 use commons_tests::{Coordinator, Edge, eventually};
 use serde_json::Value;
@@ -148,22 +147,9 @@ async fn failover_to_another_coordinator_through_the_edge_within_ten_seconds() {
     let key = edge.federation_key(&client, "pool").await;
     let mut coords = Vec::new();
     for _ in 0..2 {
-        let (url, key) = (edge.url(), key.clone());
-        coords.push(
-            Coordinator::start(move |cfg, _| {
-                cfg.edge_url = Some(url);
-                cfg.federation_key = Some(Secret(key));
-                cfg.edge_heartbeat_interval_ms = 200;
-            })
-            .await,
-        );
+        coords.push(Coordinator::federated(&edge, &key, 200, |_, _| {}).await);
     }
-    assert!(
-        eventually(5, || async {
-            edge.admin(&client, "/api/admin/coordinators").await["total"] == 2
-        })
-        .await
-    );
+    assert!(eventually(5, || async { edge.coordinator_count(&client).await == 2 }).await);
     let dir = tempfile::tempdir().unwrap();
     // Default settings (probe every 3 s, the coordinator's 30 s heartbeat interval), joining through the edge.
     let mut a = agent::start(

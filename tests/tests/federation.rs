@@ -2,26 +2,19 @@
 
 use std::time::Duration;
 
-use commons_coordinator::config::Secret;
 use commons_coordinator::server::test_utils::ADMIN_TOKEN as COORD_ADMIN;
 use commons_tests::{Coordinator, Edge, WorkerServer, catalogue_only, eventually};
 use serde_json::{Value, json};
 
 async fn coordinator(edge: &Edge, key: &str, heartbeat_ms: u64) -> Coordinator {
-    let (url, key) = (edge.url(), key.to_owned());
-    Coordinator::start(move |c, dir| {
-        c.catalogue = Some(catalogue_only(dir, &[("echo", 3)]));
-        c.edge_url = Some(url);
-        c.federation_key = Some(Secret(key));
-        c.edge_heartbeat_interval_ms = heartbeat_ms;
+    Coordinator::federated(edge, key, heartbeat_ms, |c, dir| {
+        c.catalogue = Some(catalogue_only(dir, &[("echo", 3)]))
     })
     .await
 }
 
 async fn coordinator_count(edge: &Edge, client: &reqwest::Client) -> u64 {
-    edge.admin(client, "/api/admin/coordinators").await["total"]
-        .as_u64()
-        .unwrap()
+    edge.coordinator_count(client).await
 }
 
 fn worker_body(endpoint: &str) -> Value {

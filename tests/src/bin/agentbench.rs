@@ -19,7 +19,6 @@ use clap::Parser;
 use commons_agent::agent::{self, State};
 use commons_agent::credentials::FileStore;
 use commons_agent::settings::Settings;
-use commons_coordinator::config::Secret;
 use commons_tests::{Coordinator, Edge, eventually};
 
 /// Measures the agent.
@@ -147,22 +146,9 @@ async fn main() -> Result<()> {
     let key = edge.federation_key(&client, "bench").await;
     let mut coords = Vec::new();
     for _ in 0..2 {
-        let (url, key) = (edge.url(), key.clone());
-        coords.push(
-            Coordinator::start(move |cfg, _| {
-                cfg.edge_url = Some(url);
-                cfg.federation_key = Some(Secret(key));
-                cfg.edge_heartbeat_interval_ms = 500;
-            })
-            .await,
-        );
+        coords.push(Coordinator::federated(&edge, &key, 500, |_, _| {}).await);
     }
-    anyhow::ensure!(
-        eventually(10, || async {
-            edge.admin(&client, "/api/admin/coordinators").await["total"] == 2
-        })
-        .await
-    );
+    anyhow::ensure!(eventually(10, || async { edge.coordinator_count(&client).await == 2 }).await);
     let settings = Settings {
         edge_url: edge.url(),
         containers: false,

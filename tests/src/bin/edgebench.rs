@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use commons_coordinator::config::Secret;
 use commons_tests::{Coordinator, Edge, WorkerServer, catalogue_only, eventually};
 use serde_json::{Value, json};
 
@@ -65,13 +64,9 @@ async fn main() -> Result<()> {
     let key = edge.federation_key(&client, "bench").await;
     let mut coords = Vec::new();
     for _ in 0..2 {
-        let (url, key) = (edge.url(), key.clone());
         coords.push(
-            Coordinator::start(move |c, dir| {
+            Coordinator::federated(&edge, &key, edge_interval_ms, |c, dir| {
                 c.catalogue = Some(catalogue_only(dir, &[("echo", 50)]));
-                c.edge_url = Some(url);
-                c.federation_key = Some(Secret(key));
-                c.edge_heartbeat_interval_ms = edge_interval_ms;
                 c.heartbeat_interval_secs = 30;
                 c.stale_after_secs = 90;
             })
