@@ -49,6 +49,14 @@ fn target(
     })
 }
 
+/// Whether a worker can be reached at all: an http endpoint, or (legacy) an address.
+fn reachable(w: &Worker, endpoint: Option<&str>) -> bool {
+    match endpoint {
+        Some(e) => e.starts_with("http://"),
+        None => w.ip_address.is_some(),
+    }
+}
+
 fn pick(
     state: &AppState,
     service: usize,
@@ -64,24 +72,29 @@ fn pick(
         if skip.contains(&w.id) {
             continue;
         }
-        let (status, load, endpoint) = {
+        let (status, load) = {
             let live = w.live.lock();
-            (
-                live.status(now, state.liveness),
-                live.load,
-                live.endpoint.clone(),
-            )
+            if !reachable(&w, live.endpoint.as_deref()) {
+                continue;
+            }
+            (live.status(now, state.liveness), live.load)
         };
         let weight = route_weight(status, load, w.stats.latency_ms(), w.stats.in_flight());
-        if weight > 0.0
-            && let Some(t) = target(&w, endpoint.as_deref(), &spec.name, spec.port, rest, query)
-        {
-            cands.push((w, t));
+        if weight > 0.0 {
+            cands.push(w);
             weights.push(weight);
         }
     }
-    let i = pick_weighted(&weights, rand::rng().random::<f64>())?;
-    Some(cands.swap_remove(i))
+    // Build the target for the chosen worker only, not for every candidate.
+    while let Some(i) = pick_weighted(&weights, rand::rng().random::<f64>()) {
+        let w = &cands[i];
+        let endpoint = w.live.lock().endpoint.clone();
+        match target(w, endpoint.as_deref(), &spec.name, spec.port, rest, query) {
+            Some(t) => return Some((cands.swap_remove(i), t)),
+            None => weights[i] = 0.0,
+        }
+    }
+    None
 }
 
 /// Forwards `ANY /api/service/{service}/{*path}`.
