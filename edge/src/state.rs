@@ -439,10 +439,13 @@ impl EdgeState {
         service: Option<&str>,
     ) -> Option<Arc<Coordinator>> {
         let now = Instant::now();
+        // The map as it is: the choice is random by weight, so the sorting `all` does for listings is not needed.
         let cands: Vec<Arc<Coordinator>> = self
-            .all()
-            .into_iter()
+            .coordinators
+            .read()
+            .values()
             .filter(|c| !skip.contains(&c.id))
+            .cloned()
             .collect();
         let weights: Vec<f64> = cands
             .iter()
