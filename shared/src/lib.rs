@@ -8,6 +8,7 @@
 //! - [`caps`]: hardware capabilities, native and legacy shapes.
 //! - [`tier`]: the tier and role rules.
 //! - [`catalogue`]: the service catalogue (TOML) and [`assign`]: which services a worker gets.
+//! - [`dht`]: records, keys and views of the DHT.
 //! - [`api`]: request and response bodies of the worker and admin APIs; [`edge`]: the edge router's.
 //! - [`validate`]: field limits and the registration parser that maps every bad input to a field.
 //! - [`routing`]: the weight of a worker when routing a service request.
@@ -18,6 +19,7 @@ pub mod api;
 pub mod assign;
 pub mod caps;
 pub mod catalogue;
+pub mod dht;
 pub mod edge;
 pub mod error;
 pub mod ids;

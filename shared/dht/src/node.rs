@@ -1,0 +1,959 @@
+//! One DHT node: a libp2p swarm (TCP + noise + yamux; Kademlia, identify, ping) driven by a task, and a
+//! cloneable handle that talks to it over a channel.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use commons_shared::dht::{
+    CoordinatorRecord, RecordBody, RecordPayload, SERVICE_SHARDS, WorkerRecord, coordinator_key,
+    provider_key_allowed, service_key, worker_key,
+};
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore};
+use libp2p::kad::{self, Quorum, Record, RecordKey};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, noise, ping, tcp, yamux};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::record::{self, MAX_VALUE_BYTES, RecordError};
+
+/// Our Kademlia protocol: private, so the DHT never mixes with the public libp2p one.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/commons/kad/1.0.0");
+/// Our identify protocol version; peers that speak another are not added to the routing table.
+pub const ID_PROTOCOL: &str = "/commons/id/1.0.0";
+/// Largest Kademlia message (a provider list of a busy shard fits).
+const MAX_PACKET: usize = 64 * 1024;
+/// Providers kept per key. A storer answers with at most 20 (k) of them, so a service's shards, not this
+/// limit, set how many providers a lookup can find: 20 × `SERVICE_SHARDS`.
+const MAX_PROVIDERS_PER_KEY: usize = 64;
+
+/// What a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A coordinator: always serves the DHT.
+    Coordinator,
+    /// A volunteer agent.
+    Agent,
+}
+
+impl Role {
+    fn agent_version(self) -> String {
+        let name = match self {
+            Role::Coordinator => "coordinator",
+            Role::Agent => "agent",
+        };
+        format!("commons-{name}/{}", env!("CARGO_PKG_VERSION"))
+    }
+}
+
+/// The role a peer announced (from identify's agent version).
+pub fn role_of(agent_version: &str) -> &'static str {
+    if agent_version.starts_with("commons-coordinator/") {
+        "coordinator"
+    } else if agent_version.starts_with("commons-agent/") {
+        "worker"
+    } else {
+        "peer"
+    }
+}
+
+/// How to run a node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Its identity.
+    pub keypair: Keypair,
+    /// What it is.
+    pub role: Role,
+    /// Where it listens.
+    pub listen: Vec<Multiaddr>,
+    /// Addresses others reach it at, when known (a public address, a forwarded port).
+    pub external: Vec<Multiaddr>,
+    /// Serve the DHT (answer queries, store records). Nodes others cannot reach should not.
+    pub server: bool,
+    /// How often its record is published again; records and provider announcements live twice this long.
+    pub refresh: Duration,
+    /// How long a lookup may take.
+    pub query_timeout: Duration,
+    /// How long an idle connection stays open.
+    pub idle_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults: listen on every interface (a port the OS picks), serve, refresh every minute.
+    pub fn new(keypair: Keypair, role: Role) -> Self {
+        Config {
+            keypair,
+            role,
+            listen: vec!["/ip4/0.0.0.0/tcp/0".parse().expect("a valid multiaddr")],
+            external: Vec::new(),
+            server: true,
+            refresh: Duration::from_secs(60),
+            query_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Why the DHT could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum DhtError {
+    /// The node could not start.
+    #[error("the DHT node could not start: {0}")]
+    Start(String),
+    /// Bootstrap found nobody.
+    #[error("no DHT seed answered ({0})")]
+    Bootstrap(String),
+    /// A seed's address lacks its `/p2p/<peer id>`.
+    #[error("seed address {0} has no /p2p/<peer id>")]
+    SeedWithoutPeer(Multiaddr),
+    /// Publishing failed locally.
+    #[error("could not publish: {0}")]
+    Publish(String),
+    /// The node's task has stopped.
+    #[error("the DHT node has stopped")]
+    Stopped,
+}
+
+/// A record found in the DHT, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found<T> {
+    /// The peer that signed it.
+    pub peer: PeerId,
+    /// Its sequence number.
+    pub seq: u64,
+    /// When it expires (Unix ms).
+    pub expires_at_ms: u64,
+    /// What it says.
+    pub record: T,
+}
+
+/// A node's view of itself and its neighbours.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Figures.
+    pub stats: commons_shared::dht::DhtStats,
+    /// Routing-table peers with the role they announced.
+    pub links: Vec<(PeerId, &'static str)>,
+}
+
+enum Cmd {
+    Bootstrap {
+        seeds: Vec<(PeerId, Multiaddr)>,
+        reply: oneshot::Sender<Result<Duration, DhtError>>,
+    },
+    Publish {
+        body: RecordBody,
+        provide: Vec<String>,
+        reply: oneshot::Sender<Result<(), DhtError>>,
+    },
+    Withdraw {
+        reply: oneshot::Sender<()>,
+    },
+    Get {
+        key: String,
+        reply: oneshot::Sender<Option<RecordPayload>>,
+    },
+    Providers {
+        key: String,
+        reply: oneshot::Sender<HashSet<PeerId>>,
+    },
+    PutRaw {
+        key: String,
+        value: Vec<u8>,
+        reply: oneshot::Sender<bool>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Snapshot>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A handle on a running node; clones share it. The node stops when the last handle is dropped or on
+/// [`Dht::shutdown`].
+#[derive(Debug, Clone)]
+pub struct Dht {
+    tx: mpsc::Sender<Cmd>,
+    peer_id: PeerId,
+    addrs: watch::Receiver<Vec<Multiaddr>>,
+    _keep: Arc<()>,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    kad: kad::Behaviour<MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The peer id at the end of a multiaddr (`.../p2p/<id>`), and the address without it.
+pub fn split_peer(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
+    let mut a = addr.clone();
+    match a.pop() {
+        Some(Protocol::P2p(peer)) => Some((peer, a)),
+        _ => None,
+    }
+}
+
+impl Dht {
+    /// Starts a node and waits until it listens.
+    pub async fn start(config: Config) -> Result<Dht, DhtError> {
+        let peer_id = config.keypair.public().to_peer_id();
+        let mut swarm = build_swarm(&config)?;
+        let mut pending_listeners = HashSet::new();
+        for a in &config.listen {
+            let id = swarm
+                .listen_on(a.clone())
+                .map_err(|e| DhtError::Start(format!("cannot listen on {a}: {e}")))?;
+            pending_listeners.insert(id);
+        }
+        for a in &config.external {
+            swarm.add_external_address(a.clone());
+        }
+        // Provider records carry the provider's external addresses, and storers hand out only providers they can
+        // give an address for: a server without configured addresses advertises where it listens.
+        let advertise_listen = config.server && config.external.is_empty();
+        let mut addrs = Vec::new();
+        let deadline = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(deadline);
+        while !pending_listeners.is_empty() {
+            tokio::select! {
+                ev = swarm.select_next_some() => match ev {
+                    SwarmEvent::NewListenAddr { listener_id, address } => {
+                        pending_listeners.remove(&listener_id);
+                        if advertise_listen {
+                            swarm.add_external_address(address.clone());
+                        }
+                        addrs.push(address);
+                    }
+                    SwarmEvent::ListenerError { error, .. } | SwarmEvent::ListenerClosed { reason: Err(error), .. } => {
+                        return Err(DhtError::Start(error.to_string()));
+                    }
+                    _ => {}
+                },
+                _ = &mut deadline => return Err(DhtError::Start("no listen address within 5 s".into())),
+            }
+        }
+        let (addr_tx, addr_rx) = watch::channel(with_peer(&addrs, peer_id));
+        let (tx, rx) = mpsc::channel(256);
+        let node = Node {
+            swarm,
+            keypair: config.keypair.clone(),
+            peer_id,
+            refresh: config.refresh,
+            rx,
+            addrs,
+            addr_tx,
+            advertise_listen,
+            pending: HashMap::new(),
+            roles: HashMap::new(),
+            seen: HashMap::new(),
+            published: None,
+            provided: Vec::new(),
+            seq: 0,
+            lookups: 0,
+            lookup_failures: 0,
+            rejected: 0,
+            bootstrap_ms: None,
+        };
+        tokio::spawn(node.run());
+        Ok(Dht {
+            tx,
+            peer_id,
+            addrs: addr_rx,
+            _keep: Arc::new(()),
+        })
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Where it listens, each with `/p2p/<peer id>` (what a seed list holds).
+    pub fn addresses(&self) -> Vec<Multiaddr> {
+        self.addrs.borrow().clone()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, DhtError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| DhtError::Stopped)?;
+        rx.await.map_err(|_| DhtError::Stopped)
+    }
+
+    /// Joins through `seeds` (multiaddrs ending in `/p2p/<peer id>`); how long until the routing table was
+    /// filled. Seeds that do not answer are skipped; it fails only when none does.
+    pub async fn bootstrap(&self, seeds: &[Multiaddr]) -> Result<Duration, DhtError> {
+        let mut list = Vec::new();
+        for s in seeds {
+            let (peer, addr) = split_peer(s).ok_or_else(|| DhtError::SeedWithoutPeer(s.clone()))?;
+            if peer != self.peer_id {
+                list.push((peer, addr));
+            }
+        }
+        if list.is_empty() {
+            return Err(DhtError::Bootstrap("no seed other than this node".into()));
+        }
+        self.ask(|reply| Cmd::Bootstrap { seeds: list, reply })
+            .await?
+    }
+
+    /// Publishes this worker's record and announces its services; the node refreshes both until withdrawn.
+    pub async fn publish_worker(&self, record: WorkerRecord) -> Result<(), DhtError> {
+        let peer = self.peer_id.to_base58();
+        let shard = commons_shared::dht::shard_of(&peer);
+        let provide = record
+            .services
+            .iter()
+            .map(|s| service_key(s, shard))
+            .collect();
+        self.ask(|reply| Cmd::Publish {
+            body: RecordBody::Worker(record),
+            provide,
+            reply,
+        })
+        .await?
+    }
+
+    /// Publishes this coordinator's record and announces it for its region and for any region.
+    pub async fn publish_coordinator(&self, record: CoordinatorRecord) -> Result<(), DhtError> {
+        let provide = vec![
+            commons_shared::dht::region_key(&record.region),
+            commons_shared::dht::region_key(commons_shared::dht::ANY_REGION),
+        ];
+        self.ask(|reply| Cmd::Publish {
+            body: RecordBody::Coordinator(record),
+            provide,
+            reply,
+        })
+        .await?
+    }
+
+    /// Stops refreshing and announcing (the record and announcements then expire where they are stored).
+    pub async fn withdraw(&self) {
+        let _ = self.ask(|reply| Cmd::Withdraw { reply }).await;
+    }
+
+    /// The valid record under `key`, newest seen; `None` when there is none (or only invalid ones).
+    pub async fn get(&self, key: &str) -> Option<RecordPayload> {
+        self.ask(|reply| Cmd::Get {
+            key: key.to_owned(),
+            reply,
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Every provider found under a provider key.
+    pub async fn providers(&self, key: &str) -> HashSet<PeerId> {
+        self.ask(|reply| Cmd::Providers {
+            key: key.to_owned(),
+            reply,
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Every peer announcing `service`, over all its shards.
+    pub async fn service_providers(&self, service: &str) -> HashSet<PeerId> {
+        let lookups = (0..SERVICE_SHARDS).map(|s| {
+            let key = service_key(service, s);
+            async move { self.providers(&key).await }
+        });
+        futures::future::join_all(lookups)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The live workers offering `service`: providers whose signed, unexpired record lists it.
+    pub async fn find_service(&self, service: &str) -> Vec<Found<WorkerRecord>> {
+        let peers = self.service_providers(service).await;
+        futures::stream::iter(peers)
+            .map(|p| async move { (p, self.get(&worker_key(&p.to_base58())).await) })
+            .buffer_unordered(32)
+            .filter_map(|(peer, payload)| async move {
+                let p = payload?;
+                match p.body {
+                    RecordBody::Worker(w) if w.services.iter().any(|s| s == service) => {
+                        Some(Found {
+                            peer,
+                            seq: p.seq,
+                            expires_at_ms: p.expires_at_ms,
+                            record: w,
+                        })
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+            .await
+    }
+
+    /// The live coordinators of `region`, and when it has none, of any region.
+    pub async fn find_coordinators(&self, region: &str) -> Vec<Found<CoordinatorRecord>> {
+        let mut peers = self
+            .providers(&commons_shared::dht::region_key(region))
+            .await;
+        if peers.is_empty() && region != commons_shared::dht::ANY_REGION {
+            peers = self
+                .providers(&commons_shared::dht::region_key(
+                    commons_shared::dht::ANY_REGION,
+                ))
+                .await;
+        }
+        futures::stream::iter(peers)
+            .map(|p| async move { (p, self.get(&coordinator_key(&p.to_base58())).await) })
+            .buffer_unordered(16)
+            .filter_map(|(peer, payload)| async move {
+                match payload?.clone() {
+                    RecordPayload {
+                        seq,
+                        expires_at_ms,
+                        body: RecordBody::Coordinator(c),
+                        ..
+                    } => Some(Found {
+                        peer,
+                        seq,
+                        expires_at_ms,
+                        record: c,
+                    }),
+                    _ => None,
+                }
+            })
+            .collect()
+            .await
+    }
+
+    /// Puts bytes as they are under `key` (records relayed or signed elsewhere); whether the put reached
+    /// anyone. A put that "succeeds" proves nothing: storers validate and may have dropped it.
+    pub async fn put_raw(&self, key: &str, value: Vec<u8>) -> bool {
+        self.ask(|reply| Cmd::PutRaw {
+            key: key.to_owned(),
+            value,
+            reply,
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Figures and routing-table links.
+    pub async fn snapshot(&self) -> Snapshot {
+        self.ask(|reply| Cmd::Snapshot { reply })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Stops the node and closes its connections.
+    pub async fn shutdown(&self) {
+        let _ = self.ask(|reply| Cmd::Shutdown { reply }).await;
+    }
+}
+
+fn with_peer(addrs: &[Multiaddr], peer: PeerId) -> Vec<Multiaddr> {
+    addrs
+        .iter()
+        .map(|a| a.clone().with(Protocol::P2p(peer)))
+        .collect()
+}
+
+fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, DhtError> {
+    let refresh = config.refresh;
+    let server = config.server;
+    let query_timeout = config.query_timeout;
+    let role = config.role;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| DhtError::Start(e.to_string()))?
+        .with_behaviour(|key| {
+            let peer = key.public().to_peer_id();
+            let mut kc = kad::Config::new(KAD_PROTOCOL);
+            kc.set_query_timeout(query_timeout)
+                .set_record_filtering(kad::StoreInserts::FilterBoth)
+                .set_record_ttl(Some(refresh * 2))
+                .set_provider_record_ttl(Some(refresh * 2))
+                .set_provider_publication_interval(Some(refresh))
+                // The publisher refreshes its own record; storers need not re-replicate records this short-lived
+                // (with thousands of them, that would be most of the traffic).
+                .set_publication_interval(None)
+                .set_replication_interval(None)
+                .set_max_packet_size(MAX_PACKET);
+            let store = MemoryStore::with_config(
+                peer,
+                MemoryStoreConfig {
+                    max_records: 4096,
+                    max_value_bytes: MAX_VALUE_BYTES,
+                    max_providers_per_key: MAX_PROVIDERS_PER_KEY,
+                    max_provided_keys: 4096,
+                },
+            );
+            let mut kad = kad::Behaviour::with_config(peer, store, kc);
+            if server {
+                kad.set_mode(Some(kad::Mode::Server));
+            }
+            let identify = identify::Behaviour::new(
+                identify::Config::new(ID_PROTOCOL.into(), key.public())
+                    .with_agent_version(role.agent_version())
+                    .with_cache_size(0),
+            );
+            Behaviour {
+                kad,
+                identify,
+                ping: ping::Behaviour::default(),
+            }
+        })
+        .map_err(|e| DhtError::Start(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        .build();
+    Ok(swarm)
+}
+
+enum Pending {
+    Bootstrap {
+        started: Instant,
+        reply: oneshot::Sender<Result<Duration, DhtError>>,
+    },
+    Get {
+        key: String,
+        reply: oneshot::Sender<Option<RecordPayload>>,
+    },
+    Providers {
+        found: HashSet<PeerId>,
+        reply: oneshot::Sender<HashSet<PeerId>>,
+    },
+    Put {
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+struct Node {
+    swarm: Swarm<Behaviour>,
+    keypair: Keypair,
+    peer_id: PeerId,
+    refresh: Duration,
+    rx: mpsc::Receiver<Cmd>,
+    addrs: Vec<Multiaddr>,
+    addr_tx: watch::Sender<Vec<Multiaddr>>,
+    advertise_listen: bool,
+    pending: HashMap<kad::QueryId, Pending>,
+    /// Agent versions that peers announced.
+    roles: HashMap<PeerId, &'static str>,
+    /// Newest sequence number read per key, with its expiry: older ones are replays.
+    seen: HashMap<String, (u64, u64)>,
+    published: Option<RecordBody>,
+    provided: Vec<String>,
+    seq: u64,
+    lookups: u64,
+    lookup_failures: u64,
+    rejected: u64,
+    bootstrap_ms: Option<u64>,
+}
+
+impl Node {
+    async fn run(mut self) {
+        let mut refresh = tokio::time::interval(self.refresh);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        refresh.tick().await;
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_event(ev),
+                cmd = self.rx.recv() => match cmd {
+                    None => break,
+                    Some(Cmd::Shutdown { reply }) => {
+                        let _ = reply.send(());
+                        break;
+                    }
+                    Some(c) => self.on_cmd(c),
+                },
+                _ = refresh.tick() => self.republish(),
+            }
+        }
+        tracing::debug!(peer = %self.peer_id, "DHT node stopped");
+    }
+
+    fn kad(&mut self) -> &mut kad::Behaviour<MemoryStore> {
+        &mut self.swarm.behaviour_mut().kad
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Bootstrap { seeds, reply } => {
+                for (peer, addr) in seeds {
+                    self.kad().add_address(&peer, addr);
+                }
+                match self.kad().bootstrap() {
+                    Ok(id) => {
+                        self.pending.insert(
+                            id,
+                            Pending::Bootstrap {
+                                started: Instant::now(),
+                                reply,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(DhtError::Bootstrap(e.to_string())));
+                    }
+                }
+            }
+            Cmd::Publish {
+                body,
+                provide,
+                reply,
+            } => {
+                self.published = Some(body);
+                let r = self.put_own();
+                for key in &provide {
+                    if !self.provided.contains(key)
+                        && let Err(e) = self.kad().start_providing(RecordKey::new(key))
+                    {
+                        let _ = reply.send(Err(DhtError::Publish(format!("{e:?}"))));
+                        return;
+                    }
+                }
+                for key in std::mem::take(&mut self.provided) {
+                    if !provide.contains(&key) {
+                        self.kad().stop_providing(&RecordKey::new(&key));
+                    }
+                }
+                self.provided = provide;
+                let _ = reply.send(r);
+            }
+            Cmd::Withdraw { reply } => {
+                if let Some(key) = self.own_key() {
+                    self.kad().remove_record(&RecordKey::new(&key));
+                }
+                self.published = None;
+                for key in std::mem::take(&mut self.provided) {
+                    self.kad().stop_providing(&RecordKey::new(&key));
+                }
+                let _ = reply.send(());
+            }
+            Cmd::Get { key, reply } => {
+                self.lookups += 1;
+                let id = self.kad().get_record(RecordKey::new(&key));
+                self.pending.insert(id, Pending::Get { key, reply });
+            }
+            Cmd::Providers { key, reply } => {
+                self.lookups += 1;
+                let id = self.kad().get_providers(RecordKey::new(&key));
+                self.pending.insert(
+                    id,
+                    Pending::Providers {
+                        found: HashSet::new(),
+                        reply,
+                    },
+                );
+            }
+            Cmd::PutRaw { key, value, reply } => {
+                match self
+                    .kad()
+                    .put_record(Record::new(RecordKey::new(&key), value), Quorum::One)
+                {
+                    Ok(id) => {
+                        self.pending.insert(id, Pending::Put { reply });
+                    }
+                    Err(_) => {
+                        let _ = reply.send(false);
+                    }
+                }
+            }
+            Cmd::Snapshot { reply } => {
+                let _ = reply.send(self.snapshot());
+            }
+            Cmd::Shutdown { .. } => unreachable!("handled in run"),
+        }
+    }
+
+    fn own_key(&self) -> Option<String> {
+        let peer = self.peer_id.to_base58();
+        match self.published.as_ref()? {
+            RecordBody::Worker(_) => Some(worker_key(&peer)),
+            RecordBody::Coordinator(_) => Some(coordinator_key(&peer)),
+        }
+    }
+
+    /// Signs and puts this node's record with a new sequence number and expiry.
+    fn put_own(&mut self) -> Result<(), DhtError> {
+        let (Some(body), Some(key)) = (self.published.clone(), self.own_key()) else {
+            return Ok(());
+        };
+        let now = now_ms();
+        // Time-based, so a restarted node's record is newer than what it left behind.
+        self.seq = (self.seq + 1).max(now);
+        let lifetime = self.refresh * 2;
+        let payload = RecordPayload {
+            peer_id: self.peer_id.to_base58(),
+            seq: self.seq,
+            expires_at_ms: now + lifetime.as_millis() as u64,
+            body,
+        };
+        let value = record::sign(&self.keypair, &payload);
+        let mut rec = Record::new(RecordKey::new(&key), value);
+        rec.expires = Some(Instant::now() + lifetime);
+        self.kad()
+            .put_record(rec, Quorum::One)
+            .map(|_| ())
+            .map_err(|e| DhtError::Publish(format!("{e:?}")))
+    }
+
+    fn republish(&mut self) {
+        if let Err(e) = self.put_own() {
+            tracing::warn!(error = %e, "could not refresh the DHT record");
+        }
+    }
+
+    fn snapshot(&mut self) -> Snapshot {
+        let mut links = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for entry in bucket.iter() {
+                let p = *entry.node.key.preimage();
+                links.push(p);
+            }
+        }
+        let links: Vec<_> = links
+            .into_iter()
+            .map(|p| (p, self.roles.get(&p).copied().unwrap_or("peer")))
+            .collect();
+        let stored_records = self.kad().store_mut().records().count();
+        let stats = commons_shared::dht::DhtStats {
+            enabled: true,
+            peer_id: Some(self.peer_id.to_base58()),
+            addresses: with_peer(&self.addrs, self.peer_id)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            routing_table: links.len(),
+            connected: self.swarm.connected_peers().count(),
+            stored_records,
+            provided_keys: self.provided.len(),
+            lookups: self.lookups,
+            lookup_failures: self.lookup_failures,
+            rejected: self.rejected,
+            bootstrap_ms: self.bootstrap_ms,
+        };
+        Snapshot { stats, links }
+    }
+
+    fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                if !self.addrs.contains(&address) {
+                    if self.advertise_listen {
+                        self.swarm.add_external_address(address.clone());
+                    }
+                    self.addrs.push(address);
+                    let _ = self.addr_tx.send(with_peer(&self.addrs, self.peer_id));
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.swarm.remove_external_address(&address);
+                self.addrs.retain(|a| a != &address);
+                let _ = self.addr_tx.send(with_peer(&self.addrs, self.peer_id));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                if info.protocol_version != ID_PROTOCOL {
+                    return;
+                }
+                self.roles.insert(peer_id, role_of(&info.agent_version));
+                let speaks_kad = info.protocols.contains(&KAD_PROTOCOL);
+                if speaks_kad {
+                    for a in info.listen_addrs {
+                        self.kad().add_address(&peer_id, a);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad(ev),
+            _ => {}
+        }
+    }
+
+    fn on_kad(&mut self, ev: kad::Event) {
+        match ev {
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            } => self.store_checked(source, record),
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::AddProvider {
+                        record: Some(record),
+                    },
+            } => {
+                let key = String::from_utf8_lossy(record.key.as_ref()).into_owned();
+                if provider_key_allowed(&key, &record.provider.to_base58()) {
+                    if let Err(e) = self.kad().store_mut().add_provider(record) {
+                        tracing::debug!(error = ?e, "provider record not stored");
+                    }
+                } else {
+                    self.rejected += 1;
+                    tracing::debug!(key, provider = %record.provider, "provider announcement refused");
+                }
+            }
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => self.on_progress(id, result, step.last),
+            _ => {}
+        }
+    }
+
+    /// Stores a record a peer put here, if it is valid and newer than the one held.
+    fn store_checked(&mut self, source: PeerId, mut record: Record) {
+        let key = String::from_utf8_lossy(record.key.as_ref()).into_owned();
+        let now = now_ms();
+        let payload = match record::verify(&key, &record.value, now) {
+            Ok(p) => p,
+            Err(e) => {
+                self.rejected += 1;
+                tracing::debug!(%source, key, error = %e, "record refused");
+                return;
+            }
+        };
+        let held = self
+            .kad()
+            .store_mut()
+            .get(&record.key)
+            .and_then(|r| record::verify(&key, &r.value, now).ok())
+            .map(|p| p.seq);
+        if let Some(held) = held
+            && held >= payload.seq
+        {
+            if held > payload.seq {
+                self.rejected += 1;
+                tracing::debug!(%source, key, error = %RecordError::Replay { got: payload.seq, held }, "record refused");
+            }
+            return;
+        }
+        let left = Duration::from_millis(payload.expires_at_ms.saturating_sub(now));
+        let until = Instant::now() + left;
+        record.expires = Some(record.expires.map_or(until, |e| e.min(until)));
+        if let Err(e) = self.kad().store_mut().put(record) {
+            tracing::debug!(error = ?e, "record not stored");
+        }
+    }
+
+    /// Checks a record a lookup found: valid, and not older than one read before.
+    fn read_checked(&mut self, key: &str, record: &Record) -> Option<RecordPayload> {
+        let now = now_ms();
+        let payload = match record::verify(key, &record.value, now) {
+            Ok(p) => p,
+            Err(e) => {
+                self.rejected += 1;
+                tracing::debug!(key, error = %e, "record read refused");
+                return None;
+            }
+        };
+        if let Some(&(held, _)) = self.seen.get(key)
+            && held > payload.seq
+        {
+            self.rejected += 1;
+            tracing::debug!(key, error = %RecordError::Replay { got: payload.seq, held }, "record read refused");
+            return None;
+        }
+        if self.seen.len() > 16_384 {
+            self.seen.retain(|_, (_, exp)| *exp > now);
+        }
+        self.seen
+            .insert(key.to_owned(), (payload.seq, payload.expires_at_ms));
+        Some(payload)
+    }
+
+    fn on_progress(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool) {
+        let Some(pending) = self.pending.remove(&id) else {
+            return;
+        };
+        match (pending, result) {
+            (Pending::Bootstrap { started, reply }, kad::QueryResult::Bootstrap(r)) => {
+                let done = match &r {
+                    Ok(ok) => ok.num_remaining == 0,
+                    Err(kad::BootstrapError::Timeout { num_remaining, .. }) => {
+                        num_remaining.unwrap_or(0) == 0
+                    }
+                };
+                if !done && !last {
+                    self.pending
+                        .insert(id, Pending::Bootstrap { started, reply });
+                    return;
+                }
+                let took = started.elapsed();
+                let filled = self.swarm.behaviour_mut().kad.kbuckets().count() > 0;
+                if filled {
+                    self.bootstrap_ms = Some(took.as_millis() as u64);
+                    let _ = reply.send(Ok(took));
+                } else {
+                    let _ = reply.send(Err(DhtError::Bootstrap(match r {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "the routing table stayed empty".into(),
+                    })));
+                }
+            }
+            (Pending::Get { key, reply }, kad::QueryResult::GetRecord(r)) => match r {
+                Ok(kad::GetRecordOk::FoundRecord(found)) => {
+                    if let Some(p) = self.read_checked(&key, &found.record) {
+                        let _ = reply.send(Some(p));
+                        if let Some(mut q) = self.kad().query_mut(&id) {
+                            q.finish();
+                        }
+                    } else if last {
+                        self.lookup_failures += 1;
+                        let _ = reply.send(None);
+                    } else {
+                        self.pending.insert(id, Pending::Get { key, reply });
+                    }
+                }
+                _ => {
+                    self.lookup_failures += 1;
+                    let _ = reply.send(None);
+                }
+            },
+            (Pending::Providers { mut found, reply }, kad::QueryResult::GetProviders(r)) => {
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = r {
+                    found.extend(providers);
+                } else if matches!(r, Err(_)) && found.is_empty() {
+                    self.lookup_failures += 1;
+                }
+                if last {
+                    let _ = reply.send(found);
+                } else {
+                    self.pending
+                        .insert(id, Pending::Providers { found, reply });
+                }
+            }
+            (Pending::Put { reply }, kad::QueryResult::PutRecord(r)) => {
+                let _ = reply.send(r.is_ok());
+            }
+            (p, _) => {
+                self.pending.insert(id, p);
+            }
+        }
+    }
+}

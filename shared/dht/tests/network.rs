@@ -1,0 +1,259 @@
+//! Real libp2p nodes on loopback: records, providers, validation, and a 100-node network under churn.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use commons_dht::{Config, Dht, Keypair, Multiaddr, Role, generate_keypair, now_ms, record};
+use commons_shared::dht::{RecordBody, RecordPayload, WorkerRecord, worker_key};
+use rand::seq::{IndexedRandom, SliceRandom};
+
+fn config(key: Keypair, server: bool, refresh: Duration) -> Config {
+    let mut c = Config::new(key, Role::Agent);
+    c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    c.server = server;
+    c.refresh = refresh;
+    c.query_timeout = Duration::from_secs(5);
+    c
+}
+
+async fn node(server: bool, refresh: Duration) -> (Dht, Keypair) {
+    let key = generate_keypair();
+    (Dht::start(config(key.clone(), server, refresh)).await.unwrap(), key)
+}
+
+fn worker(services: &[&str]) -> WorkerRecord {
+    WorkerRecord {
+        services: services.iter().map(|s| s.to_string()).collect(),
+        endpoint: Some("http://127.0.0.1:9/".into()),
+        load: 0.25,
+        cpu_cores: 8,
+        ..Default::default()
+    }
+}
+
+/// Polls `f` until it returns `Some`, at most `secs` seconds.
+async fn until<T, F: std::future::Future<Output = Option<T>>>(secs: u64, mut f: impl FnMut() -> F) -> Option<T> {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_put_get_and_find_providers() {
+    let refresh = Duration::from_secs(30);
+    let (a, _) = node(true, refresh).await;
+    let (b, _) = node(true, refresh).await;
+    let took = b.bootstrap(&a.addresses()).await.expect("bootstrap through a");
+    assert!(took < Duration::from_secs(5));
+
+    let mine = worker(&["ocr", "llm"]);
+    a.publish_worker(mine.clone()).await.unwrap();
+    let key = worker_key(&a.peer_id().to_base58());
+    let got = until(10, || b.get(&key)).await.expect("b reads a's record");
+    assert_eq!(got.peer_id, a.peer_id().to_base58());
+    assert_eq!(got.body, RecordBody::Worker(mine.clone()));
+
+    let providers = until(10, || async {
+        let p = b.service_providers("ocr").await;
+        p.contains(&a.peer_id()).then_some(p)
+    })
+    .await
+    .expect("a is found as an ocr provider");
+    assert_eq!(providers.len(), 1);
+    let found = b.find_service("llm").await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].record, mine);
+    assert!(b.find_service("rag").await.is_empty());
+    assert!(b.get("worker/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo").await.is_none());
+
+    // A newer publication replaces the old one everywhere.
+    let mut busier = mine.clone();
+    busier.load = 0.9;
+    a.publish_worker(busier.clone()).await.unwrap();
+    until(10, || async {
+        (b.get(&key).await?.body == RecordBody::Worker(busier.clone())).then_some(())
+    })
+    .await
+    .expect("the newer record is read");
+
+    let snap = b.snapshot().await;
+    assert_eq!(snap.stats.routing_table, 1);
+    assert_eq!(snap.links[0].0, a.peer_id());
+    assert_eq!(snap.links[0].1, "worker");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+async fn rejected(d: &Dht) -> u64 {
+    d.snapshot().await.stats.rejected
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_replayed_records_are_refused_by_storers_and_readers() {
+    let refresh = Duration::from_secs(30);
+    let (a, a_key) = node(true, refresh).await;
+    let (b, _) = node(true, refresh).await;
+    let (m, m_key) = node(true, refresh).await;
+    // The reader serves nothing, so it only ever sees what others hand it.
+    let (r, _) = node(false, refresh).await;
+    for n in [&b, &m, &r] {
+        n.bootstrap(&a.addresses()).await.unwrap();
+    }
+    let key = worker_key(&a.peer_id().to_base58());
+    let genuine = worker(&["ocr"]);
+    a.publish_worker(genuine.clone()).await.unwrap();
+    let first = until(10, || r.get(&key)).await.expect("the reader sees a's record");
+    until(10, || async { b.get(&key).await.is_some().then_some(()) }).await.unwrap();
+
+    // Mallory signs a record naming a's peer id: every storer refuses it.
+    let forged = RecordPayload {
+        peer_id: a.peer_id().to_base58(),
+        seq: first.seq + 1000,
+        expires_at_ms: now_ms() + 60_000,
+        body: RecordBody::Worker(worker(&["ocr", "steal-everything"])),
+    };
+    let b_before = rejected(&b).await;
+    m.put_raw(&key, record::sign(&m_key, &forged)).await;
+    until(10, || async { (rejected(&b).await > b_before).then_some(()) })
+        .await
+        .expect("b refuses the forged record");
+    assert!(rejected(&a).await > 0, "a refuses it too");
+    let read = r.get(&key).await.expect("the genuine record is still there");
+    assert_eq!(read.seq, first.seq);
+    assert_eq!(read.body, RecordBody::Worker(genuine.clone()));
+
+    // A captured older record of a's, validly signed, replayed: storers that hold a newer one refuse it.
+    let old = RecordPayload {
+        seq: first.seq - 1000,
+        ..first.clone()
+    };
+    let b_before = rejected(&b).await;
+    m.put_raw(&key, record::sign(&a_key, &old)).await;
+    until(10, || async { (rejected(&b).await > b_before).then_some(()) })
+        .await
+        .expect("b refuses the replay");
+    assert_eq!(b.get(&key).await.unwrap().seq, first.seq);
+
+    // Now only Mallory is left, holding the replayed record: the reader, which saw a newer one, refuses it.
+    a.shutdown().await;
+    b.shutdown().await;
+    let r_before = rejected(&r).await;
+    assert_eq!(r.get(&key).await, None, "a replay is not served as a's record");
+    assert!(rejected(&r).await > r_before);
+
+    // A reader that never saw a's record still refuses Mallory's forgery.
+    m.put_raw(&key, record::sign(&m_key, &forged)).await;
+    let (r2, _) = node(false, refresh).await;
+    r2.bootstrap(&m.addresses()).await.unwrap();
+    assert_eq!(r2.get(&key).await, None, "a forgery is not served as a's record");
+    assert!(rejected(&r2).await > 0);
+}
+
+/// Starts `n` nodes: a few seeds joined one by one, then the rest in small staggered batches.
+async fn network(n: usize, refresh: Duration) -> Vec<Dht> {
+    let mut nodes = vec![node(true, refresh).await.0];
+    let mut seeds: Vec<Multiaddr> = nodes[0].addresses();
+    for _ in 1..5.min(n) {
+        let (d, _) = node(true, refresh).await;
+        d.bootstrap(&seeds).await.unwrap();
+        seeds.extend(d.addresses());
+        nodes.push(d);
+    }
+    while nodes.len() < n {
+        let batch = (n - nodes.len()).min(8);
+        let mut joining = Vec::new();
+        for _ in 0..batch {
+            joining.push(node(true, refresh).await.0);
+        }
+        let joins = joining.iter().map(|d| d.bootstrap(&seeds));
+        for r in futures::future::join_all(joins).await {
+            r.unwrap();
+        }
+        nodes.extend(joining);
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_nodes_find_every_provider_and_drop_the_dead() {
+    let refresh = Duration::from_secs(std::env::var("DHT_R").ok().and_then(|v| v.parse().ok()).unwrap_or(10));
+    let n: usize = std::env::var("DHT_N").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let t = Instant::now();
+    let nodes = network(n, refresh).await;
+    eprintln!("network of {n} in {:?}", t.elapsed());
+    for (i, d) in nodes.iter().enumerate() {
+        let services: &[&str] = if i % 2 == 0 { &["ocr", "llm"] } else { &["ocr"] };
+        d.publish_worker(worker(services)).await.unwrap();
+    }
+    let everyone: HashSet<_> = nodes.iter().map(Dht::peer_id).collect();
+    if std::env::var("DHT_DEBUG").is_ok() {
+        for _ in 0..12 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            eprintln!("t found {}", nodes[3].service_providers("ocr").await.len());
+        }
+    }
+    // Every node finds every one of the 100 ocr providers (5 times the 20 a key holds by default), ten
+    // nodes asking at a time.
+    let mut ok = 0;
+    for group in nodes.chunks(10) {
+        let finds = group.iter().map(|d| {
+            let everyone = &everyone;
+            async move {
+                // A few tries, spaced: a retry storm from 100 nodes would itself time lookups out.
+                let mut r = false;
+                for _ in 0..5 {
+                    if d.service_providers("ocr").await == *everyone {
+                        r = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                if !r {
+                    let p = d.service_providers("ocr").await;
+                    let missing: Vec<_> = everyone.difference(&p).map(|m| (commons_shared::dht::shard_of(&m.to_base58()))).collect();
+                    eprintln!("node {} rt {} found {} missing shards {:?}", d.peer_id(), d.snapshot().await.stats.routing_table, p.len(), missing);
+                }
+                r
+            }
+        });
+        ok += futures::future::join_all(finds).await.into_iter().filter(|&x| x).count();
+    }
+    assert_eq!(ok, n, "every node found all {n} providers");
+    let llm = nodes[7].find_service("llm").await;
+    assert_eq!(llm.len(), n / 2, "every llm worker's record is read");
+
+    // Kill 30 % at random.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand::rng());
+    let (dead, alive) = order.split_at(n * 3 / 10);
+    for &i in dead {
+        nodes[i].shutdown().await;
+    }
+    let alive_ids: HashSet<_> = alive.iter().map(|&i| nodes[i].peer_id()).collect();
+
+    // The dead drop out of discovery within two refresh periods.
+    tokio::time::sleep(refresh * 2 + Duration::from_millis(500)).await;
+    let seen: HashSet<_> = nodes[alive[0]]
+        .find_service("ocr")
+        .await
+        .into_iter()
+        .map(|f| f.peer)
+        .collect();
+    assert_eq!(seen, alive_ids, "exactly the live workers are discovered");
+
+    // Lookups of live workers' records from live nodes still succeed.
+    let mut rng = rand::rng();
+    let mut lookups = Vec::new();
+    for _ in 0..200 {
+        let from = &nodes[*alive.choose(&mut rng).unwrap()];
+        let target = nodes[*alive.choose(&mut rng).unwrap()].peer_id();
+        lookups.push(async move { from.get(&worker_key(&target.to_base58())).await.is_some() });
+    }
+    let hits = futures::future::join_all(lookups).await.into_iter().filter(|&x| x).count();
+    assert!(hits >= 198, "{hits} of 200 lookups succeeded after 30 % churn");
+}
