@@ -39,6 +39,8 @@ pub(crate) fn routes() -> Router<AppState> {
             "/api/admin/enrollment-tokens/{id}",
             delete(revoke_enrollment),
         )
+        .route("/api/dht/topology", get(crate::dht::topology))
+        .route("/api/dht/stats", get(crate::dht::stats))
 }
 
 /// Admin credentials, checked as an extractor.

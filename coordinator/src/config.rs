@@ -66,6 +66,16 @@ pub struct Config {
     pub history_retention_days: u64,
     /// Seconds between rebalancing passes.
     pub rebalance_interval_secs: u64,
+    /// Run a DHT node.
+    pub dht: bool,
+    /// Where the DHT node listens (multiaddrs).
+    pub dht_listen: Vec<String>,
+    /// Addresses others reach the DHT node at (a public address), when listening on a private one.
+    pub dht_external: Vec<String>,
+    /// DHT seeds (multiaddrs ending in `/p2p/<peer id>`), besides those the edge gives.
+    pub dht_seeds: Vec<String>,
+    /// Seconds between refreshes of the coordinator's DHT record (it lives twice as long).
+    pub dht_refresh_secs: u64,
 }
 
 impl Default for Config {
@@ -98,6 +108,11 @@ impl Default for Config {
             region: None,
             trusted_proxies: Vec::new(),
             rebalance_interval_secs: 15,
+            dht: true,
+            dht_listen: vec!["/ip4/0.0.0.0/tcp/4001".into()],
+            dht_external: Vec::new(),
+            dht_seeds: Vec::new(),
+            dht_refresh_secs: 60,
         }
     }
 }
@@ -179,6 +194,26 @@ impl Config {
             }
             if self.edge_heartbeat_interval_ms < 10 {
                 return bad("edge_heartbeat_interval_ms must be at least 10");
+            }
+        }
+        if self.dht {
+            if self.dht_refresh_secs == 0 || self.dht_refresh_secs > 1800 {
+                return bad("dht_refresh_secs must be from 1 to 1800");
+            }
+            for a in self
+                .dht_listen
+                .iter()
+                .chain(&self.dht_external)
+                .chain(&self.dht_seeds)
+            {
+                if a.parse::<commons_dht::Multiaddr>().is_err() {
+                    return Err(ConfigError::Invalid(format!(
+                        "{a:?} is not a multiaddr (e.g. /ip4/0.0.0.0/tcp/4001)"
+                    )));
+                }
+            }
+            if self.dht_listen.is_empty() {
+                return bad("dht_listen needs an address (or turn the DHT off with --no-dht)");
             }
         }
         if let Some(u) = &self.public_url

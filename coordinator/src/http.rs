@@ -160,7 +160,7 @@ impl utoipa::Modify for SecurityAddon {
 #[openapi(
     info(title = "Commons coordinator", description = "Worker registry, assignment, heartbeats, routing and admin API."),
     paths(register, heartbeat, unregister, health, admin::workers, admin::worker, admin::stats, admin::admin_health,
-          admin::services, admin::history, admin::create_enrollment, proxy::forward),
+          admin::services, admin::history, admin::create_enrollment, proxy::forward, crate::dht::topology, crate::dht::stats),
     modifiers(&SecurityAddon)
 )]
 struct ApiDoc;

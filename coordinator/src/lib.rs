@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod config;
+pub mod dht;
 pub mod http;
 pub mod metrics;
 mod proxy;

@@ -53,6 +53,18 @@ struct Cli {
     /// Addresses (the edge's) whose X-Forwarded-For is believed for per-client rate limits, comma-separated.
     #[arg(long, env = "COMMONS_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Vec<std::net::IpAddr>,
+    /// Run no DHT node (discovery then goes through this coordinator only).
+    #[arg(long, env = "COMMONS_NO_DHT", action = ArgAction::SetTrue)]
+    no_dht: bool,
+    /// Where the DHT node listens, comma-separated multiaddrs [default: /ip4/0.0.0.0/tcp/4001].
+    #[arg(long, env = "COMMONS_DHT_LISTEN", value_delimiter = ',')]
+    dht_listen: Vec<String>,
+    /// Public addresses of the DHT node, when it listens on a private one (comma-separated multiaddrs).
+    #[arg(long, env = "COMMONS_DHT_EXTERNAL", value_delimiter = ',')]
+    dht_external: Vec<String>,
+    /// DHT seeds (multiaddrs ending in /p2p/<peer id>), besides those the edge lists.
+    #[arg(long = "dht-seed", env = "COMMONS_DHT_SEEDS", value_delimiter = ',')]
+    dht_seeds: Vec<String>,
     /// The admin token (at least 16 characters). Prefer the environment variable to a flag.
     #[arg(long, env = "COMMONS_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -96,6 +108,18 @@ impl Cli {
         if let Some(v) = self.region {
             c.region = Some(v);
         }
+        if self.no_dht {
+            c.dht = false;
+        }
+        if !self.dht_listen.is_empty() {
+            c.dht_listen = self.dht_listen;
+        }
+        if !self.dht_external.is_empty() {
+            c.dht_external = self.dht_external;
+        }
+        if !self.dht_seeds.is_empty() {
+            c.dht_seeds = self.dht_seeds;
+        }
         if let Some(v) = self.admin_token {
             c.admin_token = Some(Secret(v));
         }
@@ -118,6 +142,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "Commons coordinator listening on {}", server.url());
     let _ = writeln!(out, "Data: {}", data_dir.join("commons.db").display());
+    if let Some(d) = server.state().dht.get() {
+        let seeds: Vec<String> = d.addresses().iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, "DHT node {} at {}", d.peer_id(), seeds.join(", "));
+    }
     if let Some(token) = server.new_admin_token() {
         let _ = writeln!(
             out,

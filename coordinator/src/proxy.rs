@@ -198,6 +198,7 @@ mod tests {
             tunnel_url: None,
             legacy: false,
             registered_at_ms: 0,
+            peer_id: None,
             live: parking_lot::Mutex::new(crate::registry::Live {
                 reported: commons_shared::api::ReportedStatus::Healthy,
                 load: 0.0,

@@ -86,6 +86,11 @@ impl Edge {
                 location: state.config.region.clone(),
             }),
             figures: Some(figures(state)),
+            dht_addrs: state
+                .dht
+                .get()
+                .map(|d| d.addresses().iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
             ..Default::default()
         };
         let r = self

@@ -39,6 +39,8 @@ pub struct Worker {
     pub legacy: bool,
     /// Registration time, ms since the epoch.
     pub registered_at_ms: i64,
+    /// Its DHT peer id, bound at registration.
+    pub peer_id: Option<Box<str>>,
     /// What heartbeats change.
     pub live: Mutex<Live>,
     /// Requests routed to it: counts, in flight, latency.

@@ -42,6 +42,8 @@ impl Server {
             }
         };
         let mut tasks = crate::tasks::spawn(&state);
+        // The DHT node first: the edge registration lists its addresses as seeds.
+        tasks.extend(crate::dht::start(&state).await?);
         tasks.extend(crate::registrar::spawn(&state, &id));
         Ok(Self {
             addr,
@@ -85,6 +87,9 @@ impl Server {
         for t in &self.tasks {
             t.abort();
         }
+        if let Some(d) = self.state.dht.get() {
+            d.shutdown().await;
+        }
         let flushed = self.state.flush().await?;
         tracing::info!(heartbeats = flushed, "flushed; stopped");
         served
@@ -94,6 +99,9 @@ impl Server {
     pub async fn abort(self) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(d) = self.state.dht.get() {
+            d.shutdown().await;
         }
         self.serving.abort().await;
     }
@@ -119,6 +127,8 @@ pub mod test_utils {
             admin_token: Some(crate::config::Secret(ADMIN_TOKEN.into())),
             register_rate_limit: 0,
             flush_interval_ms: 100,
+            dht: false,
+            dht_listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
             ..Config::default()
         }
     }

@@ -62,6 +62,8 @@ pub struct Inner {
     pub requests_total: AtomicU64,
     /// Of which failed.
     pub errors_total: AtomicU64,
+    /// The DHT node, once started (never, with the DHT off).
+    pub dht: std::sync::OnceLock<commons_dht::Dht>,
 }
 
 pub use commons_server::{now_ms, rfc3339};
@@ -176,6 +178,7 @@ impl AppState {
             enrollments: TokenSet::new(enrollments),
             requests_total: AtomicU64::new(0),
             errors_total: AtomicU64::new(0),
+            dht: std::sync::OnceLock::new(),
         }));
         state.refresh_coverage();
         Ok((state, new_admin_token))
@@ -310,6 +313,7 @@ impl AppState {
                 .unwrap_or_else(|_| "[]".into()),
             assignment_version: 1,
             registered_at_ms,
+            peer_id: new.peer_id.clone(),
             live: LiveRow {
                 id: id.to_string(),
                 last_heartbeat_ms: None,
@@ -341,6 +345,7 @@ impl AppState {
             tunnel_url: new.tunnel_url.clone().map(Into::into),
             legacy: new.legacy,
             registered_at_ms,
+            peer_id: new.peer_id.clone().map(Into::into),
             live: parking_lot::Mutex::new(Live {
                 reported: ReportedStatus::Healthy,
                 load: 0.0,
@@ -372,6 +377,11 @@ impl AppState {
             endpoint,
             worker_token: token,
             assignment_version: 1,
+            dht_seeds: self
+                .dht
+                .get()
+                .map(|d| d.addresses().iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
         })
     }
 
@@ -677,6 +687,7 @@ fn worker_from_row(
         tunnel_url: row.tunnel_url.map(Into::into),
         legacy: row.legacy,
         registered_at_ms: row.registered_at_ms,
+        peer_id: row.peer_id.map(Into::into),
         live: parking_lot::Mutex::new(Live {
             reported: parse_reported(&row.live.status),
             load: row.live.load,

@@ -72,6 +72,8 @@ pub struct WorkerRow {
     pub assignment_version: u64,
     /// Registration time, ms since the epoch.
     pub registered_at_ms: i64,
+    /// DHT peer id bound at registration.
+    pub peer_id: Option<String>,
     /// Live part.
     pub live: LiveRow,
 }
@@ -163,6 +165,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE settings (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) STRICT;
     CREATE TABLE enrollment_tokens (id TEXT PRIMARY KEY NOT NULL, label TEXT NOT NULL, hash BLOB NOT NULL UNIQUE) STRICT;
     CREATE TABLE history (ts_ms INTEGER PRIMARY KEY NOT NULL, data TEXT NOT NULL) STRICT;",
+    "ALTER TABLE workers ADD COLUMN peer_id TEXT;",
 ];
 
 fn migrations() -> Migrations<'static> {
@@ -311,7 +314,7 @@ impl Store {
         let mut stmt = conn.prepare(
             "SELECT id, token_hash, tier, roles, capabilities, ip_address, endpoint, tunnel_url, legacy, services,
                     assignment_version, registered_at_ms, last_heartbeat_ms, status, load, free_memory, agent_version,
-                    samples, requests, errors FROM workers",
+                    samples, requests, errors, peer_id FROM workers",
         )?;
         let rows = stmt.query_map([], |r| {
             let id: String = r.get(0)?;
@@ -328,6 +331,7 @@ impl Store {
                 services: r.get(9)?,
                 assignment_version: r.get::<_, i64>(10)? as u64,
                 registered_at_ms: r.get(11)?,
+                peer_id: r.get(20)?,
                 live: LiveRow {
                     id,
                     last_heartbeat_ms: r.get(12)?,
@@ -423,8 +427,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Cmd, done: &mut Vec<Done>) {
                 .prepare_cached(
                     "INSERT INTO workers (id, token_hash, tier, roles, capabilities, ip_address, endpoint, tunnel_url, legacy,
                      services, assignment_version, registered_at_ms, last_heartbeat_ms, status, load, free_memory,
-                     agent_version, samples, requests, errors)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                     agent_version, samples, requests, errors, peer_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -447,7 +451,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Cmd, done: &mut Vec<Done>) {
                         w.live.agent_version,
                         w.live.samples,
                         w.live.requests,
-                        w.live.errors
+                        w.live.errors,
+                        w.peer_id
                     ])
                 })
                 .map(|_| ());

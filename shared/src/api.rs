@@ -36,6 +36,9 @@ pub struct RegisterRequest {
     /// Required when the coordinator asks for enrollment.
     #[serde(default)]
     pub enrollment_token: Option<String>,
+    /// The worker's DHT peer id (base58), bound to its worker id.
+    #[serde(default)]
+    pub peer_id: Option<String>,
 }
 
 /// Registration in the legacy RMA shape.
@@ -72,6 +75,8 @@ pub struct NewWorker {
     pub enrollment_token: Option<String>,
     /// Came in the legacy shape.
     pub legacy: bool,
+    /// DHT peer id.
+    pub peer_id: Option<String>,
 }
 
 /// One container a worker should run.
@@ -133,6 +138,9 @@ pub struct RegisterResponse {
     pub worker_token: String,
     /// Version of the assignment; heartbeats echo it and get new containers when it changes.
     pub assignment_version: u64,
+    /// The coordinator's DHT addresses (`.../p2p/<peer id>`), seeds for the worker's DHT node; empty without a DHT.
+    #[serde(default)]
+    pub dht_seeds: Vec<String>,
 }
 
 /// What a worker says about itself in a heartbeat.

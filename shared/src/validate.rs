@@ -272,6 +272,7 @@ fn from_legacy(req: LegacyRegisterRequest) -> Result<NewWorker, InputError> {
         edge_opt_in: false,
         enrollment_token: req.enrollment_token,
         legacy: true,
+        peer_id: None,
     })
 }
 
@@ -303,6 +304,7 @@ pub fn parse_registration(body: &[u8]) -> Result<NewWorker, InputError> {
             edge_opt_in: r.edge_opt_in,
             enrollment_token: r.enrollment_token,
             legacy: false,
+            peer_id: r.peer_id,
         }
     };
     let mut c = Check::default();
@@ -316,8 +318,20 @@ pub fn parse_registration(body: &[u8]) -> Result<NewWorker, InputError> {
         c.fail("ip_address", format!("{ip:?} is not an IP address"));
     }
     c.opt_string("enrollment_token", &worker.enrollment_token, MAX_STRING_LEN);
+    if let Some(p) = &worker.peer_id
+        && !is_peer_id(p)
+    {
+        c.fail("peer_id", "is not a libp2p peer id (base58, 40 to 64 characters)".into());
+    }
     c.finish()?;
     Ok(worker)
+}
+
+/// Whether `s` looks like a base58 libp2p peer id (the DHT checks signatures against the real thing).
+pub fn is_peer_id(s: &str) -> bool {
+    (40..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() && !matches!(b, b'0' | b'O' | b'I' | b'l'))
 }
 
 /// Parses and checks a heartbeat body. `free_memory_bytes` is filled from the legacy `available_memory` when only that is sent.
@@ -469,6 +483,10 @@ mod tests {
                 "capabilities.cpu_cores",
             ),
             (r#"{"capabilities": {"cpu_cores": 2}}"#, "capabilities"),
+            (
+                r#"{"capabilities": {"cpu": {"cores": 2}, "memory_bytes": 1}, "peer_id": "not a peer id"}"#,
+                "peer_id",
+            ),
             (
                 r#"{"capabilities": {"cpu": {"cores": 2}, "memory_bytes": -1}}"#,
                 "capabilities.memory_bytes",
