@@ -144,13 +144,7 @@ impl Catalogue {
             )));
         }
         for (i, s) in self.services.iter().enumerate() {
-            if s.name.is_empty()
-                || s.name.len() > 32
-                || !s
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            {
+            if !is_service_name(&s.name) {
                 return Err(invalid(
                     s,
                     "a name is 1 to 32 lowercase letters, digits or '-'".into(),
@@ -213,6 +207,15 @@ impl Catalogue {
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
     }
+}
+
+/// A service name: 1 to 32 lowercase letters, digits or '-'.
+pub fn is_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 #[cfg(test)]

@@ -73,12 +73,18 @@ pub struct AgentHandle {
     commands: mpsc::Sender<Command>,
     task: JoinHandle<anyhow::Result<()>>,
     progress: Option<mpsc::Receiver<crate::containers::Progress>>,
+    dht: Arc<std::sync::OnceLock<commons_dht::Dht>>,
 }
 
 impl AgentHandle {
     /// Image pull progress (bytes per layer), for a progress bar; `None` after the first call.
     pub fn take_progress(&mut self) -> Option<mpsc::Receiver<crate::containers::Progress>> {
         self.progress.take()
+    }
+
+    /// The agent's DHT node, once started (never with `dht = false`).
+    pub fn dht(&self) -> Option<commons_dht::Dht> {
+        self.dht.get().cloned()
     }
 
     /// Sends a command.
@@ -126,7 +132,12 @@ pub fn start(
     let (session_tx, session) = watch::channel(Session::default());
     let (commands, rx) = mpsc::channel(16);
     let (progress_tx, progress) = mpsc::channel(256);
+    let dht = Arc::new(std::sync::OnceLock::new());
     let mut agent = Agent {
+        dht: dht.clone(),
+        dht_joined: false,
+        caps: None,
+        published: None,
         settings,
         creds,
         probe,
@@ -152,6 +163,7 @@ pub fn start(
         commands,
         task,
         progress: Some(progress),
+        dht,
     }
 }
 
@@ -176,6 +188,11 @@ struct Agent {
     tunnel: Option<Tunnel>,
     reported_endpoint: Option<String>,
     progress: mpsc::Sender<crate::containers::Progress>,
+    dht: Arc<std::sync::OnceLock<commons_dht::Dht>>,
+    dht_joined: bool,
+    caps: Option<commons_shared::caps::Capabilities>,
+    /// What was last published in the DHT (`None`: nothing, or withdrawn).
+    published: Option<commons_shared::dht::WorkerRecord>,
 }
 
 /// The joined coordinator.
@@ -253,8 +270,10 @@ impl Agent {
             self.set(State::Error(e.to_string()));
             return Err(e);
         }
+        self.start_dht().await;
         let mut joined = match self.creds.load() {
             Ok(Some(c)) => {
+                self.capabilities();
                 // Resume as the worker we were; the first heartbeat tells whether the coordinator still knows us.
                 self.session.send_modify(|s| {
                     s.worker_id = c.worker_id.clone();
@@ -292,9 +311,10 @@ impl Agent {
     }
 
     /// This machine's capabilities, detected once per join (not on every retry).
-    fn capabilities(&self) -> commons_shared::caps::Capabilities {
+    fn capabilities(&mut self) -> commons_shared::caps::Capabilities {
         let mut caps = hardware::detect(self.probe.as_ref()).capabilities;
         caps.region = self.settings.region.clone().unwrap_or_default();
+        self.caps = Some(caps.clone());
         caps
     }
 
@@ -304,32 +324,80 @@ impl Agent {
             // The tunnel's address can change between attempts: read it each time.
             endpoint: self.endpoint(),
             enrollment_token: self.settings.enrollment_token.clone(),
+            peer_id: self.dht.get().map(|d| d.peer_id().to_base58()),
             ..Default::default()
         }
     }
 
-    /// Registers, retrying with backoff and jitter; `None` when told to quit meanwhile.
-    async fn join(&mut self, failover: bool) -> Option<Joined> {
-        // After a coordinator dies, go through the edge (it knows the others), even if we joined directly.
+    /// Starts the DHT node and joins through cached seeds or the edge's; without it the agent works through its
+    /// coordinator alone.
+    async fn start_dht(&mut self) {
+        if !self.settings.dht {
+            return;
+        }
+        let dht = match crate::dht::start(&self.settings, self.creds.as_ref()).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "no DHT node; carrying on through the coordinator");
+                return;
+            }
+        };
+        let _ = self.dht.set(dht.clone());
+        match crate::dht::join(&dht, &self.settings, &self.client).await {
+            Ok(took) => {
+                self.dht_joined = true;
+                tracing::info!(peer = %dht.peer_id(), ms = took.as_millis() as u64, "joined the DHT");
+            }
+            Err(e) => tracing::info!(error = %e, "not in the DHT yet; the coordinator's seeds will do"),
+        }
+    }
+
+    /// Coordinators to try, in order: from the DHT (least loaded first, not the one that just failed), then the
+    /// configured entry (the edge, or a fixed coordinator, which is then the only choice).
+    async fn entries(&self, failover: bool) -> Vec<String> {
+        let failed = self.session.borrow().coordinator_url.clone();
+        let mut list = Vec::new();
+        if let (Some(d), true) = (self.dht.get(), self.dht_joined)
+            && (failover || self.settings.coordinator_url.is_none())
+        {
+            let region = self.settings.region.clone().unwrap_or_default();
+            let except = failover.then_some(failed.as_str());
+            for c in crate::dht::coordinators(d, &region, except).await {
+                list.push(c.url);
+            }
+        }
         let entry = if failover {
             self.settings.edge_url.clone()
         } else {
             self.settings.entry_url().to_owned()
         };
+        list.push(entry);
+        list
+    }
+
+    /// Registers, retrying with backoff and jitter; `None` when told to quit meanwhile.
+    async fn join(&mut self, failover: bool) -> Option<Joined> {
         let mut backoff = Duration::from_millis(250);
         let caps = self.capabilities();
         loop {
             let req = self.register_request(&caps);
-            match self.client.register(&entry, &req).await {
-                Ok(r) => return Some(self.joined(r)),
-                Err(e) => {
-                    tracing::warn!(entry = %entry, error = %e, "registration failed; retrying");
-                    if let CallError::Refused {
-                        status, message, ..
-                    } = &e
-                        && (*status == 401 || *status == 403 || *status == 422)
-                    {
-                        self.set(State::Error(format!("registration refused: {message}")));
+            for entry in self.entries(failover).await {
+                match self.client.register(&entry, &req).await {
+                    Ok(r) => {
+                        let seeds = r.dht_seeds.clone();
+                        let j = self.joined(r);
+                        self.join_dht_via(&seeds).await;
+                        return Some(j);
+                    }
+                    Err(e) => {
+                        tracing::warn!(entry = %entry, error = %e, "registration failed");
+                        if let CallError::Refused {
+                            status, message, ..
+                        } = &e
+                            && (*status == 401 || *status == 403 || *status == 422)
+                        {
+                            self.set(State::Error(format!("registration refused: {message}")));
+                        }
                     }
                 }
             }
@@ -343,6 +411,66 @@ impl Agent {
                     Some(Command::Resume) => self.paused = false,
                 },
             }
+        }
+    }
+
+    /// Joins the DHT through the seeds a coordinator handed out, when the cache and the edge gave none.
+    async fn join_dht_via(&mut self, seeds: &[String]) {
+        let (Some(d), false) = (self.dht.get(), self.dht_joined) else {
+            return;
+        };
+        let seeds: Vec<commons_dht::Multiaddr> = seeds.iter().filter_map(|a| a.parse().ok()).collect();
+        if seeds.is_empty() {
+            return;
+        }
+        match d.bootstrap(&seeds).await {
+            Ok(_) => {
+                self.dht_joined = true;
+                crate::dht::cache_seeds(&self.settings.seed_cache_path(), &seeds);
+                tracing::info!("joined the DHT through the coordinator's seeds");
+            }
+            Err(e) => tracing::info!(error = %e, "the coordinator's DHT seeds did not answer"),
+        }
+    }
+
+    /// Publishes this worker in the DHT when it changed (services, endpoint, coordinator, load by more than 0.1),
+    /// and withdraws it while paused; the node refreshes what was published.
+    async fn publish(&mut self, j: &Joined, load: f64) {
+        let Some(d) = self.dht.get().cloned() else {
+            return;
+        };
+        if self.paused || self.held {
+            if self.published.take().is_some() {
+                d.withdraw().await;
+            }
+            return;
+        }
+        let services = self
+            .desired
+            .iter()
+            .flatten()
+            .map(|a| a.service.clone())
+            .collect();
+        let caps = self.caps.clone().unwrap_or_default();
+        let rec = crate::dht::worker_record(
+            &j.creds.worker_id,
+            services,
+            self.endpoint(),
+            &j.creds.coordinator_url,
+            &caps,
+            load,
+        );
+        let same = self.published.as_ref().is_some_and(|p| {
+            (p.load - rec.load).abs() <= 0.1
+                && commons_shared::dht::WorkerRecord { load: 0.0, ..p.clone() }
+                    == commons_shared::dht::WorkerRecord { load: 0.0, ..rec.clone() }
+        });
+        if same {
+            return;
+        }
+        match d.publish_worker(rec.clone()).await {
+            Ok(()) => self.published = Some(rec),
+            Err(e) => tracing::warn!(error = %e, "cannot publish in the DHT"),
         }
     }
 
@@ -455,6 +583,7 @@ impl Agent {
                         } else {
                             self.active_state()
                         });
+                        self.publish(&j, hb.load).await;
                     }
                     Err(CallError::Unknown(status)) => {
                         tracing::info!(
@@ -595,6 +724,10 @@ impl Agent {
 
     /// Leaves cleanly: stops its tunnel, removes its containers, unregisters, forgets the credentials, reports Stopped.
     async fn stop(&mut self, j: Option<&Joined>) -> anyhow::Result<()> {
+        if let Some(d) = self.dht.get() {
+            d.withdraw().await;
+            d.shutdown().await;
+        }
         if let Some(t) = self.tunnel.take() {
             t.stop().await;
         }

@@ -125,6 +125,12 @@ impl Client {
         .map(|_| ())
     }
 
+    /// DHT seeds from an edge's `GET /api/dht/bootstrap`.
+    pub async fn bootstrap(&self, edge: &str) -> Result<commons_shared::edge::Bootstrap, CallError> {
+        let url = join(edge, "/api/dht/bootstrap");
+        Self::json(&url, self.http.get(&url).send().await).await
+    }
+
     /// Whether the coordinator answers `/health`.
     pub async fn alive(&self, coordinator: &str, timeout: Duration) -> bool {
         let url = join(coordinator, "/health");

@@ -39,6 +39,21 @@ pub trait CredentialStore: Send + Sync + std::fmt::Debug {
     fn save(&self, c: &Credentials) -> Result<(), CredentialError>;
     /// Forgets them.
     fn clear(&self) -> Result<(), CredentialError>;
+    /// The DHT identity (an encoded ed25519 key), kept beside the credentials but not forgotten with them: the
+    /// node keeps its peer id across re-registrations.
+    fn load_identity(&self) -> Result<Option<Vec<u8>>, CredentialError>;
+    /// Keeps the DHT identity.
+    fn save_identity(&self, key: &[u8]) -> Result<(), CredentialError>;
+}
+
+/// Loads the DHT identity, or makes one and keeps it.
+pub fn dht_identity(store: &dyn CredentialStore) -> Result<Vec<u8>, CredentialError> {
+    if let Some(k) = store.load_identity()? {
+        return Ok(k);
+    }
+    let key = commons_dht::encode_keypair(&commons_dht::generate_keypair());
+    store.save_identity(&key)?;
+    Ok(key)
 }
 
 /// The OS keyring. On Linux: the desktop session's Secret Service (GNOME Keyring, KWallet) when a session bus
@@ -170,6 +185,34 @@ impl CredentialStore for KeyringStore {
             Err(e) => Err(CredentialError::Keyring(e.to_string())),
         }
     }
+
+    fn load_identity(&self) -> Result<Option<Vec<u8>>, CredentialError> {
+        let store = self.identity_entry();
+        match store.entry()?.get_password() {
+            Ok(s) => hex::decode(s.trim())
+                .map(Some)
+                .map_err(|e| CredentialError::Keyring(format!("stored DHT identity unreadable: {e}"))),
+            Err(keyring::Error::NoEntry) => Ok(None),
+            Err(e) => Err(CredentialError::Keyring(e.to_string())),
+        }
+    }
+
+    fn save_identity(&self, key: &[u8]) -> Result<(), CredentialError> {
+        let store = self.identity_entry();
+        store
+            .entry()?
+            .set_password(&hex::encode(key))
+            .map_err(|e| CredentialError::Keyring(e.to_string()))
+    }
+}
+
+impl KeyringStore {
+    /// The entry beside this one that holds the DHT identity, on the same backend.
+    fn identity_entry(&self) -> KeyringStore {
+        let s = KeyringStore::named(&self.service, &format!("{}-dht-identity", self.user));
+        let _ = s.backend.set(self.backend());
+        s
+    }
 }
 
 /// The named tunnel's token, kept in the keyring (`commons-agent` / `tunnel-token`).
@@ -231,21 +274,7 @@ impl CredentialStore for FileStore {
 
     fn save(&self, c: &Credentials) -> Result<(), CredentialError> {
         let text = serde_json::to_string_pretty(c).map_err(|e| self.err(e))?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
-        }
-        let tmp = self.path.with_extension("tmp");
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp).map_err(|e| self.err(e))?;
-        std::io::Write::write_all(&mut f, text.as_bytes()).map_err(|e| self.err(e))?;
-        f.sync_all().map_err(|e| self.err(e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| self.err(e))
+        write_private(&self.path, text.as_bytes()).map_err(|e| self.err(e))
     }
 
     fn clear(&self) -> Result<(), CredentialError> {
@@ -255,6 +284,56 @@ impl CredentialStore for FileStore {
             Err(e) => Err(self.err(e)),
         }
     }
+
+    fn load_identity(&self) -> Result<Option<Vec<u8>>, CredentialError> {
+        let path = self.identity_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        if !private(&path).map_err(|e| self.err(e))? {
+            return Err(CredentialError::File(
+                path,
+                "is readable by others; make it mode 0600 (chmod 600) and try again".into(),
+            ));
+        }
+        hex::decode(text.trim())
+            .map(Some)
+            .map_err(|e| CredentialError::File(path, format!("is not valid: {e}")))
+    }
+
+    fn save_identity(&self, key: &[u8]) -> Result<(), CredentialError> {
+        write_private(&self.identity_path(), hex::encode(key).as_bytes())
+            .map_err(|e| self.err(e))
+    }
+}
+
+impl FileStore {
+    fn identity_path(&self) -> PathBuf {
+        let mut name = self.path.file_name().unwrap_or_default().to_owned();
+        name.push(".dht-identity");
+        self.path.with_file_name(name)
+    }
+}
+
+/// Writes `bytes` to `path` (mode 0600) through a temporary file and a rename.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    std::io::Write::write_all(&mut f, bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
@@ -276,6 +355,11 @@ mod tests {
         assert_eq!(store.load().unwrap(), None);
         store.save(&creds()).unwrap();
         assert_eq!(store.load().unwrap(), Some(creds()));
+        // The DHT identity stays when the credentials are forgotten.
+        let id = dht_identity(&store).unwrap();
+        store.clear().unwrap();
+        assert_eq!(dht_identity(&store).unwrap(), id);
+        store.save(&creds()).unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

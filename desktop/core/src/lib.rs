@@ -17,6 +17,7 @@ pub mod client;
 pub mod containers;
 pub mod control;
 pub mod credentials;
+pub mod dht;
 pub mod gateway;
 pub mod hardware;
 pub mod idle;

@@ -60,6 +60,17 @@ enum Cmd {
     Quit,
     /// Check that the OS keyring keeps a secret (writes, reads and deletes a test entry).
     KeyringCheck,
+    /// Find a worker for a service: in the DHT first (cached seeds, else the edge's), else the coordinator.
+    Find {
+        /// The service, e.g. ocr.
+        service: String,
+        /// The coordinator to fall back to [default: the settings' coordinator, else the edge].
+        #[arg(long)]
+        coordinator: Option<String>,
+        /// Ask the coordinator only.
+        #[arg(long)]
+        no_dht: bool,
+    },
 }
 
 fn settings(cli: &Cli) -> anyhow::Result<Settings> {
@@ -102,6 +113,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             store.clear()?;
             println!("keyring ok: {backend:?}");
+            Ok(())
+        }
+        Cmd::Find {
+            service,
+            coordinator,
+            no_dht,
+        } => {
+            if !commons_shared::catalogue::is_service_name(&service) {
+                anyhow::bail!("{service:?} is not a service name (1 to 32 lowercase letters, digits or -)");
+            }
+            let fallback = coordinator.unwrap_or_else(|| s.entry_url().to_owned());
+            // A short-lived lookup: a client node, no stagger.
+            s.dht_server = false;
+            s.dht_stagger_ms = 0;
+            s.dht_listen = "/ip4/0.0.0.0/tcp/0".into();
+            let dht = if no_dht || !s.dht {
+                None
+            } else {
+                let d = commons_agent::dht::start_with(&s, commons_dht::generate_keypair()).await?;
+                match commons_agent::dht::join(&d, &s, &commons_agent::client::Client::new()).await {
+                    Ok(_) => Some(d),
+                    Err(e) => {
+                        eprintln!("not using the DHT: {e}");
+                        None
+                    }
+                }
+            };
+            let route = commons_agent::dht::find_worker(dht.as_ref(), &fallback, &service).await;
+            println!("{}", serde_json::to_string_pretty(&route)?);
             Ok(())
         }
         Cmd::Status => {

@@ -63,6 +63,22 @@ pub struct Settings {
     pub idle_only: bool,
     /// Minutes without input before the computer counts as idle.
     pub idle_after_minutes: u32,
+    /// Join the DHT: publish this worker there, find coordinators and services through it (off: everything goes
+    /// through the coordinator).
+    pub dht: bool,
+    /// Where the DHT node listens (a multiaddr).
+    pub dht_listen: String,
+    /// Serve the DHT (store records, answer lookups). Only for machines others can reach (a server, a forwarded
+    /// port); a node behind NAT takes part as a client.
+    pub dht_server: bool,
+    /// DHT seeds (multiaddrs ending in `/p2p/<peer id>`) besides the cached ones and the edge's.
+    pub dht_seeds: Vec<String>,
+    /// Seconds between refreshes of this worker's DHT record (it lives twice as long).
+    pub dht_refresh_secs: u64,
+    /// Joining waits a random time up to this (ms), so a burst of agents does not hit a seed at once.
+    pub dht_stagger_ms: u64,
+    /// Where the seed list is cached, so a restart asks the edge nothing [default: next to the settings file].
+    pub dht_seed_cache: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -93,6 +109,13 @@ impl Default for Settings {
             on_ac_power_only: false,
             idle_only: false,
             idle_after_minutes: 5,
+            dht: true,
+            dht_listen: "/ip4/0.0.0.0/tcp/0".into(),
+            dht_server: false,
+            dht_seeds: Vec::new(),
+            dht_refresh_secs: 60,
+            dht_stagger_ms: 2000,
+            dht_seed_cache: None,
         }
     }
 }
@@ -154,6 +177,22 @@ impl Settings {
     /// Checks ranges.
     pub fn validate(&self) -> Result<(), SettingsError> {
         check_url("edge_url", &self.edge_url)?;
+        for (key, a) in std::iter::once(("dht_listen", &self.dht_listen))
+            .chain(self.dht_seeds.iter().map(|s| ("dht_seeds", s)))
+        {
+            if a.parse::<commons_dht::Multiaddr>().is_err() {
+                return Err(SettingsError::Invalid {
+                    key,
+                    message: format!("{a:?} is not a multiaddr (e.g. /ip4/0.0.0.0/tcp/0)"),
+                });
+            }
+        }
+        if !(1..=1800).contains(&self.dht_refresh_secs) || self.dht_stagger_ms > 60_000 {
+            return Err(SettingsError::Invalid {
+                key: "dht_refresh_secs",
+                message: "dht_refresh_secs must be from 1 to 1800 and dht_stagger_ms at most 60000".into(),
+            });
+        }
         if let Some(u) = &self.coordinator_url {
             check_url("coordinator_url", u)?;
         }
@@ -272,6 +311,16 @@ impl Settings {
             dirs::runtime_dir()
                 .unwrap_or_else(std::env::temp_dir)
                 .join("commons-agent.sock")
+        })
+    }
+
+    /// Where the DHT seed list is cached.
+    pub fn seed_cache_path(&self) -> PathBuf {
+        self.dht_seed_cache.clone().unwrap_or_else(|| {
+            dirs::cache_dir()
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join("commons")
+                .join(format!("dht-seeds-{}.json", self.instance))
         })
     }
 

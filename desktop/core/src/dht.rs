@@ -1,0 +1,170 @@
+//! The agent's part in the DHT: its node (identity from the keyring), seeds (cached on disk, else the edge's
+//! bootstrap list, else what the coordinator hands out at registration), its published worker record, and
+//! discovery: DHT first, the coordinator as fallback.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use commons_dht::{Config, Dht, Found, Multiaddr, Role};
+use commons_shared::dht::{CoordinatorRecord, WorkerRecord};
+
+use crate::client::Client;
+use crate::credentials::CredentialStore;
+use crate::settings::Settings;
+
+/// Starts the agent's DHT node with its kept identity.
+pub async fn start(settings: &Settings, creds: &dyn CredentialStore) -> anyhow::Result<Dht> {
+    let key = commons_dht::decode_keypair(&crate::credentials::dht_identity(creds)?)?;
+    start_with(settings, key).await
+}
+
+/// Starts a DHT node with the given identity (a throwaway one for a one-off lookup).
+pub async fn start_with(settings: &Settings, key: commons_dht::Keypair) -> anyhow::Result<Dht> {
+    let mut config = Config::new(key, Role::Agent);
+    config.listen = vec![settings.dht_listen.parse()?];
+    config.server = settings.dht_server;
+    config.refresh = Duration::from_secs(settings.dht_refresh_secs);
+    Ok(Dht::start(config).await?)
+}
+
+/// The cached seed list (empty when there is none or it is unreadable).
+pub fn cached_seeds(path: &Path) -> Vec<Multiaddr> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Vec<String>>(&t).ok())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect()
+}
+
+/// Adds `seeds` to the cache (at most 16, newest first).
+pub fn cache_seeds(path: &Path, seeds: &[Multiaddr]) {
+    let mut all: Vec<String> = seeds.iter().map(ToString::to_string).collect();
+    for old in cached_seeds(path) {
+        let old = old.to_string();
+        if !all.contains(&old) {
+            all.push(old);
+        }
+    }
+    all.truncate(16);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::write(path, serde_json::to_string(&all).unwrap_or_default()) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot cache the DHT seeds");
+    }
+}
+
+/// Joins the DHT: cached and configured seeds first (no edge request), else the edge's list. Waits a random
+/// time up to `dht_stagger_ms` first. Caches what worked.
+pub async fn join(dht: &Dht, settings: &Settings, client: &Client) -> anyhow::Result<Duration> {
+    let cache = settings.seed_cache_path();
+    let mut seeds = cached_seeds(&cache);
+    seeds.extend(settings.dht_seeds.iter().filter_map(|a| a.parse().ok()));
+    if settings.dht_stagger_ms > 0 {
+        let wait = rand::random_range(0..=settings.dht_stagger_ms);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+    if !seeds.is_empty() {
+        match dht.bootstrap(&seeds).await {
+            Ok(took) => return Ok(took),
+            Err(e) => tracing::info!(error = %e, "cached DHT seeds did not answer; asking the edge"),
+        }
+    }
+    let b = client.bootstrap(&settings.edge_url).await?;
+    let fresh: Vec<Multiaddr> = b
+        .seeds
+        .iter()
+        .flat_map(|s| &s.multiaddrs)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    if fresh.is_empty() {
+        anyhow::bail!("the edge lists no DHT seeds yet");
+    }
+    let took = dht.bootstrap(&fresh).await?;
+    cache_seeds(&cache, &fresh);
+    Ok(took)
+}
+
+/// Live coordinators from the DHT, least loaded first, leaving out `except` (a coordinator that just failed).
+pub async fn coordinators(dht: &Dht, region: &str, except: Option<&str>) -> Vec<CoordinatorRecord> {
+    let mut found: Vec<CoordinatorRecord> = dht
+        .find_coordinators(if region.is_empty() {
+            commons_shared::dht::ANY_REGION
+        } else {
+            region
+        })
+        .await
+        .into_iter()
+        .map(|f| f.record)
+        .filter(|c| Some(c.url.as_str()) != except)
+        .collect();
+    found.sort_by(|a, b| a.load.total_cmp(&b.load));
+    found
+}
+
+/// Where to send a request for a service.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "via", rename_all = "lowercase")]
+pub enum Route {
+    /// Straight to a worker found in the DHT: `{endpoint}/api/service/{name}/...`.
+    Direct {
+        /// The worker's endpoint.
+        endpoint: String,
+        /// Its peer id.
+        peer: String,
+    },
+    /// Through the coordinator, which routes to one of its workers: `{coordinator}/api/service/{name}/...`.
+    Coordinator {
+        /// The coordinator's URL.
+        url: String,
+    },
+}
+
+/// DHT first (the least loaded live worker with an endpoint), the coordinator when the DHT is off, has no
+/// peers or has no answer.
+pub async fn find_worker(dht: Option<&Dht>, coordinator: &str, service: &str) -> Route {
+    if let Some(d) = dht {
+        let mut found: Vec<Found<WorkerRecord>> = d
+            .find_service(service)
+            .await
+            .into_iter()
+            .filter(|f| f.record.endpoint.is_some())
+            .collect();
+        found.sort_by(|a, b| a.record.load.total_cmp(&b.record.load));
+        if let Some(f) = found.into_iter().next() {
+            return Route::Direct {
+                endpoint: f.record.endpoint.unwrap_or_default(),
+                peer: f.peer.to_base58(),
+            };
+        }
+    }
+    Route::Coordinator {
+        url: coordinator.trim_end_matches('/').to_owned(),
+    }
+}
+
+/// The record this worker publishes.
+pub fn worker_record(
+    worker_id: &str,
+    services: BTreeSet<String>,
+    endpoint: Option<String>,
+    coordinator: &str,
+    caps: &commons_shared::caps::Capabilities,
+    load: f64,
+) -> WorkerRecord {
+    WorkerRecord {
+        worker_id: Some(worker_id.to_owned()),
+        services: services.into_iter().collect(),
+        tier: Some(commons_shared::tier::classify(caps, false).tier.number()),
+        endpoint,
+        region: Some(caps.region.clone()).filter(|r| !r.is_empty()),
+        load,
+        cpu_cores: caps.cpu.cores,
+        gpus: caps.gpus.len() as u32,
+        vram_bytes: caps.gpus.iter().map(|g| g.vram_bytes).sum(),
+        coordinator_url: Some(coordinator.to_owned()),
+    }
+}
