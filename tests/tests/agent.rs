@@ -32,6 +32,7 @@ fn settings_for(coordinator: Option<&str>, edge: Option<&str>) -> Settings {
         coordinator_url: coordinator.map(Into::into),
         edge_url: edge.unwrap_or("http://127.0.0.1:9").into(),
         containers: false,
+        dht: false,
         ..Settings::default()
     }
 }
@@ -301,6 +302,7 @@ fn container_settings(c: &Coordinator, instance: &str) -> Settings {
         allowed_images: Some(vec!["127.0.0.1:5000/".into()]),
         memory_mb: 64,
         instance: instance.into(),
+        dht: false,
         ..Settings::default()
     }
 }

@@ -133,6 +133,7 @@ async fn the_coordinator_learns_each_new_tunnel_address() {
         containers: false,
         tunnel: "quick".into(),
         cloudflared: program,
+        dht: false,
         ..Settings::default()
     };
     let mut a = agent::start(

@@ -101,6 +101,8 @@ pub async fn coordinators(dht: &Dht, region: &str, except: Option<&str>) -> Vec<
         .map(|f| f.record)
         .filter(|c| Some(c.url.as_str()) != except)
         .collect();
+    // Equally loaded coordinators in random order, so joining agents spread over them.
+    rand::seq::SliceRandom::shuffle(found.as_mut_slice(), &mut rand::rng());
     found.sort_by(|a, b| a.load.total_cmp(&b.load));
     found
 }

@@ -152,6 +152,7 @@ async fn main() -> Result<()> {
     let settings = Settings {
         edge_url: edge.url(),
         containers: false,
+        dht: false,
         ..Settings::default()
     };
     let probe = Arc::new(commons_agent::hardware::RecordedProbe(Err(

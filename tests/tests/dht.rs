@@ -1,0 +1,166 @@
+//! The DHT end to end: an edge, two coordinators and twenty agents, all with real DHT nodes on loopback.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use commons_agent::agent::{self, AgentHandle, State};
+use commons_agent::credentials::FileStore;
+use commons_agent::dht::{Route, find_worker};
+use commons_agent::hardware::RecordedProbe;
+use commons_agent::settings::Settings;
+use commons_coordinator::server::test_utils::ADMIN_TOKEN;
+use commons_tests::{Coordinator, Edge, catalogue_only, eventually};
+use serde_json::Value;
+
+fn no_gpu() -> Arc<RecordedProbe> {
+    Arc::new(RecordedProbe(Err(commons_agent::hardware::NoGpu(
+        "no driver in tests".into(),
+    ))))
+}
+
+fn dht_coordinator(c: &mut commons_coordinator::Config, dir: &std::path::Path) {
+    c.dht = true;
+    c.dht_listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+    c.dht_refresh_secs = 5;
+    c.heartbeat_interval_secs = 1;
+    c.region = Some("eu".into());
+    c.catalogue = Some(catalogue_only(dir, &[("ocr", 100)]));
+}
+
+fn dht_agent(edge: &str, dir: &std::path::Path, i: usize) -> Settings {
+    Settings {
+        edge_url: edge.into(),
+        containers: false,
+        region: Some("eu".into()),
+        instance: format!("a{i}"),
+        probe_interval_ms: 500,
+        dht: true,
+        dht_listen: "/ip4/127.0.0.1/tcp/0".into(),
+        dht_server: true,
+        dht_refresh_secs: 5,
+        dht_stagger_ms: 500,
+        dht_seed_cache: Some(dir.join(format!("seeds-{i}.json"))),
+        ..Settings::default()
+    }
+}
+
+/// Edge requests so far, by kind, today.
+async fn edge_counts(edge: &Edge, client: &reqwest::Client) -> HashMap<String, u64> {
+    let m = edge.admin(client, "/api/admin/metrics").await;
+    let today = m["days"].as_array().and_then(|d| d.last()).cloned().unwrap_or_default();
+    serde_json::from_value(today["counts"].clone()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_fail_over_through_the_dht_and_the_edge_sees_nothing_of_it() {
+    let client = reqwest::Client::new();
+    let edge = Edge::start(|_| {}).await;
+    let k1 = edge.federation_key(&client, "one").await;
+    let k2 = edge.federation_key(&client, "two").await;
+    let c1 = Coordinator::federated(&edge, &k1, 60_000, dht_coordinator).await;
+    assert!(eventually(10, || async { edge.coordinator_count(&client).await == 1 }).await);
+    // The second joins the first through the seeds the edge lists.
+    let c2 = Coordinator::federated(&edge, &k2, 60_000, dht_coordinator).await;
+    assert!(eventually(10, || async { edge.coordinator_count(&client).await == 2 }).await);
+    let dht2 = c2.server.state().dht.get().unwrap().clone();
+    assert!(
+        eventually(10, || async { dht2.snapshot().await.stats.routing_table >= 1 }).await,
+        "the coordinators are linked in the DHT"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut agents: Vec<AgentHandle> = (0..20)
+        .map(|i| {
+            let creds = Arc::new(FileStore::new(dir.path().join(format!("creds-{i}.json"))));
+            agent::start(dht_agent(&edge.url(), dir.path(), i), creds, no_gpu())
+        })
+        .collect();
+    for a in &mut agents {
+        assert_eq!(
+            a.wait_for(Duration::from_secs(30), |s| *s == State::Active).await,
+            Some(State::Active)
+        );
+    }
+    let before = edge_counts(&edge, &client).await;
+    // First starts: one bootstrap request per agent and per coordinator; registrations went straight to
+    // coordinators found in the DHT.
+    assert_eq!(before.get("bootstrap").copied().unwrap_or(0), 20 + 2, "{before:?}");
+    assert_eq!(before.get("registration").copied().unwrap_or(0), 0, "{before:?}");
+
+    // Discovery: DHT first.
+    let d0 = agents[0].dht().unwrap();
+    assert!(
+        eventually(20, || async {
+            d0.service_providers("ocr").await.len() == 20
+        })
+        .await,
+        "every agent is found as an ocr provider"
+    );
+    match find_worker(Some(&d0), &c1.url(), "ocr").await {
+        Route::Direct { endpoint, .. } => assert!(endpoint.starts_with("http://127.0.0.1:")),
+        r => panic!("expected a worker from the DHT, got {r:?}"),
+    }
+    // Fallback: no DHT, or nobody in the DHT offering the service.
+    assert_eq!(
+        find_worker(None, &c1.url(), "ocr").await,
+        Route::Coordinator { url: c1.url() }
+    );
+    assert_eq!(
+        find_worker(Some(&d0), &c1.url(), "rag").await,
+        Route::Coordinator { url: c1.url() }
+    );
+
+    // The topology: a coordinator, its registered workers (by peer id) and its DHT links.
+    let topo: Value = client
+        .get(format!("{}/api/dht/topology", c2.url()))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(topo["dht_enabled"], true);
+    assert!(topo["edges"].as_array().unwrap().iter().any(|e| e["type"] == "dht_link"));
+    assert_eq!(topo["node_count"].as_u64().unwrap() as usize, topo["nodes"].as_array().unwrap().len());
+
+    // Kill the coordinator with more agents.
+    let on = |url: &str, agents: &[AgentHandle]| {
+        agents
+            .iter()
+            .filter(|a| a.session.borrow().coordinator_url == url)
+            .count()
+    };
+    let (victim, survivor) = if on(&c1.url(), &agents) >= on(&c2.url(), &agents) {
+        (c1, c2)
+    } else {
+        (c2, c1)
+    };
+    let moving = on(&victim.url(), &agents);
+    assert!(moving > 0);
+    let survivor_url = survivor.url();
+    victim.server.abort().await;
+    assert!(
+        eventually(30, || async { on(&survivor_url, &agents) == 20 }).await,
+        "{} of 20 agents moved to the surviving coordinator",
+        on(&survivor_url, &agents)
+    );
+    for a in &mut agents {
+        assert_eq!(
+            a.wait_for(Duration::from_secs(10), |s| *s == State::Active).await,
+            Some(State::Active)
+        );
+    }
+    let after = edge_counts(&edge, &client).await;
+    for kind in ["bootstrap", "registration", "service"] {
+        assert_eq!(
+            after.get(kind),
+            before.get(kind),
+            "{moving} agents failed over; the edge counted {kind} requests: {before:?} → {after:?}"
+        );
+    }
+    for a in agents {
+        a.abort().await;
+    }
+}
