@@ -77,7 +77,8 @@ impl Edge {
         })
     }
 
-    async fn register(&self, state: &AppState) -> Result<(), String> {
+    /// Registers; the heartbeat interval the edge asks for.
+    async fn register(&self, state: &AppState) -> Result<Duration, String> {
         let body = EdgeRegisterRequest {
             id: Some(self.id.clone()),
             url: Some(state.coordinator_url.clone()),
@@ -101,7 +102,11 @@ impl Edge {
             .send()
             .await;
         match r {
-            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) if r.status().is_success() => r
+                .json::<commons_shared::edge::EdgeAck>()
+                .await
+                .map(|a| Duration::from_secs(a.heartbeat_interval))
+                .map_err(|e| format!("unreadable answer from the edge: {e}")),
             Ok(r) => Err(format!(
                 "the edge answered {}: {}",
                 r.status(),
@@ -142,14 +147,19 @@ pub fn spawn(state: &AppState, id: &str) -> Option<JoinHandle<()>> {
     let edge = Edge::new(state, id)?;
     let state = state.clone();
     Some(tokio::spawn(async move {
-        let every = Duration::from_millis(state.config.edge_heartbeat_interval_ms);
+        let mut every = Duration::from_millis(state.config.edge_heartbeat_interval_ms);
         let mut registered = false;
         let mut backoff = Duration::from_millis(500);
         loop {
             if !registered {
                 match edge.register(&state).await {
-                    Ok(()) => {
-                        tracing::info!(edge = %edge.url, id = %edge.id, "registered with the edge");
+                    Ok(asked) => {
+                        // In the DHT, the edge asks for rare heartbeats (liveness flows through the DHT); never
+                        // beat more often than configured.
+                        if state.dht.get().is_some() {
+                            every = every.max(asked);
+                        }
+                        tracing::info!(edge = %edge.url, id = %edge.id, every_secs = every.as_secs(), "registered with the edge");
                         registered = true;
                         backoff = Duration::from_millis(500);
                     }

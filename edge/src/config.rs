@@ -35,6 +35,11 @@ pub struct Config {
     pub proxy_connect_timeout_ms: u64,
     /// Seconds a bootstrap answer may be cached.
     pub bootstrap_ttl_secs: u64,
+    /// Seconds between heartbeats asked of a coordinator that runs a DHT node (it registered DHT addresses):
+    /// its liveness flows through the DHT, so the edge needs only to keep it listed as a seed.
+    pub dht_heartbeat_interval_secs: u64,
+    /// A DHT coordinator silent this long is forgotten.
+    pub dht_coordinator_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -54,6 +59,8 @@ impl Default for Config {
             proxy_timeout_secs: 300,
             proxy_connect_timeout_ms: 2000,
             bootstrap_ttl_secs: 300,
+            dht_heartbeat_interval_secs: 6 * 3600,
+            dht_coordinator_ttl_secs: 25 * 3600,
         }
     }
 }

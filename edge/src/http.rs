@@ -105,11 +105,12 @@ impl axum::extract::FromRequestParts<EdgeState> for Admin {
 }
 
 fn ack(state: &EdgeState, id: String) -> Json<EdgeAck> {
+    let (heartbeat_interval, ttl) = state.timing(&id);
     Json(EdgeAck {
         status: "ok".into(),
         id,
-        heartbeat_interval: state.config.heartbeat_interval_secs,
-        ttl: state.config.coordinator_ttl_secs,
+        heartbeat_interval,
+        ttl,
     })
 }
 

@@ -386,15 +386,40 @@ impl EdgeState {
         Ok(())
     }
 
-    /// Forgets coordinators silent for longer than the TTL. Returns their ids.
+    /// Heartbeat interval and TTL (seconds) for a coordinator: long for one in the DHT, whose liveness flows
+    /// there; short otherwise.
+    pub fn timing(&self, id: &str) -> (u64, u64) {
+        let in_dht = self
+            .coordinators
+            .read()
+            .get(id)
+            .is_some_and(|c| !c.dht_addrs.is_empty());
+        if in_dht {
+            (
+                self.config.dht_heartbeat_interval_secs,
+                self.config.dht_coordinator_ttl_secs,
+            )
+        } else {
+            (
+                self.config.heartbeat_interval_secs,
+                self.config.coordinator_ttl_secs,
+            )
+        }
+    }
+
+    /// Forgets coordinators silent for longer than their TTL (see [`EdgeState::timing`]). Returns their ids.
     pub async fn expire(&self) -> Result<Vec<String>, StoreError> {
         let ttl = Duration::from_secs(self.config.coordinator_ttl_secs);
+        let dht_ttl = Duration::from_secs(self.config.dht_coordinator_ttl_secs);
         let now = Instant::now();
         let gone: Vec<String> = {
             let mut map = self.coordinators.write();
             let ids: Vec<String> = map
                 .values()
-                .filter(|c| now.saturating_duration_since(c.live.lock().last_seen) >= ttl)
+                .filter(|c| {
+                    let ttl = if c.dht_addrs.is_empty() { ttl } else { dht_ttl };
+                    now.saturating_duration_since(c.live.lock().last_seen) >= ttl
+                })
                 .map(|c| c.id.clone())
                 .collect();
             for id in &ids {
