@@ -32,13 +32,18 @@ pub fn identity(data_dir: &Path) -> anyhow::Result<Keypair> {
                     .create_new(true)
                     .mode(0o600)
                     .open(&path)
-                    .map_err(|e| anyhow::anyhow!("cannot keep the DHT identity at {}: {e}", path.display()))?
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot keep the DHT identity at {}: {e}", path.display())
+                    })?
             };
             std::io::Write::write_all(&mut f, &commons_dht::encode_keypair(&key))?;
             f.sync_all()?;
             Ok(key)
         }
-        Err(e) => Err(anyhow::anyhow!("cannot read the DHT identity at {}: {e}", path.display())),
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot read the DHT identity at {}: {e}",
+            path.display()
+        )),
     }
 }
 
@@ -101,7 +106,9 @@ async fn join(state: &AppState, dht: &Dht) {
     }
     match dht.bootstrap(&seeds).await {
         Ok(took) => tracing::info!(ms = took.as_millis() as u64, "joined the DHT"),
-        Err(e) => tracing::warn!(error = %e, "could not join the DHT; others can still join through this node"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not join the DHT; others can still join through this node")
+        }
     }
 }
 
@@ -163,7 +170,10 @@ async fn build_topology(state: &AppState) -> DhtTopology {
     let now = Instant::now();
     for w in state.registry.all() {
         let live = w.live.lock();
-        let id = w.peer_id.as_deref().map_or_else(|| w.id.to_string(), str::to_owned);
+        let id = w
+            .peer_id
+            .as_deref()
+            .map_or_else(|| w.id.to_string(), str::to_owned);
         index.insert(id.clone(), nodes.len());
         edges.push(TopologyEdge {
             from: id.clone(),

@@ -321,7 +321,10 @@ pub fn parse_registration(body: &[u8]) -> Result<NewWorker, InputError> {
     if let Some(p) = &worker.peer_id
         && !is_peer_id(p)
     {
-        c.fail("peer_id", "is not a libp2p peer id (base58, 40 to 64 characters)".into());
+        c.fail(
+            "peer_id",
+            "is not a libp2p peer id (base58, 40 to 64 characters)".into(),
+        );
     }
     c.finish()?;
     Ok(worker)

@@ -48,7 +48,11 @@ fn dht_agent(edge: &str, dir: &std::path::Path, i: usize) -> Settings {
 /// Edge requests so far, by kind, today.
 async fn edge_counts(edge: &Edge, client: &reqwest::Client) -> HashMap<String, u64> {
     let m = edge.admin(client, "/api/admin/metrics").await;
-    let today = m["days"].as_array().and_then(|d| d.last()).cloned().unwrap_or_default();
+    let today = m["days"]
+        .as_array()
+        .and_then(|d| d.last())
+        .cloned()
+        .unwrap_or_default();
     serde_json::from_value(today["counts"].clone()).unwrap_or_default()
 }
 
@@ -65,7 +69,10 @@ async fn agents_fail_over_through_the_dht_and_the_edge_sees_nothing_of_it() {
     assert!(eventually(10, || async { edge.coordinator_count(&client).await == 2 }).await);
     let dht2 = c2.server.state().dht.get().unwrap().clone();
     assert!(
-        eventually(10, || async { dht2.snapshot().await.stats.routing_table >= 1 }).await,
+        eventually(10, || async {
+            dht2.snapshot().await.stats.routing_table >= 1
+        })
+        .await,
         "the coordinators are linked in the DHT"
     );
 
@@ -78,15 +85,24 @@ async fn agents_fail_over_through_the_dht_and_the_edge_sees_nothing_of_it() {
         .collect();
     for a in &mut agents {
         assert_eq!(
-            a.wait_for(Duration::from_secs(30), |s| *s == State::Active).await,
+            a.wait_for(Duration::from_secs(30), |s| *s == State::Active)
+                .await,
             Some(State::Active)
         );
     }
     let before = edge_counts(&edge, &client).await;
     // First starts: one bootstrap request per agent and per coordinator; registrations went straight to
     // coordinators found in the DHT.
-    assert_eq!(before.get("bootstrap").copied().unwrap_or(0), 20 + 2, "{before:?}");
-    assert_eq!(before.get("registration").copied().unwrap_or(0), 0, "{before:?}");
+    assert_eq!(
+        before.get("bootstrap").copied().unwrap_or(0),
+        20 + 2,
+        "{before:?}"
+    );
+    assert_eq!(
+        before.get("registration").copied().unwrap_or(0),
+        0,
+        "{before:?}"
+    );
 
     // Discovery: DHT first.
     let d0 = agents[0].dht().unwrap();
@@ -122,8 +138,17 @@ async fn agents_fail_over_through_the_dht_and_the_edge_sees_nothing_of_it() {
         .await
         .unwrap();
     assert_eq!(topo["dht_enabled"], true);
-    assert!(topo["edges"].as_array().unwrap().iter().any(|e| e["type"] == "dht_link"));
-    assert_eq!(topo["node_count"].as_u64().unwrap() as usize, topo["nodes"].as_array().unwrap().len());
+    assert!(
+        topo["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "dht_link")
+    );
+    assert_eq!(
+        topo["node_count"].as_u64().unwrap() as usize,
+        topo["nodes"].as_array().unwrap().len()
+    );
 
     // Kill the coordinator with more agents.
     let on = |url: &str, agents: &[AgentHandle]| {
@@ -148,7 +173,8 @@ async fn agents_fail_over_through_the_dht_and_the_edge_sees_nothing_of_it() {
     );
     for a in &mut agents {
         assert_eq!(
-            a.wait_for(Duration::from_secs(10), |s| *s == State::Active).await,
+            a.wait_for(Duration::from_secs(10), |s| *s == State::Active)
+                .await,
             Some(State::Active)
         );
     }

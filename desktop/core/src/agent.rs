@@ -348,7 +348,9 @@ impl Agent {
                 self.dht_joined = true;
                 tracing::info!(peer = %dht.peer_id(), ms = took.as_millis() as u64, "joined the DHT");
             }
-            Err(e) => tracing::info!(error = %e, "not in the DHT yet; the coordinator's seeds will do"),
+            Err(e) => {
+                tracing::info!(error = %e, "not in the DHT yet; the coordinator's seeds will do")
+            }
         }
     }
 
@@ -419,7 +421,8 @@ impl Agent {
         let (Some(d), false) = (self.dht.get(), self.dht_joined) else {
             return;
         };
-        let seeds: Vec<commons_dht::Multiaddr> = seeds.iter().filter_map(|a| a.parse().ok()).collect();
+        let seeds: Vec<commons_dht::Multiaddr> =
+            seeds.iter().filter_map(|a| a.parse().ok()).collect();
         if seeds.is_empty() {
             return;
         }
@@ -462,8 +465,13 @@ impl Agent {
         );
         let same = self.published.as_ref().is_some_and(|p| {
             (p.load - rec.load).abs() <= 0.1
-                && commons_shared::dht::WorkerRecord { load: 0.0, ..p.clone() }
-                    == commons_shared::dht::WorkerRecord { load: 0.0, ..rec.clone() }
+                && commons_shared::dht::WorkerRecord {
+                    load: 0.0,
+                    ..p.clone()
+                } == commons_shared::dht::WorkerRecord {
+                    load: 0.0,
+                    ..rec.clone()
+                }
         });
         if same {
             return;

@@ -126,7 +126,10 @@ impl Client {
     }
 
     /// DHT seeds from an edge's `GET /api/dht/bootstrap`.
-    pub async fn bootstrap(&self, edge: &str) -> Result<commons_shared::edge::Bootstrap, CallError> {
+    pub async fn bootstrap(
+        &self,
+        edge: &str,
+    ) -> Result<commons_shared::edge::Bootstrap, CallError> {
         let url = join(edge, "/api/dht/bootstrap");
         Self::json(&url, self.http.get(&url).send().await).await
     }

@@ -189,9 +189,9 @@ impl CredentialStore for KeyringStore {
     fn load_identity(&self) -> Result<Option<Vec<u8>>, CredentialError> {
         let store = self.identity_entry();
         match store.entry()?.get_password() {
-            Ok(s) => hex::decode(s.trim())
-                .map(Some)
-                .map_err(|e| CredentialError::Keyring(format!("stored DHT identity unreadable: {e}"))),
+            Ok(s) => hex::decode(s.trim()).map(Some).map_err(|e| {
+                CredentialError::Keyring(format!("stored DHT identity unreadable: {e}"))
+            }),
             Err(keyring::Error::NoEntry) => Ok(None),
             Err(e) => Err(CredentialError::Keyring(e.to_string())),
         }
@@ -304,8 +304,7 @@ impl CredentialStore for FileStore {
     }
 
     fn save_identity(&self, key: &[u8]) -> Result<(), CredentialError> {
-        write_private(&self.identity_path(), hex::encode(key).as_bytes())
-            .map_err(|e| self.err(e))
+        write_private(&self.identity_path(), hex::encode(key).as_bytes()).map_err(|e| self.err(e))
     }
 }
 

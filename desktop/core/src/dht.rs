@@ -70,7 +70,9 @@ pub async fn join(dht: &Dht, settings: &Settings, client: &Client) -> anyhow::Re
     if !seeds.is_empty() {
         match dht.bootstrap(&seeds).await {
             Ok(took) => return Ok(took),
-            Err(e) => tracing::info!(error = %e, "cached DHT seeds did not answer; asking the edge"),
+            Err(e) => {
+                tracing::info!(error = %e, "cached DHT seeds did not answer; asking the edge")
+            }
         }
     }
     let b = client.bootstrap(&settings.edge_url).await?;

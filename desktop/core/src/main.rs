@@ -121,7 +121,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             no_dht,
         } => {
             if !commons_shared::catalogue::is_service_name(&service) {
-                anyhow::bail!("{service:?} is not a service name (1 to 32 lowercase letters, digits or -)");
+                anyhow::bail!(
+                    "{service:?} is not a service name (1 to 32 lowercase letters, digits or -)"
+                );
             }
             let fallback = coordinator.unwrap_or_else(|| s.entry_url().to_owned());
             // A short-lived lookup: a client node, no stagger.
@@ -132,7 +134,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None
             } else {
                 let d = commons_agent::dht::start_with(&s, commons_dht::generate_keypair()).await?;
-                match commons_agent::dht::join(&d, &s, &commons_agent::client::Client::new()).await {
+                match commons_agent::dht::join(&d, &s, &commons_agent::client::Client::new()).await
+                {
                     Ok(_) => Some(d),
                     Err(e) => {
                         eprintln!("not using the DHT: {e}");

@@ -190,7 +190,8 @@ impl Settings {
         if !(1..=1800).contains(&self.dht_refresh_secs) || self.dht_stagger_ms > 60_000 {
             return Err(SettingsError::Invalid {
                 key: "dht_refresh_secs",
-                message: "dht_refresh_secs must be from 1 to 1800 and dht_stagger_ms at most 60000".into(),
+                message: "dht_refresh_secs must be from 1 to 1800 and dht_stagger_ms at most 60000"
+                    .into(),
             });
         }
         if let Some(u) = &self.coordinator_url {

@@ -13,7 +13,10 @@ pub mod record;
 
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId};
-pub use node::{Config, Dht, DhtError, Found, ID_PROTOCOL, KAD_PROTOCOL, Role, Snapshot, now_ms, role_of, split_peer};
+pub use node::{
+    Config, Dht, DhtError, Found, ID_PROTOCOL, KAD_PROTOCOL, Role, Snapshot, now_ms, role_of,
+    split_peer,
+};
 
 /// A new ed25519 identity.
 pub fn generate_keypair() -> Keypair {

@@ -2,7 +2,6 @@
 //! cloneable handle that talks to it over a channel.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use commons_shared::dht::{
@@ -180,7 +179,6 @@ pub struct Dht {
     tx: mpsc::Sender<Cmd>,
     peer_id: PeerId,
     addrs: watch::Receiver<Vec<Multiaddr>>,
-    _keep: Arc<()>,
 }
 
 #[derive(NetworkBehaviour)]
@@ -272,7 +270,6 @@ impl Dht {
             tx,
             peer_id,
             addrs: addr_rx,
-            _keep: Arc::new(()),
         })
     }
 
@@ -944,8 +941,7 @@ impl Node {
                 if last {
                     let _ = reply.send(found);
                 } else {
-                    self.pending
-                        .insert(id, Pending::Providers { found, reply });
+                    self.pending.insert(id, Pending::Providers { found, reply });
                 }
             }
             (Pending::Put { reply }, kad::QueryResult::PutRecord(r)) => {

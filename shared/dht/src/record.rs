@@ -165,7 +165,10 @@ mod tests {
         assert_eq!(verify(&key, &eternal, 5_000), Err(RecordError::Expired));
 
         // Under a key of another kind.
-        assert_eq!(verify("service/ocr/0", &good, 5_000), Err(RecordError::BadKey));
+        assert_eq!(
+            verify("service/ocr/0", &good, 5_000),
+            Err(RecordError::BadKey)
+        );
         assert!(signer_of(&key).is_some());
     }
 }

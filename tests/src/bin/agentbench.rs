@@ -30,6 +30,9 @@ struct Cli {
     /// Skip containers (no engine).
     #[arg(long)]
     no_containers: bool,
+    /// Run the agent (and the coordinator) without the DHT.
+    #[arg(long)]
+    no_dht: bool,
 }
 
 fn proc_stat(pid: u32) -> Option<(u64, u64)> {
@@ -73,14 +76,22 @@ async fn main() -> Result<()> {
             bin.display()
         );
     }
-    let c = Coordinator::start(|cfg, dir| cfg.catalogue = Some(catalogue(dir))).await;
+    let c = Coordinator::start(|cfg, dir| {
+        cfg.catalogue = Some(catalogue(dir));
+        // The agent joins the DHT through the seeds in the coordinator's registration answer.
+        cfg.dht = !cli.no_dht;
+    })
+    .await;
     let dir = tempfile::tempdir()?;
     let sock = dir.path().join("agent.sock");
     std::fs::write(
         dir.path().join("agent.toml"),
         format!(
-            "containers = {}\nallowed_images = [\"127.0.0.1:5000/\"]\nmemory_mb = 64\ninstance = \"bench\"\n",
-            !cli.no_containers
+            "containers = {}\nallowed_images = [\"127.0.0.1:5000/\"]\nmemory_mb = 64\ninstance = \"bench\"\n\
+             dht = {}\ndht_listen = \"/ip4/127.0.0.1/tcp/0\"\ndht_stagger_ms = 0\ndht_seed_cache = {:?}\n",
+            !cli.no_containers,
+            !cli.no_dht,
+            dir.path().join("seeds.json"),
         ),
     )?;
     let started = Instant::now();

@@ -86,7 +86,11 @@ async fn network(cli: &Cli) -> Result<()> {
     let mut seeds = nodes[0].addresses();
     let mut joins = Vec::new();
     while nodes.len() < cli.nodes {
-        let batch = if nodes.len() < 5 { 1 } else { 8.min(cli.nodes - nodes.len()) };
+        let batch = if nodes.len() < 5 {
+            1
+        } else {
+            8.min(cli.nodes - nodes.len())
+        };
         let mut fresh = Vec::new();
         for _ in 0..batch {
             fresh.push(node().await?);
@@ -101,7 +105,11 @@ async fn network(cli: &Cli) -> Result<()> {
         nodes.extend(fresh);
     }
     for (i, d) in nodes.iter().enumerate() {
-        let services = if i % 2 == 0 { vec!["ocr".into(), "llm".into()] } else { vec!["ocr".into()] };
+        let services = if i % 2 == 0 {
+            vec!["ocr".into(), "llm".into()]
+        } else {
+            vec!["ocr".into()]
+        };
         d.publish_worker(WorkerRecord {
             services,
             endpoint: Some(format!("http://127.0.0.1:{}/", 10_000 + i)),
@@ -116,7 +124,10 @@ async fn network(cli: &Cli) -> Result<()> {
     let mut one = Vec::new();
     for _ in 0..10 {
         let d = node().await?;
-        let seed: Vec<_> = nodes.choose_multiple(&mut rand::rng(), 3).flat_map(Dht::addresses).collect();
+        let seed: Vec<_> = nodes
+            .choose_multiple(&mut rand::rng(), 3)
+            .flat_map(Dht::addresses)
+            .collect();
         one.push(ms(d.bootstrap(&seed).await?));
         d.shutdown().await;
     }
@@ -144,9 +155,20 @@ async fn network(cli: &Cli) -> Result<()> {
     finds.sort_by(f64::total_cmp);
     joins.sort_by(f64::total_cmp);
 
-    println!("DHT network: {} nodes in one process (loopback, tcp+noise+yamux, k = 20)", cli.nodes);
-    println!("  join while the network forms   p50 {:.1} ms  p99 {:.1} ms", pct(&joins, 0.5), pct(&joins, 0.99));
-    println!("  one node joining the full net  p50 {:.1} ms  max {:.1} ms", pct(&one, 0.5), pct(&one, 1.0));
+    println!(
+        "DHT network: {} nodes in one process (loopback, tcp+noise+yamux, k = 20)",
+        cli.nodes
+    );
+    println!(
+        "  join while the network forms   p50 {:.1} ms  p99 {:.1} ms",
+        pct(&joins, 0.5),
+        pct(&joins, 0.99)
+    );
+    println!(
+        "  one node joining the full net  p50 {:.1} ms  max {:.1} ms",
+        pct(&one, 0.5),
+        pct(&one, 1.0)
+    );
     println!(
         "  record lookup                  p50 {:.2} ms  p99 {:.2} ms  ({hits}/{} found)",
         pct(&lookups, 0.5),
@@ -159,7 +181,9 @@ async fn network(cli: &Cli) -> Result<()> {
         pct(&finds, 0.99),
         cli.nodes
     );
-    println!("  resident memory per node       {per_node:.2} MiB (both ends of every connection in one process)");
+    println!(
+        "  resident memory per node       {per_node:.2} MiB (both ends of every connection in one process)"
+    );
 
     let mut order: Vec<usize> = (0..nodes.len()).collect();
     order.shuffle(&mut rng);
@@ -223,10 +247,21 @@ async fn counts(edge: &Edge, client: &reqwest::Client) -> HashMap<String, u64> {
 }
 
 fn diff(a: &HashMap<String, u64>, b: &HashMap<String, u64>) -> Vec<(String, u64)> {
-    let mut out: Vec<_> = ["bootstrap", "registration", "service", "federation", "other"]
-        .iter()
-        .map(|k| (k.to_string(), b.get(*k).unwrap_or(&0) - a.get(*k).unwrap_or(&0)))
-        .collect();
+    let mut out: Vec<_> = [
+        "bootstrap",
+        "registration",
+        "service",
+        "federation",
+        "other",
+    ]
+    .iter()
+    .map(|k| {
+        (
+            k.to_string(),
+            b.get(*k).unwrap_or(&0) - a.get(*k).unwrap_or(&0),
+        )
+    })
+    .collect();
     out.retain(|(_, v)| *v > 0);
     out
 }
@@ -261,7 +296,8 @@ async fn day(cli: &Cli, n: usize) -> Result<()> {
     };
     let mut agents: Vec<AgentHandle> = (0..n).map(start).collect();
     for a in &mut agents {
-        a.wait_for(Duration::from_secs(60), |s| *s == State::Active).await;
+        a.wait_for(Duration::from_secs(60), |s| *s == State::Active)
+            .await;
     }
     let at_start = counts(&edge, &client).await;
 
@@ -304,7 +340,10 @@ async fn day(cli: &Cli, n: usize) -> Result<()> {
         day.as_secs(),
         cli.scale
     );
-    println!("  installation (before the day): {:?}", diff(&installed, &at_start));
+    println!(
+        "  installation (before the day): {:?}",
+        diff(&installed, &at_start)
+    );
     let during = diff(&at_start, &at_end);
     println!(
         "  edge requests during the day: {} {during:?}; {active}/{n} agents active at the end",
