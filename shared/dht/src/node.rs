@@ -755,14 +755,12 @@ impl Node {
 
     fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                if !self.addrs.contains(&address) {
-                    if self.advertise_listen {
-                        self.swarm.add_external_address(address.clone());
-                    }
-                    self.addrs.push(address);
-                    let _ = self.addr_tx.send(with_peer(&self.addrs, self.peer_id));
+            SwarmEvent::NewListenAddr { address, .. } if !self.addrs.contains(&address) => {
+                if self.advertise_listen {
+                    self.swarm.add_external_address(address.clone());
                 }
+                self.addrs.push(address);
+                let _ = self.addr_tx.send(with_peer(&self.addrs, self.peer_id));
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.swarm.remove_external_address(&address);
@@ -935,7 +933,7 @@ impl Node {
             (Pending::Providers { mut found, reply }, kad::QueryResult::GetProviders(r)) => {
                 if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = r {
                     found.extend(providers);
-                } else if matches!(r, Err(_)) && found.is_empty() {
+                } else if r.is_err() && found.is_empty() {
                     self.lookup_failures += 1;
                 }
                 if last {
