@@ -97,6 +97,28 @@ fn pick(
     None
 }
 
+/// The least loaded live worker offering `service` in the DHT (another coordinator's), as a target.
+async fn dht_target(
+    state: &AppState,
+    service: &str,
+    rest: &str,
+    query: Option<&str>,
+) -> Option<Target> {
+    let dht = state.dht.get()?;
+    let mut found: Vec<_> = dht
+        .find_service(service)
+        .await
+        .into_iter()
+        .filter_map(|f| Some((f.record.load, f.record.endpoint?)))
+        .filter(|(_, e)| e.starts_with("http://"))
+        .collect();
+    found.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let sep = if rest.is_empty() { "" } else { "/" };
+    found.into_iter().find_map(|(_, e)| {
+        Target::from_base(&e, &format!("/api/service/{service}{sep}{rest}"), query)
+    })
+}
+
 /// Forwards `ANY /api/service/{service}/{*path}`.
 #[utoipa::path(post, path = "/api/service/{service}/{path}", params(("service" = String, Path), ("path" = String, Path)),
     responses((status = 200, description = "the worker's answer"), (status = 404, body = commons_shared::ErrorBody),
@@ -170,6 +192,25 @@ async fn route(
         }
         w.stats.record(false, start.elapsed());
         tried.push(w.id);
+    }
+    // None of ours offers it: ask the DHT for a worker of another coordinator.
+    if tried.is_empty()
+        && let Some(t) = dht_target(&state, &service, &rest, query.as_deref()).await
+    {
+        match forward::connect(&t.authority, connect_timeout).await {
+            Ok(stream) => {
+                let timeout = Duration::from_secs(state.config.proxy_timeout_secs);
+                let result = forward::send(stream, &t, req, client, timeout).await;
+                state
+                    .metrics
+                    .route_latency
+                    .record(start.elapsed().as_secs_f64());
+                return result;
+            }
+            Err(e) => {
+                tracing::warn!(target = %t.authority, error = %e, "cannot connect to a worker found in the DHT")
+            }
+        }
     }
     state.errors_total.fetch_add(1, Ordering::Relaxed);
     state.metrics.route_errors.increment(1);

@@ -78,6 +78,19 @@ impl Coordinator {
     pub fn url(&self) -> String {
         self.server.url()
     }
+
+    /// An admin GET (the test admin token) as JSON.
+    pub async fn admin(&self, client: &reqwest::Client, path: &str) -> Value {
+        client
+            .get(format!("{}{path}", self.url()))
+            .bearer_auth(test_utils::ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
 }
 
 /// An edge on loopback with its own temp dir.

@@ -9,9 +9,7 @@ use commons_agent::credentials::FileStore;
 use commons_agent::dht::{Route, find_worker};
 use commons_agent::hardware::RecordedProbe;
 use commons_agent::settings::Settings;
-use commons_coordinator::server::test_utils::ADMIN_TOKEN;
 use commons_tests::{Coordinator, Edge, catalogue_only, eventually};
-use serde_json::Value;
 
 fn no_gpu() -> Arc<RecordedProbe> {
     Arc::new(RecordedProbe(Err(commons_agent::hardware::NoGpu(
@@ -127,16 +125,34 @@ async fn agents_fail_over_through_the_dht_and_the_edge_sees_nothing_of_it() {
         Route::Coordinator { url: c1.url() }
     );
 
-    // The topology: a coordinator, its registered workers (by peer id) and its DHT links.
-    let topo: Value = client
-        .get(format!("{}/api/dht/topology", c2.url()))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
+    // A coordinator with no workers of its own routes a service request to a worker it finds in the DHT (here
+    // the worker's gateway answers: it runs no container in this test).
+    let c3 = Coordinator::start(dht_coordinator).await;
+    c3.server
+        .state()
+        .dht
+        .get()
         .unwrap()
-        .json()
+        .bootstrap(&dht2.addresses())
         .await
         .unwrap();
+    let r = client
+        .get(format!("{}/api/service/ocr/status", c3.url()))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("this worker does not run"),
+        "answered by a worker's gateway: {body}"
+    );
+    c3.server.abort().await;
+
+    // The topology: a coordinator, its registered workers (by peer id) and its DHT links.
+    let topo = c2.admin(&client, "/api/dht/topology").await;
     assert_eq!(topo["dht_enabled"], true);
     assert!(
         topo["edges"]

@@ -259,6 +259,7 @@ impl Dht {
             seen: HashMap::new(),
             published: None,
             provided: Vec::new(),
+            published_at: 0,
             seq: 0,
             lookups: 0,
             lookup_failures: 0,
@@ -560,6 +561,10 @@ struct Node {
     seen: HashMap<String, (u64, u64)>,
     published: Option<RecordBody>,
     provided: Vec<String>,
+    /// Routing-table size at the last publication: when the table has doubled since, the record and the
+    /// announcements go out again, so a node that published into a small network is not left stored only on
+    /// its first few peers until the next refresh.
+    published_at: usize,
     seq: u64,
     lookups: u64,
     lookup_failures: u64,
@@ -707,12 +712,17 @@ impl Node {
             body,
         };
         let value = record::sign(&self.keypair, &payload);
+        self.published_at = self.routing_table_size();
         let mut rec = Record::new(RecordKey::new(&key), value);
         rec.expires = Some(Instant::now() + lifetime);
         self.kad()
             .put_record(rec, Quorum::One)
             .map(|_| ())
             .map_err(|e| DhtError::Publish(format!("{e:?}")))
+    }
+
+    fn routing_table_size(&mut self) -> usize {
+        self.kad().kbuckets().map(|b| b.num_entries()).sum()
     }
 
     fn republish(&mut self) {
@@ -817,6 +827,17 @@ impl Node {
             kad::Event::OutboundQueryProgressed {
                 id, result, step, ..
             } => self.on_progress(id, result, step.last),
+            kad::Event::RoutingUpdated {
+                is_new_peer: true, ..
+            } if self.published.is_some() => {
+                let size = self.routing_table_size();
+                if size >= 2 * self.published_at.max(1) {
+                    self.republish();
+                    for key in self.provided.clone() {
+                        let _ = self.kad().start_providing(RecordKey::new(&key));
+                    }
+                }
+            }
             _ => {}
         }
     }
