@@ -151,8 +151,36 @@ async fn agents_fail_over_through_the_dht_and_the_edge_sees_nothing_of_it() {
     );
     c3.server.abort().await;
 
-    // The topology: a coordinator, its registered workers (by peer id) and its DHT links.
+    // A DHT node with no peers has no answer either.
+    let lonely = commons_agent::dht::start_with(
+        &dht_agent(&edge.url(), dir.path(), 99),
+        commons_dht::generate_keypair(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        find_worker(Some(&lonely), &c1.url(), "ocr").await,
+        Route::Coordinator { url: c1.url() }
+    );
+    lonely.shutdown().await;
+
+    // The topology: a coordinator, its registered workers (by peer id, with their services) and its DHT links.
     let topo = c2.admin(&client, "/api/dht/topology").await;
+    let workers: Vec<_> = topo["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["type"] == "worker" && n["worker_id"].is_string())
+        .collect();
+    assert!(!workers.is_empty());
+    assert!(
+        workers
+            .iter()
+            .all(|w| w["services"] == serde_json::json!(["ocr"]))
+    );
+    let stats = c2.admin(&client, "/api/dht/stats").await;
+    assert_eq!(stats["enabled"], true);
+    assert!(stats["routing_table"].as_u64().unwrap() >= 20, "{stats}");
     assert_eq!(topo["dht_enabled"], true);
     assert!(
         topo["edges"]

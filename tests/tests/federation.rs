@@ -259,7 +259,37 @@ async fn federation_auth_and_bootstrap() {
         reg(Some("made-up"), body.clone()).await.unwrap().status(),
         401
     );
-    assert_eq!(reg(Some(&key_a), body.clone()).await.unwrap().status(), 200);
+    let ack: Value = reg(Some(&key_a), body.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // In the DHT (it listed DHT addresses), a coordinator is asked for a heartbeat every 6 h and kept 25 h.
+    assert_eq!(
+        (ack["heartbeat_interval"].as_u64(), ack["ttl"].as_u64()),
+        (Some(6 * 3600), Some(25 * 3600))
+    );
+    let plain: Value = reg(
+        Some(&key_b),
+        json!({"worker_id": "coord-plain", "url": "http://127.0.0.1:8"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        (plain["heartbeat_interval"].as_u64(), plain["ttl"].as_u64()),
+        (Some(60), Some(300))
+    );
+    let gone = client
+        .delete(format!("{}/api/edge/coordinators/coord-plain", edge.url()))
+        .bearer_auth(&key_b)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 200);
     // Another key cannot take over or heartbeat for coord-a.
     assert_eq!(reg(Some(&key_b), body.clone()).await.unwrap().status(), 403);
     let hb = client
