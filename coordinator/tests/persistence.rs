@@ -106,6 +106,8 @@ fn start_binary(dir: &std::path::Path) -> (Proc, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_commons-coordinator"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
+        // The DHT node (on by default) on loopback, on a port the OS picks.
+        .args(["--dht-listen", "/ip4/127.0.0.1/tcp/0"])
         .env("COMMONS_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("COMMONS_REGISTER_RATE_LIMIT", "0")
         .env("RUST_LOG", "warn")

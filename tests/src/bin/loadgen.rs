@@ -314,6 +314,8 @@ async fn main() -> Result<()> {
     let mut cmd = Command::new(&bin);
     cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data.path())
+        // The DHT node (on by default) on loopback, on a port the OS picks.
+        .args(["--dht-listen", "/ip4/127.0.0.1/tcp/0"])
         .env("COMMONS_REGISTER_RATE_LIMIT", "0")
         .env("COMMONS_ADMIN_TOKEN", "loadgen-admin-token-0123456789")
         .env("RUST_LOG", "warn");
