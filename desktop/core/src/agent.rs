@@ -135,7 +135,7 @@ pub fn start(
     let dht = Arc::new(std::sync::OnceLock::new());
     let mut agent = Agent {
         dht: dht.clone(),
-        dht_joined: false,
+        dht_joined: Arc::new(watch::channel(None).0),
         caps: None,
         published: None,
         settings,
@@ -189,7 +189,8 @@ struct Agent {
     reported_endpoint: Option<String>,
     progress: mpsc::Sender<crate::containers::Progress>,
     dht: Arc<std::sync::OnceLock<commons_dht::Dht>>,
-    dht_joined: bool,
+    /// `None` while joining, then whether the node is in the DHT.
+    dht_joined: Arc<watch::Sender<Option<bool>>>,
     caps: Option<commons_shared::caps::Capabilities>,
     /// What was last published in the DHT (`None`: nothing, or withdrawn).
     published: Option<commons_shared::dht::WorkerRecord>,
@@ -343,15 +344,44 @@ impl Agent {
             }
         };
         let _ = self.dht.set(dht.clone());
-        match crate::dht::join(&dht, &self.settings, &self.client).await {
-            Ok(took) => {
-                self.dht_joined = true;
-                tracing::info!(peer = %dht.peer_id(), ms = took.as_millis() as u64, "joined the DHT");
+        // Joining runs beside registration: dead cached seeds must not hold the agent back.
+        let (settings, client, joined) = (
+            self.settings.clone(),
+            self.client.clone(),
+            self.dht_joined.clone(),
+        );
+        tokio::spawn(async move {
+            match crate::dht::join(&dht, &settings, &client).await {
+                Ok(took) => {
+                    tracing::info!(peer = %dht.peer_id(), ms = took.as_millis() as u64, "joined the DHT");
+                    joined.send_replace(Some(true));
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "not in the DHT yet; the coordinator's seeds will do");
+                    // A join through the coordinator's seeds may have succeeded meanwhile.
+                    joined.send_if_modified(|j| {
+                        let unset = j.is_none();
+                        if unset {
+                            *j = Some(false);
+                        }
+                        unset
+                    });
+                }
             }
-            Err(e) => {
-                tracing::info!(error = %e, "not in the DHT yet; the coordinator's seeds will do")
-            }
+        });
+    }
+
+    /// Whether the node is in the DHT, waiting at most `wait` for a join in progress.
+    async fn in_dht(&self, wait: Duration) -> bool {
+        if self.dht.get().is_none() {
+            return false;
         }
+        let mut rx = self.dht_joined.subscribe();
+        tokio::time::timeout(wait, rx.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .is_some_and(|j| *j == Some(true))
     }
 
     /// Coordinators to try, in order: from the DHT (least loaded first, not the one that just failed), then the
@@ -359,8 +389,9 @@ impl Agent {
     async fn entries(&self, failover: bool) -> Vec<String> {
         let failed = self.session.borrow().coordinator_url.clone();
         let mut list = Vec::new();
-        if let (Some(d), true) = (self.dht.get(), self.dht_joined)
-            && (failover || self.settings.coordinator_url.is_none())
+        if (failover || self.settings.coordinator_url.is_none())
+            && self.in_dht(Duration::from_secs(3)).await
+            && let Some(d) = self.dht.get()
         {
             let region = self.settings.region.clone().unwrap_or_default();
             let except = failover.then_some(failed.as_str());
@@ -418,7 +449,7 @@ impl Agent {
 
     /// Joins the DHT through the seeds a coordinator handed out, when the cache and the edge gave none.
     async fn join_dht_via(&mut self, seeds: &[String]) {
-        let (Some(d), false) = (self.dht.get(), self.dht_joined) else {
+        let (Some(d), false) = (self.dht.get(), *self.dht_joined.borrow() == Some(true)) else {
             return;
         };
         let seeds: Vec<commons_dht::Multiaddr> =
@@ -428,7 +459,7 @@ impl Agent {
         }
         match d.bootstrap(&seeds).await {
             Ok(_) => {
-                self.dht_joined = true;
+                self.dht_joined.send_replace(Some(true));
                 crate::dht::cache_seeds(&self.settings.seed_cache_path(), &seeds);
                 tracing::info!("joined the DHT through the coordinator's seeds");
             }
