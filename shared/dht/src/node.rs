@@ -220,8 +220,9 @@ impl Dht {
             swarm.add_external_address(a.clone());
         }
         // Provider records carry the provider's external addresses, and storers hand out only providers they can
-        // give an address for: a server without configured addresses advertises where it listens.
-        let advertise_listen = config.server && config.external.is_empty();
+        // give an address for (kad drops the others from its answers): a node without configured addresses
+        // advertises where it listens. Its kad mode is set explicitly, so this does not make a client a server.
+        let advertise_listen = config.external.is_empty();
         let mut addrs = Vec::new();
         let deadline = tokio::time::sleep(Duration::from_secs(5));
         tokio::pin!(deadline);
@@ -507,9 +508,11 @@ fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, DhtError> {
                 },
             );
             let mut kad = kad::Behaviour::with_config(peer, store, kc);
-            if server {
-                kad.set_mode(Some(kad::Mode::Server));
-            }
+            kad.set_mode(Some(if server {
+                kad::Mode::Server
+            } else {
+                kad::Mode::Client
+            }));
             let identify = identify::Behaviour::new(
                 identify::Config::new(ID_PROTOCOL.into(), key.public())
                     .with_agent_version(role.agent_version())

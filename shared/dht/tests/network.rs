@@ -104,6 +104,31 @@ async fn two_nodes_put_get_and_find_providers() {
     b.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_behind_nat_are_found_through_a_server_node() {
+    // Volunteers behind NAT run client-mode nodes: they store nothing and nobody routes through them, yet their
+    // records and service announcements live on the server (a coordinator) and are found there.
+    let refresh = Duration::from_secs(30);
+    let (server, _) = node(true, refresh).await;
+    let (worker_node, _) = node(false, refresh).await;
+    let (client, _) = node(false, refresh).await;
+    worker_node.bootstrap(&server.addresses()).await.unwrap();
+    client.bootstrap(&server.addresses()).await.unwrap();
+    worker_node.publish_worker(worker(&["ocr"])).await.unwrap();
+    let found = until(10, || async {
+        let f = client.find_service("ocr").await;
+        (!f.is_empty()).then_some(f)
+    })
+    .await
+    .expect("the client-mode worker is found through the server");
+    assert_eq!(found[0].peer, worker_node.peer_id());
+    assert_eq!(
+        server.snapshot().await.stats.routing_table,
+        0,
+        "clients are not in the server's routing table"
+    );
+}
+
 async fn rejected(d: &Dht) -> u64 {
     d.snapshot().await.stats.rejected
 }
