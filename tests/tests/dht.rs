@@ -38,6 +38,8 @@ fn dht_agent(edge: &str, dir: &std::path::Path, i: usize) -> Settings {
         dht_server: true,
         dht_refresh_secs: 5,
         dht_stagger_ms: 500,
+        // Other tests share the machine's two cores: give the join time before falling back to the edge.
+        dht_join_wait_ms: 20_000,
         dht_seed_cache: Some(dir.join(format!("seeds-{i}.json"))),
         ..Settings::default()
     }

@@ -390,7 +390,9 @@ impl Agent {
         let failed = self.session.borrow().coordinator_url.clone();
         let mut list = Vec::new();
         if (failover || self.settings.coordinator_url.is_none())
-            && self.in_dht(Duration::from_secs(3)).await
+            && self
+                .in_dht(Duration::from_millis(self.settings.dht_join_wait_ms))
+                .await
             && let Some(d) = self.dht.get()
         {
             let region = self.settings.region.clone().unwrap_or_default();

@@ -77,6 +77,8 @@ pub struct Settings {
     pub dht_refresh_secs: u64,
     /// Joining waits a random time up to this (ms), so a burst of agents does not hit a seed at once.
     pub dht_stagger_ms: u64,
+    /// Registration waits at most this long (ms) for a DHT join in progress before it goes to the edge.
+    pub dht_join_wait_ms: u64,
     /// Where the seed list is cached, so a restart asks the edge nothing [default: next to the settings file].
     pub dht_seed_cache: Option<PathBuf>,
 }
@@ -115,6 +117,7 @@ impl Default for Settings {
             dht_seeds: Vec::new(),
             dht_refresh_secs: 60,
             dht_stagger_ms: 2000,
+            dht_join_wait_ms: 3000,
             dht_seed_cache: None,
         }
     }
@@ -187,10 +190,13 @@ impl Settings {
                 });
             }
         }
-        if !(1..=1800).contains(&self.dht_refresh_secs) || self.dht_stagger_ms > 60_000 {
+        if !(1..=1800).contains(&self.dht_refresh_secs)
+            || self.dht_stagger_ms > 60_000
+            || self.dht_join_wait_ms > 60_000
+        {
             return Err(SettingsError::Invalid {
                 key: "dht_refresh_secs",
-                message: "dht_refresh_secs must be from 1 to 1800 and dht_stagger_ms at most 60000"
+                message: "dht_refresh_secs must be from 1 to 1800, dht_stagger_ms and dht_join_wait_ms at most 60000"
                     .into(),
             });
         }
