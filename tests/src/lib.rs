@@ -37,6 +37,19 @@ pub fn catalogue_only(dir: &std::path::Path, services: &[(&str, u32)]) -> PathBu
     path
 }
 
+/// A GET with a bearer token, its body as JSON.
+pub async fn get_json(client: &reqwest::Client, url: &str, token: &str) -> Value {
+    client
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// A coordinator on loopback with its own temp dir.
 #[derive(Debug)]
 pub struct Coordinator {
@@ -81,15 +94,12 @@ impl Coordinator {
 
     /// An admin GET (the test admin token) as JSON.
     pub async fn admin(&self, client: &reqwest::Client, path: &str) -> Value {
-        client
-            .get(format!("{}{path}", self.url()))
-            .bearer_auth(test_utils::ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(
+            client,
+            &format!("{}{path}", self.url()),
+            test_utils::ADMIN_TOKEN,
+        )
+        .await
     }
 }
 
@@ -149,15 +159,12 @@ impl Edge {
 
     /// An admin GET.
     pub async fn admin(&self, client: &reqwest::Client, path: &str) -> Value {
-        client
-            .get(format!("{}{path}", self.url()))
-            .bearer_auth(commons_edge::server::test_utils::ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(
+            client,
+            &format!("{}{path}", self.url()),
+            commons_edge::server::test_utils::ADMIN_TOKEN,
+        )
+        .await
     }
 }
 
