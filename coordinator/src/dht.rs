@@ -47,11 +47,6 @@ pub fn identity(data_dir: &Path) -> anyhow::Result<Keypair> {
     }
 }
 
-fn addrs(list: &[String]) -> Vec<Multiaddr> {
-    // Checked by Config::validate.
-    list.iter().filter_map(|a| a.parse().ok()).collect()
-}
-
 /// Starts the node (when the DHT is on) and the task that bootstraps it and keeps its record fresh.
 pub async fn start(state: &AppState) -> anyhow::Result<Option<JoinHandle<()>>> {
     let c = &state.config;
@@ -59,8 +54,9 @@ pub async fn start(state: &AppState) -> anyhow::Result<Option<JoinHandle<()>>> {
         return Ok(None);
     }
     let mut config = DhtConfig::new(identity(&c.data_dir)?, Role::Coordinator);
-    config.listen = addrs(&c.dht_listen);
-    config.external = addrs(&c.dht_external);
+    // Checked by Config::validate.
+    config.listen = commons_dht::parse_addrs(&c.dht_listen);
+    config.external = commons_dht::parse_addrs(&c.dht_external);
     config.refresh = Duration::from_secs(c.dht_refresh_secs);
     let dht = Dht::start(config).await?;
     tracing::info!(peer = %dht.peer_id(), addresses = ?dht.addresses(), "DHT node listening");
@@ -91,7 +87,7 @@ fn record(state: &AppState) -> CoordinatorRecord {
 /// Bootstraps from the configured seeds and, with an edge, from the seeds it lists (one request per start).
 /// The first coordinator has nobody to join: it serves as a seed and is joined by others.
 async fn join(state: &AppState, dht: &Dht) {
-    let mut seeds = addrs(&state.config.dht_seeds);
+    let mut seeds = commons_dht::parse_addrs(&state.config.dht_seeds);
     if let Some(edge) = &state.config.edge_url {
         match fetch_seeds(edge).await {
             Ok(more) => seeds.extend(more),
@@ -123,11 +119,7 @@ pub async fn fetch_seeds(edge: &str) -> anyhow::Result<Vec<Multiaddr>> {
         .error_for_status()?
         .json()
         .await?;
-    Ok(b.seeds
-        .iter()
-        .flat_map(|s| &s.multiaddrs)
-        .filter_map(|a| a.parse().ok())
-        .collect())
+    Ok(commons_dht::bootstrap_addrs(&b))
 }
 
 /// `GET /api/dht/stats`: this coordinator's node.

@@ -143,8 +143,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let _ = writeln!(out, "Commons coordinator listening on {}", server.url());
     let _ = writeln!(out, "Data: {}", data_dir.join("commons.db").display());
     if let Some(d) = server.state().dht.get() {
-        let seeds: Vec<String> = d.addresses().iter().map(ToString::to_string).collect();
-        let _ = writeln!(out, "DHT node {} at {}", d.peer_id(), seeds.join(", "));
+        let _ = writeln!(
+            out,
+            "DHT node {} at {}",
+            d.peer_id(),
+            d.address_strings().join(", ")
+        );
     }
     if let Some(token) = server.new_admin_token() {
         let _ = writeln!(

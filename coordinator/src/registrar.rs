@@ -90,7 +90,7 @@ impl Edge {
             dht_addrs: state
                 .dht
                 .get()
-                .map(|d| d.addresses().iter().map(ToString::to_string).collect())
+                .map(commons_dht::Dht::address_strings)
                 .unwrap_or_default(),
             ..Default::default()
         };

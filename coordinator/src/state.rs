@@ -380,7 +380,7 @@ impl AppState {
             dht_seeds: self
                 .dht
                 .get()
-                .map(|d| d.addresses().iter().map(ToString::to_string).collect())
+                .map(commons_dht::Dht::address_strings)
                 .unwrap_or_default(),
         })
     }

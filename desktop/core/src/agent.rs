@@ -454,8 +454,7 @@ impl Agent {
         let (Some(d), false) = (self.dht.get(), *self.dht_joined.borrow() == Some(true)) else {
             return;
         };
-        let seeds: Vec<commons_dht::Multiaddr> =
-            seeds.iter().filter_map(|a| a.parse().ok()).collect();
+        let seeds = commons_dht::parse_addrs(seeds);
         if seeds.is_empty() {
             return;
         }

@@ -30,13 +30,8 @@ pub async fn start_with(settings: &Settings, key: commons_dht::Keypair) -> anyho
 
 /// The cached seed list (empty when there is none or it is unreadable).
 pub fn cached_seeds(path: &Path) -> Vec<Multiaddr> {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| serde_json::from_str::<Vec<String>>(&t).ok())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|a| a.parse().ok())
-        .collect()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    commons_dht::parse_addrs(serde_json::from_str::<Vec<String>>(&text).unwrap_or_default())
 }
 
 /// Adds `seeds` to the cache (at most 16, newest first).
@@ -62,7 +57,7 @@ pub fn cache_seeds(path: &Path, seeds: &[Multiaddr]) {
 pub async fn join(dht: &Dht, settings: &Settings, client: &Client) -> anyhow::Result<Duration> {
     let cache = settings.seed_cache_path();
     let mut seeds = cached_seeds(&cache);
-    seeds.extend(settings.dht_seeds.iter().filter_map(|a| a.parse().ok()));
+    seeds.extend(commons_dht::parse_addrs(&settings.dht_seeds));
     if settings.dht_stagger_ms > 0 {
         let wait = rand::random_range(0..=settings.dht_stagger_ms);
         tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -75,13 +70,7 @@ pub async fn join(dht: &Dht, settings: &Settings, client: &Client) -> anyhow::Re
             }
         }
     }
-    let b = client.bootstrap(&settings.edge_url).await?;
-    let fresh: Vec<Multiaddr> = b
-        .seeds
-        .iter()
-        .flat_map(|s| &s.multiaddrs)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let fresh = commons_dht::bootstrap_addrs(&client.bootstrap(&settings.edge_url).await?);
     if fresh.is_empty() {
         anyhow::bail!("the edge lists no DHT seeds yet");
     }

@@ -18,6 +18,18 @@ pub use node::{
     split_peer,
 };
 
+/// The multiaddrs among `list` (seeds as text: settings, caches, answers); what does not parse is skipped.
+pub fn parse_addrs<S: AsRef<str>>(list: impl IntoIterator<Item = S>) -> Vec<Multiaddr> {
+    list.into_iter()
+        .filter_map(|a| a.as_ref().parse().ok())
+        .collect()
+}
+
+/// Every address of every seed in an edge's `GET /api/dht/bootstrap` answer.
+pub fn bootstrap_addrs(b: &commons_shared::edge::Bootstrap) -> Vec<Multiaddr> {
+    parse_addrs(b.seeds.iter().flat_map(|s| &s.multiaddrs))
+}
+
 /// A new ed25519 identity.
 pub fn generate_keypair() -> Keypair {
     Keypair::generate_ed25519()

@@ -285,6 +285,15 @@ impl Dht {
         self.addrs.borrow().clone()
     }
 
+    /// [`Dht::addresses`] as text, as the APIs carry them.
+    pub fn address_strings(&self) -> Vec<String> {
+        self.addrs
+            .borrow()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, DhtError> {
         let (reply, rx) = oneshot::channel();
         self.tx
