@@ -157,6 +157,21 @@ impl Edge {
             .unwrap_or(0)
     }
 
+    /// Requests the edge has counted, per kind, over all its days (`/api/admin/metrics`).
+    pub async fn request_counts(
+        &self,
+        client: &reqwest::Client,
+    ) -> std::collections::HashMap<String, u64> {
+        let m = self.admin(client, "/api/admin/metrics").await;
+        let mut total = std::collections::HashMap::new();
+        for day in m["days"].as_array().into_iter().flatten() {
+            for (kind, n) in day["counts"].as_object().into_iter().flatten() {
+                *total.entry(kind.clone()).or_insert(0) += n.as_u64().unwrap_or(0);
+            }
+        }
+        total
+    }
+
     /// An admin GET.
     pub async fn admin(&self, client: &reqwest::Client, path: &str) -> Value {
         get_json(

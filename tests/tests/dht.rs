@@ -1,6 +1,5 @@
 //! The DHT end to end: an edge, two coordinators and twenty agents, all with real DHT nodes on loopback.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,17 +44,6 @@ fn dht_agent(edge: &str, dir: &std::path::Path, i: usize) -> Settings {
     }
 }
 
-/// Edge requests so far, by kind, today.
-async fn edge_counts(edge: &Edge, client: &reqwest::Client) -> HashMap<String, u64> {
-    let m = edge.admin(client, "/api/admin/metrics").await;
-    let today = m["days"]
-        .as_array()
-        .and_then(|d| d.last())
-        .cloned()
-        .unwrap_or_default();
-    serde_json::from_value(today["counts"].clone()).unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_fail_over_through_the_dht_and_the_edge_sees_nothing_of_it() {
     let client = reqwest::Client::new();
@@ -90,7 +78,7 @@ async fn agents_fail_over_through_the_dht_and_the_edge_sees_nothing_of_it() {
             Some(State::Active)
         );
     }
-    let before = edge_counts(&edge, &client).await;
+    let before = edge.request_counts(&client).await;
     // First starts: one bootstrap request per agent and per coordinator; registrations went straight to
     // coordinators found in the DHT.
     assert_eq!(
@@ -224,7 +212,7 @@ async fn agents_fail_over_through_the_dht_and_the_edge_sees_nothing_of_it() {
             Some(State::Active)
         );
     }
-    let after = edge_counts(&edge, &client).await;
+    let after = edge.request_counts(&client).await;
     for kind in ["bootstrap", "registration", "service"] {
         assert_eq!(
             after.get(kind),

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use commons_coordinator::server::test_utils::ADMIN_TOKEN as COORD_ADMIN;
 use commons_tests::{Coordinator, Edge, WorkerServer, catalogue_only, eventually};
 use serde_json::{Value, json};
 
@@ -61,15 +60,7 @@ async fn registrations_spread_by_weight_and_heartbeats_skip_the_edge() {
     }
     let mut counts = Vec::new();
     for c in &coords {
-        let list: Value = client
-            .get(format!("{}/api/admin/workers?limit=1", c.url()))
-            .bearer_auth(COORD_ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = c.admin(&client, "/api/admin/workers?limit=1").await;
         counts.push(list["total"].as_u64().unwrap());
     }
     // Weights 1/(0.1+0) : 1/(0.1+0.5) : 1/(0.1+0.9) = 10 : 1.7 : 1.
@@ -92,10 +83,9 @@ async fn registrations_spread_by_weight_and_heartbeats_skip_the_edge() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let m = edge.admin(&client, "/api/admin/metrics").await;
-    let today = &m["days"].as_array().unwrap().last().unwrap()["counts"];
-    assert_eq!(today["registration"], 300);
-    assert_eq!(today.get("service"), None);
+    let counts = edge.request_counts(&client).await;
+    assert_eq!(counts.get("registration"), Some(&300));
+    assert_eq!(counts.get("service"), None);
 }
 
 #[tokio::test]
@@ -352,10 +342,9 @@ async fn federation_auth_and_bootstrap() {
         .await
         .unwrap();
     assert_eq!(hb.status(), 401);
-    let m = edge.admin(&client, "/api/admin/metrics").await;
-    let today = &m["days"].as_array().unwrap().last().unwrap()["counts"];
-    assert_eq!(today["bootstrap"], 1);
-    assert!(today["federation"].as_u64().unwrap() >= 6);
+    let counts = edge.request_counts(&client).await;
+    assert_eq!(counts.get("bootstrap"), Some(&1));
+    assert!(counts["federation"] >= 6);
 }
 
 #[tokio::test]

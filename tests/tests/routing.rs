@@ -1,7 +1,6 @@
 //! Service routing against real worker HTTP servers on loopback: weighted choice, retry when one is dead,
 //! 503 when none, and a streamed body passing through unchanged.
 
-use commons_coordinator::server::test_utils::ADMIN_TOKEN;
 use commons_tests::{Coordinator, WorkerServer, catalogue_only, heartbeat, register};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
@@ -37,15 +36,9 @@ async fn requests_favour_the_less_loaded_worker() {
     assert!(h > 0, "the loaded worker still gets a share");
     assert!(l > 3 * h, "light {l}, heavy {h}");
     // Per-worker counts are in the admin API.
-    let w: Value = client
-        .get(format!("{}/api/admin/workers/{}", c.url(), wl.id))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let w = c
+        .admin(&client, &format!("/api/admin/workers/{}", wl.id))
+        .await;
     assert_eq!(w["requests"].as_u64(), Some(l));
     assert_eq!(w["errors"], 0);
     assert!(w["latency_ms"].as_f64().unwrap() > 0.0);
@@ -86,15 +79,9 @@ async fn a_dead_worker_is_retried_on_another() {
         assert_eq!(body["worker"], "alive");
         assert_eq!(body["query"], format!("n={i}"));
     }
-    let w: Value = client
-        .get(format!("{}/api/admin/workers/{}", c.url(), wd.id))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let w = c
+        .admin(&client, &format!("/api/admin/workers/{}", wd.id))
+        .await;
     assert!(
         w["errors"].as_u64().unwrap() > 0,
         "the dead worker's failures are counted: {w}"

@@ -11,7 +11,6 @@ use commons_agent::credentials::FileStore;
 use commons_agent::gateway::Gateway;
 use commons_agent::settings::Settings;
 use commons_agent::tunnel::{Mode, Tunnel};
-use commons_coordinator::server::test_utils::ADMIN_TOKEN;
 use commons_tests::{Coordinator, WorkerServer, eventually};
 
 /// Writes a stand-in cloudflared. Each start appends its pid to `pids` and prints a new URL; with `crash_after`
@@ -147,15 +146,7 @@ async fn the_coordinator_learns_each_new_tunnel_address() {
     let id = a.session.borrow().worker_id.clone();
     let client = reqwest::Client::new();
     let endpoint = || async {
-        let w: serde_json::Value = client
-            .get(format!("{}/api/admin/workers/{id}", c.url()))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let w = c.admin(&client, &format!("/api/admin/workers/{id}")).await;
         w["endpoint"].as_str().unwrap_or_default().to_owned()
     };
     let first = endpoint().await;

@@ -235,17 +235,6 @@ fn agent_settings(edge: &str, dir: &std::path::Path, i: usize) -> Settings {
     }
 }
 
-async fn counts(edge: &Edge, client: &reqwest::Client) -> HashMap<String, u64> {
-    let m = edge.admin(client, "/api/admin/metrics").await;
-    let mut total = HashMap::new();
-    for d in m["days"].as_array().into_iter().flatten() {
-        for (k, v) in d["counts"].as_object().into_iter().flatten() {
-            *total.entry(k.clone()).or_insert(0) += v.as_u64().unwrap_or(0);
-        }
-    }
-    total
-}
-
 fn diff(a: &HashMap<String, u64>, b: &HashMap<String, u64>) -> Vec<(String, u64)> {
     let mut out: Vec<_> = [
         "bootstrap",
@@ -288,7 +277,7 @@ async fn day(cli: &Cli, n: usize) -> Result<()> {
     eventually(10, || async { edge.coordinator_count(&client).await == 2 }).await;
 
     // Installation, before the day.
-    let installed = counts(&edge, &client).await;
+    let installed = edge.request_counts(&client).await;
     let dir = tempfile::tempdir()?;
     let start = |i: usize| {
         let creds = Arc::new(FileStore::new(dir.path().join(format!("creds-{i}.json"))));
@@ -299,7 +288,7 @@ async fn day(cli: &Cli, n: usize) -> Result<()> {
         a.wait_for(Duration::from_secs(60), |s| *s == State::Active)
             .await;
     }
-    let at_start = counts(&edge, &client).await;
+    let at_start = edge.request_counts(&client).await;
 
     // The day: every agent restarts once, at a random time; discoveries go through the DHT.
     let t0 = Instant::now();
@@ -330,7 +319,7 @@ async fn day(cli: &Cli, n: usize) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let at_end = counts(&edge, &client).await;
+    let at_end = edge.request_counts(&client).await;
     let active = agents
         .iter()
         .filter(|a| *a.state.borrow() == State::Active)

@@ -174,7 +174,7 @@ async fn main() -> Result<()> {
     );
 
     // 2. A simulated day. Counts so far (set-up and the overhead run) are subtracted.
-    let before = edge.admin(&client, "/api/admin/metrics").await;
+    let before = edge.request_counts(&client).await;
     let day = Duration::from_millis(86_400_000 / cli.scale);
     let service_every = day.div_f64(cli.service_per_day.max(1) as f64);
     let start = Instant::now();
@@ -196,14 +196,9 @@ async fn main() -> Result<()> {
     for b in beats {
         heartbeats += b.await.context("heartbeat task")?;
     }
-    let after = edge.admin(&client, "/api/admin/metrics").await;
-    let count = |m: &Value, kind: &str| {
-        m["days"].as_array().map_or(0, |d| {
-            d.iter()
-                .map(|x| x["counts"][kind].as_u64().unwrap_or(0))
-                .sum::<u64>()
-        })
-    };
+    let after = edge.request_counts(&client).await;
+    let count =
+        |m: &std::collections::HashMap<String, u64>, kind: &str| m.get(kind).copied().unwrap_or(0);
     println!(
         "simulated day: scale 1/{} ({:.1} s), {} workers, 2 coordinators heartbeating the edge every {} ms (60 s real)",
         cli.scale,
