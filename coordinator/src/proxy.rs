@@ -104,7 +104,25 @@ async fn dht_target(
     rest: &str,
     query: Option<&str>,
 ) -> Option<Target> {
+    let endpoints = dht_endpoints(state, service).await?;
+    let sep = if rest.is_empty() { "" } else { "/" };
+    endpoints
+        .iter()
+        .find_map(|e| Target::from_base(e, &format!("/api/service/{service}{sep}{rest}"), query))
+}
+
+/// How long a DHT answer for a service is reused: a burst of requests for a service none of our workers offers
+/// asks the DHT (16 shard lookups and a record read per provider) once, not once per request.
+const DHT_ROUTE_TTL: Duration = Duration::from_secs(5);
+
+/// Endpoints of the live workers offering `service` in the DHT, least loaded first.
+async fn dht_endpoints(state: &AppState, service: &str) -> Option<Arc<[String]>> {
     let dht = state.dht.get()?;
+    if let Some((at, list)) = state.dht_routes.lock().get(service)
+        && at.elapsed() < DHT_ROUTE_TTL
+    {
+        return Some(list.clone());
+    }
     let mut found: Vec<_> = dht
         .find_service(service)
         .await
@@ -113,10 +131,13 @@ async fn dht_target(
         .filter(|(_, e)| e.starts_with("http://"))
         .collect();
     found.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let sep = if rest.is_empty() { "" } else { "/" };
-    found.into_iter().find_map(|(_, e)| {
-        Target::from_base(&e, &format!("/api/service/{service}{sep}{rest}"), query)
-    })
+    let list: Arc<[String]> = found.into_iter().map(|(_, e)| e).collect();
+    // Keyed by catalogue service names only (unknown ones are refused before routing), so it stays small.
+    state
+        .dht_routes
+        .lock()
+        .insert(service.to_owned(), (Instant::now(), list.clone()));
+    Some(list)
 }
 
 /// Forwards `ANY /api/service/{service}/{*path}`.

@@ -64,9 +64,14 @@ pub struct Inner {
     pub errors_total: AtomicU64,
     /// The DHT node, once started (never, with the DHT off).
     pub dht: std::sync::OnceLock<commons_dht::Dht>,
+    /// Recent DHT answers per service, for routing what none of our workers offers (see `proxy`).
+    pub(crate) dht_routes: Mutex<rustc_hash::FxHashMap<String, DhtRoute>>,
 }
 
 pub use commons_server::{now_ms, rfc3339};
+
+/// When a service's workers were last read from the DHT, and their endpoints, least loaded first.
+pub(crate) type DhtRoute = (Instant, Arc<[String]>);
 
 fn roles_bits(r: Roles) -> u8 {
     u8::from(r.edge) | (u8::from(r.storage) << 1)
@@ -179,6 +184,7 @@ impl AppState {
             requests_total: AtomicU64::new(0),
             errors_total: AtomicU64::new(0),
             dht: std::sync::OnceLock::new(),
+            dht_routes: Mutex::new(Default::default()),
         }));
         state.refresh_coverage();
         Ok((state, new_admin_token))
