@@ -223,36 +223,15 @@ impl Dht {
         // give an address for (kad drops the others from its answers): a node without configured addresses
         // advertises where it listens. Its kad mode is set explicitly, so this does not make a client a server.
         let advertise_listen = config.external.is_empty();
-        let mut addrs = Vec::new();
-        let deadline = tokio::time::sleep(Duration::from_secs(5));
-        tokio::pin!(deadline);
-        while !pending_listeners.is_empty() {
-            tokio::select! {
-                ev = swarm.select_next_some() => match ev {
-                    SwarmEvent::NewListenAddr { listener_id, address } => {
-                        pending_listeners.remove(&listener_id);
-                        if advertise_listen {
-                            swarm.add_external_address(address.clone());
-                        }
-                        addrs.push(address);
-                    }
-                    SwarmEvent::ListenerError { error, .. } | SwarmEvent::ListenerClosed { reason: Err(error), .. } => {
-                        return Err(DhtError::Start(error.to_string()));
-                    }
-                    _ => {}
-                },
-                _ = &mut deadline => return Err(DhtError::Start("no listen address within 5 s".into())),
-            }
-        }
-        let (addr_tx, addr_rx) = watch::channel(with_peer(&addrs, peer_id));
+        let (addr_tx, addr_rx) = watch::channel(Vec::new());
         let (tx, rx) = mpsc::channel(256);
-        let node = Node {
+        let mut node = Node {
             swarm,
             keypair: config.keypair.clone(),
             peer_id,
             refresh: config.refresh,
             rx,
-            addrs,
+            addrs: Vec::new(),
             addr_tx,
             advertise_listen,
             pending: HashMap::new(),
@@ -267,6 +246,27 @@ impl Dht {
             rejected: 0,
             bootstrap_ms: None,
         };
+        // Until every listener has an address; the node handles the events as it will later.
+        let deadline = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(deadline);
+        while !pending_listeners.is_empty() {
+            tokio::select! {
+                ev = node.swarm.select_next_some() => {
+                    match &ev {
+                        SwarmEvent::NewListenAddr { listener_id, .. } => {
+                            pending_listeners.remove(listener_id);
+                        }
+                        SwarmEvent::ListenerError { error, .. }
+                        | SwarmEvent::ListenerClosed { reason: Err(error), .. } => {
+                            return Err(DhtError::Start(error.to_string()));
+                        }
+                        _ => {}
+                    }
+                    node.on_event(ev);
+                }
+                _ = &mut deadline => return Err(DhtError::Start("no listen address within 5 s".into())),
+            }
+        }
         tokio::spawn(node.run());
         Ok(Dht {
             tx,
