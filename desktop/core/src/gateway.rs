@@ -80,18 +80,8 @@ async fn forward_to(
     result
 }
 
-async fn api_path(
-    State(r): State<Arc<Routes>>,
-    ClientIp(ip): ClientIp,
-    Path((service, rest)): Path<(String, String)>,
-    req: Request,
-) -> Response {
-    forward_to(&r, ip, &service, &rest, req)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
-}
-
-async fn short_path(
+/// Both route shapes (`/api/service/{service}/...` and `/{service}/...`) go to the service's container.
+async fn to_service(
     State(r): State<Arc<Routes>>,
     ClientIp(ip): ClientIp,
     Path((service, rest)): Path<(String, String)>,
@@ -124,8 +114,8 @@ impl Gateway {
         let routes = Arc::new(Routes::default());
         let app = commons_server::finish(
             Router::new()
-                .route("/api/service/{service}/{*path}", any(api_path))
-                .route("/{service}/{*path}", any(short_path))
+                .route("/api/service/{service}/{*path}", any(to_service))
+                .route("/{service}/{*path}", any(to_service))
                 .with_state(routes.clone()),
         );
         let listener = TcpListener::bind(listen)
