@@ -52,10 +52,18 @@ impl axum::extract::FromRequestParts<AppState> for Admin {
         parts: &mut axum::http::request::Parts,
         state: &AppState,
     ) -> Result<Self, ApiError> {
+        // A portal session (cookie) first; then the bearer token, whose failures are rate-limited.
+        let token = bearer(&parts.headers).map(str::to_owned);
+        if token.is_none()
+            && crate::portal::session_cookie(&parts.headers)
+                .is_some_and(|t| state.sessions.left(t).is_some())
+        {
+            return Ok(Admin);
+        }
         let ClientIp(ip) = ClientIp::from_request_parts(parts, state)
             .await
             .unwrap_or(ClientIp([0, 0, 0, 0].into()));
-        state.check_admin(bearer(&parts.headers), ip)?;
+        state.check_admin(token.as_deref(), ip)?;
         Ok(Admin)
     }
 }

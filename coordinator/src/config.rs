@@ -76,6 +76,16 @@ pub struct Config {
     pub dht_seeds: Vec<String>,
     /// Seconds between refreshes of the coordinator's DHT record (it lives twice as long).
     pub dht_refresh_secs: u64,
+    /// The built portal (`cargo xtask portal` writes `portal/dist`), served at `/`; none: `/` says how to build it.
+    pub portal_dir: Option<PathBuf>,
+    /// Installers offered for download (`GET /api/releases`, `/releases/<file>`).
+    pub releases_dir: Option<PathBuf>,
+    /// The edge's admin token, to show its coordinators in the portal (else they come from the DHT).
+    pub edge_admin_token: Option<Secret>,
+    /// How often the portal's live feed looks for changes, ms.
+    pub live_interval_ms: u64,
+    /// How long a portal login lasts, seconds.
+    pub session_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -113,6 +123,11 @@ impl Default for Config {
             dht_external: Vec::new(),
             dht_seeds: Vec::new(),
             dht_refresh_secs: 60,
+            portal_dir: None,
+            releases_dir: None,
+            edge_admin_token: None,
+            live_interval_ms: 1000,
+            session_ttl_secs: 12 * 3600,
         }
     }
 }
@@ -215,6 +230,12 @@ impl Config {
             if self.dht_listen.is_empty() {
                 return bad("dht_listen needs an address (or turn the DHT off with --no-dht)");
             }
+        }
+        if !(50..=60_000).contains(&self.live_interval_ms) {
+            return bad("live_interval_ms must be from 50 to 60000");
+        }
+        if !(60..=30 * 86_400).contains(&self.session_ttl_secs) {
+            return bad("session_ttl_secs must be from 60 to 2592000 (30 days)");
         }
         if let Some(u) = &self.public_url
             && !(u.starts_with("http://") || u.starts_with("https://"))

@@ -140,7 +140,14 @@ pub(crate) async fn topology(State(state): State<AppState>, _: Admin) -> Json<Dh
     Json(build_topology(&state).await)
 }
 
-async fn build_topology(state: &AppState) -> DhtTopology {
+/// Rounds a load to two decimals, so that the live feed does not resend a node for noise.
+fn round_load(load: f64) -> f64 {
+    (load * 100.0).round() / 100.0
+}
+
+/// The topology the portal draws: the edge (when this coordinator is federated), this coordinator, its workers, and
+/// the DHT peers in its routing table.
+pub(crate) async fn build_topology(state: &AppState) -> DhtTopology {
     let (me, links) = match state.dht.get() {
         Some(d) => {
             let snap = d.snapshot().await;
@@ -148,6 +155,7 @@ async fn build_topology(state: &AppState) -> DhtTopology {
         }
         None => (format!("coordinator:{}", state.coordinator_url), Vec::new()),
     };
+    let workers = state.registry.all();
     let mut nodes = vec![TopologyNode {
         id: me.clone(),
         role: "coordinator".into(),
@@ -156,11 +164,35 @@ async fn build_topology(state: &AppState) -> DhtTopology {
         tier: None,
         status: Some("healthy".into()),
         location: state.config.region.clone(),
+        capacity: Some(workers.len() as f64),
+        requests: Some(state.requests_total.load(std::sync::atomic::Ordering::Relaxed)),
+        load: None,
     }];
     let mut edges = Vec::new();
+    let edge_id = state.config.edge_url.as_ref().map(|url| {
+        let id = format!("edge:{url}");
+        nodes.push(TopologyNode {
+            id: id.clone(),
+            role: "edge".into(),
+            services: Vec::new(),
+            worker_id: None,
+            tier: None,
+            status: None,
+            location: None,
+            capacity: None,
+            requests: None,
+            load: None,
+        });
+        edges.push(TopologyEdge {
+            from: me.clone(),
+            to: id.clone(),
+            kind: "federated".into(),
+        });
+        id
+    });
     let mut index: HashMap<String, usize> = HashMap::new();
     let now = Instant::now();
-    for w in state.registry.all() {
+    for w in workers {
         let live = w.live.lock();
         let id = w
             .peer_id
@@ -185,12 +217,24 @@ async fn build_topology(state: &AppState) -> DhtTopology {
             tier: Some(w.tier.number()),
             status: Some(live.status(now, state.liveness).as_str().into()),
             location: Some(w.caps.region.clone()).filter(|r| !r.is_empty()),
+            capacity: Some(f64::from(w.caps.cpu.cores) + 8.0 * w.caps.gpus.len() as f64),
+            requests: Some(w.stats.requests()),
+            load: Some(round_load(live.load)),
         });
     }
     for (peer, role) in links {
         let id = peer.to_base58();
         if !index.contains_key(&id) {
             index.insert(id.clone(), nodes.len());
+            if role == "coordinator"
+                && let Some(edge) = &edge_id
+            {
+                edges.push(TopologyEdge {
+                    from: id.clone(),
+                    to: edge.clone(),
+                    kind: "federated".into(),
+                });
+            }
             nodes.push(TopologyNode {
                 id: id.clone(),
                 role: role.into(),
@@ -199,6 +243,9 @@ async fn build_topology(state: &AppState) -> DhtTopology {
                 tier: None,
                 status: None,
                 location: None,
+                capacity: None,
+                requests: None,
+                load: None,
             });
         }
         edges.push(TopologyEdge {

@@ -17,7 +17,7 @@ use utoipa::OpenApi;
 use crate::auth::Bearer;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::{admin, proxy};
+use crate::{admin, portal, proxy};
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
@@ -30,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/openapi.json", get(openapi))
         .merge(admin::routes())
+        .merge(portal::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     let service = Router::new()
         .route("/api/service/{service}", any(proxy::forward_root))
@@ -160,7 +161,8 @@ impl utoipa::Modify for SecurityAddon {
 #[openapi(
     info(title = "Commons coordinator", description = "Worker registry, assignment, heartbeats, routing and admin API."),
     paths(register, heartbeat, unregister, health, admin::workers, admin::worker, admin::stats, admin::admin_health,
-          admin::services, admin::history, admin::create_enrollment, proxy::forward, crate::dht::topology, crate::dht::stats),
+          admin::services, admin::history, admin::create_enrollment, proxy::forward, crate::dht::topology, crate::dht::stats,
+          portal::login, portal::logout, portal::session, portal::coordinators, portal::releases),
     modifiers(&SecurityAddon)
 )]
 struct ApiDoc;

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dht;
 pub mod http;
 pub mod metrics;
+mod portal;
 mod proxy;
 pub mod registrar;
 pub mod registry;

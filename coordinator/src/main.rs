@@ -65,6 +65,15 @@ struct Cli {
     /// DHT seeds (multiaddrs ending in /p2p/<peer id>), besides those the edge lists.
     #[arg(long = "dht-seed", env = "COMMONS_DHT_SEEDS", value_delimiter = ',')]
     dht_seeds: Vec<String>,
+    /// The built portal to serve at / (`cargo xtask portal` writes portal/dist).
+    #[arg(long, env = "COMMONS_PORTAL_DIR")]
+    portal_dir: Option<PathBuf>,
+    /// A directory of installers to offer for download (/api/releases).
+    #[arg(long, env = "COMMONS_RELEASES_DIR")]
+    releases_dir: Option<PathBuf>,
+    /// The edge's admin token, so the portal can list the edge's coordinators.
+    #[arg(long, env = "COMMONS_EDGE_ADMIN_TOKEN", hide_env_values = true)]
+    edge_admin_token: Option<String>,
     /// The admin token (at least 16 characters). Prefer the environment variable to a flag.
     #[arg(long, env = "COMMONS_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -120,6 +129,15 @@ impl Cli {
         if !self.dht_seeds.is_empty() {
             c.dht_seeds = self.dht_seeds;
         }
+        if let Some(v) = self.portal_dir {
+            c.portal_dir = Some(v);
+        }
+        if let Some(v) = self.releases_dir {
+            c.releases_dir = Some(v);
+        }
+        if let Some(v) = self.edge_admin_token {
+            c.edge_admin_token = Some(Secret(v));
+        }
         if let Some(v) = self.admin_token {
             c.admin_token = Some(Secret(v));
         }
@@ -149,6 +167,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             d.peer_id(),
             d.address_strings().join(", ")
         );
+    }
+    match &server.state().config.portal_dir {
+        Some(d) => {
+            let _ = writeln!(out, "Portal: {}/ (from {})", server.url(), d.display());
+        }
+        None => {
+            let _ = writeln!(out, "Portal: not served (give --portal-dir portal/dist)");
+        }
     }
     if let Some(token) = server.new_admin_token() {
         let _ = writeln!(

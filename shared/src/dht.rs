@@ -202,6 +202,15 @@ pub struct TopologyNode {
     /// Region or location.
     #[serde(default)]
     pub location: Option<String>,
+    /// Relative capacity (workers: CPU cores + 8 per GPU; coordinators: their workers), for drawing sizes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<f64>,
+    /// Service requests routed through this node since its coordinator started (traffic on its link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    /// Load in [0, 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<f64>,
 }
 
 /// A link in `GET /api/dht/topology`.
@@ -212,7 +221,7 @@ pub struct TopologyEdge {
     pub from: String,
     /// The other.
     pub to: String,
-    /// "dht_link" (routing table) or "registered" (worker → its coordinator).
+    /// "dht_link" (routing table), "registered" (worker → its coordinator) or "federated" (coordinator → edge).
     #[serde(rename = "type")]
     pub kind: String,
 }

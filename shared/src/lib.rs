@@ -22,6 +22,7 @@ pub mod catalogue;
 pub mod dht;
 pub mod edge;
 pub mod error;
+pub mod portal;
 pub mod ids;
 pub mod routing;
 pub mod tier;
