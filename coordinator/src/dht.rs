@@ -165,7 +165,11 @@ pub(crate) async fn build_topology(state: &AppState) -> DhtTopology {
         status: Some("healthy".into()),
         location: state.config.region.clone(),
         capacity: Some(workers.len() as f64),
-        requests: Some(state.requests_total.load(std::sync::atomic::Ordering::Relaxed)),
+        requests: Some(
+            state
+                .requests_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
         load: None,
     }];
     let mut edges = Vec::new();

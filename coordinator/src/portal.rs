@@ -229,7 +229,10 @@ async fn send(socket: &mut WebSocket, msg: &LiveMessage) -> Result<(), axum::Err
 /// else itself.
 #[utoipa::path(get, path = "/api/admin/coordinators",
     responses((status = 200, body = CoordinatorsView), (status = 401, body = ErrorBody)), security(("admin_token" = [])))]
-pub(crate) async fn coordinators(State(state): State<AppState>, _: Admin) -> Json<CoordinatorsView> {
+pub(crate) async fn coordinators(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Json<CoordinatorsView> {
     let mut message = None;
     if let (Some(edge), Some(token)) = (&state.config.edge_url, &state.config.edge_admin_token) {
         match edge_coordinators(edge, &token.0).await {
@@ -242,14 +245,14 @@ pub(crate) async fn coordinators(State(state): State<AppState>, _: Admin) -> Jso
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the edge's coordinators");
-                message = Some(format!("the edge did not answer ({e}); showing what the DHT knows"));
+                message = Some(format!(
+                    "the edge did not answer ({e}); showing what the DHT knows"
+                ));
             }
         }
     }
     if let Some(dht) = state.dht.get() {
-        let found = dht
-            .find_coordinators(commons_shared::dht::ANY_REGION)
-            .await;
+        let found = dht.find_coordinators(commons_shared::dht::ANY_REGION).await;
         let now = rfc3339(crate::state::now_ms());
         let coordinators = found
             .into_iter()
@@ -285,9 +288,18 @@ pub(crate) async fn coordinators(State(state): State<AppState>, _: Admin) -> Jso
         + s.workers_by_tier.service_workers
         + s.workers_by_tier.data_workers;
     let load = [
-        (s.workers_by_tier.gpu_workers, s.average_load_by_tier.gpu_workers),
-        (s.workers_by_tier.service_workers, s.average_load_by_tier.service_workers),
-        (s.workers_by_tier.data_workers, s.average_load_by_tier.data_workers),
+        (
+            s.workers_by_tier.gpu_workers,
+            s.average_load_by_tier.gpu_workers,
+        ),
+        (
+            s.workers_by_tier.service_workers,
+            s.average_load_by_tier.service_workers,
+        ),
+        (
+            s.workers_by_tier.data_workers,
+            s.average_load_by_tier.data_workers,
+        ),
     ]
     .iter()
     .map(|(n, l)| *n as f64 * l)
@@ -325,7 +337,10 @@ async fn edge_coordinators(edge: &str, token: &str) -> anyhow::Result<Coordinato
     Ok(reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?
-        .get(format!("{}/api/admin/coordinators", edge.trim_end_matches('/')))
+        .get(format!(
+            "{}/api/admin/coordinators",
+            edge.trim_end_matches('/')
+        ))
         .bearer_auth(token)
         .send()
         .await?
@@ -455,7 +470,8 @@ async fn release_file(
 /// JSON 404.
 async fn portal(State(state): State<AppState>, req: Request) -> Response {
     if req.uri().path().starts_with("/api/") {
-        return ApiError::NotFound("no such endpoint; see /api/openapi.json".into()).into_response();
+        return ApiError::NotFound("no such endpoint; see /api/openapi.json".into())
+            .into_response();
     }
     let Some(dir) = state.config.portal_dir.clone() else {
         return not_built(None);
@@ -513,7 +529,10 @@ mod tests {
     #[test]
     fn the_session_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; commons_session=abc; b=2"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; commons_session=abc; b=2"),
+        );
         assert_eq!(session_cookie(&h), Some("abc"));
         h.insert(header::COOKIE, HeaderValue::from_static("commons_session="));
         assert_eq!(session_cookie(&h), None);

@@ -281,16 +281,28 @@ mod tests {
     #[test]
     fn applying_the_delta_gives_the_new_topology() {
         let old = topo(
-            vec![node("c", "healthy"), node("a", "healthy"), node("b", "healthy")],
+            vec![
+                node("c", "healthy"),
+                node("a", "healthy"),
+                node("b", "healthy"),
+            ],
             vec![edge("a", "c"), edge("b", "c")],
         );
         let new = topo(
-            vec![node("c", "healthy"), node("a", "stale"), node("d", "healthy")],
+            vec![
+                node("c", "healthy"),
+                node("a", "stale"),
+                node("d", "healthy"),
+            ],
             vec![edge("a", "c"), edge("d", "c")],
         );
         let delta = TopologyDelta::between(&old, &new);
         assert_eq!(
-            delta.upsert.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+            delta
+                .upsert
+                .iter()
+                .map(|n| n.id.as_str())
+                .collect::<Vec<_>>(),
             ["a", "d"]
         );
         assert_eq!(delta.remove, ["b"]);
@@ -304,7 +316,10 @@ mod tests {
 
     #[test]
     fn removing_a_node_drops_its_links_even_when_not_listed() {
-        let mut t = topo(vec![node("c", "healthy"), node("a", "healthy")], vec![edge("a", "c")]);
+        let mut t = topo(
+            vec![node("c", "healthy"), node("a", "healthy")],
+            vec![edge("a", "c")],
+        );
         TopologyDelta {
             remove: vec!["a".into()],
             ..Default::default()
@@ -317,10 +332,16 @@ mod tests {
     #[test]
     fn installer_names_give_version_and_kind() {
         assert_eq!(release_version("commons_0.1.0_amd64.deb"), "0.1.0");
-        assert_eq!(release_version("commons-agent-0.2.1-x86_64-linux.tar.gz"), "0.2.1");
+        assert_eq!(
+            release_version("commons-agent-0.2.1-x86_64-linux.tar.gz"),
+            "0.2.1"
+        );
         assert_eq!(release_version("commons-agent_1.10.3_amd64.deb"), "1.10.3");
         assert_eq!(release_version("notes.txt"), "");
-        assert_eq!(release_kind("commons_0.1.0_amd64.deb"), "desktop app (Debian/Ubuntu)");
+        assert_eq!(
+            release_kind("commons_0.1.0_amd64.deb"),
+            "desktop app (Debian/Ubuntu)"
+        );
         assert_eq!(
             release_kind("commons-agent_0.1.0_amd64.deb"),
             "headless agent (Debian/Ubuntu package)"

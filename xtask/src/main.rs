@@ -1,1 +1,168 @@
-fn main() {}
+//! `cargo xtask portal [--dev]`: builds the admin portal (wasm32 + wasm-bindgen, wasm-opt where a working one is
+//! installed) into `portal/dist`, with a gzip copy of each file for the coordinator to serve precompressed.
+//!
+//! Needs the `wasm32-unknown-unknown` target and a `wasm-bindgen` CLI of the same version as the `wasm-bindgen`
+//! crate in Cargo.lock (`.ci/setup` installs both).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("portal") => portal(args.iter().any(|a| a == "--dev")),
+        _ => {
+            eprintln!("usage: cargo xtask portal [--dev]");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_owned()
+}
+
+/// The version of a package in Cargo.lock.
+fn locked_version(root: &Path, name: &str) -> anyhow::Result<String> {
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).context("reading Cargo.lock")?;
+    let mut lines = lock.lines();
+    while let Some(l) = lines.next() {
+        if l == format!("name = \"{name}\"")
+            && let Some(v) = lines.next().and_then(|v| v.strip_prefix("version = \""))
+        {
+            return Ok(v.trim_end_matches('"').to_owned());
+        }
+    }
+    bail!("{name} is not in Cargo.lock")
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed ({status})", cmd.get_program());
+    }
+    Ok(())
+}
+
+fn portal(dev: bool) -> anyhow::Result<()> {
+    let root = root();
+    let wanted = locked_version(&root, "wasm-bindgen")?;
+    let have = Command::new("wasm-bindgen")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match have {
+        Some(v) if v.ends_with(&wanted) => {}
+        Some(v) => bail!(
+            "{v} does not match the wasm-bindgen {wanted} in Cargo.lock: cargo install wasm-bindgen-cli --version {wanted}"
+        ),
+        None => bail!(
+            "wasm-bindgen is not installed: cargo install wasm-bindgen-cli --version {wanted} (or run .ci/setup)"
+        ),
+    }
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let profile = if dev { "dev" } else { "wasm" };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).current_dir(&root).args([
+        "build",
+        "--package",
+        "commons-portal",
+        "--lib",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--profile",
+        profile,
+    ]))?;
+    let out_profile = if dev { "debug" } else { profile };
+    let wasm = target_dir
+        .join("wasm32-unknown-unknown")
+        .join(out_profile)
+        .join("commons_portal.wasm");
+    let dist = root.join("portal").join("dist");
+    if dist.exists() {
+        std::fs::remove_dir_all(&dist).context("clearing portal/dist")?;
+    }
+    std::fs::create_dir_all(&dist)?;
+    run(Command::new("wasm-bindgen")
+        .args([
+            "--target",
+            "web",
+            "--no-typescript",
+            "--out-name",
+            "commons_portal",
+        ])
+        .arg("--out-dir")
+        .arg(&dist)
+        .arg(&wasm))?;
+    let bg = dist.join("commons_portal_bg.wasm");
+    if !dev {
+        optimise(&bg);
+    }
+    for f in ["index.html", "style.css"] {
+        std::fs::copy(root.join("portal/static").join(f), dist.join(f))
+            .with_context(|| format!("copying portal/static/{f}"))?;
+    }
+    let mut total_gz = 0;
+    for entry in std::fs::read_dir(&dist)? {
+        let path = entry?.path();
+        let data = std::fs::read(&path)?;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&data)?;
+        let gz = gz.finish()?;
+        total_gz += gz.len();
+        let mut name = path.clone().into_os_string();
+        name.push(".gz");
+        std::fs::write(&name, &gz)?;
+        println!(
+            "{:<28} {:>9} bytes  {:>8} gzip",
+            path.file_name().unwrap_or_default().to_string_lossy(),
+            data.len(),
+            gz.len()
+        );
+    }
+    println!("portal/dist: {total_gz} bytes gzip in all");
+    Ok(())
+}
+
+/// Runs wasm-opt -Oz where one that understands current rustc output is installed; otherwise keeps the file.
+fn optimise(wasm: &Path) {
+    let tmp = wasm.with_extension("opt.wasm");
+    let ok = Command::new("wasm-opt")
+        .args([
+            "-Oz",
+            "--enable-bulk-memory",
+            "--enable-nontrapping-float-to-int",
+            "--enable-sign-ext",
+            "--enable-mutable-globals",
+        ])
+        .arg(wasm)
+        .arg("-o")
+        .arg(&tmp)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok && std::fs::rename(&tmp, wasm).is_ok() {
+        println!("wasm-opt -Oz applied");
+    } else {
+        let _ = std::fs::remove_file(&tmp);
+        println!("wasm-opt not applied (none installed, or too old for this rustc's output)");
+    }
+}

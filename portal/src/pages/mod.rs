@@ -1,0 +1,7 @@
+//! One module per page.
+
+pub mod login;
+pub mod overview;
+pub mod services;
+pub mod topology;
+pub mod workers;

@@ -1,0 +1,427 @@
+//! The topology: a force-directed SVG graph of edge → coordinators → workers (and DHT links), live.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use gloo_render::{AnimationFrame, request_animation_frame};
+use wasm_bindgen::JsCast;
+use web_sys::{HtmlInputElement, HtmlSelectElement};
+use yew::prelude::*;
+
+use crate::app::Live;
+use crate::components::Empty;
+use crate::layout::Layout;
+use crate::view::{Filter, Route, choices, colour, export_json, link_width, radius};
+
+/// Ticks per animation frame while the layout settles.
+const TICKS_PER_FRAME: usize = 2;
+
+/// Timings the benchmark reads from `window.__commons`.
+#[derive(Debug, Default)]
+struct Timing {
+    first_render_ms: Option<f64>,
+    settle_start_ms: Option<f64>,
+    frames: u32,
+}
+
+fn now_ms() -> f64 {
+    gloo_utils::window().performance().map_or(0.0, |p| p.now())
+}
+
+fn publish(key: &str, value: f64) {
+    let w = gloo_utils::window();
+    let obj = js_sys::Reflect::get(&w, &"__commons".into())
+        .ok()
+        .filter(|v| v.is_object())
+        .unwrap_or_else(|| {
+            let o: wasm_bindgen::JsValue = js_sys::Object::new().into();
+            let _ = js_sys::Reflect::set(&w, &"__commons".into(), &o);
+            o
+        });
+    let _ = js_sys::Reflect::set(&obj, &key.into(), &value.into());
+}
+
+/// Runs the layout one animation frame at a time until it settles, re-rendering after each.
+fn animate(
+    layout: Rc<RefCell<Layout>>,
+    redraw: Rc<dyn Fn()>,
+    slot: Rc<RefCell<Option<AnimationFrame>>>,
+    timing: Rc<RefCell<Timing>>,
+) {
+    let next = slot.clone();
+    let handle = request_animation_frame(move |_| {
+        let moving = {
+            let mut l = layout.borrow_mut();
+            (0..TICKS_PER_FRAME).all(|_| l.tick())
+        };
+        redraw();
+        let mut t = timing.borrow_mut();
+        t.frames += 1;
+        if moving {
+            drop(t);
+            animate(layout, redraw, next, timing);
+        } else if let Some(start) = t.settle_start_ms.take() {
+            let secs = (now_ms() - start) / 1000.0;
+            publish("settle_ms", secs * 1000.0);
+            publish("settle_frames", f64::from(t.frames));
+            publish("settle_fps", f64::from(t.frames) / secs.max(1e-3));
+        }
+    });
+    *slot.borrow_mut() = Some(handle);
+}
+
+fn download(name: &str, mime: &str, data: &str) {
+    let parts = js_sys::Array::of1(&data.into());
+    let opts = web_sys::BlobPropertyBag::new();
+    opts.set_type(mime);
+    let Ok(blob) = web_sys::Blob::new_with_str_sequence_and_options(&parts, &opts) else {
+        return;
+    };
+    if let Ok(url) = web_sys::Url::create_object_url_with_blob(&blob) {
+        click_link(name, &url);
+        let _ = web_sys::Url::revoke_object_url(&url);
+    }
+}
+
+fn click_link(name: &str, url: &str) {
+    let doc = gloo_utils::document();
+    if let Ok(a) = doc.create_element("a") {
+        let a: web_sys::HtmlAnchorElement = a.unchecked_into();
+        a.set_href(url);
+        a.set_download(name);
+        a.click();
+    }
+}
+
+/// Draws the SVG onto a canvas and downloads it as PNG.
+fn export_png(svg: &web_sys::Element) {
+    let Ok(xml) = web_sys::XmlSerializer::new().and_then(|s| s.serialize_to_string(svg)) else {
+        return;
+    };
+    let (w, h) = (
+        svg.client_width().max(1) as u32,
+        svg.client_height().max(1) as u32,
+    );
+    let src = format!(
+        "data:image/svg+xml;charset=utf-8,{}",
+        String::from(js_sys::encode_uri_component(&xml))
+    );
+    let Ok(img) = web_sys::HtmlImageElement::new() else {
+        return;
+    };
+    let img2 = img.clone();
+    let onload = wasm_bindgen::closure::Closure::once_into_js(move || {
+        let doc = gloo_utils::document();
+        let Some(canvas) = doc
+            .create_element("canvas")
+            .ok()
+            .and_then(|c| c.dyn_into::<web_sys::HtmlCanvasElement>().ok())
+        else {
+            return;
+        };
+        canvas.set_width(w);
+        canvas.set_height(h);
+        let Some(ctx) = canvas
+            .get_context("2d")
+            .ok()
+            .flatten()
+            .and_then(|c| c.dyn_into::<web_sys::CanvasRenderingContext2d>().ok())
+        else {
+            return;
+        };
+        ctx.set_fill_style_str("#ffffff");
+        ctx.fill_rect(0.0, 0.0, f64::from(w), f64::from(h));
+        let _ = ctx.draw_image_with_html_image_element(&img2, 0.0, 0.0);
+        if let Ok(url) = canvas.to_data_url_with_type("image/png") {
+            click_link("commons-topology.png", &url);
+        }
+    });
+    img.set_onload(Some(onload.unchecked_ref()));
+    img.set_src(&src);
+}
+
+/// The graph with its filters, details, pan and zoom, and exports.
+#[function_component]
+pub fn Topology() -> Html {
+    let live = use_context::<Live>().expect("inside the shell");
+    let filter = use_state(Filter::default);
+    let selected = use_state(|| None::<String>);
+    // Pan (x, y) in px and zoom.
+    let view = use_state(|| (0.0f64, 0.0f64, 1.0f64));
+    let drag = use_mut_ref(|| None::<(i32, i32)>);
+    let layout = use_mut_ref(Layout::new);
+    let slot = use_mut_ref(|| None::<AnimationFrame>);
+    let timing = use_mut_ref(Timing::default);
+    let frame = use_state(|| 0u64);
+    let counter = use_mut_ref(|| 0u64);
+    let svg_ref = use_node_ref();
+
+    let visible = filter.apply(&live.topology);
+    {
+        let layout = layout.clone();
+        let slot = slot.clone();
+        let timing = timing.clone();
+        let visible = visible.clone();
+        let frame = frame.clone();
+        let counter = counter.clone();
+        use_effect_with((live.version, (*filter).clone()), move |_| {
+            layout.borrow_mut().sync(&visible);
+            timing
+                .borrow_mut()
+                .settle_start_ms
+                .get_or_insert_with(now_ms);
+            let redraw: Rc<dyn Fn()> = Rc::new(move || {
+                let mut c = counter.borrow_mut();
+                *c += 1;
+                frame.set(*c);
+            });
+            animate(layout, redraw, slot.clone(), timing);
+            move || {
+                slot.borrow_mut().take();
+            }
+        });
+    }
+    // The first render that shows the whole topology: when the page became useful.
+    {
+        let timing = timing.clone();
+        let n = visible.nodes.len();
+        use_effect_with(n, move |n| {
+            let mut t = timing.borrow_mut();
+            if *n > 0 && t.first_render_ms.is_none() {
+                let ms = now_ms();
+                t.first_render_ms = Some(ms);
+                publish("topology_first_render_ms", ms);
+                publish("topology_nodes", *n as f64);
+            }
+        });
+    }
+
+    let (services, statuses) = choices(&live.topology);
+    let on_tier = {
+        let filter = filter.clone();
+        Callback::from(move |e: Event| {
+            let v = e.target_unchecked_into::<HtmlSelectElement>().value();
+            filter.set(Filter {
+                tier: v.parse().ok(),
+                ..(*filter).clone()
+            });
+        })
+    };
+    let on_service = {
+        let filter = filter.clone();
+        Callback::from(move |e: Event| {
+            let v = e.target_unchecked_into::<HtmlSelectElement>().value();
+            filter.set(Filter {
+                service: Some(v).filter(|v| !v.is_empty()),
+                ..(*filter).clone()
+            });
+        })
+    };
+    let on_status = {
+        let filter = filter.clone();
+        Callback::from(move |e: Event| {
+            let v = e.target_unchecked_into::<HtmlSelectElement>().value();
+            filter.set(Filter {
+                status: Some(v).filter(|v| !v.is_empty()),
+                ..(*filter).clone()
+            });
+        })
+    };
+    let on_search = {
+        let filter = filter.clone();
+        Callback::from(move |e: InputEvent| {
+            let v = e.target_unchecked_into::<HtmlInputElement>().value();
+            filter.set(Filter {
+                search: v,
+                ..(*filter).clone()
+            });
+        })
+    };
+    let on_json = {
+        let layout = layout.clone();
+        let visible = visible.clone();
+        Callback::from(move |_: MouseEvent| {
+            let l = layout.borrow();
+            let json = export_json(&visible, |id| l.position(id));
+            // Kept for tests and scripts, as well as downloaded.
+            let _ = js_sys::Reflect::set(
+                &gloo_utils::window(),
+                &"__commonsExport".into(),
+                &json.as_str().into(),
+            );
+            download("commons-topology.json", "application/json", &json);
+        })
+    };
+    let on_png = {
+        let svg_ref = svg_ref.clone();
+        Callback::from(move |_: MouseEvent| {
+            if let Some(svg) = svg_ref.cast::<web_sys::Element>() {
+                export_png(&svg);
+            }
+        })
+    };
+    let on_wheel = {
+        let view = view.clone();
+        Callback::from(move |e: WheelEvent| {
+            e.prevent_default();
+            let (x, y, k) = *view;
+            let k2 = (k * (1.0 - e.delta_y() * 0.001)).clamp(0.1, 10.0);
+            view.set((x, y, k2));
+        })
+    };
+    let on_down = {
+        let drag = drag.clone();
+        Callback::from(move |e: MouseEvent| *drag.borrow_mut() = Some((e.client_x(), e.client_y())))
+    };
+    let on_move = {
+        let drag = drag.clone();
+        let view = view.clone();
+        Callback::from(move |e: MouseEvent| {
+            let mut d = drag.borrow_mut();
+            if let Some((x0, y0)) = *d {
+                let (x, y, k) = *view;
+                view.set((
+                    x + f64::from(e.client_x() - x0),
+                    y + f64::from(e.client_y() - y0),
+                    k,
+                ));
+                *d = Some((e.client_x(), e.client_y()));
+            }
+        })
+    };
+    let on_up = {
+        let drag = drag.clone();
+        Callback::from(move |_: MouseEvent| *drag.borrow_mut() = None)
+    };
+    let on_reset = {
+        let view = view.clone();
+        Callback::from(move |_: MouseEvent| view.set((0.0, 0.0, 1.0)))
+    };
+
+    if live.topology.nodes.is_empty() {
+        return html! { <><h1>{ "Topology" }</h1><Empty>{ "Waiting for the live feed…" }</Empty></> };
+    }
+
+    let l = layout.borrow();
+    let pos = l.positions();
+    let (bx, by, bw, bh) = l.bounds();
+    let pad = 30.0;
+    let view_box = format!(
+        "{} {} {} {}",
+        bx - pad,
+        by - pad,
+        bw + 2.0 * pad,
+        bh + 2.0 * pad
+    );
+    // Links as a few paths (by kind and width), not one element each: cheap to redraw every frame.
+    let requests: HashMap<&str, u64> = visible
+        .nodes
+        .iter()
+        .map(|n| (n.id.as_str(), n.requests.unwrap_or(0)))
+        .collect();
+    let mut paths: BTreeMap<(String, u32), String> = BTreeMap::new();
+    for e in &visible.edges {
+        let (Some(a), Some(b)) = (pos.get(&e.from), pos.get(&e.to)) else {
+            continue;
+        };
+        let traffic = if e.kind == "registered" {
+            requests.get(e.from.as_str()).copied().unwrap_or(0)
+        } else {
+            0
+        };
+        let w = (link_width(traffic) * 2.0).round() as u32;
+        let d = paths.entry((e.kind.clone(), w)).or_default();
+        d.push_str(&format!("M{:.1},{:.1}L{:.1},{:.1}", a.0, a.1, b.0, b.1));
+    }
+    let links = paths.into_iter().map(|((kind, w), d)| {
+        html! { <path class={classes!("link", kind)} d={d} stroke-width={format!("{}", f64::from(w) / 2.0)} /> }
+    });
+    let sel = (*selected).clone();
+    let nodes = visible.nodes.iter().map(|n| {
+        let (x, y) = pos.get(&n.id).copied().unwrap_or_default();
+        let id = n.id.clone();
+        let selected = selected.clone();
+        let onclick = Callback::from(move |e: MouseEvent| {
+            e.stop_propagation();
+            selected.set(Some(id.clone()));
+        });
+        let is_sel = sel.as_deref() == Some(n.id.as_str());
+        html! {
+            <circle key={n.id.clone()} class={classes!("node", n.role.clone(), is_sel.then_some("selected"))}
+                data-id={n.id.clone()} data-role={n.role.clone()} data-status={n.status.clone().unwrap_or_default()}
+                cx={format!("{x:.1}")} cy={format!("{y:.1}")} r={format!("{:.1}", radius(n))} fill={colour(n)} {onclick}>
+                <title>{ format!("{} {}", n.role, n.worker_id.as_deref().unwrap_or(&n.id)) }</title>
+            </circle>
+        }
+    });
+    let details = sel.as_ref().and_then(|id| live.topology.nodes.iter().find(|n| &n.id == id)).map(|n| {
+        let close = {
+            let selected = selected.clone();
+            Callback::from(move |_: MouseEvent| selected.set(None))
+        };
+        html! {
+            <aside class="details" id="node-details">
+                <button class="close" onclick={close}>{ "×" }</button>
+                <h2>{ n.role.clone() }</h2>
+                <dl class="facts">
+                    <dt>{ "Id" }</dt><dd><code>{ n.id.clone() }</code></dd>
+                    if let Some(w) = &n.worker_id { <dt>{ "Worker" }</dt><dd><a href={Route::Worker(w.clone()).href()}>{ w.clone() }</a></dd> }
+                    if let Some(t) = n.tier { <dt>{ "Tier" }</dt><dd>{ t }</dd> }
+                    if let Some(s) = &n.status { <dt>{ "Status" }</dt><dd>{ s.clone() }</dd> }
+                    if !n.services.is_empty() { <dt>{ "Services" }</dt><dd>{ n.services.join(", ") }</dd> }
+                    if let Some(l) = n.load { <dt>{ "Load" }</dt><dd>{ format!("{:.0} %", 100.0 * l) }</dd> }
+                    if let Some(r) = n.requests { <dt>{ "Requests" }</dt><dd>{ r }</dd> }
+                    if let Some(loc) = &n.location { <dt>{ "Region" }</dt><dd>{ loc.clone() }</dd> }
+                </dl>
+            </aside>
+        }
+    });
+    let (px, py, k) = *view;
+    let workers = visible.nodes.iter().filter(|n| n.role == "worker").count();
+    html! {
+        <>
+            <h1>{ "Topology" }<small id="topology-count">{ format!(" {} nodes, {} workers shown", visible.nodes.len(), workers) }</small></h1>
+            <div class="filters">
+                <select id="filter-tier" onchange={on_tier}>
+                    <option value="">{ "Every tier" }</option>
+                    <option value="1">{ "Tier 1 (GPU)" }</option>
+                    <option value="2">{ "Tier 2 (service)" }</option>
+                    <option value="3">{ "Tier 3 (data)" }</option>
+                </select>
+                <select id="filter-service" onchange={on_service}>
+                    <option value="">{ "Every service" }</option>
+                    { for services.iter().map(|s| html! { <option value={s.clone()}>{ s.clone() }</option> }) }
+                </select>
+                <select id="filter-status" onchange={on_status}>
+                    <option value="">{ "Every status" }</option>
+                    { for statuses.iter().map(|s| html! { <option value={s.clone()}>{ s.clone() }</option> }) }
+                </select>
+                <input id="filter-search" placeholder="Search by id" oninput={on_search} />
+                <button id="export-json" onclick={on_json}>{ "Export JSON" }</button>
+                <button id="export-png" onclick={on_png}>{ "Export PNG" }</button>
+                <button onclick={on_reset}>{ "Reset view" }</button>
+            </div>
+            <div class="graph-wrap">
+                <svg id="topology" ref={svg_ref} viewBox={view_box} preserveAspectRatio="xMidYMid meet"
+                    xmlns="http://www.w3.org/2000/svg"
+                    onwheel={on_wheel} onmousedown={on_down} onmousemove={on_move} onmouseup={on_up.clone()} onmouseleave={on_up}>
+                    <g transform={format!("translate({px} {py}) scale({k})")}>
+                        { for links }
+                        { for nodes }
+                    </g>
+                </svg>
+                { for details }
+            </div>
+            <p class="legend">
+                <span><i style="background:#202124"></i>{ "edge" }</span>
+                <span><i style="background:#7b1fa2"></i>{ "coordinator" }</span>
+                <span><i style="background:#d93025"></i>{ "tier 1 (GPU)" }</span>
+                <span><i style="background:#1a73e8"></i>{ "tier 2 (service)" }</span>
+                <span><i style="background:#188038"></i>{ "tier 3 (data)" }</span>
+                <span><i style="background:#9aa0a6"></i>{ "stale / offline" }</span>
+                { " Size: capacity. Link width: requests. Drag to pan, wheel to zoom, click a node for details." }
+            </p>
+        </>
+    }
+}
