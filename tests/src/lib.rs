@@ -17,6 +17,8 @@ use commons_coordinator::{Config, Server};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
+pub mod browser;
+
 /// A catalogue overlay that leaves only the given services (name, replicas), each needing 1 GiB and 1 core.
 pub fn catalogue_only(dir: &std::path::Path, services: &[(&str, u32)]) -> PathBuf {
     let builtin = commons_shared::catalogue::Catalogue::builtin();

@@ -384,18 +384,22 @@ pub fn Topology() -> Html {
             <h1>{ "Topology" }<small id="topology-count">{ format!(" {} nodes, {} workers shown", visible.nodes.len(), workers) }</small></h1>
             <div class="filters">
                 <select id="filter-tier" onchange={on_tier}>
-                    <option value="">{ "Every tier" }</option>
-                    <option value="1">{ "Tier 1 (GPU)" }</option>
-                    <option value="2">{ "Tier 2 (service)" }</option>
-                    <option value="3">{ "Tier 3 (data)" }</option>
+                    { for [("", "Every tier"), ("1", "Tier 1 (GPU)"), ("2", "Tier 2 (service)"), ("3", "Tier 3 (data)")].iter().map(|(v, label)| {
+                        let on = filter.tier.map(|t| t.to_string()).unwrap_or_default() == *v;
+                        html! { <option value={*v} selected={on}>{ *label }</option> }
+                    }) }
                 </select>
                 <select id="filter-service" onchange={on_service}>
-                    <option value="">{ "Every service" }</option>
-                    { for services.iter().map(|s| html! { <option value={s.clone()}>{ s.clone() }</option> }) }
+                    <option value="" selected={filter.service.is_none()}>{ "Every service" }</option>
+                    { for services.iter().map(|s| html! {
+                        <option key={s.clone()} value={s.clone()} selected={filter.service.as_ref() == Some(s)}>{ s.clone() }</option>
+                    }) }
                 </select>
                 <select id="filter-status" onchange={on_status}>
-                    <option value="">{ "Every status" }</option>
-                    { for statuses.iter().map(|s| html! { <option value={s.clone()}>{ s.clone() }</option> }) }
+                    <option value="" selected={filter.status.is_none()}>{ "Every status" }</option>
+                    { for statuses.iter().map(|s| html! {
+                        <option key={s.clone()} value={s.clone()} selected={filter.status.as_ref() == Some(s)}>{ s.clone() }</option>
+                    }) }
                 </select>
                 <input id="filter-search" placeholder="Search by id" oninput={on_search} />
                 <button id="export-json" onclick={on_json}>{ "Export JSON" }</button>

@@ -1,0 +1,372 @@
+//! The admin portal end to end: the built portal (`cargo xtask portal`) served by a real coordinator on loopback,
+//! seeded with real registrations and heartbeats, driven in headless Chromium. Screenshots of each page go to
+//! `artifacts/` (or `$COMMONS_ARTIFACTS`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use commons_coordinator::server::test_utils::ADMIN_TOKEN;
+use commons_tests::browser::{Driver, portal_dist, screenshot, until, wait_for};
+use commons_tests::{Coordinator, Registered, heartbeat, register};
+use fantoccini::Locator;
+use serde_json::Value;
+
+const SEEDED: usize = 12;
+
+async fn count(b: &fantoccini::Client, css: &str) -> usize {
+    b.execute(
+        &format!("return document.querySelectorAll({css:?}).length"),
+        vec![],
+    )
+    .await
+    .unwrap()
+    .as_u64()
+    .unwrap() as usize
+}
+
+async fn card(b: &fantoccini::Client, id: &str) -> String {
+    b.find(Locator::Css(&format!("#{id} .card-value")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_portal_in_headless_chromium() {
+    let dist = portal_dist();
+    let releases = tempfile::tempdir().unwrap();
+    std::fs::write(
+        releases.path().join("commons_0.1.0_amd64.deb"),
+        b"not really a deb",
+    )
+    .unwrap();
+    let rel = releases.path().to_owned();
+    let c = Coordinator::start(move |c, _| {
+        c.portal_dir = Some(dist);
+        c.releases_dir = Some(rel);
+        c.live_interval_ms = 200;
+        c.heartbeat_interval_secs = 1;
+        c.stale_after_secs = 3;
+        c.offline_after_secs = 600;
+    })
+    .await;
+    let url = c.url();
+    let http = reqwest::Client::new();
+    let mut workers: Vec<Registered> = Vec::new();
+    for i in 0..SEEDED {
+        workers.push(register(&http, &url, &format!("http://127.0.0.1:{}", 20_000 + i)).await);
+    }
+    // Every worker but the last heartbeats; the last one goes stale while the test watches.
+    let beating = Arc::new(AtomicBool::new(true));
+    let beat = {
+        let (http, url, ws, beating) = (
+            http.clone(),
+            url.clone(),
+            workers[..SEEDED - 1].to_vec(),
+            beating.clone(),
+        );
+        tokio::spawn(async move {
+            while beating.load(Ordering::Relaxed) {
+                for w in &ws {
+                    heartbeat(&http, &url, w, "healthy", 0.25).await;
+                }
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+        })
+    };
+
+    let driver = Driver::start().await;
+    let b = driver.browser().await;
+
+    // Login: a wrong token is refused with a message; the right one opens the overview.
+    b.goto(&url).await.unwrap();
+    wait_for(&b, "#token", 20)
+        .await
+        .send_keys("not-the-admin-token-000")
+        .await
+        .unwrap();
+    b.find(Locator::Css("#login"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let error = wait_for(&b, "#login-error", 10).await.text().await.unwrap();
+    assert!(error.contains("wrong"), "{error}");
+    screenshot(&b, "portal-login").await;
+    let token = b.find(Locator::Css("#token")).await.unwrap();
+    token.clear().await.unwrap();
+    token.send_keys(ADMIN_TOKEN).await.unwrap();
+    b.find(Locator::Css("#login"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(&b, "#feed-live", 10).await;
+    wait_for(&b, "#card-total", 10).await;
+
+    // The overview's counts are the API's.
+    assert!(
+        until(
+            &b,
+            10,
+            &format!(
+                "return document.querySelector('#card-total .card-value').textContent == '{SEEDED}'"
+            )
+        )
+        .await,
+        "the overview shows {SEEDED} workers"
+    );
+    let stats = c.admin(&http, "/api/admin/stats").await;
+    assert_eq!(
+        card(&b, "card-total").await,
+        stats["total_workers"].to_string()
+    );
+    assert_eq!(card(&b, "card-cores").await, stats["cpu_cores"].to_string());
+    assert_eq!(
+        card(&b, "card-tier2").await,
+        stats["workers_by_tier"]["service_workers"].to_string()
+    );
+    wait_for(&b, "#chart-online", 10).await;
+    screenshot(&b, "portal-overview").await;
+
+    // The topology: the coordinator and every worker.
+    b.goto(&format!("{url}/#/topology")).await.unwrap();
+    wait_for(&b, "svg#topology", 10).await;
+    assert!(
+        until(
+            &b,
+            10,
+            &format!(
+                "return document.querySelectorAll('circle.node').length == {}",
+                SEEDED + 1
+            )
+        )
+        .await,
+        "the graph shows the coordinator and {SEEDED} workers, not {}",
+        count(&b, "circle.node").await
+    );
+    assert_eq!(count(&b, "circle.node.coordinator").await, 1);
+
+    // Live: a worker registered now appears without a reload (the marker would vanish with one).
+    b.execute("window.__noReload = true", vec![]).await.unwrap();
+    let newcomer = register(&http, &url, "http://127.0.0.1:21000").await;
+    assert!(
+        until(
+            &b,
+            10,
+            &format!(
+                "return document.querySelector('circle.node[data-id=\"{}\"]') != null",
+                newcomer.id
+            )
+        )
+        .await,
+        "the new worker appears live"
+    );
+    assert_eq!(
+        b.execute("return window.__noReload === true", vec![])
+            .await
+            .unwrap(),
+        Value::Bool(true)
+    );
+
+    // The silent worker greys out when it goes stale.
+    let silent = &workers[SEEDED - 1].id;
+    assert!(
+        until(&b, 15, &format!(
+            "const n = document.querySelector('circle.node[data-id=\"{silent}\"]'); return n != null && n.dataset.status == 'stale' && n.getAttribute('fill') == '#9aa0a6'"
+        )).await,
+        "the silent worker is drawn stale"
+    );
+
+    // A filter hides what it should: status "stale" leaves the coordinator and the two silent workers.
+    let stale_now = c.admin(&http, "/api/admin/workers?status=stale").await["total"]
+        .as_u64()
+        .unwrap() as usize;
+    b.find(Locator::Css("#filter-status"))
+        .await
+        .unwrap()
+        .select_by_value("stale")
+        .await
+        .unwrap();
+    assert!(
+        until(
+            &b,
+            5,
+            &format!(
+                "return document.querySelectorAll('circle.node.worker').length == {stale_now}"
+            )
+        )
+        .await,
+        "the stale filter shows {stale_now} workers, not {}",
+        count(&b, "circle.node.worker").await
+    );
+    assert_eq!(
+        count(&b, "circle.node.coordinator").await,
+        1,
+        "the skeleton stays"
+    );
+    b.find(Locator::Css("#filter-status"))
+        .await
+        .unwrap()
+        .select_by_value("")
+        .await
+        .unwrap();
+    // Search by id.
+    b.find(Locator::Css("#filter-search"))
+        .await
+        .unwrap()
+        .send_keys(&workers[0].id)
+        .await
+        .unwrap();
+    assert!(
+        until(
+            &b,
+            5,
+            "return document.querySelectorAll('circle.node.worker').length == 1"
+        )
+        .await
+    );
+    b.find(Locator::Css("#filter-search"))
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    b.execute("const i = document.querySelector('#filter-search'); i.dispatchEvent(new InputEvent('input'))", vec![]).await.unwrap();
+    assert!(
+        until(
+            &b,
+            5,
+            &format!(
+                "return document.querySelectorAll('circle.node.worker').length == {}",
+                SEEDED + 1
+            )
+        )
+        .await
+    );
+
+    // Clicking a node shows its details.
+    b.find(Locator::Css(&format!(
+        "circle.node[data-id=\"{}\"]",
+        workers[0].id
+    )))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    let details = wait_for(&b, "#node-details", 5).await.text().await.unwrap();
+    assert!(details.contains(&workers[0].id), "{details}");
+
+    // Export JSON: valid, every node with a position.
+    b.find(Locator::Css("#export-json"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let exported = b
+        .execute("return window.__commonsExport", vec![])
+        .await
+        .unwrap();
+    let graph: Value =
+        serde_json::from_str(exported.as_str().expect("an export")).expect("the export is JSON");
+    assert_eq!(graph["node_count"], SEEDED + 2);
+    assert!(
+        graph["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["x"].is_number() && n["y"].is_number())
+    );
+    assert_eq!(graph["edges"].as_array().unwrap().len(), SEEDED + 1);
+    screenshot(&b, "portal-topology").await;
+
+    // Workers: the table, then one worker's page.
+    b.goto(&format!("{url}/#/workers")).await.unwrap();
+    assert!(
+        until(
+            &b,
+            10,
+            &format!(
+                "return document.querySelectorAll('table#workers tbody tr').length == {}",
+                SEEDED + 1
+            )
+        )
+        .await,
+        "the table lists every worker"
+    );
+    screenshot(&b, "portal-workers").await;
+    b.find(Locator::Css("table#workers tbody tr a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        wait_for(&b, "#worker-title", 10)
+            .await
+            .text()
+            .await
+            .unwrap()
+            .starts_with("Worker ")
+    );
+    screenshot(&b, "portal-worker").await;
+
+    // Services, coordinators, downloads.
+    b.goto(&format!("{url}/#/services")).await.unwrap();
+    wait_for(&b, "table#services", 10).await;
+    let services = c.admin(&http, "/api/admin/services").await;
+    assert_eq!(
+        count(&b, "table#services tbody tr").await,
+        services["services"].as_array().unwrap().len()
+    );
+    screenshot(&b, "portal-services").await;
+    b.goto(&format!("{url}/#/coordinators")).await.unwrap();
+    assert!(
+        wait_for(&b, "#coordinators-source", 10)
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("This coordinator only")
+    );
+    screenshot(&b, "portal-coordinators").await;
+    b.goto(&format!("{url}/#/downloads")).await.unwrap();
+    let row = wait_for(&b, "table#releases tbody tr", 10)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        row.contains("commons_0.1.0_amd64.deb") && row.contains("0.1.0"),
+        "{row}"
+    );
+    screenshot(&b, "portal-downloads").await;
+
+    // Logging out ends the session: the login form is back and the API refuses the browser.
+    b.find(Locator::Css("#logout"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(&b, "#token", 10).await;
+    let status = b
+        .execute_async(
+            "const done = arguments[0]; fetch('/api/admin/stats').then(r => done(r.status))",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+
+    beating.store(false, Ordering::Relaxed);
+    beat.await.unwrap();
+    b.close().await.unwrap();
+}
