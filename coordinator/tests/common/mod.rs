@@ -43,7 +43,22 @@ impl App {
         token: Option<&str>,
         body: Option<&[u8]>,
     ) -> Resp {
+        self.call_with(method, uri, token, body, &[]).await
+    }
+
+    /// [`App::call`] with extra request headers.
+    pub async fn call_with(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
         let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }

@@ -3,7 +3,7 @@
 mod chart;
 mod fetch;
 
-pub use chart::LineChart;
+pub use chart::{LineChart, LineChartProps};
 pub use fetch::{Fetch, use_fetch};
 
 use yew::prelude::*;
