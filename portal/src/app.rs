@@ -187,7 +187,7 @@ async fn run_feed(live: Live, running: Rc<Cell<bool>>, on_logout: Callback<Optio
                         }
                     };
                     match serde_json::from_str::<LiveMessage>(&text) {
-                        Ok(m) => live.dispatch(Action::Message(m, js_sys::Date::now())),
+                        Ok(m) => live.dispatch(Action::Message(Box::new(m), js_sys::Date::now())),
                         Err(e) => gloo_console::warn!(format!("unreadable live message: {e}")),
                     }
                 }

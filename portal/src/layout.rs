@@ -159,13 +159,16 @@ impl Layout {
         if self.settled() {
             return false;
         }
-        let before = self.positions();
+        // Node order is stable between structural changes, so positions pair up by index.
+        let mut before = Vec::with_capacity(self.index.len());
+        self.graph.visit_nodes(|n| before.push((n.x(), n.y())));
         self.graph.update(DT);
         let mut moved = 0.0;
+        let mut i = 0;
         self.graph.visit_nodes(|n| {
-            if let Some((x, y)) = before.get(&n.data.user_data) {
-                moved += ((n.x() - x).powi(2) + (n.y() - y).powi(2)).sqrt();
-            }
+            let (x, y) = before[i];
+            moved += ((n.x() - x).powi(2) + (n.y() - y).powi(2)).sqrt();
+            i += 1;
         });
         self.last_motion = moved / self.index.len().max(1) as f32;
         self.ticks_since_change += 1;
@@ -177,6 +180,16 @@ impl Layout {
         self.index.is_empty()
             || self.last_motion < SETTLED_PX
             || self.ticks_since_change >= MAX_TICKS
+    }
+
+    /// How many nodes it holds.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
     }
 
     /// Ticks since the last change.

@@ -58,7 +58,7 @@ impl Default for LiveState {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// A message from the feed, received at this time (ms since the epoch).
-    Message(LiveMessage, f64),
+    Message(Box<LiveMessage>, f64),
     /// The connection changed.
     Feed(Feed),
     /// Logged out: forget everything.
@@ -99,31 +99,33 @@ impl Reducible for LiveState {
     fn reduce(self: Rc<Self>, action: Action) -> Rc<Self> {
         let mut next = (*self).clone();
         match action {
-            Action::Message(LiveMessage::Snapshot { topology, stats }, at) => {
-                next.topology = topology;
-                next.stats = Some(stats);
-                next.feed = Feed::Live;
-                next.version += 1;
-                next.sample_loads(at);
-            }
-            Action::Message(LiveMessage::Delta { topology, stats }, at) => {
-                let structural = !topology.add_edges.is_empty()
-                    || !topology.remove_edges.is_empty()
-                    || !topology.remove.is_empty()
-                    || topology
-                        .upsert
-                        .iter()
-                        .any(|n| !next.topology.nodes.iter().any(|m| m.id == n.id));
-                topology.apply(&mut next.topology);
-                if let Some(s) = stats {
-                    next.stats = Some(s);
-                }
-                next.feed = Feed::Live;
-                if structural {
+            Action::Message(m, at) => match *m {
+                LiveMessage::Snapshot { topology, stats } => {
+                    next.topology = topology;
+                    next.stats = Some(stats);
+                    next.feed = Feed::Live;
                     next.version += 1;
+                    next.sample_loads(at);
                 }
-                next.sample_loads(at);
-            }
+                LiveMessage::Delta { topology, stats } => {
+                    let structural = !topology.add_edges.is_empty()
+                        || !topology.remove_edges.is_empty()
+                        || !topology.remove.is_empty()
+                        || topology
+                            .upsert
+                            .iter()
+                            .any(|n| !next.topology.nodes.iter().any(|m| m.id == n.id));
+                    topology.apply(&mut next.topology);
+                    if let Some(s) = stats {
+                        next.stats = Some(s);
+                    }
+                    next.feed = Feed::Live;
+                    if structural {
+                        next.version += 1;
+                    }
+                    next.sample_loads(at);
+                }
+            },
             Action::Feed(f) => next.feed = f,
             Action::Reset => next = Self::default(),
         }
@@ -171,7 +173,10 @@ mod tests {
     fn a_snapshot_then_deltas_build_the_topology() {
         let s = Rc::new(LiveState::default());
         assert_eq!(s.feed, Feed::Connecting);
-        let s = s.reduce(Action::Message(snapshot(vec![worker("a", 0.1)]), 1.0));
+        let s = s.reduce(Action::Message(
+            Box::new(snapshot(vec![worker("a", 0.1)])),
+            1.0,
+        ));
         assert_eq!(s.feed, Feed::Live);
         assert_eq!(s.version, 1);
         assert_eq!(s.stats.as_ref().unwrap().total_workers, 1);
@@ -188,7 +193,7 @@ mod tests {
             },
             stats: None,
         };
-        let s = s.reduce(Action::Message(add, 2.0));
+        let s = s.reduce(Action::Message(Box::new(add), 2.0));
         assert_eq!(s.topology.node_count, 2);
         assert_eq!(s.version, 2);
         // A load change is not: the graph keeps its layout.
@@ -199,7 +204,7 @@ mod tests {
             },
             stats: None,
         };
-        let s = s.reduce(Action::Message(load, 3.0));
+        let s = s.reduce(Action::Message(Box::new(load), 3.0));
         assert_eq!(s.version, 2);
         assert_eq!(s.topology.nodes[0].load, Some(0.9));
         assert_eq!(
@@ -215,7 +220,7 @@ mod tests {
             },
             stats: None,
         };
-        let s = s.reduce(Action::Message(gone, 4.0));
+        let s = s.reduce(Action::Message(Box::new(gone), 4.0));
         assert!(!s.loads.contains_key("a"));
         assert_eq!(s.version, 3);
         let s = s.reduce(Action::Feed(Feed::Lost("closed".into())));
@@ -228,7 +233,7 @@ mod tests {
         let mut s = Rc::new(LiveState::default());
         for i in 0..(LOAD_SAMPLES + 30) {
             s = s.reduce(Action::Message(
-                snapshot(vec![worker("a", i as f64 / 1000.0)]),
+                Box::new(snapshot(vec![worker("a", i as f64 / 1000.0)])),
                 i as f64,
             ));
         }

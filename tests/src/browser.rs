@@ -64,6 +64,12 @@ impl Driver {
             .unwrap_or_else(|e| {
                 panic!("cannot start {bin} ({e}): install Debian's chromium and chromium-driver (.ci/setup does)")
             });
+        // Owned at once, so that a panic below still kills it (Drop).
+        let driver = Self {
+            child,
+            port,
+            profile: tempfile::tempdir().unwrap(),
+        };
         let status = format!("http://127.0.0.1:{port}/status");
         let client = reqwest::Client::new();
         for _ in 0..100 {
@@ -73,11 +79,7 @@ impl Driver {
                 .await
                 .is_ok_and(|r| r.status().is_success())
             {
-                return Self {
-                    child,
-                    port,
-                    profile: tempfile::tempdir().unwrap(),
-                };
+                return driver;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
