@@ -51,6 +51,7 @@ async fn the_portal_in_headless_chromium() {
         c.heartbeat_interval_secs = 1;
         c.stale_after_secs = 3;
         c.offline_after_secs = 600;
+        c.history_interval_secs = 1;
     })
     .await;
     let url = c.url();
@@ -349,6 +350,15 @@ async fn the_portal_in_headless_chromium() {
     );
     screenshot(&b, "portal-downloads").await;
 
+    // Back on the overview, the history has points: the charts draw a line per tier.
+    b.goto(&format!("{url}/#/")).await.unwrap();
+    wait_for(&b, "#chart-online", 10).await;
+    assert!(
+        until(&b, 10, "return document.querySelectorAll('#chart-online path.series').length == 3").await,
+        "the workers-online chart draws three tiers"
+    );
+    screenshot(&b, "portal-overview-history").await;
+
     // Logging out ends the session: the login form is back and the API refuses the browser.
     b.find(Locator::Css("#logout"))
         .await
@@ -369,4 +379,67 @@ async fn the_portal_in_headless_chromium() {
     beating.store(false, Ordering::Relaxed);
     beat.await.unwrap();
     b.close().await.unwrap();
+}
+
+/// The Coordinators page's source: the edge's list with the edge's admin token; without a working one, this
+/// coordinator alone, saying why.
+#[tokio::test]
+async fn coordinators_come_from_the_edge_when_the_coordinator_may_ask_it() {
+    use commons_tests::{Edge, eventually};
+    let http = reqwest::Client::new();
+    let edge = Edge::start(|_| {}).await;
+    let key = edge.federation_key(&http, "portal").await;
+    let with = Coordinator::federated(&edge, &key, 100, |c, _| {
+        c.edge_admin_token = Some(commons_coordinator::config::Secret(
+            commons_edge::server::test_utils::ADMIN_TOKEN.into(),
+        ));
+    })
+    .await;
+    let key2 = edge.federation_key(&http, "portal-2").await;
+    let without = Coordinator::federated(&edge, &key2, 100, |c, _| {
+        c.edge_admin_token = Some(commons_coordinator::config::Secret(
+            "not-the-edge-token-0000".into(),
+        ));
+    })
+    .await;
+    assert!(eventually(10, || async { edge.coordinator_count(&http).await == 2 }).await);
+    let view = with.admin(&http, "/api/admin/coordinators").await;
+    assert_eq!(view["source"], "edge", "{view}");
+    let urls: Vec<&str> = view["coordinators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["url"].as_str())
+        .collect();
+    assert!(
+        urls.contains(&with.url().as_str()) && urls.contains(&without.url().as_str()),
+        "{view}"
+    );
+    let view = without.admin(&http, "/api/admin/coordinators").await;
+    assert_eq!(view["source"], "local", "{view}");
+    assert!(
+        view["message"]
+            .as_str()
+            .unwrap()
+            .contains("the edge did not answer"),
+        "{view}"
+    );
+    assert_eq!(view["coordinators"][0]["url"], without.url());
+    // The topology shows the edge above this coordinator.
+    let topo = with.admin(&http, "/api/dht/topology").await;
+    assert!(
+        topo["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "edge"),
+        "{topo}"
+    );
+    assert!(
+        topo["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "federated")
+    );
 }

@@ -1,8 +1,13 @@
-//! `cargo xtask portal [--dev]`: builds the admin portal (wasm32 + wasm-bindgen, wasm-opt where a working one is
-//! installed) into `portal/dist`, with a gzip copy of each file for the coordinator to serve precompressed.
+//! Project automation.
 //!
-//! Needs the `wasm32-unknown-unknown` target and a `wasm-bindgen` CLI of the same version as the `wasm-bindgen`
-//! crate in Cargo.lock (`.ci/setup` installs both).
+//! - `cargo xtask portal [--dev]`: builds the admin portal (wasm32 + wasm-bindgen, wasm-opt where a working one is
+//!   installed) into `portal/dist`, with a gzip copy of each file for the coordinator to serve precompressed.
+//! - `cargo xtask serve [-- <coordinator flags>]`: builds the portal, then runs the coordinator (release) on its
+//!   embedded defaults serving it.
+//!
+//! Both set up what the build needs first: the `wasm32-unknown-unknown` target (rustup) and a `wasm-bindgen` CLI of
+//! exactly the version of the `wasm-bindgen` crate in Cargo.lock (`cargo install`, once per machine, without
+//! `--locked`: its own lock file pins a crate version the registry here lacks; the version itself is pinned).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,8 +19,11 @@ fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("portal") => portal(args.iter().any(|a| a == "--dev")),
+        Some("serve") => portal(false).and_then(|()| serve(&args[1..])),
         _ => {
-            eprintln!("usage: cargo xtask portal [--dev]");
+            eprintln!(
+                "usage: cargo xtask portal [--dev] | cargo xtask serve [-- <coordinator flags>]"
+            );
             return std::process::ExitCode::from(2);
         }
     };
@@ -59,24 +67,74 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn portal(dev: bool) -> anyhow::Result<()> {
-    let root = root();
-    let wanted = locked_version(&root, "wasm-bindgen")?;
+/// The wasm32 target and the matching wasm-bindgen CLI, installed when missing.
+fn ensure_tools(root: &Path) -> anyhow::Result<()> {
+    let targets = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    if let Ok(out) = targets
+        && out.status.success()
+        && !String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l == "wasm32-unknown-unknown")
+    {
+        println!("xtask: adding the wasm32-unknown-unknown target");
+        run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
+    }
+    let wanted = locked_version(root, "wasm-bindgen")?;
     let have = Command::new("wasm-bindgen")
         .arg("--version")
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    match have {
-        Some(v) if v.ends_with(&wanted) => {}
-        Some(v) => bail!(
-            "{v} does not match the wasm-bindgen {wanted} in Cargo.lock: cargo install wasm-bindgen-cli --version {wanted}"
-        ),
-        None => bail!(
-            "wasm-bindgen is not installed: cargo install wasm-bindgen-cli --version {wanted} (or run .ci/setup)"
-        ),
+    if have
+        .as_deref()
+        .is_some_and(|v| v.ends_with(&format!(" {wanted}")))
+    {
+        return Ok(());
     }
+    println!(
+        "xtask: installing wasm-bindgen-cli {wanted} (found {}; a few minutes, once per machine)",
+        have.as_deref().unwrap_or("none")
+    );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).args([
+        "install",
+        "wasm-bindgen-cli",
+        "--version",
+        &wanted,
+        "--quiet",
+    ]))
+    .context("installing wasm-bindgen-cli")
+}
+
+/// Runs the coordinator (release) serving the built portal; extra flags go to it.
+fn serve(extra: &[String]) -> anyhow::Result<()> {
+    let root = root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let extra: Vec<&str> = extra
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--")
+        .collect();
+    run(Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "run",
+            "--release",
+            "--package",
+            "commons-coordinator",
+            "--",
+            "--portal-dir",
+        ])
+        .arg(root.join("portal").join("dist"))
+        .args(extra))
+}
+
+fn portal(dev: bool) -> anyhow::Result<()> {
+    let root = root();
+    ensure_tools(&root)?;
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
