@@ -354,7 +354,12 @@ async fn the_portal_in_headless_chromium() {
     b.goto(&format!("{url}/#/")).await.unwrap();
     wait_for(&b, "#chart-online", 10).await;
     assert!(
-        until(&b, 10, "return document.querySelectorAll('#chart-online path.series').length == 3").await,
+        until(
+            &b,
+            10,
+            "return document.querySelectorAll('#chart-online path.series').length == 3"
+        )
+        .await,
         "the workers-online chart draws three tiers"
     );
     screenshot(&b, "portal-overview-history").await;

@@ -56,6 +56,7 @@ fn publish(key: &str, value: f64) {
 /// each link path with the pairs of node ids it draws.
 #[derive(Debug, Default)]
 struct Painted {
+    svg: Option<web_sys::Element>,
     circles: Vec<(web_sys::Element, String)>,
     links: Vec<(web_sys::Element, Vec<(String, String)>)>,
 }
@@ -71,8 +72,24 @@ fn links_path(layout: &Layout, pairs: &[(String, String)]) -> String {
     d
 }
 
-/// Moves the drawn circles and links to the layout's positions.
+/// The SVG's view box: the layout's bounds with a margin.
+fn view_box(layout: &Layout) -> String {
+    let (x, y, w, h) = layout.bounds();
+    let pad = 30.0;
+    format!(
+        "{} {} {} {}",
+        x - pad,
+        y - pad,
+        w + 2.0 * pad,
+        h + 2.0 * pad
+    )
+}
+
+/// Moves the drawn circles and links to the layout's positions, and fits the view to them.
 fn paint(layout: &Layout, painted: &Painted) {
+    if let Some(svg) = &painted.svg {
+        let _ = svg.set_attribute("viewBox", &view_box(layout));
+    }
     let mut buf = String::new();
     for (el, id) in &painted.circles {
         if let Some((x, y)) = layout.position(id) {
@@ -262,8 +279,10 @@ pub fn Topology() -> Html {
             p.circles.clear();
             p.links.clear();
             let Some(svg) = svg_ref.cast::<web_sys::Element>() else {
+                p.svg = None;
                 return;
             };
+            p.svg = Some(svg.clone());
             if let Ok(list) = svg.query_selector_all("circle.node") {
                 for i in 0..list.length() {
                     if let Some(el) = list
@@ -397,15 +416,7 @@ pub fn Topology() -> Html {
     }
 
     let l = layout.borrow();
-    let (bx, by, bw, bh) = l.bounds();
-    let pad = 30.0;
-    let view_box = format!(
-        "{} {} {} {}",
-        bx - pad,
-        by - pad,
-        bw + 2.0 * pad,
-        bh + 2.0 * pad
-    );
+    let view_box = view_box(&l);
     // Links as a few paths (by kind and width), not one element each: cheap to move every frame.
     let requests: HashMap<&str, u64> = visible
         .nodes
