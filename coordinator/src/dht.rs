@@ -145,6 +145,22 @@ fn round_load(load: f64) -> f64 {
     (load * 100.0).round() / 100.0
 }
 
+/// A node known only by its id and role (the edge, a DHT peer).
+fn bare_node(id: String, role: &str) -> TopologyNode {
+    TopologyNode {
+        id,
+        role: role.into(),
+        services: Vec::new(),
+        worker_id: None,
+        tier: None,
+        status: None,
+        location: None,
+        capacity: None,
+        requests: None,
+        load: None,
+    }
+}
+
 /// The topology the portal draws: the edge (when this coordinator is federated), this coordinator, its workers, and
 /// the DHT peers in its routing table.
 pub(crate) async fn build_topology(state: &AppState) -> DhtTopology {
@@ -175,18 +191,7 @@ pub(crate) async fn build_topology(state: &AppState) -> DhtTopology {
     let mut edges = Vec::new();
     let edge_id = state.config.edge_url.as_ref().map(|url| {
         let id = format!("edge:{url}");
-        nodes.push(TopologyNode {
-            id: id.clone(),
-            role: "edge".into(),
-            services: Vec::new(),
-            worker_id: None,
-            tier: None,
-            status: None,
-            location: None,
-            capacity: None,
-            requests: None,
-            load: None,
-        });
+        nodes.push(bare_node(id.clone(), "edge"));
         edges.push(TopologyEdge {
             from: me.clone(),
             to: id.clone(),
@@ -239,18 +244,7 @@ pub(crate) async fn build_topology(state: &AppState) -> DhtTopology {
                     kind: "federated".into(),
                 });
             }
-            nodes.push(TopologyNode {
-                id: id.clone(),
-                role: role.into(),
-                services: Vec::new(),
-                worker_id: None,
-                tier: None,
-                status: None,
-                location: None,
-                capacity: None,
-                requests: None,
-                load: None,
-            });
+            nodes.push(bare_node(id.clone(), role));
         }
         edges.push(TopologyEdge {
             from: me.clone(),

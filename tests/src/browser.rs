@@ -148,3 +148,22 @@ pub async fn screenshot(b: &Client, name: &str) -> PathBuf {
     std::fs::write(&path, png).expect("writing a screenshot");
     path
 }
+
+/// Clicks the first element matching `css` (it must be there).
+pub async fn click(b: &Client, css: &str) {
+    b.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css:?} to click: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("clicking {css:?}: {e}"));
+}
+
+/// The text of an element, waiting up to `secs` for it.
+pub async fn text_of(b: &Client, css: &str, secs: u64) -> String {
+    wait_for(b, css, secs)
+        .await
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("reading {css:?}: {e}"))
+}

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use commons_coordinator::server::test_utils::ADMIN_TOKEN;
-use commons_tests::browser::{Driver, portal_dist, screenshot, until, wait_for};
+use commons_tests::browser::{Driver, click, portal_dist, screenshot, text_of, until, wait_for};
 use commons_tests::{Coordinator, Registered, heartbeat, register};
 use fantoccini::Locator;
 use serde_json::Value;
@@ -26,12 +26,7 @@ async fn count(b: &fantoccini::Client, css: &str) -> usize {
 }
 
 async fn card(b: &fantoccini::Client, id: &str) -> String {
-    b.find(Locator::Css(&format!("#{id} .card-value")))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    text_of(b, &format!("#{id} .card-value"), 5).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,24 +84,14 @@ async fn the_portal_in_headless_chromium() {
         .send_keys("not-the-admin-token-000")
         .await
         .unwrap();
-    b.find(Locator::Css("#login"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let error = wait_for(&b, "#login-error", 10).await.text().await.unwrap();
+    click(&b, "#login").await;
+    let error = text_of(&b, "#login-error", 10).await;
     assert!(error.contains("wrong"), "{error}");
     screenshot(&b, "portal-login").await;
     let token = b.find(Locator::Css("#token")).await.unwrap();
     token.clear().await.unwrap();
     token.send_keys(ADMIN_TOKEN).await.unwrap();
-    b.find(Locator::Css("#login"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "#login").await;
     wait_for(&b, "#feed-live", 10).await;
     wait_for(&b, "#card-total", 10).await;
 
@@ -252,25 +237,12 @@ async fn the_portal_in_headless_chromium() {
     );
 
     // Clicking a node shows its details.
-    b.find(Locator::Css(&format!(
-        "circle.node[data-id=\"{}\"]",
-        workers[0].id
-    )))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
-    let details = wait_for(&b, "#node-details", 5).await.text().await.unwrap();
+    click(&b, &format!("circle.node[data-id=\"{}\"]", workers[0].id)).await;
+    let details = text_of(&b, "#node-details", 5).await;
     assert!(details.contains(&workers[0].id), "{details}");
 
     // Export JSON: valid, every node with a position.
-    b.find(Locator::Css("#export-json"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "#export-json").await;
     let exported = b
         .execute("return window.__commonsExport", vec![])
         .await
@@ -303,18 +275,10 @@ async fn the_portal_in_headless_chromium() {
         "the table lists every worker"
     );
     screenshot(&b, "portal-workers").await;
-    b.find(Locator::Css("table#workers tbody tr a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "table#workers tbody tr a").await;
     assert!(
-        wait_for(&b, "#worker-title", 10)
+        text_of(&b, "#worker-title", 10)
             .await
-            .text()
-            .await
-            .unwrap()
             .starts_with("Worker ")
     );
     screenshot(&b, "portal-worker").await;
@@ -330,20 +294,13 @@ async fn the_portal_in_headless_chromium() {
     screenshot(&b, "portal-services").await;
     b.goto(&format!("{url}/#/coordinators")).await.unwrap();
     assert!(
-        wait_for(&b, "#coordinators-source", 10)
+        text_of(&b, "#coordinators-source", 10)
             .await
-            .text()
-            .await
-            .unwrap()
             .contains("This coordinator only")
     );
     screenshot(&b, "portal-coordinators").await;
     b.goto(&format!("{url}/#/downloads")).await.unwrap();
-    let row = wait_for(&b, "table#releases tbody tr", 10)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let row = text_of(&b, "table#releases tbody tr", 10).await;
     assert!(
         row.contains("commons_0.1.0_amd64.deb") && row.contains("0.1.0"),
         "{row}"
@@ -365,12 +322,7 @@ async fn the_portal_in_headless_chromium() {
     screenshot(&b, "portal-overview-history").await;
 
     // Logging out ends the session: the login form is back and the API refuses the browser.
-    b.find(Locator::Css("#logout"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "#logout").await;
     wait_for(&b, "#token", 10).await;
     let status = b
         .execute_async(
