@@ -19,15 +19,7 @@ async fn register_n(client: &reqwest::Client, url: &str, n: usize) -> Vec<(Strin
         } else {
             native(4, 16, None)
         };
-        let r: Value = client
-            .post(format!("{url}/api/worker/register"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = common::register_at(client, url, &body).await;
         out.push((
             r["worker_id"].as_str().unwrap().to_owned(),
             r["worker_token"].as_str().unwrap().to_owned(),

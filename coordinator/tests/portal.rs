@@ -217,20 +217,11 @@ async fn the_live_feed_sends_a_snapshot_then_only_what_changed() {
     let server = Server::bind(config).await.unwrap();
     let http = reqwest::Client::new();
     let url = server.url();
-    let reg = |body: Value| {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            let r: Value = http
-                .post(format!("{url}/api/worker/register"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            r["worker_id"].as_str().unwrap().to_owned()
-        }
+    let reg = async |body: Value| {
+        common::register_at(&http, &url, &body).await["worker_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     };
     let first = reg(native(4, 16, None)).await;
     let ws_url = format!("ws://{}/api/admin/live", server.local_addr());

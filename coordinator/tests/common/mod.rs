@@ -118,6 +118,19 @@ impl App {
     }
 }
 
+/// Registers a worker at a coordinator on a real socket; its answer as JSON.
+pub async fn register_at(client: &reqwest::Client, url: &str, body: &Value) -> Value {
+    client
+        .post(format!("{url}/api/worker/register"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub fn native(cores: u32, ram_gib: u64, vram_gib: Option<u64>) -> Value {
     let gib = 1u64 << 30;
     let gpus = vram_gib
