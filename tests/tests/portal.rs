@@ -51,6 +51,37 @@ async fn the_portal_in_headless_chromium() {
     .await;
     let url = c.url();
     let http = reqwest::Client::new();
+    let driver = Driver::start().await;
+    let b = driver.browser().await;
+
+    // Login: a wrong token is refused with a message; the right one opens the overview.
+    b.goto(&url).await.unwrap();
+    wait_for(&b, "#token", 20)
+        .await
+        .send_keys("not-the-admin-token-000")
+        .await
+        .unwrap();
+    click(&b, "#login").await;
+    let error = text_of(&b, "#login-error", 10).await;
+    assert!(error.contains("wrong"), "{error}");
+    screenshot(&b, "portal-login").await;
+    let token = b.find(Locator::Css("#token")).await.unwrap();
+    token.clear().await.unwrap();
+    token.send_keys(ADMIN_TOKEN).await.unwrap();
+    click(&b, "#login").await;
+    wait_for(&b, "#feed-live", 10).await;
+    wait_for(&b, "#card-total", 10).await;
+
+    // No workers yet: the overview says what to do, with a link to the downloads.
+    let empty = text_of(&b, ".empty", 10).await;
+    assert!(
+        empty.contains("No workers yet") && empty.contains("Downloads"),
+        "{empty}"
+    );
+    assert_eq!(card(&b, "card-total").await, "0");
+    screenshot(&b, "portal-overview-empty").await;
+
+    // Workers register while the page is open; the cards follow the live feed.
     let mut workers: Vec<Registered> = Vec::new();
     for i in 0..SEEDED {
         workers.push(register(&http, &url, &format!("http://127.0.0.1:{}", 20_000 + i)).await);
@@ -73,27 +104,6 @@ async fn the_portal_in_headless_chromium() {
             }
         })
     };
-
-    let driver = Driver::start().await;
-    let b = driver.browser().await;
-
-    // Login: a wrong token is refused with a message; the right one opens the overview.
-    b.goto(&url).await.unwrap();
-    wait_for(&b, "#token", 20)
-        .await
-        .send_keys("not-the-admin-token-000")
-        .await
-        .unwrap();
-    click(&b, "#login").await;
-    let error = text_of(&b, "#login-error", 10).await;
-    assert!(error.contains("wrong"), "{error}");
-    screenshot(&b, "portal-login").await;
-    let token = b.find(Locator::Css("#token")).await.unwrap();
-    token.clear().await.unwrap();
-    token.send_keys(ADMIN_TOKEN).await.unwrap();
-    click(&b, "#login").await;
-    wait_for(&b, "#feed-live", 10).await;
-    wait_for(&b, "#card-total", 10).await;
 
     // The overview's counts are the API's.
     assert!(
@@ -240,6 +250,19 @@ async fn the_portal_in_headless_chromium() {
     click(&b, &format!("circle.node[data-id=\"{}\"]", workers[0].id)).await;
     let details = text_of(&b, "#node-details", 5).await;
     assert!(details.contains(&workers[0].id), "{details}");
+
+    // Export PNG: the SVG drawn onto a canvas, offered as a PNG download (downloads are caught, not saved).
+    b.execute(
+        "window.__downloads = []; HTMLAnchorElement.prototype.click = function () { window.__downloads.push({name: this.download, href: this.href}); }",
+        vec![],
+    )
+    .await
+    .unwrap();
+    click(&b, "#export-png").await;
+    assert!(
+        until(&b, 10, "return window.__downloads.some(d => d.name == 'commons-topology.png' && d.href.startsWith('data:image/png;base64,') && d.href.length > 2000)").await,
+        "a PNG download"
+    );
 
     // Export JSON: valid, every node with a position.
     click(&b, "#export-json").await;
