@@ -1,0 +1,72 @@
+//! Commons, the volunteer's desktop app: a thin Tauri shell over the window-free agent core (`commons-agent`).
+//!
+//! [`Donor`](donor::Donor) holds the agent; the window's [`commands`] and the [`tray`] only adapt it. `run_app`
+//! wires a Tauri builder, so tests drive the same wiring with `tauri::test::mock_builder()`.
+#![deny(missing_docs)]
+
+pub mod commands;
+pub mod donor;
+pub mod tray;
+
+use std::sync::Arc;
+
+use tauri::{Manager, Runtime, WindowEvent};
+
+use crate::donor::Donor;
+
+/// Wires the app: the donor as state, the commands, the tray (when `with_tray`), and closing the window keeps the
+/// app in the tray.
+pub fn run_app<R: Runtime>(
+    builder: tauri::Builder<R>,
+    donor: Arc<Donor>,
+    with_tray: bool,
+) -> tauri::Builder<R> {
+    builder
+        .manage(donor)
+        .invoke_handler(tauri::generate_handler![
+            commands::status,
+            commands::detect,
+            commands::start_donating,
+            commands::pause,
+            commands::resume
+        ])
+        .setup(move |app| {
+            if with_tray {
+                tray::create(app.handle())?;
+            }
+            // First run (nothing saved yet): show the window with its Start donating button.
+            let first_run = app
+                .state::<Arc<Donor>>()
+                .settings()
+                .map(|s| s.coordinator_url.is_none())
+                .unwrap_or(true);
+            if first_run && let Some(w) = app.get_webview_window("main") {
+                let _ = w.show();
+            }
+            Ok(())
+        })
+        .on_window_event(|window, event| {
+            if let WindowEvent::CloseRequested { api, .. } = event {
+                api.prevent_close();
+                let _ = window.hide();
+            }
+        })
+}
+
+/// Runs the app until Quit.
+pub fn run() -> anyhow::Result<()> {
+    let settings_path = commons_agent::settings::Settings::default_path();
+    let creds: Arc<dyn commons_agent::credentials::CredentialStore> =
+        Arc::new(commons_agent::credentials::KeyringStore::new());
+    let probe = Arc::from(commons_agent::hardware::default_probe());
+    let donor = Arc::new(Donor::new(settings_path, creds, probe));
+    let app = run_app(tauri::Builder::default(), donor.clone(), true)
+        .build(tauri::generate_context!())
+        .map_err(|e| anyhow::anyhow!("cannot start the app: {e}"))?;
+    app.run(move |_, event| {
+        if let tauri::RunEvent::Exit = event {
+            tracing::info!("exiting");
+        }
+    });
+    Ok(())
+}
