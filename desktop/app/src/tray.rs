@@ -157,12 +157,12 @@ pub fn create<R: Runtime>(app: &AppHandle<R>) -> tauri::Result<()> {
             let _ = tray.set_icon(Some(icon(&s)));
             let _ = tray.set_tooltip(Some(format!("Commons: {}", state_name(&s))));
             let _ = status.set_text(summary(&s, &offer));
-            let _ = toggle.set_text(if s == State::Paused {
-                "Resume"
-            } else {
-                "Pause"
+            let _ = toggle.set_text(match s {
+                State::Stopped => "Start donating",
+                State::Paused => "Resume",
+                _ => "Pause",
             });
-            for item in [&toggle, &hour, &tomorrow] {
+            for item in [&hour, &tomorrow] {
                 let _ = item.set_enabled(running);
             }
             if rx.changed().await.is_err() {

@@ -1,0 +1,153 @@
+"""A minimal desktop shell for the tray test: an org.kde.StatusNotifierWatcher on the session bus that the app's
+tray item registers with; it reads the item's dbusmenu, clicks entries as a shell would (dbusmenu Event
+"clicked"), and reports what it saw as JSON lines on stdout.
+
+Usage (inside dbus-run-session, with DISPLAY set): tray_host.py <app binary> [<click>...]
+Each <click> is "label=>expected": click the entry labelled `label`, then wait until an entry labelled `expected`
+appears. "quit" as a click clicks Quit and waits for the app to exit.
+
+Needs Debian's /usr/bin/python3 (python3-dbus, python3-gi).
+"""
+import json
+import subprocess
+import sys
+import time
+
+import dbus
+import dbus.mainloop.glib
+import dbus.service
+from gi.repository import GLib
+
+WATCHER = "org.kde.StatusNotifierWatcher"
+ITEM = "org.kde.StatusNotifierItem"
+MENU = "com.canonical.dbusmenu"
+
+
+def say(**kw):
+    print(json.dumps(kw), flush=True)
+
+
+class Watcher(dbus.service.Object):
+    def __init__(self, bus):
+        self.items = []
+        name = dbus.service.BusName(WATCHER, bus)
+        super().__init__(name, "/StatusNotifierWatcher")
+
+    @dbus.service.method(WATCHER, in_signature="s", out_signature="", sender_keyword="sender")
+    def RegisterStatusNotifierItem(self, service, sender=None):
+        if service.startswith("/"):
+            self.items.append((sender, service))
+        else:
+            self.items.append((service, "/StatusNotifierItem"))
+        self.StatusNotifierItemRegistered(service)
+
+    @dbus.service.method(WATCHER, in_signature="s", out_signature="")
+    def RegisterStatusNotifierHost(self, service):
+        pass
+
+    @dbus.service.signal(WATCHER, signature="s")
+    def StatusNotifierItemRegistered(self, service):
+        pass
+
+    @dbus.service.signal(WATCHER, signature="")
+    def StatusNotifierHostRegistered(self):
+        pass
+
+    @dbus.service.method(dbus.PROPERTIES_IFACE, in_signature="ss", out_signature="v")
+    def Get(self, interface, prop):
+        return self.GetAll(interface)[prop]
+
+    @dbus.service.method(dbus.PROPERTIES_IFACE, in_signature="s", out_signature="a{sv}")
+    def GetAll(self, interface):
+        return {
+            "RegisteredStatusNotifierItems": dbus.Array(["%s%s" % i for i in self.items], signature="s"),
+            "IsStatusNotifierHostRegistered": dbus.Boolean(True),
+            "ProtocolVersion": dbus.Int32(0),
+        }
+
+
+def pump(seconds):
+    ctx = GLib.MainContext.default()
+    end = time.time() + seconds
+    while time.time() < end:
+        while ctx.pending():
+            ctx.iteration(False)
+        time.sleep(0.02)
+
+
+def entries(menu):
+    """(id, label, enabled) of every entry, depth first."""
+    _, layout = menu.GetLayout(0, -1, dbus.Array([], signature="s"))
+    out = []
+
+    def walk(node):
+        ident, props, children = node
+        label = str(props.get("label", "")).replace("_", "")
+        if label:
+            out.append((int(ident), label, bool(props.get("enabled", True))))
+        for c in children:
+            walk(c)
+
+    walk(layout)
+    return out
+
+
+def main():
+    app, clicks = sys.argv[1], sys.argv[2:]
+    dbus.mainloop.glib.DBusGMainLoop(set_as_default=True)
+    bus = dbus.SessionBus()
+    watcher = Watcher(bus)
+    started = time.time()
+    proc = subprocess.Popen([app])
+    deadline = time.time() + 30
+    while not watcher.items and time.time() < deadline and proc.poll() is None:
+        pump(0.05)
+    if not watcher.items:
+        say(event="no_item", exited=proc.poll())
+        proc.kill()
+        return 1
+    say(event="registered", seconds=round(time.time() - started, 3), pid=proc.pid)
+    service, path = watcher.items[0]
+    item = bus.get_object(service, path)
+    props = dbus.Interface(item, dbus.PROPERTIES_IFACE)
+    menu_path = props.Get(ITEM, "Menu")
+    say(event="item", status=str(props.Get(ITEM, "Status")), title=str(props.Get(ITEM, "Title")), menu=str(menu_path))
+    menu = dbus.Interface(bus.get_object(service, menu_path), MENU)
+    say(event="menu", entries=[[l, e] for _, l, e in entries(menu)])
+    for click in clicks:
+        if click == "quit":
+            target = [i for i, l, _ in entries(menu) if l == "Quit"][0]
+            menu.Event(target, "clicked", dbus.Int32(0, variant_level=1), dbus.UInt32(0))
+            try:
+                code = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                say(event="quit_timeout")
+                proc.kill()
+                return 1
+            say(event="exited", code=code)
+            return 0
+        label, expected = click.split("=>")
+        found = [i for i, l, _ in entries(menu) if l == label]
+        if not found:
+            say(event="missing", label=label, entries=[l for _, l, _ in entries(menu)])
+            proc.kill()
+            return 1
+        menu.Event(found[0], "clicked", dbus.Int32(0, variant_level=1), dbus.UInt32(0))
+        deadline = time.time() + 20
+        seen = []
+        while time.time() < deadline:
+            pump(0.1)
+            seen = entries(menu)
+            if any(l == expected for _, l, _ in seen):
+                break
+        else:
+            say(event="not_changed", clicked=label, expected=expected, entries=[l for _, l, _ in seen])
+            proc.kill()
+            return 1
+        say(event="clicked", label=label, now=[l for _, l, _ in seen])
+    proc.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
