@@ -10,12 +10,11 @@ pub mod tray;
 
 use std::sync::Arc;
 
-use tauri::{Manager, Runtime, WindowEvent};
+use tauri::{AppHandle, Manager, Runtime};
 
 use crate::donor::Donor;
 
-/// Wires the app: the donor as state, the commands, the tray (when `with_tray`), and closing the window keeps the
-/// app in the tray.
+/// Wires the app: the donor as state, the commands, the tray (when `with_tray`), and the window on first run.
 pub fn run_app<R: Runtime>(
     builder: tauri::Builder<R>,
     donor: Arc<Donor>,
@@ -40,18 +39,37 @@ pub fn run_app<R: Runtime>(
                 .settings()
                 .map(|s| s.coordinator_url.is_none())
                 .unwrap_or(true);
-            if first_run && let Some(w) = app.get_webview_window("main") {
-                let _ = w.show();
+            if first_run {
+                show_window(app.handle());
             }
             Ok(())
         })
-        .on_window_event(|window, event| {
-            if let WindowEvent::CloseRequested { api, .. } = event {
-                api.prevent_close();
-                let _ = window.hide();
-            }
-        })
 }
+
+/// Shows the window, creating it from the configuration when it is not open. The window exists only while it is
+/// open: closing it destroys the webview (and WebKit's processes with it), so an app that sits in the tray holds
+/// no browser engine.
+pub fn show_window<R: Runtime>(app: &AppHandle<R>) {
+    if let Some(w) = app.get_webview_window(WINDOW) {
+        let _ = w.unminimize();
+        let _ = w.show();
+        let _ = w.set_focus();
+        return;
+    }
+    let Some(config) = app.config().app.windows.iter().find(|w| w.label == WINDOW) else {
+        tracing::error!("the window is missing from tauri.conf.json");
+        return;
+    };
+    match tauri::WebviewWindowBuilder::from_config(app, config).and_then(|b| b.build()) {
+        Ok(w) => {
+            let _ = w.set_focus();
+        }
+        Err(e) => tracing::error!(error = %e, "cannot open the window"),
+    }
+}
+
+/// The window's label.
+pub const WINDOW: &str = "main";
 
 /// Runs the app until Quit.
 pub fn run() -> anyhow::Result<()> {
@@ -63,10 +81,13 @@ pub fn run() -> anyhow::Result<()> {
     let app = run_app(tauri::Builder::default(), donor.clone(), true)
         .build(tauri::generate_context!())
         .map_err(|e| anyhow::anyhow!("cannot start the app: {e}"))?;
-    app.run(move |_, event| {
-        if let tauri::RunEvent::Exit = event {
-            tracing::info!("exiting");
-        }
+    app.run(move |_, event| match event {
+        // Closing the window keeps the app in the tray; only Quit (an explicit exit code) ends it.
+        tauri::RunEvent::ExitRequested {
+            code: None, api, ..
+        } => api.prevent_exit(),
+        tauri::RunEvent::Exit => tracing::info!("exiting"),
+        _ => {}
     });
     Ok(())
 }

@@ -53,19 +53,12 @@ fn open_url(url: &str) {
     }
 }
 
-fn show_window<R: Runtime>(app: &AppHandle<R>) {
-    if let Some(w) = app.get_webview_window("main") {
-        let _ = w.show();
-        let _ = w.set_focus();
-    }
-}
-
 fn on_menu<R: Runtime>(app: &AppHandle<R>, event: MenuEvent) {
     let donor = app.state::<Arc<Donor>>().inner().clone();
     let id = event.id().as_ref().to_owned();
     tracing::info!(entry = %id, "tray menu");
     match id.as_str() {
-        ids::OPEN => show_window(app),
+        ids::OPEN => crate::show_window(app),
         ids::PORTAL => {
             let donor = donor.clone();
             tauri::async_runtime::spawn(async move {

@@ -4,11 +4,13 @@ tray item registers with; it reads the item's dbusmenu, clicks entries as a shel
 
 Usage (inside dbus-run-session, with DISPLAY set): tray_host.py <app binary> [<click>...]
 Each <click> is "label=>expected": click the entry labelled `label`, then wait until an entry labelled `expected`
-appears. "quit" as a click clicks Quit and waits for the app to exit.
+appears. "quit" as a click clicks Quit and waits for the app to exit. "measure=N" samples the app's process tree
+(the app and its WebKit processes) for N seconds: resident memory and CPU.
 
 Needs Debian's /usr/bin/python3 (python3-dbus, python3-gi).
 """
 import json
+import os
 import subprocess
 import sys
 import time
@@ -75,6 +77,49 @@ def pump(seconds):
         time.sleep(0.02)
 
 
+def tree(root):
+    """The pids of `root` and its descendants."""
+    parents = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(c for c, pp in parents.items() if pp == p)
+    return out
+
+
+def rss_kib(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def cpu_ticks(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total
+
+
 def entries(menu):
     """(id, label, enabled) of every entry, depth first."""
     _, layout = menu.GetLayout(0, -1, dbus.Array([], signature="s"))
@@ -126,6 +171,17 @@ def main():
                 return 1
             say(event="exited", code=code)
             return 0
+        if click.startswith("measure="):
+            seconds = float(click.split("=", 1)[1])
+            pids = tree(proc.pid)
+            t0, c0 = time.time(), cpu_ticks(pids)
+            pump(seconds)
+            pids = tree(proc.pid)
+            t1, c1 = time.time(), cpu_ticks(pids)
+            hz = os.sysconf("SC_CLK_TCK")
+            say(event="measured", seconds=round(t1 - t0, 1), processes=len(pids), rss_kib=rss_kib(pids),
+                app_rss_kib=rss_kib([proc.pid]), cpu_percent=round(100.0 * (c1 - c0) / hz / (t1 - t0), 3))
+            continue
         label, expected = click.split("=>")
         found = [i for i, l, _ in entries(menu) if l == label]
         if not found:
