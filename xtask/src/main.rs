@@ -2,10 +2,12 @@
 //!
 //! - `cargo xtask portal [--dev]`: builds the admin portal (wasm32 + wasm-bindgen, wasm-opt where a working one is
 //!   installed) into `portal/dist`, with a gzip copy of each file for the coordinator to serve precompressed.
+//! - `cargo xtask desktop-ui [--dev]`: builds the desktop app's window (Yew) into `desktop/app/ui`, next to its
+//!   committed `index.html` and `style.css`; the app embeds that folder when it is compiled.
 //! - `cargo xtask serve [-- <coordinator flags>]`: builds the portal, then runs the coordinator (release) on its
 //!   embedded defaults serving it.
 //!
-//! Both set up what the build needs first: the `wasm32-unknown-unknown` target (rustup) and a `wasm-bindgen` CLI of
+//! Each sets up what the build needs first: the `wasm32-unknown-unknown` target (rustup) and a `wasm-bindgen` CLI of
 //! exactly the version of the `wasm-bindgen` crate in Cargo.lock (`cargo install`, once per machine, without
 //! `--locked`: its own lock file pins a crate version the registry here lacks; the version itself is pinned).
 
@@ -18,11 +20,12 @@ use anyhow::{Context, bail};
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("portal") => portal(args.iter().any(|a| a == "--dev")),
-        Some("serve") => portal(false).and_then(|()| serve(&args[1..])),
+        Some("portal") => wasm_page(&PORTAL, args.iter().any(|a| a == "--dev")),
+        Some("desktop-ui") => wasm_page(&DESKTOP_UI, args.iter().any(|a| a == "--dev")),
+        Some("serve") => wasm_page(&PORTAL, false).and_then(|()| serve(&args[1..])),
         _ => {
             eprintln!(
-                "usage: cargo xtask portal [--dev] | cargo xtask serve [-- <coordinator flags>]"
+                "usage: cargo xtask portal [--dev] | cargo xtask desktop-ui [--dev] | cargo xtask serve [-- <coordinator flags>]"
             );
             return std::process::ExitCode::from(2);
         }
@@ -132,7 +135,38 @@ fn serve(extra: &[String]) -> anyhow::Result<()> {
         .args(extra))
 }
 
-fn portal(dev: bool) -> anyhow::Result<()> {
+/// A Yew page built to WebAssembly.
+struct Page {
+    /// Its package.
+    package: &'static str,
+    /// The library's name (the .wasm and the generated .js are named after it).
+    lib: &'static str,
+    /// Where the page goes, from the workspace root.
+    dist: &'static str,
+    /// The hand-written files copied next to it (from the workspace root), when they live elsewhere: then `dist`
+    /// is cleared first and holds only build output. Without, `dist` holds them and only the output is replaced.
+    statics: Option<&'static str>,
+    /// Write a gzip copy of each file (for a server to send precompressed).
+    gzip: bool,
+}
+
+const PORTAL: Page = Page {
+    package: "commons-portal",
+    lib: "commons_portal",
+    dist: "portal/dist",
+    statics: Some("portal/static"),
+    gzip: true,
+};
+
+const DESKTOP_UI: Page = Page {
+    package: "commons-desktop-ui",
+    lib: "commons_desktop_ui",
+    dist: "desktop/app/ui",
+    statics: None,
+    gzip: false,
+};
+
+fn wasm_page(page: &Page, dev: bool) -> anyhow::Result<()> {
     let root = root();
     ensure_tools(&root)?;
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
@@ -143,7 +177,7 @@ fn portal(dev: bool) -> anyhow::Result<()> {
     run(Command::new(cargo).current_dir(&root).args([
         "build",
         "--package",
-        "commons-portal",
+        page.package,
         "--lib",
         "--target",
         "wasm32-unknown-unknown",
@@ -154,35 +188,42 @@ fn portal(dev: bool) -> anyhow::Result<()> {
     let wasm = target_dir
         .join("wasm32-unknown-unknown")
         .join(out_profile)
-        .join("commons_portal.wasm");
-    let dist = root.join("portal").join("dist");
-    if dist.exists() {
-        std::fs::remove_dir_all(&dist).context("clearing portal/dist")?;
+        .join(format!("{}.wasm", page.lib));
+    let dist = root.join(page.dist);
+    if page.statics.is_some() && dist.exists() {
+        std::fs::remove_dir_all(&dist).with_context(|| format!("clearing {}", page.dist))?;
     }
     std::fs::create_dir_all(&dist)?;
     run(Command::new("wasm-bindgen")
-        .args([
-            "--target",
-            "web",
-            "--no-typescript",
-            "--out-name",
-            "commons_portal",
-        ])
+        .args(["--target", "web", "--no-typescript", "--out-name", page.lib])
         .arg("--out-dir")
         .arg(&dist)
         .arg(&wasm))?;
-    let bg = dist.join("commons_portal_bg.wasm");
+    let bg = dist.join(format!("{}_bg.wasm", page.lib));
     if !dev {
         optimise(&bg);
     }
-    for f in ["index.html", "style.css"] {
-        std::fs::copy(root.join("portal/static").join(f), dist.join(f))
-            .with_context(|| format!("copying portal/static/{f}"))?;
+    if let Some(statics) = page.statics {
+        for f in ["index.html", "style.css"] {
+            std::fs::copy(root.join(statics).join(f), dist.join(f))
+                .with_context(|| format!("copying {statics}/{f}"))?;
+        }
     }
     let mut total_gz = 0;
     for entry in std::fs::read_dir(&dist)? {
         let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "gz") {
+            continue;
+        }
         let data = std::fs::read(&path)?;
+        if !page.gzip {
+            println!(
+                "{:<28} {:>9} bytes",
+                path.file_name().unwrap_or_default().to_string_lossy(),
+                data.len()
+            );
+            continue;
+        }
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         gz.write_all(&data)?;
         let gz = gz.finish()?;
@@ -197,7 +238,9 @@ fn portal(dev: bool) -> anyhow::Result<()> {
             gz.len()
         );
     }
-    println!("portal/dist: {total_gz} bytes gzip in all");
+    if page.gzip {
+        println!("{}: {total_gz} bytes gzip in all", page.dist);
+    }
     Ok(())
 }
 

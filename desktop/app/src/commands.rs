@@ -3,20 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use commons_shared::caps::Capabilities;
-use serde::Serialize;
 use tauri::State;
 
-use crate::donor::{AppError, Donor, Status};
-
-/// The hardware the first-run page shows.
-#[derive(Debug, Clone, Serialize)]
-pub struct Hardware {
-    /// What was detected.
-    pub capabilities: Capabilities,
-    /// Why no GPU was found, when none was (driver missing, ...).
-    pub no_gpu: Option<String>,
-}
+use crate::donor::{AppError, Donor, Hardware, Limits, Status};
 
 /// The status now.
 #[tauri::command]
@@ -55,4 +44,22 @@ pub async fn pause(donor: State<'_, Arc<Donor>>, minutes: Option<u32>) -> Result
 #[tauri::command]
 pub async fn resume(donor: State<'_, Arc<Donor>>) -> Result<Status, AppError> {
     donor.resume().await
+}
+
+/// The caps and rules (CPU %, memory, disk, GPUs, GPU temperature limit, idle / on AC only, schedule windows).
+#[tauri::command]
+pub fn limits(donor: State<'_, Arc<Donor>>) -> Result<Limits, AppError> {
+    donor.limits()
+}
+
+/// Saves new caps and rules and applies them to the running agent at once.
+#[tauri::command]
+pub async fn set_limits(donor: State<'_, Arc<Donor>>, limits: Limits) -> Result<Limits, AppError> {
+    donor.set_limits(limits).await
+}
+
+/// Starts again after a problem (Retry).
+#[tauri::command]
+pub async fn retry(donor: State<'_, Arc<Donor>>) -> Result<Status, AppError> {
+    donor.retry().await
 }

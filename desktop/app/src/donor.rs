@@ -1,50 +1,112 @@
 //! The app's hold on the agent core: start donating, pause (now, for a while), resume, quit, and the status the tray
 //! and the window show. No Tauri here: the commands and the tray are thin adapters over [`Donor`].
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use commons_agent::agent::{self, AgentHandle, Command, State};
+use commons_agent::agent::{self, AgentHandle, Command, ContainerView, State};
 use commons_agent::credentials::CredentialStore;
 use commons_agent::hardware::{self, Detected, GpuProbe};
 use commons_agent::settings::Settings;
-use serde::Serialize;
+pub use commons_shared::desktop::{AppError, ContainerRow, Hardware, Limits, Status};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 
-/// An error the window can show: a code and a sentence with the next step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
-#[serde(tag = "error", content = "message", rename_all = "snake_case")]
-pub enum AppError {
-    /// The volunteer typed something unusable.
-    #[error("{0}")]
-    Invalid(String),
-    /// Not donating yet: nothing to pause.
-    #[error("{0}")]
-    NotStarted(String),
-    /// Already donating.
-    #[error("{0}")]
-    AlreadyStarted(String),
-    /// The settings file could not be read or written.
-    #[error("{0}")]
-    Settings(String),
+/// The caps and rules in a settings file.
+fn limits_of(s: &Settings) -> Limits {
+    Limits {
+        cpu_percent: s.cpu_percent,
+        memory_mb: s.memory_mb,
+        scratch_mb: s.scratch_mb,
+        allow_gpu: s.allow_gpu,
+        gpus: s.gpus.clone(),
+        max_gpu_temp_c: s.max_gpu_temp_c,
+        idle_only: s.idle_only,
+        on_ac_power_only: s.on_ac_power_only,
+        schedule: s.schedule.clone(),
+    }
 }
 
-/// What the tray and the window show.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Status {
-    /// stopped, registering, pulling, active, paused or error.
-    pub state: String,
-    /// Why, for an error (in plain words).
-    pub reason: Option<String>,
-    /// The worker id once registered.
-    pub worker_id: Option<String>,
-    /// The coordinator it donates to.
-    pub coordinator_url: Option<String>,
-    /// One line for the tray: "Donating: GPU RTX 3060 + 8 cores".
-    pub summary: String,
-    /// When a timed pause ends (RFC 3339), if one is set.
-    pub paused_until: Option<String>,
+/// Puts the caps and rules into the settings.
+fn put_limits(l: Limits, s: &mut Settings) {
+    let Limits {
+        cpu_percent,
+        memory_mb,
+        scratch_mb,
+        allow_gpu,
+        gpus,
+        max_gpu_temp_c,
+        idle_only,
+        on_ac_power_only,
+        schedule,
+    } = l;
+    s.cpu_percent = cpu_percent;
+    s.memory_mb = memory_mb;
+    s.scratch_mb = scratch_mb;
+    s.allow_gpu = allow_gpu;
+    s.gpus = gpus;
+    s.max_gpu_temp_c = max_gpu_temp_c;
+    s.idle_only = idle_only;
+    s.on_ac_power_only = on_ac_power_only;
+    s.schedule = schedule
+        .into_iter()
+        .map(|w| w.trim().to_owned())
+        .filter(|w| !w.is_empty())
+        .collect();
+}
+
+/// Image pull progress: per image, per layer, (bytes so far, bytes in all).
+type Pulls = HashMap<String, HashMap<String, (u64, u64)>>;
+
+/// Time spent donating (active), kept in a small file next to the settings so it adds up over runs.
+#[derive(Debug)]
+struct Clock {
+    path: PathBuf,
+    /// Seconds before the current active stretch, and when that stretch began.
+    inner: std::sync::Mutex<(u64, Option<Instant>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ClockFile {
+    donated_secs: u64,
+}
+
+impl Clock {
+    fn open(path: PathBuf) -> Self {
+        let secs = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<ClockFile>(&t).ok())
+            .map_or(0, |c| c.donated_secs);
+        Self {
+            path,
+            inner: std::sync::Mutex::new((secs, None)),
+        }
+    }
+
+    fn total(&self) -> u64 {
+        let g = self.inner.lock().expect("not poisoned");
+        g.0 + g.1.map_or(0, |t| t.elapsed().as_secs())
+    }
+
+    /// Follows the state: an active stretch starts or ends (and is saved).
+    fn on_state(&self, s: &State) {
+        let mut g = self.inner.lock().expect("not poisoned");
+        match (s == &State::Active, g.1) {
+            (true, None) => g.1 = Some(Instant::now()),
+            (false, Some(since)) => {
+                g.0 += since.elapsed().as_secs();
+                g.1 = None;
+                let text =
+                    serde_json::to_string(&ClockFile { donated_secs: g.0 }).expect("serialises");
+                if let Err(e) = std::fs::write(&self.path, text) {
+                    tracing::warn!(error = %e, path = %self.path.display(), "cannot save the donated time");
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The words for a state.
@@ -93,6 +155,9 @@ pub struct Donor {
     paused_until: std::sync::Mutex<Option<jiff::Timestamp>>,
     /// The agent's state, also while none runs (stopped); the tray follows it.
     state: watch::Sender<State>,
+    pulls: Arc<std::sync::Mutex<Pulls>>,
+    started: std::sync::Mutex<Option<Instant>>,
+    clock: Arc<Clock>,
 }
 
 impl std::fmt::Debug for Donor {
@@ -111,7 +176,11 @@ impl Donor {
         probe: Arc<dyn GpuProbe>,
     ) -> Self {
         let detected = hardware::detect(probe.as_ref());
+        let clock = Arc::new(Clock::open(settings_path.with_file_name("donated.json")));
         Self {
+            clock,
+            pulls: Arc::default(),
+            started: std::sync::Mutex::new(None),
             settings_path,
             creds,
             probe,
@@ -192,19 +261,40 @@ impl Donor {
             .validate()
             .map_err(|e| AppError::Invalid(e.to_string()))?;
         self.save(&settings)?;
-        let handle = agent::start(settings, self.creds.clone(), self.probe.clone());
+        let mut handle = agent::start(settings, self.creds.clone(), self.probe.clone());
         let mut rx = handle.state.clone();
         let tx = self.state.clone();
+        let clock = self.clock.clone();
         tokio::spawn(async move {
             loop {
                 let s = rx.borrow_and_update().clone();
+                clock.on_state(&s);
                 tx.send_replace(s);
                 if rx.changed().await.is_err() {
+                    clock.on_state(&State::Stopped);
                     tx.send_replace(State::Stopped);
                     return;
                 }
             }
         });
+        if let Some(mut progress) = handle.take_progress() {
+            let pulls = self.pulls.clone();
+            tokio::spawn(async move {
+                while let Some(p) = progress.recv().await {
+                    let mut all = pulls.lock().expect("not poisoned");
+                    let layers = all.entry(p.image).or_default();
+                    let e = layers.entry(p.layer).or_default();
+                    e.0 = e.0.max(p.current);
+                    e.1 = e.1.max(p.total);
+                    if p.status.starts_with("Pull complete")
+                        || p.status.starts_with("Already exists")
+                    {
+                        e.0 = e.1;
+                    }
+                }
+            });
+        }
+        *self.started.lock().expect("not poisoned") = Some(Instant::now());
         *agent = Some(handle);
         drop(agent);
         Ok(self.status().await)
@@ -270,6 +360,33 @@ impl Donor {
         }
     }
 
+    /// The caps and rules the window edits (from the settings file).
+    pub fn limits(&self) -> Result<Limits, AppError> {
+        Ok(limits_of(&self.settings()?))
+    }
+
+    /// Saves new caps and rules and hands them to the running agent, which applies them at once. Nothing is saved
+    /// when a value is out of range.
+    pub async fn set_limits(&self, limits: Limits) -> Result<Limits, AppError> {
+        let mut settings = self.settings()?;
+        put_limits(limits, &mut settings);
+        settings
+            .validate()
+            .map_err(|e| AppError::Invalid(e.to_string()))?;
+        self.save(&settings)?;
+        if let Some(a) = self.agent.lock().await.as_ref() {
+            a.send(Command::Apply(Box::new(settings.clone()))).await;
+        }
+        Ok(limits_of(&settings))
+    }
+
+    /// Starts again after a problem (the container engine was missing, the coordinator refused): the agent stops
+    /// cleanly and a new one starts with the saved settings.
+    pub async fn retry(&self) -> Result<Status, AppError> {
+        self.quit(Duration::from_secs(10)).await;
+        self.start(None, None).await
+    }
+
     /// Stops donating for good: containers removed, unregistered, the agent finished. Waits at most `timeout`.
     pub async fn quit(&self, timeout: Duration) {
         self.cancel_timer().await;
@@ -281,18 +398,27 @@ impl Donor {
             tracing::warn!("the agent did not stop in time");
         }
         self.state.send_replace(State::Stopped);
+        self.clock.on_state(&State::Stopped);
+        *self.started.lock().expect("not poisoned") = None;
+        self.pulls.lock().expect("not poisoned").clear();
     }
 
     /// The status now.
     pub async fn status(&self) -> Status {
         let state = self.state.borrow().clone();
-        let session = self
-            .agent
-            .lock()
-            .await
-            .as_ref()
-            .map(|a| a.session.borrow().clone());
+        let (session, dht) = match self.agent.lock().await.as_ref() {
+            Some(a) => (Some(a.session.borrow().clone()), a.dht()),
+            None => (None, None),
+        };
+        let dht_peers = match dht {
+            Some(d) => Some(d.snapshot().await.links.len()),
+            None => None,
+        };
         let offer = offer(&self.detected);
+        let containers = session
+            .as_ref()
+            .map(|s| self.rows(&s.containers))
+            .unwrap_or_default();
         Status {
             state: state_name(&state).into(),
             reason: match &state {
@@ -303,7 +429,19 @@ impl Donor {
                 .as_ref()
                 .map(|s| s.worker_id.clone())
                 .filter(|w| !w.is_empty()),
+            tier: session.as_ref().and_then(|s| s.tier),
+            endpoint: session.as_ref().and_then(|s| s.endpoint.clone()),
+            held: session.as_ref().and_then(|s| s.held.clone()),
+            problem: session.as_ref().and_then(|s| s.problem.clone()),
             coordinator_url: session.map(|s| s.coordinator_url).filter(|u| !u.is_empty()),
+            containers,
+            dht_peers,
+            uptime_secs: self
+                .started
+                .lock()
+                .expect("not poisoned")
+                .map(|t| t.elapsed().as_secs()),
+            donated_secs: self.clock.total(),
             summary: summary(&state, &offer),
             paused_until: self
                 .paused_until
@@ -311,6 +449,35 @@ impl Donor {
                 .expect("not poisoned")
                 .map(|t| t.to_string()),
         }
+    }
+}
+
+impl Donor {
+    /// The containers with their pull progress.
+    fn rows(&self, views: &[ContainerView]) -> Vec<ContainerRow> {
+        let pulls = self.pulls.lock().expect("not poisoned");
+        views
+            .iter()
+            .map(|v| {
+                let (done, total) = pulls.get(&v.image).map_or((0, 0), |layers| {
+                    layers
+                        .values()
+                        .fold((0, 0), |(d, t), (c, n)| (d + c.min(n), t + n))
+                });
+                let state = serde_json::to_value(v.state)
+                    .ok()
+                    .and_then(|j| j.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                ContainerRow {
+                    name: v.name.clone(),
+                    service: v.service.clone(),
+                    image: v.image.clone(),
+                    state,
+                    pulled_bytes: done,
+                    pull_total_bytes: total,
+                }
+            })
+            .collect()
     }
 }
 

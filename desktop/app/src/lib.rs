@@ -27,7 +27,10 @@ pub fn run_app<R: Runtime>(
             commands::detect,
             commands::start_donating,
             commands::pause,
-            commands::resume
+            commands::resume,
+            commands::limits,
+            commands::set_limits,
+            commands::retry
         ])
         .setup(move |app| {
             if with_tray {
@@ -79,7 +82,7 @@ pub fn run() -> anyhow::Result<()> {
     let probe = Arc::from(commons_agent::hardware::default_probe());
     let donor = Arc::new(Donor::new(settings_path, creds, probe));
     let app = run_app(tauri::Builder::default(), donor.clone(), true)
-        .build(tauri::generate_context!())
+        .build(tauri::tauri_build_context!())
         .map_err(|e| anyhow::anyhow!("cannot start the app: {e}"))?;
     app.run(move |_, event| match event {
         // Closing the window keeps the app in the tray; only Quit (an explicit exit code) ends it.

@@ -137,6 +137,61 @@ fn commands_drive_a_real_agent_against_a_real_coordinator() {
     let err = invoke(&w, "start_donating", json!({})).unwrap_err();
     assert_eq!(err["error"], "already_started");
 
+    assert_eq!(
+        s["tier"].as_u64().map(|t| (1..=3).contains(&t)),
+        Some(true),
+        "{s}"
+    );
+
+    // The caps and rules: read, refused in words when out of range (nothing saved), applied live when valid. A
+    // schedule window that excludes now holds donating back at once, with the reason; clearing it donates again.
+    let limits = invoke(&w, "limits", json!({})).unwrap();
+    assert_eq!(limits["cpu_percent"], 50, "{limits}");
+    let mut bad = limits.clone();
+    bad["cpu_percent"] = json!(0);
+    let err = invoke(&w, "set_limits", json!({"limits": bad})).unwrap_err();
+    assert_eq!(err["error"], "invalid", "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("cpu_percent"),
+        "{err}"
+    );
+    assert_eq!(Settings::load(&settings_path).unwrap().cpu_percent, 50);
+    let later = (commons_agent::schedule::local_minute() + 120) % 1440;
+    let window = format!(
+        "{:02}:{:02}-{:02}:{:02}",
+        later / 60,
+        later % 60,
+        (later + 60) % 1440 / 60,
+        later % 60
+    );
+    let mut held = limits.clone();
+    held["cpu_percent"] = json!(25);
+    held["schedule"] = json!([window]);
+    let saved = invoke(&w, "set_limits", json!({"limits": held})).unwrap();
+    assert_eq!(saved["cpu_percent"], 25);
+    let on_disk = Settings::load(&settings_path).unwrap();
+    assert_eq!(
+        (on_disk.cpu_percent, on_disk.schedule.clone()),
+        (25, vec![window])
+    );
+    assert_eq!(
+        on_disk.coordinator_url,
+        Some(server.url()),
+        "the rest of the file is kept"
+    );
+    assert!(
+        eventually(&w, "paused"),
+        "outside the schedule: {}",
+        state_of(&w)
+    );
+    let s = invoke(&w, "status", json!({})).unwrap();
+    assert_eq!(s["held"], "outside the donation schedule", "{s}");
+    let mut always = saved.clone();
+    always["schedule"] = json!([]);
+    invoke(&w, "set_limits", json!({"limits": always})).unwrap();
+    assert!(eventually(&w, "active"), "no schedule: {}", state_of(&w));
+    assert!(invoke(&w, "status", json!({})).unwrap()["held"].is_null());
+
     // Pause for a while, then resume.
     let s = invoke(&w, "pause", json!({"minutes": 60})).unwrap();
     assert!(s["paused_until"].is_string(), "{s}");
@@ -149,5 +204,10 @@ fn commands_drive_a_real_agent_against_a_real_coordinator() {
     assert_eq!(state_of(&w), "stopped");
     let left = server.state().registry.all().len();
     assert_eq!(left, 0, "quitting unregisters");
+    // The time donated adds up over runs: it is kept next to the settings.
+    let kept: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("donated.json")).unwrap())
+            .unwrap();
+    assert!(kept["donated_secs"].is_u64(), "{kept}");
     rt.block_on(server.shutdown()).unwrap();
 }

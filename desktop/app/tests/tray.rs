@@ -38,16 +38,19 @@ async fn the_tray_menu_starts_pauses_resumes_and_quits() {
     let out = tokio::task::spawn_blocking({
         let home = home.path().to_owned();
         move || {
-            Command::new("xvfb-run")
-                .args(["-a", "-s", "-screen 0 1024x768x24 -nolisten tcp"])
-                .args(["keyctl", "session", "-", "dbus-run-session", "--", "/usr/bin/python3", host, app])
+            let runtime = home.join("runtime");
+            std::fs::create_dir_all(&runtime).unwrap();
+            std::fs::set_permissions(&runtime, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+            Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/desktop-session"))
+                .args(["/usr/bin/python3", host, app])
                 .args(["Start donating=>Pause", "Pause=>Resume", "Resume=>Pause", "quit"])
                 .env("XDG_CONFIG_HOME", home.join("config"))
                 .env("XDG_DATA_HOME", home.join("data"))
                 .env("XDG_CACHE_HOME", home.join("cache"))
+                .env("XDG_RUNTIME_DIR", runtime)
                 .env("RUST_LOG", "warn")
                 .output()
-                .expect("xvfb-run, keyutils, dbus and Debian's python3-dbus/python3-gi (.ci/setup installs them)")
+                .expect("xvfb-run, keyutils, dbus, gnome-keyring and Debian's python3-dbus/python3-gi (.ci/setup installs them)")
         }
     })
     .await

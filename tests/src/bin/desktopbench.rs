@@ -6,7 +6,6 @@
 //! `cargo build --release -p commons && cargo run --release -p commons-tests --bin commons-desktopbench`
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use clap::Parser;
 use commons_tests::Coordinator;
@@ -62,22 +61,11 @@ async fn main() -> anyhow::Result<()> {
         clicks.push("quit".into());
         let (app, host, home2) = (app.clone(), host.clone(), home.path().to_owned());
         let out = tokio::task::spawn_blocking(move || {
-            Command::new("xvfb-run")
-                .args(["-a", "-s", "-screen 0 1024x768x24 -nolisten tcp"])
-                .args([
-                    "keyctl",
-                    "session",
-                    "-",
-                    "dbus-run-session",
-                    "--",
-                    "/usr/bin/python3",
-                ])
+            commons_tests::browser::desktop_session(&home2)
+                .arg("/usr/bin/python3")
                 .arg(&host)
                 .arg(&app)
                 .args(&clicks)
-                .env("XDG_CONFIG_HOME", home2.join("config"))
-                .env("XDG_DATA_HOME", home2.join("data"))
-                .env("XDG_CACHE_HOME", home2.join("cache"))
                 .env("RUST_LOG", "warn")
                 .output()
         })
