@@ -168,7 +168,7 @@ impl Drop for Driver {
 
 /// A command to run in a desktop session of its own (`desktop/app/tests/support/desktop-session`: Xvfb, a session
 /// bus, an unlocked GNOME Keyring), with its XDG config, data, cache and runtime folders under `home`: add the
-/// program and its arguments.
+/// program and its arguments. `HOME` is `home` too (login items go under it).
 pub fn desktop_session(home: &Path) -> Command {
     let runtime = home.join("runtime");
     std::fs::create_dir_all(&runtime).expect("creating the runtime folder");
@@ -181,7 +181,8 @@ pub fn desktop_session(home: &Path) -> Command {
     cmd.env("XDG_CONFIG_HOME", home.join("config"))
         .env("XDG_DATA_HOME", home.join("data"))
         .env("XDG_CACHE_HOME", home.join("cache"))
-        .env("XDG_RUNTIME_DIR", runtime);
+        .env("XDG_RUNTIME_DIR", runtime)
+        .env("HOME", home);
     cmd
 }
 

@@ -117,5 +117,22 @@ async fn the_window_starts_donating_and_pauses_against_a_real_coordinator() {
     let saved = std::fs::read_to_string(config.join("commons").join("agent.toml")).unwrap();
     assert!(saved.contains("on_ac_power_only = true"), "{saved}");
 
+    // Start at login: the checkbox writes an XDG autostart entry for this app (and removes it again).
+    let entry = home.path().join(".config/autostart/commons.desktop");
+    assert!(!entry.exists());
+    click(&w, "#autostart").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !entry.exists() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = std::fs::read_to_string(&entry).expect("an autostart entry");
+    assert!(text.contains(&format!("Exec={}", app.display())), "{text}");
+    click(&w, "#autostart").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while entry.exists() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!entry.exists(), "unticked, the entry is gone");
+
     w.close().await.unwrap();
 }

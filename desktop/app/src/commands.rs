@@ -63,3 +63,31 @@ pub async fn set_limits(donor: State<'_, Arc<Donor>>, limits: Limits) -> Result<
 pub async fn retry(donor: State<'_, Arc<Donor>>) -> Result<Status, AppError> {
     donor.retry().await
 }
+
+/// Whether Commons starts at login.
+#[tauri::command]
+pub fn autostart<R: tauri::Runtime>(app: tauri::AppHandle<R>) -> Result<bool, AppError> {
+    launcher(&app)?
+        .is_enabled()
+        .map_err(|e| AppError::Settings(format!("cannot read the login items: {e}")))
+}
+
+/// Starts Commons at login, or no longer.
+#[tauri::command]
+pub fn set_autostart<R: tauri::Runtime>(
+    app: tauri::AppHandle<R>,
+    enabled: bool,
+) -> Result<bool, AppError> {
+    let l = launcher(&app)?;
+    if enabled { l.enable() } else { l.disable() }
+        .map_err(|e| AppError::Settings(format!("cannot change the login items: {e}")))?;
+    Ok(enabled)
+}
+
+fn launcher<R: tauri::Runtime>(
+    app: &tauri::AppHandle<R>,
+) -> Result<tauri::State<'_, tauri_plugin_autostart::AutoLaunchManager>, AppError> {
+    use tauri::Manager;
+    app.try_state::<tauri_plugin_autostart::AutoLaunchManager>()
+        .ok_or_else(|| AppError::Settings("starting at login is not available here".into()))
+}

@@ -6,20 +6,40 @@
 
 pub mod commands;
 pub mod donor;
+pub mod notices;
 pub mod tray;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tauri::{AppHandle, Manager, Runtime};
 
 use crate::donor::Donor;
 
-/// Wires the app: the donor as state, the commands, the tray (when `with_tray`), and the window on first run.
+/// Wires the app: the donor as state, the commands, and the window on first run; on a real `desktop` also the tray,
+/// one instance only (a second launch opens the first one's window), starting at login when chosen (autostart)
+/// and desktop notifications.
 pub fn run_app<R: Runtime>(
     builder: tauri::Builder<R>,
     donor: Arc<Donor>,
-    with_tray: bool,
+    desktop: bool,
 ) -> tauri::Builder<R> {
+    let builder = if desktop {
+        // The single-instance plugin goes first: a second launch must not get as far as starting anything.
+        builder
+            .plugin(tauri_plugin_single_instance::init(|app, _, _| {
+                tracing::info!("launched again: opening the window");
+                show_window(app);
+            }))
+            .plugin(
+                tauri_plugin_autostart::Builder::new()
+                    .app_name("commons")
+                    .build(),
+            )
+            .plugin(tauri_plugin_notification::init())
+    } else {
+        builder
+    };
     builder
         .manage(donor)
         .invoke_handler(tauri::generate_handler![
@@ -30,11 +50,14 @@ pub fn run_app<R: Runtime>(
             commands::resume,
             commands::limits,
             commands::set_limits,
-            commands::retry
+            commands::retry,
+            commands::autostart,
+            commands::set_autostart
         ])
         .setup(move |app| {
-            if with_tray {
+            if desktop {
                 tray::create(app.handle())?;
+                follow_notices(app.handle());
             }
             // First run (nothing saved yet): show the window with its Start donating button.
             let first_run = app
@@ -47,6 +70,31 @@ pub fn run_app<R: Runtime>(
             }
             Ok(())
         })
+}
+
+/// Tells the volunteer about the important changes (see [`notices`]) as desktop notifications.
+fn follow_notices<R: Runtime>(app: &AppHandle<R>) {
+    use tauri_plugin_notification::NotificationExt;
+    let (app, donor) = (app.clone(), app.state::<Arc<Donor>>().inner().clone());
+    tauri::async_runtime::spawn(async move {
+        let mut rx = donor.watch();
+        let mut seen = notices::Seen::default();
+        loop {
+            // A state change, or a look every few seconds for what changes within a state (held back, a problem).
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(Duration::from_secs(3)) => {}
+            }
+            let now = donor.status().await;
+            if let Some((title, body)) = notices::notice(&seen, &now) {
+                tracing::info!(%title, %body, "notification");
+                if let Err(e) = app.notification().builder().title(title).body(body).show() {
+                    tracing::warn!(error = %e, "cannot show a notification");
+                }
+            }
+            seen = notices::Seen::of(&now);
+        }
+    });
 }
 
 /// Shows the window, creating it from the configuration when it is not open. The window exists only while it is

@@ -43,11 +43,13 @@ async fn the_tray_menu_starts_pauses_resumes_and_quits() {
             std::fs::set_permissions(&runtime, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
             Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/desktop-session"))
                 .args(["/usr/bin/python3", host, app])
-                .args(["Start donating=>Pause", "Pause=>Resume", "Resume=>Pause", "quit"])
+                .args(["Start donating=>Pause", "notified=Commons is donating", "Pause=>Resume"])
+                .args(["Resume=>Pause", "second", "quit"])
                 .env("XDG_CONFIG_HOME", home.join("config"))
                 .env("XDG_DATA_HOME", home.join("data"))
                 .env("XDG_CACHE_HOME", home.join("cache"))
                 .env("XDG_RUNTIME_DIR", runtime)
+                .env("HOME", &home)
                 .env("RUST_LOG", "warn")
                 .output()
                 .expect("xvfb-run, keyutils, dbus, gnome-keyring and Debian's python3-dbus/python3-gi (.ci/setup installs them)")
@@ -104,6 +106,20 @@ async fn the_tray_menu_starts_pauses_resumes_and_quits() {
         "{}",
         status_line(2)
     );
+
+    // The volunteer heard that donating started, as a desktop notification (the shell is the notification server).
+    let told = find("notification")
+        .find(|n| n["summary"] == "Commons is donating")
+        .expect("a notification that donating started");
+    assert!(
+        told["body"].as_str().unwrap().starts_with("Donating: "),
+        "{told}"
+    );
+
+    // One instance only: a second launch hands over to the first (which opens its window) and exits.
+    let second = find("second").next().expect("a second launch");
+    assert_eq!(second["code"], 0, "{second}");
+    assert_eq!(second["first_running"], true, "{second}");
 
     // Quit: the app exits and has unregistered.
     let exited = find("exited").next().expect("the app exited after Quit");

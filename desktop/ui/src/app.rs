@@ -20,15 +20,17 @@ pub fn app() -> Html {
     let limits = use_state(|| None::<Limits>);
     let error = use_state(|| None::<String>);
     let saved = use_state(|| false);
+    let autostart = use_state(|| None::<bool>);
     let busy = use_state(|| false);
 
     // Load once, then follow the status.
     {
-        let (hardware, status, limits, error) = (
+        let (hardware, status, limits, error, autostart) = (
             hardware.clone(),
             status.clone(),
             limits.clone(),
             error.clone(),
+            autostart.clone(),
         );
         use_effect_with((), move |_| {
             let s = status.clone();
@@ -39,6 +41,9 @@ pub fn app() -> Html {
                 }
                 if let Ok(l) = invoke::<Limits>("limits", json!({})).await {
                     limits.set(Some(l));
+                }
+                if let Ok(on) = invoke::<bool>("autostart", json!({})).await {
+                    autostart.set(Some(on));
                 }
                 if let Ok(st) = invoke::<Status>("status", json!({})).await {
                     s.set(Some(st));
@@ -100,6 +105,20 @@ pub fn app() -> Html {
         })
     };
 
+    let set_autostart = {
+        let (autostart, error) = (autostart.clone(), error.clone());
+        Callback::from(move |e: Event| {
+            let on = e.target_unchecked_into::<HtmlInputElement>().checked();
+            let (autostart, error) = (autostart.clone(), error.clone());
+            wasm_bindgen_futures::spawn_local(async move {
+                match invoke::<bool>("set_autostart", json!({ "enabled": on })).await {
+                    Ok(now) => autostart.set(Some(now)),
+                    Err(e) => error.set(Some(e)),
+                }
+            });
+        })
+    };
+
     let state = status.as_ref().map_or("stopped", |s| s.state.as_str());
     let body = if state == "stopped" {
         first_run(hardware.as_ref(), act.clone(), *busy)
@@ -127,6 +146,10 @@ pub fn app() -> Html {
             { body }
             if let Some(l) = limits.as_ref() {
                 { caps(l, hardware.as_ref(), set_limits, *saved) }
+            }
+            if let Some(on) = *autostart {
+                <label class="check"><input id="autostart" type="checkbox" checked={on} onchange={set_autostart} />
+                    { "Start Commons when I log in" }</label>
             }
         </main>
     }

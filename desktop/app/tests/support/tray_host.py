@@ -1,11 +1,13 @@
 """A minimal desktop shell for the tray test: an org.kde.StatusNotifierWatcher on the session bus that the app's
 tray item registers with; it reads the item's dbusmenu, clicks entries as a shell would (dbusmenu Event
-"clicked"), and reports what it saw as JSON lines on stdout.
+"clicked"), and reports what it saw as JSON lines on stdout. It is the notification server too
+(org.freedesktop.Notifications), reporting each notification the app sends.
 
 Usage (inside dbus-run-session, with DISPLAY set): tray_host.py <app binary> [<click>...]
 Each <click> is "label=>expected": click the entry labelled `label`, then wait until an entry labelled `expected`
 appears. "quit" as a click clicks Quit and waits for the app to exit. "measure=N" samples the app's process tree
-(the app and its WebKit processes) for N seconds: resident memory and CPU.
+(the app and its WebKit processes) for N seconds: resident memory and CPU. "notified=TITLE" waits for a notification
+titled TITLE. "second" launches the app again: it must exit by itself while the first one keeps running.
 
 Needs Debian's /usr/bin/python3 (python3-dbus, python3-gi).
 """
@@ -21,6 +23,7 @@ import dbus.service
 from gi.repository import GLib
 
 WATCHER = "org.kde.StatusNotifierWatcher"
+NOTIFY = "org.freedesktop.Notifications"
 ITEM = "org.kde.StatusNotifierItem"
 MENU = "com.canonical.dbusmenu"
 
@@ -66,6 +69,33 @@ class Watcher(dbus.service.Object):
             "IsStatusNotifierHostRegistered": dbus.Boolean(True),
             "ProtocolVersion": dbus.Int32(0),
         }
+
+
+class Notifications(dbus.service.Object):
+    """The desktop's notification server, as far as the app uses it."""
+
+    def __init__(self, bus):
+        self.seen = []
+        name = dbus.service.BusName(NOTIFY, bus)
+        super().__init__(name, "/org/freedesktop/Notifications")
+
+    @dbus.service.method(NOTIFY, in_signature="susssasa{sv}i", out_signature="u")
+    def Notify(self, app_name, replaces_id, icon, summary, body, actions, hints, timeout):
+        self.seen.append(str(summary))
+        say(event="notification", app=str(app_name), summary=str(summary), body=str(body))
+        return dbus.UInt32(len(self.seen))
+
+    @dbus.service.method(NOTIFY, in_signature="", out_signature="as")
+    def GetCapabilities(self):
+        return dbus.Array(["body"], signature="s")
+
+    @dbus.service.method(NOTIFY, in_signature="", out_signature="ssss")
+    def GetServerInformation(self):
+        return ("tray_host", "commons", "1", "1.2")
+
+    @dbus.service.method(NOTIFY, in_signature="u", out_signature="")
+    def CloseNotification(self, ident):
+        pass
 
 
 def pump(seconds):
@@ -142,6 +172,7 @@ def main():
     dbus.mainloop.glib.DBusGMainLoop(set_as_default=True)
     bus = dbus.SessionBus()
     watcher = Watcher(bus)
+    notifications = Notifications(bus)
     started = time.time()
     proc = subprocess.Popen([app])
     deadline = time.time() + 30
@@ -181,6 +212,29 @@ def main():
             hz = os.sysconf("SC_CLK_TCK")
             say(event="measured", seconds=round(t1 - t0, 1), processes=len(pids), rss_kib=rss_kib(pids),
                 app_rss_kib=rss_kib([proc.pid]), cpu_percent=round(100.0 * (c1 - c0) / hz / (t1 - t0), 3))
+            continue
+        if click.startswith("notified="):
+            title = click.split("=", 1)[1]
+            deadline = time.time() + 20
+            while title not in notifications.seen and time.time() < deadline:
+                pump(0.1)
+            if title not in notifications.seen:
+                say(event="not_notified", title=title, seen=notifications.seen)
+                proc.kill()
+                return 1
+            continue
+        if click == "second":
+            again = subprocess.Popen([app])
+            try:
+                code = again.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                again.kill()
+                code = None
+            pump(0.5)
+            say(event="second", code=code, first_running=proc.poll() is None)
+            if code is None or proc.poll() is not None:
+                proc.kill()
+                return 1
             continue
         label, expected = click.split("=>")
         found = [i for i, l, _ in entries(menu) if l == label]
