@@ -269,11 +269,7 @@ impl Agent {
                     Duration::from_secs(u64::from(self.settings.idle_after_minutes) * 60),
                 ),
         );
-        self.session.send_if_modified(|s| {
-            let changed = s.held != reason;
-            s.held.clone_from(&reason);
-            changed
-        });
+        self.update_session(|s| s.held.clone_from(&reason));
         if reason.is_some() == self.held {
             return;
         }
@@ -661,11 +657,7 @@ impl Agent {
                         if hot && !self.held {
                             let why =
                                 format!("a GPU is hotter than {} °C", self.settings.max_gpu_temp_c);
-                            self.session.send_if_modified(|s| {
-                                let changed = s.held.as_ref() != Some(&why);
-                                s.held = Some(why);
-                                changed
-                            });
+                            self.update_session(|s| s.held = Some(why));
                         }
                         self.show_endpoint();
                         self.set(if hot || self.held {
@@ -813,6 +805,16 @@ impl Agent {
         self.show_containers();
     }
 
+    /// Changes the published session, taking the channel's write lock only when something changed: a reader may
+    /// hold a borrow for a while (a UI), and an unchanged value must not wait for it.
+    fn update_session(&self, f: impl FnOnce(&mut Session)) {
+        let mut next = self.session.borrow().clone();
+        f(&mut next);
+        if *self.session.borrow() != next {
+            self.session.send_replace(next);
+        }
+    }
+
     /// Publishes the assigned containers with their states in the session (pulling until the engine reports one).
     fn show_containers(&self) {
         let views: Vec<ContainerView> = self
@@ -834,21 +836,13 @@ impl Agent {
                 ),
             })
             .collect();
-        self.session.send_if_modified(|s| {
-            let changed = s.containers != views;
-            s.containers = views;
-            changed
-        });
+        self.update_session(|s| s.containers = views);
     }
 
     /// Publishes where the coordinator reaches this worker (a quick tunnel's address comes late and can change).
     fn show_endpoint(&self) {
         let e = self.endpoint();
-        self.session.send_if_modified(|s| {
-            let changed = s.endpoint != e;
-            s.endpoint = e;
-            changed
-        });
+        self.update_session(|s| s.endpoint = e);
     }
 
     /// Takes new settings live: the hold rules at once, and the containers recreated when their caps changed.
