@@ -110,5 +110,10 @@ async fn main() -> anyhow::Result<()> {
         measured["app_rss_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
         measured["cpu_percent"].as_f64().unwrap_or(f64::NAN)
     );
+    println!(
+        "  of the app's RSS: {:.1} MiB its own (heap, stacks, relocated data), {:.1} MiB mapped from files (its code and the shared GTK/WebKit libraries other apps share)",
+        measured["app_anon_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
+        measured["app_file_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
+    );
     Ok(())
 }

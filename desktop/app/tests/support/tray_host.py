@@ -138,6 +138,17 @@ def rss_kib(pids):
     return total
 
 
+def status_kib(pid, key):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def cpu_ticks(pids):
     total = 0
     for p in pids:
@@ -211,7 +222,8 @@ def main():
             t1, c1 = time.time(), cpu_ticks(pids)
             hz = os.sysconf("SC_CLK_TCK")
             say(event="measured", seconds=round(t1 - t0, 1), processes=len(pids), rss_kib=rss_kib(pids),
-                app_rss_kib=rss_kib([proc.pid]), cpu_percent=round(100.0 * (c1 - c0) / hz / (t1 - t0), 3))
+                app_rss_kib=rss_kib([proc.pid]), app_anon_kib=status_kib(proc.pid, "RssAnon"),
+                app_file_kib=status_kib(proc.pid, "RssFile"), cpu_percent=round(100.0 * (c1 - c0) / hz / (t1 - t0), 3))
             continue
         if click.startswith("notified="):
             title = click.split("=", 1)[1]
