@@ -328,20 +328,7 @@ pub fn rates(points: &[HistoryPoint]) -> Option<(u64, f64)> {
 }
 
 /// Bytes in binary units: "1.5 GiB".
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use commons_shared::units::binary as bytes;
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@
 //! - [`caps`]: hardware capabilities, native and legacy shapes.
 //! - [`tier`]: the tier and role rules.
 //! - [`catalogue`]: the service catalogue (TOML) and [`assign`]: which services a worker gets.
+//! - [`desktop`]: what the desktop app's window and shell exchange.
 //! - [`dht`]: records, keys and views of the DHT.
 //! - [`api`]: request and response bodies of the worker and admin APIs; [`edge`]: the edge router's.
 //! - [`validate`]: field limits and the registration parser that maps every bad input to a field.
@@ -19,6 +20,7 @@ pub mod api;
 pub mod assign;
 pub mod caps;
 pub mod catalogue;
+pub mod desktop;
 pub mod dht;
 pub mod edge;
 pub mod error;

@@ -1,9 +1,11 @@
-//! Headless Chromium for the portal's end-to-end tests and benchmark: Debian's `chromium` driven through its
-//! `chromedriver` (WebDriver, with fantoccini), plus where the built portal and the screenshots live.
+//! WebDriver for the end-to-end tests (with fantoccini): headless Chromium for the portal (Debian's `chromium`
+//! through its `chromedriver`), and the desktop app's window (`tauri-driver` over Debian's `WebKitWebDriver`, under
+//! Xvfb with a session bus); plus where the built portal and the screenshots live.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -43,7 +45,8 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// A chromedriver process, killed on drop.
+/// A WebDriver server (chromedriver, or tauri-driver with its display and bus), killed on drop with everything it
+/// started.
 #[derive(Debug)]
 pub struct Driver {
     child: Child,
@@ -56,14 +59,43 @@ impl Driver {
     pub async fn start() -> Self {
         let bin = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
         let port = free_port();
-        let child = Command::new(&bin)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let mut cmd = Command::new(&bin);
+        cmd.arg(format!("--port={port}"));
+        Self::serve(
+            cmd,
+            port,
+            "install Debian's chromium and chromium-driver (.ci/setup does)",
+        )
+        .await
+    }
+
+    /// Starts `tauri-driver` (over Debian's `WebKitWebDriver`) on a free loopback port in a [`desktop_session`]; the
+    /// apps it starts live in `home`.
+    pub async fn tauri(home: &Path) -> Self {
+        let (port, native) = (free_port(), free_port());
+        let mut cmd = desktop_session(home);
+        cmd.args(["tauri-driver", "--port", &port.to_string()])
+            .args(["--native-port", &native.to_string()])
+            .env("RUST_LOG", "info");
+        Self::serve(
+            cmd,
+            port,
+            "install xvfb, keyutils, dbus, gnome-keyring, webkit2gtk-driver and `cargo install tauri-driver` (.ci/setup does)",
+        )
+        .await
+    }
+
+    async fn serve(mut cmd: Command, port: u16, hint: &str) -> Self {
+        // Its own process group, so that Drop stops the display and bus it started too. What it (and the app it
+        // starts) prints goes to the artifacts, next to the screenshots.
+        let log = std::fs::File::create(artifacts().join(format!("webdriver-{port}.log")))
+            .expect("creating the WebDriver log");
+        let child = cmd
+            .process_group(0)
+            .stdout(log.try_clone().expect("a log handle"))
+            .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {bin} ({e}): install Debian's chromium and chromium-driver (.ci/setup does)")
-            });
+            .unwrap_or_else(|e| panic!("cannot start {:?} ({e}): {hint}", cmd.get_program()));
         // Owned at once, so that a panic below still kills it (Drop).
         let driver = Self {
             child,
@@ -83,7 +115,27 @@ impl Driver {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("chromedriver did not answer on port {port} within 10 s");
+        panic!("the WebDriver server did not answer on port {port} within 10 s");
+    }
+
+    /// A session with a Tauri app (its window): `app` is the binary tauri-driver starts.
+    pub async fn app(&self, app: &Path) -> Client {
+        let caps = json!({
+            "browserName": "wry",
+            "tauri:options": { "application": app },
+        });
+        self.session(caps).await
+    }
+
+    async fn session(&self, caps: serde_json::Value) -> Client {
+        let serde_json::Value::Object(caps) = caps else {
+            unreachable!()
+        };
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .unwrap_or_else(|e| panic!("a WebDriver session on port {}: {e}", self.port))
     }
 
     /// A new headless Chromium session (1280 × 900, fresh profile).
@@ -101,22 +153,37 @@ impl Driver {
                 ],
             },
         });
-        let serde_json::Value::Object(caps) = caps else {
-            unreachable!()
-        };
-        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&format!("http://127.0.0.1:{}", self.port))
-            .await
-            .expect("a WebDriver session with headless Chromium")
+        self.session(caps).await
     }
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A command to run in a desktop session of its own (`desktop/app/tests/support/desktop-session`: Xvfb, a session
+/// bus, an unlocked GNOME Keyring), with its XDG config, data, cache and runtime folders under `home`: add the
+/// program and its arguments. `HOME` is `home` too (login items go under it).
+pub fn desktop_session(home: &Path) -> Command {
+    let runtime = home.join("runtime");
+    std::fs::create_dir_all(&runtime).expect("creating the runtime folder");
+    std::fs::set_permissions(
+        &runtime,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .expect("the runtime folder is private");
+    let mut cmd = Command::new(workspace().join("desktop/app/tests/support/desktop-session"));
+    cmd.env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("XDG_RUNTIME_DIR", runtime)
+        .env("HOME", home);
+    cmd
 }
 
 /// Waits up to `secs` for an element, polling.

@@ -133,9 +133,11 @@ async fn a_restarted_agent_keeps_its_id_and_re_registers_when_forgotten() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let mut s = b.session.clone();
-    let again =
-        tokio::time::timeout(Duration::from_secs(5), s.wait_for(|s| s.registrations == 1)).await;
-    assert!(again.is_ok(), "re-registered");
+    // (The borrow `wait_for` returns is dropped at once: held, it would block the agent's next update.)
+    let again = tokio::time::timeout(Duration::from_secs(5), s.wait_for(|s| s.registrations == 1))
+        .await
+        .is_ok();
+    assert!(again, "re-registered");
     assert_ne!(b.session.borrow().worker_id, first);
     b.send(Command::Quit).await;
     b.join().await.unwrap();

@@ -2,10 +2,15 @@
 //!
 //! - `cargo xtask portal [--dev]`: builds the admin portal (wasm32 + wasm-bindgen, wasm-opt where a working one is
 //!   installed) into `portal/dist`, with a gzip copy of each file for the coordinator to serve precompressed.
+//! - `cargo xtask desktop-ui [--dev]`: builds the desktop app's window (Yew) into `desktop/app/ui`, next to its
+//!   committed `index.html` and `style.css`; the app embeds that folder when it is compiled.
+//! - `cargo xtask agent-deb [--profile <p>]`: the headless agent as a Debian package for servers (binary, systemd
+//!   unit, settings in /etc/commons, its own user), laid out here and built by `dpkg-deb`, into
+//!   `$CARGO_TARGET_DIR/debian/`.
 //! - `cargo xtask serve [-- <coordinator flags>]`: builds the portal, then runs the coordinator (release) on its
 //!   embedded defaults serving it.
 //!
-//! Both set up what the build needs first: the `wasm32-unknown-unknown` target (rustup) and a `wasm-bindgen` CLI of
+//! Each sets up what the build needs first: the `wasm32-unknown-unknown` target (rustup) and a `wasm-bindgen` CLI of
 //! exactly the version of the `wasm-bindgen` crate in Cargo.lock (`cargo install`, once per machine, without
 //! `--locked`: its own lock file pins a crate version the registry here lacks; the version itself is pinned).
 
@@ -18,11 +23,18 @@ use anyhow::{Context, bail};
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("portal") => portal(args.iter().any(|a| a == "--dev")),
-        Some("serve") => portal(false).and_then(|()| serve(&args[1..])),
+        Some("portal") => wasm_page(&PORTAL, args.iter().any(|a| a == "--dev")),
+        Some("desktop-ui") => wasm_page(&DESKTOP_UI, args.iter().any(|a| a == "--dev")),
+        Some("serve") => wasm_page(&PORTAL, false).and_then(|()| serve(&args[1..])),
+        Some("agent-deb") => agent_deb(
+            args.iter()
+                .position(|a| a == "--profile")
+                .and_then(|i| args.get(i + 1))
+                .map_or("release", String::as_str),
+        ),
         _ => {
             eprintln!(
-                "usage: cargo xtask portal [--dev] | cargo xtask serve [-- <coordinator flags>]"
+                "usage: cargo xtask portal [--dev] | cargo xtask desktop-ui [--dev] | cargo xtask agent-deb [--profile <p>] | cargo xtask serve [-- <coordinator flags>]"
             );
             return std::process::ExitCode::from(2);
         }
@@ -132,7 +144,38 @@ fn serve(extra: &[String]) -> anyhow::Result<()> {
         .args(extra))
 }
 
-fn portal(dev: bool) -> anyhow::Result<()> {
+/// A Yew page built to WebAssembly.
+struct Page {
+    /// Its package.
+    package: &'static str,
+    /// The library's name (the .wasm and the generated .js are named after it).
+    lib: &'static str,
+    /// Where the page goes, from the workspace root.
+    dist: &'static str,
+    /// The hand-written files copied next to it (from the workspace root), when they live elsewhere: then `dist`
+    /// is cleared first and holds only build output. Without, `dist` holds them and only the output is replaced.
+    statics: Option<&'static str>,
+    /// Write a gzip copy of each file (for a server to send precompressed).
+    gzip: bool,
+}
+
+const PORTAL: Page = Page {
+    package: "commons-portal",
+    lib: "commons_portal",
+    dist: "portal/dist",
+    statics: Some("portal/static"),
+    gzip: true,
+};
+
+const DESKTOP_UI: Page = Page {
+    package: "commons-desktop-ui",
+    lib: "commons_desktop_ui",
+    dist: "desktop/app/ui",
+    statics: None,
+    gzip: false,
+};
+
+fn wasm_page(page: &Page, dev: bool) -> anyhow::Result<()> {
     let root = root();
     ensure_tools(&root)?;
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
@@ -143,7 +186,7 @@ fn portal(dev: bool) -> anyhow::Result<()> {
     run(Command::new(cargo).current_dir(&root).args([
         "build",
         "--package",
-        "commons-portal",
+        page.package,
         "--lib",
         "--target",
         "wasm32-unknown-unknown",
@@ -154,35 +197,42 @@ fn portal(dev: bool) -> anyhow::Result<()> {
     let wasm = target_dir
         .join("wasm32-unknown-unknown")
         .join(out_profile)
-        .join("commons_portal.wasm");
-    let dist = root.join("portal").join("dist");
-    if dist.exists() {
-        std::fs::remove_dir_all(&dist).context("clearing portal/dist")?;
+        .join(format!("{}.wasm", page.lib));
+    let dist = root.join(page.dist);
+    if page.statics.is_some() && dist.exists() {
+        std::fs::remove_dir_all(&dist).with_context(|| format!("clearing {}", page.dist))?;
     }
     std::fs::create_dir_all(&dist)?;
     run(Command::new("wasm-bindgen")
-        .args([
-            "--target",
-            "web",
-            "--no-typescript",
-            "--out-name",
-            "commons_portal",
-        ])
+        .args(["--target", "web", "--no-typescript", "--out-name", page.lib])
         .arg("--out-dir")
         .arg(&dist)
         .arg(&wasm))?;
-    let bg = dist.join("commons_portal_bg.wasm");
+    let bg = dist.join(format!("{}_bg.wasm", page.lib));
     if !dev {
         optimise(&bg);
     }
-    for f in ["index.html", "style.css"] {
-        std::fs::copy(root.join("portal/static").join(f), dist.join(f))
-            .with_context(|| format!("copying portal/static/{f}"))?;
+    if let Some(statics) = page.statics {
+        for f in ["index.html", "style.css"] {
+            std::fs::copy(root.join(statics).join(f), dist.join(f))
+                .with_context(|| format!("copying {statics}/{f}"))?;
+        }
     }
     let mut total_gz = 0;
     for entry in std::fs::read_dir(&dist)? {
         let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "gz") {
+            continue;
+        }
         let data = std::fs::read(&path)?;
+        if !page.gzip {
+            println!(
+                "{:<28} {:>9} bytes",
+                path.file_name().unwrap_or_default().to_string_lossy(),
+                data.len()
+            );
+            continue;
+        }
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         gz.write_all(&data)?;
         let gz = gz.finish()?;
@@ -197,8 +247,110 @@ fn portal(dev: bool) -> anyhow::Result<()> {
             gz.len()
         );
     }
-    println!("portal/dist: {total_gz} bytes gzip in all");
+    if page.gzip {
+        println!("{}: {total_gz} bytes gzip in all", page.dist);
+    }
     Ok(())
+}
+
+/// The headless agent's .deb: `/usr/bin/commons-agent`, its systemd unit, `/etc/commons/agent.toml` (a conffile),
+/// and maintainer scripts that create its user and stop it before removal. Prints the package's path.
+fn agent_deb(profile: &str) -> anyhow::Result<()> {
+    let root = root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).current_dir(&root).args([
+        "build",
+        "--package",
+        "commons-agent",
+        "--bin",
+        "commons-agent",
+        "--profile",
+        profile,
+    ]))?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let out_profile = if profile == "dev" { "debug" } else { profile };
+    let binary = target_dir.join(out_profile).join("commons-agent");
+    let version = env!("CARGO_PKG_VERSION");
+    let arch = String::from_utf8(
+        Command::new("dpkg")
+            .arg("--print-architecture")
+            .output()
+            .context("dpkg (Debian's package tool) is needed")?
+            .stdout,
+    )?
+    .trim()
+    .to_owned();
+    let out = target_dir.join("debian");
+    let stage = out.join(format!("commons-agent_{version}_{arch}"));
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage)?;
+    }
+    let packaging = root.join("desktop/core/packaging");
+    let place = |from: &Path, to: &str, mode: u32| -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let to = stage.join(to);
+        std::fs::create_dir_all(to.parent().expect("a folder"))?;
+        std::fs::copy(from, &to).with_context(|| format!("copying {}", from.display()))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))?;
+        Ok(())
+    };
+    place(&binary, "usr/bin/commons-agent", 0o755)?;
+    place(
+        &packaging.join("commons-agent.service"),
+        "lib/systemd/system/commons-agent.service",
+        0o644,
+    )?;
+    place(
+        &packaging.join("agent.toml"),
+        "etc/commons/agent.toml",
+        0o644,
+    )?;
+    place(&packaging.join("postinst"), "DEBIAN/postinst", 0o755)?;
+    place(&packaging.join("prerm"), "DEBIAN/prerm", 0o755)?;
+    let size_kib = walk_size(&stage)? / 1024;
+    std::fs::write(stage.join("DEBIAN/conffiles"), "/etc/commons/agent.toml\n")?;
+    std::fs::write(
+        stage.join("DEBIAN/control"),
+        format!(
+            "Package: commons-agent\n\
+             Version: {version}\n\
+             Architecture: {arch}\n\
+             Maintainer: The Commons project <commons@example.invalid>\n\
+             Installed-Size: {size_kib}\n\
+             Depends: libc6, libdbus-1-3, adduser\n\
+             Recommends: docker.io | docker-ce\n\
+             Section: net\n\
+             Priority: optional\n\
+             Homepage: https://example.invalid/commons\n\
+             Description: Commons volunteer agent for servers (headless)\n \
+             Donates this server's spare GPU, CPU and disk to Commons, a volunteer pool that runs AI\n \
+             services (OCR, LLM inference, RAG, storage) for the people who need them. Runs as a systemd\n \
+             service under its own user; containers run unprivileged, capped and labelled.\n"
+        ),
+    )?;
+    let deb = out.join(format!("commons-agent_{version}_{arch}.deb"));
+    run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-Zgzip", "--build"])
+        .arg(&stage)
+        .arg(&deb))?;
+    println!("{}", deb.display());
+    Ok(())
+}
+
+fn walk_size(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let m = e.metadata()?;
+        total += if m.is_dir() {
+            walk_size(&e.path())?
+        } else {
+            m.len()
+        };
+    }
+    Ok(total)
 }
 
 /// Runs wasm-opt -Oz where one that understands current rustc output is installed; otherwise keeps the file.

@@ -50,6 +50,23 @@ pub enum Command {
     Resume,
     /// Unregister and stop.
     Quit,
+    /// New settings, applied live: caps (containers are recreated under the new ones), the schedule, power and
+    /// idle rules, the GPU temperature limit. The connection settings (coordinator, engine, gateway, DHT) apply at
+    /// the next start.
+    Apply(Box<Settings>),
+}
+
+/// One assigned container, as a UI shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerView {
+    /// Container name (from the assignment).
+    pub name: String,
+    /// The service it runs.
+    pub service: String,
+    /// Its image.
+    pub image: String,
+    /// Its state (pulling until the engine has the image).
+    pub state: ContainerState,
 }
 
 /// Who the agent is right now.
@@ -61,6 +78,16 @@ pub struct Session {
     pub coordinator_url: String,
     /// Registrations so far in this run (failovers and re-registrations add to it).
     pub registrations: u32,
+    /// The tier the coordinator placed this worker in (1–3), once it has said.
+    pub tier: Option<u8>,
+    /// The assigned containers and their states.
+    pub containers: Vec<ContainerView>,
+    /// Where the coordinator reaches this worker's services (the tunnel's or the gateway's URL).
+    pub endpoint: Option<String>,
+    /// Why donating is held back now (outside the schedule, on battery, in use, a GPU too hot), if it is.
+    pub held: Option<String>,
+    /// Something the volunteer can fix, in plain words with the next step (e.g. the container engine is missing).
+    pub problem: Option<String>,
 }
 
 /// A running agent.
@@ -242,6 +269,7 @@ impl Agent {
                     Duration::from_secs(u64::from(self.settings.idle_after_minutes) * 60),
                 ),
         );
+        self.update_session(|s| s.held.clone_from(&reason));
         if reason.is_some() == self.held {
             return;
         }
@@ -264,7 +292,11 @@ impl Agent {
         if self.settings.containers {
             match Engine::connect(self.settings.policy()).await {
                 Ok(e) => self.engine = Some(e),
-                Err(e) => tracing::warn!("{e}"),
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    self.session
+                        .send_modify(|s| s.problem = Some(crate::containers::engine_hint(&e)));
+                }
             }
         }
         if let Err(e) = self.open_gateway().await {
@@ -444,6 +476,7 @@ impl Agent {
                     Some(Command::Quit) | None => return None,
                     Some(Command::Pause) => self.paused = true,
                     Some(Command::Resume) => self.paused = false,
+                    Some(Command::Apply(s)) => self.apply(*s).await,
                 },
             }
         }
@@ -527,9 +560,11 @@ impl Agent {
             s.worker_id = creds.worker_id.clone();
             s.coordinator_url = creds.coordinator_url.clone();
             s.registrations += 1;
+            s.tier = Some(r.tier.number());
         });
         tracing::info!(worker = %creds.worker_id, coordinator = %creds.coordinator_url, tier = r.tier.number(), "joined");
         self.desired = Some(r.assigned_containers.clone());
+        self.show_containers();
         self.reported_endpoint = r.endpoint.clone();
         Joined {
             creds,
@@ -614,10 +649,17 @@ impl Agent {
                             j.version = r.assignment_version;
                             tracing::info!(containers = list.len(), "new assignment");
                             self.desired = Some(list);
+                            self.show_containers();
                             if !self.paused && !self.held {
                                 self.reconcile().await;
                             }
                         }
+                        if hot && !self.held {
+                            let why =
+                                format!("a GPU is hotter than {} °C", self.settings.max_gpu_temp_c);
+                            self.update_session(|s| s.held = Some(why));
+                        }
+                        self.show_endpoint();
                         self.set(if hot || self.held {
                             State::Paused
                         } else {
@@ -671,12 +713,23 @@ impl Agent {
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => {}
                 c = self.rx.recv() => match c {
-                    Some(Command::Pause) => { self.paused = true; self.pause_containers().await; self.set(State::Paused); next_beat = Instant::now(); }
+                    Some(Command::Pause) => {
+                        self.paused = true;
+                        self.pause_containers().await;
+                        self.show_containers();
+                        self.set(State::Paused);
+                        next_beat = Instant::now();
+                    }
                     Some(Command::Resume) => {
                         self.paused = false;
                         if !self.held {
                             self.reconcile().await;
                         }
+                        self.set(self.active_state());
+                        next_beat = Instant::now();
+                    }
+                    Some(Command::Apply(s)) => {
+                        self.apply(*s).await;
                         self.set(self.active_state());
                         next_beat = Instant::now();
                     }
@@ -710,6 +763,7 @@ impl Agent {
         .await;
         self.gateway = Some(g);
         self.tunnel = Some(tunnel);
+        self.show_endpoint();
         Ok(())
     }
 
@@ -748,6 +802,61 @@ impl Agent {
                     .collect();
             }
         }
+        self.show_containers();
+    }
+
+    /// Changes the published session, taking the channel's write lock only when something changed: a reader may
+    /// hold a borrow for a while (a UI), and an unchanged value must not wait for it.
+    fn update_session(&self, f: impl FnOnce(&mut Session)) {
+        let mut next = self.session.borrow().clone();
+        f(&mut next);
+        if *self.session.borrow() != next {
+            self.session.send_replace(next);
+        }
+    }
+
+    /// Publishes the assigned containers with their states in the session (pulling until the engine reports one).
+    fn show_containers(&self) {
+        let views: Vec<ContainerView> = self
+            .desired
+            .iter()
+            .flatten()
+            .map(|a| ContainerView {
+                name: a.name.clone(),
+                service: a.service.clone(),
+                image: a.image.clone(),
+                state: self.containers.iter().find(|c| c.name == a.name).map_or(
+                    // Not pulling when nothing runs: paused, held back, or no container engine.
+                    if self.paused || self.held || self.engine.is_none() {
+                        ContainerState::Stopped
+                    } else {
+                        ContainerState::Pulling
+                    },
+                    |c| c.state,
+                ),
+            })
+            .collect();
+        self.update_session(|s| s.containers = views);
+    }
+
+    /// Publishes where the coordinator reaches this worker (a quick tunnel's address comes late and can change).
+    fn show_endpoint(&self) {
+        let e = self.endpoint();
+        self.update_session(|s| s.endpoint = e);
+    }
+
+    /// Takes new settings live: the hold rules at once, and the containers recreated when their caps changed.
+    async fn apply(&mut self, new: Settings) {
+        let policy = new.policy();
+        self.settings = new;
+        if let Some(engine) = self.engine.as_mut() {
+            engine.set_policy(policy);
+        }
+        tracing::info!("settings applied");
+        self.update_hold().await;
+        if !self.paused && !self.held {
+            self.reconcile().await;
+        }
     }
 
     async fn pause_containers(&mut self) {
@@ -760,6 +869,7 @@ impl Agent {
         for c in &mut self.containers {
             c.state = ContainerState::Stopped;
         }
+        self.show_containers();
     }
 
     /// Leaves cleanly: stops its tunnel, removes its containers, unregisters, forgets the credentials, reports Stopped.

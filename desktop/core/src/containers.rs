@@ -51,6 +51,18 @@ pub enum EngineError {
     Engine(#[from] bollard::errors::Error),
 }
 
+/// The engine failing, in plain words with what to do next (for a window; the log keeps the details).
+pub fn engine_hint(e: &EngineError) -> String {
+    match e {
+        EngineError::NotRunning(_) => {
+            "Docker is not running — start Docker Desktop or install docker.io, \
+            then press Retry. Until then this computer donates no services."
+                .into()
+        }
+        other => other.to_string(),
+    }
+}
+
 /// What the volunteer allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -180,6 +192,15 @@ impl Engine {
     /// The policy.
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// A new policy: containers created under the old one no longer match their spec, so the next reconcile
+    /// replaces them (the engine socket stays the one connected to).
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = Policy {
+            docker_host: self.policy.docker_host.clone(),
+            ..policy
+        };
     }
 
     /// Pulls an image, sending per-layer progress.

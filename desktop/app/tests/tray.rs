@@ -1,0 +1,130 @@
+//! The real app and its tray, as a desktop shell sees them: the `commons` binary runs under Xvfb in a fresh session
+//! bus and kernel keyring; `support/tray_host.py` is the shell (an org.kde.StatusNotifierWatcher) that the tray item
+//! registers with. It reads the item's dbusmenu and clicks entries with dbusmenu `Event(id, "clicked")`; the app
+//! donates to a real coordinator on loopback, pauses, resumes and quits.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn events(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tray_menu_starts_pauses_resumes_and_quits() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = commons_coordinator::server::test_utils::config(data.path());
+    config.heartbeat_interval_secs = 1;
+    let server = commons_coordinator::Server::bind(config).await.unwrap();
+
+    // The volunteer's settings: this coordinator, no containers or DHT (not what this test is about).
+    let home = tempfile::tempdir().unwrap();
+    let config_dir = home.path().join("config");
+    std::fs::create_dir_all(config_dir.join("commons")).unwrap();
+    std::fs::write(
+        config_dir.join("commons").join("agent.toml"),
+        format!(
+            "coordinator_url = {:?}\ncontainers = false\ndht = false\nedge_url = \"http://127.0.0.1:9\"\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let host = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/tray_host.py");
+    let app = env!("CARGO_BIN_EXE_commons");
+    let out = tokio::task::spawn_blocking({
+        let home = home.path().to_owned();
+        move || {
+            let runtime = home.join("runtime");
+            std::fs::create_dir_all(&runtime).unwrap();
+            std::fs::set_permissions(&runtime, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+            Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/desktop-session"))
+                .args(["/usr/bin/python3", host, app])
+                .args(["Start donating=>Pause", "notified=Commons is donating", "Pause=>Resume"])
+                .args(["Resume=>Pause", "second", "quit"])
+                .env("XDG_CONFIG_HOME", home.join("config"))
+                .env("XDG_DATA_HOME", home.join("data"))
+                .env("XDG_CACHE_HOME", home.join("cache"))
+                .env("XDG_RUNTIME_DIR", runtime)
+                .env("HOME", &home)
+                .env("RUST_LOG", "warn")
+                .output()
+                .expect("xvfb-run, keyutils, dbus, gnome-keyring and Debian's python3-dbus/python3-gi (.ci/setup installs them)")
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ev = events(&stdout);
+    assert!(
+        out.status.success(),
+        "the shell failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let find = |kind: &'static str| ev.iter().filter(move |e| e["event"] == kind);
+
+    // The item registered, with the menu the issue lists.
+    let item = find("item").next().expect("the tray item registered");
+    assert_eq!(item["title"], "commons");
+    let menu: Vec<(String, bool)> = find("menu").next().unwrap()["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e[0].as_str().unwrap().to_owned(), e[1].as_bool().unwrap()))
+        .collect();
+    let labels: Vec<&str> = menu.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "Not donating: open Commons to start",
+            "Start donating",
+            "Pause for 1 hour",
+            "Pause until tomorrow",
+            "Open Commons",
+            "Open the portal",
+            "Quit"
+        ]
+    );
+    assert!(!menu[0].1, "the status line is not clickable");
+    assert!(!menu[2].1 && !menu[3].1, "nothing to pause before donating");
+
+    // Each click changed the state, and the status line says so.
+    let clicked: Vec<&Value> = find("clicked").collect();
+    assert_eq!(clicked.len(), 3, "{stdout}");
+    let status_line = |i: usize| clicked[i]["now"][0].as_str().unwrap().to_owned();
+    assert!(
+        status_line(0).starts_with("Donating: "),
+        "{}",
+        status_line(0)
+    );
+    assert!(status_line(1).starts_with("Paused: "), "{}", status_line(1));
+    assert!(
+        status_line(2).starts_with("Donating: "),
+        "{}",
+        status_line(2)
+    );
+
+    // The volunteer heard that donating started, as a desktop notification (the shell is the notification server).
+    let told = find("notification")
+        .find(|n| n["summary"] == "Commons is donating")
+        .expect("a notification that donating started");
+    assert!(
+        told["body"].as_str().unwrap().starts_with("Donating: "),
+        "{told}"
+    );
+
+    // One instance only: a second launch hands over to the first (which opens its window) and exits.
+    let second = find("second").next().expect("a second launch");
+    assert_eq!(second["code"], 0, "{second}");
+    assert_eq!(second["first_running"], true, "{second}");
+
+    // Quit: the app exits and has unregistered.
+    let exited = find("exited").next().expect("the app exited after Quit");
+    assert_eq!(exited["code"], 0);
+    let registered_and_left = server.state().registry.all().is_empty();
+    assert!(registered_and_left, "the worker unregistered on quit");
+    server.shutdown().await.unwrap();
+}

@@ -1,0 +1,108 @@
+//! What the desktop app's window and its shell say to each other: the status, the hardware, the caps and rules the
+//! volunteer edits, and errors as `{error, message}`. The shell (Tauri, native) serialises them; the window (Yew,
+//! wasm32) reads them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::caps::Capabilities;
+
+/// An error the window can show: a code and a sentence with the next step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "error", content = "message", rename_all = "snake_case")]
+pub enum AppError {
+    /// The volunteer typed something unusable.
+    #[error("{0}")]
+    Invalid(String),
+    /// Not donating yet: nothing to pause.
+    #[error("{0}")]
+    NotStarted(String),
+    /// Already donating.
+    #[error("{0}")]
+    AlreadyStarted(String),
+    /// The settings file could not be read or written.
+    #[error("{0}")]
+    Settings(String),
+}
+
+/// What the tray and the window show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// stopped, registering, pulling, active, paused or error.
+    pub state: String,
+    /// Why, for an error (in plain words).
+    pub reason: Option<String>,
+    /// The worker id once registered.
+    pub worker_id: Option<String>,
+    /// The coordinator it donates to.
+    pub coordinator_url: Option<String>,
+    /// One line for the tray: "Donating: GPU RTX 3060 + 8 cores".
+    pub summary: String,
+    /// When a timed pause ends (RFC 3339), if one is set.
+    pub paused_until: Option<String>,
+    /// The tier the coordinator placed this computer in (1–3).
+    pub tier: Option<u8>,
+    /// The assigned services' containers.
+    pub containers: Vec<ContainerRow>,
+    /// Where the coordinator reaches this computer's services (tunnel or gateway URL).
+    pub endpoint: Option<String>,
+    /// DHT peers known (`None` without a DHT node).
+    pub dht_peers: Option<usize>,
+    /// Why donating is held back (schedule, battery, in use, hot GPU).
+    pub held: Option<String>,
+    /// Something to fix, in plain words with the next step.
+    pub problem: Option<String>,
+    /// Seconds since donating was started in this run.
+    pub uptime_secs: Option<u64>,
+    /// Seconds donated in all (active, not paused), over every run.
+    pub donated_secs: u64,
+}
+
+/// One assigned container in the window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRow {
+    /// Container name.
+    pub name: String,
+    /// The service.
+    pub service: String,
+    /// The image.
+    pub image: String,
+    /// pulling, created, starting, running, restarting, stopped, exited or failed.
+    pub state: String,
+    /// While pulling: bytes fetched so far and in all (0 while unknown).
+    pub pulled_bytes: u64,
+    /// See `pulled_bytes`.
+    pub pull_total_bytes: u64,
+}
+
+/// What the window's controls edit: the caps and when to donate. Saved to the settings file, applied live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Share of all cores the containers may use, percent.
+    pub cpu_percent: u32,
+    /// Memory per container, MiB.
+    pub memory_mb: u64,
+    /// Disk (writable scratch) per container, MiB.
+    pub scratch_mb: u64,
+    /// Let GPU services use the GPU.
+    pub allow_gpu: bool,
+    /// Which GPUs (indices); `None`: all.
+    pub gpus: Option<Vec<u32>>,
+    /// Pause while a GPU is hotter than this (°C).
+    pub max_gpu_temp_c: u32,
+    /// Donate only while nobody uses the computer.
+    pub idle_only: bool,
+    /// Donate only on mains power.
+    pub on_ac_power_only: bool,
+    /// Daily windows, "HH:MM-HH:MM"; empty: always.
+    pub schedule: Vec<String>,
+}
+
+/// The hardware the first-run page shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hardware {
+    /// What was detected.
+    pub capabilities: Capabilities,
+    /// Why no GPU was found, when none was (driver missing, ...).
+    pub no_gpu: Option<String>,
+}
