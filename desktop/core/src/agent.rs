@@ -173,7 +173,8 @@ pub fn start(
         session: session_tx,
         rx,
         paused: false,
-        held: false,
+        hold: None,
+        hot: false,
         idle: crate::idle::X11Idle::default(),
         engine: None,
         desired: None,
@@ -203,8 +204,10 @@ struct Agent {
     session: watch::Sender<Session>,
     rx: mpsc::Receiver<Command>,
     paused: bool,
-    /// Held back by the schedule, battery power or a volunteer at the keyboard.
-    held: bool,
+    /// Why donating is held back by the schedule, battery power or a volunteer at the keyboard, if it is.
+    hold: Option<String>,
+    /// A GPU was hotter than the limit at the last heartbeat.
+    hot: bool,
     idle: crate::idle::X11Idle,
     engine: Option<Engine>,
     /// The assignment; `None` until the coordinator has said it (after a restart, until the first heartbeat):
@@ -248,8 +251,22 @@ impl Agent {
         });
     }
 
+    /// Held back by the schedule, battery power or a volunteer at the keyboard.
+    fn held(&self) -> bool {
+        self.hold.is_some()
+    }
+
+    /// Publishes why donating is held back: the hold rules, else a hot GPU.
+    fn show_held(&self) {
+        let why = self.hold.clone().or_else(|| {
+            self.hot
+                .then(|| format!("a GPU is hotter than {} °C", self.settings.max_gpu_temp_c))
+        });
+        self.update_session(|s| s.held = why);
+    }
+
     fn active_state(&self) -> State {
-        if self.paused || self.held {
+        if self.paused || self.held() {
             State::Paused
         } else {
             State::Active
@@ -269,11 +286,12 @@ impl Agent {
                     Duration::from_secs(u64::from(self.settings.idle_after_minutes) * 60),
                 ),
         );
-        self.update_session(|s| s.held.clone_from(&reason));
-        if reason.is_some() == self.held {
+        let was = self.held();
+        self.hold = reason.clone();
+        self.show_held();
+        if self.held() == was {
             return;
         }
-        self.held = reason.is_some();
         match reason {
             Some(r) => {
                 tracing::info!(reason = %r, "holding donations back");
@@ -507,7 +525,7 @@ impl Agent {
         let Some(d) = self.dht.get().cloned() else {
             return;
         };
-        if self.paused || self.held {
+        if self.paused || self.held() {
             if self.published.take().is_some() {
                 d.withdraw().await;
             }
@@ -579,7 +597,7 @@ impl Agent {
         let hot = gpus
             .iter()
             .any(|g| g.temperature_c > self.settings.max_gpu_temp_c);
-        let status = if self.paused || self.held || hot {
+        let status = if self.paused || self.held() || hot {
             ReportedStatus::Paused
         } else if load.cpu > 0.9 {
             ReportedStatus::Busy
@@ -616,7 +634,7 @@ impl Agent {
         let mut next_reconcile = Instant::now() + reconcile_every;
         self.update_hold().await;
         if !self.paused
-            && !self.held
+            && !self.held()
             && self.engine.is_some()
             && self.desired.as_ref().is_some_and(|d| !d.is_empty())
         {
@@ -626,7 +644,7 @@ impl Agent {
         loop {
             let now = Instant::now();
             if now >= next_reconcile {
-                if !self.paused && !self.held {
+                if !self.paused && !self.held() {
                     self.reconcile().await;
                 }
                 next_reconcile = Instant::now() + reconcile_every;
@@ -650,17 +668,14 @@ impl Agent {
                             tracing::info!(containers = list.len(), "new assignment");
                             self.desired = Some(list);
                             self.show_containers();
-                            if !self.paused && !self.held {
+                            if !self.paused && !self.held() {
                                 self.reconcile().await;
                             }
                         }
-                        if hot && !self.held {
-                            let why =
-                                format!("a GPU is hotter than {} °C", self.settings.max_gpu_temp_c);
-                            self.update_session(|s| s.held = Some(why));
-                        }
+                        self.hot = hot;
+                        self.show_held();
                         self.show_endpoint();
-                        self.set(if hot || self.held {
+                        self.set(if hot || self.held() {
                             State::Paused
                         } else {
                             self.active_state()
@@ -716,13 +731,12 @@ impl Agent {
                     Some(Command::Pause) => {
                         self.paused = true;
                         self.pause_containers().await;
-                        self.show_containers();
                         self.set(State::Paused);
                         next_beat = Instant::now();
                     }
                     Some(Command::Resume) => {
                         self.paused = false;
-                        if !self.held {
+                        if !self.held() {
                             self.reconcile().await;
                         }
                         self.set(self.active_state());
@@ -827,7 +841,7 @@ impl Agent {
                 image: a.image.clone(),
                 state: self.containers.iter().find(|c| c.name == a.name).map_or(
                     // Not pulling when nothing runs: paused, held back, or no container engine.
-                    if self.paused || self.held || self.engine.is_none() {
+                    if self.paused || self.held() || self.engine.is_none() {
                         ContainerState::Stopped
                     } else {
                         ContainerState::Pulling
@@ -854,20 +868,19 @@ impl Agent {
         }
         tracing::info!("settings applied");
         self.update_hold().await;
-        if !self.paused && !self.held {
+        if !self.paused && !self.held() {
             self.reconcile().await;
         }
     }
 
     async fn pause_containers(&mut self) {
-        let Some(engine) = self.engine.as_ref() else {
-            return;
-        };
-        if let Err(e) = engine.stop_all().await {
-            tracing::warn!(error = %e, "could not stop the containers");
-        }
-        for c in &mut self.containers {
-            c.state = ContainerState::Stopped;
+        if let Some(engine) = self.engine.as_ref() {
+            if let Err(e) = engine.stop_all().await {
+                tracing::warn!(error = %e, "could not stop the containers");
+            }
+            for c in &mut self.containers {
+                c.state = ContainerState::Stopped;
+            }
         }
         self.show_containers();
     }
