@@ -170,18 +170,11 @@ impl Drop for Driver {
 /// bus, an unlocked GNOME Keyring), with its XDG config, data, cache and runtime folders under `home`: add the
 /// program and its arguments. `HOME` is `home` too (login items go under it).
 pub fn desktop_session(home: &Path) -> Command {
-    let runtime = home.join("runtime");
-    std::fs::create_dir_all(&runtime).expect("creating the runtime folder");
-    std::fs::set_permissions(
-        &runtime,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .expect("the runtime folder is private");
     let mut cmd = Command::new(workspace().join("desktop/app/tests/support/desktop-session"));
     cmd.env("XDG_CONFIG_HOME", home.join("config"))
         .env("XDG_DATA_HOME", home.join("data"))
         .env("XDG_CACHE_HOME", home.join("cache"))
-        .env("XDG_RUNTIME_DIR", runtime)
+        .env("XDG_RUNTIME_DIR", home.join("runtime"))
         .env("HOME", home);
     cmd
 }

@@ -38,9 +38,6 @@ async fn the_tray_menu_starts_pauses_resumes_and_quits() {
     let out = tokio::task::spawn_blocking({
         let home = home.path().to_owned();
         move || {
-            let runtime = home.join("runtime");
-            std::fs::create_dir_all(&runtime).unwrap();
-            std::fs::set_permissions(&runtime, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
             Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/desktop-session"))
                 .args(["/usr/bin/python3", host, app])
                 .args(["Start donating=>Pause", "notified=Commons is donating", "Pause=>Resume"])
@@ -48,7 +45,7 @@ async fn the_tray_menu_starts_pauses_resumes_and_quits() {
                 .env("XDG_CONFIG_HOME", home.join("config"))
                 .env("XDG_DATA_HOME", home.join("data"))
                 .env("XDG_CACHE_HOME", home.join("cache"))
-                .env("XDG_RUNTIME_DIR", runtime)
+                .env("XDG_RUNTIME_DIR", home.join("runtime"))
                 .env("HOME", &home)
                 .env("RUST_LOG", "warn")
                 .output()
