@@ -55,6 +55,18 @@ fn root() -> PathBuf {
         .to_owned()
 }
 
+/// Where cargo builds: `$CARGO_TARGET_DIR`, else `target/` in the workspace.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// The folder a cargo profile builds into (`dev` builds into `debug`).
+fn profile_dir(profile: &str) -> &str {
+    if profile == "dev" { "debug" } else { profile }
+}
+
 /// The version of a package in Cargo.lock.
 fn locked_version(root: &Path, name: &str) -> anyhow::Result<String> {
     let lock = std::fs::read_to_string(root.join("Cargo.lock")).context("reading Cargo.lock")?;
@@ -178,9 +190,7 @@ const DESKTOP_UI: Page = Page {
 fn wasm_page(page: &Page, dev: bool) -> anyhow::Result<()> {
     let root = root();
     ensure_tools(&root)?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target_dir = target_dir(&root);
     let profile = if dev { "dev" } else { "wasm" };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(cargo).current_dir(&root).args([
@@ -193,7 +203,7 @@ fn wasm_page(page: &Page, dev: bool) -> anyhow::Result<()> {
         "--profile",
         profile,
     ]))?;
-    let out_profile = if dev { "debug" } else { profile };
+    let out_profile = profile_dir(profile);
     let wasm = target_dir
         .join("wasm32-unknown-unknown")
         .join(out_profile)
@@ -267,10 +277,8 @@ fn agent_deb(profile: &str) -> anyhow::Result<()> {
         "--profile",
         profile,
     ]))?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let out_profile = if profile == "dev" { "debug" } else { profile };
+    let target_dir = target_dir(&root);
+    let out_profile = profile_dir(profile);
     let binary = target_dir.join(out_profile).join("commons-agent");
     let version = env!("CARGO_PKG_VERSION");
     let arch = String::from_utf8(
