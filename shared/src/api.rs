@@ -250,6 +250,22 @@ pub enum ContainerState {
     Failed,
 }
 
+impl ContainerState {
+    /// Lowercase name (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pulling => "pulling",
+            Self::Created => "created",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Restarting => "restarting",
+            Self::Stopped => "stopped",
+            Self::Exited => "exited",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// One container in a heartbeat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::ContainerState;
 use crate::caps::Capabilities;
 
 /// An error the window can show: a code and a sentence with the next step.
@@ -66,8 +67,8 @@ pub struct ContainerRow {
     pub service: String,
     /// The image.
     pub image: String,
-    /// pulling, created, starting, running, restarting, stopped, exited or failed.
-    pub state: String,
+    /// Its state.
+    pub state: ContainerState,
     /// While pulling: bytes fetched so far and in all (0 while unknown).
     pub pulled_bytes: u64,
     /// See `pulled_bytes`.
@@ -105,4 +106,19 @@ pub struct Hardware {
     pub capabilities: Capabilities,
     /// Why no GPU was found, when none was (driver missing, ...).
     pub no_gpu: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_states_read_as_they_serialise() {
+        use ContainerState::*;
+        for s in [
+            Pulling, Created, Starting, Running, Restarting, Stopped, Exited, Failed,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
 }

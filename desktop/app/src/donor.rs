@@ -450,9 +450,7 @@ impl Donor {
                 .map(|t| t.to_string()),
         }
     }
-}
 
-impl Donor {
     /// The containers with their pull progress.
     fn rows(&self, views: &[ContainerView]) -> Vec<ContainerRow> {
         let pulls = self.pulls.lock().expect("not poisoned");
@@ -464,15 +462,11 @@ impl Donor {
                         .values()
                         .fold((0, 0), |(d, t), (c, n)| (d + c.min(n), t + n))
                 });
-                let state = serde_json::to_value(v.state)
-                    .ok()
-                    .and_then(|j| j.as_str().map(str::to_owned))
-                    .unwrap_or_default();
                 ContainerRow {
                     name: v.name.clone(),
                     service: v.service.clone(),
                     image: v.image.clone(),
-                    state,
+                    state: v.state,
                     pulled_bytes: done,
                     pull_total_bytes: total,
                 }

@@ -1,5 +1,6 @@
 //! The page: first run (hardware, Start donating, Advanced), then the state, services, network and the caps.
 
+use commons_shared::api::ContainerState;
 use commons_shared::desktop::{ContainerRow, Hardware, Limits, Status};
 use commons_shared::units::binary;
 use serde_json::json;
@@ -289,11 +290,11 @@ fn number(i: &HtmlInputElement) -> u64 {
 }
 
 fn container(c: &ContainerRow) -> Html {
-    let pulling = c.state == "pulling";
+    let pulling = c.state == ContainerState::Pulling;
     html! {
-        <li class={classes!("service", format!("c-{}", c.state))}>
+        <li class={classes!("service", format!("c-{}", c.state.as_str()))}>
             <span class="name">{ &c.service }</span>
-            <span class="cstate">{ &c.state }</span>
+            <span class="cstate">{ c.state.as_str() }</span>
             if pulling {
                 <progress max="100" value={words::percent(c.pulled_bytes, c.pull_total_bytes).to_string()}
                     title={format!("{} of {}", binary(c.pulled_bytes), binary(c.pull_total_bytes))} />
@@ -418,7 +419,7 @@ mod tests {
                 name: "commons-ocr".into(),
                 service: "ocr".into(),
                 image: "commons/ocr:1".into(),
-                state: "pulling".into(),
+                state: ContainerState::Pulling,
                 pulled_bytes: 30,
                 pull_total_bytes: 120,
             }],
