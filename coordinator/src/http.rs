@@ -162,7 +162,7 @@ impl utoipa::Modify for SecurityAddon {
     info(title = "Commons coordinator", description = "Worker registry, assignment, heartbeats, routing and admin API."),
     paths(register, heartbeat, unregister, health, admin::workers, admin::worker, admin::stats, admin::admin_health,
           admin::services, admin::history, admin::create_enrollment, proxy::forward, crate::dht::topology, crate::dht::stats,
-          portal::login, portal::logout, portal::session, portal::coordinators, portal::releases),
+          portal::login, portal::logout, portal::session, portal::coordinators, portal::releases, crate::updates::updates),
     modifiers(&SecurityAddon)
 )]
 struct ApiDoc;

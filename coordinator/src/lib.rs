@@ -17,6 +17,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod tasks;
+pub mod updates;
 
 pub use commons_server::{auth, error};
 pub use config::Config;

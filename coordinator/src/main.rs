@@ -4,7 +4,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Parser, Subcommand};
 use commons_coordinator::Server;
 use commons_coordinator::config::{Config, Secret};
 
@@ -21,7 +21,7 @@ struct Cli {
     #[arg(long, env = "COMMONS_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// A TOML configuration file (keys as in Config: listen, data_dir, heartbeat_interval_secs, ...).
-    #[arg(long, env = "COMMONS_CONFIG")]
+    #[arg(long, env = "COMMONS_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// The URL workers reach this coordinator at.
     #[arg(long, env = "COMMONS_PUBLIC_URL")]
@@ -68,8 +68,8 @@ struct Cli {
     /// The built portal to serve at / (`cargo xtask portal` writes portal/dist).
     #[arg(long, env = "COMMONS_PORTAL_DIR")]
     portal_dir: Option<PathBuf>,
-    /// A directory of installers to offer for download (/api/releases).
-    #[arg(long, env = "COMMONS_RELEASES_DIR")]
+    /// A directory of installers and signed releases to offer for download (/api/releases, /api/updates).
+    #[arg(long, env = "COMMONS_RELEASES_DIR", global = true)]
     releases_dir: Option<PathBuf>,
     /// The edge's admin token, so the portal can list the edge's coordinators.
     #[arg(long, env = "COMMONS_EDGE_ADMIN_TOKEN", hide_env_values = true)]
@@ -77,6 +77,46 @@ struct Cli {
     /// The admin token (at least 16 characters). Prefer the environment variable to a flag.
     #[arg(long, env = "COMMONS_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Signed releases for the clients' updates.
+    #[command(subcommand)]
+    Release(ReleaseCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ReleaseCmd {
+    /// Publish a signed artifact into the releases directory: its minisign signature must verify against the
+    /// release key (the coordinator signs nothing).
+    Add {
+        /// The artifact, named commons-<product>-<version>-<platform> (a package: ...-<platform>.deb).
+        file: PathBuf,
+        /// Semantic version, e.g. 0.1.1.
+        #[arg(long)]
+        version: String,
+        /// stable or beta.
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// agent or desktop.
+        #[arg(long, default_value = "agent")]
+        product: String,
+        /// e.g. linux-x86_64; a system package: linux-x86_64-deb [default: this machine's].
+        #[arg(long)]
+        platform: Option<String>,
+        /// Release notes.
+        #[arg(long, default_value = "")]
+        notes: String,
+        /// The minisign signature [default: <file>.minisig].
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// The release public key (minisign .pub) [default: the project's, built in].
+        #[arg(long, env = "COMMONS_RELEASE_KEY_FILE")]
+        release_key: Option<PathBuf>,
+    },
 }
 
 impl Cli {
@@ -152,8 +192,57 @@ async fn main() -> std::process::ExitCode {
     commons_server::exit("commons-coordinator", run(Cli::parse()).await)
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+fn release(config: &Config, cmd: ReleaseCmd) -> anyhow::Result<()> {
+    let ReleaseCmd::Add {
+        file,
+        version,
+        channel,
+        product,
+        platform,
+        notes,
+        signature,
+        release_key,
+    } = cmd;
+    let dir = config.releases_dir.clone().ok_or_else(|| {
+        anyhow::anyhow!("no releases directory: give --releases-dir (or COMMONS_RELEASES_DIR)")
+    })?;
+    let key = match release_key {
+        Some(p) => std::fs::read_to_string(&p)
+            .map_err(|e| anyhow::anyhow!("cannot read the release key {}: {e}", p.display()))?,
+        None => commons_coordinator::updates::PROJECT_KEY.to_owned(),
+    };
+    let info = commons_coordinator::updates::add(
+        &dir,
+        &key,
+        &commons_coordinator::updates::NewRelease {
+            file,
+            signature,
+            product,
+            version,
+            channel,
+            platform: platform.unwrap_or_else(commons_shared::release::this_platform),
+            notes,
+        },
+    )?;
+    println!(
+        "published {} {} ({}, {}) as {}: {} bytes, sha256 {}",
+        info.product,
+        info.version,
+        info.channel,
+        info.platform,
+        dir.join(&info.file).display(),
+        info.size_bytes,
+        info.sha256
+    );
+    Ok(())
+}
+
+async fn run(mut cli: Cli) -> anyhow::Result<()> {
+    let command = cli.command.take();
     let config = cli.into_config()?;
+    if let Some(Sub::Release(cmd)) = command {
+        return release(&config, cmd);
+    }
     let data_dir = config.data_dir.clone();
     let server = Server::bind(config).await?;
     // Written without println!: a closed stdout must not take the server down.

@@ -46,6 +46,10 @@ pub(crate) fn routes() -> axum::Router<AppState> {
         .route("/api/admin/coordinators", get(coordinators))
         .route("/api/releases", get(releases))
         .route("/releases/{file}", get(release_file))
+        .route(
+            "/api/updates/{product}/{channel}/{platform}",
+            get(crate::updates::updates),
+        )
         .route("/", get(portal))
         .route("/{*path}", get(portal))
 }
@@ -373,7 +377,11 @@ fn list_releases(dir: &FsPath) -> std::io::Result<Vec<Release>> {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let meta = entry.metadata()?;
-        if !meta.is_file() || !plain_name(&name) || name.ends_with(".sha256") {
+        if !meta.is_file()
+            || !plain_name(&name)
+            || name.ends_with(".sha256")
+            || crate::updates::is_sidecar(&name)
+        {
             continue;
         }
         let key = (name.clone(), meta.len(), meta.modified()?);

@@ -12,6 +12,7 @@
 //! - [`dht`]: records, keys and views of the DHT.
 //! - [`api`]: request and response bodies of the worker and admin APIs; [`edge`]: the edge router's.
 //! - [`validate`]: field limits and the registration parser that maps every bad input to a field.
+//! - [`release`]: the update feed and the signature, checksum and version checks before an update installs.
 //! - [`routing`]: the weight of a worker when routing a service request.
 //! - [`error`]: the JSON error body every server answers with.
 #![deny(missing_docs)]
@@ -26,6 +27,7 @@ pub mod edge;
 pub mod error;
 pub mod ids;
 pub mod portal;
+pub mod release;
 pub mod routing;
 pub mod tier;
 pub mod units;
