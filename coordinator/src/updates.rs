@@ -24,7 +24,7 @@ const SIDECAR: &str = ".release.json";
 const MAX_PLATFORM_LEN: usize = 40;
 
 /// The project's release public key (minisign), the default the coordinator checks artifacts against.
-pub const PROJECT_KEY: &str = include_str!("../../shared/release-key.pub");
+pub use commons_shared::release::PROJECT_KEY;
 
 /// What `release add` is told.
 #[derive(Debug, Clone)]

@@ -7,6 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The project's release public key (minisign): what clients built without `COMMONS_RELEASE_KEY` trust. Its secret
+/// key never enters the repository (see the README's "Releases").
+pub const PROJECT_KEY: &str = include_str!("../release-key.pub");
+
 /// Update channels. `beta` also sees stable releases.
 pub const CHANNELS: [&str; 2] = ["stable", "beta"];
 /// Products that update themselves.

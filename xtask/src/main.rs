@@ -7,6 +7,9 @@
 //! - `cargo xtask agent-deb [--profile <p>]`: the headless agent as a Debian package for servers (binary, systemd
 //!   unit, settings in /etc/commons, its own user), laid out here and built by `dpkg-deb`, into
 //!   `$CARGO_TARGET_DIR/debian/`.
+//! - `cargo xtask update-fixtures`: what the update tests run: a throw-away release key pair (minisign) and the
+//!   headless agent built twice with that key compiled in, as versions 0.1.0 and 0.1.1 (nothing else differs),
+//!   stripped, in `$CARGO_TARGET_DIR/update-fixtures/`.
 //! - `cargo xtask serve [-- <coordinator flags>]`: builds the portal, then runs the coordinator (release) on its
 //!   embedded defaults serving it.
 //!
@@ -32,9 +35,10 @@ fn main() -> std::process::ExitCode {
                 .and_then(|i| args.get(i + 1))
                 .map_or("release", String::as_str),
         ),
+        Some("update-fixtures") => update_fixtures(),
         _ => {
             eprintln!(
-                "usage: cargo xtask portal [--dev] | cargo xtask desktop-ui [--dev] | cargo xtask agent-deb [--profile <p>] | cargo xtask serve [-- <coordinator flags>]"
+                "usage: cargo xtask portal [--dev] | cargo xtask desktop-ui [--dev] | cargo xtask agent-deb [--profile <p>] | cargo xtask update-fixtures | cargo xtask serve [-- <coordinator flags>]"
             );
             return std::process::ExitCode::from(2);
         }
@@ -265,6 +269,44 @@ fn wasm_page(page: &Page, dev: bool) -> anyhow::Result<()> {
 
 /// The headless agent's .deb: `/usr/bin/commons-agent`, its systemd unit, `/etc/commons/agent.toml` (a conffile),
 /// and maintainer scripts that create its user and stop it before removal. Prints the package's path.
+fn update_fixtures() -> anyhow::Result<()> {
+    let root = root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target_dir = target_dir(&root);
+    let out = target_dir.join("update-fixtures");
+    std::fs::create_dir_all(&out)?;
+    let (secret, public) = (out.join("test-release.key"), out.join("test-release.pub"));
+    if !public.exists() || !secret.exists() {
+        run(Command::new("minisign")
+            .args(["-G", "-W", "-f", "-p"])
+            .arg(&public)
+            .arg("-s")
+            .arg(&secret)
+            .stdout(std::process::Stdio::null()))
+        .context("minisign is needed (apt install minisign)")?;
+    }
+    let key = std::fs::read_to_string(&public)?;
+    let build = |env: &[(&str, &str)]| {
+        run(Command::new(&cargo)
+            .current_dir(&root)
+            .args(["build", "--package", "commons-agent", "--bin", "commons-agent"])
+            .envs(env.iter().copied()))
+    };
+    for version in ["0.1.0", "0.1.1"] {
+        build(&[
+            ("COMMONS_BUILD_VERSION", version),
+            ("COMMONS_RELEASE_KEY", key.as_str()),
+        ])?;
+        let to = out.join(format!("commons-agent-{version}"));
+        std::fs::copy(target_dir.join("debug/commons-agent"), &to)?;
+        run(Command::new("strip").arg("--strip-debug").arg(&to)).context("strip (binutils) is needed")?;
+    }
+    // Leave the ordinary build in place for the tests that run it.
+    build(&[])?;
+    println!("update fixtures in {}", out.display());
+    Ok(())
+}
+
 fn agent_deb(profile: &str) -> anyhow::Result<()> {
     let root = root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

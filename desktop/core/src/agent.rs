@@ -50,6 +50,9 @@ pub enum Command {
     Resume,
     /// Unregister and stop.
     Quit,
+    /// Stop for another process to take over (an update): containers stopped, the DHT record withdrawn, the tunnel
+    /// closed, but still registered and the credentials kept, so the next start resumes as the same worker.
+    Handover,
     /// New settings, applied live: caps (containers are recreated under the new ones), the schedule, power and
     /// idle rules, the GPU temperature limit. The connection settings (coordinator, engine, gateway, DHT) apply at
     /// the next start.
@@ -149,11 +152,39 @@ impl AgentHandle {
     }
 }
 
+/// How an agent starts, besides its settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The version it reports (the binary's, which may differ from this library's).
+    pub version: String,
+    /// Start paused (an update's trial run: heard by the coordinator, running nothing).
+    pub paused: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            version: env!("CARGO_PKG_VERSION").into(),
+            paused: false,
+        }
+    }
+}
+
 /// Starts an agent.
 pub fn start(
     settings: Settings,
     creds: Arc<dyn CredentialStore>,
     probe: Arc<dyn GpuProbe>,
+) -> AgentHandle {
+    start_with(settings, creds, probe, Options::default())
+}
+
+/// Starts an agent with [`Options`].
+pub fn start_with(
+    settings: Settings,
+    creds: Arc<dyn CredentialStore>,
+    probe: Arc<dyn GpuProbe>,
+    options: Options,
 ) -> AgentHandle {
     let (state_tx, state) = watch::channel(State::Stopped);
     let (session_tx, session) = watch::channel(Session::default());
@@ -172,7 +203,8 @@ pub fn start(
         state: state_tx,
         session: session_tx,
         rx,
-        paused: false,
+        paused: options.paused,
+        version: options.version,
         hold: None,
         hot: false,
         idle: crate::idle::X11Idle::default(),
@@ -204,6 +236,8 @@ struct Agent {
     session: watch::Sender<Session>,
     rx: mpsc::Receiver<Command>,
     paused: bool,
+    /// The version reported to the coordinator.
+    version: String,
     /// Why donating is held back by the schedule, battery power or a volunteer at the keyboard, if it is.
     hold: Option<String>,
     /// A GPU was hotter than the limit at the last heartbeat.
@@ -348,7 +382,7 @@ impl Agent {
                 Some(j) => j,
                 None => match self.join(via_entry).await {
                     Some(j) => j,
-                    None => return self.stop(None).await,
+                    None => return self.stop(None, false).await,
                 },
             };
             match self.donate(j).await? {
@@ -364,6 +398,7 @@ impl Agent {
     /// This machine's capabilities, detected once per join (not on every retry).
     fn capabilities(&mut self) -> commons_shared::caps::Capabilities {
         let mut caps = hardware::detect(self.probe.as_ref()).capabilities;
+        caps.agent_version = self.version.clone();
         caps.region = self.settings.region.clone().unwrap_or_default();
         self.caps = Some(caps.clone());
         caps
@@ -491,7 +526,7 @@ impl Agent {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 c = self.rx.recv() => match c {
-                    Some(Command::Quit) | None => return None,
+                    Some(Command::Quit | Command::Handover) | None => return None,
                     Some(Command::Pause) => self.paused = true,
                     Some(Command::Resume) => self.paused = false,
                     Some(Command::Apply(s)) => self.apply(*s).await,
@@ -617,7 +652,7 @@ impl Agent {
                 .endpoint()
                 .filter(|e| Some(e) != self.reported_endpoint.as_ref()),
             assignment_version: Some(j.version),
-            agent_version: Some(env!("CARGO_PKG_VERSION").into()),
+            agent_version: Some(self.version.clone()),
         };
         (hb, hot)
     }
@@ -747,7 +782,8 @@ impl Agent {
                         self.set(self.active_state());
                         next_beat = Instant::now();
                     }
-                    Some(Command::Quit) | None => { self.stop(Some(&j)).await?; return Ok(Next::Quit); }
+                    Some(Command::Quit) | None => { self.stop(Some(&j), false).await?; return Ok(Next::Quit); }
+                    Some(Command::Handover) => { self.stop(Some(&j), true).await?; return Ok(Next::Quit); }
                 },
             }
         }
@@ -886,7 +922,8 @@ impl Agent {
     }
 
     /// Leaves cleanly: stops its tunnel, removes its containers, unregisters, forgets the credentials, reports Stopped.
-    async fn stop(&mut self, j: Option<&Joined>) -> anyhow::Result<()> {
+    /// A `handover` stops the containers instead, for the next process to adopt, and stays registered.
+    async fn stop(&mut self, j: Option<&Joined>, handover: bool) -> anyhow::Result<()> {
         if let Some(d) = self.dht.get() {
             d.withdraw().await;
             d.shutdown().await;
@@ -895,12 +932,14 @@ impl Agent {
             t.stop().await;
         }
         self.gateway = None;
-        if let Some(engine) = self.engine.as_mut()
+        if handover {
+            self.pause_containers().await;
+        } else if let Some(engine) = self.engine.as_mut()
             && let Err(e) = engine.remove_all().await
         {
             tracing::warn!(error = %e, "could not remove the containers");
         }
-        if let Some(j) = j {
+        if let Some(j) = j.filter(|_| !handover) {
             match self
                 .client
                 .unregister(

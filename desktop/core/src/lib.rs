@@ -10,6 +10,7 @@
 //! - [`agent`]: joining, heartbeats, pause and resume, failover, quitting; its state on a watch channel.
 //! - [`control`]: the local control API on a unix socket.
 //! - [`gateway`]: the local reverse proxy in front of the containers; [`tunnel`]: how the world reaches it.
+//! - [`update`]: signed self-updates: check the feed, verify, swap, trial run, rollback.
 #![deny(missing_docs)]
 
 pub mod agent;
@@ -24,3 +25,4 @@ pub mod idle;
 pub mod schedule;
 pub mod settings;
 pub mod tunnel;
+pub mod update;

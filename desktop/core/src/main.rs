@@ -12,10 +12,23 @@ use commons_agent::control;
 use commons_agent::credentials::{CredentialStore, FileStore, KeyringStore};
 use commons_agent::hardware;
 use commons_agent::settings::Settings;
+use commons_agent::update;
+
+/// This build's version: the package's, unless a release build sets `COMMONS_BUILD_VERSION`.
+const VERSION: &str = match option_env!("COMMONS_BUILD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+/// The release key updates must be signed with: the project's, unless a build sets `COMMONS_RELEASE_KEY` (the
+/// public key's text) — a fork's own key, or a test's.
+const RELEASE_KEY: &str = match option_env!("COMMONS_RELEASE_KEY") {
+    Some(k) => k,
+    None => commons_shared::release::PROJECT_KEY,
+};
 
 /// The Commons volunteer agent (headless).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
     /// Settings file [default: $XDG_CONFIG_HOME/commons/agent.toml].
     #[arg(long, global = true, env = "COMMONS_AGENT_CONFIG")]
@@ -191,8 +204,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let probe: Arc<dyn hardware::GpuProbe> = Arc::from(hardware::default_probe());
+            if let Some(report) = std::env::var_os(update::TRIAL_ENV) {
+                return trial(s, creds, probe, PathBuf::from(report)).await;
+            }
+            if let Some(from) = std::env::var_os(update::UPDATED_FROM_ENV) {
+                tracing::warn!(from = %from.to_string_lossy(), to = %VERSION, "updated");
+            }
             let socket = s.control_socket();
-            let mut handle = agent::start(s, creds, probe);
+            let updater = s.update_check.then(|| updater(&s)).transpose()?;
+            let (deadline, interval) = (
+                std::time::Duration::from_secs(s.update_deadline_secs),
+                std::time::Duration::from_secs(s.update_interval_secs),
+            );
+            let options = agent::Options {
+                version: VERSION.into(),
+                ..Default::default()
+            };
+            let mut handle = agent::start_with(s, creds, probe, options);
             if let Some(rx) = handle.take_progress() {
                 tokio::spawn(pull_bars(rx));
             }
@@ -209,6 +237,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 commons_server::shutdown_signal().await;
                 let _ = commands.send(Command::Quit).await;
             });
+            let staged = Arc::new(parking_lot::Mutex::new(None));
+            if let Some(u) = updater.clone() {
+                tokio::spawn(check_for_updates(
+                    u,
+                    handle.state.clone(),
+                    handle.session.clone(),
+                    handle.commands(),
+                    staged.clone(),
+                    interval,
+                ));
+            }
             let mut last = State::Stopped;
             loop {
                 let state = handle.state.borrow().clone();
@@ -223,9 +262,115 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     break;
                 }
             }
-            handle.join().await
+            handle.join().await?;
+            let (Some(u), Some(new)) = (updater, staged.lock().take()) else {
+                return Ok(());
+            };
+            // The agent has handed over: install, try the new version, and become it (or the old one again).
+            drop(_control);
+            let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+            let from = match u.install(new, &args, deadline).await {
+                Ok(()) => Some(VERSION),
+                Err(_) => None,
+            };
+            Err(update::exec(u.exe(), &args, from).into())
         }
     }
+}
+
+fn updater(s: &Settings) -> anyhow::Result<update::Updater> {
+    let exe = std::env::current_exe()
+        .map_err(|e| anyhow::anyhow!("cannot tell where this binary is, to update it: {e}"))?;
+    Ok(update::Updater::new(
+        update::Build {
+            product: "agent",
+            version: VERSION.into(),
+            key: RELEASE_KEY.into(),
+        },
+        &s.update_channel,
+        exe,
+        s.update_state_path(),
+    ))
+}
+
+/// Checks for an update once the agent is heard by its coordinator, then every `interval`; a verified download is
+/// left in `staged` and the agent told to hand over.
+async fn check_for_updates(
+    u: update::Updater,
+    mut state: tokio::sync::watch::Receiver<State>,
+    session: tokio::sync::watch::Receiver<agent::Session>,
+    commands: tokio::sync::mpsc::Sender<Command>,
+    staged: Arc<parking_lot::Mutex<Option<update::Staged>>>,
+    interval: std::time::Duration,
+) {
+    loop {
+        if state
+            .wait_for(|s| matches!(s, State::Active | State::Paused))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let coordinator = session.borrow().coordinator_url.clone();
+        match u.check(&coordinator).await {
+            Ok(Some(feed)) => {
+                let info = feed.latest.clone().unwrap_or_else(|| unreachable!());
+                tracing::warn!(version = %info.version, notes = %info.notes, "an update is available");
+                let ready = match u.writable(&feed) {
+                    Ok(()) => u.download(&coordinator, &info).await,
+                    Err(e) => Err(e),
+                };
+                match ready {
+                    Ok(new) => {
+                        tracing::warn!(version = %info.version, "update verified; handing over");
+                        *staged.lock() = Some(new);
+                        let _ = commands.send(Command::Handover).await;
+                        return;
+                    }
+                    Err(e) => tracing::warn!("{e}; {VERSION} keeps running"),
+                }
+            }
+            Ok(None) => tracing::debug!("no update"),
+            Err(e) => tracing::warn!("{e}; {VERSION} keeps running"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// An update's trial: start as the new version, paused and without containers, DHT or tunnel; once the coordinator
+/// has heard this worker, report healthy and hand back (still registered) for the real start.
+async fn trial(
+    mut s: Settings,
+    creds: Arc<dyn CredentialStore>,
+    probe: Arc<dyn hardware::GpuProbe>,
+    report: PathBuf,
+) -> anyhow::Result<()> {
+    s.containers = false;
+    s.dht = false;
+    s.tunnel = "none".into();
+    let options = agent::Options {
+        version: VERSION.into(),
+        paused: true,
+    };
+    let mut handle = agent::start_with(s, creds, probe, options);
+    let state = handle
+        .wait_for(std::time::Duration::from_secs(3600), |s| {
+            matches!(s, State::Active | State::Paused | State::Error(_))
+        })
+        .await;
+    if let Some(State::Error(e)) = state {
+        anyhow::bail!("the trial run failed: {e}");
+    }
+    let worker_id = handle.session.borrow().worker_id.clone();
+    update::report_trial(
+        &report,
+        &update::TrialReport {
+            version: VERSION.into(),
+            worker_id,
+        },
+    )?;
+    handle.send(Command::Handover).await;
+    handle.join().await
 }
 
 /// One progress bar per image layer while images are pulled (drawn on a terminal only).

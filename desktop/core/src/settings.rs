@@ -81,6 +81,16 @@ pub struct Settings {
     pub dht_join_wait_ms: u64,
     /// Where the seed list is cached, so a restart asks the edge nothing [default: next to the settings file].
     pub dht_seed_cache: Option<PathBuf>,
+    /// Check for signed updates at start and every `update_interval_secs`, and install them.
+    pub update_check: bool,
+    /// The update channel: "stable" or "beta" (beta also gets stable releases).
+    pub update_channel: String,
+    /// Seconds between update checks (at least 60; 6 hours by default).
+    pub update_interval_secs: u64,
+    /// A new version must start and be heard by the coordinator within this many seconds, else it is rolled back.
+    pub update_deadline_secs: u64,
+    /// Where the updater keeps its state (versions marked bad) [default: the cache dir].
+    pub update_state: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -119,6 +129,11 @@ impl Default for Settings {
             dht_stagger_ms: 2000,
             dht_join_wait_ms: 3000,
             dht_seed_cache: None,
+            update_check: true,
+            update_channel: "stable".into(),
+            update_interval_secs: 6 * 3600,
+            update_deadline_secs: 120,
+            update_state: None,
         }
     }
 }
@@ -198,6 +213,27 @@ impl Settings {
                 key: "dht_refresh_secs",
                 message: "dht_refresh_secs must be from 1 to 1800, dht_stagger_ms and dht_join_wait_ms at most 60000"
                     .into(),
+            });
+        }
+        if !commons_shared::release::CHANNELS.contains(&self.update_channel.as_str()) {
+            return Err(SettingsError::Invalid {
+                key: "update_channel",
+                message: format!("must be stable or beta, got {:?}", self.update_channel),
+            });
+        }
+        if !(60..=30 * 86_400).contains(&self.update_interval_secs) {
+            return Err(SettingsError::Invalid {
+                key: "update_interval_secs",
+                message: format!(
+                    "must be from 60 to 2592000 (30 days), got {}",
+                    self.update_interval_secs
+                ),
+            });
+        }
+        if !(5..=3600).contains(&self.update_deadline_secs) {
+            return Err(SettingsError::Invalid {
+                key: "update_deadline_secs",
+                message: format!("must be from 5 to 3600, got {}", self.update_deadline_secs),
             });
         }
         if let Some(u) = &self.coordinator_url {
@@ -328,6 +364,16 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from("."))
                 .join("commons")
                 .join(format!("dht-seeds-{}.json", self.instance))
+        })
+    }
+
+    /// Where the updater keeps its state (versions marked bad, a trial's report).
+    pub fn update_state_path(&self) -> PathBuf {
+        self.update_state.clone().unwrap_or_else(|| {
+            dirs::cache_dir()
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join("commons")
+                .join(format!("update-{}.json", self.instance))
         })
     }
 

@@ -1,0 +1,412 @@
+//! Signed self-updates with rollback.
+//!
+//! 1. [`Updater::check`] asks the joined coordinator's feed for the newest release on the channel. A version that
+//!    is not newer is a downgrade and refused; a version marked bad (it failed its trial before) is skipped.
+//! 2. [`Updater::download`] checks the signature's key and file name first, then streams the artifact next to the
+//!    running binary while hashing it: the SHA-256 must be the feed's and the minisign signature must verify
+//!    against the key compiled into this build. Anything else is refused and the running version keeps running.
+//! 3. The caller stops the agent for a handover ([`crate::agent::Command::Handover`]: containers stopped, still
+//!    registered), then [`Updater::install`] swaps the binary (the old one kept as `<exe>.previous`) and runs the
+//!    new one as a *trial* ([`TRIAL_ENV`]): it must start, resume as this worker, be heard by the coordinator and
+//!    report the expected version within the deadline. Then the caller execs it; if not, the old binary is put
+//!    back, the version is marked bad, and the caller execs the old one again.
+//!
+//! A binary the user cannot replace (a system package in /usr/bin) is not touched: the updater says so and names
+//! the package to install instead.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use commons_shared::release::{self, ReleaseInfo, Refusal, UpdateFeed, Verifier};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Set on a trial run of a new version: the file to report to.
+pub const TRIAL_ENV: &str = "COMMONS_UPDATE_TRIAL";
+/// Set on the first run after an update: the version it replaced.
+pub const UPDATED_FROM_ENV: &str = "COMMONS_UPDATED_FROM";
+
+/// What this build is and whom it trusts.
+#[derive(Debug, Clone)]
+pub struct Build {
+    /// `agent` or `desktop`.
+    pub product: &'static str,
+    /// This build's version.
+    pub version: String,
+    /// The release public key (minisign) compiled into this build.
+    pub key: String,
+}
+
+/// Why an update did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The artifact or the offer was refused.
+    #[error("update {version} refused: {why}")]
+    Refused {
+        /// The offered version.
+        version: String,
+        /// Why.
+        why: Refusal,
+    },
+    /// The binary is not ours to replace.
+    #[error("{exe} cannot replace itself (installed by the system package manager: {why}); {hint}")]
+    NotWritable {
+        /// The binary.
+        exe: String,
+        /// The error.
+        why: String,
+        /// What to do.
+        hint: String,
+    },
+    /// The new version did not prove healthy; it was rolled back and marked bad.
+    #[error("{version} did not start properly ({why}); rolled back to {previous} and marked {version} bad")]
+    RolledBack {
+        /// The version tried.
+        version: String,
+        /// The version restored.
+        previous: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// The feed or the download failed.
+    #[error("update check failed: {0}")]
+    Fetch(String),
+    /// Reading or writing a file failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> UpdateError {
+    let what = what.to_string();
+    move |e| UpdateError::Io(format!("{what}: {e}"))
+}
+
+/// The updater's own record: versions that failed their trial, and what the last trial reported.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Record {
+    #[serde(default)]
+    bad: Vec<String>,
+}
+
+/// A trial run's report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrialReport {
+    /// The version that started.
+    pub version: String,
+    /// The worker it resumed as.
+    pub worker_id: String,
+}
+
+/// A verified artifact, ready to install.
+#[derive(Debug)]
+pub struct Staged {
+    /// What it is.
+    pub info: ReleaseInfo,
+    file: tempfile::TempPath,
+}
+
+/// Checks, downloads, verifies and installs updates of one binary.
+#[derive(Debug, Clone)]
+pub struct Updater {
+    build: Build,
+    channel: String,
+    exe: PathBuf,
+    state: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Updater {
+    /// An updater for `exe` (the running binary) on `channel`, keeping its record at `state`.
+    pub fn new(build: Build, channel: &str, exe: PathBuf, state: PathBuf) -> Self {
+        Self {
+            build,
+            channel: channel.to_owned(),
+            exe,
+            state,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// This build.
+    pub fn build(&self) -> &Build {
+        &self.build
+    }
+
+    /// The binary it replaces.
+    pub fn exe(&self) -> &Path {
+        &self.exe
+    }
+
+    fn record(&self) -> Record {
+        std::fs::read(&self.state)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn mark_bad(&self, version: &str) {
+        let mut r = self.record();
+        if !r.bad.iter().any(|v| v == version) {
+            r.bad.push(version.to_owned());
+        }
+        let write = || -> std::io::Result<()> {
+            if let Some(d) = self.state.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            std::fs::write(&self.state, serde_json::to_vec_pretty(&r)?)
+        };
+        if let Err(e) = write() {
+            tracing::error!(error = %e, file = %self.state.display(), "cannot record the bad version");
+        }
+    }
+
+    /// Whether `version` failed a trial here before.
+    pub fn is_bad(&self, version: &str) -> bool {
+        self.record().bad.iter().any(|v| v == version)
+    }
+
+    /// The feed for this build at `coordinator`.
+    pub async fn feed(&self, coordinator: &str) -> Result<UpdateFeed, UpdateError> {
+        let url = format!(
+            "{}/api/updates/{}/{}/{}",
+            coordinator.trim_end_matches('/'),
+            self.build.product,
+            self.channel,
+            release::this_platform()
+        );
+        let res = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| UpdateError::Fetch(format!("{url}: {e}")))?;
+        if !res.status().is_success() {
+            return Err(UpdateError::Fetch(format!("{url}: HTTP {}", res.status())));
+        }
+        res.json()
+            .await
+            .map_err(|e| UpdateError::Fetch(format!("{url}: {e}")))
+    }
+
+    /// The release to install, if the feed offers a newer one that has not failed here before.
+    pub async fn check(&self, coordinator: &str) -> Result<Option<UpdateFeed>, UpdateError> {
+        let feed = self.feed(coordinator).await?;
+        let Some(latest) = &feed.latest else {
+            return Ok(None);
+        };
+        let refused = |why| UpdateError::Refused {
+            version: latest.version.clone(),
+            why,
+        };
+        if !release::is_newer(&latest.version, &self.build.version).map_err(refused)? {
+            return Ok(None);
+        }
+        if self.is_bad(&latest.version) {
+            tracing::debug!(version = %latest.version, "skipping a version marked bad");
+            return Ok(None);
+        }
+        Ok(Some(feed))
+    }
+
+    /// Whether the binary can be replaced: a file can be created beside it.
+    pub fn writable(&self, feed: &UpdateFeed) -> Result<(), UpdateError> {
+        let dir = self.exe.parent().unwrap_or(Path::new("."));
+        match tempfile::NamedTempFile::new_in(dir) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(UpdateError::NotWritable {
+                exe: self.exe.display().to_string(),
+                why: e.to_string(),
+                hint: match &feed.package {
+                    Some(p) => format!(
+                        "install the new package instead: {} (sha256 {})",
+                        p.url, p.sha256
+                    ),
+                    None => "update it with the system package manager".into(),
+                },
+            }),
+        }
+    }
+
+    /// Downloads `info` from `coordinator` beside the binary and verifies it (key and name, size, SHA-256,
+    /// signature). Nothing is installed.
+    pub async fn download(
+        &self,
+        coordinator: &str,
+        info: &ReleaseInfo,
+    ) -> Result<Staged, UpdateError> {
+        let refused = |why| UpdateError::Refused {
+            version: info.version.clone(),
+            why,
+        };
+        let name = release::artifact_name(self.build.product, &info.version, &release::this_platform());
+        let verifier = Verifier::new(&self.build.key, &info.signature, &name).map_err(refused)?;
+        let mut stream_check = verifier.stream().map_err(refused)?;
+        if info.size_bytes > release::MAX_ARTIFACT_BYTES || !info.url.starts_with('/') {
+            return Err(UpdateError::Fetch(format!(
+                "the feed's entry for {} is not usable (size {}, url {:?})",
+                info.version, info.size_bytes, info.url
+            )));
+        }
+        let dir = self.exe.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".commons-update-")
+            .tempfile_in(dir)
+            .map_err(io_err(format!("cannot write into {}", dir.display())))?;
+        let url = format!("{}{}", coordinator.trim_end_matches('/'), info.url);
+        let res = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| UpdateError::Fetch(format!("{url}: {e}")))?;
+        let mut body = res.bytes_stream();
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| UpdateError::Fetch(format!("{url}: {e}")))?;
+            size += chunk.len() as u64;
+            if size > info.size_bytes {
+                break;
+            }
+            hasher.update(&chunk);
+            stream_check.update(&chunk);
+            tmp.write_all(&chunk)
+                .map_err(io_err("cannot write the download"))?;
+        }
+        let actual = hex::encode(hasher.finalize());
+        if size != info.size_bytes || !actual.eq_ignore_ascii_case(&info.sha256) {
+            return Err(refused(Refusal::Checksum {
+                expected: format!("{} ({} bytes)", info.sha256, info.size_bytes),
+                actual: format!("{actual} ({size} bytes)"),
+            }));
+        }
+        stream_check
+            .finalize()
+            .map_err(|_| refused(Refusal::Tampered))?;
+        tmp.flush().map_err(io_err("cannot write the download"))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
+                .map_err(io_err("cannot make the download executable"))?;
+        }
+        Ok(Staged {
+            info: info.clone(),
+            file: tmp.into_temp_path(),
+        })
+    }
+
+    /// The previous binary, kept until the next update.
+    pub fn backup_path(&self) -> PathBuf {
+        let mut p = self.exe.clone().into_os_string();
+        p.push(".previous");
+        PathBuf::from(p)
+    }
+
+    /// Swaps in `staged` and runs it as a trial with `args` (the running process's, without the program name).
+    /// `Ok` when it proved healthy (the caller then execs the binary); otherwise the old binary is back in place,
+    /// the version is marked bad, and the error says why.
+    pub async fn install(
+        &self,
+        staged: Staged,
+        args: &[std::ffi::OsString],
+        deadline: Duration,
+    ) -> Result<(), UpdateError> {
+        let version = staged.info.version.clone();
+        let backup = self.backup_path();
+        let _ = std::fs::remove_file(&backup);
+        std::fs::hard_link(&self.exe, &backup)
+            .or_else(|_| std::fs::copy(&self.exe, &backup).map(|_| ()))
+            .map_err(io_err(format!("cannot keep the old binary as {}", backup.display())))?;
+        staged
+            .file
+            .persist(&self.exe)
+            .map_err(|e| UpdateError::Io(format!("cannot swap in the new binary: {}", e.error)))?;
+        tracing::warn!(from = %self.build.version, to = %version, "installed; trying the new version");
+        match self.trial(args, deadline, &version).await {
+            Ok(report) => {
+                tracing::warn!(version = %report.version, worker = %report.worker_id, "the new version is healthy");
+                Ok(())
+            }
+            Err(why) => {
+                let restored = std::fs::rename(&backup, &self.exe);
+                self.mark_bad(&version);
+                let e = UpdateError::RolledBack {
+                    version,
+                    previous: self.build.version.clone(),
+                    why: match restored {
+                        Ok(()) => why,
+                        Err(e) => format!("{why}; and the old binary could not be restored: {e}"),
+                    },
+                };
+                tracing::error!("{e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs the installed binary as a trial and waits for its report.
+    async fn trial(
+        &self,
+        args: &[std::ffi::OsString],
+        deadline: Duration,
+        expected: &str,
+    ) -> Result<TrialReport, String> {
+        let report = tempfile::NamedTempFile::new()
+            .map_err(|e| format!("cannot create the trial's report file: {e}"))?
+            .into_temp_path();
+        let mut child = tokio::process::Command::new(&self.exe)
+            .args(args)
+            .env(TRIAL_ENV, &*report)
+            .env_remove(UPDATED_FROM_ENV)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("it cannot be started: {e}"))?;
+        let status = match tokio::time::timeout(deadline, child.wait()).await {
+            Ok(s) => s.map_err(|e| e.to_string())?,
+            Err(_) => {
+                let _ = child.kill().await;
+                return Err(format!(
+                    "not healthy within {} s",
+                    deadline.as_secs()
+                ));
+            }
+        };
+        if !status.success() {
+            return Err(format!("it exited with {status}"));
+        }
+        let r: TrialReport = std::fs::read(&report)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or("it exited without reporting healthy")?;
+        if r.version != expected {
+            return Err(format!("it reports version {} instead of {expected}", r.version));
+        }
+        Ok(r)
+    }
+}
+
+/// Writes a trial's report (the new version is running and the coordinator heard it).
+pub fn report_trial(path: &Path, report: &TrialReport) -> std::io::Result<()> {
+    std::fs::write(path, serde_json::to_vec(report)?)
+}
+
+/// Replaces this process with `exe` run with `args`: the new version after an update (`updated_from` is the
+/// version it replaces), or the old one again after a rollback. Returns only on failure.
+#[cfg(unix)]
+pub fn exec(exe: &Path, args: &[std::ffi::OsString], updated_from: Option<&str>) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let mut c = std::process::Command::new(exe);
+    c.args(args).env_remove(TRIAL_ENV).env_remove(UPDATED_FROM_ENV);
+    if let Some(v) = updated_from {
+        c.env(UPDATED_FROM_ENV, v);
+    }
+    c.exec()
+}
