@@ -23,6 +23,9 @@ pub enum AppError {
     /// The settings file could not be read or written.
     #[error("{0}")]
     Settings(String),
+    /// An update could not be finished.
+    #[error("{0}")]
+    Update(String),
 }
 
 /// What the tray and the window show.
@@ -56,6 +59,56 @@ pub struct Status {
     pub uptime_secs: Option<u64>,
     /// Seconds donated in all (active, not paused), over every run.
     pub donated_secs: u64,
+    /// This app's version and where its update stands.
+    #[serde(default)]
+    pub update: UpdateView,
+}
+
+/// Where an update of the app stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdatePhase {
+    /// Nothing newer (or not checked yet).
+    #[default]
+    UpToDate,
+    /// A newer version is offered; it is being fetched and checked.
+    Updating,
+    /// Verified and waiting: restarting the app finishes the update.
+    Restart,
+    /// Installed by the system package manager: the new package has to be installed instead.
+    Package,
+    /// The last attempt failed (refused, or rolled back); the running version keeps running.
+    Failed,
+}
+
+/// The app's update, for the tray and the window.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateView {
+    /// The running version.
+    pub running: String,
+    /// Where it stands.
+    pub phase: UpdatePhase,
+    /// The version offered, if any.
+    pub version: Option<String>,
+    /// Release notes, the package's URL, or what went wrong.
+    pub detail: Option<String>,
+}
+
+impl UpdateView {
+    /// The tray's update entry: its text, and whether clicking it does something.
+    pub fn tray_entry(&self) -> (String, bool) {
+        let v = self.version.as_deref().unwrap_or("");
+        match self.phase {
+            UpdatePhase::UpToDate => (format!("Commons {}: up to date", self.running), false),
+            UpdatePhase::Updating => (format!("Update available: {v} (updating…)"), false),
+            UpdatePhase::Restart => (format!("Restart to finish the update to {v}"), true),
+            UpdatePhase::Package => (format!("Update available: install the {v} package"), true),
+            UpdatePhase::Failed => (
+                format!("Update to {v} failed: {} keeps running", self.running),
+                false,
+            ),
+        }
+    }
 }
 
 /// One assigned container in the window.

@@ -29,7 +29,11 @@ fn fixtures() -> PathBuf {
 
 fn coordinator_bin() -> PathBuf {
     let bin = target("debug").join("commons-coordinator");
-    assert!(bin.is_file(), "{} is missing: cargo build -p commons-coordinator", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: cargo build -p commons-coordinator",
+        bin.display()
+    );
     bin
 }
 
@@ -44,7 +48,11 @@ fn sign(file: &Path, key: &Path) {
         .stdin(Stdio::null())
         .output()
         .expect("minisign is installed (apt install minisign)");
-    assert!(out.status.success(), "minisign: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "minisign: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A signed artifact for `version`: `bytes` under the name the signature must carry, in `dir`.
@@ -60,7 +68,14 @@ fn release_add(releases: &Path, file: &Path, version: &str, key: &Path) -> std::
     std::process::Command::new(coordinator_bin())
         .args(["release", "add"])
         .arg(file)
-        .args(["--version", version, "--channel", "stable", "--platform", PLATFORM])
+        .args([
+            "--version",
+            version,
+            "--channel",
+            "stable",
+            "--platform",
+            PLATFORM,
+        ])
         .args(["--notes", "test release"])
         .arg("--releases-dir")
         .arg(releases)
@@ -227,7 +242,10 @@ async fn the_agent_updates_itself_to_a_signed_release_restarts_and_reports_it() 
         .arg("--version")
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&previous.stdout).trim(), "commons-agent 0.1.0");
+    assert_eq!(
+        String::from_utf8_lossy(&previous.stdout).trim(),
+        "commons-agent 0.1.0"
+    );
 }
 
 /// Starts `running` against a feed prepared by `prepare`, waits for `refusal` in its log, and checks that nothing
@@ -260,46 +278,59 @@ fn edit_sidecar(releases: &Path, version: &str, f: impl FnOnce(&mut Value)) {
 #[tokio::test]
 async fn an_artifact_signed_with_another_key_is_refused_by_the_coordinator_and_the_agent() {
     let fx = fixtures();
-    refused("0.1.0", "signature was made with another key", |releases, work| {
-        let other = (work.join("other.pub"), work.join("other.key"));
-        let out = std::process::Command::new("minisign")
-            .args(["-G", "-W", "-p"])
-            .arg(&other.0)
-            .arg("-s")
-            .arg(&other.1)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let file = artifact(work, "0.1.1", b"#!/bin/sh\nexit 0\n", &other.1);
-        // A coordinator that trusts the release key refuses it and publishes nothing...
-        let out = release_add(releases, &file, "0.1.1", &fx.join("test-release.pub"));
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("another key"), "{err}");
-        assert!(!sidecar(releases, "0.1.1").exists());
-        // ...one that was made to trust another key publishes it, and the agent, which carries its own key, refuses.
-        publish(releases, &file, "0.1.1", &other.0);
-    })
+    refused(
+        "0.1.0",
+        "signature was made with another key",
+        |releases, work| {
+            let other = (work.join("other.pub"), work.join("other.key"));
+            let out = std::process::Command::new("minisign")
+                .args(["-G", "-W", "-p"])
+                .arg(&other.0)
+                .arg("-s")
+                .arg(&other.1)
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            let file = artifact(work, "0.1.1", b"#!/bin/sh\nexit 0\n", &other.1);
+            // A coordinator that trusts the release key refuses it and publishes nothing...
+            let out = release_add(releases, &file, "0.1.1", &fx.join("test-release.pub"));
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("another key"), "{err}");
+            assert!(!sidecar(releases, "0.1.1").exists());
+            // ...one that was made to trust another key publishes it, and the agent, which carries its own key, refuses.
+            publish(releases, &file, "0.1.1", &other.0);
+        },
+    )
     .await;
 }
 
 #[tokio::test]
 async fn a_tampered_artifact_is_refused() {
     let fx = fixtures();
-    refused("0.1.0", "does not match the file (tampered", |releases, work| {
-        let file = artifact(work, "0.1.1", b"#!/bin/sh\nexit 0\n", &fx.join("test-release.key"));
-        publish(releases, &file, "0.1.1", &fx.join("test-release.pub"));
-        // One byte changed on the server, and the checksum in the feed updated to match: only the signature can tell.
-        let stored = releases.join(format!("commons-agent-0.1.1-{PLATFORM}"));
-        let mut bytes = std::fs::read(&stored).unwrap();
-        bytes[10] ^= 1;
-        std::fs::write(&stored, &bytes).unwrap();
-        let sha = {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(&bytes))
-        };
-        edit_sidecar(releases, "0.1.1", |v| v["sha256"] = sha.into());
-    })
+    refused(
+        "0.1.0",
+        "does not match the file (tampered",
+        |releases, work| {
+            let file = artifact(
+                work,
+                "0.1.1",
+                b"#!/bin/sh\nexit 0\n",
+                &fx.join("test-release.key"),
+            );
+            publish(releases, &file, "0.1.1", &fx.join("test-release.pub"));
+            // One byte changed on the server, and the checksum in the feed updated to match: only the signature can tell.
+            let stored = releases.join(format!("commons-agent-0.1.1-{PLATFORM}"));
+            let mut bytes = std::fs::read(&stored).unwrap();
+            bytes[10] ^= 1;
+            std::fs::write(&stored, &bytes).unwrap();
+            let sha = {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(&bytes))
+            };
+            edit_sidecar(releases, "0.1.1", |v| v["sha256"] = sha.into());
+        },
+    )
     .await;
 }
 
@@ -307,7 +338,12 @@ async fn a_tampered_artifact_is_refused() {
 async fn a_wrong_checksum_is_refused() {
     let fx = fixtures();
     refused("0.1.0", "checksum mismatch", |releases, work| {
-        let file = artifact(work, "0.1.1", b"#!/bin/sh\nexit 0\n", &fx.join("test-release.key"));
+        let file = artifact(
+            work,
+            "0.1.1",
+            b"#!/bin/sh\nexit 0\n",
+            &fx.join("test-release.key"),
+        );
         publish(releases, &file, "0.1.1", &fx.join("test-release.pub"));
         edit_sidecar(releases, "0.1.1", |v| v["sha256"] = "ab".repeat(32).into());
     })
@@ -346,7 +382,10 @@ async fn a_new_version_that_crashes_at_start_is_rolled_back_and_marked_bad() {
     let log = v
         .wait_log("rolled back to 0.1.0 and marked 0.1.2 bad")
         .await;
-    assert!(log.contains("broken build"), "the trial ran the new binary: {log}");
+    assert!(
+        log.contains("broken build"),
+        "the trial ran the new binary: {log}"
+    );
     assert!(log.contains("exit status: 3"), "{log}");
     // The old binary is back, running in the same process, heard by the coordinator.
     assert_eq!(v.installed_version(), "commons-agent 0.1.0");
@@ -358,5 +397,10 @@ async fn a_new_version_that_crashes_at_start_is_rolled_back_and_marked_bad() {
     // After the restart the bad version is not tried again.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(v.still_running(), "{}", v.log());
-    assert_eq!(v.log().matches("trying the new version").count(), 1, "{}", v.log());
+    assert_eq!(
+        v.log().matches("trying the new version").count(),
+        1,
+        "{}",
+        v.log()
+    );
 }

@@ -289,7 +289,13 @@ fn update_fixtures() -> anyhow::Result<()> {
     let build = |env: &[(&str, &str)]| {
         run(Command::new(&cargo)
             .current_dir(&root)
-            .args(["build", "--package", "commons-agent", "--bin", "commons-agent"])
+            .args([
+                "build",
+                "--package",
+                "commons-agent",
+                "--bin",
+                "commons-agent",
+            ])
             .envs(env.iter().copied()))
     };
     for version in ["0.1.0", "0.1.1"] {
@@ -299,7 +305,8 @@ fn update_fixtures() -> anyhow::Result<()> {
         ])?;
         let to = out.join(format!("commons-agent-{version}"));
         std::fs::copy(target_dir.join("debug/commons-agent"), &to)?;
-        run(Command::new("strip").arg("--strip-debug").arg(&to)).context("strip (binutils) is needed")?;
+        run(Command::new("strip").arg("--strip-debug").arg(&to))
+            .context("strip (binutils) is needed")?;
     }
     // Leave the ordinary build in place for the tests that run it.
     build(&[])?;

@@ -91,3 +91,9 @@ fn launcher<R: tauri::Runtime>(
     app.try_state::<tauri_plugin_autostart::AutoLaunchManager>()
         .ok_or_else(|| AppError::Settings("starting at login is not available here".into()))
 }
+
+/// Finishes a verified update: the app restarts as the new version (see `Donor::restart_to_update`).
+#[tauri::command]
+pub async fn restart_to_update(donor: State<'_, Arc<Donor>>) -> Result<(), AppError> {
+    donor.restart_to_update().await
+}

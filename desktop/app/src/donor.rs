@@ -10,7 +10,10 @@ use commons_agent::agent::{self, AgentHandle, Command, ContainerView, State};
 use commons_agent::credentials::CredentialStore;
 use commons_agent::hardware::{self, Detected, GpuProbe};
 use commons_agent::settings::Settings;
-pub use commons_shared::desktop::{AppError, ContainerRow, Hardware, Limits, Status};
+use commons_agent::update::{Staged, UpdateError, Updater};
+pub use commons_shared::desktop::{
+    AppError, ContainerRow, Hardware, Limits, Status, UpdatePhase, UpdateView,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 
@@ -158,6 +161,11 @@ pub struct Donor {
     pulls: Arc<std::sync::Mutex<Pulls>>,
     started: std::sync::Mutex<Option<Instant>>,
     clock: Arc<Clock>,
+    /// Self-updates, unless switched off.
+    updater: Option<Updater>,
+    update: watch::Sender<UpdateView>,
+    /// A verified update, waiting for a restart.
+    staged: std::sync::Mutex<Option<Staged>>,
 }
 
 impl std::fmt::Debug for Donor {
@@ -189,7 +197,129 @@ impl Donor {
             resume_timer: Mutex::new(None),
             paused_until: std::sync::Mutex::new(None),
             state: watch::channel(State::Stopped).0,
+            updater: None,
+            update: watch::channel(UpdateView {
+                running: env!("CARGO_PKG_VERSION").into(),
+                ..Default::default()
+            })
+            .0,
+            staged: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Updates the app itself with `u` (see [`commons_agent::update`]).
+    pub fn with_updater(mut self, u: Updater) -> Self {
+        self.update
+            .send_modify(|v| v.running = u.build().version.clone());
+        self.updater = Some(u);
+        self
+    }
+
+    /// Where the update stands, to follow.
+    pub fn watch_update(&self) -> watch::Receiver<UpdateView> {
+        self.update.subscribe()
+    }
+
+    fn set_update(&self, phase: UpdatePhase, version: Option<String>, detail: Option<String>) {
+        self.update.send_modify(|v| {
+            v.phase = phase;
+            v.version = version;
+            v.detail = detail;
+        });
+    }
+
+    /// Asks the coordinator donated to for a newer version; fetches and verifies it, ready for a restart. A binary
+    /// the volunteer cannot replace (the .deb's) gets the package's address instead.
+    pub async fn check_update(&self) {
+        let Some(u) = &self.updater else {
+            return;
+        };
+        let Some(coordinator) = self.status().await.coordinator_url else {
+            return;
+        };
+        let feed = match u.check(&coordinator).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!("{e}; {} keeps running", u.build().version);
+                if let UpdateError::Refused { version, .. } = &e {
+                    self.set_update(
+                        UpdatePhase::Failed,
+                        Some(version.clone()),
+                        Some(e.to_string()),
+                    );
+                }
+                return;
+            }
+        };
+        let Some(info) = feed.latest.clone() else {
+            return;
+        };
+        let ready = self
+            .staged
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .is_some_and(|s| s.info.version == info.version);
+        if ready {
+            return;
+        }
+        self.set_update(
+            UpdatePhase::Updating,
+            Some(info.version.clone()),
+            Some(info.notes.clone()),
+        );
+        if let Err(e) = u.writable(&feed) {
+            tracing::warn!("{e}");
+            let url = feed
+                .package
+                .map(|p| format!("{}{}", coordinator.trim_end_matches('/'), p.url));
+            self.set_update(
+                UpdatePhase::Package,
+                Some(info.version),
+                url.or(Some(e.to_string())),
+            );
+            return;
+        }
+        match u.download(&coordinator, &info).await {
+            Ok(staged) => {
+                tracing::info!(version = %info.version, "update verified; restart to finish");
+                *self.staged.lock().expect("not poisoned") = Some(staged);
+                self.set_update(UpdatePhase::Restart, Some(info.version), Some(info.notes));
+            }
+            Err(e) => {
+                tracing::warn!("{e}; {} keeps running", u.build().version);
+                self.set_update(UpdatePhase::Failed, Some(info.version), Some(e.to_string()));
+            }
+        }
+    }
+
+    /// Finishes a verified update: the agent hands over (containers stopped, still registered), the new binary is
+    /// swapped in and tried, and this process becomes it; if the trial fails, the old binary is restored and
+    /// started again. Returns only when there is no update to finish or the restart itself fails.
+    pub async fn restart_to_update(&self) -> Result<(), AppError> {
+        let (Some(u), Some(staged)) = (
+            &self.updater,
+            self.staged.lock().expect("not poisoned").take(),
+        ) else {
+            return Err(AppError::Update("no update is ready to install".into()));
+        };
+        self.cancel_timer().await;
+        if let Some(handle) = self.agent.lock().await.take() {
+            handle.send(Command::Handover).await;
+            if tokio::time::timeout(Duration::from_secs(20), handle.join())
+                .await
+                .is_err()
+            {
+                tracing::warn!("the agent did not hand over in time");
+            }
+        }
+        let deadline = Duration::from_secs(self.settings().map_or(120, |s| s.update_deadline_secs));
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let from = u.build().version.clone();
+        let updated = u.install(staged, &args, deadline).await.is_ok();
+        let e = commons_agent::update::exec(u.exe(), &args, updated.then_some(from.as_str()));
+        Err(AppError::Update(format!("cannot restart Commons: {e}")))
     }
 
     /// What was detected at start.
@@ -442,6 +572,7 @@ impl Donor {
                 .expect("not poisoned")
                 .map(|t| t.elapsed().as_secs()),
             donated_secs: self.clock.total(),
+            update: self.update.borrow().clone(),
             summary: summary(&state, &offer),
             paused_until: self
                 .paused_until

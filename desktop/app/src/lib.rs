@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use tauri::{AppHandle, Manager, Runtime};
 
+use commons_agent::agent::State;
+use commons_agent::update::Updater;
+
 use crate::donor::Donor;
 
 /// Wires the app: the donor as state, the commands, and the window on first run; on a real `desktop` also the tray,
@@ -52,13 +55,15 @@ pub fn run_app<R: Runtime>(
             commands::set_limits,
             commands::retry,
             commands::autostart,
-            commands::set_autostart
+            commands::set_autostart,
+            commands::restart_to_update
         ])
         .setup(move |app| {
             if desktop {
                 tray::create(app.handle())?;
                 follow_notices(app.handle());
             }
+            check_for_updates(app.state::<Arc<Donor>>().inner().clone());
             // First run (nothing saved yet): show the window with its Start donating button.
             let first_run = app
                 .state::<Arc<Donor>>()
@@ -70,6 +75,28 @@ pub fn run_app<R: Runtime>(
             }
             Ok(())
         })
+}
+
+/// Checks for an update once donating has started, then every `update_interval_secs` (when `update_check` is on).
+fn check_for_updates(donor: Arc<Donor>) {
+    tauri::async_runtime::spawn(async move {
+        let mut state = donor.watch();
+        loop {
+            let Ok(s) = donor.settings() else { return };
+            if !s.update_check {
+                return;
+            }
+            if state
+                .wait_for(|s| matches!(s, State::Active | State::Paused))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            donor.check_update().await;
+            tokio::time::sleep(Duration::from_secs(s.update_interval_secs)).await;
+        }
+    });
 }
 
 /// Tells the volunteer about the important changes (see [`notices`]) as desktop notifications.
@@ -122,13 +149,66 @@ pub fn show_window<R: Runtime>(app: &AppHandle<R>) {
 /// The window's label.
 pub const WINDOW: &str = "main";
 
+/// This build's version: the package's, unless a release build sets `COMMONS_BUILD_VERSION`.
+pub const VERSION: &str = match option_env!("COMMONS_BUILD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+/// The release key updates must be signed with: the project's, unless a build sets `COMMONS_RELEASE_KEY`.
+const RELEASE_KEY: &str = match option_env!("COMMONS_RELEASE_KEY") {
+    Some(k) => k,
+    None => commons_shared::release::PROJECT_KEY,
+};
+
+/// This app's updater, from the saved settings (`None` when `update_check` is off).
+fn updater(s: &commons_agent::settings::Settings) -> anyhow::Result<Option<Updater>> {
+    if !s.update_check {
+        return Ok(None);
+    }
+    let exe = std::env::current_exe()?;
+    Ok(Some(Updater::new(
+        commons_agent::update::Build {
+            product: "desktop",
+            version: VERSION.into(),
+            key: RELEASE_KEY.into(),
+        },
+        &s.update_channel,
+        exe,
+        s.update_state_path()
+            .with_file_name(format!("update-desktop-{}.json", s.instance)),
+    )))
+}
+
+/// An update's trial run of this binary (see [`commons_agent::update::trial`]): the agent core only, no window.
+pub fn trial(report: std::path::PathBuf) -> anyhow::Result<()> {
+    let settings = commons_agent::settings::Settings::load(
+        &commons_agent::settings::Settings::default_path(),
+    )?;
+    let creds: Arc<dyn commons_agent::credentials::CredentialStore> =
+        Arc::new(commons_agent::credentials::KeyringStore::new());
+    let probe = Arc::from(commons_agent::hardware::default_probe());
+    tokio::runtime::Runtime::new()?.block_on(commons_agent::update::trial(
+        settings, creds, probe, VERSION, &report,
+    ))
+}
+
 /// Runs the app until Quit.
 pub fn run() -> anyhow::Result<()> {
     let settings_path = commons_agent::settings::Settings::default_path();
     let creds: Arc<dyn commons_agent::credentials::CredentialStore> =
         Arc::new(commons_agent::credentials::KeyringStore::new());
     let probe = Arc::from(commons_agent::hardware::default_probe());
-    let donor = Arc::new(Donor::new(settings_path, creds, probe));
+    let mut donor = Donor::new(settings_path, creds, probe);
+    match donor
+        .settings()
+        .map_err(anyhow::Error::from)
+        .and_then(|s| updater(&s))
+    {
+        Ok(Some(u)) => donor = donor.with_updater(u),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("no self-updates: {e}"),
+    }
+    let donor = Arc::new(donor);
     let app = run_app(tauri::Builder::default(), donor.clone(), true)
         .build(tauri::tauri_build_context!())
         .map_err(|e| anyhow::anyhow!("cannot start the app: {e}"))?;

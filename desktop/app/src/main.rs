@@ -8,6 +8,16 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // An update's trial run: the new binary proves it starts, without a window (see commons_agent::update).
+    if let Some(report) = std::env::var_os(commons_agent::update::TRIAL_ENV) {
+        return match commons_desktop::trial(report.into()) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("commons: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     match commons_desktop::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

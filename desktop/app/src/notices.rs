@@ -81,6 +81,7 @@ mod tests {
             problem: None,
             uptime_secs: None,
             donated_secs: 0,
+            update: Default::default(),
         }
     }
 

@@ -9,7 +9,7 @@ use tauri::menu::{Menu, MenuEvent, MenuItem, PredefinedMenuItem};
 use tauri::tray::TrayIconBuilder;
 use tauri::{AppHandle, Manager, Runtime};
 
-use crate::donor::{Donor, offer, state_name, summary};
+use crate::donor::{Donor, UpdatePhase, offer, state_name, summary};
 
 /// The menu entries' ids (a desktop shell sends these back as clicks).
 pub mod ids {
@@ -25,6 +25,8 @@ pub mod ids {
     pub const OPEN: &str = "open";
     /// Open the portal in the browser.
     pub const PORTAL: &str = "portal";
+    /// The update: its state, and Restart to finish / install the package.
+    pub const UPDATE: &str = "update";
     /// Quit.
     pub const QUIT: &str = "quit";
 }
@@ -69,6 +71,24 @@ fn on_menu<R: Runtime>(app: &AppHandle<R>, event: MenuEvent) {
                     .or_else(|| donor.settings().ok().map(|s| s.entry_url().to_owned()));
                 if let Some(u) = url {
                     open_url(&format!("{}/", u.trim_end_matches('/')));
+                }
+            });
+        }
+        ids::UPDATE => {
+            tauri::async_runtime::spawn(async move {
+                let view = donor.watch_update().borrow().clone();
+                match view.phase {
+                    UpdatePhase::Restart => {
+                        if let Err(e) = donor.restart_to_update().await {
+                            tracing::warn!(error = %e, "update");
+                        }
+                    }
+                    UpdatePhase::Package => {
+                        if let Some(url) = view.detail.filter(|u| u.starts_with("http")) {
+                            open_url(&url);
+                        }
+                    }
+                    _ => {}
                 }
             });
         }
@@ -119,6 +139,8 @@ pub fn create<R: Runtime>(app: &AppHandle<R>) -> tauri::Result<()> {
     )?;
     let open = MenuItem::with_id(app, ids::OPEN, "Open Commons", true, None::<&str>)?;
     let portal = MenuItem::with_id(app, ids::PORTAL, "Open the portal", true, None::<&str>)?;
+    let (text, enabled) = donor.watch_update().borrow().tray_entry();
+    let update = MenuItem::with_id(app, ids::UPDATE, text, enabled, None::<&str>)?;
     let quit = MenuItem::with_id(app, ids::QUIT, "Quit", true, None::<&str>)?;
     let menu = Menu::with_items(
         app,
@@ -132,6 +154,7 @@ pub fn create<R: Runtime>(app: &AppHandle<R>) -> tauri::Result<()> {
             &open,
             &portal,
             &PredefinedMenuItem::separator(app)?,
+            &update,
             &quit,
         ],
     )?;
@@ -141,6 +164,17 @@ pub fn create<R: Runtime>(app: &AppHandle<R>) -> tauri::Result<()> {
         .menu(&menu)
         .on_menu_event(on_menu)
         .build(app)?;
+    let mut updates = donor.watch_update();
+    tauri::async_runtime::spawn(async move {
+        loop {
+            let (text, enabled) = updates.borrow_and_update().tray_entry();
+            let _ = update.set_text(text);
+            let _ = update.set_enabled(enabled);
+            if updates.changed().await.is_err() {
+                return;
+            }
+        }
+    });
     let offer = offer(donor.detected());
     let mut rx = donor.watch();
     tauri::async_runtime::spawn(async move {

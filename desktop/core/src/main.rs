@@ -205,7 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let probe: Arc<dyn hardware::GpuProbe> = Arc::from(hardware::default_probe());
             if let Some(report) = std::env::var_os(update::TRIAL_ENV) {
-                return trial(s, creds, probe, PathBuf::from(report)).await;
+                return update::trial(s, creds, probe, VERSION, &PathBuf::from(report)).await;
             }
             if let Some(from) = std::env::var_os(update::UPDATED_FROM_ENV) {
                 tracing::warn!(from = %from.to_string_lossy(), to = %VERSION, "updated");
@@ -335,42 +335,6 @@ async fn check_for_updates(
         }
         tokio::time::sleep(interval).await;
     }
-}
-
-/// An update's trial: start as the new version, paused and without containers, DHT or tunnel; once the coordinator
-/// has heard this worker, report healthy and hand back (still registered) for the real start.
-async fn trial(
-    mut s: Settings,
-    creds: Arc<dyn CredentialStore>,
-    probe: Arc<dyn hardware::GpuProbe>,
-    report: PathBuf,
-) -> anyhow::Result<()> {
-    s.containers = false;
-    s.dht = false;
-    s.tunnel = "none".into();
-    let options = agent::Options {
-        version: VERSION.into(),
-        paused: true,
-    };
-    let mut handle = agent::start_with(s, creds, probe, options);
-    let state = handle
-        .wait_for(std::time::Duration::from_secs(3600), |s| {
-            matches!(s, State::Active | State::Paused | State::Error(_))
-        })
-        .await;
-    if let Some(State::Error(e)) = state {
-        anyhow::bail!("the trial run failed: {e}");
-    }
-    let worker_id = handle.session.borrow().worker_id.clone();
-    update::report_trial(
-        &report,
-        &update::TrialReport {
-            version: VERSION.into(),
-            worker_id,
-        },
-    )?;
-    handle.send(Command::Handover).await;
-    handle.join().await
 }
 
 /// One progress bar per image layer while images are pulled (drawn on a terminal only).

@@ -18,7 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use commons_shared::release::{self, ReleaseInfo, Refusal, UpdateFeed, Verifier};
+use commons_shared::release::{self, Refusal, ReleaseInfo, UpdateFeed, Verifier};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -61,7 +61,9 @@ pub enum UpdateError {
         hint: String,
     },
     /// The new version did not prove healthy; it was rolled back and marked bad.
-    #[error("{version} did not start properly ({why}); rolled back to {previous} and marked {version} bad")]
+    #[error(
+        "{version} did not start properly ({why}); rolled back to {previous} and marked {version} bad"
+    )]
     RolledBack {
         /// The version tried.
         version: String,
@@ -244,7 +246,8 @@ impl Updater {
             version: info.version.clone(),
             why,
         };
-        let name = release::artifact_name(self.build.product, &info.version, &release::this_platform());
+        let name =
+            release::artifact_name(self.build.product, &info.version, &release::this_platform());
         let verifier = Verifier::new(&self.build.key, &info.signature, &name).map_err(refused)?;
         let mut stream_check = verifier.stream().map_err(refused)?;
         if info.size_bytes > release::MAX_ARTIFACT_BYTES || !info.url.starts_with('/') {
@@ -324,7 +327,10 @@ impl Updater {
         let _ = std::fs::remove_file(&backup);
         std::fs::hard_link(&self.exe, &backup)
             .or_else(|_| std::fs::copy(&self.exe, &backup).map(|_| ()))
-            .map_err(io_err(format!("cannot keep the old binary as {}", backup.display())))?;
+            .map_err(io_err(format!(
+                "cannot keep the old binary as {}",
+                backup.display()
+            )))?;
         staged
             .file
             .persist(&self.exe)
@@ -373,10 +379,7 @@ impl Updater {
             Ok(s) => s.map_err(|e| e.to_string())?,
             Err(_) => {
                 let _ = child.kill().await;
-                return Err(format!(
-                    "not healthy within {} s",
-                    deadline.as_secs()
-                ));
+                return Err(format!("not healthy within {} s", deadline.as_secs()));
             }
         };
         if !status.success() {
@@ -387,15 +390,53 @@ impl Updater {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or("it exited without reporting healthy")?;
         if r.version != expected {
-            return Err(format!("it reports version {} instead of {expected}", r.version));
+            return Err(format!(
+                "it reports version {} instead of {expected}",
+                r.version
+            ));
         }
         Ok(r)
     }
 }
 
-/// Writes a trial's report (the new version is running and the coordinator heard it).
-pub fn report_trial(path: &Path, report: &TrialReport) -> std::io::Result<()> {
-    std::fs::write(path, serde_json::to_vec(report)?)
+/// A new version's trial run (in the new binary, when [`TRIAL_ENV`] names `report`): start as `version`, paused and
+/// without containers, DHT or tunnel; once the coordinator has heard this worker, write the report and hand back
+/// (still registered) for the real start.
+pub async fn trial(
+    mut s: crate::settings::Settings,
+    creds: std::sync::Arc<dyn crate::credentials::CredentialStore>,
+    probe: std::sync::Arc<dyn crate::hardware::GpuProbe>,
+    version: &str,
+    report: &Path,
+) -> anyhow::Result<()> {
+    use crate::agent::{self, Command, State};
+    s.containers = false;
+    s.dht = false;
+    s.tunnel = "none".into();
+    let options = agent::Options {
+        version: version.into(),
+        paused: true,
+    };
+    let mut handle = agent::start_with(s, creds, probe, options);
+    // The old process's deadline bounds this; the hour only stops a trial whose parent has gone.
+    let state = handle
+        .wait_for(Duration::from_secs(3600), |s| {
+            matches!(s, State::Active | State::Paused | State::Error(_))
+        })
+        .await;
+    if let Some(State::Error(e)) = state {
+        anyhow::bail!("the trial run failed: {e}");
+    }
+    let worker_id = handle.session.borrow().worker_id.clone();
+    std::fs::write(
+        report,
+        serde_json::to_vec(&TrialReport {
+            version: version.into(),
+            worker_id,
+        })?,
+    )?;
+    handle.send(Command::Handover).await;
+    handle.join().await
 }
 
 /// Replaces this process with `exe` run with `args`: the new version after an update (`updated_from` is the
@@ -404,7 +445,9 @@ pub fn report_trial(path: &Path, report: &TrialReport) -> std::io::Result<()> {
 pub fn exec(exe: &Path, args: &[std::ffi::OsString], updated_from: Option<&str>) -> std::io::Error {
     use std::os::unix::process::CommandExt;
     let mut c = std::process::Command::new(exe);
-    c.args(args).env_remove(TRIAL_ENV).env_remove(UPDATED_FROM_ENV);
+    c.args(args)
+        .env_remove(TRIAL_ENV)
+        .env_remove(UPDATED_FROM_ENV);
     if let Some(v) = updated_from {
         c.env(UPDATED_FROM_ENV, v);
     }

@@ -1,7 +1,7 @@
 //! The page: first run (hardware, Start donating, Advanced), then the state, services, network and the caps.
 
 use commons_shared::api::ContainerState;
-use commons_shared::desktop::{ContainerRow, Hardware, Limits, Status};
+use commons_shared::desktop::{ContainerRow, Hardware, Limits, Status, UpdatePhase, UpdateView};
 use commons_shared::units::binary;
 use serde_json::json;
 use web_sys::HtmlInputElement;
@@ -141,6 +141,9 @@ pub fn app() -> Html {
                 }
             </header>
             { problem(status.as_ref(), act.clone()) }
+            if let Some(s) = status.as_ref() {
+                { update(&s.update, act.clone()) }
+            }
             if let Some(e) = error.as_ref() {
                 <p id="error" class="error" role="alert">{ e }</p>
             }
@@ -174,6 +177,40 @@ fn problem(status: Option<&Status>, act: Callback<(&'static str, serde_json::Val
             <p>{ text }</p>
             <button id="retry" onclick={retry}>{ "Retry" }</button>
         </div>
+    }
+}
+
+/// The app's update: available (being fetched and checked), Restart to finish, the package to install, or why it
+/// failed; otherwise the running version.
+fn update(u: &UpdateView, act: Callback<(&'static str, serde_json::Value)>) -> Html {
+    let v = u.version.clone().unwrap_or_default();
+    match u.phase {
+        UpdatePhase::UpToDate => html! {
+            <p id="update" class="muted">{ format!("Commons {}", u.running) }</p>
+        },
+        UpdatePhase::Updating => html! {
+            <p id="update" class="notice">{ format!("Update available: {v}. Updating…") }</p>
+        },
+        UpdatePhase::Restart => {
+            let restart = act.reform(|_: MouseEvent| ("restart_to_update", json!({})));
+            html! {
+                <div id="update" class="notice">
+                    <p>{ format!("Commons {v} is ready. ") }{ u.detail.clone().unwrap_or_default() }</p>
+                    <button id="restart-update" class="primary" onclick={restart}>{ "Restart to finish" }</button>
+                </div>
+            }
+        }
+        UpdatePhase::Package => html! {
+            <div id="update" class="notice">
+                <p>{ format!("Commons {v} is out. This copy was installed by the system's package manager: install the new package.") }</p>
+                if let Some(url) = u.detail.clone().filter(|d| d.starts_with("http")) {
+                    <a id="update-package" href={url.clone()} target="_blank">{ url }</a>
+                }
+            </div>
+        },
+        UpdatePhase::Failed => html! {
+            <p id="update" class="problem">{ format!("The update to {v} did not install ({}); Commons {} keeps running.", u.detail.clone().unwrap_or_default(), u.running) }</p>
+        },
     }
 }
 
@@ -429,6 +466,7 @@ mod tests {
             problem: None,
             uptime_secs: Some(3700),
             donated_secs: 5400,
+            update: Default::default(),
         }
     }
 
@@ -495,5 +533,30 @@ mod tests {
         );
         let html = render(|| problem(Some(&status("active")), Callback::noop()));
         assert!(html.is_empty(), "{html}");
+    }
+
+    #[test]
+    fn an_update_ready_offers_restart_and_a_package_install_links_the_package() {
+        let mut u = UpdateView {
+            running: "0.1.0".into(),
+            phase: UpdatePhase::Restart,
+            version: Some("0.1.1".into()),
+            detail: Some("Faster OCR.".into()),
+        };
+        let v = u.clone();
+        let html = render(move || update(&v, Callback::noop()));
+        assert!(
+            html.contains("Commons 0.1.1 is ready") && html.contains(r#"id="restart-update""#),
+            "{html}"
+        );
+        u.phase = UpdatePhase::Package;
+        u.detail = Some("http://c.example/releases/commons-desktop-0.1.1-linux-x86_64.deb".into());
+        let html = render(move || update(&u, Callback::noop()));
+        assert!(
+            html.contains(
+                r#"href="http://c.example/releases/commons-desktop-0.1.1-linux-x86_64.deb""#
+            ) && !html.contains("restart-update"),
+            "{html}"
+        );
     }
 }

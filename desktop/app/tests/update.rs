@@ -1,0 +1,177 @@
+//! The app's update state against a real coordinator's feed: a signed desktop release is fetched and verified and
+//! the app offers "Restart to finish"; a tampered one is refused and shown as failed, the running version kept.
+//! (Swapping, the trial run and the restart are the agent core's, tested end to end with the headless agent.)
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use commons_agent::agent::State;
+use commons_agent::credentials::FileStore;
+use commons_agent::hardware::{NoGpu, RecordedProbe};
+use commons_agent::settings::Settings;
+use commons_agent::update::{Build, Updater};
+use commons_coordinator::updates::{NewRelease, add};
+use commons_desktop::donor::{Donor, UpdatePhase};
+
+fn minisign(args: &[&std::ffi::OsStr]) {
+    let out = std::process::Command::new("minisign")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("minisign is installed (apt install minisign)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// Rewrites the published artifact and the checksum in its feed entry (a server that was tampered with).
+fn serve_bytes(releases: &Path, name: &str, bytes: &[u8]) {
+    std::fs::write(releases.join(name), bytes).unwrap();
+    let side = releases.join(format!("{name}.release.json"));
+    let mut info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&side).unwrap()).unwrap();
+    info["sha256"] = sha256_hex(bytes).into();
+    std::fs::write(&side, serde_json::to_vec(&info).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_release_is_verified_and_offered_for_restart_and_a_tampered_one_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let releases = data.path().join("releases");
+    let server = commons_coordinator::Server::bind({
+        let mut c = commons_coordinator::server::test_utils::config(data.path());
+        c.heartbeat_interval_secs = 1;
+        c.releases_dir = Some(releases.clone());
+        c
+    })
+    .await
+    .unwrap();
+
+    // The release key (throw-away) and a signed 0.1.1 of the app, published.
+    let work = tempfile::tempdir().unwrap();
+    let (public, secret) = (work.path().join("k.pub"), work.path().join("k.key"));
+    minisign(&[
+        "-G".as_ref(),
+        "-W".as_ref(),
+        "-p".as_ref(),
+        public.as_os_str(),
+        "-s".as_ref(),
+        secret.as_os_str(),
+    ]);
+    let platform = commons_shared::release::this_platform();
+    let name = commons_shared::release::artifact_name("desktop", "0.1.1", &platform);
+    let artifact = work.path().join(&name);
+    let good = b"#!/bin/sh\necho 'Commons 0.1.1'\n".to_vec();
+    std::fs::write(&artifact, &good).unwrap();
+    minisign(&[
+        "-S".as_ref(),
+        "-s".as_ref(),
+        secret.as_os_str(),
+        "-m".as_ref(),
+        artifact.as_os_str(),
+    ]);
+    let key = std::fs::read_to_string(&public).unwrap();
+    add(
+        &releases,
+        &key,
+        &NewRelease {
+            file: artifact,
+            signature: None,
+            product: "desktop".into(),
+            version: "0.1.1".into(),
+            channel: "stable".into(),
+            platform: platform.clone(),
+            notes: "Faster start.".into(),
+        },
+    )
+    .unwrap();
+
+    // The app 0.1.0, installed in a folder the volunteer owns, donating to that coordinator.
+    let home = tempfile::tempdir().unwrap();
+    let exe = home.path().join("commons");
+    std::fs::write(&exe, b"the running app").unwrap();
+    let settings_path = home.path().join("agent.toml");
+    let base = Settings {
+        containers: false,
+        dht: false,
+        edge_url: "http://127.0.0.1:9".into(),
+        control_socket: Some(home.path().join("control.sock")),
+        ..Settings::default()
+    };
+    std::fs::write(&settings_path, toml::to_string(&base).unwrap()).unwrap();
+    let build = Build {
+        product: "desktop",
+        version: "0.1.0".into(),
+        key,
+    };
+    let donor = Donor::new(
+        settings_path,
+        Arc::new(FileStore::new(home.path().join("creds.json"))),
+        Arc::new(RecordedProbe(Err(NoGpu("no NVIDIA driver".into())))),
+    )
+    .with_updater(Updater::new(
+        build,
+        "stable",
+        exe.clone(),
+        home.path().join("update.json"),
+    ));
+    donor.start(Some(server.url()), None).await.unwrap();
+    let mut state = donor.watch();
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        state.wait_for(|s| *s == State::Active),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(donor.status().await.update.phase, UpdatePhase::UpToDate);
+
+    // Tampered on the server (checksum made to match): refused, nothing staged, the app keeps its binary.
+    let mut bad = good.clone();
+    bad[12] ^= 1;
+    serve_bytes(&releases, &name, &bad);
+    donor.check_update().await;
+    let u = donor.status().await.update;
+    assert_eq!(u.phase, UpdatePhase::Failed, "{u:?}");
+    assert!(u.detail.unwrap().contains("tampered"));
+    assert_eq!(u.version.as_deref(), Some("0.1.1"));
+    assert_eq!(std::fs::read(&exe).unwrap(), b"the running app");
+    assert!(
+        donor.restart_to_update().await.is_err(),
+        "nothing to restart into"
+    );
+
+    // Served intact: fetched, verified, and waiting for Restart to finish; the tray entry says so.
+    serve_bytes(&releases, &name, &good);
+    donor.check_update().await;
+    let u = donor.status().await.update;
+    assert_eq!(u.phase, UpdatePhase::Restart, "{u:?}");
+    assert_eq!(u.running, "0.1.0");
+    assert_eq!(u.detail.as_deref(), Some("Faster start."));
+    assert_eq!(
+        u.tray_entry(),
+        ("Restart to finish the update to 0.1.1".to_owned(), true)
+    );
+    // Staged beside the binary, not yet swapped in.
+    assert_eq!(std::fs::read(&exe).unwrap(), b"the running app");
+    let staged: Vec<_> = std::fs::read_dir(home.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".commons-update-")
+        })
+        .collect();
+    assert_eq!(staged.len(), 1);
+    assert_eq!(std::fs::read(staged[0].path()).unwrap(), good);
+    donor.quit(Duration::from_secs(10)).await;
+}
