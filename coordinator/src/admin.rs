@@ -225,6 +225,16 @@ pub(crate) fn snapshot(state: &AppState) -> (Stats, ByTier<bool>) {
             s.total_vram_bytes += w.caps.total_vram();
             s.cpu_cores += u64::from(w.caps.cpu.cores);
             s.storage_bytes += w.caps.total_free_disk();
+            let version = match &*live.agent_version {
+                "" => "unknown",
+                v => v,
+            };
+            match s.agent_versions.get_mut(version) {
+                Some(n) => *n += 1,
+                None => {
+                    s.agent_versions.insert(version.to_owned(), 1);
+                }
+            }
         }
     }
     for t in Tier::ALL {

@@ -238,6 +238,13 @@ async fn admin_views_in_seed_shapes() {
     app.register(&native(4, 16, None)).await;
     let (data_id, data_token, _) = app.register(&native(1, 2, None)).await;
     app.heartbeat(&data_id, Some(&data_token), 0.5).await;
+    // One agent has updated itself: its heartbeat says so.
+    app.post(
+        "/api/worker/heartbeat",
+        Some(&data_token),
+        &json!({"worker_id": data_id, "status": "healthy", "load": 0.5, "agent_version": "0.1.1"}),
+    )
+    .await;
 
     let health = app.call("GET", "/health", None, None).await;
     assert_eq!(
@@ -256,6 +263,7 @@ async fn admin_views_in_seed_shapes() {
     assert_eq!(s["gpus"], 1);
     assert_eq!(s["total_vram_bytes"], 24u64 << 30);
     assert_eq!(s["cpu_cores"], 21);
+    assert_eq!(s["agent_versions"], json!({"0.1.0": 2, "0.1.1": 1}));
 
     let h = app.admin_get("/api/admin/health").await.body;
     assert_eq!(h["overall_status"], "healthy");

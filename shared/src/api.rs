@@ -456,6 +456,9 @@ pub struct Stats {
     pub requests_total: u64,
     /// Service requests that failed since start.
     pub errors_total: u64,
+    /// Live workers per agent version (from registrations and heartbeats): which versions the fleet runs.
+    #[serde(default)]
+    pub agent_versions: std::collections::BTreeMap<String, u64>,
 }
 
 /// `GET /api/admin/health` (seed shape, extended).

@@ -123,6 +123,21 @@ async fn the_portal_in_headless_chromium() {
         stats["total_workers"].to_string()
     );
     assert_eq!(card(&b, "card-cores").await, stats["cpu_cores"].to_string());
+    // Which versions the fleet runs, from the workers' registrations and heartbeats.
+    let versions = stats["agent_versions"].as_object().unwrap();
+    assert!(!versions.is_empty(), "{stats}");
+    for (v, n) in versions {
+        let id = format!(
+            "card-version-{}",
+            v.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+        );
+        let shown =
+            format!("return document.querySelector('#{id} .card-value')?.textContent == '{n}'");
+        assert!(
+            until(&b, 10, &shown).await,
+            "the overview shows {n} workers on {v}"
+        );
+    }
     assert_eq!(
         card(&b, "card-tier2").await,
         stats["workers_by_tier"]["service_workers"].to_string()

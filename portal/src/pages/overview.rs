@@ -85,6 +85,14 @@ pub fn Overview() -> Html {
                 <Card id="card-rpm" label="Requests/min" value={rpm} note={format!("{} since start", s.requests_total)} />
                 <Card id="card-errors" label="Error rate" value={err} note={format!("{} failed since start", s.errors_total)} />
             </section>
+            if !s.agent_versions.is_empty() {
+                <section id="versions" class="cards">
+                    { for s.agent_versions.iter().map(|(v, n)| html! {
+                        <Card id={format!("card-version-{}", v.replace(|c: char| !c.is_ascii_alphanumeric(), "-"))} label={format!("Version {v}")} value={n.to_string()}
+                            note={if *n == 1 { "worker".to_owned() } else { "workers".to_owned() }} />
+                    }) }
+                </section>
+            }
             <div class="ranges">{ range_button("1h") }{ range_button("24h") }{ range_button("7d") }</div>
             { charts }
         </>
