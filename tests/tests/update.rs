@@ -114,8 +114,15 @@ struct Volunteer {
 
 impl Volunteer {
     fn start(version: &str, c: &Coordinator) -> Self {
+        Self::start_in(version, c, false)
+    }
+
+    /// With `read_only`, the binary's folder is mounted read-only for the agent (in a mount namespace of its own),
+    /// as /usr/bin is for a system package's binary.
+    fn start_in(version: &str, c: &Coordinator, read_only: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let exe = dir.path().join("commons-agent");
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        let exe = dir.path().join("bin/commons-agent");
         std::fs::copy(fixtures().join(format!("commons-agent-{version}")), &exe).unwrap();
         let config = dir.path().join("agent.toml");
         std::fs::write(
@@ -128,7 +135,17 @@ impl Volunteer {
         )
         .unwrap();
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let child = tokio::process::Command::new(&exe)
+        let mut cmd = if read_only {
+            let mut c = tokio::process::Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(r#"mount -o bind,ro "$0" "$0" && exec "$@""#)
+                .arg(dir.path().join("bin"))
+                .arg(&exe);
+            c
+        } else {
+            tokio::process::Command::new(&exe)
+        };
+        let child = cmd
             .arg("--config")
             .arg(&config)
             .arg("--credentials-file")
@@ -403,4 +420,53 @@ async fn a_new_version_that_crashes_at_start_is_rolled_back_and_marked_bad() {
         "{}",
         v.log()
     );
+}
+
+#[tokio::test]
+async fn a_binary_it_cannot_replace_is_left_alone_and_the_package_is_named() {
+    let fx = fixtures();
+    let (c, releases) = coordinator().await;
+    let work = tempfile::tempdir().unwrap();
+    let key = fx.join("test-release.key");
+    let new = artifact(work.path(), "0.1.1", b"#!/bin/sh\nexit 0\n", &key);
+    publish(&releases, &new, "0.1.1", &fx.join("test-release.pub"));
+    let deb = work
+        .path()
+        .join(format!("commons-agent-0.1.1-{PLATFORM}.deb"));
+    std::fs::write(&deb, b"a Debian package").unwrap();
+    sign(&deb, &key);
+    let out = std::process::Command::new(coordinator_bin())
+        .args(["release", "add"])
+        .arg(&deb)
+        .args([
+            "--version",
+            "0.1.1",
+            "--platform",
+            &format!("{PLATFORM}-deb"),
+        ])
+        .arg("--releases-dir")
+        .arg(&releases)
+        .arg("--release-key")
+        .arg(fx.join("test-release.pub"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut v = Volunteer::start_in("0.1.0", &c, true);
+    let log = v.wait_log("cannot replace itself").await;
+    assert!(
+        log.contains(&format!(
+            "install the new package instead: {}/releases/commons-agent-0.1.1-{PLATFORM}.deb",
+            c.url()
+        )),
+        "{log}"
+    );
+    assert!(log.contains("0.1.0 keeps running"), "{log}");
+    reports(&c, "0.1.0").await;
+    assert_eq!(v.installed_version(), "commons-agent 0.1.0");
+    assert!(v.still_running(), "{log}");
 }

@@ -269,7 +269,7 @@ impl Donor {
             Some(info.version.clone()),
             Some(info.notes.clone()),
         );
-        if let Err(e) = u.writable(&feed) {
+        if let Err(e) = u.writable(&feed, &coordinator) {
             tracing::warn!("{e}");
             let url = feed
                 .package

@@ -316,7 +316,7 @@ async fn check_for_updates(
             Ok(Some(feed)) => {
                 let info = feed.latest.clone().unwrap_or_else(|| unreachable!());
                 tracing::warn!(version = %info.version, notes = %info.notes, "an update is available");
-                let ready = match u.writable(&feed) {
+                let ready = match u.writable(&feed, &coordinator) {
                     Ok(()) => u.download(&coordinator, &info).await,
                     Err(e) => Err(e),
                 };

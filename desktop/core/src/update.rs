@@ -51,7 +51,9 @@ pub enum UpdateError {
         why: Refusal,
     },
     /// The binary is not ours to replace.
-    #[error("{exe} cannot replace itself (installed by the system package manager: {why}); {hint}")]
+    #[error(
+        "{exe} cannot replace itself ({why}; a system package's binary is not the agent's to change); {hint}"
+    )]
     NotWritable {
         /// The binary.
         exe: String,
@@ -216,8 +218,9 @@ impl Updater {
         Ok(Some(feed))
     }
 
-    /// Whether the binary can be replaced: a file can be created beside it.
-    pub fn writable(&self, feed: &UpdateFeed) -> Result<(), UpdateError> {
+    /// Whether the binary can be replaced: a file can be created beside it. If not, the error names the package
+    /// `coordinator` offers instead.
+    pub fn writable(&self, feed: &UpdateFeed, coordinator: &str) -> Result<(), UpdateError> {
         let dir = self.exe.parent().unwrap_or(Path::new("."));
         match tempfile::NamedTempFile::new_in(dir) {
             Ok(_) => Ok(()),
@@ -226,8 +229,10 @@ impl Updater {
                 why: e.to_string(),
                 hint: match &feed.package {
                     Some(p) => format!(
-                        "install the new package instead: {} (sha256 {})",
-                        p.url, p.sha256
+                        "install the new package instead: {}{} (sha256 {})",
+                        coordinator.trim_end_matches('/'),
+                        p.url,
+                        p.sha256
                     ),
                     None => "update it with the system package manager".into(),
                 },
