@@ -9,7 +9,7 @@ pub const DEFAULT_EDGE_URL: &str = "http://127.0.0.1:8090";
 
 /// Settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct Settings {
     /// The edge to join through (used unless `coordinator_url` is set, and for failover).
     pub edge_url: String,
@@ -180,16 +180,34 @@ impl Settings {
             .join("agent.toml")
     }
 
-    /// Reads the file (defaults when it does not exist) and checks it.
+    /// Reads the file (defaults when it does not exist) and checks it. Keys it does not know are ignored with a
+    /// warning rather than refused: after an update is rolled back, the older version must still start with
+    /// settings a newer one wrote.
     pub fn load(path: &Path) -> Result<Self, SettingsError> {
-        let s = match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text)
-                .map_err(|e| SettingsError::Parse(path.into(), e.to_string()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::default(),
+        let (s, unknown) = match std::fs::read_to_string(path) {
+            Ok(text) => {
+                Self::parse(&text).map_err(|e| SettingsError::Parse(path.into(), e.to_string()))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Self::default(), Vec::new()),
             Err(e) => return Err(SettingsError::Read(path.into(), e)),
         };
+        for key in unknown {
+            tracing::warn!(
+                file = %path.display(),
+                "ignoring the unknown setting {key:?} (a typo, or a setting of a newer version)"
+            );
+        }
         s.validate()?;
         Ok(s)
+    }
+
+    /// Parses settings, and the keys it did not know.
+    pub fn parse(text: &str) -> Result<(Self, Vec<String>), toml::de::Error> {
+        let mut unknown = Vec::new();
+        let s = serde_ignored::deserialize(toml::Deserializer::parse(text)?, |p| {
+            unknown.push(p.to_string());
+        })?;
+        Ok((s, unknown))
     }
 
     /// Checks ranges.
@@ -416,7 +434,6 @@ mod tests {
                 "probe_interval_ms: must be from 500 to 60000",
             ),
             ("edge_url = \"ftp://x\"", "edge_url: must be an http"),
-            ("colour = \"red\"", "unknown field"),
             ("cpu_percent = 0", "cpu_percent: must be from 1 to 100"),
             ("memory_mb = 1", "memory_mb: must be from 64"),
             ("instance = \"a b\"", "instance: must be"),
@@ -431,5 +448,14 @@ mod tests {
             let e = Settings::load(&p).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored_and_named() {
+        let (s, unknown) =
+            Settings::parse("colour = \"red\"\nmax_gpu_temp_c = 80\nupdate_channel = \"beta\"\n")
+                .unwrap();
+        assert_eq!(unknown, vec!["colour".to_owned()]);
+        assert_eq!((s.max_gpu_temp_c, s.update_channel.as_str()), (80, "beta"));
     }
 }
