@@ -114,12 +114,13 @@ struct Volunteer {
 
 impl Volunteer {
     fn start(version: &str, c: &Coordinator) -> Self {
-        Self::start_in(version, c, false)
+        Self::start_in(version, c, false, false)
     }
 
     /// With `read_only`, the binary's folder is mounted read-only for the agent (in a mount namespace of its own),
-    /// as /usr/bin is for a system package's binary.
-    fn start_in(version: &str, c: &Coordinator, read_only: bool) -> Self {
+    /// as /usr/bin is for a system package's binary; with `paused`, it starts paused by the volunteer (as after an
+    /// update's restart while paused).
+    fn start_in(version: &str, c: &Coordinator, read_only: bool, paused: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("bin")).unwrap();
         let exe = dir.path().join("bin/commons-agent");
@@ -154,6 +155,7 @@ impl Volunteer {
             .arg(dir.path().join("agent.sock"))
             .arg("run")
             .env("NO_COLOR", "1")
+            .env("COMMONS_START_PAUSED", if paused { "1" } else { "0" })
             .env_remove("RUST_LOG")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -263,6 +265,45 @@ async fn the_agent_updates_itself_to_a_signed_release_restarts_and_reports_it() 
         String::from_utf8_lossy(&previous.stdout).trim(),
         "commons-agent 0.1.0"
     );
+}
+
+#[tokio::test]
+async fn a_paused_agent_updates_and_stays_paused() {
+    let fx = fixtures();
+    let (c, releases) = coordinator().await;
+    let work = tempfile::tempdir().unwrap();
+    let new = artifact(
+        work.path(),
+        "0.1.1",
+        &std::fs::read(fx.join("commons-agent-0.1.1")).unwrap(),
+        &fx.join("test-release.key"),
+    );
+    publish(&releases, &new, "0.1.1", &fx.join("test-release.pub"));
+    let mut v = Volunteer::start_in("0.1.0", &c, false, true);
+    v.wait_log("updated from=0.1.0 to=0.1.1").await;
+    reports(&c, "0.1.1").await;
+    assert!(v.still_running(), "{}", v.log());
+    // The volunteer's pause survived the restart: the coordinator hears "paused", the control socket says so.
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        let list: Value = c.admin(&reqwest::Client::new(), "/api/admin/workers").await;
+        status = list["workers"][0]["status"].clone();
+        if status == "paused" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "paused");
+    let out = tokio::process::Command::new(&v.exe)
+        .arg("--control-socket")
+        .arg(v.dir.path().join("agent.sock"))
+        .arg("status")
+        .output()
+        .await
+        .unwrap();
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["session"]["paused"], true, "{st}");
+    assert_eq!(st["state"]["state"], "paused", "{st}");
 }
 
 /// Starts `running` against a feed prepared by `prepare`, waits for `refusal` in its log, and checks that nothing
@@ -456,7 +497,7 @@ async fn a_binary_it_cannot_replace_is_left_alone_and_the_package_is_named() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let mut v = Volunteer::start_in("0.1.0", &c, true);
+    let mut v = Volunteer::start_in("0.1.0", &c, true, false);
     let log = v.wait_log("cannot replace itself").await;
     assert!(
         log.contains(&format!(

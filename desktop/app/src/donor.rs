@@ -318,7 +318,9 @@ impl Donor {
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         let from = u.build().version.clone();
         let updated = u.install(staged, &args, deadline).await.is_ok();
-        let e = commons_agent::update::exec(u.exe(), &args, updated.then_some(from.as_str()));
+        let paused = *self.state.borrow() == State::Paused;
+        let e =
+            commons_agent::update::exec(u.exe(), &args, updated.then_some(from.as_str()), paused);
         Err(AppError::Update(format!("cannot restart Commons: {e}")))
     }
 
@@ -391,7 +393,12 @@ impl Donor {
             .validate()
             .map_err(|e| AppError::Invalid(e.to_string()))?;
         self.save(&settings)?;
-        let mut handle = agent::start(settings, self.creds.clone(), self.probe.clone());
+        let options = agent::Options {
+            version: self.update.borrow().running.clone(),
+            paused: commons_agent::update::start_paused(),
+        };
+        let mut handle =
+            agent::start_with(settings, self.creds.clone(), self.probe.clone(), options);
         let mut rx = handle.state.clone();
         let tx = self.state.clone();
         let clock = self.clock.clone();

@@ -91,6 +91,8 @@ pub struct Session {
     pub held: Option<String>,
     /// Something the volunteer can fix, in plain words with the next step (e.g. the container engine is missing).
     pub problem: Option<String>,
+    /// Paused by the volunteer (not a hold): kept over an update's restart.
+    pub paused: bool,
 }
 
 /// A running agent.
@@ -187,7 +189,10 @@ pub fn start_with(
     options: Options,
 ) -> AgentHandle {
     let (state_tx, state) = watch::channel(State::Stopped);
-    let (session_tx, session) = watch::channel(Session::default());
+    let (session_tx, session) = watch::channel(Session {
+        paused: options.paused,
+        ..Session::default()
+    });
     let (commands, rx) = mpsc::channel(16);
     let (progress_tx, progress) = mpsc::channel(256);
     let dht = Arc::new(std::sync::OnceLock::new());
@@ -283,6 +288,11 @@ impl Agent {
             *cur = s;
             changed
         });
+    }
+
+    fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+        self.update_session(|s| s.paused = paused);
     }
 
     /// Held back by the schedule, battery power or a volunteer at the keyboard.
@@ -527,8 +537,8 @@ impl Agent {
                 _ = tokio::time::sleep(wait) => {}
                 c = self.rx.recv() => match c {
                     Some(Command::Quit | Command::Handover) | None => return None,
-                    Some(Command::Pause) => self.paused = true,
-                    Some(Command::Resume) => self.paused = false,
+                    Some(Command::Pause) => self.set_paused(true),
+                    Some(Command::Resume) => self.set_paused(false),
                     Some(Command::Apply(s)) => self.apply(*s).await,
                 },
             }
@@ -764,13 +774,13 @@ impl Agent {
                 _ = tokio::time::sleep_until(wake.into()) => {}
                 c = self.rx.recv() => match c {
                     Some(Command::Pause) => {
-                        self.paused = true;
+                        self.set_paused(true);
                         self.pause_containers().await;
                         self.set(State::Paused);
                         next_beat = Instant::now();
                     }
                     Some(Command::Resume) => {
-                        self.paused = false;
+                        self.set_paused(false);
                         if !self.held() {
                             self.reconcile().await;
                         }

@@ -218,7 +218,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let options = agent::Options {
                 version: VERSION.into(),
-                ..Default::default()
+                paused: update::start_paused(),
             };
             let mut handle = agent::start_with(s, creds, probe, options);
             if let Some(rx) = handle.take_progress() {
@@ -262,18 +262,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     break;
                 }
             }
+            let handle_session = handle.session.clone();
             handle.join().await?;
             let (Some(u), Some(new)) = (updater, staged.lock().take()) else {
                 return Ok(());
             };
             // The agent has handed over: install, try the new version, and become it (or the old one again).
             drop(_control);
+            let paused = handle_session.borrow().paused;
             let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
             let from = match u.install(new, &args, deadline).await {
                 Ok(()) => Some(VERSION),
                 Err(_) => None,
             };
-            Err(update::exec(u.exe(), &args, from).into())
+            Err(update::exec(u.exe(), &args, from, paused).into())
         }
     }
 }

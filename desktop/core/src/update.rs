@@ -27,6 +27,16 @@ use sha2::{Digest, Sha256};
 pub const TRIAL_ENV: &str = "COMMONS_UPDATE_TRIAL";
 /// Set on the first run after an update: the version it replaced.
 pub const UPDATED_FROM_ENV: &str = "COMMONS_UPDATED_FROM";
+/// Set on the first run after an update when the volunteer had paused donating: it starts paused.
+pub const PAUSED_ENV: &str = "COMMONS_START_PAUSED";
+
+/// Whether this process was started paused by an update's restart (read once: a later start in the same process,
+/// a Retry, starts as usual).
+pub fn start_paused() -> bool {
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    !TAKEN.swap(true, std::sync::atomic::Ordering::Relaxed)
+        && std::env::var_os(PAUSED_ENV).is_some_and(|v| v == "1")
+}
 
 /// What this build is and whom it trusts.
 #[derive(Debug, Clone)]
@@ -445,14 +455,21 @@ pub async fn trial(
 }
 
 /// Replaces this process with `exe` run with `args`: the new version after an update (`updated_from` is the
-/// version it replaces), or the old one again after a rollback. Returns only on failure.
+/// version it replaces), or the old one again after a rollback; `paused` when the volunteer had paused donating.
+/// Returns only on failure.
 #[cfg(unix)]
-pub fn exec(exe: &Path, args: &[std::ffi::OsString], updated_from: Option<&str>) -> std::io::Error {
+pub fn exec(
+    exe: &Path,
+    args: &[std::ffi::OsString],
+    updated_from: Option<&str>,
+    paused: bool,
+) -> std::io::Error {
     use std::os::unix::process::CommandExt;
     let mut c = std::process::Command::new(exe);
     c.args(args)
         .env_remove(TRIAL_ENV)
-        .env_remove(UPDATED_FROM_ENV);
+        .env_remove(UPDATED_FROM_ENV)
+        .env(PAUSED_ENV, if paused { "1" } else { "0" });
     if let Some(v) = updated_from {
         c.env(UPDATED_FROM_ENV, v);
     }
