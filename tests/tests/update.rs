@@ -105,6 +105,21 @@ async fn coordinator() -> (Coordinator, PathBuf) {
     (c, releases)
 }
 
+/// A coordinator offering the agent build 0.1.1, signed with the release key the fixtures carry.
+async fn coordinator_offering_0_1_1() -> Coordinator {
+    let fx = fixtures();
+    let (c, releases) = coordinator().await;
+    let work = tempfile::tempdir().unwrap();
+    let new = artifact(
+        work.path(),
+        "0.1.1",
+        &std::fs::read(fx.join("commons-agent-0.1.1")).unwrap(),
+        &fx.join("test-release.key"),
+    );
+    publish(&releases, &new, "0.1.1", &fx.join("test-release.pub"));
+    c
+}
+
 /// A volunteer's server: a copy of an agent build in a writable folder, running against `c`.
 struct Volunteer {
     dir: tempfile::TempDir,
@@ -228,16 +243,7 @@ async fn reports(c: &Coordinator, version: &str) -> String {
 
 #[tokio::test]
 async fn the_agent_updates_itself_to_a_signed_release_restarts_and_reports_it() {
-    let fx = fixtures();
-    let (c, releases) = coordinator().await;
-    let work = tempfile::tempdir().unwrap();
-    let new = artifact(
-        work.path(),
-        "0.1.1",
-        &std::fs::read(fx.join("commons-agent-0.1.1")).unwrap(),
-        &fx.join("test-release.key"),
-    );
-    publish(&releases, &new, "0.1.1", &fx.join("test-release.pub"));
+    let c = coordinator_offering_0_1_1().await;
     let feed: Value = reqwest::get(format!("{}/api/updates/agent/stable/{PLATFORM}", c.url()))
         .await
         .unwrap()
@@ -269,16 +275,7 @@ async fn the_agent_updates_itself_to_a_signed_release_restarts_and_reports_it() 
 
 #[tokio::test]
 async fn a_paused_agent_updates_and_stays_paused() {
-    let fx = fixtures();
-    let (c, releases) = coordinator().await;
-    let work = tempfile::tempdir().unwrap();
-    let new = artifact(
-        work.path(),
-        "0.1.1",
-        &std::fs::read(fx.join("commons-agent-0.1.1")).unwrap(),
-        &fx.join("test-release.key"),
-    );
-    publish(&releases, &new, "0.1.1", &fx.join("test-release.pub"));
+    let c = coordinator_offering_0_1_1().await;
     let mut v = Volunteer::start_in("0.1.0", &c, false, true);
     v.wait_log("updated from=0.1.0 to=0.1.1").await;
     reports(&c, "0.1.1").await;

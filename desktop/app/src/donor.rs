@@ -237,8 +237,8 @@ impl Donor {
         let Some(coordinator) = self.status().await.coordinator_url else {
             return;
         };
-        let feed = match u.check(&coordinator).await {
-            Ok(Some(f)) => f,
+        let offer = match u.check(&coordinator).await {
+            Ok(Some(o)) => o,
             Ok(None) => return,
             Err(e) => {
                 tracing::warn!("{e}; {} keeps running", u.build().version);
@@ -252,9 +252,7 @@ impl Donor {
                 return;
             }
         };
-        let Some(info) = feed.latest.clone() else {
-            return;
-        };
+        let info = offer.release.clone();
         let ready = self
             .staged
             .lock()
@@ -269,9 +267,9 @@ impl Donor {
             Some(info.version.clone()),
             Some(info.notes.clone()),
         );
-        if let Err(e) = u.writable(&feed, &coordinator) {
+        if let Err(e) = u.writable(&offer, &coordinator) {
             tracing::warn!("{e}");
-            let url = feed
+            let url = offer
                 .package
                 .map(|p| format!("{}{}", coordinator.trim_end_matches('/'), p.url));
             self.set_update(

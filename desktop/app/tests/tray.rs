@@ -82,10 +82,12 @@ async fn the_tray_menu_starts_pauses_resumes_and_quits() {
             "Pause until tomorrow",
             "Open Commons",
             "Open the portal",
+            concat!("Commons ", env!("CARGO_PKG_VERSION"), ": up to date"),
             "Quit"
         ]
     );
     assert!(!menu[0].1, "the status line is not clickable");
+    assert!(!menu[6].1, "nothing to do while up to date");
     assert!(!menu[2].1 && !menu[3].1, "nothing to pause before donating");
 
     // Each click changed the state, and the status line says so.

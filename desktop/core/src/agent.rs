@@ -59,6 +59,15 @@ pub enum Command {
     Apply(Box<Settings>),
 }
 
+/// How an agent ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// It quit (unregistered), or was never joined.
+    Quit,
+    /// It handed over to another process (an update), still registered.
+    Handover,
+}
+
 /// One assigned container, as a UI shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ContainerView {
@@ -103,7 +112,7 @@ pub struct AgentHandle {
     /// Its session.
     pub session: watch::Receiver<Session>,
     commands: mpsc::Sender<Command>,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<anyhow::Result<Ended>>,
     progress: Option<mpsc::Receiver<crate::containers::Progress>>,
     dht: Arc<std::sync::OnceLock<commons_dht::Dht>>,
 }
@@ -150,6 +159,11 @@ impl AgentHandle {
 
     /// Waits for the agent to finish.
     pub async fn join(self) -> anyhow::Result<()> {
+        self.finish().await.map(|_| ())
+    }
+
+    /// Waits for the agent to finish, and says how it ended.
+    pub async fn finish(self) -> anyhow::Result<Ended> {
         self.task.await?
     }
 }
@@ -273,7 +287,7 @@ struct Joined {
 }
 
 enum Next {
-    Quit,
+    End(Ended),
     Rejoin { via_entry: bool },
 }
 
@@ -349,7 +363,7 @@ impl Agent {
         }
     }
 
-    async fn run(&mut self) -> anyhow::Result<()> {
+    async fn run(&mut self) -> anyhow::Result<Ended> {
         self.set(State::Registering);
         if self.settings.containers {
             match Engine::connect(self.settings.policy()).await {
@@ -392,11 +406,11 @@ impl Agent {
                 Some(j) => j,
                 None => match self.join(via_entry).await {
                     Some(j) => j,
-                    None => return self.stop(None, false).await,
+                    None => return self.stop(None, false).await.map(|()| Ended::Quit),
                 },
             };
             match self.donate(j).await? {
-                Next::Quit => return Ok(()),
+                Next::End(e) => return Ok(e),
                 Next::Rejoin { via_entry: v } => {
                     via_entry = v;
                     self.set(State::Registering);
@@ -792,8 +806,8 @@ impl Agent {
                         self.set(self.active_state());
                         next_beat = Instant::now();
                     }
-                    Some(Command::Quit) | None => { self.stop(Some(&j), false).await?; return Ok(Next::Quit); }
-                    Some(Command::Handover) => { self.stop(Some(&j), true).await?; return Ok(Next::Quit); }
+                    Some(Command::Quit) | None => { self.stop(Some(&j), false).await?; return Ok(Next::End(Ended::Quit)); }
+                    Some(Command::Handover) => { self.stop(Some(&j), true).await?; return Ok(Next::End(Ended::Handover)); }
                 },
             }
         }

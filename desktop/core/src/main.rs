@@ -263,8 +263,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             let handle_session = handle.session.clone();
-            handle.join().await?;
-            let (Some(u), Some(new)) = (updater, staged.lock().take()) else {
+            let ended = handle.finish().await?;
+            let (Some(u), Some(new), agent::Ended::Handover) =
+                (updater, staged.lock().take(), ended)
+            else {
                 return Ok(());
             };
             // The agent has handed over: install, try the new version, and become it (or the old one again).
@@ -315,11 +317,11 @@ async fn check_for_updates(
         }
         let coordinator = session.borrow().coordinator_url.clone();
         match u.check(&coordinator).await {
-            Ok(Some(feed)) => {
-                let info = feed.latest.clone().unwrap_or_else(|| unreachable!());
+            Ok(Some(offer)) => {
+                let info = &offer.release;
                 tracing::warn!(version = %info.version, notes = %info.notes, "an update is available");
-                let ready = match u.writable(&feed, &coordinator) {
-                    Ok(()) => u.download(&coordinator, &info).await,
+                let ready = match u.writable(&offer, &coordinator) {
+                    Ok(()) => u.download(&coordinator, info).await,
                     Err(e) => Err(e),
                 };
                 match ready {

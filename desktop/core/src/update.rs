@@ -113,6 +113,15 @@ pub struct TrialReport {
     pub worker_id: String,
 }
 
+/// A newer release offered by the feed.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    /// The release.
+    pub release: ReleaseInfo,
+    /// The system package of the product, for a binary that cannot replace itself.
+    pub package: Option<ReleaseInfo>,
+}
+
 /// A verified artifact, ready to install.
 #[derive(Debug)]
 pub struct Staged {
@@ -209,9 +218,9 @@ impl Updater {
     }
 
     /// The release to install, if the feed offers a newer one that has not failed here before.
-    pub async fn check(&self, coordinator: &str) -> Result<Option<UpdateFeed>, UpdateError> {
-        let feed = self.feed(coordinator).await?;
-        let Some(latest) = &feed.latest else {
+    pub async fn check(&self, coordinator: &str) -> Result<Option<Offer>, UpdateError> {
+        let UpdateFeed { latest, package } = self.feed(coordinator).await?;
+        let Some(latest) = latest else {
             return Ok(None);
         };
         let refused = |why| UpdateError::Refused {
@@ -225,19 +234,22 @@ impl Updater {
             tracing::debug!(version = %latest.version, "skipping a version marked bad");
             return Ok(None);
         }
-        Ok(Some(feed))
+        Ok(Some(Offer {
+            release: latest,
+            package,
+        }))
     }
 
     /// Whether the binary can be replaced: a file can be created beside it. If not, the error names the package
     /// `coordinator` offers instead.
-    pub fn writable(&self, feed: &UpdateFeed, coordinator: &str) -> Result<(), UpdateError> {
+    pub fn writable(&self, offer: &Offer, coordinator: &str) -> Result<(), UpdateError> {
         let dir = self.exe.parent().unwrap_or(Path::new("."));
         match tempfile::NamedTempFile::new_in(dir) {
             Ok(_) => Ok(()),
             Err(e) => Err(UpdateError::NotWritable {
                 exe: self.exe.display().to_string(),
                 why: e.to_string(),
-                hint: match &feed.package {
+                hint: match &offer.package {
                     Some(p) => format!(
                         "install the new package instead: {}{} (sha256 {})",
                         coordinator.trim_end_matches('/'),
