@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 pub mod browser;
+pub mod update;
 
 /// A catalogue overlay that leaves only the given services (name, replicas), each needing 1 GiB and 1 core.
 pub fn catalogue_only(dir: &std::path::Path, services: &[(&str, u32)]) -> PathBuf {

@@ -1,0 +1,229 @@
+//! The self-update tests' and bench's parts: the agent builds of `cargo xtask update-fixtures`, signing with the
+//! `minisign` tool, publishing through `commons-coordinator release add`, and a volunteer running a build.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::Coordinator;
+
+/// The platform the fixtures are built for.
+pub const PLATFORM: &str = "linux-x86_64";
+
+/// `$CARGO_TARGET_DIR/<dir>`, found from this program's place (a test in `…/debug/deps/`, a bench in `…/release/`).
+fn target(dir: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors()
+        .find(|a| a.join("update-fixtures").is_dir())
+        .or_else(|| exe.ancestors().nth(3))
+        .unwrap()
+        .join(dir)
+}
+
+/// The agent builds 0.1.0 and 0.1.1 and their release key pair (`cargo xtask update-fixtures`).
+pub fn fixtures() -> PathBuf {
+    let dir = target("update-fixtures");
+    assert!(
+        dir.join("commons-agent-0.1.1").is_file(),
+        "{} lacks the agent builds: run `cargo xtask update-fixtures` first (.ci/test does)",
+        dir.display()
+    );
+    dir
+}
+
+/// The `commons-coordinator` binary built beside the tests.
+pub fn coordinator_bin() -> PathBuf {
+    let bin = target("debug").join("commons-coordinator");
+    assert!(
+        bin.is_file(),
+        "{} is missing: cargo build -p commons-coordinator",
+        bin.display()
+    );
+    bin
+}
+
+/// Signs `file` with the minisign secret key `key` (its default trusted comment names the file).
+pub fn sign(file: &Path, key: &Path) {
+    let out = std::process::Command::new("minisign")
+        .arg("-S")
+        .arg("-s")
+        .arg(key)
+        .arg("-m")
+        .arg(file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("minisign is installed (apt install minisign)");
+    assert!(
+        out.status.success(),
+        "minisign: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A signed artifact for `version`: `bytes` under the name the signature must carry, in `dir`.
+pub fn artifact(dir: &Path, version: &str, bytes: &[u8], key: &Path) -> PathBuf {
+    let file = dir.join(format!("commons-agent-{version}-{PLATFORM}"));
+    std::fs::write(&file, bytes).unwrap();
+    sign(&file, key);
+    file
+}
+
+/// `commons-coordinator release add` into `releases`, trusting `key`.
+pub fn release_add(
+    releases: &Path,
+    file: &Path,
+    version: &str,
+    key: &Path,
+) -> std::process::Output {
+    std::process::Command::new(coordinator_bin())
+        .args(["release", "add"])
+        .arg(file)
+        .args([
+            "--version",
+            version,
+            "--channel",
+            "stable",
+            "--platform",
+            PLATFORM,
+        ])
+        .args(["--notes", "test release"])
+        .arg("--releases-dir")
+        .arg(releases)
+        .arg("--release-key")
+        .arg(key)
+        .output()
+        .unwrap()
+}
+
+/// [`release_add`], which must succeed.
+pub fn publish(releases: &Path, file: &Path, version: &str, key: &Path) {
+    let out = release_add(releases, file, version, key);
+    assert!(
+        out.status.success(),
+        "release add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A coordinator serving `releases/` from its data dir.
+pub async fn coordinator() -> (Coordinator, PathBuf) {
+    let c = Coordinator::start(|cfg, dir| {
+        cfg.releases_dir = Some(dir.join("releases"));
+        cfg.heartbeat_interval_secs = 1;
+    })
+    .await;
+    let releases = c.dir.path().join("releases");
+    (c, releases)
+}
+
+/// A coordinator offering the agent build 0.1.1, signed with the release key the fixtures carry.
+pub async fn coordinator_offering_0_1_1() -> Coordinator {
+    let fx = fixtures();
+    let (c, releases) = coordinator().await;
+    let work = tempfile::tempdir().unwrap();
+    let new = artifact(
+        work.path(),
+        "0.1.1",
+        &std::fs::read(fx.join("commons-agent-0.1.1")).unwrap(),
+        &fx.join("test-release.key"),
+    );
+    publish(&releases, &new, "0.1.1", &fx.join("test-release.pub"));
+    c
+}
+
+/// A volunteer's server: a copy of an agent build in a writable folder, running against `c`.
+#[derive(Debug)]
+pub struct Volunteer {
+    /// Its folder: `bin/commons-agent`, settings, credentials, log.
+    pub dir: tempfile::TempDir,
+    /// The binary.
+    pub exe: PathBuf,
+    /// The process.
+    pub child: tokio::process::Child,
+}
+
+impl Volunteer {
+    /// Runs the fixture build `version` against `c`.
+    pub fn start(version: &str, c: &Coordinator) -> Self {
+        Self::start_in(version, c, false, false)
+    }
+
+    /// With `read_only`, the binary's folder is mounted read-only for the agent (in a mount namespace of its own),
+    /// as /usr/bin is for a system package's binary; with `paused`, it starts paused by the volunteer (as after an
+    /// update's restart while paused).
+    pub fn start_in(version: &str, c: &Coordinator, read_only: bool, paused: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        let exe = dir.path().join("bin/commons-agent");
+        std::fs::copy(fixtures().join(format!("commons-agent-{version}")), &exe).unwrap();
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "coordinator_url = {:?}\ncontainers = false\ndht = false\nupdate_deadline_secs = 30\nupdate_state = {:?}\n",
+                c.url(),
+                dir.path().join("update.json")
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let mut cmd = if read_only {
+            let mut c = tokio::process::Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(r#"mount -o bind,ro "$0" "$0" && exec "$@""#)
+                .arg(dir.path().join("bin"))
+                .arg(&exe);
+            c
+        } else {
+            tokio::process::Command::new(&exe)
+        };
+        let child = cmd
+            .arg("--config")
+            .arg(&config)
+            .arg("--credentials-file")
+            .arg(dir.path().join("credentials.json"))
+            .arg("--control-socket")
+            .arg(dir.path().join("agent.sock"))
+            .arg("run")
+            .env("NO_COLOR", "1")
+            .env("COMMONS_START_PAUSED", if paused { "1" } else { "0" })
+            .env_remove("RUST_LOG")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Self { dir, exe, child }
+    }
+
+    /// Its log so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Waits for `needle` in the log.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        for _ in 0..300 {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no {needle:?} in the agent's log:\n{}", self.log());
+    }
+
+    /// What `--version` of the binary now in place says.
+    pub fn installed_version(&self) -> String {
+        let out = std::process::Command::new(&self.exe)
+            .arg("--version")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Whether the process is still running.
+    pub fn still_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
