@@ -22,6 +22,8 @@ use crate::state::AppState;
 const SIDECAR: &str = ".release.json";
 /// Longest platform name.
 const MAX_PLATFORM_LEN: usize = 40;
+/// Longest signature file (a minisign signature is about 300 bytes).
+const MAX_SIGNATURE_LEN: u64 = 4096;
 
 /// The project's release public key (minisign), the default the coordinator checks artifacts against.
 pub use commons_shared::release::PROJECT_KEY;
@@ -122,10 +124,22 @@ pub fn add(dir: &Path, key: &str, r: &NewRelease) -> Result<ReleaseInfo, AddErro
         .signature
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.minisig", r.file.display())));
-    let signature = std::fs::read_to_string(&sig_path).map_err(io(format!(
-        "cannot read the signature {}",
-        sig_path.display()
-    )))?;
+    let signature = std::fs::File::open(&sig_path)
+        .and_then(|f| {
+            let mut text = String::new();
+            f.take(MAX_SIGNATURE_LEN + 1).read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .map_err(io(format!(
+            "cannot read the signature {}",
+            sig_path.display()
+        )))?;
+    if signature.len() as u64 > MAX_SIGNATURE_LEN {
+        return Err(AddError::Refused {
+            file: name,
+            why: release::Refusal::BadSignatureText,
+        });
+    }
     let refused = |why| AddError::Refused {
         file: name.clone(),
         why,

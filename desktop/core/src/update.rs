@@ -23,6 +23,27 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// Downloads are staged beside the binary under this prefix.
+const STAGING_PREFIX: &str = ".commons-update-";
+
+/// Removes downloads an earlier process left behind (killed mid-download), an hour old or more.
+fn remove_stale_downloads(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if old && e.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Set on a trial run of a new version: the file to report to.
 pub const TRIAL_ENV: &str = "COMMONS_UPDATE_TRIAL";
 /// Set on the first run after an update: the version it replaced.
@@ -150,6 +171,8 @@ impl Updater {
             state,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
+                // A server that stops sending mid-download must not hold the updater forever.
+                .read_timeout(Duration::from_secs(60))
                 .build()
                 .unwrap_or_default(),
         }
@@ -284,8 +307,9 @@ impl Updater {
             )));
         }
         let dir = self.exe.parent().unwrap_or(Path::new("."));
+        remove_stale_downloads(dir);
         let mut tmp = tempfile::Builder::new()
-            .prefix(".commons-update-")
+            .prefix(STAGING_PREFIX)
             .tempfile_in(dir)
             .map_err(io_err(format!("cannot write into {}", dir.display())))?;
         let url = format!("{}{}", coordinator.trim_end_matches('/'), info.url);
