@@ -7,9 +7,9 @@
 //! - `cargo xtask agent-deb [--profile <p>]`: the headless agent as a Debian package for servers (binary, systemd
 //!   unit, settings in /etc/commons, its own user), laid out here and built by `dpkg-deb`, into
 //!   `$CARGO_TARGET_DIR/debian/`.
-//! - `cargo xtask update-fixtures`: what the update tests run: a throw-away release key pair (minisign) and the
-//!   headless agent built twice with that key compiled in, as versions 0.1.0 and 0.1.1 (nothing else differs),
-//!   stripped, in `$CARGO_TARGET_DIR/update-fixtures/`.
+//! - `cargo xtask update-fixtures`: what the update tests run: a throw-away release key pair (minisign), and the
+//!   headless agent and the desktop app each built twice with that key compiled in, as versions 0.1.0 and 0.1.1
+//!   (nothing else differs), stripped, in `$CARGO_TARGET_DIR/update-fixtures/`.
 //! - `cargo xtask serve [-- <coordinator flags>]`: builds the portal, then runs the coordinator (release) on its
 //!   embedded defaults serving it.
 //!
@@ -286,6 +286,7 @@ fn update_fixtures() -> anyhow::Result<()> {
         .context("minisign is needed (apt install minisign)")?;
     }
     let key = std::fs::read_to_string(&public)?;
+    // The agent and the desktop app, each built twice with the test key: only the version differs.
     let build = |env: &[(&str, &str)]| {
         run(Command::new(&cargo)
             .current_dir(&root)
@@ -296,6 +297,7 @@ fn update_fixtures() -> anyhow::Result<()> {
                 "--bin",
                 "commons-agent",
             ])
+            .args(["--package", "commons", "--bin", "commons"])
             .envs(env.iter().copied()))
     };
     for version in ["0.1.0", "0.1.1"] {
@@ -303,12 +305,17 @@ fn update_fixtures() -> anyhow::Result<()> {
             ("COMMONS_BUILD_VERSION", version),
             ("COMMONS_RELEASE_KEY", key.as_str()),
         ])?;
-        let to = out.join(format!("commons-agent-{version}"));
-        std::fs::copy(target_dir.join("debug/commons-agent"), &to)?;
-        run(Command::new("strip").arg("--strip-debug").arg(&to))
-            .context("strip (binutils) is needed")?;
+        for (bin, name) in [
+            ("commons-agent", "commons-agent"),
+            ("commons", "commons-desktop"),
+        ] {
+            let to = out.join(format!("{name}-{version}"));
+            std::fs::copy(target_dir.join("debug").join(bin), &to)?;
+            run(Command::new("strip").arg("--strip-debug").arg(&to))
+                .context("strip (binutils) is needed")?;
+        }
     }
-    // Leave the ordinary build in place for the tests that run it.
+    // Leave the ordinary builds in place for the tests that run them.
     build(&[])?;
     println!("update fixtures in {}", out.display());
     Ok(())

@@ -303,7 +303,10 @@ impl Donor {
             return Err(AppError::Update("no update is ready to install".into()));
         };
         self.cancel_timer().await;
-        if let Some(handle) = self.agent.lock().await.take() {
+        let paused = *self.state.borrow() == State::Paused;
+        let handle = self.agent.lock().await.take();
+        let donating = handle.is_some();
+        if let Some(handle) = handle {
             handle.send(Command::Handover).await;
             if tokio::time::timeout(Duration::from_secs(20), handle.join())
                 .await
@@ -316,9 +319,12 @@ impl Donor {
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         let from = u.build().version.clone();
         let updated = u.install(staged, &args, deadline).await.is_ok();
-        let paused = *self.state.borrow() == State::Paused;
-        let e =
-            commons_agent::update::exec(u.exe(), &args, updated.then_some(from.as_str()), paused);
+        let restart = commons_agent::update::Restart {
+            updated_from: updated.then_some(from.as_str()),
+            paused,
+            donating,
+        };
+        let e = commons_agent::update::exec(u.exe(), &args, restart);
         Err(AppError::Update(format!("cannot restart Commons: {e}")))
     }
 

@@ -63,7 +63,17 @@ pub fn run_app<R: Runtime>(
                 tray::create(app.handle())?;
                 follow_notices(app.handle());
             }
-            check_for_updates(app.state::<Arc<Donor>>().inner().clone());
+            let donor = app.state::<Arc<Donor>>().inner().clone();
+            // Restarted by an update while donating: donate again at once, as the volunteer left it.
+            if commons_agent::update::resume_donating() {
+                let donor = donor.clone();
+                tauri::async_runtime::spawn(async move {
+                    if let Err(e) = donor.start(None, None).await {
+                        tracing::warn!(error = %e, "cannot donate again after the update");
+                    }
+                });
+            }
+            check_for_updates(donor);
             // First run (nothing saved yet): show the window with its Start donating button.
             let first_run = app
                 .state::<Arc<Donor>>()

@@ -1,6 +1,8 @@
-//! The app's update state against a real coordinator's feed: a signed desktop release is fetched and verified and
-//! the app offers "Restart to finish"; a tampered one is refused and shown as failed, the running version kept.
-//! (Swapping, the trial run and the restart are the agent core's, tested end to end with the headless agent.)
+//! The app's updates against a real coordinator's feed. Through `Donor`: a signed release is fetched and verified and
+//! the app offers "Restart to finish"; a tampered one is refused and shown as failed, the running version kept. End
+//! to end: the real app built as 0.1.0 and 0.1.1 (`cargo xtask update-fixtures`), in its own desktop session with
+//! `support/tray_host.py` as the shell, updates from its tray entry, restarts as 0.1.1 in the same process and
+//! donates again.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -174,4 +176,151 @@ async fn a_signed_release_is_verified_and_offered_for_restart_and_a_tampered_one
     assert_eq!(staged.len(), 1);
     assert_eq!(std::fs::read(staged[0].path()).unwrap(), good);
     donor.quit(Duration::from_secs(10)).await;
+}
+
+/// `$CARGO_TARGET_DIR/update-fixtures` (`cargo xtask update-fixtures`), from this test binary's place.
+fn fixtures() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.ancestors().nth(3).unwrap().join("update-fixtures");
+    assert!(
+        dir.join("commons-desktop-0.1.1").is_file(),
+        "{} lacks the app's builds: run `cargo xtask update-fixtures` first (.ci/test does)",
+        dir.display()
+    );
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_app_updates_from_its_tray_restarts_and_donates_as_the_new_version() {
+    let fx = fixtures();
+    let data = tempfile::tempdir().unwrap();
+    let releases = data.path().join("releases");
+    let server = commons_coordinator::Server::bind({
+        let mut c = commons_coordinator::server::test_utils::config(data.path());
+        c.heartbeat_interval_secs = 1;
+        c.releases_dir = Some(releases.clone());
+        c
+    })
+    .await
+    .unwrap();
+    // 0.1.1 of the app, signed with the key the fixture builds carry, published.
+    let work = tempfile::tempdir().unwrap();
+    let platform = commons_shared::release::this_platform();
+    let name = commons_shared::release::artifact_name("desktop", "0.1.1", &platform);
+    let artifact = work.path().join(&name);
+    std::fs::copy(fx.join("commons-desktop-0.1.1"), &artifact).unwrap();
+    let secret = fx.join("test-release.key");
+    minisign(&[
+        "-S".as_ref(),
+        "-s".as_ref(),
+        secret.as_os_str(),
+        "-m".as_ref(),
+        artifact.as_os_str(),
+    ]);
+    add(
+        &releases,
+        &std::fs::read_to_string(fx.join("test-release.pub")).unwrap(),
+        &NewRelease {
+            file: artifact,
+            signature: None,
+            product: "desktop".into(),
+            version: "0.1.1".into(),
+            channel: "stable".into(),
+            platform,
+            notes: "Faster start.".into(),
+        },
+    )
+    .unwrap();
+
+    // The volunteer's 0.1.0, in a folder of their own, set up to donate to this coordinator.
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("bin")).unwrap();
+    let app = home.path().join("bin/commons");
+    std::fs::copy(fx.join("commons-desktop-0.1.0"), &app).unwrap();
+    let config_dir = home.path().join("config/commons");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(
+        config_dir.join("agent.toml"),
+        format!(
+            "coordinator_url = {:?}\ncontainers = false\ndht = false\nedge_url = \"http://127.0.0.1:9\"\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let host = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/tray_host.py");
+    let restart = "Restart to finish the update to 0.1.1";
+    let out = tokio::task::spawn_blocking({
+        let (home, app) = (home.path().to_owned(), app.clone());
+        move || {
+            std::process::Command::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/support/desktop-session"
+            ))
+            .arg("/usr/bin/python3")
+            .arg(host)
+            .arg(&app)
+            .args(["Start donating=>Pause", &format!("wait={restart}")])
+            .arg(format!("restart={restart}=>Commons 0.1.1: up to date"))
+            // Donating again by itself, as the volunteer left it.
+            .arg("wait=Pause")
+            .env("XDG_CONFIG_HOME", home.join("config"))
+            .env("XDG_DATA_HOME", home.join("data"))
+            .env("XDG_CACHE_HOME", home.join("cache"))
+            .env("XDG_RUNTIME_DIR", home.join("runtime"))
+            .env("HOME", &home)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("xvfb-run, keyutils, dbus, gnome-keyring and Debian's python3-dbus/python3-gi")
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the shell failed: {stdout}\n{stderr}");
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let first = events.iter().find(|e| e["event"] == "registered").unwrap();
+    let restarted = events
+        .iter()
+        .find(|e| e["event"] == "restarted")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    // The same process became the new version (exec), and its tray came back.
+    assert_eq!(restarted["pid"], first["pid"]);
+    assert_eq!(restarted["running"], true);
+    // The trial ran the new binary before the switch (the app logs to stdout).
+    assert!(
+        stdout.contains("the new version is healthy"),
+        "{stdout}\n{stderr}"
+    );
+    let notified = events
+        .iter()
+        .filter(|e| e["event"] == "notification" && e["summary"] == "Commons is donating")
+        .count();
+    assert_eq!(
+        notified, 2,
+        "donating, then donating again after the restart: {stdout}"
+    );
+    // The binary in place is 0.1.1, the old one kept beside it; the coordinator heard the new version.
+    assert!(
+        std::fs::read(&app).unwrap() == std::fs::read(fx.join("commons-desktop-0.1.1")).unwrap()
+    );
+    assert!(
+        std::fs::read(home.path().join("bin/commons.previous")).unwrap()
+            == std::fs::read(fx.join("commons-desktop-0.1.0")).unwrap()
+    );
+    let list: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/admin/workers", server.url()))
+        .bearer_auth(commons_coordinator::server::test_utils::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let workers = list["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 1, "{list}");
+    assert_eq!(workers[0]["agent_version"], "0.1.1");
 }

@@ -277,7 +277,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(()) => Some(VERSION),
                 Err(_) => None,
             };
-            Err(update::exec(u.exe(), &args, from, paused).into())
+            let restart = update::Restart {
+                updated_from: from,
+                paused,
+                donating: true,
+            };
+            Err(update::exec(u.exe(), &args, restart).into())
         }
     }
 }

@@ -48,15 +48,38 @@ fn remove_stale_downloads(dir: &Path) {
 pub const TRIAL_ENV: &str = "COMMONS_UPDATE_TRIAL";
 /// Set on the first run after an update: the version it replaced.
 pub const UPDATED_FROM_ENV: &str = "COMMONS_UPDATED_FROM";
-/// Set on the first run after an update when the volunteer had paused donating: it starts paused.
+/// Set on the first run after an update (or a rollback) when the volunteer had paused donating: it starts paused.
 pub const PAUSED_ENV: &str = "COMMONS_START_PAUSED";
+/// Set on the first run after an update (or a rollback) of the desktop app when it was donating: it donates again.
+pub const DONATING_ENV: &str = "COMMONS_RESUME_DONATING";
 
-/// Whether this process was started paused by an update's restart (read once: a later start in the same process,
-/// a Retry, starts as usual).
+/// Whether `env` is "1" for this process, read once: a later start in the same process (a Retry) starts as usual.
+fn once(env: &str, taken: &std::sync::atomic::AtomicBool) -> bool {
+    !taken.swap(true, std::sync::atomic::Ordering::Relaxed)
+        && std::env::var_os(env).is_some_and(|v| v == "1")
+}
+
+/// Whether this process was started paused by an update's restart.
 pub fn start_paused() -> bool {
     static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    !TAKEN.swap(true, std::sync::atomic::Ordering::Relaxed)
-        && std::env::var_os(PAUSED_ENV).is_some_and(|v| v == "1")
+    once(PAUSED_ENV, &TAKEN)
+}
+
+/// Whether this process was restarted by an update while donating, and should donate again at once.
+pub fn resume_donating() -> bool {
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    once(DONATING_ENV, &TAKEN)
+}
+
+/// What the restarted process is told.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Restart<'a> {
+    /// The version it replaces (none after a rollback).
+    pub updated_from: Option<&'a str>,
+    /// The volunteer had paused donating.
+    pub paused: bool,
+    /// It was donating (the desktop app starts donating only when told to).
+    pub donating: bool,
 }
 
 /// What this build is and whom it trusts.
@@ -118,7 +141,7 @@ fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Update
     move |e| UpdateError::Io(format!("{what}: {e}"))
 }
 
-/// The updater's own record: versions that failed their trial, and what the last trial reported.
+/// The updater's own record: the versions that failed their trial here.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Record {
     #[serde(default)]
@@ -490,23 +513,19 @@ pub async fn trial(
     handle.join().await
 }
 
-/// Replaces this process with `exe` run with `args`: the new version after an update (`updated_from` is the
-/// version it replaces), or the old one again after a rollback; `paused` when the volunteer had paused donating.
-/// Returns only on failure.
+/// Replaces this process with `exe` run with `args`: the new version after an update, or the old one again after a
+/// rollback, told what it needs to carry on (see [`Restart`]). Returns only on failure.
 #[cfg(unix)]
-pub fn exec(
-    exe: &Path,
-    args: &[std::ffi::OsString],
-    updated_from: Option<&str>,
-    paused: bool,
-) -> std::io::Error {
+pub fn exec(exe: &Path, args: &[std::ffi::OsString], restart: Restart<'_>) -> std::io::Error {
     use std::os::unix::process::CommandExt;
+    let flag = |b: bool| if b { "1" } else { "0" };
     let mut c = std::process::Command::new(exe);
     c.args(args)
         .env_remove(TRIAL_ENV)
         .env_remove(UPDATED_FROM_ENV)
-        .env(PAUSED_ENV, if paused { "1" } else { "0" });
-    if let Some(v) = updated_from {
+        .env(PAUSED_ENV, flag(restart.paused))
+        .env(DONATING_ENV, flag(restart.donating));
+    if let Some(v) = restart.updated_from {
         c.env(UPDATED_FROM_ENV, v);
     }
     c.exec()

@@ -8,6 +8,8 @@ Each <click> is "label=>expected": click the entry labelled `label`, then wait u
 appears. "quit" as a click clicks Quit and waits for the app to exit. "measure=N" samples the app's process tree
 (the app and its WebKit processes) for N seconds: resident memory and CPU. "notified=TITLE" waits for a notification
 titled TITLE. "second" launches the app again: it must exit by itself while the first one keeps running.
+"wait=LABEL" waits (up to 60 s) for an entry labelled LABEL. "restart=label=>expected" clicks `label`, then waits for
+the same process (it replaces itself: an update) to register its tray item again, and for `expected` in its menu.
 
 Needs Debian's /usr/bin/python3 (python3-dbus, python3-gi).
 """
@@ -247,6 +249,52 @@ def main():
             if code is None or proc.poll() is not None:
                 proc.kill()
                 return 1
+            continue
+        if click.startswith("wait="):
+            label = click.split("=", 1)[1]
+            deadline = time.time() + 60
+            seen = entries(menu)
+            while not any(l == label for _, l, _ in seen) and time.time() < deadline:
+                pump(0.1)
+                seen = entries(menu)
+            if not any(l == label for _, l, _ in seen):
+                say(event="not_seen", label=label, entries=[l for _, l, _ in seen])
+                proc.kill()
+                return 1
+            say(event="seen", label=label, entries=[[l, e] for _, l, e in seen])
+            continue
+        if click.startswith("restart="):
+            label, expected = click.split("=", 1)[1].split("=>")
+            registered = len(watcher.items)
+            target = [i for i, l, _ in entries(menu) if l == label][0]
+            menu.Event(target, "clicked", dbus.Int32(0, variant_level=1), dbus.UInt32(0))
+            deadline = time.time() + 60
+            while len(watcher.items) == registered and time.time() < deadline and proc.poll() is None:
+                pump(0.05)
+            if len(watcher.items) == registered:
+                say(event="not_restarted", exited=proc.poll())
+                proc.kill()
+                return 1
+            service, path = watcher.items[-1]
+            item = bus.get_object(service, path)
+            menu_path = dbus.Interface(item, dbus.PROPERTIES_IFACE).Get(ITEM, "Menu")
+            menu = dbus.Interface(bus.get_object(service, menu_path), MENU)
+            click = label + "=>" + expected
+            deadline = time.time() + 30
+            seen = []
+            while time.time() < deadline:
+                pump(0.1)
+                try:
+                    seen = entries(menu)
+                except dbus.exceptions.DBusException:
+                    continue
+                if any(l == expected for _, l, _ in seen):
+                    break
+            else:
+                say(event="not_changed", clicked=label, expected=expected, entries=[l for _, l, _ in seen])
+                proc.kill()
+                return 1
+            say(event="restarted", pid=proc.pid, running=proc.poll() is None, now=[l for _, l, _ in seen])
             continue
         label, expected = click.split("=>")
         found = [i for i, l, _ in entries(menu) if l == label]
