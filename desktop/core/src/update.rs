@@ -23,6 +23,9 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// The largest feed read.
+const MAX_FEED_BYTES: usize = 256 * 1024;
+
 /// Downloads are staged beside the binary under this prefix.
 const STAGING_PREFIX: &str = ".commons-update-";
 
@@ -258,9 +261,19 @@ impl Updater {
         if !res.status().is_success() {
             return Err(UpdateError::Fetch(format!("{url}: HTTP {}", res.status())));
         }
-        res.json()
-            .await
-            .map_err(|e| UpdateError::Fetch(format!("{url}: {e}")))
+        // A feed is a few KiB; read at most MAX_FEED_BYTES of whatever the server sends.
+        let mut body = Vec::new();
+        let mut chunks = res.bytes_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| UpdateError::Fetch(format!("{url}: {e}")))?;
+            if body.len() + chunk.len() > MAX_FEED_BYTES {
+                return Err(UpdateError::Fetch(format!(
+                    "{url}: the feed is larger than {MAX_FEED_BYTES} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|e| UpdateError::Fetch(format!("{url}: {e}")))
     }
 
     /// The release to install, if the feed offers a newer one that has not failed here before.
