@@ -199,7 +199,7 @@ impl Donor {
             state: watch::channel(State::Stopped).0,
             updater: None,
             update: watch::channel(UpdateView {
-                running: env!("CARGO_PKG_VERSION").into(),
+                running: crate::VERSION.into(),
                 ..Default::default()
             })
             .0,
@@ -303,9 +303,10 @@ impl Donor {
             return Err(AppError::Update("no update is ready to install".into()));
         };
         self.cancel_timer().await;
-        let paused = *self.state.borrow() == State::Paused;
         let handle = self.agent.lock().await.take();
         let donating = handle.is_some();
+        // Paused by the volunteer (not held back by a rule, which the restarted agent checks again itself).
+        let paused = handle.as_ref().is_some_and(|h| h.session.borrow().paused);
         if let Some(handle) = handle {
             handle.send(Command::Handover).await;
             if tokio::time::timeout(Duration::from_secs(20), handle.join())
