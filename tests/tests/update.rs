@@ -159,20 +159,25 @@ async fn an_artifact_signed_with_another_key_is_refused_by_the_coordinator_and_t
     .await;
 }
 
+/// Publishes a small script as 0.1.1, signed with the fixtures' key.
+fn publish_script(releases: &Path, work: &Path) {
+    let fx = fixtures();
+    let file = artifact(
+        work,
+        "0.1.1",
+        b"#!/bin/sh\nexit 0\n",
+        &fx.join("test-release.key"),
+    );
+    publish(releases, &file, "0.1.1", &fx.join("test-release.pub"));
+}
+
 #[tokio::test]
 async fn a_tampered_artifact_is_refused() {
-    let fx = fixtures();
     refused(
         "0.1.0",
         "does not match the file (tampered",
         |releases, work| {
-            let file = artifact(
-                work,
-                "0.1.1",
-                b"#!/bin/sh\nexit 0\n",
-                &fx.join("test-release.key"),
-            );
-            publish(releases, &file, "0.1.1", &fx.join("test-release.pub"));
+            publish_script(releases, work);
             // One byte changed on the server, and the checksum in the feed updated to match: only the signature can tell.
             let stored = releases.join(format!("commons-agent-0.1.1-{PLATFORM}"));
             let mut bytes = std::fs::read(&stored).unwrap();
@@ -190,15 +195,8 @@ async fn a_tampered_artifact_is_refused() {
 
 #[tokio::test]
 async fn a_wrong_checksum_is_refused() {
-    let fx = fixtures();
     refused("0.1.0", "checksum mismatch", |releases, work| {
-        let file = artifact(
-            work,
-            "0.1.1",
-            b"#!/bin/sh\nexit 0\n",
-            &fx.join("test-release.key"),
-        );
-        publish(releases, &file, "0.1.1", &fx.join("test-release.pub"));
+        publish_script(releases, work);
         edit_sidecar(releases, "0.1.1", |v| v["sha256"] = "ab".repeat(32).into());
     })
     .await;

@@ -3,16 +3,10 @@
 //! registers with. It reads the item's dbusmenu and clicks entries with dbusmenu `Event(id, "clicked")`; the app
 //! donates to a real coordinator on loopback, pauses, resumes and quits.
 
-use std::process::Command;
-
 use serde_json::Value;
 
-fn events(stdout: &str) -> Vec<Value> {
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .collect()
-}
+#[path = "support/shell.rs"]
+mod shell;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tray_menu_starts_pauses_resumes_and_quits() {
@@ -33,29 +27,19 @@ async fn the_tray_menu_starts_pauses_resumes_and_quits() {
         ),
     )
     .unwrap();
-    let host = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/tray_host.py");
-    let app = env!("CARGO_BIN_EXE_commons");
-    let out = tokio::task::spawn_blocking({
-        let home = home.path().to_owned();
-        move || {
-            Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/desktop-session"))
-                .args(["/usr/bin/python3", host, app])
-                .args(["Start donating=>Pause", "notified=Commons is donating", "Pause=>Resume"])
-                .args(["Resume=>Pause", "second", "quit"])
-                .env("XDG_CONFIG_HOME", home.join("config"))
-                .env("XDG_DATA_HOME", home.join("data"))
-                .env("XDG_CACHE_HOME", home.join("cache"))
-                .env("XDG_RUNTIME_DIR", home.join("runtime"))
-                .env("HOME", &home)
-                .env("RUST_LOG", "warn")
-                .output()
-                .expect("xvfb-run, keyutils, dbus, gnome-keyring and Debian's python3-dbus/python3-gi (.ci/setup installs them)")
-        }
-    })
-    .await
-    .unwrap();
+    let clicks = [
+        "Start donating=>Pause",
+        "notified=Commons is donating",
+        "Pause=>Resume",
+    ]
+    .into_iter()
+    .chain(["Resume=>Pause", "second", "quit"])
+    .map(String::from)
+    .collect();
+    let app = std::path::Path::new(env!("CARGO_BIN_EXE_commons"));
+    let out = shell::run(home.path(), app, clicks).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let ev = events(&stdout);
+    let ev = shell::events(&stdout);
     assert!(
         out.status.success(),
         "the shell failed: {stdout}\n{}",

@@ -16,6 +16,9 @@ use commons_agent::update::{Build, Updater};
 use commons_coordinator::updates::{NewRelease, add};
 use commons_desktop::donor::{Donor, UpdatePhase};
 
+#[path = "support/shell.rs"]
+mod shell;
+
 fn minisign(args: &[&std::ffi::OsStr]) {
     let out = std::process::Command::new("minisign")
         .args(args)
@@ -44,18 +47,54 @@ fn serve_bytes(releases: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(&side, serde_json::to_vec(&info).unwrap()).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_signed_release_is_verified_and_offered_for_restart_and_a_tampered_one_is_refused() {
-    let data = tempfile::tempdir().unwrap();
-    let releases = data.path().join("releases");
+/// A coordinator on loopback serving `<data>/releases`.
+async fn coordinator(data: &Path) -> (commons_coordinator::Server, std::path::PathBuf) {
+    let releases = data.join("releases");
     let server = commons_coordinator::Server::bind({
-        let mut c = commons_coordinator::server::test_utils::config(data.path());
+        let mut c = commons_coordinator::server::test_utils::config(data);
         c.heartbeat_interval_secs = 1;
         c.releases_dir = Some(releases.clone());
         c
     })
     .await
     .unwrap();
+    (server, releases)
+}
+
+/// Publishes `bytes` as the app's 0.1.1 for this platform, signed with `secret`, checked against `key`; its name.
+fn publish(releases: &Path, work: &Path, bytes: &[u8], secret: &Path, key: &str) -> String {
+    let platform = commons_shared::release::this_platform();
+    let name = commons_shared::release::artifact_name("desktop", "0.1.1", &platform);
+    let artifact = work.join(&name);
+    std::fs::write(&artifact, bytes).unwrap();
+    minisign(&[
+        "-S".as_ref(),
+        "-s".as_ref(),
+        secret.as_os_str(),
+        "-m".as_ref(),
+        artifact.as_os_str(),
+    ]);
+    add(
+        releases,
+        key,
+        &NewRelease {
+            file: artifact,
+            signature: None,
+            product: "desktop".into(),
+            version: "0.1.1".into(),
+            channel: "stable".into(),
+            platform,
+            notes: "Faster start.".into(),
+        },
+    )
+    .unwrap();
+    name
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_release_is_verified_and_offered_for_restart_and_a_tampered_one_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let (server, releases) = coordinator(data.path()).await;
 
     // The release key (throw-away) and a signed 0.1.1 of the app, published.
     let work = tempfile::tempdir().unwrap();
@@ -68,34 +107,9 @@ async fn a_signed_release_is_verified_and_offered_for_restart_and_a_tampered_one
         "-s".as_ref(),
         secret.as_os_str(),
     ]);
-    let platform = commons_shared::release::this_platform();
-    let name = commons_shared::release::artifact_name("desktop", "0.1.1", &platform);
-    let artifact = work.path().join(&name);
     let good = b"#!/bin/sh\necho 'Commons 0.1.1'\n".to_vec();
-    std::fs::write(&artifact, &good).unwrap();
-    minisign(&[
-        "-S".as_ref(),
-        "-s".as_ref(),
-        secret.as_os_str(),
-        "-m".as_ref(),
-        artifact.as_os_str(),
-    ]);
     let key = std::fs::read_to_string(&public).unwrap();
-    add(
-        &releases,
-        &key,
-        &NewRelease {
-            file: artifact,
-            signature: None,
-            product: "desktop".into(),
-            version: "0.1.1".into(),
-            channel: "stable".into(),
-            platform: platform.clone(),
-            notes: "Faster start.".into(),
-        },
-    )
-    .unwrap();
-
+    let name = publish(&releases, work.path(), &good, &secret, &key);
     // The app 0.1.0, installed in a folder the volunteer owns, donating to that coordinator.
     let home = tempfile::tempdir().unwrap();
     let exe = home.path().join("commons");
@@ -194,43 +208,16 @@ fn fixtures() -> std::path::PathBuf {
 async fn the_real_app_updates_from_its_tray_restarts_and_donates_as_the_new_version() {
     let fx = fixtures();
     let data = tempfile::tempdir().unwrap();
-    let releases = data.path().join("releases");
-    let server = commons_coordinator::Server::bind({
-        let mut c = commons_coordinator::server::test_utils::config(data.path());
-        c.heartbeat_interval_secs = 1;
-        c.releases_dir = Some(releases.clone());
-        c
-    })
-    .await
-    .unwrap();
+    let (server, releases) = coordinator(data.path()).await;
     // 0.1.1 of the app, signed with the key the fixture builds carry, published.
     let work = tempfile::tempdir().unwrap();
-    let platform = commons_shared::release::this_platform();
-    let name = commons_shared::release::artifact_name("desktop", "0.1.1", &platform);
-    let artifact = work.path().join(&name);
-    std::fs::copy(fx.join("commons-desktop-0.1.1"), &artifact).unwrap();
-    let secret = fx.join("test-release.key");
-    minisign(&[
-        "-S".as_ref(),
-        "-s".as_ref(),
-        secret.as_os_str(),
-        "-m".as_ref(),
-        artifact.as_os_str(),
-    ]);
-    add(
+    publish(
         &releases,
+        work.path(),
+        &std::fs::read(fx.join("commons-desktop-0.1.1")).unwrap(),
+        &fx.join("test-release.key"),
         &std::fs::read_to_string(fx.join("test-release.pub")).unwrap(),
-        &NewRelease {
-            file: artifact,
-            signature: None,
-            product: "desktop".into(),
-            version: "0.1.1".into(),
-            channel: "stable".into(),
-            platform,
-            notes: "Faster start.".into(),
-        },
-    )
-    .unwrap();
+    );
 
     // The volunteer's 0.1.0, in a folder of their own, set up to donate to this coordinator.
     let home = tempfile::tempdir().unwrap();
@@ -247,41 +234,19 @@ async fn the_real_app_updates_from_its_tray_restarts_and_donates_as_the_new_vers
         ),
     )
     .unwrap();
-    let host = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/tray_host.py");
     let restart = "Restart to finish the update to 0.1.1";
-    let out = tokio::task::spawn_blocking({
-        let (home, app) = (home.path().to_owned(), app.clone());
-        move || {
-            std::process::Command::new(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/support/desktop-session"
-            ))
-            .arg("/usr/bin/python3")
-            .arg(host)
-            .arg(&app)
-            .args(["Start donating=>Pause", &format!("wait={restart}")])
-            .arg(format!("restart={restart}=>Commons 0.1.1: up to date"))
-            // Donating again by itself, as the volunteer left it.
-            .arg("wait=Pause")
-            .env("XDG_CONFIG_HOME", home.join("config"))
-            .env("XDG_DATA_HOME", home.join("data"))
-            .env("XDG_CACHE_HOME", home.join("cache"))
-            .env("XDG_RUNTIME_DIR", home.join("runtime"))
-            .env("HOME", &home)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("xvfb-run, keyutils, dbus, gnome-keyring and Debian's python3-dbus/python3-gi")
-        }
-    })
-    .await
-    .unwrap();
+    let clicks = vec![
+        "Start donating=>Pause".to_owned(),
+        format!("wait={restart}"),
+        format!("restart={restart}=>Commons 0.1.1: up to date"),
+        // Donating again by itself, as the volunteer left it.
+        "wait=Pause".to_owned(),
+    ];
+    let out = shell::run(home.path(), &app, clicks).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the shell failed: {stdout}\n{stderr}");
-    let events: Vec<serde_json::Value> = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let events = shell::events(&stdout);
     let first = events.iter().find(|e| e["event"] == "registered").unwrap();
     let restarted = events
         .iter()
