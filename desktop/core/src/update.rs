@@ -528,9 +528,7 @@ pub async fn trial(
 
 /// Replaces this process with `exe` run with `args`: the new version after an update, or the old one again after a
 /// rollback, told what it needs to carry on (see [`Restart`]). Returns only on failure.
-#[cfg(unix)]
 pub fn exec(exe: &Path, args: &[std::ffi::OsString], restart: Restart<'_>) -> std::io::Error {
-    use std::os::unix::process::CommandExt;
     let flag = |b: bool| if b { "1" } else { "0" };
     let mut c = std::process::Command::new(exe);
     c.args(args)
@@ -541,5 +539,15 @@ pub fn exec(exe: &Path, args: &[std::ffi::OsString], restart: Restart<'_>) -> st
     if let Some(v) = restart.updated_from {
         c.env(UPDATED_FROM_ENV, v);
     }
-    c.exec()
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        c.exec()
+    }
+    // No exec elsewhere: start the new process and leave.
+    #[cfg(not(unix))]
+    match c.spawn() {
+        Ok(_) => std::process::exit(0),
+        Err(e) => e,
+    }
 }
