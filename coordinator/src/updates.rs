@@ -13,7 +13,6 @@ use axum::extract::{Path as UrlPath, State};
 use commons_shared::release::{
     self, CHANNELS, MAX_NOTES_LEN, PACKAGE_SUFFIX, PRODUCTS, ReleaseInfo, UpdateFeed, Verifier,
 };
-use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -152,9 +151,7 @@ pub fn add(dir: &Path, key: &str, r: &NewRelease) -> Result<ReleaseInfo, AddErro
     let tmp = tempfile::NamedTempFile::new_in(dir)
         .map_err(io(format!("cannot write into {}", dir.display())))?;
     let mut out = std::io::BufWriter::new(tmp.as_file());
-    let mut stream = verifier.stream().map_err(refused)?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
+    let mut check = verifier.check().map_err(refused)?;
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = src
@@ -163,17 +160,14 @@ pub fn add(dir: &Path, key: &str, r: &NewRelease) -> Result<ReleaseInfo, AddErro
         if n == 0 {
             break;
         }
-        stream.update(&buf[..n]);
-        hasher.update(&buf[..n]);
+        check.update(&buf[..n]);
         std::io::Write::write_all(&mut out, &buf[..n]).map_err(io("cannot copy the artifact"))?;
-        size += n as u64;
     }
-    stream
-        .finalize()
-        .map_err(|_| refused(release::Refusal::Tampered))?;
+    let checked = check.finish();
+    checked.signature.map_err(refused)?;
+    let (sha256, size) = (checked.sha256, checked.size);
     std::io::Write::flush(&mut out).map_err(io("cannot copy the artifact"))?;
     drop(out);
-    let sha256 = hex::encode(hasher.finalize());
     let sidecar = dir.join(format!("{name}{SIDECAR}"));
     let published_at = match read_info(&sidecar) {
         Some(old) if old.sha256 != sha256 => {

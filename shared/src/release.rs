@@ -176,21 +176,72 @@ impl Verifier {
         Ok(Self { key, signature })
     }
 
-    /// Checks `bytes`.
-    pub fn verify(&self, bytes: &[u8]) -> Result<(), Refusal> {
-        let mut s = self.stream()?;
-        s.update(bytes);
-        s.finalize().map_err(|_| Refusal::Tampered)
-    }
-
-    /// A stream check: feed the artifact with `update`, then `finalize` (maps its error with [`Refusal::from`]).
-    pub fn stream(&self) -> Result<minisign_verify::StreamVerifier<'_>, Refusal> {
-        self.key
+    /// A one-pass check of an artifact: feed its bytes with [`ArtifactCheck::update`], then
+    /// [`ArtifactCheck::finish`]. Refused at once when the signature is by another key.
+    pub fn check(&self) -> Result<ArtifactCheck<'_>, Refusal> {
+        let signature = self
+            .key
             .verify_stream(&self.signature)
             .map_err(|e| match e {
                 minisign_verify::Error::UnexpectedKeyId => Refusal::OtherKey,
                 _ => Refusal::BadSignatureText,
-            })
+            })?;
+        Ok(ArtifactCheck {
+            signature,
+            sha256: sha2::Sha256::default(),
+            size: 0,
+        })
+    }
+}
+
+/// The size, SHA-256 and signature of an artifact, taken in one pass over its bytes.
+pub struct ArtifactCheck<'a> {
+    signature: minisign_verify::StreamVerifier<'a>,
+    sha256: sha2::Sha256,
+    size: u64,
+}
+
+impl std::fmt::Debug for ArtifactCheck<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArtifactCheck")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`ArtifactCheck::finish`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// Bytes seen.
+    pub size: u64,
+    /// Their SHA-256, lowercase hex.
+    pub sha256: String,
+    /// Whether the signature holds for them ([`Refusal::Tampered`] if not).
+    pub signature: Result<(), Refusal>,
+}
+
+impl ArtifactCheck<'_> {
+    /// The next bytes of the artifact.
+    pub fn update(&mut self, bytes: &[u8]) {
+        use sha2::Digest;
+        self.signature.update(bytes);
+        self.sha256.update(bytes);
+        self.size += bytes.len() as u64;
+    }
+
+    /// Bytes seen so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The size, the SHA-256 and the signature's verdict.
+    pub fn finish(mut self) -> Checked {
+        use sha2::Digest;
+        Checked {
+            size: self.size,
+            sha256: format!("{:x}", self.sha256.finalize()),
+            signature: self.signature.finalize().map_err(|_| Refusal::Tampered),
+        }
     }
 }
 
@@ -204,11 +255,6 @@ pub fn public_key_from(text: &str) -> Result<minisign_verify::PublicKey, Refusal
     minisign_verify::PublicKey::from_base64(line).map_err(|_| Refusal::BadKey)
 }
 
-/// The trusted comment a release signature carries: minisign's own default shape, with the file name.
-pub fn trusted_comment(file: &str, unix_seconds: u64) -> String {
-    format!("timestamp:{unix_seconds}\tfile:{file}\thashed")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,11 +266,26 @@ RUQf6LRCGA9i559r3g7V1qNyJDApGip8MfqcadIgT9CuhV3EMhHoN1mGTkUidF/z7SrlQgXdy8ofjb7b
 trusted comment: timestamp:1556193335\tfile:test
 y/rUw2y8/hOUYjZU71eHp/Wo1KZ40fGy2VJEDl34XMJM+TX48Ss/17u3IvIfbVR1FkZZSNCisQbuQY+bHwhEBg==";
 
+    fn check(v: &Verifier, bytes: &[u8]) -> Result<Checked, Refusal> {
+        let mut c = v.check()?;
+        c.update(bytes);
+        Ok(c.finish())
+    }
+
     #[test]
     fn a_signature_verifies_and_any_change_is_refused() {
         let v = Verifier::new(PK, SIG, "test").unwrap();
-        v.verify(b"test").unwrap();
-        assert_eq!(v.verify(b"tesT"), Err(Refusal::Tampered));
+        let checked = check(&v, b"test").unwrap();
+        assert_eq!(checked.signature, Ok(()));
+        assert_eq!(checked.size, 4);
+        assert_eq!(
+            checked.sha256,
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        );
+        assert_eq!(
+            check(&v, b"tesT").unwrap().signature,
+            Err(Refusal::Tampered)
+        );
         assert_eq!(
             Verifier::new(PK, SIG, "commons-agent-9.9.9-linux-x86_64").unwrap_err(),
             Refusal::OtherFile {
@@ -235,7 +296,7 @@ y/rUw2y8/hOUYjZU71eHp/Wo1KZ40fGy2VJEDl34XMJM+TX48Ss/17u3IvIfbVR1FkZZSNCisQbuQY+b
         // The same key bytes under another key id: refused before any hashing.
         let other = "RWQg6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
         assert_eq!(
-            Verifier::new(other, SIG, "test").unwrap().verify(b"test"),
+            check(&Verifier::new(other, SIG, "test").unwrap(), b"test"),
             Err(Refusal::OtherKey)
         );
         assert_eq!(

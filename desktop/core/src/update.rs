@@ -21,7 +21,6 @@ use std::time::Duration;
 use commons_shared::release::{self, Refusal, ReleaseInfo, UpdateFeed, Verifier};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// The largest feed read.
 const MAX_FEED_BYTES: usize = 256 * 1024;
@@ -335,7 +334,7 @@ impl Updater {
         let name =
             release::artifact_name(self.build.product, &info.version, &release::this_platform());
         let verifier = Verifier::new(&self.build.key, &info.signature, &name).map_err(refused)?;
-        let mut stream_check = verifier.stream().map_err(refused)?;
+        let mut check = verifier.check().map_err(refused)?;
         if info.size_bytes > release::MAX_ARTIFACT_BYTES || !info.url.starts_with('/') {
             return Err(UpdateError::Fetch(format!(
                 "the feed's entry for {} is not usable (size {}, url {:?})",
@@ -357,29 +356,27 @@ impl Updater {
             .and_then(reqwest::Response::error_for_status)
             .map_err(|e| UpdateError::Fetch(format!("{url}: {e}")))?;
         let mut body = res.bytes_stream();
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| UpdateError::Fetch(format!("{url}: {e}")))?;
-            size += chunk.len() as u64;
-            if size > info.size_bytes {
-                break;
+            if check.size() + chunk.len() as u64 > info.size_bytes {
+                // More than the feed says: a mismatch, whatever the rest is.
+                return Err(refused(Refusal::Checksum {
+                    expected: format!("{} ({} bytes)", info.sha256, info.size_bytes),
+                    actual: format!("more than {} bytes", info.size_bytes),
+                }));
             }
-            hasher.update(&chunk);
-            stream_check.update(&chunk);
+            check.update(&chunk);
             tmp.write_all(&chunk)
                 .map_err(io_err("cannot write the download"))?;
         }
-        let actual = hex::encode(hasher.finalize());
-        if size != info.size_bytes || !actual.eq_ignore_ascii_case(&info.sha256) {
+        let checked = check.finish();
+        if checked.size != info.size_bytes || !checked.sha256.eq_ignore_ascii_case(&info.sha256) {
             return Err(refused(Refusal::Checksum {
                 expected: format!("{} ({} bytes)", info.sha256, info.size_bytes),
-                actual: format!("{actual} ({size} bytes)"),
+                actual: format!("{} ({} bytes)", checked.sha256, checked.size),
             }));
         }
-        stream_check
-            .finalize()
-            .map_err(|_| refused(Refusal::Tampered))?;
+        checked.signature.map_err(refused)?;
         tmp.flush().map_err(io_err("cannot write the download"))?;
         #[cfg(unix)]
         {
