@@ -267,19 +267,7 @@ impl Donor {
             Some(info.version.clone()),
             Some(info.notes.clone()),
         );
-        if let Err(e) = u.writable(&offer, &coordinator) {
-            tracing::warn!("{e}");
-            let url = offer
-                .package
-                .map(|p| format!("{}{}", coordinator.trim_end_matches('/'), p.url));
-            self.set_update(
-                UpdatePhase::Package,
-                Some(info.version),
-                url.or(Some(e.to_string())),
-            );
-            return;
-        }
-        match u.download(&coordinator, &info).await {
+        match u.download(&coordinator, &offer).await {
             Ok(staged) => {
                 tracing::info!(version = %info.version, "update verified; restart to finish");
                 *self.staged.lock().expect("not poisoned") = Some(staged);
@@ -287,7 +275,17 @@ impl Donor {
             }
             Err(e) => {
                 tracing::warn!("{e}; {} keeps running", u.build().version);
-                self.set_update(UpdatePhase::Failed, Some(info.version), Some(e.to_string()));
+                // A binary the volunteer cannot replace: the package to install instead, when there is one.
+                let (phase, detail) = match &e {
+                    UpdateError::NotWritable { package, .. } => (
+                        UpdatePhase::Package,
+                        package
+                            .as_ref()
+                            .map_or_else(|| e.to_string(), |p| p.url.clone()),
+                    ),
+                    _ => (UpdatePhase::Failed, e.to_string()),
+                };
+                self.set_update(phase, Some(info.version), Some(detail));
             }
         }
     }

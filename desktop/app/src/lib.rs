@@ -159,35 +159,8 @@ pub fn show_window<R: Runtime>(app: &AppHandle<R>) {
 /// The window's label.
 pub const WINDOW: &str = "main";
 
-/// This build's version: the package's, unless a release build sets `COMMONS_BUILD_VERSION`.
-pub const VERSION: &str = match option_env!("COMMONS_BUILD_VERSION") {
-    Some(v) => v,
-    None => env!("CARGO_PKG_VERSION"),
-};
-/// The release key updates must be signed with: the project's, unless a build sets `COMMONS_RELEASE_KEY`.
-const RELEASE_KEY: &str = match option_env!("COMMONS_RELEASE_KEY") {
-    Some(k) => k,
-    None => commons_shared::release::PROJECT_KEY,
-};
-
-/// This app's updater, from the saved settings (`None` when `update_check` is off).
-fn updater(s: &commons_agent::settings::Settings) -> anyhow::Result<Option<Updater>> {
-    if !s.update_check {
-        return Ok(None);
-    }
-    let exe = std::env::current_exe()?;
-    Ok(Some(Updater::new(
-        commons_agent::update::Build {
-            product: "desktop",
-            version: VERSION.into(),
-            key: RELEASE_KEY.into(),
-        },
-        &s.update_channel,
-        exe,
-        s.update_state_path()
-            .with_file_name(format!("update-desktop-{}.json", s.instance)),
-    )))
-}
+/// This build's version (a release build may set it: [`commons_agent::build_version!`]).
+pub const VERSION: &str = commons_agent::build_version!();
 
 /// An update's trial run of this binary (see [`commons_agent::update::trial`]): the agent core only, no window.
 pub fn trial(report: std::path::PathBuf) -> anyhow::Result<()> {
@@ -209,11 +182,12 @@ pub fn run() -> anyhow::Result<()> {
         Arc::new(commons_agent::credentials::KeyringStore::new());
     let probe = Arc::from(commons_agent::hardware::default_probe());
     let mut donor = Donor::new(settings_path, creds, probe);
-    match donor
-        .settings()
-        .map_err(anyhow::Error::from)
-        .and_then(|s| updater(&s))
-    {
+    match donor.settings().map_err(anyhow::Error::from).and_then(|s| {
+        Ok(Updater::from_settings(
+            commons_agent::this_build!("desktop"),
+            &s,
+        )?)
+    }) {
         Ok(Some(u)) => donor = donor.with_updater(u),
         Ok(None) => {}
         Err(e) => tracing::warn!("no self-updates: {e}"),

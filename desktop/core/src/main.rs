@@ -14,17 +14,8 @@ use commons_agent::hardware;
 use commons_agent::settings::Settings;
 use commons_agent::update;
 
-/// This build's version: the package's, unless a release build sets `COMMONS_BUILD_VERSION`.
-const VERSION: &str = match option_env!("COMMONS_BUILD_VERSION") {
-    Some(v) => v,
-    None => env!("CARGO_PKG_VERSION"),
-};
-/// The release key updates must be signed with: the project's, unless a build sets `COMMONS_RELEASE_KEY` (the
-/// public key's text) — a fork's own key, or a test's.
-const RELEASE_KEY: &str = match option_env!("COMMONS_RELEASE_KEY") {
-    Some(k) => k,
-    None => commons_shared::release::PROJECT_KEY,
-};
+/// This build's version (a release build may set it: [`commons_agent::build_version!`]).
+const VERSION: &str = commons_agent::build_version!();
 
 /// The Commons volunteer agent (headless).
 #[derive(Debug, Parser)]
@@ -211,7 +202,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::warn!(from = %from.to_string_lossy(), to = %VERSION, "updated");
             }
             let socket = s.control_socket();
-            let updater = s.update_check.then(|| updater(&s)).transpose()?;
+            let updater = update::Updater::from_settings(commons_agent::this_build!("agent"), &s)
+                .map_err(|e| {
+                anyhow::anyhow!("cannot tell where this binary is, to update it: {e}")
+            })?;
             let (deadline, interval) = (
                 std::time::Duration::from_secs(s.update_deadline_secs),
                 std::time::Duration::from_secs(s.update_interval_secs),
@@ -287,21 +281,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn updater(s: &Settings) -> anyhow::Result<update::Updater> {
-    let exe = std::env::current_exe()
-        .map_err(|e| anyhow::anyhow!("cannot tell where this binary is, to update it: {e}"))?;
-    Ok(update::Updater::new(
-        update::Build {
-            product: "agent",
-            version: VERSION.into(),
-            key: RELEASE_KEY.into(),
-        },
-        &s.update_channel,
-        exe,
-        s.update_state_path(),
-    ))
-}
-
 /// Checks for an update once the agent is heard by its coordinator, then every `interval`; a verified download is
 /// left in `staged` and the agent told to hand over.
 async fn check_for_updates(
@@ -325,11 +304,7 @@ async fn check_for_updates(
             Ok(Some(offer)) => {
                 let info = &offer.release;
                 tracing::warn!(version = %info.version, notes = %info.notes, "an update is available");
-                let ready = match u.writable(&offer, &coordinator) {
-                    Ok(()) => u.download(&coordinator, info).await,
-                    Err(e) => Err(e),
-                };
-                match ready {
+                match u.download(&coordinator, &offer).await {
                     Ok(new) => {
                         tracing::warn!(version = %info.version, "update verified; handing over");
                         *staged.lock() = Some(new);

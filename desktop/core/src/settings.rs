@@ -89,7 +89,7 @@ pub struct Settings {
     pub update_interval_secs: u64,
     /// A new version must start and be heard by the coordinator within this many seconds, else it is rolled back.
     pub update_deadline_secs: u64,
-    /// Where the updater keeps its state (versions marked bad) [default: the cache dir].
+    /// Where the updater keeps the versions marked bad [default: the cache dir].
     pub update_state: Option<PathBuf>,
 }
 
@@ -385,13 +385,13 @@ impl Settings {
         })
     }
 
-    /// Where the updater keeps its state (versions marked bad, a trial's report).
-    pub fn update_state_path(&self) -> PathBuf {
+    /// Where the updater of `product` keeps the versions marked bad.
+    pub fn update_state_path(&self, product: &str) -> PathBuf {
         self.update_state.clone().unwrap_or_else(|| {
             dirs::cache_dir()
                 .unwrap_or_else(|| PathBuf::from("."))
                 .join("commons")
-                .join(format!("update-{}.json", self.instance))
+                .join(format!("update-{product}-{}.json", self.instance))
         })
     }
 

@@ -22,6 +22,8 @@ use commons_shared::release::{self, Refusal, ReleaseInfo, UpdateFeed, Verifier};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::settings::Settings;
+
 /// The largest feed read.
 const MAX_FEED_BYTES: usize = 256 * 1024;
 
@@ -84,6 +86,37 @@ pub struct Restart<'a> {
     pub donating: bool,
 }
 
+/// This build's version, as a `&'static str`: the calling package's, unless a release build sets
+/// `COMMONS_BUILD_VERSION`. A macro, so that only the binary's crate is rebuilt when a build sets it.
+#[macro_export]
+macro_rules! build_version {
+    () => {
+        match option_env!("COMMONS_BUILD_VERSION") {
+            Some(v) => v,
+            None => env!("CARGO_PKG_VERSION"),
+        }
+    };
+}
+
+/// This build's [`Build`] for `product`: [`build_version!`], and the release key it trusts — the project's
+/// ([`commons_shared::release::PROJECT_KEY`]), unless the build sets `COMMONS_RELEASE_KEY` (a fork's key, a test's).
+#[macro_export]
+macro_rules! this_build {
+    ($product:literal) => {
+        $crate::update::Build {
+            product: $product,
+            version: $crate::build_version!().into(),
+            key: match option_env!("COMMONS_RELEASE_KEY") {
+                Some(k) => k,
+                None => $crate::update::PROJECT_KEY,
+            }
+            .into(),
+        }
+    };
+}
+
+pub use commons_shared::release::PROJECT_KEY;
+
 /// What this build is and whom it trusts.
 #[derive(Debug, Clone)]
 pub struct Build {
@@ -108,15 +141,16 @@ pub enum UpdateError {
     },
     /// The binary is not ours to replace.
     #[error(
-        "{exe} cannot replace itself ({why}; a system package's binary is not the agent's to change); {hint}"
+        "{exe} cannot replace itself ({why}; a system package's binary is not the agent's to change); {}",
+        install_hint(package.as_ref())
     )]
     NotWritable {
         /// The binary.
         exe: String,
         /// The error.
         why: String,
-        /// What to do.
-        hint: String,
+        /// The system package to install instead, when the coordinator offers one.
+        package: Option<Package>,
     },
     /// The new version did not prove healthy; it was rolled back and marked bad.
     #[error(
@@ -136,6 +170,25 @@ pub enum UpdateError {
     /// Reading or writing a file failed.
     #[error("{0}")]
     Io(String),
+}
+
+/// A system package offered in place of a binary that cannot replace itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Package {
+    /// Where to download it (absolute).
+    pub url: String,
+    /// Its SHA-256.
+    pub sha256: String,
+}
+
+fn install_hint(package: Option<&Package>) -> String {
+    match package {
+        Some(p) => format!(
+            "install the new package instead: {} (sha256 {})",
+            p.url, p.sha256
+        ),
+        None => "update it with the system package manager".into(),
+    }
 }
 
 fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> UpdateError {
@@ -201,6 +254,20 @@ impl Updater {
                 .build()
                 .unwrap_or_default(),
         }
+    }
+
+    /// The updater of the running binary as `settings` say (`None` when `update_check` is off).
+    pub fn from_settings(build: Build, settings: &Settings) -> std::io::Result<Option<Self>> {
+        if !settings.update_check {
+            return Ok(None);
+        }
+        let state = settings.update_state_path(build.product);
+        Ok(Some(Self::new(
+            build,
+            &settings.update_channel,
+            std::env::current_exe()?,
+            state,
+        )))
     }
 
     /// This build.
@@ -298,35 +365,23 @@ impl Updater {
         }))
     }
 
-    /// Whether the binary can be replaced: a file can be created beside it. If not, the error names the package
-    /// `coordinator` offers instead.
-    pub fn writable(&self, offer: &Offer, coordinator: &str) -> Result<(), UpdateError> {
+    /// Downloads the offered release from `coordinator` beside the binary and verifies it (key and name, size,
+    /// SHA-256, signature). Nothing is installed. A binary that cannot be replaced (nothing can be created beside
+    /// it) is [`UpdateError::NotWritable`], naming the package the coordinator offers instead.
+    pub async fn download(&self, coordinator: &str, offer: &Offer) -> Result<Staged, UpdateError> {
+        let info = &offer.release;
         let dir = self.exe.parent().unwrap_or(Path::new("."));
-        match tempfile::NamedTempFile::new_in(dir) {
-            Ok(_) => Ok(()),
-            Err(e) => Err(UpdateError::NotWritable {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(STAGING_PREFIX)
+            .tempfile_in(dir)
+            .map_err(|e| UpdateError::NotWritable {
                 exe: self.exe.display().to_string(),
                 why: e.to_string(),
-                hint: match &offer.package {
-                    Some(p) => format!(
-                        "install the new package instead: {}{} (sha256 {})",
-                        coordinator.trim_end_matches('/'),
-                        p.url,
-                        p.sha256
-                    ),
-                    None => "update it with the system package manager".into(),
-                },
-            }),
-        }
-    }
-
-    /// Downloads `info` from `coordinator` beside the binary and verifies it (key and name, size, SHA-256,
-    /// signature). Nothing is installed.
-    pub async fn download(
-        &self,
-        coordinator: &str,
-        info: &ReleaseInfo,
-    ) -> Result<Staged, UpdateError> {
+                package: offer.package.as_ref().map(|p| Package {
+                    url: format!("{}{}", coordinator.trim_end_matches('/'), p.url),
+                    sha256: p.sha256.clone(),
+                }),
+            })?;
         let refused = |why| UpdateError::Refused {
             version: info.version.clone(),
             why,
@@ -341,12 +396,7 @@ impl Updater {
                 info.version, info.size_bytes, info.url
             )));
         }
-        let dir = self.exe.parent().unwrap_or(Path::new("."));
         remove_stale_downloads(dir);
-        let mut tmp = tempfile::Builder::new()
-            .prefix(STAGING_PREFIX)
-            .tempfile_in(dir)
-            .map_err(io_err(format!("cannot write into {}", dir.display())))?;
         let url = format!("{}{}", coordinator.trim_end_matches('/'), info.url);
         let res = self
             .http
