@@ -234,7 +234,7 @@ impl Donor {
         let Some(u) = &self.updater else {
             return;
         };
-        let Some(coordinator) = self.status().await.coordinator_url else {
+        let Some(coordinator) = self.coordinator_url().await else {
             return;
         };
         let offer = match u.check(&coordinator).await {
@@ -290,6 +290,13 @@ impl Donor {
         }
     }
 
+    /// The coordinator the agent donates to, once it has joined one.
+    pub async fn coordinator_url(&self) -> Option<String> {
+        let agent = self.agent.lock().await;
+        let url = agent.as_ref()?.session.borrow().coordinator_url.clone();
+        (!url.is_empty()).then_some(url)
+    }
+
     /// Finishes a verified update: the agent hands over (containers stopped, still registered), the new binary is
     /// swapped in and tried, and this process becomes it; if the trial fails, the old binary is restored and
     /// started again. Returns only when there is no update to finish or the restart itself fails.
@@ -314,7 +321,8 @@ impl Donor {
                 tracing::warn!("the agent did not hand over in time");
             }
         }
-        let deadline = Duration::from_secs(self.settings().map_or(120, |s| s.update_deadline_secs));
+        let deadline =
+            Duration::from_secs(self.settings().unwrap_or_default().update_deadline_secs);
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         let from = u.build().version.clone();
         let updated = u.install(staged, &args, deadline).await.is_ok();

@@ -65,9 +65,8 @@ fn on_menu<R: Runtime>(app: &AppHandle<R>, event: MenuEvent) {
             let donor = donor.clone();
             tauri::async_runtime::spawn(async move {
                 let url = donor
-                    .status()
+                    .coordinator_url()
                     .await
-                    .coordinator_url
                     .or_else(|| donor.settings().ok().map(|s| s.entry_url().to_owned()));
                 if let Some(u) = url {
                     open_url(&format!("{}/", u.trim_end_matches('/')));
