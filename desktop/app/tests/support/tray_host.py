@@ -180,6 +180,35 @@ def entries(menu):
     return out
 
 
+def bind(bus, service, path):
+    """The item's properties and its dbusmenu."""
+    props = dbus.Interface(bus.get_object(service, path), dbus.PROPERTIES_IFACE)
+    menu_path = props.Get(ITEM, "Menu")
+    return props, menu_path, dbus.Interface(bus.get_object(service, menu_path), MENU)
+
+
+def click_entry(menu, label):
+    """Clicks the entry labelled `label`; False when there is none."""
+    found = [i for i, l, _ in entries(menu) if l == label]
+    if found:
+        menu.Event(found[0], "clicked", dbus.Int32(0, variant_level=1), dbus.UInt32(0))
+    return bool(found)
+
+
+def wait_label(menu, label, seconds):
+    """Waits until an entry is labelled `label`: whether it came, and the entries last seen."""
+    deadline = time.time() + seconds
+    seen = []
+    while True:
+        try:
+            seen = entries(menu)
+        except dbus.exceptions.DBusException:
+            seen = []  # a menu being replaced (the app restarting)
+        if any(l == label for _, l, _ in seen) or time.time() >= deadline:
+            return any(l == label for _, l, _ in seen), seen
+        pump(0.1)
+
+
 def main():
     app, clicks = sys.argv[1], sys.argv[2:]
     dbus.mainloop.glib.DBusGMainLoop(set_as_default=True)
@@ -196,17 +225,12 @@ def main():
         proc.kill()
         return 1
     say(event="registered", seconds=round(time.time() - started, 3), pid=proc.pid)
-    service, path = watcher.items[0]
-    item = bus.get_object(service, path)
-    props = dbus.Interface(item, dbus.PROPERTIES_IFACE)
-    menu_path = props.Get(ITEM, "Menu")
+    props, menu_path, menu = bind(bus, *watcher.items[0])
     say(event="item", status=str(props.Get(ITEM, "Status")), title=str(props.Get(ITEM, "Title")), menu=str(menu_path))
-    menu = dbus.Interface(bus.get_object(service, menu_path), MENU)
     say(event="menu", entries=[[l, e] for _, l, e in entries(menu)])
     for click in clicks:
         if click == "quit":
-            target = [i for i, l, _ in entries(menu) if l == "Quit"][0]
-            menu.Event(target, "clicked", dbus.Int32(0, variant_level=1), dbus.UInt32(0))
+            click_entry(menu, "Quit")
             try:
                 code = proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -252,12 +276,8 @@ def main():
             continue
         if click.startswith("wait="):
             label = click.split("=", 1)[1]
-            deadline = time.time() + 60
-            seen = entries(menu)
-            while not any(l == label for _, l, _ in seen) and time.time() < deadline:
-                pump(0.1)
-                seen = entries(menu)
-            if not any(l == label for _, l, _ in seen):
+            ok, seen = wait_label(menu, label, 60)
+            if not ok:
                 say(event="not_seen", label=label, entries=[l for _, l, _ in seen])
                 proc.kill()
                 return 1
@@ -266,8 +286,7 @@ def main():
         if click.startswith("restart="):
             label, expected = click.split("=", 1)[1].split("=>")
             registered = len(watcher.items)
-            target = [i for i, l, _ in entries(menu) if l == label][0]
-            menu.Event(target, "clicked", dbus.Int32(0, variant_level=1), dbus.UInt32(0))
+            click_entry(menu, label)
             deadline = time.time() + 60
             while len(watcher.items) == registered and time.time() < deadline and proc.poll() is None:
                 pump(0.05)
@@ -275,42 +294,21 @@ def main():
                 say(event="not_restarted", exited=proc.poll())
                 proc.kill()
                 return 1
-            service, path = watcher.items[-1]
-            item = bus.get_object(service, path)
-            menu_path = dbus.Interface(item, dbus.PROPERTIES_IFACE).Get(ITEM, "Menu")
-            menu = dbus.Interface(bus.get_object(service, menu_path), MENU)
-            click = label + "=>" + expected
-            deadline = time.time() + 30
-            seen = []
-            while time.time() < deadline:
-                pump(0.1)
-                try:
-                    seen = entries(menu)
-                except dbus.exceptions.DBusException:
-                    continue
-                if any(l == expected for _, l, _ in seen):
-                    break
-            else:
+            _, _, menu = bind(bus, *watcher.items[-1])
+            ok, seen = wait_label(menu, expected, 30)
+            if not ok:
                 say(event="not_changed", clicked=label, expected=expected, entries=[l for _, l, _ in seen])
                 proc.kill()
                 return 1
             say(event="restarted", pid=proc.pid, running=proc.poll() is None, now=[l for _, l, _ in seen])
             continue
         label, expected = click.split("=>")
-        found = [i for i, l, _ in entries(menu) if l == label]
-        if not found:
+        if not click_entry(menu, label):
             say(event="missing", label=label, entries=[l for _, l, _ in entries(menu)])
             proc.kill()
             return 1
-        menu.Event(found[0], "clicked", dbus.Int32(0, variant_level=1), dbus.UInt32(0))
-        deadline = time.time() + 20
-        seen = []
-        while time.time() < deadline:
-            pump(0.1)
-            seen = entries(menu)
-            if any(l == expected for _, l, _ in seen):
-                break
-        else:
+        ok, seen = wait_label(menu, expected, 20)
+        if not ok:
             say(event="not_changed", clicked=label, expected=expected, entries=[l for _, l, _ in seen])
             proc.kill()
             return 1
