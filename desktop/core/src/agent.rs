@@ -222,7 +222,6 @@ pub fn start_with(
         state: state_tx,
         session: session_tx,
         rx,
-        paused: options.paused,
         version: options.version,
         hold: None,
         hot: false,
@@ -254,7 +253,6 @@ struct Agent {
     state: watch::Sender<State>,
     session: watch::Sender<Session>,
     rx: mpsc::Receiver<Command>,
-    paused: bool,
     /// The version reported to the coordinator.
     version: String,
     /// Why donating is held back by the schedule, battery power or a volunteer at the keyboard, if it is.
@@ -304,8 +302,12 @@ impl Agent {
         });
     }
 
-    fn set_paused(&mut self, paused: bool) {
-        self.paused = paused;
+    /// Paused by the volunteer: the session says it (the one place it is kept).
+    fn paused(&self) -> bool {
+        self.session.borrow().paused
+    }
+
+    fn set_paused(&self, paused: bool) {
         self.update_session(|s| s.paused = paused);
     }
 
@@ -324,7 +326,7 @@ impl Agent {
     }
 
     fn active_state(&self) -> State {
-        if self.paused || self.held() {
+        if self.paused() || self.held() {
             State::Paused
         } else {
             State::Active
@@ -355,7 +357,7 @@ impl Agent {
                 tracing::info!(reason = %r, "holding donations back");
                 self.pause_containers().await;
             }
-            None if !self.paused => {
+            None if !self.paused() => {
                 tracing::info!("donating again");
                 self.reconcile().await;
             }
@@ -584,7 +586,7 @@ impl Agent {
         let Some(d) = self.dht.get().cloned() else {
             return;
         };
-        if self.paused || self.held() {
+        if self.paused() || self.held() {
             if self.published.take().is_some() {
                 d.withdraw().await;
             }
@@ -656,7 +658,7 @@ impl Agent {
         let hot = gpus
             .iter()
             .any(|g| g.temperature_c > self.settings.max_gpu_temp_c);
-        let status = if self.paused || self.held() || hot {
+        let status = if self.paused() || self.held() || hot {
             ReportedStatus::Paused
         } else if load.cpu > 0.9 {
             ReportedStatus::Busy
@@ -692,7 +694,7 @@ impl Agent {
         let reconcile_every = Duration::from_secs(5);
         let mut next_reconcile = Instant::now() + reconcile_every;
         self.update_hold().await;
-        if !self.paused
+        if !self.paused()
             && !self.held()
             && self.engine.is_some()
             && self.desired.as_ref().is_some_and(|d| !d.is_empty())
@@ -703,7 +705,7 @@ impl Agent {
         loop {
             let now = Instant::now();
             if now >= next_reconcile {
-                if !self.paused && !self.held() {
+                if !self.paused() && !self.held() {
                     self.reconcile().await;
                 }
                 next_reconcile = Instant::now() + reconcile_every;
@@ -727,7 +729,7 @@ impl Agent {
                             tracing::info!(containers = list.len(), "new assignment");
                             self.desired = Some(list);
                             self.show_containers();
-                            if !self.paused && !self.held() {
+                            if !self.paused() && !self.held() {
                                 self.reconcile().await;
                             }
                         }
@@ -901,7 +903,7 @@ impl Agent {
                 image: a.image.clone(),
                 state: self.containers.iter().find(|c| c.name == a.name).map_or(
                     // Not pulling when nothing runs: paused, held back, or no container engine.
-                    if self.paused || self.held() || self.engine.is_none() {
+                    if self.paused() || self.held() || self.engine.is_none() {
                         ContainerState::Stopped
                     } else {
                         ContainerState::Pulling
@@ -928,7 +930,7 @@ impl Agent {
         }
         tracing::info!("settings applied");
         self.update_hold().await;
-        if !self.paused && !self.held() {
+        if !self.paused() && !self.held() {
             self.reconcile().await;
         }
     }
