@@ -237,10 +237,11 @@ async fn the_real_app_updates_from_its_tray_restarts_and_donates_as_the_new_vers
     let restart = "Restart to finish the update to 0.1.1";
     let clicks = vec![
         "Start donating=>Pause".to_owned(),
+        "notified=Commons is donating".to_owned(),
         format!("wait={restart}"),
         format!("restart={restart}=>Commons 0.1.1: up to date"),
-        // Donating again by itself, as the volunteer left it.
-        "wait=Pause".to_owned(),
+        // Donating again by itself, as the volunteer left it: a second "donating" notification.
+        "notified=Commons is donating".to_owned(),
     ];
     let out = shell::run(home.path(), &app, clicks).await;
     let stdout = String::from_utf8_lossy(&out.stdout);

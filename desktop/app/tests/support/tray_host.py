@@ -6,8 +6,8 @@ tray item registers with; it reads the item's dbusmenu, clicks entries as a shel
 Usage (inside dbus-run-session, with DISPLAY set): tray_host.py <app binary> [<click>...]
 Each <click> is "label=>expected": click the entry labelled `label`, then wait until an entry labelled `expected`
 appears. "quit" as a click clicks Quit and waits for the app to exit. "measure=N" samples the app's process tree
-(the app and its WebKit processes) for N seconds: resident memory and CPU. "notified=TITLE" waits for a notification
-titled TITLE. "second" launches the app again: it must exit by itself while the first one keeps running.
+(the app and its WebKit processes) for N seconds: resident memory and CPU. "notified=TITLE" waits for a (further)
+notification titled TITLE. "second" launches the app again: it must exit by itself while the first one keeps running.
 "wait=LABEL" waits (up to 60 s) for an entry labelled LABEL. "restart=label=>expected" clicks `label`, then waits for
 the same process (it replaces itself: an update) to register its tray item again, and for `expected` in its menu.
 
@@ -228,6 +228,7 @@ def main():
     props, menu_path, menu = bind(bus, *watcher.items[0])
     say(event="item", status=str(props.Get(ITEM, "Status")), title=str(props.Get(ITEM, "Title")), menu=str(menu_path))
     say(event="menu", entries=[[l, e] for _, l, e in entries(menu)])
+    awaited = {}  # title -> notifications waited for so far
     for click in clicks:
         if click == "quit":
             click_entry(menu, "Quit")
@@ -253,10 +254,11 @@ def main():
             continue
         if click.startswith("notified="):
             title = click.split("=", 1)[1]
+            awaited[title] = awaited.get(title, 0) + 1
             deadline = time.time() + 20
-            while title not in notifications.seen and time.time() < deadline:
+            while notifications.seen.count(title) < awaited[title] and time.time() < deadline:
                 pump(0.1)
-            if title not in notifications.seen:
+            if notifications.seen.count(title) < awaited[title]:
                 say(event="not_notified", title=title, seen=notifications.seen)
                 proc.kill()
                 return 1
