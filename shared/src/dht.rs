@@ -264,6 +264,10 @@ pub struct DhtStats {
     pub lookup_failures: u64,
     /// Records and provider announcements refused (bad signature, wrong signer, replay, expired, bad key).
     pub rejected: u64,
+    /// Publications of its own record or provider keys that reached no peer (each is tried again within
+    /// seconds); a count that keeps growing means the node's lookups time out (a busy or cut-off node).
+    #[serde(default)]
+    pub publish_failures: u64,
     /// Milliseconds the last bootstrap took.
     pub bootstrap_ms: Option<u64>,
 }

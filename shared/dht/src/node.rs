@@ -244,6 +244,10 @@ impl Dht {
             lookups: 0,
             lookup_failures: 0,
             rejected: 0,
+            own_put: None,
+            announcing: HashMap::new(),
+            retry: Retry::default(),
+            publish_failures: 0,
             bootstrap_ms: None,
         };
         // Until every listener has an address; the node handles the events as it will later.
@@ -581,7 +585,52 @@ struct Node {
     lookups: u64,
     lookup_failures: u64,
     rejected: u64,
+    /// The put of this node's own record in flight, if any.
+    own_put: Option<kad::QueryId>,
+    /// Announcements of this node's provider keys in flight.
+    announcing: HashMap<kad::QueryId, String>,
+    /// What failed to go out and when it is tried again.
+    retry: Retry,
+    /// Own puts and announcements that reached nobody (each is retried).
+    publish_failures: u64,
     bootstrap_ms: Option<u64>,
+}
+
+/// A publication of this node's own (its record, a provider key) that reached no peer: under load the lookup of
+/// the closest peers can time out, and kad then stores nothing anywhere. Left alone, the record would be missing
+/// until the next refresh, and, its lifetime being two refreshes, a second slow refresh would let it expire
+/// everywhere. It is tried again after a short backoff instead (1 s, doubling, at most a quarter of the refresh).
+#[derive(Debug, Default)]
+struct Retry {
+    /// When to try again; `None` when nothing waits.
+    due: Option<tokio::time::Instant>,
+    /// Consecutive failures, for the backoff.
+    attempts: u32,
+    /// The record must be put again.
+    record: bool,
+    /// Provider keys to announce again.
+    keys: HashSet<String>,
+}
+
+impl Retry {
+    fn schedule(&mut self, refresh: Duration) {
+        if self.due.is_none() {
+            let backoff = Duration::from_secs(1)
+                .saturating_mul(1 << self.attempts.min(6))
+                .min(refresh / 4)
+                .max(Duration::from_millis(100));
+            self.attempts += 1;
+            self.due = Some(tokio::time::Instant::now() + backoff);
+        }
+    }
+}
+
+/// Sleeps until `due`, or for ever when there is none.
+async fn until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Node {
@@ -590,6 +639,7 @@ impl Node {
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.tick().await;
         loop {
+            let retry_due = self.retry.due;
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_event(ev),
                 cmd = self.rx.recv() => match cmd {
@@ -601,6 +651,7 @@ impl Node {
                     Some(c) => self.on_cmd(c),
                 },
                 _ = refresh.tick() => self.republish(),
+                _ = until(retry_due) => self.retry_publication(),
             }
         }
         tracing::debug!(peer = %self.peer_id, "DHT node stopped");
@@ -640,7 +691,7 @@ impl Node {
                 let r = self.put_own();
                 for key in &provide {
                     if !self.provided.contains(key)
-                        && let Err(e) = self.kad().start_providing(RecordKey::new(key))
+                        && let Err(e) = self.announce(key)
                     {
                         let _ = reply.send(Err(DhtError::Publish(format!("{e:?}"))));
                         return;
@@ -659,6 +710,7 @@ impl Node {
                     self.kad().remove_record(&RecordKey::new(&key));
                 }
                 self.published = None;
+                self.retry = Retry::default();
                 for key in std::mem::take(&mut self.provided) {
                     self.kad().stop_providing(&RecordKey::new(&key));
                 }
@@ -727,10 +779,106 @@ impl Node {
         self.published_at = self.routing_table_size();
         let mut rec = Record::new(RecordKey::new(&key), value);
         rec.expires = Some(Instant::now() + lifetime);
-        self.kad()
+        let id = self
+            .kad()
             .put_record(rec, Quorum::One)
-            .map(|_| ())
-            .map_err(|e| DhtError::Publish(format!("{e:?}")))
+            .map_err(|e| DhtError::Publish(format!("{e:?}")))?;
+        self.own_put = Some(id);
+        self.retry.record = false;
+        Ok(())
+    }
+
+    /// Announces this node as a provider under `key` (again), watching whether the announcement goes out.
+    fn announce(&mut self, key: &str) -> Result<(), kad::store::Error> {
+        let id = self.kad().start_providing(RecordKey::new(&key))?;
+        self.retry.keys.remove(key);
+        self.announcing.insert(id, key.to_owned());
+        Ok(())
+    }
+
+    /// Puts and announces again what reached nobody.
+    fn retry_publication(&mut self) {
+        self.retry.due = None;
+        if self.retry.record {
+            self.republish();
+        }
+        for key in std::mem::take(&mut self.retry.keys) {
+            if self.provided.contains(&key)
+                && let Err(e) = self.announce(&key)
+            {
+                tracing::warn!(key, error = ?e, "could not announce again");
+            }
+        }
+    }
+
+    /// Notes how one of this node's own publications ended: a failure that reached no peer is tried again soon.
+    fn on_own_publication(
+        &mut self,
+        id: kad::QueryId,
+        result: &kad::QueryResult,
+        stats: &kad::QueryStats,
+    ) {
+        let failed = match result {
+            kad::QueryResult::PutRecord(r) | kad::QueryResult::RepublishRecord(r)
+                if self.own_put == Some(id) =>
+            {
+                self.own_put = None;
+                match r {
+                    // Quorum::One: any peer that took it makes the record readable.
+                    Err(
+                        kad::PutRecordError::QuorumFailed { success, .. }
+                        | kad::PutRecordError::Timeout { success, .. },
+                    ) if success.is_empty() && self.published.is_some() => {
+                        self.retry.record = true;
+                        Some(format!("{r:?}"))
+                    }
+                    _ => None,
+                }
+            }
+            kad::QueryResult::StartProviding(r) | kad::QueryResult::RepublishProvider(r) => {
+                let key = match (self.announcing.remove(&id), r) {
+                    (Some(key), _) => key,
+                    // kad's own periodic re-announcement: its key is in the error.
+                    (None, Err(kad::AddProviderError::Timeout { key })) => {
+                        String::from_utf8_lossy(key.as_ref()).into_owned()
+                    }
+                    (None, Ok(_)) => return,
+                };
+                // kad reports an announcement as done once it is sent, even when the lookup reached no peer
+                // to send it to: a query without a single answer reached nobody.
+                let failure = match r {
+                    Err(e) => Some(format!("{e:?}")),
+                    Ok(_) if stats.num_successes() == 0 => Some("no peer answered".to_owned()),
+                    Ok(_) => None,
+                };
+                match failure {
+                    Some(e) if self.provided.contains(&key) => {
+                        self.retry.keys.insert(key);
+                        Some(e)
+                    }
+                    _ => None,
+                }
+            }
+            _ => return,
+        };
+        match failed {
+            Some(error) => {
+                // A node alone (the first coordinator) has nobody to publish to: not a failure, but tried again
+                // all the same, so the first peer to arrive gets the record.
+                if self.routing_table_size() > 0 {
+                    self.publish_failures += 1;
+                }
+                self.retry.schedule(self.refresh);
+                tracing::debug!(error, "a publication reached no peer; trying again");
+            }
+            None if self.retry.due.is_none()
+                && !self.retry.record
+                && self.retry.keys.is_empty() =>
+            {
+                self.retry.attempts = 0;
+            }
+            None => {}
+        }
     }
 
     fn routing_table_size(&mut self) -> usize {
@@ -770,6 +918,7 @@ impl Node {
             lookups: self.lookups,
             lookup_failures: self.lookup_failures,
             rejected: self.rejected,
+            publish_failures: self.publish_failures,
             bootstrap_ms: self.bootstrap_ms,
         };
         Snapshot { stats, links }
@@ -837,8 +986,14 @@ impl Node {
                 }
             }
             kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
-            } => self.on_progress(id, result, step.last),
+                id,
+                result,
+                step,
+                stats,
+            } => {
+                self.on_own_publication(id, &result, &stats);
+                self.on_progress(id, result, step.last)
+            }
             kad::Event::RoutingUpdated {
                 is_new_peer: true, ..
             } if self.published.is_some() => {
@@ -846,7 +1001,7 @@ impl Node {
                 if size >= 2 * self.published_at.max(1) {
                     self.republish();
                     for key in self.provided.clone() {
-                        let _ = self.kad().start_providing(RecordKey::new(&key));
+                        let _ = self.announce(&key);
                     }
                 }
             }
