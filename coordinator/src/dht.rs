@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::State;
 use commons_dht::{Config as DhtConfig, Dht, Keypair, Multiaddr, Role};
-use commons_shared::dht::{CoordinatorRecord, DhtStats, DhtTopology, TopologyEdge, TopologyNode};
+use commons_shared::api::WorkerStatus;
+use commons_shared::dht::{
+    CoordinatorRecord, DhtStats, DhtTopology, LinkKind, NodeRole, TopologyEdge, TopologyNode,
+};
 use commons_shared::edge::Bootstrap;
 use tokio::task::JoinHandle;
 
@@ -146,10 +149,10 @@ fn round_load(load: f64) -> f64 {
 }
 
 /// A node known only by its id and role (the edge, a DHT peer).
-fn bare_node(id: String, role: &str) -> TopologyNode {
+fn bare_node(id: String, role: NodeRole) -> TopologyNode {
     TopologyNode {
         id,
-        role: role.into(),
+        role,
         services: Vec::new(),
         worker_id: None,
         tier: None,
@@ -174,11 +177,11 @@ pub(crate) async fn build_topology(state: &AppState) -> DhtTopology {
     let workers = state.registry.all();
     let mut nodes = vec![TopologyNode {
         id: me.clone(),
-        role: "coordinator".into(),
+        role: NodeRole::Coordinator,
         services: Vec::new(),
         worker_id: None,
         tier: None,
-        status: Some("healthy".into()),
+        status: Some(WorkerStatus::Healthy),
         location: state.config.region.clone(),
         capacity: Some(workers.len() as f64),
         requests: Some(
@@ -191,11 +194,11 @@ pub(crate) async fn build_topology(state: &AppState) -> DhtTopology {
     let mut edges = Vec::new();
     let edge_id = state.config.edge_url.as_ref().map(|url| {
         let id = format!("edge:{url}");
-        nodes.push(bare_node(id.clone(), "edge"));
+        nodes.push(bare_node(id.clone(), NodeRole::Edge));
         edges.push(TopologyEdge {
             from: me.clone(),
             to: id.clone(),
-            kind: "federated".into(),
+            kind: LinkKind::Federated,
         });
         id
     });
@@ -211,11 +214,11 @@ pub(crate) async fn build_topology(state: &AppState) -> DhtTopology {
         edges.push(TopologyEdge {
             from: id.clone(),
             to: me.clone(),
-            kind: "registered".into(),
+            kind: LinkKind::Registered,
         });
         nodes.push(TopologyNode {
             id,
-            role: "worker".into(),
+            role: NodeRole::Worker,
             services: live
                 .services
                 .iter()
@@ -224,7 +227,7 @@ pub(crate) async fn build_topology(state: &AppState) -> DhtTopology {
                 .collect(),
             worker_id: Some(w.id.to_string()),
             tier: Some(w.tier.number()),
-            status: Some(live.status(now, state.liveness).as_str().into()),
+            status: Some(live.status(now, state.liveness)),
             location: Some(w.caps.region.clone()).filter(|r| !r.is_empty()),
             capacity: Some(f64::from(w.caps.cpu.cores) + 8.0 * w.caps.gpus.len() as f64),
             requests: Some(w.stats.requests()),
@@ -235,13 +238,13 @@ pub(crate) async fn build_topology(state: &AppState) -> DhtTopology {
         let id = peer.to_base58();
         if !index.contains_key(&id) {
             index.insert(id.clone(), nodes.len());
-            if role == "coordinator"
+            if role == NodeRole::Coordinator
                 && let Some(edge) = &edge_id
             {
                 edges.push(TopologyEdge {
                     from: id.clone(),
                     to: edge.clone(),
-                    kind: "federated".into(),
+                    kind: LinkKind::Federated,
                 });
             }
             nodes.push(bare_node(id.clone(), role));
@@ -249,7 +252,7 @@ pub(crate) async fn build_topology(state: &AppState) -> DhtTopology {
         edges.push(TopologyEdge {
             from: me.clone(),
             to: id,
-            kind: "dht_link".into(),
+            kind: LinkKind::DhtLink,
         });
     }
     DhtTopology {

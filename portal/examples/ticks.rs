@@ -1,9 +1,9 @@
 //! Native timing of the layout: `cargo run --release -p commons-portal --example ticks`.
 fn main() {
-    use commons_shared::dht::{DhtTopology, TopologyEdge, TopologyNode};
-    let node = |id: String, role: &str| TopologyNode {
+    use commons_shared::dht::{DhtTopology, LinkKind, NodeRole, TopologyEdge, TopologyNode};
+    let node = |id: String, role: NodeRole| TopologyNode {
         id,
-        role: role.into(),
+        role,
         services: vec![],
         worker_id: None,
         tier: Some(2),
@@ -13,14 +13,14 @@ fn main() {
         requests: None,
         load: None,
     };
-    let mut nodes = vec![node("c".into(), "coordinator")];
+    let mut nodes = vec![node("c".into(), NodeRole::Coordinator)];
     let mut edges = vec![];
     for i in 0..1000 {
-        nodes.push(node(format!("w{i}"), "worker"));
+        nodes.push(node(format!("w{i}"), NodeRole::Worker));
         edges.push(TopologyEdge {
             from: format!("w{i}"),
             to: "c".into(),
-            kind: "registered".into(),
+            kind: LinkKind::Registered,
         });
     }
     let t = DhtTopology {

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use commons_shared::dht::DhtTopology;
+use commons_shared::dht::{DhtTopology, NodeRole};
 use force_graph::{DefaultNodeIdx, EdgeData, ForceGraph, NodeData, SimulationParameters};
 
 /// Time step per tick.
@@ -98,10 +98,10 @@ impl Layout {
         }
         // Hubs (edge, coordinators) first, so their workers find them placed.
         let mut order: Vec<_> = topology.nodes.iter().collect();
-        order.sort_by_key(|n| match n.role.as_str() {
-            "edge" => 0,
-            "coordinator" => 1,
-            _ => 2,
+        order.sort_by_key(|n| match n.role {
+            NodeRole::Edge => 0,
+            NodeRole::Coordinator => 1,
+            NodeRole::Worker | NodeRole::Peer => 2,
         });
         for n in order {
             if placed.contains_key(&n.id) {
@@ -233,16 +233,17 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use commons_shared::dht::{TopologyEdge, TopologyNode};
+    use commons_shared::api::WorkerStatus;
+    use commons_shared::dht::{LinkKind, TopologyEdge, TopologyNode};
 
-    fn node(id: &str, role: &str) -> TopologyNode {
+    fn node(id: &str, role: NodeRole) -> TopologyNode {
         TopologyNode {
             id: id.into(),
-            role: role.into(),
+            role,
             services: Vec::new(),
             worker_id: None,
             tier: Some(2),
-            status: Some("healthy".into()),
+            status: Some(WorkerStatus::Healthy),
             location: None,
             capacity: None,
             requests: None,
@@ -252,22 +253,22 @@ mod tests {
 
     /// An edge, `coordinators` coordinators and `workers` workers spread over them.
     fn star(coordinators: usize, workers: usize) -> DhtTopology {
-        let mut nodes = vec![node("edge", "edge")];
+        let mut nodes = vec![node("edge", NodeRole::Edge)];
         let mut edges = Vec::new();
         for c in 0..coordinators {
-            nodes.push(node(&format!("c{c}"), "coordinator"));
+            nodes.push(node(&format!("c{c}"), NodeRole::Coordinator));
             edges.push(TopologyEdge {
                 from: format!("c{c}"),
                 to: "edge".into(),
-                kind: "federated".into(),
+                kind: LinkKind::Federated,
             });
         }
         for w in 0..workers {
-            nodes.push(node(&format!("w{w}"), "worker"));
+            nodes.push(node(&format!("w{w}"), NodeRole::Worker));
             edges.push(TopologyEdge {
                 from: format!("w{w}"),
                 to: format!("c{}", w % coordinators),
-                kind: "registered".into(),
+                kind: LinkKind::Registered,
             });
         }
         DhtTopology {
@@ -335,11 +336,11 @@ mod tests {
         let before = l.position("w3").unwrap();
         t.nodes.retain(|n| n.id != "w9");
         t.edges.retain(|e| e.from != "w9");
-        t.nodes.push(node("w10", "worker"));
+        t.nodes.push(node("w10", NodeRole::Worker));
         t.edges.push(TopologyEdge {
             from: "w10".into(),
             to: "c0".into(),
-            kind: "registered".into(),
+            kind: LinkKind::Registered,
         });
         l.sync(&t);
         assert_eq!(l.position("w3"), Some(before));

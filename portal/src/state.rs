@@ -136,17 +136,18 @@ impl Reducible for LiveState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use commons_shared::dht::{TopologyEdge, TopologyNode};
+    use commons_shared::api::WorkerStatus;
+    use commons_shared::dht::{LinkKind, NodeRole, TopologyEdge, TopologyNode};
     use commons_shared::portal::TopologyDelta;
 
     fn worker(id: &str, load: f64) -> TopologyNode {
         TopologyNode {
             id: format!("p-{id}"),
-            role: "worker".into(),
+            role: NodeRole::Worker,
             services: vec!["ocr".into()],
             worker_id: Some(id.into()),
             tier: Some(2),
-            status: Some("healthy".into()),
+            status: Some(WorkerStatus::Healthy),
             location: None,
             capacity: Some(4.0),
             requests: Some(0),
@@ -187,7 +188,7 @@ mod tests {
                 add_edges: vec![TopologyEdge {
                     from: "p-b".into(),
                     to: "c".into(),
-                    kind: "registered".into(),
+                    kind: LinkKind::Registered,
                 }],
                 ..Default::default()
             },

@@ -3,8 +3,9 @@
 
 use std::collections::HashSet;
 
+use commons_shared::api::WorkerStatus;
 use commons_shared::api::{HistoryPoint, WorkerSummary};
-use commons_shared::dht::{DhtTopology, TopologyNode};
+use commons_shared::dht::{DhtTopology, NodeRole, TopologyNode};
 
 /// The pages, addressed by the URL's fragment (`#/workers/42`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +64,7 @@ pub struct Filter {
     /// Only workers that run this service.
     pub service: Option<String>,
     /// Only workers in this status.
-    pub status: Option<String>,
+    pub status: Option<WorkerStatus>,
     /// Only nodes whose id or worker id contains this.
     pub search: String,
 }
@@ -75,11 +76,11 @@ impl Filter {
         if !search.is_empty() {
             let hit =
                 n.id.contains(search) || n.worker_id.as_deref().is_some_and(|w| w.contains(search));
-            if !hit && n.role == "worker" {
+            if !hit && n.role == NodeRole::Worker {
                 return false;
             }
         }
-        if n.role != "worker" {
+        if n.role != NodeRole::Worker {
             return true;
         }
         self.tier.is_none_or(|t| n.tier == Some(t))
@@ -87,10 +88,7 @@ impl Filter {
                 .service
                 .as_ref()
                 .is_none_or(|s| n.services.iter().any(|x| x == s))
-            && self
-                .status
-                .as_ref()
-                .is_none_or(|s| n.status.as_deref() == Some(s))
+            && self.status.as_ref().is_none_or(|s| n.status == Some(*s))
     }
 
     /// The part of a topology that passes: its nodes, and the links whose both ends do.
@@ -113,7 +111,7 @@ impl Filter {
 }
 
 /// Every service and status that appears in a topology's workers, sorted (the filter's choices).
-pub fn choices(t: &DhtTopology) -> (Vec<String>, Vec<String>) {
+pub fn choices(t: &DhtTopology) -> (Vec<String>, Vec<WorkerStatus>) {
     let mut services: Vec<String> = t
         .nodes
         .iter()
@@ -122,11 +120,11 @@ pub fn choices(t: &DhtTopology) -> (Vec<String>, Vec<String>) {
         .into_iter()
         .collect();
     services.sort();
-    let mut statuses: Vec<String> = t
+    let mut statuses: Vec<WorkerStatus> = t
         .nodes
         .iter()
-        .filter(|n| n.role == "worker")
-        .filter_map(|n| n.status.clone())
+        .filter(|n| n.role == NodeRole::Worker)
+        .filter_map(|n| n.status)
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
@@ -136,25 +134,25 @@ pub fn choices(t: &DhtTopology) -> (Vec<String>, Vec<String>) {
 
 /// A node's radius: hubs large, workers by the square root of their capacity.
 pub fn radius(n: &TopologyNode) -> f32 {
-    match n.role.as_str() {
-        "edge" => 18.0,
-        "coordinator" => 12.0 + (n.capacity.unwrap_or(0.0) as f32).sqrt().min(12.0),
-        "peer" => 4.0,
-        _ => 3.0 + (n.capacity.unwrap_or(1.0).max(0.0) as f32).sqrt().min(7.0),
+    match n.role {
+        NodeRole::Edge => 18.0,
+        NodeRole::Coordinator => 12.0 + (n.capacity.unwrap_or(0.0) as f32).sqrt().min(12.0),
+        NodeRole::Peer => 4.0,
+        NodeRole::Worker => 3.0 + (n.capacity.unwrap_or(1.0).max(0.0) as f32).sqrt().min(7.0),
     }
 }
 
 /// A node's fill: by role, workers by tier; workers that are stale or offline are grey.
 pub fn colour(n: &TopologyNode) -> &'static str {
-    if n.role == "worker" && matches!(n.status.as_deref(), Some("stale" | "offline")) {
+    if n.role == NodeRole::Worker && n.status.is_some_and(|s| !s.is_live()) {
         return "#9aa0a6";
     }
-    match (n.role.as_str(), n.tier) {
-        ("edge", _) => "#202124",
-        ("coordinator", _) => "#7b1fa2",
-        ("worker", Some(1)) => "#d93025",
-        ("worker", Some(2)) => "#1a73e8",
-        ("worker", Some(3)) => "#188038",
+    match (n.role, n.tier) {
+        (NodeRole::Edge, _) => "#202124",
+        (NodeRole::Coordinator, _) => "#7b1fa2",
+        (NodeRole::Worker, Some(1)) => "#d93025",
+        (NodeRole::Worker, Some(2)) => "#1a73e8",
+        (NodeRole::Worker, Some(3)) => "#188038",
         _ => "#5f6368",
     }
 }
@@ -333,22 +331,22 @@ pub use commons_shared::units::binary as bytes;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use commons_shared::dht::TopologyEdge;
+    use commons_shared::dht::{LinkKind, TopologyEdge};
 
     fn node(
         id: &str,
-        role: &str,
+        role: NodeRole,
         tier: Option<u8>,
-        status: &str,
+        status: WorkerStatus,
         services: &[&str],
     ) -> TopologyNode {
         TopologyNode {
             id: id.into(),
-            role: role.into(),
+            role,
             services: services.iter().map(|s| (*s).into()).collect(),
-            worker_id: (role == "worker").then(|| format!("w-{id}")),
+            worker_id: (role == NodeRole::Worker).then(|| format!("w-{id}")),
             tier,
-            status: Some(status.into()),
+            status: Some(status),
             location: None,
             capacity: Some(4.0),
             requests: Some(10),
@@ -358,16 +356,28 @@ mod tests {
 
     fn topo() -> DhtTopology {
         let nodes = vec![
-            node("c", "coordinator", None, "healthy", &[]),
-            node("a", "worker", Some(1), "healthy", &["llm"]),
-            node("b", "worker", Some(2), "stale", &["ocr"]),
+            node("c", NodeRole::Coordinator, None, WorkerStatus::Healthy, &[]),
+            node(
+                "a",
+                NodeRole::Worker,
+                Some(1),
+                WorkerStatus::Healthy,
+                &["llm"],
+            ),
+            node(
+                "b",
+                NodeRole::Worker,
+                Some(2),
+                WorkerStatus::Stale,
+                &["ocr"],
+            ),
         ];
         let edges = ["a", "b"]
             .iter()
             .map(|w| TopologyEdge {
                 from: (*w).into(),
                 to: "c".into(),
-                kind: "registered".into(),
+                kind: LinkKind::Registered,
             })
             .collect();
         DhtTopology {
@@ -420,7 +430,7 @@ mod tests {
         .apply(&t);
         assert_eq!(by_service.node_count, 2);
         let by_status = Filter {
-            status: Some("stale".into()),
+            status: Some(WorkerStatus::Stale),
             ..Default::default()
         }
         .apply(&t);
@@ -436,7 +446,7 @@ mod tests {
             choices(&t),
             (
                 vec!["llm".into(), "ocr".into()],
-                vec!["healthy".into(), "stale".into()]
+                vec![WorkerStatus::Healthy, WorkerStatus::Stale]
             )
         );
     }

@@ -178,15 +178,72 @@ pub fn provider_key_allowed(key: &str, provider: &str) -> bool {
     }
 }
 
+/// What a node in the topology is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// The edge this coordinator is federated with.
+    Edge,
+    /// A coordinator.
+    Coordinator,
+    /// A volunteer's agent.
+    Worker,
+    /// A DHT node this coordinator knows nothing more of.
+    Peer,
+}
+
+impl NodeRole {
+    /// All roles.
+    pub const ALL: [NodeRole; 4] = [Self::Edge, Self::Coordinator, Self::Worker, Self::Peer];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Edge => "edge",
+            Self::Coordinator => "coordinator",
+            Self::Worker => "worker",
+            Self::Peer => "peer",
+        }
+    }
+}
+
+/// What a link in the topology is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum LinkKind {
+    /// A peer in this node's DHT routing table.
+    DhtLink,
+    /// A worker to the coordinator it is registered at.
+    Registered,
+    /// A coordinator to the edge it is federated with.
+    Federated,
+}
+
+impl LinkKind {
+    /// All kinds.
+    pub const ALL: [LinkKind; 3] = [Self::DhtLink, Self::Registered, Self::Federated];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DhtLink => "dht_link",
+            Self::Registered => "registered",
+            Self::Federated => "federated",
+        }
+    }
+}
+
 /// A node in `GET /api/dht/topology` (seed shape: `id`, `type`, `services`, plus more).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TopologyNode {
     /// Peer id (or worker id for a worker without a DHT node).
     pub id: String,
-    /// "coordinator", "worker" or "peer" (a DHT node this coordinator knows nothing more of).
+    /// What it is.
     #[serde(rename = "type")]
-    pub role: String,
+    pub role: NodeRole,
     /// Services (workers).
     #[serde(default)]
     pub services: Vec<String>,
@@ -196,9 +253,9 @@ pub struct TopologyNode {
     /// Tier (workers).
     #[serde(default)]
     pub tier: Option<u8>,
-    /// Status (workers registered here).
+    /// Status (workers registered here; a coordinator says healthy).
     #[serde(default)]
-    pub status: Option<String>,
+    pub status: Option<crate::api::WorkerStatus>,
     /// Region or location.
     #[serde(default)]
     pub location: Option<String>,
@@ -221,9 +278,9 @@ pub struct TopologyEdge {
     pub from: String,
     /// The other.
     pub to: String,
-    /// "dht_link" (routing table), "registered" (worker → its coordinator) or "federated" (coordinator → edge).
+    /// What links them.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: LinkKind,
 }
 
 /// `GET /api/dht/topology` (seed shape).
@@ -275,6 +332,32 @@ pub struct DhtStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topology_wire_names_are_pinned() {
+        for (role, text) in NodeRole::ALL
+            .into_iter()
+            .zip(["edge", "coordinator", "worker", "peer"])
+        {
+            assert_eq!(role.as_str(), text);
+            assert_eq!(serde_json::to_value(role).unwrap(), serde_json::json!(text));
+            assert_eq!(
+                serde_json::from_value::<NodeRole>(serde_json::json!(text)).unwrap(),
+                role
+            );
+        }
+        for (kind, text) in LinkKind::ALL
+            .into_iter()
+            .zip(["dht_link", "registered", "federated"])
+        {
+            assert_eq!(kind.as_str(), text);
+            assert_eq!(serde_json::to_value(kind).unwrap(), serde_json::json!(text));
+            assert_eq!(
+                serde_json::from_value::<LinkKind>(serde_json::json!(text)).unwrap(),
+                kind
+            );
+        }
+    }
 
     #[test]
     fn keys_parse_back() {

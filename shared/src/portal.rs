@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::api::Stats;
-use crate::dht::{DhtTopology, TopologyEdge, TopologyNode};
+use crate::dht::{DhtTopology, LinkKind, TopologyEdge, TopologyNode};
 use crate::edge::CoordinatorInfo;
 
 /// `POST /api/admin/login`.
@@ -121,8 +121,8 @@ pub struct TopologyDelta {
     pub remove_edges: Vec<TopologyEdge>,
 }
 
-fn edge_key(e: &TopologyEdge) -> (&str, &str, &str) {
-    (&e.from, &e.to, &e.kind)
+fn edge_key(e: &TopologyEdge) -> (&str, &str, LinkKind) {
+    (&e.from, &e.to, e.kind)
 }
 
 impl TopologyDelta {
@@ -199,13 +199,13 @@ impl TopologyDelta {
                 && !gone.contains(e.from.as_str())
                 && !gone.contains(e.to.as_str())
         });
-        let present: HashSet<(String, String, String)> = topology
+        let present: HashSet<(String, String, LinkKind)> = topology
             .edges
             .iter()
-            .map(|e| (e.from.clone(), e.to.clone(), e.kind.clone()))
+            .map(|e| (e.from.clone(), e.to.clone(), e.kind))
             .collect();
         for e in &self.add_edges {
-            if !present.contains(&(e.from.clone(), e.to.clone(), e.kind.clone())) {
+            if !present.contains(&(e.from.clone(), e.to.clone(), e.kind)) {
                 topology.edges.push(e.clone());
             }
         }
@@ -238,15 +238,17 @@ pub enum LiveMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::WorkerStatus;
+    use crate::dht::NodeRole;
 
-    fn node(id: &str, status: &str) -> TopologyNode {
+    fn node(id: &str, status: WorkerStatus) -> TopologyNode {
         TopologyNode {
             id: id.into(),
-            role: "worker".into(),
+            role: NodeRole::Worker,
             services: vec!["ocr".into()],
             worker_id: Some(id.into()),
             tier: Some(2),
-            status: Some(status.into()),
+            status: Some(status),
             location: None,
             capacity: Some(4.0),
             requests: None,
@@ -258,7 +260,7 @@ mod tests {
         TopologyEdge {
             from: from.into(),
             to: to.into(),
-            kind: "registered".into(),
+            kind: LinkKind::Registered,
         }
     }
 
@@ -282,17 +284,17 @@ mod tests {
     fn applying_the_delta_gives_the_new_topology() {
         let old = topo(
             vec![
-                node("c", "healthy"),
-                node("a", "healthy"),
-                node("b", "healthy"),
+                node("c", WorkerStatus::Healthy),
+                node("a", WorkerStatus::Healthy),
+                node("b", WorkerStatus::Healthy),
             ],
             vec![edge("a", "c"), edge("b", "c")],
         );
         let new = topo(
             vec![
-                node("c", "healthy"),
-                node("a", "stale"),
-                node("d", "healthy"),
+                node("c", WorkerStatus::Healthy),
+                node("a", WorkerStatus::Stale),
+                node("d", WorkerStatus::Healthy),
             ],
             vec![edge("a", "c"), edge("d", "c")],
         );
@@ -317,7 +319,10 @@ mod tests {
     #[test]
     fn removing_a_node_drops_its_links_even_when_not_listed() {
         let mut t = topo(
-            vec![node("c", "healthy"), node("a", "healthy")],
+            vec![
+                node("c", WorkerStatus::Healthy),
+                node("a", WorkerStatus::Healthy),
+            ],
             vec![edge("a", "c")],
         );
         TopologyDelta {

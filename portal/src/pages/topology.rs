@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::rc::Rc;
 
+use commons_shared::api::WorkerStatus;
+use commons_shared::dht::{LinkKind, NodeRole};
 use gloo_render::{AnimationFrame, request_animation_frame};
 use wasm_bindgen::JsCast;
 use web_sys::{HtmlInputElement, HtmlSelectElement};
@@ -335,7 +337,7 @@ pub fn Topology() -> Html {
         Callback::from(move |e: Event| {
             let v = e.target_unchecked_into::<HtmlSelectElement>().value();
             filter.set(Filter {
-                status: Some(v).filter(|v| !v.is_empty()),
+                status: WorkerStatus::parse(&v),
                 ..(*filter).clone()
             });
         })
@@ -423,23 +425,23 @@ pub fn Topology() -> Html {
         .iter()
         .map(|n| (n.id.as_str(), n.requests.unwrap_or(0)))
         .collect();
-    let mut by_style: BTreeMap<(String, u32), Vec<(String, String)>> = BTreeMap::new();
+    let mut by_style: BTreeMap<(LinkKind, u32), Vec<(String, String)>> = BTreeMap::new();
     for e in &visible.edges {
-        let traffic = if e.kind == "registered" {
+        let traffic = if e.kind == LinkKind::Registered {
             requests.get(e.from.as_str()).copied().unwrap_or(0)
         } else {
             0
         };
         let w = (link_width(traffic) * 2.0).round() as u32;
         by_style
-            .entry((e.kind.clone(), w))
+            .entry((e.kind, w))
             .or_default()
             .push((e.from.clone(), e.to.clone()));
     }
     let links = by_style
         .iter()
         .map(|((kind, w), pairs)| {
-            html! { <path class={classes!("link", kind.clone())} d={links_path(&l, pairs)} stroke-width={format!("{}", f64::from(*w) / 2.0)} /> }
+            html! { <path class={classes!("link", kind.as_str())} d={links_path(&l, pairs)} stroke-width={format!("{}", f64::from(*w) / 2.0)} /> }
         })
         .collect::<Html>();
     *groups.borrow_mut() = by_style.into_values().collect();
@@ -454,10 +456,10 @@ pub fn Topology() -> Html {
         });
         let is_sel = sel.as_deref() == Some(n.id.as_str());
         html! {
-            <circle key={n.id.clone()} class={classes!("node", n.role.clone(), is_sel.then_some("selected"))}
-                data-id={n.id.clone()} data-role={n.role.clone()} data-status={n.status.clone().unwrap_or_default()}
+            <circle key={n.id.clone()} class={classes!("node", n.role.as_str(), is_sel.then_some("selected"))}
+                data-id={n.id.clone()} data-role={n.role.as_str()} data-status={n.status.map_or("", WorkerStatus::as_str)}
                 cx={format!("{x:.1}")} cy={format!("{y:.1}")} r={format!("{:.1}", radius(n))} fill={colour(n)} {onclick}>
-                <title>{ format!("{} {}", n.role, n.worker_id.as_deref().unwrap_or(&n.id)) }</title>
+                <title>{ format!("{} {}", n.role.as_str(), n.worker_id.as_deref().unwrap_or(&n.id)) }</title>
             </circle>
         }
     });
@@ -469,12 +471,12 @@ pub fn Topology() -> Html {
         html! {
             <aside class="details" id="node-details">
                 <button class="close" onclick={close}>{ "×" }</button>
-                <h2>{ n.role.clone() }</h2>
+                <h2>{ n.role.as_str() }</h2>
                 <dl class="facts">
                     <dt>{ "Id" }</dt><dd><code>{ n.id.clone() }</code></dd>
                     if let Some(w) = &n.worker_id { <dt>{ "Worker" }</dt><dd><a href={Route::Worker(w.clone()).href()}>{ w.clone() }</a></dd> }
                     if let Some(t) = n.tier { <dt>{ "Tier" }</dt><dd>{ t }</dd> }
-                    if let Some(s) = &n.status { <dt>{ "Status" }</dt><dd>{ s.clone() }</dd> }
+                    if let Some(s) = n.status { <dt>{ "Status" }</dt><dd>{ s.as_str() }</dd> }
                     if !n.services.is_empty() { <dt>{ "Services" }</dt><dd>{ n.services.join(", ") }</dd> }
                     if let Some(l) = n.load { <dt>{ "Load" }</dt><dd>{ format!("{:.0} %", 100.0 * l) }</dd> }
                     if let Some(r) = n.requests { <dt>{ "Requests" }</dt><dd>{ r }</dd> }
@@ -484,7 +486,11 @@ pub fn Topology() -> Html {
         }
     });
     let (px, py, k) = *view;
-    let workers = visible.nodes.iter().filter(|n| n.role == "worker").count();
+    let workers = visible
+        .nodes
+        .iter()
+        .filter(|n| n.role == NodeRole::Worker)
+        .count();
     html! {
         <>
             <h1>{ "Topology" }<small id="topology-count">{ format!(" {} nodes, {} workers shown", visible.nodes.len(), workers) }</small></h1>
@@ -503,8 +509,8 @@ pub fn Topology() -> Html {
                 </select>
                 <select id="filter-status" onchange={on_status}>
                     <option value="" selected={filter.status.is_none()}>{ "Every status" }</option>
-                    { for statuses.iter().map(|s| html! {
-                        <option key={s.clone()} value={s.clone()} selected={filter.status.as_ref() == Some(s)}>{ s.clone() }</option>
+                    { for statuses.iter().map(|&s| html! {
+                        <option key={s.as_str()} value={s.as_str()} selected={filter.status == Some(s)}>{ s.as_str() }</option>
                     }) }
                 </select>
                 <input id="filter-search" placeholder="Search by id" oninput={on_search} />

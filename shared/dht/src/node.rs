@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use commons_shared::dht::{
-    CoordinatorRecord, RecordBody, RecordPayload, SERVICE_SHARDS, WorkerRecord, coordinator_key,
-    provider_key_allowed, service_key, worker_key,
+    CoordinatorRecord, NodeRole, RecordBody, RecordPayload, SERVICE_SHARDS, WorkerRecord,
+    coordinator_key, provider_key_allowed, service_key, worker_key,
 };
 use futures::StreamExt;
 use libp2p::identity::Keypair;
@@ -49,13 +49,13 @@ impl Role {
 }
 
 /// The role a peer announced (from identify's agent version).
-pub fn role_of(agent_version: &str) -> &'static str {
+pub fn role_of(agent_version: &str) -> NodeRole {
     if agent_version.starts_with("commons-coordinator/") {
-        "coordinator"
+        NodeRole::Coordinator
     } else if agent_version.starts_with("commons-agent/") {
-        "worker"
+        NodeRole::Worker
     } else {
-        "peer"
+        NodeRole::Peer
     }
 }
 
@@ -135,7 +135,7 @@ pub struct Snapshot {
     /// Figures.
     pub stats: commons_shared::dht::DhtStats,
     /// Routing-table peers with the role they announced.
-    pub links: Vec<(PeerId, &'static str)>,
+    pub links: Vec<(PeerId, NodeRole)>,
 }
 
 enum Cmd {
@@ -572,7 +572,7 @@ struct Node {
     advertise_listen: bool,
     pending: HashMap<kad::QueryId, Pending>,
     /// Agent versions that peers announced.
-    roles: HashMap<PeerId, &'static str>,
+    roles: HashMap<PeerId, NodeRole>,
     /// Newest sequence number read per key, with its expiry: older ones are replays.
     seen: HashMap<String, (u64, u64)>,
     published: Option<RecordBody>,
@@ -901,7 +901,7 @@ impl Node {
         }
         let links: Vec<_> = links
             .into_iter()
-            .map(|p| (p, self.roles.get(&p).copied().unwrap_or("peer")))
+            .map(|p| (p, self.roles.get(&p).copied().unwrap_or(NodeRole::Peer)))
             .collect();
         let stored_records = self.kad().store_mut().records().count();
         let stats = commons_shared::dht::DhtStats {

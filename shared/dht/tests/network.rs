@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use commons_dht::{Config, Dht, Keypair, Multiaddr, Role, generate_keypair, now_ms, record};
-use commons_shared::dht::{RecordBody, RecordPayload, WorkerRecord, worker_key};
+use commons_shared::dht::{NodeRole, RecordBody, RecordPayload, WorkerRecord, worker_key};
 use rand::seq::{IndexedRandom, SliceRandom};
 
 fn config(key: Keypair, server: bool, refresh: Duration) -> Config {
@@ -99,7 +99,7 @@ async fn two_nodes_put_get_and_find_providers() {
     let snap = b.snapshot().await;
     assert_eq!(snap.stats.routing_table, 1);
     assert_eq!(snap.links[0].0, a.peer_id());
-    assert_eq!(snap.links[0].1, "worker");
+    assert_eq!(snap.links[0].1, NodeRole::Worker);
     a.shutdown().await;
     b.shutdown().await;
 }
