@@ -28,11 +28,53 @@ pub enum AppError {
     Update(String),
 }
 
+/// Where donating stands, as the tray and the window show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DonorState {
+    /// Not donating (never started, or quit).
+    Stopped,
+    /// Joining a coordinator.
+    Registering,
+    /// Fetching the assigned services' images.
+    Pulling,
+    /// Donating.
+    Active,
+    /// Paused by the volunteer, or held back by a rule.
+    Paused,
+    /// Stuck; the status's reason says why.
+    Error,
+}
+
+impl DonorState {
+    /// All states.
+    pub const ALL: [DonorState; 6] = [
+        Self::Stopped,
+        Self::Registering,
+        Self::Pulling,
+        Self::Active,
+        Self::Paused,
+        Self::Error,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stopped => "stopped",
+            Self::Registering => "registering",
+            Self::Pulling => "pulling",
+            Self::Active => "active",
+            Self::Paused => "paused",
+            Self::Error => "error",
+        }
+    }
+}
+
 /// What the tray and the window show.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
-    /// stopped, registering, pulling, active, paused or error.
-    pub state: String,
+    /// Where donating stands.
+    pub state: DonorState,
     /// Why, for an error (in plain words).
     pub reason: Option<String>,
     /// The worker id once registered.
@@ -164,6 +206,29 @@ pub struct Hardware {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn donor_state_wire_names_are_pinned() {
+        let names = [
+            "stopped",
+            "registering",
+            "pulling",
+            "active",
+            "paused",
+            "error",
+        ];
+        for (state, text) in DonorState::ALL.into_iter().zip(names) {
+            assert_eq!(state.as_str(), text);
+            assert_eq!(
+                serde_json::to_value(state).unwrap(),
+                serde_json::json!(text)
+            );
+            assert_eq!(
+                serde_json::from_value::<DonorState>(serde_json::json!(text)).unwrap(),
+                state
+            );
+        }
+    }
 
     #[test]
     fn container_states_read_as_they_serialise() {

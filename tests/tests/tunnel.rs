@@ -130,7 +130,7 @@ async fn the_coordinator_learns_each_new_tunnel_address() {
     let settings = Settings {
         coordinator_url: Some(c.url()),
         containers: false,
-        tunnel: "quick".into(),
+        tunnel: commons_agent::settings::TunnelKind::Quick,
         cloudflared: program,
         dht: false,
         ..Settings::default()

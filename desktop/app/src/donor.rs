@@ -12,7 +12,7 @@ use commons_agent::hardware::{self, Detected, GpuProbe};
 use commons_agent::settings::Settings;
 use commons_agent::update::{Staged, UpdateError, Updater};
 pub use commons_shared::desktop::{
-    AppError, ContainerRow, Hardware, Limits, Status, UpdatePhase, UpdateView,
+    AppError, ContainerRow, DonorState, Hardware, Limits, Status, UpdatePhase, UpdateView,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
@@ -112,15 +112,15 @@ impl Clock {
     }
 }
 
-/// The words for a state.
-pub fn state_name(s: &State) -> &'static str {
+/// What the window and the tray are told of the agent's state.
+pub fn donor_state(s: &State) -> DonorState {
     match s {
-        State::Stopped => "stopped",
-        State::Registering => "registering",
-        State::Pulling => "pulling",
-        State::Active => "active",
-        State::Paused => "paused",
-        State::Error(_) => "error",
+        State::Stopped => DonorState::Stopped,
+        State::Registering => DonorState::Registering,
+        State::Pulling => DonorState::Pulling,
+        State::Active => DonorState::Active,
+        State::Paused => DonorState::Paused,
+        State::Error(_) => DonorState::Error,
     }
 }
 
@@ -568,7 +568,7 @@ impl Donor {
             .map(|s| self.rows(&s.containers))
             .unwrap_or_default();
         Status {
-            state: state_name(&state).into(),
+            state: donor_state(&state),
             reason: match &state {
                 State::Error(why) => Some(why.clone()),
                 _ => None,

@@ -2,13 +2,13 @@
 //! battery, too hot, in use, outside the schedule), an error, a problem to fix. Pausing by hand says nothing: the
 //! volunteer knows.
 
-use crate::donor::Status;
+use crate::donor::{DonorState, Status};
 
 /// What the app knew at the last change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Seen {
-    /// The state's word.
-    pub state: String,
+    /// The state (none before the first status).
+    pub state: Option<DonorState>,
     /// Why donating was held back.
     pub held: Option<String>,
     /// The problem shown.
@@ -19,7 +19,7 @@ impl Seen {
     /// What a status says.
     pub fn of(s: &Status) -> Self {
         Self {
-            state: s.state.clone(),
+            state: Some(s.state),
             held: s.held.clone(),
             problem: s.problem.clone(),
         }
@@ -31,16 +31,16 @@ pub fn notice(before: &Seen, now: &Status) -> Option<(String, String)> {
     if now.problem.is_some() && now.problem != before.problem {
         return Some(("Commons needs you".into(), now.problem.clone()?));
     }
-    if now.state == before.state && now.held == before.held {
+    if Some(now.state) == before.state && now.held == before.held {
         return None;
     }
-    match now.state.as_str() {
-        "active" if before.state != "paused" => Some((
+    match now.state {
+        DonorState::Active if before.state != Some(DonorState::Paused) => Some((
             "Commons is donating".into(),
             format!("{}. Thank you!", now.summary),
         )),
-        "active" => Some(("Commons is donating again".into(), now.summary.clone())),
-        "paused" => now
+        DonorState::Active => Some(("Commons is donating again".into(), now.summary.clone())),
+        DonorState::Paused => now
             .held
             .as_ref()
             .filter(|h| before.held.as_ref() != Some(h))
@@ -50,14 +50,14 @@ pub fn notice(before: &Seen, now: &Status) -> Option<(String, String)> {
                     format!("Paused: {why}. Donating goes on by itself when that changes."),
                 )
             }),
-        "error" => Some((
+        DonorState::Error => Some((
             "Commons stopped".into(),
             format!(
                 "{}. Open Commons to fix it and press Retry.",
                 now.reason.as_deref().unwrap_or("Something went wrong")
             ),
         )),
-        _ => None,
+        DonorState::Stopped | DonorState::Registering | DonorState::Pulling => None,
     }
 }
 
@@ -65,9 +65,9 @@ pub fn notice(before: &Seen, now: &Status) -> Option<(String, String)> {
 mod tests {
     use super::*;
 
-    fn status(state: &str, held: Option<&str>) -> Status {
+    fn status(state: DonorState, held: Option<&str>) -> Status {
         Status {
-            state: state.into(),
+            state,
             reason: None,
             worker_id: None,
             coordinator_url: None,
@@ -87,32 +87,32 @@ mod tests {
 
     #[test]
     fn the_important_changes_are_told_and_the_rest_is_not() {
-        let joining = Seen::of(&status("registering", None));
-        let active = status("active", None);
+        let joining = Seen::of(&status(DonorState::Registering, None));
+        let active = status(DonorState::Active, None);
         let (title, body) = notice(&joining, &active).unwrap();
         assert_eq!(title, "Commons is donating");
         assert!(body.starts_with("Donating: 8 cores"), "{body}");
         // Nothing new: nothing said.
         assert_eq!(notice(&Seen::of(&active), &active), None);
         // Paused by hand: the volunteer knows.
-        let paused = status("paused", None);
+        let paused = status(DonorState::Paused, None);
         assert_eq!(notice(&Seen::of(&active), &paused), None);
         // Held back by the computer: said, with why.
-        let battery = status("paused", Some("on battery power"));
+        let battery = status(DonorState::Paused, Some("on battery power"));
         let (title, body) = notice(&Seen::of(&active), &battery).unwrap();
         assert_eq!(title, "Commons paused");
         assert!(body.contains("on battery power"), "{body}");
         let (title, _) = notice(&Seen::of(&battery), &active).unwrap();
         assert_eq!(title, "Commons is donating again");
         // An error, and a problem to fix.
-        let mut err = status("error", None);
+        let mut err = status(DonorState::Error, None);
         err.reason = Some("registration refused: bad token".into());
         let (_, body) = notice(&Seen::of(&active), &err).unwrap();
         assert!(
             body.contains("bad token") && body.contains("Retry"),
             "{body}"
         );
-        let mut docker = status("active", None);
+        let mut docker = status(DonorState::Active, None);
         docker.problem = Some("Docker is not running — start Docker Desktop".into());
         let (title, _) = notice(&Seen::of(&active), &docker).unwrap();
         assert_eq!(title, "Commons needs you");

@@ -9,7 +9,7 @@ use tauri::menu::{Menu, MenuEvent, MenuItem, PredefinedMenuItem};
 use tauri::tray::TrayIconBuilder;
 use tauri::{AppHandle, Manager, Runtime};
 
-use crate::donor::{Donor, UpdatePhase, offer, state_name, summary};
+use crate::donor::{Donor, UpdatePhase, donor_state, offer, summary};
 
 /// The menu entries' ids (a desktop shell sends these back as clicks).
 pub mod ids {
@@ -181,7 +181,7 @@ pub fn create<R: Runtime>(app: &AppHandle<R>) -> tauri::Result<()> {
             let s = rx.borrow_and_update().clone();
             let running = !matches!(s, State::Stopped);
             let _ = tray.set_icon(Some(icon(&s)));
-            let _ = tray.set_tooltip(Some(format!("Commons: {}", state_name(&s))));
+            let _ = tray.set_tooltip(Some(format!("Commons: {}", donor_state(&s).as_str())));
             let _ = status.set_text(summary(&s, &offer));
             let _ = toggle.set_text(match s {
                 State::Stopped => "Start donating",

@@ -20,7 +20,7 @@ use crate::containers::Engine;
 use crate::credentials::{CredentialStore, Credentials};
 use crate::gateway::Gateway;
 use crate::hardware::{self, GpuProbe, LoadSampler};
-use crate::settings::Settings;
+use crate::settings::{Settings, TunnelKind};
 use crate::tunnel::{Mode, Tunnel};
 
 /// What the agent is doing.
@@ -818,17 +818,19 @@ impl Agent {
     /// Starts the gateway and the tunnel in front of it.
     async fn open_gateway(&mut self) -> anyhow::Result<()> {
         let g = Gateway::start(self.settings.gateway_listen).await?;
-        let mode = match self.settings.tunnel.as_str() {
-            "quick" => Mode::Quick {
+        let mode = match self.settings.tunnel {
+            TunnelKind::Quick => Mode::Quick {
                 program: self.settings.cloudflared.clone(),
                 to: g.url(),
             },
-            "named" => Mode::Named {
+            TunnelKind::Named => Mode::Named {
                 program: self.settings.cloudflared.clone(),
                 token: crate::credentials::tunnel_token()?,
                 url: self.settings.tunnel_hostname.clone().unwrap_or_default(),
             },
-            _ => Mode::None(self.settings.endpoint.clone().unwrap_or_else(|| g.url())),
+            TunnelKind::None => {
+                Mode::None(self.settings.endpoint.clone().unwrap_or_else(|| g.url()))
+            }
         };
         let mut tunnel = Tunnel::start(mode);
         // A quick tunnel needs a moment for its address; register without one rather than wait forever.

@@ -7,6 +7,44 @@ use serde::{Deserialize, Serialize};
 /// The default entry point: the project's edge (a local one in development).
 pub const DEFAULT_EDGE_URL: &str = "http://127.0.0.1:8090";
 
+/// How the coordinator reaches this agent's gateway (the `tunnel` setting).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum TunnelKind {
+    /// No tunnel: at `endpoint` (a LAN or public address), else at the gateway's own address.
+    #[default]
+    None,
+    /// A cloudflared quick tunnel (a new random address each start).
+    Quick,
+    /// A cloudflared named tunnel at `tunnel_hostname`, its token in the keyring.
+    Named,
+}
+
+impl TunnelKind {
+    /// All kinds.
+    pub const ALL: [TunnelKind; 3] = [Self::None, Self::Quick, Self::Named];
+
+    /// The setting's text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Quick => "quick",
+            Self::Named => "named",
+        }
+    }
+}
+
+impl TryFrom<String> for TunnelKind {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("tunnel: must be \"none\", \"quick\" or \"named\", got {s:?}"))
+    }
+}
+
 /// Settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -47,10 +85,8 @@ pub struct Settings {
     pub instance: String,
     /// Where the local gateway in front of the containers listens.
     pub gateway_listen: std::net::SocketAddr,
-    /// How the coordinator reaches the gateway: "none" (LAN or public address: `endpoint`, else the gateway's own
-    /// address), "quick" (a cloudflared quick tunnel) or "named" (a cloudflared named tunnel at `tunnel_hostname`,
-    /// its token in the keyring).
-    pub tunnel: String,
+    /// How the coordinator reaches the gateway.
+    pub tunnel: TunnelKind,
     /// The cloudflared executable.
     pub cloudflared: PathBuf,
     /// The named tunnel's public URL.
@@ -114,7 +150,7 @@ impl Default for Settings {
             docker_host: None,
             instance: "default".into(),
             gateway_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            tunnel: "none".into(),
+            tunnel: TunnelKind::None,
             cloudflared: PathBuf::from("cloudflared"),
             tunnel_hostname: None,
             schedule: Vec::new(),
@@ -320,9 +356,8 @@ impl Settings {
                 message: format!("must be from 1 to 240, got {}", self.idle_after_minutes),
             });
         }
-        match self.tunnel.as_str() {
-            "none" | "quick" => {}
-            "named" => match &self.tunnel_hostname {
+        if self.tunnel == TunnelKind::Named {
+            match &self.tunnel_hostname {
                 Some(u) => check_url("tunnel_hostname", u)?,
                 None => {
                     return Err(SettingsError::Invalid {
@@ -330,12 +365,6 @@ impl Settings {
                         message: "is required with tunnel = \"named\"".into(),
                     });
                 }
-            },
-            other => {
-                return Err(SettingsError::Invalid {
-                    key: "tunnel",
-                    message: format!("must be \"none\", \"quick\" or \"named\", got {other:?}"),
-                });
             }
         }
         Ok(())
@@ -404,6 +433,16 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tunnel_kinds_are_pinned_to_their_setting_text() {
+        for (kind, text) in TunnelKind::ALL.into_iter().zip(["none", "quick", "named"]) {
+            assert_eq!(kind.as_str(), text);
+            let (s, _) = Settings::parse(&format!("tunnel = \"{text}\"")).unwrap();
+            assert_eq!(s.tunnel, kind);
+            assert_eq!(serde_json::to_value(kind).unwrap(), serde_json::json!(text));
+        }
+    }
 
     #[test]
     fn defaults_and_file() {

@@ -546,7 +546,7 @@ pub async fn trial(
     use crate::agent::{self, Command, State};
     s.containers = false;
     s.dht = false;
-    s.tunnel = "none".into();
+    s.tunnel = crate::settings::TunnelKind::None;
     let options = agent::Options {
         version: version.into(),
         paused: true,

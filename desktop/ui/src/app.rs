@@ -1,7 +1,9 @@
 //! The page: first run (hardware, Start donating, Advanced), then the state, services, network and the caps.
 
 use commons_shared::api::ContainerState;
-use commons_shared::desktop::{ContainerRow, Hardware, Limits, Status, UpdatePhase, UpdateView};
+use commons_shared::desktop::{
+    ContainerRow, DonorState, Hardware, Limits, Status, UpdatePhase, UpdateView,
+};
 use commons_shared::units::binary;
 use serde_json::json;
 use web_sys::HtmlInputElement;
@@ -120,8 +122,8 @@ pub fn app() -> Html {
         })
     };
 
-    let state = status.as_ref().map_or("stopped", |s| s.state.as_str());
-    let body = if state == "stopped" {
+    let state = status.as_ref().map_or(DonorState::Stopped, |s| s.state);
+    let body = if state == DonorState::Stopped {
         first_run(hardware.as_ref(), act.clone(), *busy)
     } else {
         status
@@ -133,7 +135,7 @@ pub fn app() -> Html {
         <main>
             <header>
                 <h1>{ "Commons" }</h1>
-                <span id="state" class={classes!("state", format!("state-{state}"))}>
+                <span id="state" class={classes!("state", format!("state-{}", state.as_str()))}>
                     { words::state_label(state) }
                 </span>
                 if let Some(s) = status.as_ref() {
@@ -164,8 +166,8 @@ fn problem(status: Option<&Status>, act: Callback<(&'static str, serde_json::Val
     let Some(s) = status else {
         return Html::default();
     };
-    let text = match (&s.problem, s.state.as_str(), &s.reason) {
-        (_, "error", Some(why)) => {
+    let text = match (&s.problem, s.state, &s.reason) {
+        (_, DonorState::Error, Some(why)) => {
             format!("{why}. Check the address under Advanced, then press Retry.")
         }
         (Some(p), _, _) => p.clone(),
@@ -276,7 +278,7 @@ fn hardware_list(h: &Hardware) -> Html {
 
 /// Donating (or paused): what runs, where, for how long, and the pause controls.
 fn dashboard(s: &Status, act: Callback<(&'static str, serde_json::Value)>, busy: bool) -> Html {
-    let paused = s.state == "paused";
+    let paused = s.state == DonorState::Paused;
     let toggle = if paused {
         act.reform(|_: MouseEvent| ("resume", json!({})))
     } else {
@@ -286,7 +288,7 @@ fn dashboard(s: &Status, act: Callback<(&'static str, serde_json::Value)>, busy:
     html! {
         <section class="dashboard">
             <div class="actions">
-                <button id="toggle" class="primary" onclick={toggle} disabled={busy || s.state == "error"}>
+                <button id="toggle" class="primary" onclick={toggle} disabled={busy || s.state == DonorState::Error}>
                     { if paused { "Resume" } else { "Pause" } }
                 </button>
                 if !paused {
@@ -443,9 +445,9 @@ mod tests {
         )
     }
 
-    fn status(state: &str) -> Status {
+    fn status(state: DonorState) -> Status {
         Status {
-            state: state.into(),
+            state,
             reason: None,
             worker_id: Some("ab".into()),
             coordinator_url: Some("http://127.0.0.1:8080".into()),
@@ -501,7 +503,7 @@ mod tests {
 
     #[test]
     fn the_dashboard_shows_pull_progress_and_the_figures() {
-        let html = render(|| dashboard(&status("active"), Callback::noop(), false));
+        let html = render(|| dashboard(&status(DonorState::Active), Callback::noop(), false));
         assert!(
             html.contains(r#"title="30 B of 120 B" value="25""#),
             "{html}"
@@ -512,7 +514,7 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("x.trycloudflare.com") && html.contains(r#"id="dht-peers""#));
-        let html = render(|| dashboard(&status("paused"), Callback::noop(), false));
+        let html = render(|| dashboard(&status(DonorState::Paused), Callback::noop(), false));
         assert!(
             html.contains(">Resume<") && !html.contains("pause-hour"),
             "{html}"
@@ -521,7 +523,7 @@ mod tests {
 
     #[test]
     fn problems_say_the_next_step_with_retry() {
-        let mut s = status("active");
+        let mut s = status(DonorState::Active);
         s.problem = Some(
             "Docker is not running — start Docker Desktop or install docker.io, then press Retry."
                 .into(),
@@ -531,7 +533,7 @@ mod tests {
             html.contains("install docker.io") && html.contains(r#"id="retry""#),
             "{html}"
         );
-        let html = render(|| problem(Some(&status("active")), Callback::noop()));
+        let html = render(|| problem(Some(&status(DonorState::Active)), Callback::noop()));
         assert!(html.is_empty(), "{html}");
     }
 

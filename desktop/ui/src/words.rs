@@ -1,15 +1,16 @@
 //! Figures and states in words.
 
-/// A state as the page says it: "active" → "Donating".
-pub fn state_label(state: &str) -> &'static str {
+use commons_shared::desktop::DonorState;
+
+/// A state as the page says it: active → "Donating".
+pub fn state_label(state: DonorState) -> &'static str {
     match state {
-        "stopped" => "Not donating",
-        "registering" => "Joining",
-        "pulling" => "Preparing",
-        "active" => "Donating",
-        "paused" => "Paused",
-        "error" => "Error",
-        _ => "Unknown",
+        DonorState::Stopped => "Not donating",
+        DonorState::Registering => "Joining",
+        DonorState::Pulling => "Preparing",
+        DonorState::Active => "Donating",
+        DonorState::Paused => "Paused",
+        DonorState::Error => "Error",
     }
 }
 
@@ -65,7 +66,7 @@ mod tests {
         assert_eq!(percent(50, 200), 25);
         assert_eq!(percent(10, 0), 0);
         assert_eq!(percent(300, 200), 100);
-        assert_eq!(state_label("active"), "Donating");
+        assert_eq!(state_label(DonorState::Active), "Donating");
         assert_eq!(
             parse_windows(" 08:00-12:00, ;18:00-23:00 "),
             vec!["08:00-12:00", "18:00-23:00"]
