@@ -1,21 +1,14 @@
 //! The coordinator's DHT node: its identity (kept in the data directory), bootstrap (configured seeds and the
-//! edge's), its signed `coordinator/<PeerId>` record refreshed with its figures, and the DHT views of the API.
+//! edge's), and its signed `coordinator/<PeerId>` record refreshed with its figures.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::Json;
-use axum::extract::State;
 use commons_dht::{Config as DhtConfig, Dht, Keypair, Multiaddr, Role};
-use commons_shared::api::WorkerStatus;
-use commons_shared::dht::{
-    CoordinatorRecord, DhtStats, DhtTopology, LinkKind, NodeRole, TopologyEdge, TopologyNode,
-};
+use commons_shared::dht::CoordinatorRecord;
 use commons_shared::edge::Bootstrap;
 use tokio::task::JoinHandle;
 
-use crate::admin::Admin;
 use crate::state::AppState;
 
 const IDENTITY_FILE: &str = "dht-identity.key";
@@ -123,142 +116,4 @@ pub async fn fetch_seeds(edge: &str) -> anyhow::Result<Vec<Multiaddr>> {
         .json()
         .await?;
     Ok(commons_dht::bootstrap_addrs(&b))
-}
-
-/// `GET /api/dht/stats`: this coordinator's node.
-#[utoipa::path(get, path = "/api/dht/stats", responses((status = 200, body = DhtStats), (status = 401, body = commons_shared::ErrorBody)),
-    security(("admin_token" = [])))]
-pub(crate) async fn stats(State(state): State<AppState>, _: Admin) -> Json<DhtStats> {
-    Json(match state.dht.get() {
-        Some(d) => d.snapshot().await.stats,
-        None => DhtStats::default(),
-    })
-}
-
-/// `GET /api/dht/topology` (seed shape): this coordinator, the peers in its routing table, and the workers
-/// registered here, with routing-table links and each worker's link to this coordinator.
-#[utoipa::path(get, path = "/api/dht/topology", responses((status = 200, body = DhtTopology), (status = 401, body = commons_shared::ErrorBody)),
-    security(("admin_token" = [])))]
-pub(crate) async fn topology(State(state): State<AppState>, _: Admin) -> Json<DhtTopology> {
-    Json(build_topology(&state).await)
-}
-
-/// Rounds a load to two decimals, so that the live feed does not resend a node for noise.
-fn round_load(load: f64) -> f64 {
-    (load * 100.0).round() / 100.0
-}
-
-/// A node known only by its id and role (the edge, a DHT peer).
-fn bare_node(id: String, role: NodeRole) -> TopologyNode {
-    TopologyNode {
-        id,
-        role,
-        services: Vec::new(),
-        worker_id: None,
-        tier: None,
-        status: None,
-        location: None,
-        capacity: None,
-        requests: None,
-        load: None,
-    }
-}
-
-/// The topology the portal draws: the edge (when this coordinator is federated), this coordinator, its workers, and
-/// the DHT peers in its routing table.
-pub(crate) async fn build_topology(state: &AppState) -> DhtTopology {
-    let (me, links) = match state.dht.get() {
-        Some(d) => {
-            let snap = d.snapshot().await;
-            (d.peer_id().to_base58(), snap.links)
-        }
-        None => (format!("coordinator:{}", state.coordinator_url), Vec::new()),
-    };
-    let workers = state.registry.all();
-    let mut nodes = vec![TopologyNode {
-        id: me.clone(),
-        role: NodeRole::Coordinator,
-        services: Vec::new(),
-        worker_id: None,
-        tier: None,
-        status: Some(WorkerStatus::Healthy),
-        location: state.config.region.clone(),
-        capacity: Some(workers.len() as f64),
-        requests: Some(
-            state
-                .requests_total
-                .load(std::sync::atomic::Ordering::Relaxed),
-        ),
-        load: None,
-    }];
-    let mut edges = Vec::new();
-    let edge_id = state.config.edge_url.as_ref().map(|url| {
-        let id = format!("edge:{url}");
-        nodes.push(bare_node(id.clone(), NodeRole::Edge));
-        edges.push(TopologyEdge {
-            from: me.clone(),
-            to: id.clone(),
-            kind: LinkKind::Federated,
-        });
-        id
-    });
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let now = Instant::now();
-    for w in workers {
-        let live = w.live.lock();
-        let id = w
-            .peer_id
-            .as_deref()
-            .map_or_else(|| w.id.to_string(), str::to_owned);
-        index.insert(id.clone(), nodes.len());
-        edges.push(TopologyEdge {
-            from: id.clone(),
-            to: me.clone(),
-            kind: LinkKind::Registered,
-        });
-        nodes.push(TopologyNode {
-            id,
-            role: NodeRole::Worker,
-            services: live
-                .services
-                .iter()
-                .filter_map(|&i| state.catalogue.services().get(usize::from(i)))
-                .map(|s| s.name.clone())
-                .collect(),
-            worker_id: Some(w.id.to_string()),
-            tier: Some(w.tier.number()),
-            status: Some(live.status(now, state.liveness)),
-            location: Some(w.caps.region.clone()).filter(|r| !r.is_empty()),
-            capacity: Some(f64::from(w.caps.cpu.cores) + 8.0 * w.caps.gpus.len() as f64),
-            requests: Some(w.stats.requests()),
-            load: Some(round_load(live.load)),
-        });
-    }
-    for (peer, role) in links {
-        let id = peer.to_base58();
-        if !index.contains_key(&id) {
-            index.insert(id.clone(), nodes.len());
-            if role == NodeRole::Coordinator
-                && let Some(edge) = &edge_id
-            {
-                edges.push(TopologyEdge {
-                    from: id.clone(),
-                    to: edge.clone(),
-                    kind: LinkKind::Federated,
-                });
-            }
-            nodes.push(bare_node(id.clone(), role));
-        }
-        edges.push(TopologyEdge {
-            from: me.clone(),
-            to: id,
-            kind: LinkKind::DhtLink,
-        });
-    }
-    DhtTopology {
-        node_count: nodes.len(),
-        nodes,
-        edges,
-        dht_enabled: state.dht.get().is_some(),
-    }
 }

@@ -4,19 +4,19 @@
 //! [`Server`] is the whole thing as a library type; `main.rs` only parses the command line and calls it.
 #![deny(missing_docs)]
 
-mod admin;
+mod access;
 pub mod config;
 pub mod dht;
-pub mod http;
 pub mod metrics;
-mod portal;
-mod proxy;
 pub mod registrar;
 pub mod registry;
+pub mod routes;
 pub mod server;
 pub mod state;
+mod stats;
 pub mod store;
 pub mod tasks;
+mod topology;
 pub mod updates;
 
 pub use commons_server::{auth, error};

@@ -32,7 +32,7 @@ impl Server {
         let store = Store::open(&config.data_dir)?;
         let url = config.coordinator_url(addr);
         let (state, new_admin_token) = AppState::load(config, store, url).await?;
-        let serving = Serving::start(listener, crate::http::router(state.clone()))?;
+        let serving = Serving::start(listener, crate::routes::router(state.clone()))?;
         let id = match state.store.setting("coordinator_id")? {
             Some(id) => id,
             None => {
@@ -137,7 +137,7 @@ pub mod test_utils {
     pub async fn app(config: Config) -> anyhow::Result<(axum::Router, AppState)> {
         let store = Store::open(&config.data_dir)?;
         let (state, _) = AppState::load(config, store, "http://coordinator.test".into()).await?;
-        Ok((crate::http::router(state.clone()), state))
+        Ok((crate::routes::router(state.clone()), state))
     }
 
     /// The admin token of [`config`].

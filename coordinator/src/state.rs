@@ -67,7 +67,7 @@ pub struct Inner {
     /// Recent DHT answers per service, for routing what none of our workers offers (see `proxy`).
     pub(crate) dht_routes: Mutex<rustc_hash::FxHashMap<String, DhtRoute>>,
     /// Portal logins.
-    pub(crate) sessions: crate::portal::Sessions,
+    pub(crate) sessions: crate::access::Sessions,
 }
 
 pub use commons_server::{now_ms, rfc3339};
@@ -187,7 +187,7 @@ impl AppState {
             errors_total: AtomicU64::new(0),
             dht: std::sync::OnceLock::new(),
             dht_routes: Mutex::new(Default::default()),
-            sessions: crate::portal::Sessions::default(),
+            sessions: crate::access::Sessions::default(),
         }));
         state.refresh_coverage();
         Ok((state, new_admin_token))

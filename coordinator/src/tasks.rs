@@ -78,7 +78,7 @@ pub fn spawn(state: &AppState) -> Vec<JoinHandle<()>> {
         let (mut last_req, mut last_err) = (0u64, 0u64);
         loop {
             tick.tick().await;
-            let (stats, _) = crate::admin::snapshot(&s);
+            let (stats, _) = crate::stats::snapshot(&s);
             let req = s.requests_total.load(Ordering::Relaxed);
             let err = s.errors_total.load(Ordering::Relaxed);
             let period_ms = period.as_millis() as i64;

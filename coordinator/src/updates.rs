@@ -8,14 +8,9 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use axum::Json;
-use axum::extract::{Path as UrlPath, State};
 use commons_shared::release::{
     self, CHANNELS, MAX_NOTES_LEN, PACKAGE_SUFFIX, PRODUCTS, ReleaseInfo, UpdateFeed, Verifier,
 };
-
-use crate::error::{ApiError, ApiResult};
-use crate::state::AppState;
 
 /// The sidecar that makes an artifact a published release.
 const SIDECAR: &str = ".release.json";
@@ -75,7 +70,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AddError {
     move |source| AddError::Io { what, source }
 }
 
-fn plain(s: &str) -> bool {
+pub(crate) fn plain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_PLATFORM_LEN
         && s.chars()
@@ -263,47 +258,6 @@ pub fn feed(
         latest: latest.map(|(_, i)| i),
         package: package.map(|(_, i)| i),
     })
-}
-
-/// The newest release for a client: its version, notes, download URL, size, SHA-256 and minisign signature. Clients
-/// check the signature against the key they carry; this server is not trusted for it.
-#[utoipa::path(get, path = "/api/updates/{product}/{channel}/{platform}",
-    params(("product" = String, Path, description = "agent or desktop"),
-           ("channel" = String, Path, description = "stable or beta"),
-           ("platform" = String, Path, description = "e.g. linux-x86_64")),
-    responses((status = 200, body = UpdateFeed), (status = 404, body = commons_shared::ErrorBody)))]
-pub(crate) async fn updates(
-    State(state): State<AppState>,
-    UrlPath((product, channel, platform)): UrlPath<(String, String, String)>,
-) -> ApiResult<Json<UpdateFeed>> {
-    if !PRODUCTS.contains(&product.as_str()) {
-        return Err(ApiError::NotFound(format!(
-            "no product {product:?} (one of {})",
-            PRODUCTS.join(", ")
-        )));
-    }
-    if !CHANNELS.contains(&channel.as_str()) {
-        return Err(ApiError::NotFound(format!(
-            "no channel {channel:?} (one of {})",
-            CHANNELS.join(", ")
-        )));
-    }
-    if !plain(&platform) {
-        return Err(ApiError::NotFound(format!(
-            "{platform:?} is not a platform name"
-        )));
-    }
-    let Some(dir) = state.config.releases_dir.clone() else {
-        return Ok(Json(UpdateFeed {
-            latest: None,
-            package: None,
-        }));
-    };
-    let f = tokio::task::spawn_blocking(move || feed(&dir, &product, &channel, &platform))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(format!("cannot read the releases directory: {e}")))?;
-    Ok(Json(f))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -11,7 +11,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use commons_server::auth::{TokenHash, hash_token, new_token};
 use commons_server::extract::{Body, ClientIp};
 use commons_shared::ErrorBody;
 use commons_shared::edge::{CoordinatorFigures, CoordinatorInfo, CoordinatorList};
@@ -26,14 +25,11 @@ use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 use tower_http::services::{ServeDir, ServeFile};
 
-use crate::admin::{Admin, snapshot};
+use crate::access::{Admin, COOKIE, session_cookie};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{AppState, rfc3339};
+use crate::stats::snapshot;
 
-/// The session cookie's name.
-pub(crate) const COOKIE: &str = "commons_session";
-/// At most this many live sessions; a login beyond it ends the one closest to expiry.
-const MAX_SESSIONS: usize = 1024;
 /// Installers listed at most.
 const MAX_RELEASES: usize = 200;
 
@@ -46,58 +42,8 @@ pub(crate) fn routes() -> axum::Router<AppState> {
         .route("/api/admin/coordinators", get(coordinators))
         .route("/api/releases", get(releases))
         .route("/releases/{file}", get(release_file))
-        .route(
-            "/api/updates/{product}/{channel}/{platform}",
-            get(crate::updates::updates),
-        )
         .route("/", get(portal))
         .route("/{*path}", get(portal))
-}
-
-/// Portal logins: the SHA-256 of each session token and when it expires.
-#[derive(Debug, Default)]
-pub(crate) struct Sessions {
-    map: Mutex<HashMap<TokenHash, Instant>>,
-}
-
-impl Sessions {
-    fn create(&self, ttl: Duration) -> String {
-        let token = new_token();
-        let now = Instant::now();
-        let mut map = self.map.lock();
-        map.retain(|_, exp| *exp > now);
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map.iter().min_by_key(|(_, exp)| **exp).map(|(h, _)| *h)
-        {
-            map.remove(&oldest);
-        }
-        map.insert(hash_token(&token), now + ttl);
-        token
-    }
-
-    /// The time a session has left, if it is one.
-    pub(crate) fn left(&self, token: &str) -> Option<Duration> {
-        let exp = *self.map.lock().get(&hash_token(token))?;
-        exp.checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-    }
-
-    fn end(&self, token: &str) {
-        self.map.lock().remove(&hash_token(token));
-    }
-}
-
-/// The session token in a request's `Cookie` header.
-pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v)
-        .filter(|v| !v.is_empty() && v.len() <= 128)
 }
 
 fn cookie(state: &AppState, value: &str, max_age: u64) -> HeaderValue {
@@ -186,7 +132,7 @@ pub(crate) async fn live(
 }
 
 async fn feed(state: AppState, mut socket: WebSocket) {
-    let mut topology = crate::dht::build_topology(&state).await;
+    let mut topology = crate::topology::build(&state).await;
     let mut stats = snapshot(&state).0;
     let first = LiveMessage::Snapshot {
         topology: topology.clone(),
@@ -201,7 +147,7 @@ async fn feed(state: AppState, mut socket: WebSocket) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let now = crate::dht::build_topology(&state).await;
+                let now = crate::topology::build(&state).await;
                 let now_stats = snapshot(&state).0;
                 let delta = TopologyDelta::between(&topology, &now);
                 let changed = (now_stats != stats).then(|| now_stats.clone());
@@ -520,31 +466,6 @@ fn not_built(dir: Option<&PathBuf>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sessions_expire_and_end() {
-        let s = Sessions::default();
-        let t = s.create(Duration::from_secs(60));
-        assert!(s.left(&t).is_some_and(|d| d.as_secs() >= 59));
-        assert!(s.left("nope").is_none());
-        s.end(&t);
-        assert!(s.left(&t).is_none());
-        let short = s.create(Duration::from_millis(1));
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(s.left(&short).is_none());
-    }
-
-    #[test]
-    fn the_session_cookie_is_found_among_others() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; commons_session=abc; b=2"),
-        );
-        assert_eq!(session_cookie(&h), Some("abc"));
-        h.insert(header::COOKIE, HeaderValue::from_static("commons_session="));
-        assert_eq!(session_cookie(&h), None);
-    }
 
     #[test]
     fn only_plain_installer_names_are_served() {

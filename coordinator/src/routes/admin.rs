@@ -1,6 +1,5 @@
 //! The admin API: workers, stats, health, services, history, enrollment tokens. Every route needs the admin token.
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
@@ -8,19 +7,20 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use commons_shared::ErrorBody;
 use commons_shared::api::{
-    AdminHealth, ByTier, EnrollmentToken, EnrollmentTokenRequest, History, HistoryPoint,
-    ServiceCoverage, ServicesReport, Stats, WorkerList, WorkerStatus, WorkerSummary,
+    AdminHealth, EnrollmentToken, EnrollmentTokenRequest, History, HistoryPoint, ServiceCoverage,
+    ServicesReport, Stats, WorkerList, WorkerStatus, WorkerSummary,
 };
 use commons_shared::tier::Tier;
 use commons_shared::validate::{MAX_STRING_LEN, parse_json};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::bearer;
+use crate::access::Admin;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::Worker;
 use crate::state::{AppState, now_ms, rfc3339};
-use commons_server::extract::{Body, ClientIp};
+use crate::stats::snapshot;
+use commons_server::extract::Body;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -39,33 +39,6 @@ pub(crate) fn routes() -> Router<AppState> {
             "/api/admin/enrollment-tokens/{id}",
             delete(revoke_enrollment),
         )
-        .route("/api/dht/topology", get(crate::dht::topology))
-        .route("/api/dht/stats", get(crate::dht::stats))
-}
-
-/// Admin credentials, checked as an extractor.
-pub(crate) struct Admin;
-
-impl axum::extract::FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &AppState,
-    ) -> Result<Self, ApiError> {
-        // A portal session (cookie) first; then the bearer token, whose failures are rate-limited.
-        let token = bearer(&parts.headers).map(str::to_owned);
-        if token.is_none()
-            && crate::portal::session_cookie(&parts.headers)
-                .is_some_and(|t| state.sessions.left(t).is_some())
-        {
-            return Ok(Admin);
-        }
-        let ClientIp(ip) = ClientIp::from_request_parts(parts, state)
-            .await
-            .unwrap_or(ClientIp([0, 0, 0, 0].into()));
-        state.check_admin(token.as_deref(), ip)?;
-        Ok(Admin)
-    }
 }
 
 fn summary(state: &AppState, w: &Worker, now: Instant) -> WorkerSummary {
@@ -202,57 +175,6 @@ pub(crate) async fn worker(
         .and_then(|i| state.registry.get(i))
         .ok_or_else(|| ApiError::NotFound(format!("no worker {id:?}")))?;
     Ok(Json(summary(&state, &w, Instant::now())))
-}
-
-/// Counts over the registry, shared by stats, health and history.
-pub(crate) fn snapshot(state: &AppState) -> (Stats, ByTier<bool>) {
-    let now = Instant::now();
-    let mut s = Stats::default();
-    let mut load_sum = ByTier::<f64>::default();
-    for w in state.registry.all() {
-        let live = w.live.lock();
-        let status = live.status(now, state.liveness);
-        s.total_workers += 1;
-        *s.workers_by_status.get_mut(status) += 1;
-        s.total_tasks_completed += w.stats.requests().saturating_sub(w.stats.errors());
-        if status == WorkerStatus::Healthy {
-            s.healthy_workers += 1;
-        }
-        if status.is_live() {
-            *s.workers_by_tier.get_mut(w.tier) += 1;
-            *load_sum.get_mut(w.tier) += live.load;
-            s.gpus += w.caps.gpus.len() as u64;
-            s.total_vram_bytes += w.caps.total_vram();
-            s.cpu_cores += u64::from(w.caps.cpu.cores);
-            s.storage_bytes += w.caps.total_free_disk();
-            let version = match &*live.agent_version {
-                "" => "unknown",
-                v => v,
-            };
-            match s.agent_versions.get_mut(version) {
-                Some(n) => *n += 1,
-                None => {
-                    s.agent_versions.insert(version.to_owned(), 1);
-                }
-            }
-        }
-    }
-    for t in Tier::ALL {
-        let n = *s.workers_by_tier.get_mut(t);
-        *s.average_load_by_tier.get_mut(t) = if n == 0 {
-            0.0
-        } else {
-            *load_sum.get_mut(t) / n as f64
-        };
-    }
-    s.requests_total = state.requests_total.load(Ordering::Relaxed);
-    s.errors_total = state.errors_total.load(Ordering::Relaxed);
-    let minimum = ByTier {
-        gpu_workers: s.workers_by_tier.gpu_workers > 0,
-        service_workers: s.workers_by_tier.service_workers > 0,
-        data_workers: s.workers_by_tier.data_workers > 0,
-    };
-    (s, minimum)
 }
 
 /// Totals (seed shape, extended).
