@@ -362,8 +362,11 @@ fn list_releases(dir: &FsPath) -> std::io::Result<Vec<Release>> {
     Ok(out)
 }
 
-fn version_key(v: &str) -> Vec<u64> {
-    v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
+/// A release's version for sorting: semver, a short one ("1.2") read as "1.2.0"; a name without one sorts last.
+fn version_key(v: &str) -> Option<semver::Version> {
+    [v.to_owned(), format!("{v}.0"), format!("{v}.0.0")]
+        .iter()
+        .find_map(|v| semver::Version::parse(v).ok())
 }
 
 /// The installers in the releases directory, newest first, with size and SHA-256 (public: volunteers download them).
