@@ -28,6 +28,98 @@ pub enum AppError {
     Update(String),
 }
 
+/// What the window asks of the app's shell: each case is one of the app's Tauri commands ([`WindowCommand::name`])
+/// with its named arguments ([`WindowCommand::args`], camelCase as Tauri reads them).
+#[derive(Debug, Clone, PartialEq)]
+pub enum WindowCommand {
+    /// Where donating stands.
+    Status,
+    /// The detected hardware.
+    Detect,
+    /// Start donating, with the Advanced fields when given.
+    StartDonating {
+        /// The coordinator or edge to join.
+        coordinator: Option<String>,
+        /// An enrollment token.
+        enrollment_token: Option<String>,
+    },
+    /// Pause, for so many minutes when given.
+    Pause {
+        /// How long; until resumed when none.
+        minutes: Option<u32>,
+    },
+    /// Resume.
+    Resume,
+    /// The caps and rules in force.
+    Limits,
+    /// New caps and rules, saved and applied.
+    SetLimits(Limits),
+    /// Try again after an error.
+    Retry,
+    /// Whether the app starts at login.
+    Autostart,
+    /// Start the app at login, or not.
+    SetAutostart(bool),
+    /// Restart into the verified update.
+    RestartToUpdate,
+}
+
+impl WindowCommand {
+    /// Every command's name: what the app registers.
+    pub const NAMES: [&'static str; 11] = [
+        "status",
+        "detect",
+        "start_donating",
+        "pause",
+        "resume",
+        "limits",
+        "set_limits",
+        "retry",
+        "autostart",
+        "set_autostart",
+        "restart_to_update",
+    ];
+
+    /// The Tauri command.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Detect => "detect",
+            Self::StartDonating { .. } => "start_donating",
+            Self::Pause { .. } => "pause",
+            Self::Resume => "resume",
+            Self::Limits => "limits",
+            Self::SetLimits(_) => "set_limits",
+            Self::Retry => "retry",
+            Self::Autostart => "autostart",
+            Self::SetAutostart(_) => "set_autostart",
+            Self::RestartToUpdate => "restart_to_update",
+        }
+    }
+
+    /// Its named arguments, as an object.
+    pub fn args(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Self::StartDonating {
+                coordinator,
+                enrollment_token,
+            } => json!({ "coordinator": coordinator, "enrollmentToken": enrollment_token }),
+            Self::Pause { minutes: Some(m) } => json!({ "minutes": m }),
+            Self::SetLimits(l) => json!({ "limits": l }),
+            Self::SetAutostart(on) => json!({ "enabled": on }),
+            Self::Status
+            | Self::Detect
+            | Self::Pause { minutes: None }
+            | Self::Resume
+            | Self::Limits
+            | Self::Retry
+            | Self::Autostart
+            | Self::RestartToUpdate => json!({}),
+        }
+    }
+}
+
 /// Where donating stands, as the tray and the window show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -206,6 +298,49 @@ pub struct Hardware {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn window_commands_name_what_the_app_registers() {
+        let every = [
+            WindowCommand::Status,
+            WindowCommand::Detect,
+            WindowCommand::StartDonating {
+                coordinator: Some("http://c".into()),
+                enrollment_token: None,
+            },
+            WindowCommand::Pause { minutes: Some(60) },
+            WindowCommand::Resume,
+            WindowCommand::Limits,
+            WindowCommand::SetLimits(Limits {
+                cpu_percent: 50,
+                memory_mb: 4096,
+                scratch_mb: 1024,
+                allow_gpu: true,
+                gpus: None,
+                max_gpu_temp_c: 85,
+                idle_only: false,
+                on_ac_power_only: false,
+                schedule: Vec::new(),
+            }),
+            WindowCommand::Retry,
+            WindowCommand::Autostart,
+            WindowCommand::SetAutostart(true),
+            WindowCommand::RestartToUpdate,
+        ];
+        let names: Vec<_> = every.iter().map(WindowCommand::name).collect();
+        assert_eq!(names, WindowCommand::NAMES);
+        assert_eq!(
+            every[2].args(),
+            serde_json::json!({"coordinator": "http://c", "enrollmentToken": null})
+        );
+        assert_eq!(every[3].args(), serde_json::json!({"minutes": 60}));
+        assert_eq!(
+            WindowCommand::Pause { minutes: None }.args(),
+            serde_json::json!({})
+        );
+        assert_eq!(every[9].args(), serde_json::json!({"enabled": true}));
+        assert!(every[6].args()["limits"].is_object());
+    }
 
     #[test]
     fn donor_state_wire_names_are_pinned() {

@@ -8,6 +8,7 @@ use commons_agent::credentials::FileStore;
 use commons_agent::hardware::{NoGpu, RecordedProbe};
 use commons_agent::settings::Settings;
 use commons_desktop::donor::Donor;
+use commons_shared::desktop::WindowCommand;
 use serde_json::{Value, json};
 use tauri::ipc::{CallbackFn, InvokeBody};
 use tauri::test::{
@@ -16,15 +17,16 @@ use tauri::test::{
 use tauri::webview::InvokeRequest;
 use tauri::{WebviewWindow, WebviewWindowBuilder};
 
-fn invoke(w: &WebviewWindow<MockRuntime>, cmd: &str, args: Value) -> Result<Value, Value> {
+/// What the window does: one of its commands, by the name and arguments it sends.
+fn invoke(w: &WebviewWindow<MockRuntime>, cmd: &WindowCommand) -> Result<Value, Value> {
     get_ipc_response(
         w,
         InvokeRequest {
-            cmd: cmd.into(),
+            cmd: cmd.name().into(),
             callback: CallbackFn(0),
             error: CallbackFn(1),
             url: "tauri://localhost".parse().unwrap(),
-            body: InvokeBody::Json(args),
+            body: InvokeBody::Json(cmd.args()),
             headers: Default::default(),
             invoke_key: INVOKE_KEY.to_string(),
         },
@@ -32,8 +34,13 @@ fn invoke(w: &WebviewWindow<MockRuntime>, cmd: &str, args: Value) -> Result<Valu
     .map(|b| b.deserialize::<Value>().unwrap())
 }
 
+/// New caps and rules, from their JSON (edited as the window's form would).
+fn set_limits(limits: &Value) -> WindowCommand {
+    WindowCommand::SetLimits(serde_json::from_value(limits.clone()).unwrap())
+}
+
 fn state_of(w: &WebviewWindow<MockRuntime>) -> String {
-    invoke(w, "status", json!({})).unwrap()["state"]
+    invoke(w, &WindowCommand::Status).unwrap()["state"]
         .as_str()
         .unwrap()
         .to_owned()
@@ -87,7 +94,7 @@ fn commands_drive_a_real_agent_against_a_real_coordinator() {
 
     // Before anything: stopped, the hardware is there, and pausing says what to do first.
     assert_eq!(state_of(&w), "stopped");
-    let hw = invoke(&w, "detect", json!({})).unwrap();
+    let hw = invoke(&w, &WindowCommand::Detect).unwrap();
     assert!(
         hw["capabilities"]["cpu"]["cores"].as_u64().unwrap() >= 1,
         "{hw}"
@@ -96,14 +103,16 @@ fn commands_drive_a_real_agent_against_a_real_coordinator() {
         hw["no_gpu"].as_str().unwrap().contains("no NVIDIA driver"),
         "{hw}"
     );
-    let err = invoke(&w, "pause", json!({})).unwrap_err();
+    let err = invoke(&w, &WindowCommand::Pause { minutes: None }).unwrap_err();
     assert_eq!(err["error"], "not_started", "{err}");
     assert!(err["message"].as_str().unwrap().contains("Start donating"));
     // A bad URL is refused in words, and nothing is saved.
     let err = invoke(
         &w,
-        "start_donating",
-        json!({"coordinator": "ftp://example"}),
+        &WindowCommand::StartDonating {
+            coordinator: Some("ftp://example".into()),
+            enrollment_token: None,
+        },
     )
     .unwrap_err();
     assert_eq!(err["error"], "invalid", "{err}");
@@ -115,7 +124,14 @@ fn commands_drive_a_real_agent_against_a_real_coordinator() {
     );
 
     // Start donating: the coordinator is saved, the agent joins and becomes active.
-    let s = invoke(&w, "start_donating", json!({"coordinator": server.url()})).unwrap();
+    let s = invoke(
+        &w,
+        &WindowCommand::StartDonating {
+            coordinator: Some(server.url()),
+            enrollment_token: None,
+        },
+    )
+    .unwrap();
     assert_ne!(s["state"], "error", "{s}");
     assert_eq!(
         Settings::load(&settings_path).unwrap().coordinator_url,
@@ -126,7 +142,7 @@ fn commands_drive_a_real_agent_against_a_real_coordinator() {
         "the agent became {}",
         state_of(&w)
     );
-    let s = invoke(&w, "status", json!({})).unwrap();
+    let s = invoke(&w, &WindowCommand::Status).unwrap();
     assert_eq!(s["coordinator_url"], server.url());
     assert!(
         s["summary"].as_str().unwrap().starts_with("Donating: "),
@@ -134,7 +150,14 @@ fn commands_drive_a_real_agent_against_a_real_coordinator() {
     );
     let workers = server.state().registry.all().len();
     assert_eq!(workers, 1);
-    let err = invoke(&w, "start_donating", json!({})).unwrap_err();
+    let err = invoke(
+        &w,
+        &WindowCommand::StartDonating {
+            coordinator: None,
+            enrollment_token: None,
+        },
+    )
+    .unwrap_err();
     assert_eq!(err["error"], "already_started");
 
     assert_eq!(
@@ -145,11 +168,11 @@ fn commands_drive_a_real_agent_against_a_real_coordinator() {
 
     // The caps and rules: read, refused in words when out of range (nothing saved), applied live when valid. A
     // schedule window that excludes now holds donating back at once, with the reason; clearing it donates again.
-    let limits = invoke(&w, "limits", json!({})).unwrap();
+    let limits = invoke(&w, &WindowCommand::Limits).unwrap();
     assert_eq!(limits["cpu_percent"], 50, "{limits}");
     let mut bad = limits.clone();
     bad["cpu_percent"] = json!(0);
-    let err = invoke(&w, "set_limits", json!({"limits": bad})).unwrap_err();
+    let err = invoke(&w, &set_limits(&bad)).unwrap_err();
     assert_eq!(err["error"], "invalid", "{err}");
     assert!(
         err["message"].as_str().unwrap().contains("cpu_percent"),
@@ -167,7 +190,7 @@ fn commands_drive_a_real_agent_against_a_real_coordinator() {
     let mut held = limits.clone();
     held["cpu_percent"] = json!(25);
     held["schedule"] = json!([window]);
-    let saved = invoke(&w, "set_limits", json!({"limits": held})).unwrap();
+    let saved = invoke(&w, &set_limits(&held)).unwrap();
     assert_eq!(saved["cpu_percent"], 25);
     let on_disk = Settings::load(&settings_path).unwrap();
     assert_eq!(
@@ -184,19 +207,19 @@ fn commands_drive_a_real_agent_against_a_real_coordinator() {
         "outside the schedule: {}",
         state_of(&w)
     );
-    let s = invoke(&w, "status", json!({})).unwrap();
+    let s = invoke(&w, &WindowCommand::Status).unwrap();
     assert_eq!(s["held"], "outside the donation schedule", "{s}");
     let mut always = saved.clone();
     always["schedule"] = json!([]);
-    invoke(&w, "set_limits", json!({"limits": always})).unwrap();
+    invoke(&w, &set_limits(&always)).unwrap();
     assert!(eventually(&w, "active"), "no schedule: {}", state_of(&w));
-    assert!(invoke(&w, "status", json!({})).unwrap()["held"].is_null());
+    assert!(invoke(&w, &WindowCommand::Status).unwrap()["held"].is_null());
 
     // Pause for a while, then resume.
-    let s = invoke(&w, "pause", json!({"minutes": 60})).unwrap();
+    let s = invoke(&w, &WindowCommand::Pause { minutes: Some(60) }).unwrap();
     assert!(s["paused_until"].is_string(), "{s}");
     assert!(eventually(&w, "paused"));
-    invoke(&w, "resume", json!({})).unwrap();
+    invoke(&w, &WindowCommand::Resume).unwrap();
     assert!(eventually(&w, "active"));
 
     // Quit (the tray's): unregistered, stopped.

@@ -2,14 +2,13 @@
 
 use commons_shared::api::ContainerState;
 use commons_shared::desktop::{
-    ContainerRow, DonorState, Hardware, Limits, Status, UpdatePhase, UpdateView,
+    ContainerRow, DonorState, Hardware, Limits, Status, UpdatePhase, UpdateView, WindowCommand,
 };
 use commons_shared::units::binary;
-use serde_json::json;
 use web_sys::HtmlInputElement;
 use yew::prelude::*;
 
-use crate::ipc::invoke;
+use crate::ipc::call;
 use crate::words;
 
 /// How often the page asks for the status while it is open.
@@ -38,24 +37,24 @@ pub fn app() -> Html {
         use_effect_with((), move |_| {
             let s = status.clone();
             wasm_bindgen_futures::spawn_local(async move {
-                match invoke::<Hardware>("detect", json!({})).await {
+                match call::<Hardware>(WindowCommand::Detect).await {
                     Ok(h) => hardware.set(Some(h)),
                     Err(e) => error.set(Some(e)),
                 }
-                if let Ok(l) = invoke::<Limits>("limits", json!({})).await {
+                if let Ok(l) = call::<Limits>(WindowCommand::Limits).await {
                     limits.set(Some(l));
                 }
-                if let Ok(on) = invoke::<bool>("autostart", json!({})).await {
+                if let Ok(on) = call::<bool>(WindowCommand::Autostart).await {
                     autostart.set(Some(on));
                 }
-                if let Ok(st) = invoke::<Status>("status", json!({})).await {
+                if let Ok(st) = call::<Status>(WindowCommand::Status).await {
                     s.set(Some(st));
                 }
             });
             let poll = gloo_timers::callback::Interval::new(POLL_MS, move || {
                 let status = status.clone();
                 wasm_bindgen_futures::spawn_local(async move {
-                    if let Ok(st) = invoke::<Status>("status", json!({})).await {
+                    if let Ok(st) = call::<Status>(WindowCommand::Status).await {
                         status.set(Some(st));
                     }
                 });
@@ -67,11 +66,11 @@ pub fn app() -> Html {
     // A command that answers with the status.
     let act = {
         let (status, error, busy) = (status.clone(), error.clone(), busy.clone());
-        Callback::from(move |(cmd, args): (&'static str, serde_json::Value)| {
+        Callback::from(move |cmd: WindowCommand| {
             let (status, error, busy) = (status.clone(), error.clone(), busy.clone());
             busy.set(true);
             wasm_bindgen_futures::spawn_local(async move {
-                match invoke::<Status>(cmd, args).await {
+                match call::<Status>(cmd).await {
                     Ok(s) => {
                         status.set(Some(s));
                         error.set(None);
@@ -90,7 +89,7 @@ pub fn app() -> Html {
             let (limits, error, saved) = (limits.clone(), error.clone(), saved.clone());
             limits.set(Some(l.clone()));
             wasm_bindgen_futures::spawn_local(async move {
-                match invoke::<Limits>("set_limits", json!({ "limits": l })).await {
+                match call::<Limits>(WindowCommand::SetLimits(l)).await {
                     Ok(stored) => {
                         limits.set(Some(stored));
                         error.set(None);
@@ -99,7 +98,7 @@ pub fn app() -> Html {
                     Err(e) => {
                         error.set(Some(e));
                         saved.set(false);
-                        if let Ok(stored) = invoke::<Limits>("limits", json!({})).await {
+                        if let Ok(stored) = call::<Limits>(WindowCommand::Limits).await {
                             limits.set(Some(stored));
                         }
                     }
@@ -114,7 +113,7 @@ pub fn app() -> Html {
             let on = e.target_unchecked_into::<HtmlInputElement>().checked();
             let (autostart, error) = (autostart.clone(), error.clone());
             wasm_bindgen_futures::spawn_local(async move {
-                match invoke::<bool>("set_autostart", json!({ "enabled": on })).await {
+                match call::<bool>(WindowCommand::SetAutostart(on)).await {
                     Ok(now) => autostart.set(Some(now)),
                     Err(e) => error.set(Some(e)),
                 }
@@ -162,7 +161,7 @@ pub fn app() -> Html {
 }
 
 /// What to fix, with Retry: the container engine missing, the coordinator refusing.
-fn problem(status: Option<&Status>, act: Callback<(&'static str, serde_json::Value)>) -> Html {
+fn problem(status: Option<&Status>, act: Callback<WindowCommand>) -> Html {
     let Some(s) = status else {
         return Html::default();
     };
@@ -173,7 +172,7 @@ fn problem(status: Option<&Status>, act: Callback<(&'static str, serde_json::Val
         (Some(p), _, _) => p.clone(),
         _ => return Html::default(),
     };
-    let retry = act.reform(|_: MouseEvent| ("retry", json!({})));
+    let retry = act.reform(|_: MouseEvent| WindowCommand::Retry);
     html! {
         <div id="problem" class="problem" role="alert">
             <p>{ text }</p>
@@ -184,7 +183,7 @@ fn problem(status: Option<&Status>, act: Callback<(&'static str, serde_json::Val
 
 /// The app's update: available (being fetched and checked), Restart to finish, the package to install, or why it
 /// failed; otherwise the running version.
-fn update(u: &UpdateView, act: Callback<(&'static str, serde_json::Value)>) -> Html {
+fn update(u: &UpdateView, act: Callback<WindowCommand>) -> Html {
     let v = u.version.clone().unwrap_or_default();
     match u.phase {
         UpdatePhase::UpToDate => html! {
@@ -194,7 +193,7 @@ fn update(u: &UpdateView, act: Callback<(&'static str, serde_json::Value)>) -> H
             <p id="update" class="notice">{ format!("Update available: {v}. Updating…") }</p>
         },
         UpdatePhase::Restart => {
-            let restart = act.reform(|_: MouseEvent| ("restart_to_update", json!({})));
+            let restart = act.reform(|_: MouseEvent| WindowCommand::RestartToUpdate);
             html! {
                 <div id="update" class="notice">
                     <p>{ format!("Commons {v} is ready. ") }{ u.detail.clone().unwrap_or_default() }</p>
@@ -217,11 +216,7 @@ fn update(u: &UpdateView, act: Callback<(&'static str, serde_json::Value)>) -> H
 }
 
 /// First run: what this computer has, and one button.
-fn first_run(
-    hardware: Option<&Hardware>,
-    act: Callback<(&'static str, serde_json::Value)>,
-    busy: bool,
-) -> Html {
+fn first_run(hardware: Option<&Hardware>, act: Callback<WindowCommand>, busy: bool) -> Html {
     let coordinator = NodeRef::default();
     let token = NodeRef::default();
     let start = {
@@ -232,10 +227,10 @@ fn first_run(
                     .map(|i| i.value().trim().to_owned())
                     .filter(|v| !v.is_empty())
             };
-            (
-                "start_donating",
-                json!({ "coordinator": value(&coordinator), "enrollmentToken": value(&token) }),
-            )
+            WindowCommand::StartDonating {
+                coordinator: value(&coordinator),
+                enrollment_token: value(&token),
+            }
         })
     };
     html! {
@@ -277,14 +272,14 @@ fn hardware_list(h: &Hardware) -> Html {
 }
 
 /// Donating (or paused): what runs, where, for how long, and the pause controls.
-fn dashboard(s: &Status, act: Callback<(&'static str, serde_json::Value)>, busy: bool) -> Html {
+fn dashboard(s: &Status, act: Callback<WindowCommand>, busy: bool) -> Html {
     let paused = s.state == DonorState::Paused;
     let toggle = if paused {
-        act.reform(|_: MouseEvent| ("resume", json!({})))
+        act.reform(|_: MouseEvent| WindowCommand::Resume)
     } else {
-        act.reform(|_: MouseEvent| ("pause", json!({})))
+        act.reform(|_: MouseEvent| WindowCommand::Pause { minutes: None })
     };
-    let hour = act.reform(|_: MouseEvent| ("pause", json!({ "minutes": 60 })));
+    let hour = act.reform(|_: MouseEvent| WindowCommand::Pause { minutes: Some(60) });
     html! {
         <section class="dashboard">
             <div class="actions">

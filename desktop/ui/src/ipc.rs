@@ -1,6 +1,7 @@
 //! Calls into the shell: Tauri's `invoke`, with serde on both sides. The shell's errors arrive as
 //! `{error, message}`; what reaches the page is the message.
 
+use commons_shared::desktop::WindowCommand;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wasm_bindgen::prelude::*;
@@ -36,8 +37,13 @@ fn to_json(v: &JsValue) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// Asks the shell to do `cmd`.
+pub async fn call<T: DeserializeOwned>(cmd: WindowCommand) -> Result<T, String> {
+    invoke(cmd.name(), cmd.args()).await
+}
+
 /// Calls command `cmd` with `args` (an object of named arguments).
-pub async fn invoke<T: DeserializeOwned>(cmd: &str, args: impl Serialize) -> Result<T, String> {
+async fn invoke<T: DeserializeOwned>(cmd: &str, args: impl Serialize) -> Result<T, String> {
     let text = serde_json::to_string(&args).map_err(|e| e.to_string())?;
     let args = js_sys::JSON::parse(&text).map_err(|_| "cannot encode the request".to_owned())?;
     match tauri_invoke(cmd, args).await {
