@@ -68,7 +68,7 @@ type Pulls = HashMap<String, HashMap<String, (u64, u64)>>;
 struct Clock {
     path: PathBuf,
     /// Seconds before the current active stretch, and when that stretch began.
-    inner: std::sync::Mutex<(u64, Option<Instant>)>,
+    inner: parking_lot::Mutex<(u64, Option<Instant>)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -84,18 +84,18 @@ impl Clock {
             .map_or(0, |c| c.donated_secs);
         Self {
             path,
-            inner: std::sync::Mutex::new((secs, None)),
+            inner: parking_lot::Mutex::new((secs, None)),
         }
     }
 
     fn total(&self) -> u64 {
-        let g = self.inner.lock().expect("not poisoned");
+        let g = self.inner.lock();
         g.0 + g.1.map_or(0, |t| t.elapsed().as_secs())
     }
 
     /// Follows the state: an active stretch starts or ends (and is saved).
     fn on_state(&self, s: &State) {
-        let mut g = self.inner.lock().expect("not poisoned");
+        let mut g = self.inner.lock();
         match (s == &State::Active, g.1) {
             (true, None) => g.1 = Some(Instant::now()),
             (false, Some(since)) => {
@@ -155,17 +155,17 @@ pub struct Donor {
     agent: Mutex<Option<AgentHandle>>,
     /// The timer that ends a timed pause.
     resume_timer: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    paused_until: std::sync::Mutex<Option<jiff::Timestamp>>,
+    paused_until: parking_lot::Mutex<Option<jiff::Timestamp>>,
     /// The agent's state, also while none runs (stopped); the tray follows it.
     state: watch::Sender<State>,
-    pulls: Arc<std::sync::Mutex<Pulls>>,
-    started: std::sync::Mutex<Option<Instant>>,
+    pulls: Arc<parking_lot::Mutex<Pulls>>,
+    started: parking_lot::Mutex<Option<Instant>>,
     clock: Arc<Clock>,
     /// Self-updates, unless switched off.
     updater: Option<Updater>,
     update: watch::Sender<UpdateView>,
     /// A verified update, waiting for a restart.
-    staged: std::sync::Mutex<Option<Staged>>,
+    staged: parking_lot::Mutex<Option<Staged>>,
 }
 
 impl std::fmt::Debug for Donor {
@@ -188,14 +188,14 @@ impl Donor {
         Self {
             clock,
             pulls: Arc::default(),
-            started: std::sync::Mutex::new(None),
+            started: parking_lot::Mutex::new(None),
             settings_path,
             creds,
             probe,
             detected,
             agent: Mutex::new(None),
             resume_timer: Mutex::new(None),
-            paused_until: std::sync::Mutex::new(None),
+            paused_until: parking_lot::Mutex::new(None),
             state: watch::channel(State::Stopped).0,
             updater: None,
             update: watch::channel(UpdateView {
@@ -203,7 +203,7 @@ impl Donor {
                 ..Default::default()
             })
             .0,
-            staged: std::sync::Mutex::new(None),
+            staged: parking_lot::Mutex::new(None),
         }
     }
 
@@ -256,7 +256,6 @@ impl Donor {
         let ready = self
             .staged
             .lock()
-            .expect("not poisoned")
             .as_ref()
             .is_some_and(|s| s.info.version == info.version);
         if ready {
@@ -270,7 +269,7 @@ impl Donor {
         match u.download(&coordinator, &offer).await {
             Ok(staged) => {
                 tracing::info!(version = %info.version, "update verified; restart to finish");
-                *self.staged.lock().expect("not poisoned") = Some(staged);
+                *self.staged.lock() = Some(staged);
                 self.set_update(UpdatePhase::Restart, Some(info.version), Some(info.notes));
             }
             Err(e) => {
@@ -301,10 +300,7 @@ impl Donor {
     /// swapped in and tried, and this process becomes it; if the trial fails, the old binary is restored and
     /// started again. Returns only when there is no update to finish or the restart itself fails.
     pub async fn restart_to_update(&self) -> Result<(), AppError> {
-        let (Some(u), Some(staged)) = (
-            &self.updater,
-            self.staged.lock().expect("not poisoned").take(),
-        ) else {
+        let (Some(u), Some(staged)) = (&self.updater, self.staged.lock().take()) else {
             return Err(AppError::Update("no update is ready to install".into()));
         };
         self.cancel_timer().await;
@@ -429,7 +425,7 @@ impl Donor {
             let pulls = self.pulls.clone();
             tokio::spawn(async move {
                 while let Some(p) = progress.recv().await {
-                    let mut all = pulls.lock().expect("not poisoned");
+                    let mut all = pulls.lock();
                     let layers = all.entry(p.image).or_default();
                     let e = layers.entry(p.layer).or_default();
                     e.0 = e.0.max(p.current);
@@ -442,7 +438,7 @@ impl Donor {
                 }
             });
         }
-        *self.started.lock().expect("not poisoned") = Some(Instant::now());
+        *self.started.lock() = Some(Instant::now());
         *agent = Some(handle);
         drop(agent);
         Ok(self.status().await)
@@ -463,7 +459,7 @@ impl Donor {
         if let Some(t) = self.resume_timer.lock().await.take() {
             t.abort();
         }
-        *self.paused_until.lock().expect("not poisoned") = None;
+        *self.paused_until.lock() = None;
     }
 
     /// Pauses: containers stop, the coordinator is told; `for_how_long` ends it by itself.
@@ -479,12 +475,12 @@ impl Donor {
                     jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::ZERO),
                 )
                 .unwrap_or_else(|_| jiff::Timestamp::now());
-            *self.paused_until.lock().expect("not poisoned") = Some(until);
+            *self.paused_until.lock() = Some(until);
             let me = Arc::downgrade(self);
             *self.resume_timer.lock().await = Some(tokio::spawn(async move {
                 tokio::time::sleep(d).await;
                 if let Some(me) = me.upgrade() {
-                    *me.paused_until.lock().expect("not poisoned") = None;
+                    *me.paused_until.lock() = None;
                     let _ = me.send(Command::Resume).await;
                 }
             }));
@@ -547,8 +543,8 @@ impl Donor {
         }
         self.state.send_replace(State::Stopped);
         self.clock.on_state(&State::Stopped);
-        *self.started.lock().expect("not poisoned") = None;
-        self.pulls.lock().expect("not poisoned").clear();
+        *self.started.lock() = None;
+        self.pulls.lock().clear();
     }
 
     /// The status now.
@@ -584,25 +580,17 @@ impl Donor {
             coordinator_url: session.map(|s| s.coordinator_url).filter(|u| !u.is_empty()),
             containers,
             dht_peers,
-            uptime_secs: self
-                .started
-                .lock()
-                .expect("not poisoned")
-                .map(|t| t.elapsed().as_secs()),
+            uptime_secs: self.started.lock().map(|t| t.elapsed().as_secs()),
             donated_secs: self.clock.total(),
             update: self.update.borrow().clone(),
             summary: summary(&state, &offer),
-            paused_until: self
-                .paused_until
-                .lock()
-                .expect("not poisoned")
-                .map(|t| t.to_string()),
+            paused_until: self.paused_until.lock().map(|t| t.to_string()),
         }
     }
 
     /// The containers with their pull progress.
     fn rows(&self, views: &[ContainerView]) -> Vec<ContainerRow> {
-        let pulls = self.pulls.lock().expect("not poisoned");
+        let pulls = self.pulls.lock();
         views
             .iter()
             .map(|v| {
