@@ -79,9 +79,12 @@ async fn joins_heartbeats_pauses_resumes_and_quits() {
         .await
     );
     a.send(Command::Resume).await;
+    // Back in routing: healthy, or busy when the machine's CPU is above 90 % (the agent reports its host's real
+    // load, and a CI machine running other tests beside this one is often that busy).
     assert!(
         eventually(5, || async {
-            worker(&client, &c.url(), &id).await.1["status"] == "healthy"
+            let status = worker(&client, &c.url(), &id).await.1["status"].clone();
+            status == "healthy" || status == "busy"
         })
         .await
     );
