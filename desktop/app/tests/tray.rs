@@ -27,13 +27,14 @@ async fn the_tray_menu_starts_pauses_resumes_and_quits() {
         ),
     )
     .unwrap();
+    // Each click waits for the status line of the state it leads to (a joining app already shows Pause).
     let clicks = [
-        "Start donating=>Pause",
+        "Start donating=>Donating: *",
         "notified=Commons is donating",
         "Pause=>Resume",
     ]
     .into_iter()
-    .chain(["Resume=>Pause", "second", "quit"])
+    .chain(["Resume=>Donating: *", "second", "quit"])
     .map(String::from)
     .collect();
     let app = std::path::Path::new(env!("CARGO_BIN_EXE_commons"));

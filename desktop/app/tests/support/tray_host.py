@@ -5,7 +5,7 @@ tray item registers with; it reads the item's dbusmenu, clicks entries as a shel
 
 Usage (inside dbus-run-session, with DISPLAY set): tray_host.py <app binary> [<click>...]
 Each <click> is "label=>expected": click the entry labelled `label`, then wait until an entry labelled `expected`
-appears. "quit" as a click clicks Quit and waits for the app to exit. "measure=N" samples the app's process tree
+appears (an `expected` ending in "*" is a prefix: "Donating: *" waits for the status line of a donating app). "quit" as a click clicks Quit and waits for the app to exit. "measure=N" samples the app's process tree
 (the app and its WebKit processes) for N seconds: resident memory and CPU. "notified=TITLE" waits for a (further)
 notification titled TITLE. "second" launches the app again: it must exit by itself while the first one keeps running.
 "wait=LABEL" waits (up to 60 s) for an entry labelled LABEL. "restart=label=>expected" clicks `label`, then waits for
@@ -195,6 +195,11 @@ def click_entry(menu, label):
     return bool(found)
 
 
+def labelled(l, label):
+    """Whether an entry's label `l` is `label`; a `label` ending in "*" is a prefix ("Donating: *")."""
+    return l.startswith(label[:-1]) if label.endswith("*") else l == label
+
+
 def wait_label(menu, label, seconds):
     """Waits until an entry is labelled `label`: whether it came, and the entries last seen."""
     deadline = time.time() + seconds
@@ -204,8 +209,8 @@ def wait_label(menu, label, seconds):
             seen = entries(menu)
         except dbus.exceptions.DBusException:
             seen = []  # a menu being replaced (the app restarting)
-        if any(l == label for _, l, _ in seen) or time.time() >= deadline:
-            return any(l == label for _, l, _ in seen), seen
+        if any(labelled(l, label) for _, l, _ in seen) or time.time() >= deadline:
+            return any(labelled(l, label) for _, l, _ in seen), seen
         pump(0.1)
 
 
