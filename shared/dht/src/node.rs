@@ -836,14 +836,14 @@ impl Node {
                 }
             }
             kad::QueryResult::StartProviding(r) | kad::QueryResult::RepublishProvider(r) => {
-                let key = match (self.announcing.remove(&id), r) {
-                    (Some(key), _) => key,
-                    // kad's own periodic re-announcement: its key is in the error.
-                    (None, Err(kad::AddProviderError::Timeout { key })) => {
-                        String::from_utf8_lossy(key.as_ref()).into_owned()
-                    }
-                    (None, Ok(_)) => return,
-                };
+                // Ours (`announce`), or kad's own periodic re-announcement, whose key the result carries.
+                let key = self.announcing.remove(&id).unwrap_or_else(|| {
+                    let key = match r {
+                        Ok(ok) => &ok.key,
+                        Err(kad::AddProviderError::Timeout { key }) => key,
+                    };
+                    String::from_utf8_lossy(key.as_ref()).into_owned()
+                });
                 // kad reports an announcement as done once it is sent, even when the lookup reached no peer
                 // to send it to: a query without a single answer reached nobody.
                 let failure = match r {
