@@ -1,10 +1,10 @@
 //! The coordinator's DHT node: its identity (kept in the data directory), bootstrap (configured seeds and the
 //! edge's), and its signed `coordinator/<PeerId>` record refreshed with its figures.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use commons_dht::{Config as DhtConfig, Dht, Keypair, Multiaddr, Role};
+use commons_dht::{Config as DhtConfig, Dht, DhtError, Keypair, Multiaddr, Role};
 use commons_shared::dht::CoordinatorRecord;
 use commons_shared::edge::Bootstrap;
 use tokio::task::JoinHandle;
@@ -13,38 +13,58 @@ use crate::state::AppState;
 
 const IDENTITY_FILE: &str = "dht-identity.key";
 
+/// The DHT node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The identity file cannot be read or kept.
+    #[error("cannot {action} the DHT identity at {path}: {source}")]
+    Identity {
+        /// "read" or "keep".
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node failed.
+    #[error(transparent)]
+    Node(#[from] DhtError),
+}
+
 /// The node's identity: read from the data directory, or made and kept there (0600) on first start.
-pub fn identity(data_dir: &Path) -> anyhow::Result<Keypair> {
+pub fn identity(data_dir: &Path) -> Result<Keypair, StartError> {
     let path = data_dir.join(IDENTITY_FILE);
+    let fail = |action, source| StartError::Identity {
+        action,
+        path: path.clone(),
+        source,
+    };
     match std::fs::read(&path) {
         Ok(bytes) => Ok(commons_dht::decode_keypair(&bytes)?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = commons_dht::generate_keypair();
-            std::fs::create_dir_all(data_dir)?;
-            let mut f = {
+            let keep = || -> std::io::Result<()> {
                 use std::os::unix::fs::OpenOptionsExt;
-                std::fs::OpenOptions::new()
+                std::fs::create_dir_all(data_dir)?;
+                let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
-                    .open(&path)
-                    .map_err(|e| {
-                        anyhow::anyhow!("cannot keep the DHT identity at {}: {e}", path.display())
-                    })?
+                    .open(&path)?;
+                std::io::Write::write_all(&mut f, &commons_dht::encode_keypair(&key))?;
+                f.sync_all()
             };
-            std::io::Write::write_all(&mut f, &commons_dht::encode_keypair(&key))?;
-            f.sync_all()?;
+            keep().map_err(|e| fail("keep", e))?;
             Ok(key)
         }
-        Err(e) => Err(anyhow::anyhow!(
-            "cannot read the DHT identity at {}: {e}",
-            path.display()
-        )),
+        Err(e) => Err(fail("read", e)),
     }
 }
 
 /// Starts the node (when the DHT is on) and the task that bootstraps it and keeps its record fresh.
-pub async fn start(state: &AppState) -> anyhow::Result<Option<JoinHandle<()>>> {
+pub async fn start(state: &AppState) -> Result<Option<JoinHandle<()>>, StartError> {
     let c = &state.config;
     if !c.dht {
         return Ok(None);
@@ -105,7 +125,7 @@ async fn join(state: &AppState, dht: &Dht) {
 }
 
 /// Seeds from an edge's `GET /api/dht/bootstrap`.
-pub async fn fetch_seeds(edge: &str) -> anyhow::Result<Vec<Multiaddr>> {
+pub async fn fetch_seeds(edge: &str) -> Result<Vec<Multiaddr>, reqwest::Error> {
     let b: Bootstrap = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?

@@ -6,78 +6,109 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Parser, Subcommand};
 use commons_coordinator::Server;
-use commons_coordinator::config::{Config, Secret};
+use commons_coordinator::config::Config;
+use commons_server::config::is_false;
+use serde::Serialize;
 
 /// The Commons coordinator: worker registry, assignment, heartbeats, routing and admin API.
 ///
 /// Settings come from defaults, then the `--config` file, then COMMONS_* environment variables and flags.
-#[derive(Debug, Parser)]
+#[derive(Debug, Parser, Serialize)]
 #[command(version, about)]
 struct Cli {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "COMMONS_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<SocketAddr>,
     /// Directory for the SQLite database [default: the XDG data dir].
     #[arg(long, env = "COMMONS_DATA_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
     /// A TOML configuration file (keys as in Config: listen, data_dir, heartbeat_interval_secs, ...).
     #[arg(long, env = "COMMONS_CONFIG", global = true)]
+    #[serde(skip)]
     config: Option<PathBuf>,
     /// The URL workers reach this coordinator at.
     #[arg(long, env = "COMMONS_PUBLIC_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     public_url: Option<String>,
     /// A catalogue file that overrides the shipped services by name.
     #[arg(long, env = "COMMONS_CATALOGUE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     catalogue: Option<PathBuf>,
     /// Registrations per minute per client address (0 = no limit).
     #[arg(long, env = "COMMONS_REGISTER_RATE_LIMIT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     register_rate_limit: Option<u32>,
     /// Seconds between worker heartbeats.
     #[arg(long, env = "COMMONS_HEARTBEAT_INTERVAL")]
+    #[serde(
+        rename = "heartbeat_interval_secs",
+        skip_serializing_if = "Option::is_none"
+    )]
     heartbeat_interval: Option<u64>,
     /// Require an enrollment token to register.
     #[arg(long, env = "COMMONS_REQUIRE_ENROLLMENT", action = ArgAction::SetTrue)]
+    #[serde(skip_serializing_if = "is_false")]
     require_enrollment: bool,
     /// Accept token-less heartbeats from workers that registered in the legacy RMA shape (migration aid).
     #[arg(long, env = "COMMONS_LEGACY_OPEN_WORKERS", action = ArgAction::SetTrue)]
+    #[serde(skip_serializing_if = "is_false")]
     legacy_open_workers: bool,
     /// The edge router to register with (needs COMMONS_FEDERATION_KEY; set --public-url too unless --listen is reachable).
     #[arg(long, env = "COMMONS_EDGE_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     edge_url: Option<String>,
     /// The federation key enrolled at the edge for this coordinator.
     #[arg(long, env = "COMMONS_FEDERATION_KEY", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     federation_key: Option<String>,
     /// Region label reported to the edge.
     #[arg(long, env = "COMMONS_REGION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     region: Option<String>,
     /// Addresses (the edge's) whose X-Forwarded-For is believed for per-client rate limits, comma-separated.
     #[arg(long, env = "COMMONS_TRUSTED_PROXIES", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     trusted_proxies: Vec<std::net::IpAddr>,
     /// Run no DHT node (discovery then goes through this coordinator only).
     #[arg(long, env = "COMMONS_NO_DHT", action = ArgAction::SetTrue)]
+    #[serde(
+        rename = "dht",
+        serialize_with = "turned_off",
+        skip_serializing_if = "is_false"
+    )]
     no_dht: bool,
     /// Where the DHT node listens, comma-separated multiaddrs [default: /ip4/0.0.0.0/tcp/4001].
     #[arg(long, env = "COMMONS_DHT_LISTEN", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     dht_listen: Vec<String>,
     /// Public addresses of the DHT node, when it listens on a private one (comma-separated multiaddrs).
     #[arg(long, env = "COMMONS_DHT_EXTERNAL", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     dht_external: Vec<String>,
     /// DHT seeds (multiaddrs ending in /p2p/<peer id>), besides those the edge lists.
     #[arg(long = "dht-seed", env = "COMMONS_DHT_SEEDS", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     dht_seeds: Vec<String>,
     /// The built portal to serve at / (`cargo xtask portal` writes portal/dist).
     #[arg(long, env = "COMMONS_PORTAL_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     portal_dir: Option<PathBuf>,
     /// A directory of installers and signed releases to offer for download (/api/releases, /api/updates).
     #[arg(long, env = "COMMONS_RELEASES_DIR", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     releases_dir: Option<PathBuf>,
     /// The edge's admin token, so the portal can list the edge's coordinators.
     #[arg(long, env = "COMMONS_EDGE_ADMIN_TOKEN", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     edge_admin_token: Option<String>,
     /// The admin token (at least 16 characters). Prefer the environment variable to a flag.
     #[arg(long, env = "COMMONS_ADMIN_TOKEN", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     admin_token: Option<String>,
     #[command(subcommand)]
+    #[serde(skip)]
     command: Option<Sub>,
 }
 
@@ -119,68 +150,14 @@ enum ReleaseCmd {
     },
 }
 
+/// `--no-dht` is the setting `dht = false`.
+fn turned_off<S: serde::Serializer>(off: &bool, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bool(!off)
+}
+
 impl Cli {
     fn into_config(self) -> anyhow::Result<Config> {
-        let mut c = match &self.config {
-            Some(p) => Config::from_file(p)?,
-            None => Config::default(),
-        };
-        if let Some(v) = self.listen {
-            c.listen = v;
-        }
-        if let Some(v) = self.data_dir {
-            c.data_dir = v;
-        }
-        if let Some(v) = self.public_url {
-            c.public_url = Some(v);
-        }
-        if let Some(v) = self.catalogue {
-            c.catalogue = Some(v);
-        }
-        if let Some(v) = self.register_rate_limit {
-            c.register_rate_limit = v;
-        }
-        if let Some(v) = self.heartbeat_interval {
-            c.heartbeat_interval_secs = v;
-        }
-        c.require_enrollment |= self.require_enrollment;
-        c.legacy_open_workers |= self.legacy_open_workers;
-        if let Some(v) = self.edge_url {
-            c.edge_url = Some(v);
-        }
-        if let Some(v) = self.federation_key {
-            c.federation_key = Some(Secret(v));
-        }
-        if !self.trusted_proxies.is_empty() {
-            c.trusted_proxies = self.trusted_proxies;
-        }
-        if let Some(v) = self.region {
-            c.region = Some(v);
-        }
-        if self.no_dht {
-            c.dht = false;
-        }
-        if !self.dht_listen.is_empty() {
-            c.dht_listen = self.dht_listen;
-        }
-        if !self.dht_external.is_empty() {
-            c.dht_external = self.dht_external;
-        }
-        if !self.dht_seeds.is_empty() {
-            c.dht_seeds = self.dht_seeds;
-        }
-        if let Some(v) = self.portal_dir {
-            c.portal_dir = Some(v);
-        }
-        if let Some(v) = self.releases_dir {
-            c.releases_dir = Some(v);
-        }
-        if let Some(v) = self.edge_admin_token {
-            c.edge_admin_token = Some(Secret(v));
-        }
-        if let Some(v) = self.admin_token {
-            c.admin_token = Some(Secret(v));
-        }
+        let c: Config = commons_server::config::layered(self.config.as_deref(), &self)?;
         c.validate()?;
         Ok(c)
     }
@@ -273,5 +250,63 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
     }
     let _ = out.flush();
     drop(out);
-    server.run_until_signal().await
+    commons_server::shutdown_signal().await;
+    tracing::info!("shutting down");
+    Ok(server.shutdown().await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_names_a_setting() {
+        let cli = Cli::parse_from([
+            "commons-coordinator",
+            "--listen=127.0.0.1:9",
+            "--data-dir=/tmp/x",
+            "--public-url=http://example.test",
+            "--catalogue=/tmp/c.toml",
+            "--register-rate-limit=7",
+            "--heartbeat-interval=11",
+            "--require-enrollment",
+            "--legacy-open-workers",
+            "--edge-url=http://edge.test",
+            "--federation-key=fk",
+            "--region=eu",
+            "--trusted-proxies=10.0.0.1,10.0.0.2",
+            "--no-dht",
+            "--dht-listen=/ip4/127.0.0.1/tcp/1",
+            "--dht-external=/ip4/127.0.0.1/tcp/2",
+            "--dht-seed=/ip4/127.0.0.1/tcp/3",
+            "--portal-dir=/tmp/p",
+            "--releases-dir=/tmp/r",
+            "--edge-admin-token=et",
+            "--admin-token=0123456789abcdef0",
+        ]);
+        let c = cli.into_config().unwrap();
+        assert_eq!(c.listen.port(), 9);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.public_url.as_deref(), Some("http://example.test"));
+        assert_eq!(c.catalogue, Some(PathBuf::from("/tmp/c.toml")));
+        assert_eq!(c.register_rate_limit, 7);
+        assert_eq!(c.heartbeat_interval_secs, 11);
+        assert!(c.require_enrollment && c.legacy_open_workers && !c.dht);
+        assert_eq!(c.edge_url.as_deref(), Some("http://edge.test"));
+        assert_eq!(c.federation_key.unwrap().0, "fk");
+        assert_eq!(c.region.as_deref(), Some("eu"));
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert_eq!(c.dht_listen, ["/ip4/127.0.0.1/tcp/1"]);
+        assert_eq!(c.dht_external, ["/ip4/127.0.0.1/tcp/2"]);
+        assert_eq!(c.dht_seeds, ["/ip4/127.0.0.1/tcp/3"]);
+        assert_eq!(c.portal_dir, Some(PathBuf::from("/tmp/p")));
+        assert_eq!(c.releases_dir, Some(PathBuf::from("/tmp/r")));
+        assert_eq!(c.edge_admin_token.unwrap().0, "et");
+        assert_eq!(c.admin_token.unwrap().0, "0123456789abcdef0");
+        // Switches not given leave the defaults.
+        let c = Cli::parse_from(["commons-coordinator"])
+            .into_config()
+            .unwrap();
+        assert!(c.dht && !c.require_enrollment);
+    }
 }

@@ -2,13 +2,32 @@
 
 use std::net::SocketAddr;
 
-use commons_server::serve::Serving;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use commons_server::serve::{ServeError, Serving, listen};
 
-use crate::config::Config;
-use crate::state::AppState;
-use crate::store::Store;
+use crate::config::{Config, ConfigError};
+use crate::state::{AppState, LoadError};
+use crate::store::{Store, StoreError};
+
+/// The coordinator could not start, or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The state (catalogue, registry) cannot be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The DHT node cannot start.
+    #[error(transparent)]
+    Dht(#[from] crate::dht::StartError),
+    /// Listening or serving failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
 
 /// A running coordinator.
 #[derive(Debug)]
@@ -16,40 +35,38 @@ pub struct Server {
     addr: SocketAddr,
     state: AppState,
     serving: Serving,
-    tasks: Vec<JoinHandle<()>>,
     new_admin_token: Option<String>,
     id: String,
 }
 
 impl Server {
     /// Opens the database, loads the registry and starts serving on `config.listen`.
-    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+    pub async fn bind(config: Config) -> Result<Self, Error> {
         config.validate()?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        let addr = listener.local_addr()?;
+        let listener = listen(config.listen).await?;
+        let addr = listener.local_addr().map_err(ServeError::from)?;
         let store = Store::open(&config.data_dir)?;
         let url = config.coordinator_url(addr);
         let (state, new_admin_token) = AppState::load(config, store, url).await?;
-        let serving = Serving::start(listener, crate::routes::router(state.clone()))?;
-        let id = match state.store.setting("coordinator_id")? {
+        let mut serving = Serving::start(listener, crate::routes::router(state.clone()))
+            .map_err(ServeError::from)?;
+        let db = state.store.db();
+        let id = match db.setting("coordinator_id")? {
             Some(id) => id,
             None => {
                 let id = format!("c-{}", &crate::auth::new_token()[..16]);
-                state.store.set_setting("coordinator_id", &id).await?;
+                db.set_setting("coordinator_id", &id).await?;
                 id
             }
         };
-        let mut tasks = crate::tasks::spawn(&state);
+        serving.add_tasks(crate::tasks::spawn(&state));
         // The DHT node first: the edge registration lists its addresses as seeds.
-        tasks.extend(crate::dht::start(&state).await?);
-        tasks.extend(crate::registrar::spawn(&state, &id));
+        serving.add_tasks(crate::dht::start(&state).await?);
+        serving.add_tasks(crate::registrar::spawn(&state, &id));
         Ok(Self {
             addr,
             state,
             serving,
-            tasks,
             new_admin_token,
             id,
         })
@@ -81,36 +98,23 @@ impl Server {
     }
 
     /// Deregisters from the edge, stops accepting, lets requests in progress finish, flushes heartbeats durably.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    pub async fn shutdown(self) -> Result<(), Error> {
         crate::registrar::deregister(&self.state, &self.id).await;
         let served = self.serving.stop().await;
-        for t in &self.tasks {
-            t.abort();
-        }
         if let Some(d) = self.state.dht.get() {
             d.shutdown().await;
         }
         let flushed = self.state.flush().await?;
         tracing::info!(heartbeats = flushed, "flushed; stopped");
-        served
+        Ok(served?)
     }
 
     /// Stops at once without flushing, as a crash would (tests use it to show what survives).
     pub async fn abort(self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.serving.abort().await;
         if let Some(d) = self.state.dht.get() {
             d.shutdown().await;
         }
-        self.serving.abort().await;
-    }
-
-    /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.
-    pub async fn run_until_signal(self) -> anyhow::Result<()> {
-        commons_server::shutdown_signal().await;
-        tracing::info!("shutting down");
-        self.shutdown().await
     }
 }
 
@@ -134,7 +138,7 @@ pub mod test_utils {
     }
 
     /// The router and state over `config`'s database, without a socket, for `tower::ServiceExt::oneshot` tests.
-    pub async fn app(config: Config) -> anyhow::Result<(axum::Router, AppState)> {
+    pub async fn app(config: Config) -> Result<(axum::Router, AppState), Error> {
         let store = Store::open(&config.data_dir)?;
         let (state, _) = AppState::load(config, store, "http://coordinator.test".into()).await?;
         Ok((crate::routes::router(state.clone()), state))

@@ -17,13 +17,14 @@ use parking_lot::Mutex;
 use rand::RngCore;
 
 use commons_server::stats::RequestStats;
+use commons_server::tokens::{StoredTokens, admin_gate};
 
-use crate::auth::{self, AdminGate, NamedToken, RateLimit, TokenSet};
+use crate::auth::{self, AdminGate, RateLimit};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
 use crate::registry::{Live, Liveness, Registry, Worker};
-use crate::store::{EnrollmentRow, LiveRow, Store, StoreError, WorkerRow};
+use crate::store::{ENROLLMENT_TOKENS, LiveRow, Store, StoreError, WorkerRow};
 
 /// Shared by every handler and background task.
 #[derive(Debug, Clone)]
@@ -54,7 +55,8 @@ pub struct Inner {
     /// Metrics handles.
     pub metrics: Metrics,
     admin: AdminGate,
-    enrollments: TokenSet,
+    /// Enrollment tokens.
+    pub(crate) enrollments: StoredTokens,
     register_limit: RateLimit,
     /// Live workers per service (index by catalogue), refreshed by the sweeper and bumped by registrations.
     coverage: Mutex<Vec<u32>>,
@@ -92,6 +94,27 @@ fn parse_reported(s: &str) -> ReportedStatus {
     }
 }
 
+/// The state could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The catalogue file cannot be read.
+    #[error("cannot read the catalogue {path}: {source}")]
+    CatalogueFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The catalogue is not valid.
+    #[error(transparent)]
+    Catalogue(#[from] commons_shared::catalogue::CatalogueError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// What the admin token check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller {
@@ -108,49 +131,30 @@ impl AppState {
         config: Config,
         store: Store,
         coordinator_url: String,
-    ) -> anyhow::Result<(Self, Option<String>)> {
-        let overlay =
-            match &config.catalogue {
-                Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
-                    anyhow::anyhow!("cannot read the catalogue {}: {e}", p.display())
-                })?),
-                None => None,
-            };
+    ) -> Result<(Self, Option<String>), LoadError> {
+        let overlay = match &config.catalogue {
+            Some(p) => {
+                Some(
+                    std::fs::read_to_string(p).map_err(|source| LoadError::CatalogueFile {
+                        path: p.clone(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
         let catalogue = Catalogue::load(
             commons_shared::catalogue::DEFAULT_CATALOGUE,
             overlay.as_deref(),
         )?;
 
-        let stored = match &config.admin_token {
-            Some(_) => None,
-            None => store.setting("admin_token_hash")?,
-        };
-        let (admin_hash, new_admin_token) = AdminGate::resolve(
+        let (admin, new_admin_token) = admin_gate(
+            store.db(),
             config.admin_token.as_ref().map(|t| t.0.as_str()),
-            stored.as_deref(),
+            config.admin_auth_rate_limit,
         )
-        .map_err(anyhow::Error::msg)?;
-        if new_admin_token.is_some() {
-            store
-                .set_setting("admin_token_hash", &hex::encode(admin_hash))
-                .await?;
-        }
-        let enrollments = store
-            .load_enrollments()?
-            .into_iter()
-            .map(|e| {
-                let hash = e
-                    .hash
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("enrollment hash".into()))?;
-                Ok(NamedToken {
-                    id: e.id,
-                    label: e.label,
-                    hash,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        .await?;
+        let enrollments = StoredTokens::load(store.db().clone(), ENROLLMENT_TOKENS)?;
 
         let liveness = Liveness {
             stale_after: Duration::from_secs(config.stale_after_secs),
@@ -173,7 +177,7 @@ impl AppState {
 
         let state = Self(Arc::new(Inner {
             register_limit: RateLimit::per_minute(config.register_rate_limit),
-            admin: AdminGate::new(admin_hash, config.admin_auth_rate_limit),
+            admin,
             coverage: Mutex::new(vec![0; catalogue.len()]),
             metrics: Metrics::new(),
             config,
@@ -182,7 +186,7 @@ impl AppState {
             store,
             coordinator_url,
             liveness,
-            enrollments: TokenSet::new(enrollments),
+            enrollments,
             requests_total: AtomicU64::new(0),
             errors_total: AtomicU64::new(0),
             dht: std::sync::OnceLock::new(),
@@ -612,34 +616,6 @@ impl AppState {
         self.store
             .purge(gone.iter().map(ToString::to_string).collect());
         gone.len()
-    }
-
-    /// Creates an enrollment token: (id, the token shown once).
-    pub async fn create_enrollment(&self, label: String) -> ApiResult<(String, String)> {
-        let (entry, token) = NamedToken::mint(label);
-        let row = EnrollmentRow {
-            id: entry.id.clone(),
-            label: entry.label.clone(),
-            hash: entry.hash.to_vec(),
-        };
-        self.store.insert_enrollment(row).await?;
-        let id = entry.id.clone();
-        self.enrollments.insert(entry);
-        Ok((id, token))
-    }
-
-    /// Revokes an enrollment token.
-    pub async fn revoke_enrollment(&self, id: &str) -> ApiResult<()> {
-        if !self.store.revoke_enrollment(id.to_owned()).await? {
-            return Err(ApiError::NotFound(format!("no enrollment token {id:?}")));
-        }
-        self.enrollments.remove(id);
-        Ok(())
-    }
-
-    /// Enrollment tokens (id, label).
-    pub fn enrollments(&self) -> Vec<(String, String)> {
-        self.enrollments.list()
     }
 
     /// Forgets rate-limit state of quiet addresses.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use commons_server::auth::Secret;
+pub use commons_server::config::ConfigError;
 
 /// Everything the edge can be told.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,32 +68,23 @@ impl Default for Config {
 
 impl Config {
     /// Reads a TOML file over the defaults.
-    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "the configuration file {} is not valid: {e}",
-                path.display()
-            )
-        })
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        commons_server::config::from_file(path)
     }
 
     /// Checks ranges.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.heartbeat_interval_secs >= 1,
-            "heartbeat_interval_secs must be at least 1"
-        );
-        anyhow::ensure!(
-            self.coordinator_ttl_secs > self.heartbeat_interval_secs,
-            "coordinator_ttl_secs must be above heartbeat_interval_secs"
-        );
-        if let Some(t) = &self.admin_token {
-            anyhow::ensure!(
-                t.0.len() >= 16,
-                "the admin token must be at least 16 characters"
-            );
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if self.heartbeat_interval_secs < 1 {
+            return bad("heartbeat_interval_secs must be at least 1");
+        }
+        if self.coordinator_ttl_secs <= self.heartbeat_interval_secs {
+            return bad("coordinator_ttl_secs must be above heartbeat_interval_secs");
+        }
+        if let Some(t) = &self.admin_token
+            && t.0.len() < 16
+        {
+            return bad("the admin token must be at least 16 characters");
         }
         Ok(())
     }

@@ -14,14 +14,14 @@ use commons_server::auth::Bearer;
 use commons_server::error::{ApiError, ApiResult};
 use commons_server::extract::{Body, ClientIp};
 use commons_server::forward::{self, Target};
+use commons_server::tokens::admin_routes;
 use commons_shared::ErrorBody;
 use commons_shared::edge::{
     Bootstrap, CoordinatorList, DayCounts, EdgeAck, EdgeHealth, EdgeMetrics, EdgeRegisterRequest,
-    EdgeTopology, FederationKey, Seed,
+    EdgeTopology, Seed,
 };
 use commons_shared::validate::{
     MAX_BODY_BYTES, MAX_ID_LEN, MAX_STRING_LEN, parse_edge_heartbeat, parse_edge_register,
-    parse_json,
 };
 use serde_json::json;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -67,11 +67,10 @@ pub fn router(state: EdgeState) -> Router {
         .route("/api/admin/coordinators", get(coordinators))
         .route("/api/admin/topology", get(topology))
         .route("/api/admin/metrics", get(request_metrics))
-        .route(
+        .merge(admin_routes::<_, Admin>(
             "/api/admin/federation-keys",
-            get(list_keys).post(create_key),
-        )
-        .route("/api/admin/federation-keys/{id}", delete(revoke_key))
+            |s: &EdgeState| &s.keys,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     let service = Router::new()
         .route("/api/service/{service}", any(forward_root))
@@ -364,50 +363,6 @@ async fn request_metrics(State(state): State<EdgeState>, _: Admin) -> Json<EdgeM
         })
         .collect();
     Json(EdgeMetrics { days })
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeyRequest {
-    label: String,
-}
-
-async fn create_key(
-    State(state): State<EdgeState>,
-    _: Admin,
-    Body(body): Body,
-) -> ApiResult<Json<FederationKey>> {
-    let req: KeyRequest = parse_json(&body)?;
-    if req.label.is_empty() || req.label.len() > MAX_STRING_LEN {
-        return Err(ApiError::Invalid {
-            field: "label".into(),
-            message: format!("1 to {MAX_STRING_LEN} characters"),
-        });
-    }
-    let (id, key) = state.create_key(req.label.clone()).await?;
-    Ok(Json(FederationKey {
-        id,
-        label: req.label,
-        key,
-    }))
-}
-
-async fn list_keys(State(state): State<EdgeState>, _: Admin) -> Json<serde_json::Value> {
-    let keys: Vec<_> = state
-        .keys()
-        .into_iter()
-        .map(|(id, label)| json!({"id": id, "label": label}))
-        .collect();
-    Json(json!({ "keys": keys }))
-}
-
-async fn revoke_key(
-    State(state): State<EdgeState>,
-    _: Admin,
-    Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
-    state.revoke_key(&id).await?;
-    Ok(Json(json!({"status": "revoked", "id": id})))
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {

@@ -6,55 +6,47 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use commons_edge::Server;
-use commons_edge::config::{Config, Secret};
+use commons_edge::config::Config;
+use serde::Serialize;
 
 /// The Commons edge router: registry of coordinators, DHT bootstrap, routing to coordinators.
 ///
 /// Settings come from defaults, then the `--config` file, then COMMONS_* environment variables and flags.
-#[derive(Debug, Parser)]
+#[derive(Debug, Parser, Serialize)]
 #[command(version, about)]
 struct Cli {
     /// Address to listen on [default: 127.0.0.1:8090].
     #[arg(long, env = "COMMONS_EDGE_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<SocketAddr>,
     /// Directory for the SQLite database [default: the XDG data dir].
     #[arg(long, env = "COMMONS_EDGE_DATA_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
     /// A TOML configuration file (keys as in the edge's Config).
     #[arg(long, env = "COMMONS_EDGE_CONFIG")]
+    #[serde(skip)]
     config: Option<PathBuf>,
     /// Seconds of silence after which a coordinator is forgotten.
     #[arg(long, env = "COMMONS_COORDINATOR_TTL")]
+    #[serde(
+        rename = "coordinator_ttl_secs",
+        skip_serializing_if = "Option::is_none"
+    )]
     coordinator_ttl: Option<u64>,
     /// Worker registrations per minute per client address (0 = no limit).
     #[arg(long, env = "COMMONS_REGISTER_RATE_LIMIT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     register_rate_limit: Option<u32>,
     /// The admin token (at least 16 characters). Prefer the environment variable to a flag.
     #[arg(long, env = "COMMONS_ADMIN_TOKEN", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     admin_token: Option<String>,
 }
 
 impl Cli {
     fn into_config(self) -> anyhow::Result<Config> {
-        let mut c = match &self.config {
-            Some(p) => Config::from_file(p)?,
-            None => Config::default(),
-        };
-        if let Some(v) = self.listen {
-            c.listen = v;
-        }
-        if let Some(v) = self.data_dir {
-            c.data_dir = v;
-        }
-        if let Some(v) = self.coordinator_ttl {
-            c.coordinator_ttl_secs = v;
-        }
-        if let Some(v) = self.register_rate_limit {
-            c.register_rate_limit = v;
-        }
-        if let Some(v) = self.admin_token {
-            c.admin_token = Some(Secret(v));
-        }
+        let c: Config = commons_server::config::layered(self.config.as_deref(), &self)?;
         c.validate()?;
         Ok(c)
     }
@@ -79,5 +71,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let _ = out.flush();
     drop(out);
-    server.run_until_signal().await
+    commons_server::shutdown_signal().await;
+    tracing::info!("shutting down");
+    Ok(server.shutdown().await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_names_a_setting() {
+        let cli = Cli::parse_from([
+            "commons-edge",
+            "--listen=127.0.0.1:9",
+            "--data-dir=/tmp/x",
+            "--coordinator-ttl=500",
+            "--register-rate-limit=7",
+            "--admin-token=0123456789abcdef0",
+        ]);
+        let c = cli.into_config().unwrap();
+        assert_eq!(c.listen.port(), 9);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.coordinator_ttl_secs, 500);
+        assert_eq!(c.register_rate_limit, 7);
+        assert_eq!(c.admin_token.unwrap().0, "0123456789abcdef0");
+    }
 }

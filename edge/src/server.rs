@@ -3,8 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use commons_server::serve::Serving;
-use tokio::net::TcpListener;
+use commons_server::config::ConfigError;
+use commons_server::db::DbError;
+use commons_server::serve::{ServeError, Serving, listen};
 use tokio::task::JoinHandle;
 use tokio::time::{MissedTickBehavior, interval};
 
@@ -12,13 +13,27 @@ use crate::config::Config;
 use crate::state::EdgeState;
 use crate::store::Store;
 
+/// The edge could not start, or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Listening or serving failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
 /// A running edge.
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,
     state: EdgeState,
     serving: Serving,
-    tasks: Vec<JoinHandle<()>>,
     new_admin_token: Option<String>,
 }
 
@@ -58,21 +73,19 @@ fn spawn_tasks(state: &EdgeState) -> Vec<JoinHandle<()>> {
 
 impl Server {
     /// Opens the database, loads the registry and starts serving on `config.listen`.
-    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+    pub async fn bind(config: Config) -> Result<Self, Error> {
         config.validate()?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        let addr = listener.local_addr()?;
+        let listener = listen(config.listen).await?;
+        let addr = listener.local_addr().map_err(ServeError::from)?;
         let store = Store::open(&config.data_dir)?;
         let (state, new_admin_token) = EdgeState::load(config, store).await?;
-        let serving = Serving::start(listener, crate::http::router(state.clone()))?;
-        let tasks = spawn_tasks(&state);
+        let mut serving = Serving::start(listener, crate::http::router(state.clone()))
+            .map_err(ServeError::from)?;
+        serving.add_tasks(spawn_tasks(&state));
         Ok(Self {
             addr,
             state,
             serving,
-            tasks,
             new_admin_token,
         })
     }
@@ -98,28 +111,15 @@ impl Server {
     }
 
     /// Stops accepting, lets requests in progress finish, writes the request counts.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    pub async fn shutdown(self) -> Result<(), Error> {
         let served = self.serving.stop().await;
-        for t in &self.tasks {
-            t.abort();
-        }
         self.state.flush_counts().await?;
-        served
+        Ok(served?)
     }
 
     /// Stops at once, as a crash would.
     pub async fn abort(self) {
-        for t in &self.tasks {
-            t.abort();
-        }
         self.serving.abort().await;
-    }
-
-    /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.
-    pub async fn run_until_signal(self) -> anyhow::Result<()> {
-        commons_server::shutdown_signal().await;
-        tracing::info!("shutting down");
-        self.shutdown().await
     }
 }
 

@@ -5,9 +5,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use commons_server::auth::{AdminGate, NamedToken, RateLimit, TokenSet};
+use commons_server::auth::{AdminGate, RateLimit};
 use commons_server::error::{ApiError, ApiResult};
 use commons_server::stats::RequestStats;
+use commons_server::tokens::{StoredTokens, admin_gate};
 use commons_server::{now_ms, rfc3339};
 use commons_shared::api::WorkerStatus;
 use commons_shared::edge::{
@@ -18,7 +19,7 @@ use parking_lot::{Mutex, RwLock};
 use rand::Rng;
 
 use crate::config::Config;
-use crate::store::{CoordinatorRow, Store, StoreError};
+use crate::store::{CoordinatorRow, FEDERATION_KEYS, Store, StoreError};
 
 /// A registered coordinator.
 #[derive(Debug)]
@@ -134,7 +135,8 @@ pub struct Inner {
     /// Database.
     pub store: Store,
     coordinators: RwLock<HashMap<String, Arc<Coordinator>>>,
-    keys: TokenSet,
+    /// Federation keys.
+    pub keys: StoredTokens,
     admin: AdminGate,
     register_limit: RateLimit,
     /// Requests per (day, kind).
@@ -153,32 +155,14 @@ fn day_of(ms: i64) -> String {
 impl EdgeState {
     /// Loads coordinators, keys, counts and the admin token (creating one when none is configured or stored; it is
     /// returned to be shown once).
-    pub async fn load(config: Config, store: Store) -> anyhow::Result<(Self, Option<String>)> {
-        let stored = match &config.admin_token {
-            Some(_) => None,
-            None => store.setting("admin_token_hash")?,
-        };
-        let (hash, new_token) = AdminGate::resolve(
+    pub async fn load(config: Config, store: Store) -> Result<(Self, Option<String>), StoreError> {
+        let (admin, new_token) = admin_gate(
+            store.db(),
             config.admin_token.as_ref().map(|t| t.0.as_str()),
-            stored.as_deref(),
+            config.admin_auth_rate_limit,
         )
-        .map_err(anyhow::Error::msg)?;
-        if new_token.is_some() {
-            store
-                .set_setting("admin_token_hash", &hex::encode(hash))
-                .await?;
-        }
-        let keys = store
-            .load_keys()?
-            .into_iter()
-            .filter_map(|(id, label, h)| {
-                Some(NamedToken {
-                    id,
-                    label,
-                    hash: h.try_into().ok()?,
-                })
-            })
-            .collect();
+        .await?;
+        let keys = StoredTokens::load(store.db().clone(), FEDERATION_KEYS)?;
         let now = Instant::now();
         let wall = now_ms();
         let mut coordinators = HashMap::new();
@@ -213,12 +197,12 @@ impl EdgeState {
             .collect();
         tracing::info!(coordinators = coordinators.len(), "edge registry loaded");
         let state = Self(Arc::new(Inner {
-            admin: AdminGate::new(hash, config.admin_auth_rate_limit),
+            admin,
             register_limit: RateLimit::per_minute(config.register_rate_limit),
             config,
             store,
             coordinators: RwLock::new(coordinators),
-            keys: TokenSet::new(keys),
+            keys,
             counts: Mutex::new(counts),
         }));
         Ok((state, new_token))
@@ -478,31 +462,6 @@ impl EdgeState {
             .collect();
         let i = pick_weighted(&weights, rand::rng().random::<f64>())?;
         cands.get(i).cloned()
-    }
-
-    /// Creates a federation key: (id, the key shown once).
-    pub async fn create_key(&self, label: String) -> ApiResult<(String, String)> {
-        let (entry, key) = NamedToken::mint(label);
-        self.store
-            .insert_key(entry.id.clone(), entry.label.clone(), entry.hash.to_vec())
-            .await?;
-        let id = entry.id.clone();
-        self.keys.insert(entry);
-        Ok((id, key))
-    }
-
-    /// Revokes a federation key.
-    pub async fn revoke_key(&self, id: &str) -> ApiResult<()> {
-        if !self.store.delete_key(id.to_owned()).await? {
-            return Err(ApiError::NotFound(format!("no federation key {id:?}")));
-        }
-        self.keys.remove(id);
-        Ok(())
-    }
-
-    /// Federation keys (id, label).
-    pub fn keys(&self) -> Vec<(String, String)> {
-        self.keys.list()
     }
 
     /// Forgets rate-limit state of quiet addresses.

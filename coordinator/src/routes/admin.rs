@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
-use axum::routing::{delete, get};
+use axum::routing::get;
 use axum::{Json, Router};
 use commons_shared::ErrorBody;
 use commons_shared::api::{
@@ -11,16 +11,14 @@ use commons_shared::api::{
     ServicesReport, Stats, WorkerList, WorkerStatus, WorkerSummary,
 };
 use commons_shared::tier::Tier;
-use commons_shared::validate::{MAX_STRING_LEN, parse_json};
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::access::Admin;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::Worker;
 use crate::state::{AppState, now_ms, rfc3339};
 use crate::stats::snapshot;
-use commons_server::extract::Body;
+use commons_server::tokens::admin_routes;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -31,14 +29,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/admin/services", get(services))
         .route("/api/admin/gaps", get(services))
         .route("/api/admin/history", get(history))
-        .route(
+        .merge(admin_routes::<_, Admin>(
             "/api/admin/enrollment-tokens",
-            get(list_enrollments).post(create_enrollment),
-        )
-        .route(
-            "/api/admin/enrollment-tokens/{id}",
-            delete(revoke_enrollment),
-        )
+            |s: &AppState| &s.enrollments,
+        ))
 }
 
 fn summary(state: &AppState, w: &Worker, now: Instant) -> WorkerSummary {
@@ -274,11 +268,7 @@ pub(crate) async fn history(
             });
         }
     };
-    let store = state.store.clone();
-    let since = now_ms() - ms;
-    let rows = tokio::task::spawn_blocking(move || store.history(since, 20_000))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let rows = state.store.history(now_ms() - ms, 20_000).await?;
     let points = rows
         .into_iter()
         .filter_map(|(_, data)| serde_json::from_str::<HistoryPoint>(&data).ok())
@@ -286,43 +276,9 @@ pub(crate) async fn history(
     Ok(Json(History { range, points }))
 }
 
-/// Creates an enrollment token (shown once).
+/// Creates an enrollment token (shown once). The handler is [`commons_server::tokens::admin_routes`]; this
+/// documents it.
 #[utoipa::path(post, path = "/api/admin/enrollment-tokens", request_body = EnrollmentTokenRequest,
     responses((status = 200, body = EnrollmentToken), (status = 422, body = ErrorBody)), security(("admin_token" = [])))]
-pub(crate) async fn create_enrollment(
-    State(state): State<AppState>,
-    _: Admin,
-    Body(body): Body,
-) -> ApiResult<Json<EnrollmentToken>> {
-    let req: EnrollmentTokenRequest = parse_json(&body)?;
-    if req.label.is_empty() || req.label.len() > MAX_STRING_LEN {
-        return Err(ApiError::Invalid {
-            field: "label".into(),
-            message: format!("1 to {MAX_STRING_LEN} characters"),
-        });
-    }
-    let (id, token) = state.create_enrollment(req.label.clone()).await?;
-    Ok(Json(EnrollmentToken {
-        id,
-        label: req.label,
-        token,
-    }))
-}
-
-async fn list_enrollments(State(state): State<AppState>, _: Admin) -> Json<serde_json::Value> {
-    let tokens: Vec<_> = state
-        .enrollments()
-        .into_iter()
-        .map(|(id, label)| json!({ "id": id, "label": label }))
-        .collect();
-    Json(json!({ "tokens": tokens }))
-}
-
-async fn revoke_enrollment(
-    State(state): State<AppState>,
-    _: Admin,
-    Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
-    state.revoke_enrollment(&id).await?;
-    Ok(Json(json!({ "status": "revoked", "id": id })))
-}
+#[allow(dead_code)]
+pub(crate) fn create_enrollment() {}

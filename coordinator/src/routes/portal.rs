@@ -283,8 +283,8 @@ pub(crate) async fn coordinators(
     })
 }
 
-async fn edge_coordinators(edge: &str, token: &str) -> anyhow::Result<CoordinatorList> {
-    Ok(reqwest::Client::builder()
+async fn edge_coordinators(edge: &str, token: &str) -> Result<CoordinatorList, reqwest::Error> {
+    reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?
         .get(format!(
@@ -296,7 +296,7 @@ async fn edge_coordinators(edge: &str, token: &str) -> anyhow::Result<Coordinato
         .await?
         .error_for_status()?
         .json()
-        .await?)
+        .await
 }
 
 /// The SHA-256 of each installer, by name, size and modification time, so a listing hashes each file once.

@@ -1,17 +1,21 @@
-//! What Commons' servers (the coordinator and the edge) share: the JSON error type, request extractors, the
-//! router's fallbacks, secrets, streaming forwarding to an upstream, the Prometheus recorder, time helpers and
-//! the shutdown signal.
+//! What Commons' servers (the coordinator and the edge) share: the skeleton every server is built on (layered
+//! configuration, the SQLite database, the admin token and named tokens with their admin API, serving until a
+//! signal) and the JSON error type, request extractors, the router's fallbacks, secrets, streaming forwarding to
+//! an upstream, the Prometheus recorder and time helpers.
 //!
 //! `commons-shared` stays plain data for the browser; this crate is its server-side companion.
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod config;
+pub mod db;
 pub mod error;
 pub mod extract;
 pub mod forward;
 pub mod metrics;
 pub mod serve;
 pub mod stats;
+pub mod tokens;
 
 use axum::Json;
 use axum::Router;
@@ -77,8 +81,8 @@ pub fn init_tracing(default_filter: &str) {
         .init();
 }
 
-/// A binary's exit: 0, or the error as a sentence on stderr and 1.
-pub fn exit(program: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+/// A binary's exit: 0, or the error as a sentence on stderr (`{:#}`: with its causes, for `anyhow`) and 1.
+pub fn exit<E: std::fmt::Display>(program: &str, result: Result<(), E>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

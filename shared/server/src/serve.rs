@@ -1,4 +1,4 @@
-//! Serving a router on a listener, with a graceful stop and a crash-like abort.
+//! Serving a router on a listener, with its background tasks, a graceful stop and a crash-like abort.
 
 use std::net::SocketAddr;
 
@@ -7,12 +7,41 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// A router being served.
+/// A server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The address cannot be listened on.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Accepting connections failed.
+    #[error("serving failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The serving task panicked.
+    #[error("the serving task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Listens on `addr`.
+pub async fn listen(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen { addr, source })
+}
+
+/// A router being served, and the server's background tasks.
 #[derive(Debug)]
 pub struct Serving {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Serving {
@@ -28,7 +57,17 @@ impl Serving {
                 })
                 .await
         });
-        Ok(Self { addr, stop, task })
+        Ok(Self {
+            addr,
+            stop,
+            task,
+            tasks: Vec::new(),
+        })
+    }
+
+    /// Background tasks that end with the server.
+    pub fn add_tasks(&mut self, tasks: impl IntoIterator<Item = JoinHandle<()>>) {
+        self.tasks.extend(tasks);
     }
 
     /// Where it listens.
@@ -36,15 +75,22 @@ impl Serving {
         self.addr
     }
 
-    /// Stops accepting and waits for the requests in progress.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    /// Stops accepting, waits for the requests in progress, then ends the background tasks.
+    pub async fn stop(self) -> Result<(), ServeError> {
         let _ = self.stop.send(true);
-        self.task.await??;
+        let served = self.task.await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        served??;
         Ok(())
     }
 
     /// Stops at once, as a crash would, and waits until the listener is closed (so its port can be bound again).
     pub async fn abort(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
         self.task.abort();
         let _ = self.task.await;
     }
