@@ -1,6 +1,5 @@
 //! `commons-coordinator`: parse the command line and configuration, start tracing, run the server.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -222,34 +221,22 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
     }
     let data_dir = config.data_dir.clone();
     let server = Server::bind(config).await?;
-    // Written without println!: a closed stdout must not take the server down.
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "Commons coordinator listening on {}", server.url());
-    let _ = writeln!(out, "Data: {}", data_dir.join("commons.db").display());
+    let mut lines = vec![
+        format!("Commons coordinator listening on {}", server.url()),
+        format!("Data: {}", data_dir.join("commons.db").display()),
+    ];
     if let Some(d) = server.state().dht.get() {
-        let _ = writeln!(
-            out,
+        lines.push(format!(
             "DHT node {} at {}",
             d.peer_id(),
             d.address_strings().join(", ")
-        );
+        ));
     }
-    match &server.state().config.portal_dir {
-        Some(d) => {
-            let _ = writeln!(out, "Portal: {}/ (from {})", server.url(), d.display());
-        }
-        None => {
-            let _ = writeln!(out, "Portal: not served (give --portal-dir portal/dist)");
-        }
-    }
-    if let Some(token) = server.new_admin_token() {
-        let _ = writeln!(
-            out,
-            "Admin token (shown once; only its hash is stored): {token}"
-        );
-    }
-    let _ = out.flush();
-    drop(out);
+    lines.push(match &server.state().config.portal_dir {
+        Some(d) => format!("Portal: {}/ (from {})", server.url(), d.display()),
+        None => "Portal: not served (give --portal-dir portal/dist)".into(),
+    });
+    commons_server::announce(&lines, server.new_admin_token());
     commons_server::shutdown_signal().await;
     tracing::info!("shutting down");
     Ok(server.shutdown().await?)

@@ -1,6 +1,5 @@
 //! `commons-edge`: parse the command line and configuration, start tracing, run the edge.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -61,16 +60,10 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.into_config()?;
     let server = Server::bind(config).await?;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "Commons edge listening on {}", server.url());
-    if let Some(token) = server.new_admin_token() {
-        let _ = writeln!(
-            out,
-            "Admin token (shown once; only its hash is stored): {token}"
-        );
-    }
-    let _ = out.flush();
-    drop(out);
+    commons_server::announce(
+        &[format!("Commons edge listening on {}", server.url())],
+        server.new_admin_token(),
+    );
     commons_server::shutdown_signal().await;
     tracing::info!("shutting down");
     Ok(server.shutdown().await?)

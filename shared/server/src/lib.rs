@@ -92,6 +92,23 @@ pub fn exit<E: std::fmt::Display>(program: &str, result: Result<(), E>) -> std::
     }
 }
 
+/// Prints a server's start-up lines and, when one was created on this start, the admin token (shown once). Written
+/// without `println!`: a closed stdout must not take the server down.
+pub fn announce(lines: &[String], new_admin_token: Option<&str>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
+    if let Some(token) = new_admin_token {
+        let _ = writeln!(
+            out,
+            "Admin token (shown once; only its hash is stored): {token}"
+        );
+    }
+    let _ = out.flush();
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
