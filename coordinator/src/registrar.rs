@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use commons_shared::backoff::Backoff;
 use commons_shared::edge::{
     CoordinatorFigures, EdgeCapabilities, EdgeHeartbeat, EdgeRegisterRequest,
 };
@@ -149,7 +150,7 @@ pub fn spawn(state: &AppState, id: &str) -> Option<JoinHandle<()>> {
     Some(tokio::spawn(async move {
         let mut every = Duration::from_millis(state.config.edge_heartbeat_interval_ms);
         let mut registered = false;
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
             if !registered {
                 match edge.register(&state).await {
@@ -161,12 +162,11 @@ pub fn spawn(state: &AppState, id: &str) -> Option<JoinHandle<()>> {
                         }
                         tracing::info!(edge = %edge.url, id = %edge.id, every_secs = every.as_secs(), "registered with the edge");
                         registered = true;
-                        backoff = Duration::from_millis(500);
+                        backoff.reset();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "edge registration failed; retrying");
-                        tokio::time::sleep(backoff.min(every)).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        tokio::time::sleep(backoff.fail().min(every)).await;
                         continue;
                     }
                 }

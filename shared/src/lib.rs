@@ -15,10 +15,12 @@
 //! - [`release`]: the update feed and the signature, checksum and version checks before an update installs.
 //! - [`routing`]: the weight of a worker when routing a service request.
 //! - [`error`]: the JSON error body every server answers with.
+//! - [`backoff`]: how long a retry loop waits.
 #![deny(missing_docs)]
 
 pub mod api;
 pub mod assign;
+pub mod backoff;
 pub mod caps;
 pub mod catalogue;
 pub mod desktop;

@@ -170,9 +170,11 @@ pub fn trial(report: std::path::PathBuf) -> anyhow::Result<()> {
     let creds: Arc<dyn commons_agent::credentials::CredentialStore> =
         Arc::new(commons_agent::credentials::KeyringStore::new());
     let probe = Arc::from(commons_agent::hardware::default_probe());
-    tokio::runtime::Runtime::new()?.block_on(commons_agent::update::trial(
-        settings, creds, probe, VERSION, &report,
-    ))
+    Ok(
+        tokio::runtime::Runtime::new()?.block_on(commons_agent::update::trial(
+            settings, creds, probe, VERSION, &report,
+        ))?,
+    )
 }
 
 /// Runs the app until Quit.

@@ -10,6 +10,7 @@ use commons_shared::api::{
     ContainerAssignment, ContainerState, ContainerStatus, HeartbeatRequest, RegisterRequest,
     RegisterResponse, ReportedStatus,
 };
+use commons_shared::backoff::Backoff;
 use rand::Rng;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -68,6 +69,21 @@ pub enum Ended {
     Handover,
 }
 
+/// Why an agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The local gateway cannot listen.
+    #[error("the gateway cannot start: {0}")]
+    Gateway(#[from] commons_server::serve::ServeError),
+    /// The keyring (the worker's credentials, or the named tunnel's token) cannot be used.
+    #[error(transparent)]
+    Credentials(#[from] crate::credentials::CredentialError),
+    /// The agent's task panicked.
+    #[error("the agent's task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// One assigned container, as a UI shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ContainerView {
@@ -112,7 +128,7 @@ pub struct AgentHandle {
     /// Its session.
     pub session: watch::Receiver<Session>,
     commands: mpsc::Sender<Command>,
-    task: JoinHandle<anyhow::Result<Ended>>,
+    task: JoinHandle<Result<Ended, AgentError>>,
     progress: Option<mpsc::Receiver<crate::containers::Progress>>,
     dht: Arc<std::sync::OnceLock<commons_dht::Dht>>,
 }
@@ -158,12 +174,12 @@ impl AgentHandle {
     }
 
     /// Waits for the agent to finish.
-    pub async fn join(self) -> anyhow::Result<()> {
+    pub async fn join(self) -> Result<(), AgentError> {
         self.finish().await.map(|_| ())
     }
 
     /// Waits for the agent to finish, and says how it ended.
-    pub async fn finish(self) -> anyhow::Result<Ended> {
+    pub async fn finish(self) -> Result<Ended, AgentError> {
         self.task.await?
     }
 }
@@ -365,7 +381,7 @@ impl Agent {
         }
     }
 
-    async fn run(&mut self) -> anyhow::Result<Ended> {
+    async fn run(&mut self) -> Result<Ended, AgentError> {
         self.set(State::Registering);
         if self.settings.containers {
             match Engine::connect(self.settings.policy()).await {
@@ -382,9 +398,10 @@ impl Agent {
             return Err(e);
         }
         self.start_dht().await;
-        let mut joined = match self.creds.load() {
+        let creds = self.creds.clone();
+        let mut joined = match crate::blocking(move || creds.load()).await {
             Ok(Some(c)) => {
-                self.capabilities();
+                self.capabilities().await;
                 // Resume as the worker we were; the first heartbeat tells whether the coordinator still knows us.
                 self.session.send_modify(|s| {
                     s.worker_id = c.worker_id.clone();
@@ -408,10 +425,13 @@ impl Agent {
                 Some(j) => j,
                 None => match self.join(via_entry).await {
                     Some(j) => j,
-                    None => return self.stop(None, false).await.map(|()| Ended::Quit),
+                    None => {
+                        self.stop(None, false).await;
+                        return Ok(Ended::Quit);
+                    }
                 },
             };
-            match self.donate(j).await? {
+            match self.donate(j).await {
                 Next::End(e) => return Ok(e),
                 Next::Rejoin { via_entry: v } => {
                     via_entry = v;
@@ -422,8 +442,11 @@ impl Agent {
     }
 
     /// This machine's capabilities, detected once per join (not on every retry).
-    fn capabilities(&mut self) -> commons_shared::caps::Capabilities {
-        let mut caps = hardware::detect(self.probe.as_ref()).capabilities;
+    async fn capabilities(&mut self) -> commons_shared::caps::Capabilities {
+        let probe = self.probe.clone();
+        let mut caps = crate::blocking(move || hardware::detect(probe.as_ref()))
+            .await
+            .capabilities;
         caps.agent_version = self.version.clone();
         caps.region = self.settings.region.clone().unwrap_or_default();
         self.caps = Some(caps.clone());
@@ -447,7 +470,7 @@ impl Agent {
         if !self.settings.dht {
             return;
         }
-        let dht = match crate::dht::start(&self.settings, self.creds.as_ref()).await {
+        let dht = match crate::dht::start(&self.settings, self.creds.clone()).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "no DHT node; carrying on through the coordinator");
@@ -523,15 +546,15 @@ impl Agent {
 
     /// Registers, retrying with backoff and jitter; `None` when told to quit meanwhile.
     async fn join(&mut self, failover: bool) -> Option<Joined> {
-        let mut backoff = Duration::from_millis(250);
-        let caps = self.capabilities();
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+        let caps = self.capabilities().await;
         loop {
             let req = self.register_request(&caps);
             for entry in self.entries(failover).await {
                 match self.client.register(&entry, &req).await {
                     Ok(r) => {
                         let seeds = r.dht_seeds.clone();
-                        let j = self.joined(r);
+                        let j = self.joined(r).await;
                         self.join_dht_via(&seeds).await;
                         return Some(j);
                     }
@@ -547,8 +570,8 @@ impl Agent {
                     }
                 }
             }
-            let wait = backoff + jitter(backoff.as_millis() as u64 / 2);
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            let wait = backoff.fail();
+            let wait = wait + jitter(wait.as_millis() as u64 / 2);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 c = self.rx.recv() => match c {
@@ -626,13 +649,14 @@ impl Agent {
         }
     }
 
-    fn joined(&mut self, r: RegisterResponse) -> Joined {
+    async fn joined(&mut self, r: RegisterResponse) -> Joined {
         let creds = Credentials {
             worker_id: r.worker_id.to_string(),
             worker_token: r.worker_token.clone(),
             coordinator_url: r.coordinator_url.clone(),
         };
-        if let Err(e) = self.creds.save(&creds) {
+        let (store, saved) = (self.creds.clone(), creds.clone());
+        if let Err(e) = crate::blocking(move || store.save(&saved)).await {
             tracing::error!(error = %e, "cannot keep the credentials; they last until this agent stops");
         }
         self.session.send_modify(|s| {
@@ -652,9 +676,19 @@ impl Agent {
         }
     }
 
-    fn heartbeat_request(&self, j: &Joined, sampler: &mut LoadSampler) -> (HeartbeatRequest, bool) {
-        let load = sampler.sample();
-        let gpus = self.probe.read().unwrap_or_default();
+    /// The next heartbeat, and whether a GPU is too hot. The samples (sysinfo, NVML) are read off the async threads.
+    async fn heartbeat_request(
+        &self,
+        j: &Joined,
+        sampler: &mut Option<LoadSampler>,
+    ) -> (HeartbeatRequest, bool) {
+        let (mut taken, probe) = (sampler.take().unwrap_or_default(), self.probe.clone());
+        let (taken, load, gpus) = crate::blocking(move || {
+            let load = taken.sample();
+            (taken, load, probe.read().unwrap_or_default())
+        })
+        .await;
+        *sampler = Some(taken);
         let hot = gpus
             .iter()
             .any(|g| g.temperature_c > self.settings.max_gpu_temp_c);
@@ -684,8 +718,8 @@ impl Agent {
     }
 
     /// Heartbeats until something ends this session.
-    async fn donate(&mut self, mut j: Joined) -> anyhow::Result<Next> {
-        let mut sampler = LoadSampler::new();
+    async fn donate(&mut self, mut j: Joined) -> Next {
+        let mut sampler = Some(LoadSampler::new());
         let probe_every = Duration::from_millis(self.settings.probe_interval_ms);
         let mut next_beat = Instant::now();
         let mut next_probe = Instant::now() + probe_every;
@@ -712,7 +746,7 @@ impl Agent {
             }
             if now >= next_beat {
                 self.update_hold().await;
-                let (hb, hot) = self.heartbeat_request(&j, &mut sampler);
+                let (hb, hot) = self.heartbeat_request(&j, &mut sampler).await;
                 match self
                     .client
                     .heartbeat(&j.creds.coordinator_url, &j.creds.worker_token, &hb)
@@ -748,14 +782,14 @@ impl Agent {
                             status,
                             "the coordinator no longer knows this worker; registering again"
                         );
-                        let _ = self.creds.clear();
-                        return Ok(Next::Rejoin { via_entry: false });
+                        self.forget_credentials().await;
+                        return Next::Rejoin { via_entry: false };
                     }
                     Err(e) => {
                         beat_failures += 1;
                         tracing::warn!(error = %e, "heartbeat failed");
                         if beat_failures >= 2 {
-                            return Ok(Next::Rejoin { via_entry: true });
+                            return Next::Rejoin { via_entry: true };
                         }
                     }
                 }
@@ -774,7 +808,7 @@ impl Agent {
                     if probe_failures >= 2 {
                         tracing::warn!("coordinator gone; failing over through the edge");
                         tokio::time::sleep(jitter(500)).await;
-                        return Ok(Next::Rejoin { via_entry: true });
+                        return Next::Rejoin { via_entry: true };
                     }
                 }
                 // Probe faster while in doubt.
@@ -808,15 +842,15 @@ impl Agent {
                         self.set(self.active_state());
                         next_beat = Instant::now();
                     }
-                    Some(Command::Quit) | None => { self.stop(Some(&j), false).await?; return Ok(Next::End(Ended::Quit)); }
-                    Some(Command::Handover) => { self.stop(Some(&j), true).await?; return Ok(Next::End(Ended::Handover)); }
+                    Some(Command::Quit) | None => { self.stop(Some(&j), false).await; return Next::End(Ended::Quit); }
+                    Some(Command::Handover) => { self.stop(Some(&j), true).await; return Next::End(Ended::Handover); }
                 },
             }
         }
     }
 
     /// Starts the gateway and the tunnel in front of it.
-    async fn open_gateway(&mut self) -> anyhow::Result<()> {
+    async fn open_gateway(&mut self) -> Result<(), AgentError> {
         let g = Gateway::start(self.settings.gateway_listen).await?;
         let mode = match self.settings.tunnel {
             TunnelKind::Quick => Mode::Quick {
@@ -825,7 +859,7 @@ impl Agent {
             },
             TunnelKind::Named => Mode::Named {
                 program: self.settings.cloudflared.clone(),
-                token: crate::credentials::tunnel_token()?,
+                token: crate::blocking(crate::credentials::tunnel_token).await?,
                 url: self.settings.tunnel_hostname.clone().unwrap_or_default(),
             },
             TunnelKind::None => {
@@ -951,7 +985,7 @@ impl Agent {
 
     /// Leaves cleanly: stops its tunnel, removes its containers, unregisters, forgets the credentials, reports Stopped.
     /// A `handover` stops the containers instead, for the next process to adopt, and stays registered.
-    async fn stop(&mut self, j: Option<&Joined>, handover: bool) -> anyhow::Result<()> {
+    async fn stop(&mut self, j: Option<&Joined>, handover: bool) {
         if let Some(d) = self.dht.get() {
             d.withdraw().await;
             d.shutdown().await;
@@ -982,11 +1016,16 @@ impl Agent {
                     tracing::warn!(error = %e, "could not unregister; the coordinator will mark this worker stale")
                 }
             }
-            if let Err(e) = self.creds.clear() {
-                tracing::warn!(error = %e, "could not forget the credentials");
-            }
+            self.forget_credentials().await;
         }
         self.set(State::Stopped);
-        Ok(())
+    }
+
+    /// Forgets the worker's credentials (the keyring, off the async threads).
+    async fn forget_credentials(&self) {
+        let store = self.creds.clone();
+        if let Err(e) = crate::blocking(move || store.clear()).await {
+            tracing::warn!(error = %e, "could not forget the credentials");
+        }
     }
 }

@@ -19,8 +19,12 @@ use bollard::query_parameters::{
     StopContainerOptions,
 };
 use commons_shared::api::{ContainerAssignment, ContainerState, ContainerStatus};
+use commons_shared::backoff::Backoff;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+
+/// How long a crashed container waits before it is started again.
+const RESTART_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
 /// Label: who owns the container.
 pub const LABEL_OWNER: &str = "org.commons.owner";
@@ -492,7 +496,7 @@ impl Engine {
                         .restarts
                         .get(&a.service)
                         .unwrap_or(&(0, Instant::now() - Duration::from_secs(3600)));
-                    let wait = Duration::from_secs(1u64 << n.min(6)).min(Duration::from_secs(60));
+                    let wait = RESTART_BACKOFF.after(n);
                     if at.elapsed() >= wait {
                         self.docker.start_container(&c.id, None).await?;
                         self.restarts

@@ -59,31 +59,71 @@ impl Drop for ControlServer {
     }
 }
 
+/// The control socket cannot be served or called.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// Another agent answers on the socket.
+    #[error("an agent is already running (its control socket {} answers)", .0.display())]
+    AlreadyRunning(PathBuf),
+    /// The socket cannot be made.
+    #[error("cannot open the control socket {}: {source}", path.display())]
+    Socket {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No agent answers.
+    #[error("no agent is running (cannot open its control socket {}: {source}); start one with `commons-agent run`", path.display())]
+    NotRunning {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The call failed on the way.
+    #[error("the agent did not answer: {0}")]
+    Call(#[from] hyper::Error),
+    /// The request could not be made.
+    #[error("bad control request: {0}")]
+    Request(#[from] axum::http::Error),
+    /// The answer is not JSON.
+    #[error("the agent's answer is not JSON: {0}")]
+    Answer(#[from] serde_json::Error),
+}
+
 /// Serves the control API at `path`.
 pub async fn serve(
     path: &Path,
     state: watch::Receiver<State>,
     session: watch::Receiver<Session>,
     commands: mpsc::Sender<Command>,
-) -> anyhow::Result<ControlServer> {
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
-            anyhow::bail!(
-                "an agent is already running (its control socket {} answers)",
-                path.display()
-            );
+) -> Result<ControlServer, ControlError> {
+    if path.exists() && UnixStream::connect(path).await.is_ok() {
+        return Err(ControlError::AlreadyRunning(path.to_owned()));
+    }
+    let socket = || -> std::io::Result<UnixListener> {
+        if path.exists() {
+            std::fs::remove_file(path)?;
         }
-        std::fs::remove_file(path)?;
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let listener = UnixListener::bind(path)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(listener)
+    };
+    let listener = socket().map_err(|source| ControlError::Socket {
+        path: path.to_owned(),
+        source,
+    })?;
     let app = Router::new()
         .route("/status", get(status))
         .route("/pause", post(pause))
@@ -104,10 +144,13 @@ pub async fn serve(
 }
 
 /// Calls the running agent: `GET /status` or `POST /pause|/resume|/quit`.
-pub async fn call(path: &Path, method: &str, route: &str) -> anyhow::Result<Value> {
-    let stream = UnixStream::connect(path).await.map_err(|e| {
-        anyhow::anyhow!("no agent is running (cannot open its control socket {}: {e}); start one with `commons-agent run`", path.display())
-    })?;
+pub async fn call(path: &Path, method: &str, route: &str) -> Result<Value, ControlError> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ControlError::NotRunning {
+            path: path.to_owned(),
+            source,
+        })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let req = hyper::Request::builder()

@@ -6,23 +6,58 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use commons_dht::{Config, Dht, Found, Multiaddr, Role};
+use std::sync::Arc;
+
+use commons_dht::{Config, Dht, DhtError, Found, Multiaddr, Role};
 use commons_shared::dht::{CoordinatorRecord, WorkerRecord};
 
-use crate::client::Client;
-use crate::credentials::CredentialStore;
+use crate::client::{CallError, Client};
+use crate::credentials::{CredentialError, CredentialStore};
 use crate::settings::Settings;
 
-/// Starts the agent's DHT node with its kept identity.
-pub async fn start(settings: &Settings, creds: &dyn CredentialStore) -> anyhow::Result<Dht> {
-    let key = commons_dht::decode_keypair(&crate::credentials::dht_identity(creds)?)?;
-    start_with(settings, key).await
+/// The agent's DHT node could not start or join.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DhtStartError {
+    /// Its identity cannot be read from or kept in the keyring.
+    #[error("the DHT identity: {0}")]
+    Identity(#[from] CredentialError),
+    /// `dht_listen` is not a multiaddr.
+    #[error("dht_listen {0:?} is not a multiaddr: {1}")]
+    Listen(String, #[source] <Multiaddr as std::str::FromStr>::Err),
+    /// The node failed.
+    #[error(transparent)]
+    Node(#[from] DhtError),
+    /// The edge could not be asked for seeds.
+    #[error("cannot ask the edge for DHT seeds: {0}")]
+    Edge(#[from] CallError),
+    /// The edge lists none yet.
+    #[error("the edge lists no DHT seeds yet")]
+    NoSeeds,
+}
+
+/// Starts the agent's DHT node with its kept identity (read from the keyring off the async threads).
+pub async fn start(
+    settings: &Settings,
+    creds: Arc<dyn CredentialStore>,
+) -> Result<Dht, DhtStartError> {
+    let identity =
+        crate::blocking(move || crate::credentials::dht_identity(creds.as_ref())).await?;
+    start_with(settings, commons_dht::decode_keypair(&identity)?).await
 }
 
 /// Starts a DHT node with the given identity (a throwaway one for a one-off lookup).
-pub async fn start_with(settings: &Settings, key: commons_dht::Keypair) -> anyhow::Result<Dht> {
+pub async fn start_with(
+    settings: &Settings,
+    key: commons_dht::Keypair,
+) -> Result<Dht, DhtStartError> {
     let mut config = Config::new(key, Role::Agent);
-    config.listen = vec![settings.dht_listen.parse()?];
+    config.listen = vec![
+        settings
+            .dht_listen
+            .parse()
+            .map_err(|e| DhtStartError::Listen(settings.dht_listen.clone(), e))?,
+    ];
     config.server = settings.dht_server;
     config.refresh = Duration::from_secs(settings.dht_refresh_secs);
     Ok(Dht::start(config).await?)
@@ -54,7 +89,11 @@ pub fn cache_seeds(path: &Path, seeds: &[Multiaddr]) {
 
 /// Joins the DHT: cached and configured seeds first (no edge request), else the edge's list. Waits a random
 /// time up to `dht_stagger_ms` first. Caches what worked.
-pub async fn join(dht: &Dht, settings: &Settings, client: &Client) -> anyhow::Result<Duration> {
+pub async fn join(
+    dht: &Dht,
+    settings: &Settings,
+    client: &Client,
+) -> Result<Duration, DhtStartError> {
     let cache = settings.seed_cache_path();
     let mut seeds = cached_seeds(&cache);
     seeds.extend(commons_dht::parse_addrs(&settings.dht_seeds));
@@ -72,7 +111,7 @@ pub async fn join(dht: &Dht, settings: &Settings, client: &Client) -> anyhow::Re
     }
     let fresh = commons_dht::bootstrap_addrs(&client.bootstrap(&settings.edge_url).await?);
     if fresh.is_empty() {
-        anyhow::bail!("the edge lists no DHT seeds yet");
+        return Err(DhtStartError::NoSeeds);
     }
     let took = dht.bootstrap(&fresh).await?;
     cache_seeds(&cache, &fresh);

@@ -15,9 +15,9 @@ use axum::routing::any;
 use commons_server::error::ApiError;
 use commons_server::extract::ClientIp;
 use commons_server::forward::{self, Target};
+use commons_server::serve::ServeError;
 use commons_server::stats::RequestStats;
 use parking_lot::RwLock;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// Counters and the service → port map, shared with the agent.
@@ -110,7 +110,7 @@ impl Drop for Gateway {
 
 impl Gateway {
     /// Starts listening on `listen`.
-    pub async fn start(listen: SocketAddr) -> anyhow::Result<Self> {
+    pub async fn start(listen: SocketAddr) -> Result<Self, ServeError> {
         let routes = Arc::new(Routes::default());
         let app = commons_server::finish(
             Router::new()
@@ -118,9 +118,7 @@ impl Gateway {
                 .route("/{service}/{*path}", any(to_service))
                 .with_state(routes.clone()),
         );
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("the gateway cannot listen on {listen}: {e}"))?;
+        let listener = commons_server::serve::listen(listen).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             let _ = axum::serve(

@@ -26,3 +26,14 @@ pub mod schedule;
 pub mod settings;
 pub mod tunnel;
 pub mod update;
+
+/// Runs a blocking call (the keyring's D-Bus, NVML, sysinfo) on tokio's blocking threads, so that it never stalls
+/// the async ones; a panic in it is the caller's.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: the runtime is shutting down, and this task with it.
+        Err(_) => std::future::pending().await,
+    }
+}

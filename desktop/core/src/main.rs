@@ -196,7 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let probe: Arc<dyn hardware::GpuProbe> = Arc::from(hardware::default_probe());
             if let Some(report) = std::env::var_os(update::TRIAL_ENV) {
-                return update::trial(s, creds, probe, VERSION, &PathBuf::from(report)).await;
+                return Ok(update::trial(s, creds, probe, VERSION, &PathBuf::from(report)).await?);
             }
             if let Some(from) = std::env::var_os(update::UPDATED_FROM_ENV) {
                 tracing::warn!(from = %from.to_string_lossy(), to = %VERSION, "updated");

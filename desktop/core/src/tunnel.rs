@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use commons_shared::backoff::Backoff;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -114,15 +115,14 @@ impl Tunnel {
             ),
         };
         let task = tokio::spawn(async move {
-            let mut backoff = Duration::from_secs(1);
+            let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
             loop {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 let mut child = match spawn(&program, &args) {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(program = %program.display(), error = %e, "cannot start cloudflared");
-                        tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = stop_requested(&mut stopped) => return }
-                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                        tokio::select! { _ = tokio::time::sleep(backoff.fail()) => {}, _ = stop_requested(&mut stopped) => return }
                         continue;
                     }
                 };
@@ -171,10 +171,9 @@ impl Tunnel {
                 url_tx.send_replace(None);
                 tracing::warn!(status = ?exited, "cloudflared exited; restarting");
                 if started.elapsed() > Duration::from_secs(60) {
-                    backoff = Duration::from_secs(1);
+                    backoff.reset();
                 }
-                tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = stop_requested(&mut stopped) => return }
-                backoff = (backoff * 2).min(Duration::from_secs(60));
+                tokio::select! { _ = tokio::time::sleep(backoff.fail()) => {}, _ = stop_requested(&mut stopped) => return }
             }
         });
         Self {

@@ -542,7 +542,7 @@ pub async fn trial(
     probe: std::sync::Arc<dyn crate::hardware::GpuProbe>,
     version: &str,
     report: &Path,
-) -> anyhow::Result<()> {
+) -> Result<(), TrialError> {
     use crate::agent::{self, Command, State};
     s.containers = false;
     s.dht = false;
@@ -559,18 +559,42 @@ pub async fn trial(
         })
         .await;
     if let Some(State::Error(e)) = state {
-        anyhow::bail!("the trial run failed: {e}");
+        return Err(TrialError::Failed(e));
     }
     let worker_id = handle.session.borrow().worker_id.clone();
-    std::fs::write(
-        report,
-        serde_json::to_vec(&TrialReport {
-            version: version.into(),
-            worker_id,
-        })?,
-    )?;
+    let body = serde_json::to_vec(&TrialReport {
+        version: version.into(),
+        worker_id,
+    })
+    .map_err(std::io::Error::other);
+    body.and_then(|b| std::fs::write(report, b))
+        .map_err(|source| TrialError::Report {
+            path: report.to_owned(),
+            source,
+        })?;
     handle.send(Command::Handover).await;
-    handle.join().await
+    Ok(handle.join().await?)
+}
+
+/// Why a trial run failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrialError {
+    /// The agent stopped with this error before the coordinator heard it.
+    #[error("the trial run failed: {0}")]
+    Failed(String),
+    /// The report cannot be written.
+    #[error("cannot write the trial report {path}: {source}")]
+    Report {
+        /// The report.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The agent failed.
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
 }
 
 /// Replaces this process with `exe` run with `args`: the new version after an update, or the old one again after a

@@ -42,6 +42,5 @@ pub fn encode_keypair(key: &Keypair) -> Vec<u8> {
 
 /// Reads an identity kept by [`encode_keypair`].
 pub fn decode_keypair(bytes: &[u8]) -> Result<Keypair, DhtError> {
-    Keypair::from_protobuf_encoding(bytes)
-        .map_err(|e| DhtError::Start(format!("the kept DHT identity is unreadable: {e}")))
+    Keypair::from_protobuf_encoding(bytes).map_err(DhtError::Identity)
 }

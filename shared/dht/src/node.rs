@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use commons_shared::backoff::Backoff;
 use commons_shared::dht::{
     CoordinatorRecord, NodeRole, RecordBody, RecordPayload, SERVICE_SHARDS, WorkerRecord,
     coordinator_key, provider_key_allowed, service_key, worker_key,
@@ -99,18 +100,45 @@ impl Config {
 /// Why the DHT could not do something.
 #[derive(Debug, thiserror::Error)]
 pub enum DhtError {
-    /// The node could not start.
+    /// The kept identity cannot be read.
+    #[error("the kept DHT identity is unreadable: {0}")]
+    Identity(#[source] libp2p::identity::DecodingError),
+    /// An address cannot be listened on.
+    #[error("the DHT node cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        #[source]
+        source: libp2p::TransportError<std::io::Error>,
+    },
+    /// A listener failed while starting.
+    #[error("the DHT node's listener failed: {0}")]
+    Listener(#[source] std::io::Error),
+    /// No listener came up in time.
+    #[error("the DHT node could not start: no listen address within 5 s")]
+    NoListenAddress,
+    /// The transport or the behaviour could not be built.
     #[error("the DHT node could not start: {0}")]
-    Start(String),
-    /// Bootstrap found nobody.
+    Build(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// No seed but this node.
+    #[error("no DHT seed answered (no seed other than this node)")]
+    NoSeeds,
+    /// The bootstrap query failed.
     #[error("no DHT seed answered ({0})")]
-    Bootstrap(String),
+    Bootstrap(#[source] kad::BootstrapError),
+    /// The bootstrap went through but found nobody.
+    #[error("no DHT seed answered (the routing table stayed empty)")]
+    EmptyRoutingTable,
+    /// No peer is known to bootstrap from.
+    #[error("no DHT seed answered ({0})")]
+    NoKnownPeers(#[source] kad::NoKnownPeers),
     /// A seed's address lacks its `/p2p/<peer id>`.
     #[error("seed address {0} has no /p2p/<peer id>")]
     SeedWithoutPeer(Multiaddr),
     /// Publishing failed locally.
     #[error("could not publish: {0}")]
-    Publish(String),
+    Publish(#[source] kad::store::Error),
     /// The node's task has stopped.
     #[error("the DHT node has stopped")]
     Stopped,
@@ -213,7 +241,10 @@ impl Dht {
         for a in &config.listen {
             let id = swarm
                 .listen_on(a.clone())
-                .map_err(|e| DhtError::Start(format!("cannot listen on {a}: {e}")))?;
+                .map_err(|source| DhtError::Listen {
+                    addr: a.clone(),
+                    source,
+                })?;
             pending_listeners.insert(id);
         }
         for a in &config.external {
@@ -256,19 +287,20 @@ impl Dht {
         while !pending_listeners.is_empty() {
             tokio::select! {
                 ev = node.swarm.select_next_some() => {
-                    match &ev {
-                        SwarmEvent::NewListenAddr { listener_id, .. } => {
-                            pending_listeners.remove(listener_id);
-                        }
+                    match ev {
                         SwarmEvent::ListenerError { error, .. }
                         | SwarmEvent::ListenerClosed { reason: Err(error), .. } => {
-                            return Err(DhtError::Start(error.to_string()));
+                            return Err(DhtError::Listener(error));
                         }
-                        _ => {}
+                        ev => {
+                            if let SwarmEvent::NewListenAddr { listener_id, .. } = &ev {
+                                pending_listeners.remove(listener_id);
+                            }
+                            node.on_event(ev);
+                        }
                     }
-                    node.on_event(ev);
                 }
-                _ = &mut deadline => return Err(DhtError::Start("no listen address within 5 s".into())),
+                _ = &mut deadline => return Err(DhtError::NoListenAddress),
             }
         }
         tokio::spawn(node.run());
@@ -318,7 +350,7 @@ impl Dht {
             }
         }
         if list.is_empty() {
-            return Err(DhtError::Bootstrap("no seed other than this node".into()));
+            return Err(DhtError::NoSeeds);
         }
         self.ask(|reply| Cmd::Bootstrap { seeds: list, reply })
             .await?
@@ -497,7 +529,7 @@ fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, DhtError> {
             noise::Config::new,
             yamux::Config::default,
         )
-        .map_err(|e| DhtError::Start(e.to_string()))?
+        .map_err(|e| DhtError::Build(Box::new(e)))?
         .with_behaviour(|key| {
             let peer = key.public().to_peer_id();
             let mut kc = kad::Config::new(KAD_PROTOCOL);
@@ -537,7 +569,7 @@ fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, DhtError> {
                 ping: ping::Behaviour::default(),
             }
         })
-        .map_err(|e| DhtError::Start(e.to_string()))?
+        .map_err(|e| DhtError::Build(Box::new(e)))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
         .build();
     Ok(swarm)
@@ -615,10 +647,12 @@ struct Retry {
 impl Retry {
     fn schedule(&mut self, refresh: Duration) {
         if self.due.is_none() {
-            let backoff = Duration::from_secs(1)
-                .saturating_mul(1 << self.attempts.min(6))
-                .min(refresh / 4)
-                .max(Duration::from_millis(100));
+            let backoff = Backoff::new(
+                Duration::from_secs(1),
+                (refresh / 4).min(Duration::from_secs(64)),
+            )
+            .after(self.attempts)
+            .max(Duration::from_millis(100));
             self.attempts += 1;
             self.due = Some(tokio::time::Instant::now() + backoff);
         }
@@ -678,7 +712,7 @@ impl Node {
                         );
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(DhtError::Bootstrap(e.to_string())));
+                        let _ = reply.send(Err(DhtError::NoKnownPeers(e)));
                     }
                 }
             }
@@ -693,7 +727,7 @@ impl Node {
                     if !self.provided.contains(key)
                         && let Err(e) = self.announce(key)
                     {
-                        let _ = reply.send(Err(DhtError::Publish(format!("{e:?}"))));
+                        let _ = reply.send(Err(DhtError::Publish(e)));
                         return;
                     }
                 }
@@ -782,7 +816,7 @@ impl Node {
         let id = self
             .kad()
             .put_record(rec, Quorum::One)
-            .map_err(|e| DhtError::Publish(format!("{e:?}")))?;
+            .map_err(DhtError::Publish)?;
         self.own_put = Some(id);
         self.retry.record = false;
         Ok(())
@@ -1093,10 +1127,10 @@ impl Node {
                     self.bootstrap_ms = Some(took.as_millis() as u64);
                     let _ = reply.send(Ok(took));
                 } else {
-                    let _ = reply.send(Err(DhtError::Bootstrap(match r {
-                        Err(e) => e.to_string(),
-                        Ok(_) => "the routing table stayed empty".into(),
-                    })));
+                    let _ = reply.send(Err(match r {
+                        Err(e) => DhtError::Bootstrap(e),
+                        Ok(_) => DhtError::EmptyRoutingTable,
+                    }));
                 }
             }
             (Pending::Get { key, reply }, kad::QueryResult::GetRecord(r)) => match r {
