@@ -319,15 +319,9 @@ impl Donor {
         }
         let deadline =
             Duration::from_secs(self.settings().unwrap_or_default().update_deadline_secs);
-        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        let from = u.build().version.clone();
-        let updated = u.install(staged, &args, deadline).await.is_ok();
-        let restart = commons_agent::update::Restart {
-            updated_from: updated.then_some(from.as_str()),
-            paused,
-            donating,
-        };
-        let e = commons_agent::update::exec(u.exe(), &args, restart);
+        let e = u
+            .install_and_restart(staged, deadline, paused, donating)
+            .await;
         Err(AppError::Update(format!("cannot restart Commons: {e}")))
     }
 

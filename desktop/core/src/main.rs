@@ -266,17 +266,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // The agent has handed over: install, try the new version, and become it (or the old one again).
             drop(_control);
             let paused = handle_session.borrow().paused;
-            let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-            let from = match u.install(new, &args, deadline).await {
-                Ok(()) => Some(VERSION),
-                Err(_) => None,
-            };
-            let restart = update::Restart {
-                updated_from: from,
-                paused,
-                donating: true,
-            };
-            Err(update::exec(u.exe(), &args, restart).into())
+            Err(u.install_and_restart(new, deadline, paused, true).await.into())
         }
     }
 }

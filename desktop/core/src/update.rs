@@ -447,6 +447,32 @@ impl Updater {
         PathBuf::from(p)
     }
 
+    /// Finishes an update once the agent has handed over: installs `staged` (trial run within `deadline`), then
+    /// replaces this process with the new binary, or with the old one again when the trial failed; this process's
+    /// arguments carry over. Returns only when the restart itself fails.
+    pub async fn install_and_restart(
+        &self,
+        staged: Staged,
+        deadline: Duration,
+        paused: bool,
+        donating: bool,
+    ) -> std::io::Error {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let installed = match self.install(staged, &args, deadline).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "the update did not install; starting the old version again");
+                false
+            }
+        };
+        let restart = Restart {
+            updated_from: installed.then_some(self.build.version.as_str()),
+            paused,
+            donating,
+        };
+        exec(&self.exe, &args, restart)
+    }
+
     /// Swaps in `staged` and runs it as a trial with `args` (the running process's, without the program name).
     /// `Ok` when it proved healthy (the caller then execs the binary); otherwise the old binary is back in place,
     /// the version is marked bad, and the error says why.
