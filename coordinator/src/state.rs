@@ -81,19 +81,6 @@ fn roles_bits(r: Roles) -> u8 {
     u8::from(r.edge) | (u8::from(r.storage) << 1)
 }
 
-fn status_str(s: ReportedStatus) -> &'static str {
-    WorkerStatus::from(s).as_str()
-}
-
-fn parse_reported(s: &str) -> ReportedStatus {
-    match s {
-        "degraded" => ReportedStatus::Degraded,
-        "paused" => ReportedStatus::Paused,
-        "busy" => ReportedStatus::Busy,
-        _ => ReportedStatus::Healthy,
-    }
-}
-
 /// The state could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -507,7 +494,7 @@ impl AppState {
                 rows.push(LiveRow {
                     id: w.id.to_string(),
                     last_heartbeat_ms: live.last_heartbeat_ms,
-                    status: status_str(live.reported).into(),
+                    status: live.reported.as_str().into(),
                     load: live.load,
                     free_memory: live.free_memory.min(i64::MAX as u64) as i64,
                     agent_version: live.agent_version.to_string(),
@@ -674,7 +661,7 @@ fn worker_from_row(
         registered_at_ms: row.registered_at_ms,
         peer_id: row.peer_id.map(Into::into),
         live: parking_lot::Mutex::new(Live {
-            reported: parse_reported(&row.live.status),
+            reported: ReportedStatus::parse(&row.live.status).unwrap_or(ReportedStatus::Healthy),
             load: row.live.load,
             free_memory: row.live.free_memory.max(0) as u64,
             last_seen,

@@ -158,6 +158,21 @@ pub enum ReportedStatus {
     Busy,
 }
 
+impl ReportedStatus {
+    /// All of them.
+    pub const ALL: [ReportedStatus; 4] = [Self::Healthy, Self::Degraded, Self::Paused, Self::Busy];
+
+    /// Lowercase name (as serialised and stored).
+    pub fn as_str(self) -> &'static str {
+        WorkerStatus::from(self).as_str()
+    }
+
+    /// Parses a lowercase name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
 /// A worker's status as the coordinator sees it: what it reported, unless it stopped reporting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -616,4 +631,29 @@ pub struct EnrollmentToken {
     pub label: String,
     /// The token itself; only its hash is kept.
     pub token: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_wire_names_are_pinned() {
+        for s in ReportedStatus::ALL {
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.as_str())
+            );
+            assert_eq!(ReportedStatus::parse(s.as_str()), Some(s));
+        }
+        let names: Vec<_> = ReportedStatus::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names, ["healthy", "degraded", "paused", "busy"]);
+        assert_eq!(ReportedStatus::parse("stale"), None);
+        for s in WorkerStatus::ALL {
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.as_str())
+            );
+        }
+    }
 }

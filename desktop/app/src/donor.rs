@@ -424,9 +424,7 @@ impl Donor {
                     let e = layers.entry(p.layer).or_default();
                     e.0 = e.0.max(p.current);
                     e.1 = e.1.max(p.total);
-                    if p.status.starts_with("Pull complete")
-                        || p.status.starts_with("Already exists")
-                    {
+                    if p.done {
                         e.0 = e.1;
                     }
                 }

@@ -113,8 +113,10 @@ pub struct Progress {
     pub image: String,
     /// The layer id.
     pub layer: String,
-    /// What the engine says ("Downloading", "Pull complete", ...).
+    /// What the engine says ("Downloading", "Pull complete", ...), to show.
     pub status: String,
+    /// The layer is in place (pulled now, or already there): its bar is full.
+    pub done: bool,
     /// Bytes so far.
     pub current: u64,
     /// Bytes in all (0 when unknown).
@@ -225,11 +227,17 @@ impl Engine {
             let info = item?;
             if let (Some(tx), Some(layer)) = (progress, info.id.clone()) {
                 let d = info.progress_detail.unwrap_or_default();
+                let status = info.status.unwrap_or_default();
+                // The engine says a layer is in place only in its status text; this is the one place that reads it.
+                let done = ["Pull complete", "Already exists"]
+                    .iter()
+                    .any(|s| status.starts_with(s));
                 // Never wait for a slow reader: a full channel drops the event.
                 let _ = tx.try_send(Progress {
                     image: image.into(),
                     layer,
-                    status: info.status.unwrap_or_default(),
+                    status,
+                    done,
                     current: d.current.unwrap_or(0).max(0) as u64,
                     total: d.total.unwrap_or(0).max(0) as u64,
                 });

@@ -266,7 +266,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // The agent has handed over: install, try the new version, and become it (or the old one again).
             drop(_control);
             let paused = handle_session.borrow().paused;
-            Err(u.install_and_restart(new, deadline, paused, true).await.into())
+            Err(u
+                .install_and_restart(new, deadline, paused, true)
+                .await
+                .into())
         }
     }
 }
@@ -333,8 +336,8 @@ async fn pull_bars(mut rx: tokio::sync::mpsc::Receiver<commons_agent::containers
             bar.set_length(p.total);
             bar.set_position(p.current.min(p.total));
         }
-        bar.set_message(p.status.clone());
-        if p.status.starts_with("Pull complete") || p.status.starts_with("Already exists") {
+        bar.set_message(p.status);
+        if p.done {
             bar.finish();
         }
     }
