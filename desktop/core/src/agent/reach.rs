@@ -1,0 +1,86 @@
+//! How the coordinator reaches this worker: the local gateway in front of the containers, and the tunnel (or the
+//! configured endpoint) in front of the gateway.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::AgentError;
+use crate::gateway::Gateway;
+use crate::settings::{Settings, TunnelKind};
+use crate::tunnel::{Mode, Tunnel};
+
+/// The gateway, the tunnel, and the endpoint the coordinator has.
+#[derive(Default)]
+pub(super) struct Reach {
+    gateway: Option<Gateway>,
+    tunnel: Option<Tunnel>,
+    /// The endpoint the coordinator was last told (at registration or in a heartbeat).
+    reported: Option<String>,
+}
+
+impl Reach {
+    /// Starts the gateway and the tunnel in front of it.
+    pub(super) async fn open(settings: &Settings) -> Result<Self, AgentError> {
+        let g = Gateway::start(settings.gateway_listen).await?;
+        let mode = match settings.tunnel {
+            TunnelKind::Quick => Mode::Quick {
+                program: settings.cloudflared.clone(),
+                to: g.url(),
+            },
+            TunnelKind::Named => Mode::Named {
+                program: settings.cloudflared.clone(),
+                token: crate::blocking(crate::credentials::tunnel_token).await?,
+                url: settings.tunnel_hostname.clone().unwrap_or_default(),
+            },
+            TunnelKind::None => Mode::None(settings.endpoint.clone().unwrap_or_else(|| g.url())),
+        };
+        let mut tunnel = Tunnel::start(mode);
+        // A quick tunnel needs a moment for its address; register without one rather than wait forever.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(30),
+            tunnel.url.wait_for(Option::is_some),
+        )
+        .await;
+        Ok(Self {
+            gateway: Some(g),
+            tunnel: Some(tunnel),
+            reported: None,
+        })
+    }
+
+    /// Where the coordinator reaches this worker now.
+    pub(super) fn endpoint(&self) -> Option<String> {
+        self.tunnel.as_ref().and_then(|t| t.url.borrow().clone())
+    }
+
+    /// The endpoint when the coordinator does not have it yet (for the next heartbeat).
+    pub(super) fn unreported(&self) -> Option<String> {
+        self.endpoint()
+            .filter(|e| Some(e) != self.reported.as_ref())
+    }
+
+    /// The coordinator has this endpoint now.
+    pub(super) fn reported(&mut self, endpoint: Option<String>) {
+        self.reported = endpoint;
+    }
+
+    /// The share of the gateway's capacity busy with requests.
+    pub(super) fn busy(&self) -> f64 {
+        self.gateway.as_ref().map_or(0.0, |g| g.routes.load())
+    }
+
+    /// Routes the gateway to these services' host ports.
+    pub(super) fn set_routes(&self, routes: HashMap<String, u16>) {
+        if let Some(g) = &self.gateway {
+            g.routes.set(routes);
+        }
+    }
+
+    /// Stops the tunnel and the gateway.
+    pub(super) async fn close(&mut self) {
+        if let Some(t) = self.tunnel.take() {
+            t.stop().await;
+        }
+        self.gateway = None;
+    }
+}
