@@ -87,77 +87,18 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut s = settings(&cli)?;
+    let s = settings(&cli)?;
     match cli.command {
-        Cmd::Detect { json } => {
-            let d = hardware::detect(hardware::default_probe().as_ref());
-            if json {
-                println!("{}", serde_json::to_string_pretty(&d.capabilities)?);
-            } else {
-                print!("{}", hardware::table(&d));
-            }
-            Ok(())
-        }
-        Cmd::KeyringCheck => {
-            use commons_agent::credentials::Credentials;
-            let store = KeyringStore::named(
-                "commons-agent-check",
-                &format!("check-{}", std::process::id()),
-            );
-            let backend = store.backend();
-            let probe = Credentials {
-                worker_id: "check".into(),
-                worker_token: "check".into(),
-                coordinator_url: "http://127.0.0.1:1".into(),
-            };
-            store.save(&probe)?;
-            anyhow::ensure!(
-                store.load()? == Some(probe),
-                "the keyring returned something else than was stored"
-            );
-            store.clear()?;
-            println!("keyring ok: {backend:?}");
-            Ok(())
-        }
+        Cmd::Detect { json } => detect(json),
+        Cmd::KeyringCheck => keyring_check(),
         Cmd::Find {
             service,
             coordinator,
             no_dht,
-        } => {
-            if !commons_shared::catalogue::is_service_name(&service) {
-                anyhow::bail!(
-                    "{service:?} is not a service name (1 to 32 lowercase letters, digits or -)"
-                );
-            }
-            let fallback = coordinator.unwrap_or_else(|| s.entry_url().to_owned());
-            // A short-lived lookup: a client node, no stagger.
-            s.dht_server = false;
-            s.dht_stagger_ms = 0;
-            s.dht_listen = "/ip4/0.0.0.0/tcp/0".into();
-            let dht = if no_dht || !s.dht {
-                None
-            } else {
-                let d = commons_agent::dht::start_with(&s, commons_dht::generate_keypair()).await?;
-                match commons_agent::dht::join(&d, &s, &commons_agent::client::Client::new()).await
-                {
-                    Ok(_) => Some(d),
-                    Err(e) => {
-                        eprintln!("not using the DHT: {e}");
-                        None
-                    }
-                }
-            };
-            let route = commons_agent::dht::find_worker(dht.as_ref(), &fallback, &service).await;
-            println!("{}", serde_json::to_string_pretty(&route)?);
-            Ok(())
-        }
+        } => find(s, &service, coordinator, no_dht).await,
         Cmd::Status => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &control::call(&s.control_socket(), "GET", "/status").await?
-                )?
-            );
+            let status = control::call(&s.control_socket(), "GET", "/status").await?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())
         }
         Cmd::Pause | Cmd::Resume | Cmd::Quit => {
@@ -175,6 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             coordinator,
             enrollment_token,
         } => {
+            let mut s = s;
             if let Some(e) = edge {
                 s.edge_url = e;
             }
@@ -185,93 +127,161 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 s.enrollment_token = enrollment_token;
             }
             s.validate()?;
-            let creds: Arc<dyn CredentialStore> = match &cli.credentials_file {
-                Some(p) => Arc::new(FileStore::new(p)),
-                None => {
-                    let k = KeyringStore::new();
-                    // Fail now, with what to do, rather than after joining.
-                    k.load()?;
-                    Arc::new(k)
-                }
-            };
-            let probe: Arc<dyn hardware::GpuProbe> = Arc::from(hardware::default_probe());
-            if let Some(report) = std::env::var_os(update::TRIAL_ENV) {
-                return Ok(update::trial(s, creds, probe, VERSION, &PathBuf::from(report)).await?);
-            }
-            if let Some(from) = std::env::var_os(update::UPDATED_FROM_ENV) {
-                tracing::warn!(from = %from.to_string_lossy(), to = %VERSION, "updated");
-            }
-            let socket = s.control_socket();
-            let updater = update::Updater::from_settings(commons_agent::this_build!("agent"), &s)
-                .map_err(|e| {
-                anyhow::anyhow!("cannot tell where this binary is, to update it: {e}")
-            })?;
-            let (deadline, interval) = (
-                std::time::Duration::from_secs(s.update_deadline_secs),
-                std::time::Duration::from_secs(s.update_interval_secs),
-            );
-            let options = agent::Options {
-                version: VERSION.into(),
-                paused: update::start_paused(),
-            };
-            let mut handle = agent::start_with(s, creds, probe, options);
-            if let Some(rx) = handle.take_progress() {
-                tokio::spawn(pull_bars(rx));
-            }
-            let _control = control::serve(
-                &socket,
-                handle.state.clone(),
-                handle.session.clone(),
-                handle.commands(),
-            )
-            .await?;
-            println!("commons-agent running; control socket {}", socket.display());
-            let commands = handle.commands();
-            tokio::spawn(async move {
-                commons_server::shutdown_signal().await;
-                let _ = commands.send(Command::Quit).await;
-            });
-            let staged = Arc::new(parking_lot::Mutex::new(None));
-            if let Some(u) = updater.clone() {
-                tokio::spawn(check_for_updates(
-                    u,
-                    handle.state.clone(),
-                    handle.session.clone(),
-                    handle.commands(),
-                    staged.clone(),
-                    interval,
-                ));
-            }
-            let mut last = State::Stopped;
-            loop {
-                let state = handle.state.borrow().clone();
-                if state != last {
-                    println!("state: {}", serde_json::to_string(&state)?);
-                    last = state.clone();
-                }
-                if state == State::Stopped && handle.session.borrow().registrations > 0 {
-                    break;
-                }
-                if handle.state.changed().await.is_err() {
-                    break;
-                }
-            }
-            let handle_session = handle.session.clone();
-            let ended = handle.finish().await?;
-            let (Some(u), Some(new), agent::Ended::Handover) =
-                (updater, staged.lock().take(), ended)
-            else {
-                return Ok(());
-            };
-            // The agent has handed over: install, try the new version, and become it (or the old one again).
-            drop(_control);
-            let paused = handle_session.borrow().paused;
-            Err(u
-                .install_and_restart(new, deadline, paused, true)
-                .await
-                .into())
+            donate(s, cli.credentials_file.as_deref()).await
         }
     }
+}
+
+/// `detect`: this machine's capabilities.
+fn detect(json: bool) -> anyhow::Result<()> {
+    let d = hardware::detect(hardware::default_probe().as_ref());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d.capabilities)?);
+    } else {
+        print!("{}", hardware::table(&d));
+    }
+    Ok(())
+}
+
+/// `keyring-check`: the OS keyring keeps, returns and forgets a secret.
+fn keyring_check() -> anyhow::Result<()> {
+    use commons_agent::credentials::Credentials;
+    let store = KeyringStore::named(
+        "commons-agent-check",
+        &format!("check-{}", std::process::id()),
+    );
+    let backend = store.backend();
+    let probe = Credentials {
+        worker_id: "check".into(),
+        worker_token: "check".into(),
+        coordinator_url: "http://127.0.0.1:1".into(),
+    };
+    store.save(&probe)?;
+    anyhow::ensure!(
+        store.load()? == Some(probe),
+        "the keyring returned something else than was stored"
+    );
+    store.clear()?;
+    println!("keyring ok: {backend:?}");
+    Ok(())
+}
+
+/// `find`: a worker for `service`, through the DHT (a short-lived client node) or the coordinator.
+async fn find(
+    mut s: Settings,
+    service: &str,
+    coordinator: Option<String>,
+    no_dht: bool,
+) -> anyhow::Result<()> {
+    if !commons_shared::catalogue::is_service_name(service) {
+        anyhow::bail!("{service:?} is not a service name (1 to 32 lowercase letters, digits or -)");
+    }
+    let fallback = coordinator.unwrap_or_else(|| s.entry_url().to_owned());
+    // A short-lived lookup: a client node, no stagger.
+    s.dht_server = false;
+    s.dht_stagger_ms = 0;
+    s.dht_listen = "/ip4/0.0.0.0/tcp/0".into();
+    let dht = if no_dht || !s.dht {
+        None
+    } else {
+        let d = commons_agent::dht::start_with(&s, commons_dht::generate_keypair()).await?;
+        match commons_agent::dht::join(&d, &s, &commons_agent::client::Client::new()).await {
+            Ok(_) => Some(d),
+            Err(e) => {
+                eprintln!("not using the DHT: {e}");
+                None
+            }
+        }
+    };
+    let route = commons_agent::dht::find_worker(dht.as_ref(), &fallback, service).await;
+    println!("{}", serde_json::to_string_pretty(&route)?);
+    Ok(())
+}
+
+/// `run`: joins and donates until stopped; installs an update the agent handed over for.
+async fn donate(s: Settings, credentials_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let creds: Arc<dyn CredentialStore> = match credentials_file {
+        Some(p) => Arc::new(FileStore::new(p)),
+        None => {
+            let k = KeyringStore::new();
+            // Fail now, with what to do, rather than after joining.
+            k.load()?;
+            Arc::new(k)
+        }
+    };
+    let probe: Arc<dyn hardware::GpuProbe> = Arc::from(hardware::default_probe());
+    if let Some(report) = std::env::var_os(update::TRIAL_ENV) {
+        return Ok(update::trial(s, creds, probe, VERSION, &PathBuf::from(report)).await?);
+    }
+    if let Some(from) = std::env::var_os(update::UPDATED_FROM_ENV) {
+        tracing::warn!(from = %from.to_string_lossy(), to = %VERSION, "updated");
+    }
+    let socket = s.control_socket();
+    let updater = update::Updater::from_settings(commons_agent::this_build!("agent"), &s)
+        .map_err(|e| anyhow::anyhow!("cannot tell where this binary is, to update it: {e}"))?;
+    let (deadline, interval) = (
+        std::time::Duration::from_secs(s.update_deadline_secs),
+        std::time::Duration::from_secs(s.update_interval_secs),
+    );
+    let options = agent::Options {
+        version: VERSION.into(),
+        paused: update::start_paused(),
+    };
+    let mut handle = agent::start_with(s, creds, probe, options);
+    if let Some(rx) = handle.take_progress() {
+        tokio::spawn(pull_bars(rx));
+    }
+    let _control = control::serve(
+        &socket,
+        handle.state.clone(),
+        handle.session.clone(),
+        handle.commands(),
+    )
+    .await?;
+    println!("commons-agent running; control socket {}", socket.display());
+    let commands = handle.commands();
+    tokio::spawn(async move {
+        commons_server::shutdown_signal().await;
+        let _ = commands.send(Command::Quit).await;
+    });
+    let staged = Arc::new(parking_lot::Mutex::new(None));
+    if let Some(u) = updater.clone() {
+        tokio::spawn(check_for_updates(
+            u,
+            handle.state.clone(),
+            handle.session.clone(),
+            handle.commands(),
+            staged.clone(),
+            interval,
+        ));
+    }
+    let mut last = State::Stopped;
+    loop {
+        let state = handle.state.borrow().clone();
+        if state != last {
+            println!("state: {}", serde_json::to_string(&state)?);
+            last = state.clone();
+        }
+        if state == State::Stopped && handle.session.borrow().registrations > 0 {
+            break;
+        }
+        if handle.state.changed().await.is_err() {
+            break;
+        }
+    }
+    let handle_session = handle.session.clone();
+    let ended = handle.finish().await?;
+    let (Some(u), Some(new), agent::Ended::Handover) = (updater, staged.lock().take(), ended)
+    else {
+        return Ok(());
+    };
+    // The agent has handed over: install, try the new version, and become it (or the old one again).
+    drop(_control);
+    let paused = handle_session.borrow().paused;
+    Err(u
+        .install_and_restart(new, deadline, paused, true)
+        .await
+        .into())
 }
 
 /// Checks for an update once the agent is heard by its coordinator, then every `interval`; a verified download is
