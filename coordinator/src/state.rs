@@ -11,6 +11,7 @@ use commons_shared::api::{
     RegisterResponse, ReportedStatus, Roles, WorkerStatus,
 };
 use commons_shared::assign::assign;
+use commons_shared::caps::Capabilities;
 use commons_shared::catalogue::Catalogue;
 use commons_shared::tier::{Tier, classify};
 use parking_lot::Mutex;
@@ -271,109 +272,29 @@ impl AppState {
     pub async fn register(&self, new: NewWorker) -> ApiResult<RegisterResponse> {
         self.check_enrollment(new.enrollment_token.as_deref())?;
         let class = classify(&new.capabilities, new.edge_opt_in);
-        let services: Vec<u16> = {
-            let mut coverage = self.coverage.lock();
-            let chosen = assign(
-                &new.capabilities,
-                &self.catalogue,
-                &coverage,
-                &[],
-                self.config.max_services_per_worker,
-                true,
-            );
-            for &i in &chosen {
-                coverage[i] += 1;
-            }
-            chosen.into_iter().map(|i| i as u16).collect()
-        };
-        let mut id_bytes = [0u8; 16];
-        rand::rng().fill_bytes(&mut id_bytes);
-        let id = WorkerId::from_bytes(id_bytes);
+        let services = self.reserve_services(&new.capabilities);
         let token = auth::new_token();
-        let token_hash = auth::hash_token(&token);
-        let roles = Roles {
-            edge: class.edge,
-            storage: class.storage,
-        };
-        let endpoint = new.endpoint.clone().or_else(|| new.tunnel_url.clone());
-        let registered_at_ms = now_ms();
-        let agent_version = new.capabilities.agent_version.clone();
-        let row = WorkerRow {
-            id: id.to_string(),
-            token_hash: token_hash.to_vec(),
-            tier: class.tier.number(),
-            roles: roles_bits(roles),
-            capabilities: serde_json::to_string(&new.capabilities)
-                .map_err(|e| ApiError::Internal(e.to_string()))?,
-            ip_address: new.ip_address.clone(),
-            endpoint: endpoint.clone(),
-            tunnel_url: new.tunnel_url.clone(),
-            legacy: new.legacy,
-            services: serde_json::to_string(&self.service_names(&services))
-                .unwrap_or_else(|_| "[]".into()),
-            assignment_version: 1,
-            registered_at_ms,
-            peer_id: new.peer_id.clone(),
-            live: LiveRow {
-                id: id.to_string(),
-                last_heartbeat_ms: None,
-                status: "healthy".into(),
-                load: 0.0,
-                free_memory: 0,
-                agent_version: agent_version.clone(),
-                endpoint: endpoint.clone(),
-                samples: "{}".into(),
-                requests: 0,
-                errors: 0,
-            },
-        };
+        let worker = new_worker(new, class, services.clone(), auth::hash_token(&token));
+        let row = self.row_of(&worker);
         if let Err(e) = self.store.insert_worker(row).await {
-            let mut coverage = self.coverage.lock();
-            for &i in &services {
-                coverage[usize::from(i)] = coverage[usize::from(i)].saturating_sub(1);
-            }
+            self.release_services(&services);
             return Err(e.into());
         }
-        let containers = self.containers(&services);
-        let worker = Worker {
-            id,
-            token_hash,
-            tier: class.tier,
-            roles,
-            caps: new.capabilities,
-            ip_address: new.ip_address.map(Into::into),
-            tunnel_url: new.tunnel_url.clone().map(Into::into),
-            legacy: new.legacy,
-            registered_at_ms,
-            peer_id: new.peer_id.clone().map(Into::into),
-            live: parking_lot::Mutex::new(Live {
-                reported: ReportedStatus::Healthy,
-                load: 0.0,
-                free_memory: 0,
-                last_seen: Instant::now(),
-                last_heartbeat_ms: None,
-                gpus: Vec::new(),
-                containers: Vec::new(),
-                services,
-                assignment_version: 1,
-                agent_version: agent_version.into(),
-                endpoint: endpoint.clone().map(Into::into),
-                dirty: false,
-            }),
-            stats: RequestStats::default(),
-        };
+        let (id, tier, roles) = (worker.id, worker.tier, worker.roles);
+        let tunnel_url = worker.tunnel_url.as_deref().map(str::to_owned);
+        let endpoint = worker.live.lock().endpoint.as_deref().map(str::to_owned);
         self.registry.insert(Arc::new(worker));
         self.metrics.registrations.increment(1);
-        tracing::debug!(worker = %id, tier = class.tier.number(), "registered");
+        tracing::debug!(worker = %id, tier = tier.number(), "registered");
         Ok(RegisterResponse {
             worker_id: id,
-            tier: class.tier,
+            tier,
             roles,
-            assigned_containers: containers,
+            assigned_containers: self.containers(&services),
             heartbeat_url: HEARTBEAT_PATH.into(),
             heartbeat_interval: self.config.heartbeat_interval_secs,
             coordinator_url: self.coordinator_url.clone(),
-            tunnel_url: new.tunnel_url,
+            tunnel_url,
             endpoint,
             worker_token: token,
             assignment_version: 1,
@@ -383,6 +304,67 @@ impl AppState {
                 .map(commons_dht::Dht::address_strings)
                 .unwrap_or_default(),
         })
+    }
+
+    /// Chooses the services for a new worker and counts it in their coverage at once, so that a burst of
+    /// registrations spreads over the catalogue.
+    fn reserve_services(&self, caps: &Capabilities) -> Vec<u16> {
+        let mut coverage = self.coverage.lock();
+        let chosen = assign(
+            caps,
+            &self.catalogue,
+            &coverage,
+            &[],
+            self.config.max_services_per_worker,
+            true,
+        );
+        for &i in &chosen {
+            coverage[i] += 1;
+        }
+        chosen.into_iter().map(|i| i as u16).collect()
+    }
+
+    /// Takes back what [`Self::reserve_services`] counted (the registration failed).
+    fn release_services(&self, services: &[u16]) {
+        let mut coverage = self.coverage.lock();
+        for &i in services {
+            coverage[usize::from(i)] = coverage[usize::from(i)].saturating_sub(1);
+        }
+    }
+
+    /// A new worker as stored.
+    fn row_of(&self, w: &Worker) -> WorkerRow {
+        let live = w.live.lock();
+        let endpoint = live.endpoint.as_deref().map(str::to_owned);
+        WorkerRow {
+            id: w.id.to_string(),
+            token_hash: w.token_hash.to_vec(),
+            tier: w.tier.number(),
+            roles: roles_bits(w.roles),
+            // Capabilities always serialise (plain data).
+            capabilities: serde_json::to_string(&w.caps).unwrap_or_else(|_| "{}".into()),
+            ip_address: w.ip_address.as_deref().map(str::to_owned),
+            endpoint: endpoint.clone(),
+            tunnel_url: w.tunnel_url.as_deref().map(str::to_owned),
+            legacy: w.legacy,
+            services: serde_json::to_string(&self.service_names(&live.services))
+                .unwrap_or_else(|_| "[]".into()),
+            assignment_version: live.assignment_version,
+            registered_at_ms: w.registered_at_ms,
+            peer_id: w.peer_id.as_deref().map(str::to_owned),
+            live: LiveRow {
+                id: w.id.to_string(),
+                last_heartbeat_ms: None,
+                status: live.reported.as_str().into(),
+                load: 0.0,
+                free_memory: 0,
+                agent_version: live.agent_version.to_string(),
+                endpoint,
+                samples: "{}".into(),
+                requests: 0,
+                errors: 0,
+            },
+        }
     }
 
     /// Finds a worker and checks that the caller may act on it: its own token, the admin's, or (legacy-open mode)
@@ -609,6 +591,48 @@ impl AppState {
     pub fn trim_limiters(&self) {
         self.register_limit.trim();
         self.admin.trim();
+    }
+}
+
+/// A newly registered worker: a fresh id, healthy, version 1 of its assignment.
+fn new_worker(
+    new: NewWorker,
+    class: commons_shared::tier::Classification,
+    services: Vec<u16>,
+    token_hash: auth::TokenHash,
+) -> Worker {
+    let mut id = [0u8; 16];
+    rand::rng().fill_bytes(&mut id);
+    let endpoint = new.endpoint.or_else(|| new.tunnel_url.clone());
+    Worker {
+        id: WorkerId::from_bytes(id),
+        token_hash,
+        tier: class.tier,
+        roles: Roles {
+            edge: class.edge,
+            storage: class.storage,
+        },
+        live: parking_lot::Mutex::new(Live {
+            reported: ReportedStatus::Healthy,
+            load: 0.0,
+            free_memory: 0,
+            last_seen: Instant::now(),
+            last_heartbeat_ms: None,
+            gpus: Vec::new(),
+            containers: Vec::new(),
+            services,
+            assignment_version: 1,
+            agent_version: new.capabilities.agent_version.clone().into(),
+            endpoint: endpoint.map(Into::into),
+            dirty: false,
+        }),
+        caps: new.capabilities,
+        ip_address: new.ip_address.map(Into::into),
+        tunnel_url: new.tunnel_url.map(Into::into),
+        legacy: new.legacy,
+        registered_at_ms: now_ms(),
+        peer_id: new.peer_id.map(Into::into),
+        stats: RequestStats::default(),
     }
 }
 
