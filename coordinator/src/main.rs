@@ -237,8 +237,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         None => "Portal: not served (give --portal-dir portal/dist)".into(),
     });
     commons_server::announce(&lines, server.new_admin_token());
-    commons_server::shutdown_signal().await;
-    tracing::info!("shutting down");
+    commons_server::until_signal().await;
     Ok(server.shutdown().await?)
 }
 

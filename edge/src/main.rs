@@ -64,8 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         &[format!("Commons edge listening on {}", server.url())],
         server.new_admin_token(),
     );
-    commons_server::shutdown_signal().await;
-    tracing::info!("shutting down");
+    commons_server::until_signal().await;
     Ok(server.shutdown().await?)
 }
 

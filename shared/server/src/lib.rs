@@ -109,6 +109,12 @@ pub fn announce(lines: &[String], new_admin_token: Option<&str>) {
     let _ = out.flush();
 }
 
+/// Resolves on SIGTERM or Ctrl-C, saying so in the log: a server's `main` then shuts it down.
+pub async fn until_signal() {
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
