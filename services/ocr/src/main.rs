@@ -1,0 +1,50 @@
+//! `commons-ocr`: the ocr service's server. Listens on `$COMMONS_LISTEN` (`unix:/path` or `host:port`, default
+//! `unix:/run/commons/http.sock`), reads the languages in `$COMMONS_OCR_LANGUAGES` (comma-separated Tesseract
+//! codes, default `eng`), and stops cleanly on SIGTERM.
+
+use std::sync::Arc;
+
+use commons_ocr::Ocr;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    commons_server::init_tracing("info");
+    commons_server::exit("commons-ocr", run().await)
+}
+
+async fn run() -> Result<(), String> {
+    let listen =
+        std::env::var("COMMONS_LISTEN").unwrap_or_else(|_| "unix:/run/commons/http.sock".into());
+    let languages: Vec<String> = std::env::var("COMMONS_OCR_LANGUAGES")
+        .unwrap_or_else(|_| "eng".into())
+        .split(',')
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let app = commons_ocr::router(Arc::new(Ocr::new(languages, cores, 4 * cores)));
+    let stop = commons_server::until_signal();
+    match listen.strip_prefix("unix:") {
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            let listener = tokio::net::UnixListener::bind(path)
+                .map_err(|e| format!("cannot listen on {path}: {e}"))?;
+            println!("commons-ocr listening on unix:{path}");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        None => {
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            println!("commons-ocr listening on {addr}");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+}
