@@ -12,6 +12,11 @@
 //!   (nothing else differs), stripped, in `$CARGO_TARGET_DIR/update-fixtures/`.
 //! - `cargo xtask serve [-- <coordinator flags>]`: builds the portal, then runs the coordinator (release) on its
 //!   embedded defaults serving it.
+//! - `cargo xtask images --registry <host:port[/prefix]> [--profile <p>] [--tag <t>]`: the service images of
+//!   `services/`, each a Debian root made by `mmdebstrap` from the service's `packages` (cached under
+//!   `~/.cache/commons-images`, keyed by the suite and the package list) with our binary on top (its `Dockerfile`),
+//!   built by the engine `DOCKER_HOST` names and pushed to the registry. The references, pinned by digest, go to
+//!   `$CARGO_TARGET_DIR/images/images.toml`.
 //!
 //! Each sets up what the build needs first: the `wasm32-unknown-unknown` target (rustup) and a `wasm-bindgen` CLI of
 //! exactly the version of the `wasm-bindgen` crate in Cargo.lock (`cargo install`, once per machine, without
@@ -36,9 +41,10 @@ fn main() -> std::process::ExitCode {
                 .map_or("release", String::as_str),
         ),
         Some("update-fixtures") => update_fixtures(),
+        Some("images") => images(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask portal [--dev] | cargo xtask desktop-ui [--dev] | cargo xtask agent-deb [--profile <p>] | cargo xtask update-fixtures | cargo xtask serve [-- <coordinator flags>]"
+                "usage: cargo xtask portal [--dev] | cargo xtask desktop-ui [--dev] | cargo xtask agent-deb [--profile <p>] | cargo xtask update-fixtures | cargo xtask images --registry <host:port> [--profile <p>] [--tag <t>] | cargo xtask serve [-- <coordinator flags>]"
             );
             return std::process::ExitCode::from(2);
         }
@@ -439,4 +445,203 @@ fn optimise(wasm: &Path) {
         let _ = std::fs::remove_file(&tmp);
         println!("wasm-opt not applied (none installed, or too old for this rustc's output)");
     }
+}
+
+/// A service image: its folder under `services/`, and the workspace binary its Dockerfile copies.
+struct ServiceImage {
+    service: &'static str,
+    package: &'static str,
+    binary: &'static str,
+}
+
+const SERVICE_IMAGES: &[ServiceImage] = &[ServiceImage {
+    service: "ocr",
+    package: "commons-ocr",
+    binary: "commons-ocr",
+}];
+
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn sha256_hex(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    h.finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+}
+
+/// This machine's Debian suite: the images' roots match it, so that our binaries find the same C library.
+fn host_suite() -> anyhow::Result<String> {
+    let os = std::fs::read_to_string("/etc/os-release").context("cannot read /etc/os-release")?;
+    os.lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|s| s.trim_matches('"').to_owned())
+        .filter(|s| !s.is_empty())
+        .context("/etc/os-release names no VERSION_CODENAME (a Debian host is needed to build the images)")
+}
+
+/// The host's apt sources, for mmdebstrap (the mirror this machine can reach).
+fn apt_sources() -> Option<PathBuf> {
+    [
+        "/etc/apt/sources.list.d/debian.sources",
+        "/etc/apt/sources.list",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+fn docker() -> Command {
+    let mut c = Command::new("docker");
+    // The classic builder: it needs no buildx plugin, and these Dockerfiles only copy files.
+    c.env("DOCKER_BUILDKIT", "0");
+    c
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed ({}): {}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The Debian root of `service` as a tarball, made once per suite and package list.
+fn base_root(root: &Path, service: &str, suite: &str) -> anyhow::Result<(PathBuf, String)> {
+    let list = std::fs::read_to_string(root.join("services").join(service).join("packages"))?;
+    let packages: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let options = [
+        "--variant=minbase".to_owned(),
+        format!("--include={}", packages.join(",")),
+        "--dpkgopt=path-exclude=/usr/share/doc/*".into(),
+        "--dpkgopt=path-exclude=/usr/share/man/*".into(),
+        "--dpkgopt=path-exclude=/usr/share/locale/*".into(),
+    ];
+    let key = sha256_hex(&[suite.as_bytes(), options.join(" ").as_bytes()])[..16].to_owned();
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("commons-images");
+    std::fs::create_dir_all(&cache)?;
+    let tar = cache.join(format!("{service}-root-{suite}-{key}.tar"));
+    if !tar.exists() {
+        println!(
+            "images: {service}: a {suite} root with {}",
+            packages.join(" ")
+        );
+        // mmdebstrap picks the format from the name: it must end in .tar.
+        let partial = cache.join(format!("{service}-root-{suite}-{key}.partial.tar"));
+        let mut cmd = Command::new("mmdebstrap");
+        cmd.args(&options)
+            .arg("--aptopt=Acquire::Retries \"3\"")
+            .arg(suite)
+            .arg(&partial);
+        if let Some(src) = apt_sources() {
+            cmd.arg(src);
+        }
+        run(cmd.stdout(std::process::Stdio::null())).context(
+            "mmdebstrap is needed (apt install mmdebstrap; .ci/packages tests installs it)",
+        )?;
+        std::fs::rename(&partial, &tar)?;
+    }
+    Ok((tar, key))
+}
+
+fn images(args: &[String]) -> anyhow::Result<()> {
+    let registry = flag(args, "--registry")
+        .context("give the registry to push to: --registry <host:port[/prefix]>")?
+        .trim_end_matches('/');
+    let profile = flag(args, "--profile").unwrap_or("release");
+    let root = root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = target_dir(&root);
+    let suite = host_suite()?;
+    let out_dir = target.join("images");
+    std::fs::create_dir_all(&out_dir)?;
+    let mut listing = String::from(
+        "# Written by `cargo xtask images`: each service's image, pinned by digest.\n",
+    );
+    for img in SERVICE_IMAGES {
+        run(Command::new(&cargo).current_dir(&root).args([
+            "build",
+            "--profile",
+            profile,
+            "--package",
+            img.package,
+            "--bin",
+            img.binary,
+        ]))?;
+        let (tar, root_key) = base_root(&root, img.service, &suite)?;
+        let base = format!("{registry}/commons-{}-root:{root_key}", img.service);
+        if output(docker().args(["image", "inspect", "--format", "{{.Id}}", &base])).is_err() {
+            println!("images: {}: importing its root as {base}", img.service);
+            output(docker().arg("import").arg(&tar).arg(&base))?;
+        }
+        let context = out_dir.join(img.service);
+        std::fs::create_dir_all(&context)?;
+        let dockerfile = root.join("services").join(img.service).join("Dockerfile");
+        std::fs::copy(&dockerfile, context.join("Dockerfile"))?;
+        let bin = context.join(img.binary);
+        std::fs::copy(target.join(profile_dir(profile)).join(img.binary), &bin)?;
+        run(Command::new("strip").arg("--strip-debug").arg(&bin))
+            .context("strip (binutils) is needed")?;
+        let tag = match flag(args, "--tag") {
+            Some(t) => t.to_owned(),
+            None => sha256_hex(&[
+                &std::fs::read(&dockerfile)?,
+                &std::fs::read(&bin)?,
+                root_key.as_bytes(),
+            ])[..16]
+                .to_owned(),
+        };
+        let image = format!("{registry}/commons-{}:{tag}", img.service);
+        if output(docker().args(["image", "inspect", "--format", "{{.Id}}", &image])).is_err() {
+            println!("images: {}: building {image}", img.service);
+            output(
+                docker()
+                    .args(["build", "--quiet", "--build-arg"])
+                    .arg(format!("BASE={base}"))
+                    .args(["-t", &image])
+                    .arg(&context),
+            )?;
+        }
+        output(docker().args(["push", "--quiet", &image]))?;
+        let pinned = output(docker().args([
+            "image",
+            "inspect",
+            "--format",
+            "{{index .RepoDigests 0}}",
+            &image,
+        ]))?;
+        println!("images: {} = {pinned}", img.service);
+        listing.push_str(&format!("{} = {pinned:?}\n", img.service));
+    }
+    std::fs::write(out_dir.join("images.toml"), listing)?;
+    println!(
+        "images: listed in {}",
+        out_dir.join("images.toml").display()
+    );
+    Ok(())
 }
