@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real container engine for the agent's tests: Debian's dockerd (API 1.41) on a unix socket, with no bridge and
-# no iptables (containers get loopback only), and Debian's docker-registry on 127.0.0.1:5000 holding two tiny
-# busybox images (tiny:1 for running, tiny-pull:1 with a layer of its own for pull-progress tests).
+# no iptables (containers get loopback only), and Debian's docker-registry on 127.0.0.1:5000 holding three tiny
+# busybox images (tiny:1 for running, tiny-pull:1 with a layer of its own for pull-progress tests, probe:1 with wget
+# and nc for the network-isolation test). The service images come from `cargo xtask images`.
 #
 #   .ci/engine.sh [start]   install if needed, start both, print the DOCKER_HOST to export
 #   .ci/engine.sh stop      stop both (by PID)
@@ -72,16 +73,18 @@ YML
 fi
 
 image_in_registry() { curl -sf "http://127.0.0.1:5000/v2/$1/manifests/1" -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' >/dev/null 2>&1; }
-make_image() {  # $1 = name, $2 = extra bytes of its own layer
+make_image() {  # $1 = name, $2 = extra bytes of its own layer, $3 = extra busybox applets
   local root=$D/rootfs-$1
   rm -rf "$root"; mkdir -p "$root/bin" "$root/tmp" "$root/etc"
   cp /bin/busybox "$root/bin/busybox"
-  for a in sh echo sleep cat ls true false env ps kill wc; do ln -sf busybox "$root/bin/$a"; done
+  for a in sh echo sleep cat ls true false env ps kill wc ${3:-}; do ln -sf busybox "$root/bin/$a"; done
   [ "$2" -gt 0 ] && head -c "$2" /dev/urandom >"$root/etc/payload"
   tar -C "$root" -cf "$D/$1.tar" .
   docker_ import --change 'CMD ["/bin/sh"]' "$D/$1.tar" "127.0.0.1:5000/$1:1" >/dev/null
   docker_ push "127.0.0.1:5000/$1:1" >/dev/null
 }
 image_in_registry tiny || make_image tiny 0
+# probe: tiny with network tools, to show that a container without network reaches nothing.
+image_in_registry probe || make_image probe 0 "wget nc"
 if ! image_in_registry tiny-pull; then make_image tiny-pull 3000000; docker_ rmi "127.0.0.1:5000/tiny-pull:1" >/dev/null; fi
 echo "DOCKER_HOST=unix://$SOCK"

@@ -337,3 +337,23 @@ pub async fn heartbeat(
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// The reference (pinned by digest) of a service image `cargo xtask images` built and pushed; `.ci/test` builds them
+/// into the loopback registry before the tests run.
+pub fn built_image(service: &str) -> String {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = dir.join("images").join("images.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "no {} ({e}): run `cargo xtask images --registry 127.0.0.1:5000 --profile dev` (as .ci/test does)",
+            path.display()
+        )
+    });
+    let list: std::collections::BTreeMap<String, String> =
+        toml::from_str(&text).expect("images.toml");
+    list.get(service)
+        .unwrap_or_else(|| panic!("{} lists no {service} image", path.display()))
+        .clone()
+}

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
-use commons_agent::containers::{Engine, EngineError, LABEL_OWNER, Policy};
+use commons_agent::containers::{Engine, EngineError, LABEL_OWNER, Policy, Reach, Upstream};
+use commons_agent::gateway::Gateway;
 use commons_shared::api::{ContainerAssignment, ContainerState};
 
 const IMAGE: &str = "127.0.0.1:5000/tiny:1";
@@ -21,6 +22,7 @@ fn policy(instance: &str) -> Policy {
         gpus: None,
         scratch_mb: 32,
         docker_host: None,
+        reach: Reach::Ports,
     }
 }
 
@@ -276,4 +278,175 @@ async fn an_absent_engine_is_a_clear_message() {
     assert!(e.is_err());
     let msg = EngineError::NotRunning(e.unwrap_err().to_string()).to_string();
     assert!(msg.starts_with("Docker is not running: "), "{msg}");
+}
+
+/// The ocr service's image (built by `cargo xtask images`), its service without network, reached by the gateway over
+/// the unix socket in its folder: a PNG with known text is read back through the gateway.
+#[tokio::test]
+async fn a_service_without_network_answers_through_its_socket() {
+    let sockets = tempfile::tempdir().unwrap();
+    let mut p = policy("t-sock");
+    p.reach = Reach::Socket(sockets.path().to_owned());
+    let mut e = Engine::connect(p).await.expect("a container engine");
+    e.remove_all().await.unwrap();
+    let ocr = ContainerAssignment {
+        name: "commons-ocr".into(),
+        service: "ocr".into(),
+        image: commons_tests::built_image("ocr"),
+        port: 8884,
+        env: BTreeMap::from([("COMMONS_OCR_LANGUAGES".into(), "eng".into())]),
+        args: Vec::new(),
+        requires_gpu: false,
+    };
+    let states = e.reconcile(std::slice::from_ref(&ocr), None).await.unwrap();
+    assert_eq!(states[0].state, ContainerState::Running, "{states:?}");
+    let ours = e.ours().await.unwrap();
+    let Upstream::Socket(socket) = ours[0].upstream.clone() else {
+        panic!("socket mode gives a socket: {:?}", ours[0].upstream)
+    };
+    assert!(socket.starts_with(sockets.path()));
+    let c = e
+        .docker()
+        .inspect_container(&ours[0].id, None)
+        .await
+        .unwrap();
+    let h = c.host_config.unwrap();
+    assert_eq!(h.network_mode.as_deref(), Some("none"), "no network at all");
+    assert!(
+        h.port_bindings.unwrap_or_default().is_empty(),
+        "nothing published"
+    );
+    let uid = std::fs::metadata(sockets.path())
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap();
+    assert!(
+        c.config
+            .unwrap()
+            .user
+            .unwrap()
+            .starts_with(&format!("{uid}:")),
+        "it runs as the agent's user"
+    );
+
+    let gw = Gateway::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    gw.routes.set(
+        ours.into_iter()
+            .map(|o| (o.service, o.upstream))
+            .collect::<HashMap<_, _>>(),
+    );
+    let client = reqwest::Client::new();
+    let mut healthy = false;
+    for _ in 0..100 {
+        if let Ok(r) = client.get(format!("{}/ocr/health", gw.url())).send().await
+            && r.status() == 200
+        {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(healthy, "the service answers /health through its socket");
+    let png = commons_ocr::sample::png_of(&commons_ocr::sample::pdf_with_text(&[
+        "Donated machines",
+        "read this text",
+    ]))
+    .expect("pdftoppm");
+    let r = client
+        .post(format!("{}/api/service/ocr/ocr", gw.url()))
+        .body(png)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let text = v["text"].as_str().unwrap();
+    assert!(
+        text.contains("Donated machines") && text.contains("read this text"),
+        "read {text:?}"
+    );
+    e.remove_all().await.unwrap();
+    assert!(
+        !socket.parent().unwrap().exists(),
+        "the socket folder goes with its container"
+    );
+}
+
+/// A container without network reaches neither a service on the host's loopback nor the host's LAN address, while
+/// the same probe does reach a listener inside itself (so the probe can tell).
+#[tokio::test]
+async fn a_container_without_network_reaches_neither_the_host_nor_the_lan() {
+    let host = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    host.set_nonblocking(true).unwrap();
+    let port = host.local_addr().unwrap().port();
+    let lan = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .find(|a| {
+                    a.parse::<std::net::Ipv4Addr>()
+                        .is_ok_and(|ip| !ip.is_loopback())
+                })
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "10.0.0.1".into());
+    let sockets = tempfile::tempdir().unwrap();
+    let mut p = policy("t-isolated");
+    p.reach = Reach::Socket(sockets.path().to_owned());
+    let mut e = Engine::connect(p).await.expect("a container engine");
+    e.remove_all().await.unwrap();
+    let script = format!(
+        "nc -l -p 8081 </dev/null & sleep 0.3; \
+         for t in 'self 127.0.0.1 8081' 'host 127.0.0.1 {port}' 'lan {lan} {port}'; do set -- $t; \
+           if nc -w 2 $2 $3 </dev/null; then echo REACHED $1; else echo BLOCKED $1; fi; done; sleep 600"
+    );
+    let probe = ContainerAssignment {
+        image: "127.0.0.1:5000/probe:1".into(),
+        ..service("probe", &["sh", "-c", &script])
+    };
+    let states = e.reconcile(&[probe], None).await.unwrap();
+    assert_eq!(states[0].state, ContainerState::Running, "{states:?}");
+    let id = e.ours().await.unwrap()[0].id.clone();
+    let mut said = String::new();
+    for _ in 0..100 {
+        use futures::StreamExt;
+        let mut logs = e.docker().logs(
+            &id,
+            Some(bollard::query_parameters::LogsOptions {
+                stdout: true,
+                ..Default::default()
+            }),
+        );
+        said.clear();
+        while let Some(Ok(l)) = logs.next().await {
+            said.push_str(&l.to_string());
+        }
+        if said
+            .lines()
+            .filter(|l| l.contains("REACHED") || l.contains("BLOCKED"))
+            .count()
+            == 3
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    e.remove_all().await.unwrap();
+    assert!(said.contains("REACHED self"), "the probe works: {said:?}");
+    assert!(
+        said.contains("BLOCKED host"),
+        "the host's loopback: {said:?}"
+    );
+    assert!(
+        said.contains(&"BLOCKED lan".to_string()),
+        "the LAN ({lan}): {said:?}"
+    );
+    assert!(
+        host.accept().is_err(),
+        "nothing connected to the host's listener"
+    );
 }

@@ -92,8 +92,10 @@ async fn the_gateway_forwards_to_the_service_and_counts() {
         .await
         .unwrap();
     let w = WorkerServer::start("svc").await;
-    g.routes
-        .set(HashMap::from([("echo".to_owned(), w.addr.port())]));
+    g.routes.set(HashMap::from([(
+        "echo".to_owned(),
+        commons_agent::gateway::Upstream::Port(w.addr.port()),
+    )]));
     let client = reqwest::Client::new();
     // The echo server answers /api/service/...; the gateway strips its own prefix and forwards the rest.
     let r: serde_json::Value = client

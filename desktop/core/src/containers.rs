@@ -8,6 +8,7 @@
 //! arbitrary image.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -36,6 +37,8 @@ pub const LABEL_INSTANCE: &str = "org.commons.instance";
 pub const LABEL_SERVICE: &str = "org.commons.service";
 /// Label: the host port on 127.0.0.1.
 pub const LABEL_HOST_PORT: &str = "org.commons.host-port";
+/// Label: the unix socket the container's service listens on (host path), in socket mode.
+pub const LABEL_SOCKET: &str = "org.commons.socket";
 /// Label: a digest of what the container was created from (a changed assignment means a new container).
 pub const LABEL_SPEC: &str = "org.commons.spec";
 
@@ -86,7 +89,31 @@ pub struct Policy {
     pub scratch_mb: u64,
     /// The engine's socket (`unix:///…`); `None`: `DOCKER_HOST` or the platform default.
     pub docker_host: Option<String>,
+    /// How the gateway reaches the containers' services.
+    pub reach: Reach,
 }
+
+/// How the gateway reaches a container's service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Reach {
+    /// Over a unix socket in `dir/<container>/` (mounted at `/run/commons` in the container, which has no
+    /// network): the service listens on `/run/commons/http.sock`, as `COMMONS_LISTEN` tells it.
+    Socket(PathBuf),
+    /// Over a port published on 127.0.0.1 (the container keeps the engine's network).
+    Ports,
+}
+
+/// Where the gateway finds one container's service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// `127.0.0.1:{port}`.
+    Port(u16),
+    /// A unix socket on the host.
+    Socket(PathBuf),
+}
+
+/// Where a container's service listens inside it, in socket mode.
+pub const SERVICE_SOCKET: &str = "/run/commons/http.sock";
 
 impl Policy {
     /// Whether an image may run.
@@ -136,8 +163,8 @@ pub struct Ours {
     pub running: bool,
     /// Spec digest label.
     pub spec: String,
-    /// Host port.
-    pub host_port: u16,
+    /// Where its service is reached.
+    pub upstream: Upstream,
 }
 
 /// The engine, and what the agent wants running on it.
@@ -161,9 +188,46 @@ fn spec_digest(a: &ContainerAssignment, p: &Policy) -> String {
         p.memory_bytes,
         &p.gpus,
         p.scratch_mb,
+        &p.reach,
     )
         .hash(&mut h);
     format!("{:016x}", h.finish())
+}
+
+/// How a container is wired to the host.
+struct Network {
+    /// `none` in socket mode.
+    mode: Option<String>,
+    /// The socket folder, in socket mode.
+    binds: Option<Vec<String>>,
+    /// The agent's own uid:gid in socket mode, so that the socket it makes is the agent's (and no one else's).
+    user: Option<String>,
+    /// The published port, in ports mode.
+    ports: Option<HashMap<String, Option<Vec<PortBinding>>>>,
+}
+
+/// The socket folder of container `name` under `dir`: made private to the agent (0700), emptied of an old socket;
+/// with the agent's `uid:gid` for the container to run as.
+fn socket_folder(dir: &Path, name: &str) -> Result<(PathBuf, String), EngineError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let folder = dir.join(name);
+    let made = (|| -> std::io::Result<String> {
+        std::fs::create_dir_all(&folder)?;
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700))?;
+        match std::fs::remove_file(folder.join("http.sock")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let m = std::fs::metadata(&folder)?;
+        Ok(format!("{}:{}", m.uid(), m.gid()))
+    })();
+    let user = made.map_err(|e| {
+        EngineError::NotRunning(format!(
+            "cannot make the socket folder {}: {e}",
+            folder.display()
+        ))
+    })?;
+    Ok((folder, user))
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -294,10 +358,15 @@ impl Engine {
                         )
                     ),
                     spec: labels.get(LABEL_SPEC).cloned().unwrap_or_default(),
-                    host_port: labels
-                        .get(LABEL_HOST_PORT)
-                        .and_then(|p| p.parse().ok())
-                        .unwrap_or(0),
+                    upstream: match labels.get(LABEL_SOCKET) {
+                        Some(path) => Upstream::Socket(path.into()),
+                        None => Upstream::Port(
+                            labels
+                                .get(LABEL_HOST_PORT)
+                                .and_then(|p| p.parse().ok())
+                                .unwrap_or(0),
+                        ),
+                    },
                 })
             })
             .collect())
@@ -312,17 +381,49 @@ impl Engine {
         if !self.policy.allows(&a.image) {
             return Err(EngineError::NotAllowed(a.image.clone()));
         }
-        let host_port =
-            free_port().map_err(|e| EngineError::NotRunning(format!("no free port: {e}")))?;
+        let name = self.container_name(a);
         let spec = spec_digest(a, &self.policy);
         let port_key = format!("{}/tcp", a.port);
-        let labels = HashMap::from([
+        let mut labels = HashMap::from([
             (LABEL_OWNER.to_owned(), OWNER.to_owned()),
             (LABEL_INSTANCE.to_owned(), self.policy.instance.clone()),
             (LABEL_SERVICE.to_owned(), a.service.clone()),
-            (LABEL_HOST_PORT.to_owned(), host_port.to_string()),
             (LABEL_SPEC.to_owned(), spec.clone()),
         ]);
+        let mut env: Vec<String> = a.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let (upstream, network) = match &self.policy.reach {
+            Reach::Socket(dir) => {
+                let (folder, user) = socket_folder(dir, &name)?;
+                let socket = folder.join("http.sock");
+                labels.insert(LABEL_SOCKET.to_owned(), socket.display().to_string());
+                env.push(format!("COMMONS_LISTEN=unix:{SERVICE_SOCKET}"));
+                let network = Network {
+                    mode: Some("none".into()),
+                    binds: Some(vec![format!("{}:/run/commons", folder.display())]),
+                    user: Some(user),
+                    ports: None,
+                };
+                (Upstream::Socket(socket), network)
+            }
+            Reach::Ports => {
+                let host_port = free_port()
+                    .map_err(|e| EngineError::NotRunning(format!("no free port: {e}")))?;
+                labels.insert(LABEL_HOST_PORT.to_owned(), host_port.to_string());
+                let network = Network {
+                    mode: None,
+                    binds: None,
+                    user: None,
+                    ports: Some(HashMap::from([(
+                        port_key.clone(),
+                        Some(vec![PortBinding {
+                            host_ip: Some("127.0.0.1".into()),
+                            host_port: Some(host_port.to_string()),
+                        }]),
+                    )])),
+                };
+                (Upstream::Port(host_port), network)
+            }
+        };
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1) as i64;
@@ -357,27 +458,22 @@ impl Engine {
             memory: Some(self.policy.memory_bytes as i64),
             nano_cpus: Some(nano_cpus),
             pids_limit: Some(256),
-            port_bindings: Some(HashMap::from([(
-                port_key.clone(),
-                Some(vec![PortBinding {
-                    host_ip: Some("127.0.0.1".into()),
-                    host_port: Some(host_port.to_string()),
-                }]),
-            )])),
+            network_mode: network.mode,
+            binds: network.binds,
+            port_bindings: network.ports.clone(),
             device_requests,
             ..Default::default()
         };
-        let env: Vec<String> = a.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let body = ContainerCreateBody {
             image: Some(a.image.clone()),
             env: Some(env),
             cmd: (!a.args.is_empty()).then(|| a.args.clone()),
             labels: Some(labels),
-            exposed_ports: Some(vec![port_key]),
+            user: network.user,
+            exposed_ports: network.ports.map(|_| vec![port_key]),
             host_config: Some(host),
             ..Default::default()
         };
-        let name = self.container_name(a);
         let created = self
             .docker
             .create_container(
@@ -395,7 +491,7 @@ impl Engine {
             service: a.service.clone(),
             running: true,
             spec,
-            host_port,
+            upstream,
         })
     }
 
@@ -443,6 +539,19 @@ impl Engine {
         }
     }
 
+    /// Removes one of ours and its socket folder.
+    async fn remove_ours(&self, c: &Ours) -> Result<(), EngineError> {
+        self.remove(&c.id).await?;
+        if let (Upstream::Socket(socket), Reach::Socket(dir)) = (&c.upstream, &self.policy.reach)
+            && let Some(folder) = socket.parent().filter(|f| f.starts_with(dir))
+            && let Err(e) = std::fs::remove_dir_all(folder)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(folder = %folder.display(), error = %e, "cannot remove a socket folder");
+        }
+        Ok(())
+    }
+
     /// Stops all of ours (pause).
     pub async fn stop_all(&self) -> Result<(), EngineError> {
         for c in self.ours().await? {
@@ -454,7 +563,7 @@ impl Engine {
     /// Removes all of ours (quit): nothing of ours is left behind.
     pub async fn remove_all(&mut self) -> Result<(), EngineError> {
         for c in self.ours().await? {
-            self.remove(&c.id).await?;
+            self.remove_ours(&c).await?;
         }
         self.restarts.clear();
         Ok(())
@@ -477,7 +586,7 @@ impl Engine {
                 {
                     have.insert(c.service.clone(), c);
                 }
-                _ => self.remove(&c.id).await?,
+                _ => self.remove_ours(&c).await?,
             }
         }
         let mut out = Vec::with_capacity(desired.len());
@@ -557,6 +666,7 @@ mod tests {
             gpus: None,
             scratch_mb: 64,
             docker_host: None,
+            reach: Reach::Ports,
         };
         assert!(p.allows("docker.io/library/redis:7.4-alpine"));
         assert!(!p.allows("docker.io/library/redis:latest"));

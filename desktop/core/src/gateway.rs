@@ -1,7 +1,7 @@
 //! The agent's local gateway: one reverse proxy in front of the service containers, which the tunnel (or the
 //! LAN) exposes. `/api/service/{service}/{path}` (the coordinator's forwarding path) and `/{service}/{path}` go to
-//! `http://127.0.0.1:{the container's host port}/{path}`. It counts requests and measures latency; requests in
-//! flight count towards the load the agent reports.
+//! `/{path}` on the container's unix socket (a container without network), or on its port published on 127.0.0.1.
+//! It counts requests and measures latency; requests in flight count towards the load the agent reports.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -18,25 +18,28 @@ use commons_server::forward::{self, Target};
 use commons_server::serve::ServeError;
 use commons_server::stats::RequestStats;
 use parking_lot::RwLock;
+use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 
-/// Counters and the service → port map, shared with the agent.
+pub use crate::containers::Upstream;
+
+/// Counters and the service → upstream map, shared with the agent.
 #[derive(Debug, Default)]
 pub struct Routes {
-    ports: RwLock<HashMap<String, u16>>,
+    upstreams: RwLock<HashMap<String, Upstream>>,
     /// Requests served: counts, in flight, latency.
     pub stats: RequestStats,
 }
 
 impl Routes {
-    /// Replaces the service → host port map.
-    pub fn set(&self, ports: HashMap<String, u16>) {
-        *self.ports.write() = ports;
+    /// Replaces the service → upstream map.
+    pub fn set(&self, upstreams: HashMap<String, Upstream>) {
+        *self.upstreams.write() = upstreams;
     }
 
-    /// The host port of a service.
-    pub fn port(&self, service: &str) -> Option<u16> {
-        self.ports.read().get(service).copied()
+    /// Where a service listens.
+    pub fn upstream(&self, service: &str) -> Option<Upstream> {
+        self.upstreams.read().get(service).cloned()
     }
 
     /// The share of capacity busy with requests: 8 in flight is full.
@@ -52,25 +55,42 @@ async fn forward_to(
     rest: &str,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let port = routes
-        .port(service)
+    let upstream = routes
+        .upstream(service)
         .ok_or_else(|| ApiError::NotFound(format!("this worker does not run {service:?} now")))?;
     let mut path = format!("/{rest}");
     if let Some(q) = req.uri().query() {
         path.push('?');
         path.push_str(q);
     }
-    let target = Target {
-        authority: format!("127.0.0.1:{port}"),
-        path_and_query: path,
+    let not_answering = |e: std::io::Error| {
+        ApiError::BadGateway(format!("the {service} container is not answering: {e}"))
     };
     let start = Instant::now();
     let in_flight = routes.stats.start();
-    let result = match forward::connect(&target.authority, Duration::from_secs(2)).await {
-        Ok(stream) => forward::send(stream, &target, req, client, Duration::from_secs(300)).await,
-        Err(e) => Err(ApiError::BadGateway(format!(
-            "the {service} container is not answering: {e}"
-        ))),
+    let answer = Duration::from_secs(300);
+    let result = match upstream {
+        Upstream::Port(port) => {
+            let target = Target {
+                authority: format!("127.0.0.1:{port}"),
+                path_and_query: path,
+            };
+            match forward::connect(&target.authority, Duration::from_secs(2)).await {
+                Ok(stream) => forward::send(stream, &target, req, client, answer).await,
+                Err(e) => Err(not_answering(e)),
+            }
+        }
+        Upstream::Socket(socket) => {
+            let target = Target {
+                authority: "localhost".into(),
+                path_and_query: path,
+            };
+            match tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(&socket)).await {
+                Ok(Ok(stream)) => forward::send(stream, &target, req, client, answer).await,
+                Ok(Err(e)) => Err(not_answering(e)),
+                Err(_) => Err(not_answering(std::io::ErrorKind::TimedOut.into())),
+            }
+        }
     };
     drop(in_flight);
     routes.stats.record(

@@ -45,6 +45,51 @@ impl TryFrom<String> for TunnelKind {
     }
 }
 
+/// How the gateway reaches a container's service (the `service_reach` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum ServiceReach {
+    /// A unix socket in a folder shared with the container, which then has no network at all (Linux engines).
+    Socket,
+    /// A port published on 127.0.0.1 only (engines that cannot share a socket with the host: Docker Desktop on
+    /// Windows and macOS); the container keeps the engine's network.
+    Ports,
+}
+
+impl Default for ServiceReach {
+    fn default() -> Self {
+        if cfg!(target_os = "linux") {
+            Self::Socket
+        } else {
+            Self::Ports
+        }
+    }
+}
+
+impl ServiceReach {
+    /// All of them.
+    pub const ALL: [ServiceReach; 2] = [Self::Socket, Self::Ports];
+
+    /// The setting's text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Socket => "socket",
+            Self::Ports => "ports",
+        }
+    }
+}
+
+impl TryFrom<String> for ServiceReach {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("service_reach: must be \"socket\" or \"ports\", got {s:?}"))
+    }
+}
+
 /// Settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -81,6 +126,11 @@ pub struct Settings {
     pub scratch_mb: u64,
     /// The container engine's socket (`unix:///…`); unset: `DOCKER_HOST` or the platform default.
     pub docker_host: Option<String>,
+    /// How the gateway reaches the services: `socket` (no network in the container; the default on Linux) or
+    /// `ports` (published on 127.0.0.1; the default elsewhere).
+    pub service_reach: ServiceReach,
+    /// Where the services' sockets live (a folder per container); unset: the cache directory.
+    pub socket_dir: Option<PathBuf>,
     /// Name of this agent on the container engine (several agents can share one).
     pub instance: String,
     /// Where the local gateway in front of the containers listens.
@@ -151,6 +201,8 @@ impl Default for Settings {
             instance: "default".into(),
             gateway_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             tunnel: TunnelKind::None,
+            service_reach: ServiceReach::default(),
+            socket_dir: None,
             cloudflared: PathBuf::from("cloudflared"),
             tunnel_hostname: None,
             schedule: Vec::new(),
@@ -384,6 +436,10 @@ impl Settings {
             gpus: self.gpus.clone(),
             scratch_mb: self.scratch_mb,
             docker_host: self.docker_host.clone(),
+            reach: match self.service_reach {
+                ServiceReach::Socket => crate::containers::Reach::Socket(self.socket_dir()),
+                ServiceReach::Ports => crate::containers::Reach::Ports,
+            },
         }
     }
 
@@ -401,6 +457,16 @@ impl Settings {
             dirs::runtime_dir()
                 .unwrap_or_else(std::env::temp_dir)
                 .join("commons-agent.sock")
+        })
+    }
+
+    /// The folder of the services' sockets (one folder per container inside).
+    pub fn socket_dir(&self) -> PathBuf {
+        self.socket_dir.clone().unwrap_or_else(|| {
+            dirs::cache_dir()
+                .unwrap_or_else(std::env::temp_dir)
+                .join("commons")
+                .join(format!("sockets-{}", self.instance))
         })
     }
 
@@ -442,6 +508,17 @@ mod tests {
             assert_eq!(s.tunnel, kind);
             assert_eq!(serde_json::to_value(kind).unwrap(), serde_json::json!(text));
         }
+    }
+
+    #[test]
+    fn service_reach_is_pinned_to_its_setting_text() {
+        for (reach, text) in ServiceReach::ALL.into_iter().zip(["socket", "ports"]) {
+            assert_eq!(reach.as_str(), text);
+            let (s, _) = Settings::parse(&format!("service_reach = \"{text}\"")).unwrap();
+            assert_eq!(s.service_reach, reach);
+        }
+        let e = Settings::parse("service_reach = \"bridge\"").unwrap_err();
+        assert!(e.to_string().contains("service_reach"), "{e}");
     }
 
     #[test]

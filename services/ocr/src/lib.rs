@@ -400,6 +400,62 @@ pub fn router(ocr: Arc<Ocr>) -> Router {
     )
 }
 
+/// Sample documents with known text, for tests and benchmarks.
+pub mod sample {
+    /// A one-page PDF (420 pt square) that shows `lines` in Helvetica 24 pt.
+    pub fn pdf_with_text(lines: &[&str]) -> Vec<u8> {
+        let mut content = String::from("BT /F1 24 Tf 30 TL 20 380 Td\n");
+        for l in lines {
+            content.push_str(&format!("({l}) Tj T*\n"));
+        }
+        content.push_str("ET");
+        let objects = [
+            "<< /Type /Catalog /Pages 2 0 R >>".to_owned(),
+            "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_owned(),
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 420 420] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>"
+                .to_owned(),
+            format!("<< /Length {} >>\nstream\n{content}\nendstream", content.len()),
+            "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_owned(),
+        ];
+        let mut pdf = b"%PDF-1.4\n".to_vec();
+        let mut offsets = Vec::new();
+        for (i, o) in objects.iter().enumerate() {
+            offsets.push(pdf.len());
+            pdf.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
+        }
+        let xref = pdf.len();
+        pdf.extend_from_slice(
+            format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+        );
+        for o in offsets {
+            pdf.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
+        }
+        pdf.extend_from_slice(
+            format!(
+                "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+                objects.len() + 1
+            )
+            .as_bytes(),
+        );
+        pdf
+    }
+
+    /// The PDF's page as a 200 dpi PNG, through this machine's `pdftoppm` (Poppler).
+    pub fn png_of(pdf: &[u8]) -> std::io::Result<Vec<u8>> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("t.pdf"), pdf)?;
+        let status = std::process::Command::new("pdftoppm")
+            .args(["-r", "200", "-png", "-singlefile"])
+            .arg(dir.path().join("t.pdf"))
+            .arg(dir.path().join("t"))
+            .status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!("pdftoppm failed ({status})")));
+        }
+        std::fs::read(dir.path().join("t.png"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

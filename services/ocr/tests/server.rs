@@ -4,59 +4,8 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
+use commons_ocr::sample::{pdf_with_text, png_of};
 use serde_json::Value;
-
-/// A one-page A6 PDF that shows `lines` in Helvetica 24 pt.
-pub fn pdf_with_text(lines: &[&str]) -> Vec<u8> {
-    let mut content = String::from("BT /F1 24 Tf 30 TL 20 380 Td\n");
-    for l in lines {
-        content.push_str(&format!("({l}) Tj T*\n"));
-    }
-    content.push_str("ET");
-    let objects = [
-        "<< /Type /Catalog /Pages 2 0 R >>".to_owned(),
-        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_owned(),
-        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 420 420] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>"
-            .to_owned(),
-        format!("<< /Length {} >>\nstream\n{content}\nendstream", content.len()),
-        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_owned(),
-    ];
-    let mut pdf = b"%PDF-1.4\n".to_vec();
-    let mut offsets = Vec::new();
-    for (i, o) in objects.iter().enumerate() {
-        offsets.push(pdf.len());
-        pdf.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
-    }
-    let xref = pdf.len();
-    pdf.extend_from_slice(
-        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
-    );
-    for o in offsets {
-        pdf.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
-    }
-    pdf.extend_from_slice(
-        format!(
-            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-            objects.len() + 1
-        )
-        .as_bytes(),
-    );
-    pdf
-}
-
-/// The PDF's page as a PNG, through the host's `pdftoppm`.
-fn png_of(pdf: &[u8]) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("t.pdf"), pdf).unwrap();
-    let ok = Command::new("pdftoppm")
-        .args(["-r", "200", "-png", "-singlefile"])
-        .arg(dir.path().join("t.pdf"))
-        .arg(dir.path().join("t"))
-        .status()
-        .expect("pdftoppm (poppler-utils) is installed by .ci/packages tests");
-    assert!(ok.success());
-    std::fs::read(dir.path().join("t.png")).unwrap()
-}
 
 struct Server {
     child: Child,
@@ -109,7 +58,8 @@ async fn rendered_text_is_read_back_from_a_png_and_a_pdf() {
         .unwrap();
     assert_eq!(health["languages"], serde_json::json!(["eng"]));
     let pdf = pdf_with_text(&["Commons reads", "donated text"]);
-    for (what, body) in [("png", png_of(&pdf)), ("pdf", pdf.clone())] {
+    let png = png_of(&pdf).expect("pdftoppm (poppler-utils, from .ci/packages tests)");
+    for (what, body) in [("png", png), ("pdf", pdf.clone())] {
         let (status, v) = post(&format!("{}/ocr", s.url), body).await;
         assert_eq!(status, 200, "{what}: {v}");
         let text = v["text"].as_str().unwrap();

@@ -78,15 +78,18 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// Sends `req` to `target` over `stream` and returns the answer with its body streaming. `timeout` bounds the wait
-/// for the answer's headers.
-pub async fn send(
-    stream: TcpStream,
+/// Sends `req` to `target` over `stream` (TCP, or a unix socket) and returns the answer with its body streaming.
+/// `timeout` bounds the wait for the answer's headers.
+pub async fn send<S>(
+    stream: S,
     target: &Target,
     req: Request,
     client: IpAddr,
     timeout: Duration,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ApiError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ApiError::BadGateway(format!("the upstream connection failed: {e}")))?;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::AgentError;
+use crate::containers::Upstream;
 use crate::gateway::Gateway;
 use crate::settings::{Settings, TunnelKind};
 use crate::tunnel::{Mode, Tunnel};
@@ -69,8 +70,8 @@ impl Reach {
         self.gateway.as_ref().map_or(0.0, |g| g.routes.load())
     }
 
-    /// Routes the gateway to these services' host ports.
-    pub(super) fn set_routes(&self, routes: HashMap<String, u16>) {
+    /// Routes the gateway to these services.
+    pub(super) fn set_routes(&self, routes: HashMap<String, Upstream>) {
         if let Some(g) = &self.gateway {
             g.routes.set(routes);
         }

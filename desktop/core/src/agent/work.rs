@@ -6,7 +6,7 @@ use commons_shared::api::{ContainerAssignment, ContainerState, ContainerStatus};
 use tokio::sync::mpsc;
 
 use super::ContainerView;
-use crate::containers::{Engine, Policy, Progress};
+use crate::containers::{Engine, Policy, Progress, Upstream};
 use crate::settings::Settings;
 
 /// The containers' side of the agent.
@@ -75,9 +75,9 @@ impl Work {
         self.containers.clone()
     }
 
-    /// Makes the containers match the assignment. Returns the services running and their ports, for the gateway,
+    /// Makes the containers match the assignment. Returns the services running and where they listen, for the gateway,
     /// when the engine could list them.
-    pub(super) async fn reconcile(&mut self) -> Option<HashMap<String, u16>> {
+    pub(super) async fn reconcile(&mut self) -> Option<HashMap<String, Upstream>> {
         let (Some(engine), Some(desired)) = (self.engine.as_mut(), self.desired.as_ref()) else {
             return None;
         };
@@ -85,7 +85,7 @@ impl Work {
         let routes = engine.ours().await.ok().map(|ours| {
             ours.into_iter()
                 .filter(|c| c.running)
-                .map(|c| (c.service, c.host_port))
+                .map(|c| (c.service, c.upstream))
                 .collect()
         });
         match result {
