@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use commons_server::auth::Secret;
-pub use commons_server::config::ConfigError;
+pub use commons_server::config::{ConfigError, Validate};
 
 /// Everything the coordinator can be told.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,8 +146,17 @@ impl Config {
         commons_server::config::from_file(path)
     }
 
+    /// The URL given to workers.
+    pub fn coordinator_url(&self, bound: SocketAddr) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"))
+    }
+}
+
+impl Validate for Config {
     /// Checks ranges.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
         if self.flush_interval_ms == 0 || self.flush_interval_ms > 1000 {
             return bad("flush_interval_ms must be from 1 to 1000");
@@ -213,12 +222,5 @@ impl Config {
             return bad("public_url must start with http:// or https://");
         }
         Ok(())
-    }
-
-    /// The URL given to workers.
-    pub fn coordinator_url(&self, bound: SocketAddr) -> String {
-        self.public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{bound}"))
     }
 }

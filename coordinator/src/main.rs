@@ -155,10 +155,8 @@ fn turned_off<S: serde::Serializer>(off: &bool, s: S) -> Result<S::Ok, S::Error>
 }
 
 impl Cli {
-    fn into_config(self) -> anyhow::Result<Config> {
-        let c: Config = commons_server::config::layered(self.config.as_deref(), &self)?;
-        c.validate()?;
-        Ok(c)
+    fn into_config(self) -> Result<Config, commons_server::config::ConfigError> {
+        commons_server::config::load(self.config.as_deref(), &self)
     }
 }
 

@@ -2,31 +2,37 @@
 
 use std::net::SocketAddr;
 
-use commons_server::serve::{ServeError, Serving, listen};
+use commons_server::serve::{ServeError, Serving, StartError, listen};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, Validate};
 use crate::state::{AppState, LoadError};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// The coordinator could not start, or did not stop cleanly.
+pub type Error = StartError<Own>;
+
+/// What can stop the coordinator's start that the edge does not have.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
-    /// The configuration cannot be used.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
+pub enum Own {
     /// The state (catalogue, registry) cannot be loaded.
     #[error(transparent)]
     Load(#[from] LoadError),
-    /// The database failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
     /// The DHT node cannot start.
     #[error(transparent)]
     Dht(#[from] crate::dht::StartError),
-    /// Listening or serving failed.
-    #[error(transparent)]
-    Serve(#[from] ServeError),
+}
+
+impl From<LoadError> for Error {
+    fn from(e: LoadError) -> Self {
+        Self::Own(e.into())
+    }
+}
+
+impl From<crate::dht::StartError> for Error {
+    fn from(e: crate::dht::StartError) -> Self {
+        Self::Own(e.into())
+    }
 }
 
 /// A running coordinator.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use commons_server::auth::Secret;
-pub use commons_server::config::ConfigError;
+pub use commons_server::config::{ConfigError, Validate};
 
 /// Everything the edge can be told.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,9 +71,11 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         commons_server::config::from_file(path)
     }
+}
 
+impl Validate for Config {
     /// Checks ranges.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
         if self.heartbeat_interval_secs < 1 {
             return bad("heartbeat_interval_secs must be at least 1");

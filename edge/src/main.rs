@@ -44,10 +44,8 @@ struct Cli {
 }
 
 impl Cli {
-    fn into_config(self) -> anyhow::Result<Config> {
-        let c: Config = commons_server::config::layered(self.config.as_deref(), &self)?;
-        c.validate()?;
-        Ok(c)
+    fn into_config(self) -> Result<Config, commons_server::config::ConfigError> {
+        commons_server::config::load(self.config.as_deref(), &self)
     }
 }
 

@@ -3,30 +3,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use commons_server::config::ConfigError;
-use commons_server::db::DbError;
-use commons_server::serve::{ServeError, Serving, listen};
+use commons_server::serve::{ServeError, Serving, StartError, listen};
 use tokio::task::JoinHandle;
 use tokio::time::{MissedTickBehavior, interval};
 
-use crate::config::Config;
+use crate::config::{Config, Validate};
 use crate::state::EdgeState;
 use crate::store::Store;
 
-/// The edge could not start, or did not stop cleanly.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The configuration cannot be used.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The database failed.
-    #[error(transparent)]
-    Db(#[from] DbError),
-    /// Listening or serving failed.
-    #[error(transparent)]
-    Serve(#[from] ServeError),
-}
+/// The edge could not start, or did not stop cleanly (it has no reason of its own).
+pub type Error = StartError;
 
 /// A running edge.
 #[derive(Debug)]

@@ -97,6 +97,22 @@ pub fn layered<C: DeserializeOwned>(
         .map_err(|source| ConfigError::Flags { source })
 }
 
+/// A configuration that checks its own ranges.
+pub trait Validate {
+    /// Checks ranges and combinations.
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+/// [`layered`], then [`Validate::validate`]: a server's configuration from its file and flags, ready to use.
+pub fn load<C: DeserializeOwned + Validate>(
+    file: Option<&Path>,
+    overrides: &impl Serialize,
+) -> Result<C, ConfigError> {
+    let c: C = layered(file, overrides)?;
+    c.validate()?;
+    Ok(c)
+}
+
 /// For `#[serde(skip_serializing_if)]` on a switch: a switch not given is not an override.
 pub fn is_false(b: &bool) -> bool {
     !*b

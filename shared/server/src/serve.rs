@@ -28,6 +28,24 @@ pub enum ServeError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// A server could not start, or did not stop cleanly: what every server shares, and `E`, what is its own.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError<E: std::error::Error + 'static = std::convert::Infallible> {
+    /// The configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    /// Listening or serving failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// The server's own reason.
+    #[error(transparent)]
+    Own(E),
+}
+
 /// Listens on `addr`.
 pub async fn listen(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
