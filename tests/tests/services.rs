@@ -1,0 +1,173 @@
+//! The pool answers a real request, end to end on real parts: an edge, a coordinator registered with it, two agents
+//! (the library the headless binary runs) joining through the edge, and a real container engine running the ocr
+//! image `cargo xtask images` built, each container without network and reached over its socket.
+//! `.ci/test` starts the engine (DOCKER_HOST) and builds the images first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use commons_agent::agent::{self, AgentHandle, Command, State};
+use commons_agent::credentials::FileStore;
+use commons_agent::hardware::RecordedProbe;
+use commons_agent::settings::{ServiceReach, Settings};
+use commons_tests::{Coordinator, Edge, built_image, eventually};
+use serde_json::Value;
+
+fn no_gpu() -> Arc<RecordedProbe> {
+    Arc::new(RecordedProbe(Err(commons_agent::hardware::NoGpu(
+        "no driver in tests".into(),
+    ))))
+}
+
+/// A catalogue of one service: ocr, on the image built here, on every worker that joins.
+fn ocr_catalogue(dir: &std::path::Path) -> std::path::PathBuf {
+    let builtin = commons_shared::catalogue::Catalogue::builtin();
+    let remove: Vec<String> = builtin
+        .services()
+        .iter()
+        .map(|s| format!("{:?}", s.name))
+        .collect();
+    let text = format!(
+        "remove = [{}]\n[[service]]\nname = \"ocr\"\nimage = {:?}\nport = 8884\nmin_ram = \"64MB\"\nmin_cores = 1\n\
+         replicas = 2\nenv = {{ COMMONS_OCR_LANGUAGES = \"eng\" }}\n",
+        remove.join(", "),
+        built_image("ocr"),
+    );
+    let path = dir.join("catalogue.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn settings(edge: &Edge, instance: &str, sockets: &std::path::Path) -> Settings {
+    Settings {
+        edge_url: edge.url(),
+        containers: true,
+        allowed_images: Some(vec!["127.0.0.1:5000/".into()]),
+        memory_mb: 512,
+        instance: instance.into(),
+        dht: false,
+        service_reach: ServiceReach::Socket,
+        socket_dir: Some(sockets.to_owned()),
+        ..Settings::default()
+    }
+}
+
+async fn start_agent(edge: &Edge, instance: &str, dir: &std::path::Path) -> AgentHandle {
+    let mut a = agent::start(
+        settings(edge, instance, &dir.join("s")),
+        Arc::new(FileStore::new(dir.join("creds.json"))),
+        no_gpu(),
+    );
+    a.wait_for(Duration::from_secs(60), |s| *s == State::Active)
+        .await
+        .expect("the agent is active");
+    a
+}
+
+async fn ocr(client: &reqwest::Client, base: &str, png: &[u8]) -> (u16, Value) {
+    match client
+        .post(format!("{base}/api/service/ocr/ocr"))
+        .body(png.to_vec())
+        .send()
+        .await
+    {
+        Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or(Value::Null)),
+        Err(e) => (0, Value::String(e.to_string())),
+    }
+}
+
+fn reads(v: &Value) -> bool {
+    v["text"]
+        .as_str()
+        .is_some_and(|t| t.contains("Volunteers answer") && t.contains("this request"))
+}
+
+#[tokio::test]
+async fn an_ocr_request_is_answered_through_edge_coordinator_agent_and_container() {
+    let client = reqwest::Client::new();
+    let edge = Edge::start(|_| {}).await;
+    let key = edge.federation_key(&client, "pool").await;
+    let c = Coordinator::federated(&edge, &key, 200, |cfg, dir| {
+        cfg.catalogue = Some(ocr_catalogue(dir));
+        cfg.heartbeat_interval_secs = 1;
+    })
+    .await;
+    assert!(eventually(10, || async { edge.coordinator_count(&client).await == 1 }).await);
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let pid = std::process::id();
+    let instances = [format!("svc-a-{pid}"), format!("svc-b-{pid}")];
+    let a = start_agent(&edge, &instances[0], dirs[0].path()).await;
+    let b = start_agent(&edge, &instances[1], dirs[1].path()).await;
+    let ids = [
+        a.session.borrow().worker_id.clone(),
+        b.session.borrow().worker_id.clone(),
+    ];
+    // Both containers run.
+    assert!(
+        eventually(60, || async {
+            let list = c.admin(&client, "/api/admin/workers").await;
+            list["workers"].as_array().is_some_and(|ws| {
+                ws.len() == 2 && ws.iter().all(|w| w["containers"][0]["state"] == "running")
+            })
+        })
+        .await,
+        "both ocr containers run: {}",
+        c.admin(&client, "/api/admin/workers").await
+    );
+    let png = commons_ocr::sample::png_of(&commons_ocr::sample::pdf_with_text(&[
+        "Volunteers answer",
+        "this request",
+    ]))
+    .expect("pdftoppm");
+    // Until both services listen on their sockets, a request can meet one that is still starting.
+    assert!(
+        eventually(30, || async {
+            let (status, v) = ocr(&client, &edge.url(), &png).await;
+            status == 200 && reads(&v)
+        })
+        .await,
+        "the first answer: {:?}",
+        ocr(&client, &edge.url(), &png).await
+    );
+    for i in 0..20 {
+        let (status, v) = ocr(&client, &edge.url(), &png).await;
+        assert_eq!(status, 200, "request {i}: {v}");
+        assert!(reads(&v), "request {i}: {v}");
+    }
+    // Both workers served some of them (a weighted random choice: 2^-19 that one served none).
+    let served = |id: &str, list: &Value| {
+        list["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["worker_id"] == id)
+            .map_or(0, |w| w["requests"].as_u64().unwrap_or(0))
+    };
+    let list = c.admin(&client, "/api/admin/workers").await;
+    assert!(
+        ids.iter().all(|id| served(id, &list) > 0),
+        "both workers served requests: {list}"
+    );
+
+    // One agent dies (as kill -9 would): the next requests go to the other.
+    a.abort().await;
+    for i in 0..5 {
+        let (status, v) = ocr(&client, &edge.url(), &png).await;
+        assert_eq!(status, 200, "after the crash, request {i}: {v}");
+        assert!(reads(&v));
+    }
+    b.send(Command::Quit).await;
+    b.join().await.unwrap();
+    // The crashed agent left its container; a volunteer's restart would adopt it, the test removes it.
+    let mut engine = commons_agent::containers::Engine::connect(
+        settings(&edge, &instances[0], &dirs[0].path().join("s")).policy(),
+    )
+    .await
+    .unwrap();
+    engine.remove_all().await.unwrap();
+    let counts = edge.request_counts(&client).await;
+    assert!(
+        counts.get("service").copied().unwrap_or(0) >= 26,
+        "{counts:?}"
+    );
+}
