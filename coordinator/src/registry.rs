@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use commons_shared::WorkerId;
-use commons_shared::api::{ContainerStatus, GpuSample, ReportedStatus, Roles, WorkerStatus};
+use commons_shared::api::{
+    ContainerState, ContainerStatus, GpuSample, ReportedStatus, Roles, WorkerStatus,
+};
 use commons_shared::caps::Capabilities;
 use commons_shared::tier::Tier;
 use parking_lot::{Mutex, RwLock};
@@ -86,7 +88,18 @@ pub struct Liveness {
 }
 
 impl Live {
-    /// Status at `now`.
+    /// Whether its container `name` serves: it reports that container running (and, where the image has a health
+    /// check, passing it). A worker that reports no containers at all (a legacy worker, or one serving without a
+    /// container engine) is taken at its word.
+    pub fn serves(&self, container: &str) -> bool {
+        self.containers.is_empty()
+            || self
+                .containers
+                .iter()
+                .any(|c| c.name == container && c.state == ContainerState::Running)
+    }
+
+    /// Status at `now`: what it reported, unless it has been silent too long.
     pub fn status(&self, now: Instant, l: Liveness) -> WorkerStatus {
         let silent = now.saturating_duration_since(self.last_seen);
         if silent >= l.offline_after {

@@ -191,13 +191,14 @@ impl AppState {
             .iter()
             .filter_map(|&i| self.catalogue.get(usize::from(i)))
             .map(|s| ContainerAssignment {
-                name: format!("commons-{}", s.name),
+                name: s.container_name(),
                 service: s.name.clone(),
                 image: s.image.clone(),
                 port: s.port,
                 env: s.env.clone(),
                 args: s.args.clone(),
                 requires_gpu: s.requires_gpu,
+                health: s.health_path().map(str::to_owned),
             })
             .collect()
     }

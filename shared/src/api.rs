@@ -98,6 +98,10 @@ pub struct ContainerAssignment {
     pub args: Vec<String>,
     /// Needs a GPU.
     pub requires_gpu: bool,
+    /// The path that answers 2xx once the service can serve; until it does, the container is `starting`, and the
+    /// coordinator routes nothing to it. `None`: the image has none (a running container serves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 /// Roles a worker holds besides its tier.

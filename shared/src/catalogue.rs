@@ -51,10 +51,30 @@ pub struct ServiceSpec {
     /// Wanted replicas across the pool.
     #[serde(default = "one")]
     pub replicas: u32,
+    /// The path that answers 2xx once the service can serve (every image we build has `/health`); empty: the
+    /// image has none, and a running container counts as serving.
+    #[serde(default = "health")]
+    pub health: String,
 }
 
 fn one() -> u32 {
     1
+}
+
+fn health() -> String {
+    "/health".into()
+}
+
+impl ServiceSpec {
+    /// The name of the container that runs it on a worker.
+    pub fn container_name(&self) -> String {
+        format!("commons-{}", self.name)
+    }
+
+    /// The health path, when the image has one.
+    pub fn health_path(&self) -> Option<&str> {
+        (!self.health.is_empty()).then_some(self.health.as_str())
+    }
 }
 
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {

@@ -289,7 +289,7 @@ async fn tiny_coordinator() -> Coordinator {
         std::fs::write(
             &path,
             format!(
-                "remove = [{}]\n[[service]]\nname = \"tiny\"\nimage = \"127.0.0.1:5000/tiny:1\"\nport = 8080\nargs = [\"sleep\", \"600\"]\nmin_ram = \"64MB\"\nreplicas = 1\n",
+                "remove = [{}]\n[[service]]\nname = \"tiny\"\nimage = \"127.0.0.1:5000/tiny:1\"\nport = 8080\nargs = [\"sleep\", \"600\"]\nmin_ram = \"64MB\"\nreplicas = 1\nhealth = \"\"\n",
                 names.join(", ")
             ),
         )
@@ -473,6 +473,58 @@ async fn without_a_container_engine_the_agent_still_joins() {
         a.wait_for(Duration::from_secs(10), |s| *s == State::Active)
             .await,
         Some(State::Active)
+    );
+    a.send(Command::Quit).await;
+    a.join().await.unwrap();
+}
+
+/// An assigned service whose image cannot be pulled: the agent says so (the session's problem and an Error state,
+/// never "active" while nothing runs), and the coordinator sees the container failed.
+#[tokio::test]
+async fn a_service_that_cannot_run_is_said_not_hidden() {
+    let c = Coordinator::start(|cfg, dir| {
+        let path = dir.join("catalogue.toml");
+        let names: Vec<String> = commons_shared::catalogue::Catalogue::builtin()
+            .services()
+            .iter()
+            .map(|s| format!("{:?}", s.name))
+            .collect();
+        std::fs::write(
+            &path,
+            format!(
+                "remove = [{}]\n[[service]]\nname = \"gone\"\nimage = \"127.0.0.1:5000/no-such-image:1\"\nport = 8080\nmin_ram = \"64MB\"\nreplicas = 1\n",
+                names.join(", ")
+            ),
+        )
+        .unwrap();
+        cfg.catalogue = Some(path);
+        cfg.heartbeat_interval_secs = 1;
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = format!("agent-gone-{}", std::process::id());
+    let mut a = agent::start(
+        container_settings(&c, &instance),
+        Arc::new(FileStore::new(dir.path().join("c.json"))),
+        no_gpu(),
+    );
+    let state = a
+        .wait_for(Duration::from_secs(30), |s| matches!(s, State::Error(_)))
+        .await
+        .expect("an error state, not active");
+    let State::Error(why) = state else {
+        unreachable!()
+    };
+    assert!(why.contains("could not start the gone service"), "{why}");
+    let problem = a.session.borrow().problem.clone().unwrap_or_default();
+    assert!(problem.contains("gone"), "{problem}");
+    let id = a.session.borrow().worker_id.clone();
+    assert!(
+        eventually(10, || async {
+            worker(&client, &c.url(), &id).await.1["containers"][0]["state"] == "failed"
+        })
+        .await
     );
     a.send(Command::Quit).await;
     a.join().await.unwrap();

@@ -35,6 +35,7 @@ fn service(name: &str, args: &[&str]) -> ContainerAssignment {
         env: BTreeMap::from([("MODE".into(), "test".into())]),
         args: args.iter().map(|s| s.to_string()).collect(),
         requires_gpu: false,
+        health: None,
     }
 }
 
@@ -297,9 +298,14 @@ async fn a_service_without_network_answers_through_its_socket() {
         env: BTreeMap::from([("COMMONS_OCR_LANGUAGES".into(), "eng".into())]),
         args: Vec::new(),
         requires_gpu: false,
+        health: Some("/health".into()),
     };
     let states = e.reconcile(std::slice::from_ref(&ocr), None).await.unwrap();
-    assert_eq!(states[0].state, ContainerState::Running, "{states:?}");
+    assert_eq!(
+        states[0].state,
+        ContainerState::Starting,
+        "created, not yet serving: {states:?}"
+    );
     let ours = e.ours().await.unwrap();
     let Upstream::Socket(socket) = ours[0].upstream.clone() else {
         panic!("socket mode gives a socket: {:?}", ours[0].upstream)
@@ -348,6 +354,29 @@ async fn a_service_without_network_answers_through_its_socket() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(healthy, "the service answers /health through its socket");
+    let states = e.reconcile(std::slice::from_ref(&ocr), None).await.unwrap();
+    assert_eq!(
+        states[0].state,
+        ContainerState::Running,
+        "serving once /health answers"
+    );
+    // A running container whose image does not answer its health path is not serving.
+    let silent = ContainerAssignment {
+        health: Some("/health".into()),
+        ..service("silent", &["sleep", "600"])
+    };
+    let mut sleeper = Engine::connect(policy("t-silent")).await.unwrap();
+    sleeper.remove_all().await.unwrap();
+    sleeper
+        .reconcile(std::slice::from_ref(&silent), None)
+        .await
+        .unwrap();
+    let again = sleeper
+        .reconcile(std::slice::from_ref(&silent), None)
+        .await
+        .unwrap();
+    assert_eq!(again[0].state, ContainerState::Starting, "{again:?}");
+    sleeper.remove_all().await.unwrap();
     let png = commons_ocr::sample::png_of(&commons_ocr::sample::pdf_with_text(&[
         "Donated machines",
         "read this text",

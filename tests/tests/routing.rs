@@ -151,3 +151,58 @@ async fn bodies_stream_through_with_method_headers_and_query() {
     assert_eq!(r["x_forwarded_for"], "127.0.0.1");
     assert_eq!(r["host"], ws.addr.to_string());
 }
+
+/// A worker whose container for the service is not serving yet (`starting`: its health check has not passed) gets no
+/// requests and does not count as a healthy replica; once it reports the container running, it does.
+#[tokio::test]
+async fn a_replica_serves_only_once_its_container_is_healthy() {
+    let c = coordinator().await;
+    let client = reqwest::Client::new();
+    let w = WorkerServer::start("w").await;
+    let reg = register(&client, &c.url(), &w.url()).await;
+    let beat = |state: &'static str| {
+        let (client, url, reg) = (client.clone(), c.url(), &reg);
+        async move {
+            let r = client
+                .post(format!("{url}/api/worker/heartbeat"))
+                .bearer_auth(&reg.token)
+                .json(
+                    &serde_json::json!({"worker_id": reg.id, "status": "healthy", "load": 0.1,
+                    "containers": [{"name": "commons-echo", "state": state, "restarts": 0}]}),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    let healthy_replicas = |report: &Value| {
+        report["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "echo")
+            .unwrap()["healthy"]
+            .as_u64()
+            .unwrap()
+    };
+    beat("starting").await;
+    let r = client
+        .get(format!("{}/api/service/echo/ping", c.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "nothing serves echo yet");
+    assert_eq!(w.seen.requests.load(Ordering::Relaxed), 0);
+    let report = c.admin(&client, "/api/admin/services").await;
+    assert_eq!(healthy_replicas(&report), 0, "{report}");
+    beat("running").await;
+    let r = client
+        .get(format!("{}/api/service/echo/ping", c.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let report = c.admin(&client, "/api/admin/services").await;
+    assert_eq!(healthy_replicas(&report), 1, "{report}");
+}

@@ -186,9 +186,13 @@ fn coverage(state: &AppState) -> ServicesReport {
         .enumerate()
         .map(|(i, spec)| {
             let providers = state.registry.providers(i);
+            let container = spec.container_name();
             let healthy = providers
                 .iter()
-                .filter(|w| w.live.lock().status(now, state.liveness).is_routable())
+                .filter(|w| {
+                    let live = w.live.lock();
+                    live.status(now, state.liveness).is_routable() && live.serves(&container)
+                })
                 .count() as u32;
             ServiceCoverage {
                 name: spec.name.clone(),

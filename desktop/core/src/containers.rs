@@ -22,6 +22,8 @@ use bollard::query_parameters::{
 use commons_shared::api::{ContainerAssignment, ContainerState, ContainerStatus};
 use commons_shared::backoff::Backoff;
 use futures_util::StreamExt;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
 
 /// How long a crashed container waits before it is started again.
@@ -192,6 +194,35 @@ fn spec_digest(a: &ContainerAssignment, p: &Policy) -> String {
     )
         .hash(&mut h);
     format!("{:016x}", h.finish())
+}
+
+/// Whether the service behind `upstream` answers `GET path` with a 2xx within a second.
+pub async fn answers(upstream: &Upstream, path: &str) -> bool {
+    async fn get<S>(io: S, path: &str) -> Option<bool>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, "localhost")
+            .body(http_body_util::Empty::<axum::body::Bytes>::new())
+            .ok()?;
+        Some(sender.send_request(req).await.ok()?.status().is_success())
+    }
+    let check = async {
+        match upstream {
+            Upstream::Port(p) => get(TcpStream::connect(("127.0.0.1", *p)).await.ok()?, path).await,
+            Upstream::Socket(s) => get(UnixStream::connect(s).await.ok()?, path).await,
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(1), check)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// How a container is wired to the host.
@@ -604,7 +635,11 @@ impl Engine {
             match have.get(&a.service) {
                 Some(c) if c.running => out.push(ContainerStatus {
                     name,
-                    state: ContainerState::Running,
+                    // Running, but serving only once its health check passes.
+                    state: match &a.health {
+                        Some(path) if !answers(&c.upstream, path).await => ContainerState::Starting,
+                        _ => ContainerState::Running,
+                    },
                     restarts: self.restarts.get(&a.service).map_or(0, |r| r.0),
                 }),
                 Some(c) => {
@@ -632,7 +667,12 @@ impl Engine {
                     self.create(a).await?;
                     out.push(ContainerStatus {
                         name,
-                        state: ContainerState::Running,
+                        // Serving once its health check passes, at a later pass.
+                        state: if a.health.is_some() {
+                            ContainerState::Starting
+                        } else {
+                            ContainerState::Running
+                        },
                         restarts: 0,
                     });
                 }

@@ -59,7 +59,7 @@ fn catalogue(dir: &std::path::Path) -> std::path::PathBuf {
         .map(|s| format!("{:?}", s.name))
         .collect();
     let text = format!(
-        "remove = [{}]\n[[service]]\nname = \"tiny\"\nimage = \"127.0.0.1:5000/tiny:1\"\nport = 8080\nargs = [\"sleep\", \"3600\"]\nmin_ram = \"64MB\"\nreplicas = 1\n",
+        "remove = [{}]\n[[service]]\nname = \"tiny\"\nimage = \"127.0.0.1:5000/tiny:1\"\nport = 8080\nargs = [\"sleep\", \"3600\"]\nmin_ram = \"64MB\"\nreplicas = 1\nhealth = \"\"\n",
         names.join(", ")
     );
     std::fs::write(&path, text).expect("catalogue");

@@ -343,11 +343,15 @@ impl Agent {
         !self.ui.paused() && !self.held()
     }
 
+    /// Active while donating, unless every assigned service failed (then saying why: never "donating" while
+    /// nothing runs); Paused otherwise.
     fn active_state(&self) -> State {
-        if self.donating() {
-            State::Active
-        } else {
+        if !self.donating() {
             State::Paused
+        } else if let Some(why) = self.work.failing() {
+            State::Error(why)
+        } else {
+            State::Active
         }
     }
 
@@ -380,6 +384,8 @@ impl Agent {
         if let Some(routes) = self.work.reconcile().await {
             self.reach.set_routes(routes);
         }
+        let problem = self.work.problem();
+        self.ui.update(|s| s.problem = problem);
         self.show_containers();
     }
 

@@ -18,6 +18,8 @@ pub(super) struct Work {
     /// Their states, for the next heartbeat.
     containers: Vec<ContainerStatus>,
     progress: mpsc::Sender<Progress>,
+    /// What the volunteer should know: the engine is missing, or the assigned services could not be started.
+    problem: Option<String>,
 }
 
 impl Work {
@@ -27,7 +29,25 @@ impl Work {
             desired: None,
             containers: Vec::new(),
             progress,
+            problem: None,
         }
+    }
+
+    /// What is wrong, in plain words with the next step, if anything is.
+    pub(super) fn problem(&self) -> Option<String> {
+        self.problem.clone()
+    }
+
+    /// Why nothing serves, when services are assigned, an engine is there, and every one of them failed.
+    pub(super) fn failing(&self) -> Option<String> {
+        let all_failed = self.engine.is_some()
+            && self.desired.as_ref().is_some_and(|d| !d.is_empty())
+            && !self.containers.is_empty()
+            && self
+                .containers
+                .iter()
+                .all(|c| c.state == ContainerState::Failed);
+        all_failed.then(|| self.problem.clone()).flatten()
     }
 
     /// Connects to the container engine; without one, what the volunteer can do about it.
@@ -39,7 +59,8 @@ impl Work {
             }
             Err(e) => {
                 tracing::warn!("{e}");
-                Some(crate::containers::engine_hint(&e))
+                self.problem = Some(crate::containers::engine_hint(&e));
+                self.problem.clone()
             }
         }
     }
@@ -89,9 +110,18 @@ impl Work {
                 .collect()
         });
         match result {
-            Ok(states) => self.containers = states,
+            Ok(states) => {
+                self.containers = states;
+                self.problem = None;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "containers could not be brought up");
+                let services: Vec<String> = self.services().into_iter().collect();
+                self.problem = Some(format!(
+                    "could not start the {} service{}: {e}",
+                    services.join(", "),
+                    if services.len() == 1 { "" } else { "s" }
+                ));
                 self.containers = self
                     .desired
                     .iter()
