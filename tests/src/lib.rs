@@ -357,3 +357,66 @@ pub fn built_image(service: &str) -> String {
         .unwrap_or_else(|| panic!("{} lists no {service} image", path.display()))
         .clone()
 }
+
+/// A catalogue of one service, ocr on the image `cargo xtask images` built, with `replicas`, in `dir`.
+pub fn ocr_catalogue(dir: &std::path::Path, replicas: u32) -> PathBuf {
+    let builtin = commons_shared::catalogue::Catalogue::builtin();
+    let remove: Vec<String> = builtin
+        .services()
+        .iter()
+        .map(|s| format!("{:?}", s.name))
+        .collect();
+    let text = format!(
+        "remove = [{}]\n[[service]]\nname = \"ocr\"\nimage = {:?}\nport = 8884\nmin_ram = \"64MB\"\nmin_cores = 1\n\
+         replicas = {replicas}\nenv = {{ COMMONS_OCR_LANGUAGES = \"eng\" }}\n",
+        remove.join(", "),
+        built_image("ocr"),
+    );
+    let path = dir.join("catalogue.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// An agent that joins through `edge` and runs the loopback registry's images without network, their sockets
+/// under `sockets`.
+pub fn service_agent_settings(
+    edge: &str,
+    instance: &str,
+    sockets: &std::path::Path,
+) -> commons_agent::settings::Settings {
+    commons_agent::settings::Settings {
+        edge_url: edge.into(),
+        containers: true,
+        allowed_images: Some(vec!["127.0.0.1:5000/".into()]),
+        memory_mb: 512,
+        instance: instance.into(),
+        dht: false,
+        service_reach: commons_agent::settings::ServiceReach::Socket,
+        socket_dir: Some(sockets.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// Starts an agent with [`service_agent_settings`] (credentials and sockets in `dir`, no GPU) and waits until it is
+/// active.
+pub async fn start_service_agent(
+    edge: &str,
+    instance: &str,
+    dir: &std::path::Path,
+) -> commons_agent::agent::AgentHandle {
+    use commons_agent::agent::{self, State};
+    let probe = std::sync::Arc::new(commons_agent::hardware::RecordedProbe(Err(
+        commons_agent::hardware::NoGpu("no driver in tests".into()),
+    )));
+    let mut a = agent::start(
+        service_agent_settings(edge, instance, &dir.join("s")),
+        std::sync::Arc::new(commons_agent::credentials::FileStore::new(
+            dir.join("creds.json"),
+        )),
+        probe,
+    );
+    a.wait_for(std::time::Duration::from_secs(60), |s| *s == State::Active)
+        .await
+        .expect("the agent is active");
+    a
+}

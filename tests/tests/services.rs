@@ -3,66 +3,11 @@
 //! image `cargo xtask images` built, each container without network and reached over its socket.
 //! `.ci/test` starts the engine (DOCKER_HOST) and builds the images first.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use commons_agent::agent::{self, AgentHandle, Command, State};
-use commons_agent::credentials::FileStore;
-use commons_agent::hardware::RecordedProbe;
-use commons_agent::settings::{ServiceReach, Settings};
-use commons_tests::{Coordinator, Edge, built_image, eventually};
+use commons_agent::agent::Command;
+use commons_tests::{
+    Coordinator, Edge, eventually, ocr_catalogue, service_agent_settings, start_service_agent,
+};
 use serde_json::Value;
-
-fn no_gpu() -> Arc<RecordedProbe> {
-    Arc::new(RecordedProbe(Err(commons_agent::hardware::NoGpu(
-        "no driver in tests".into(),
-    ))))
-}
-
-/// A catalogue of one service: ocr, on the image built here, on every worker that joins.
-fn ocr_catalogue(dir: &std::path::Path) -> std::path::PathBuf {
-    let builtin = commons_shared::catalogue::Catalogue::builtin();
-    let remove: Vec<String> = builtin
-        .services()
-        .iter()
-        .map(|s| format!("{:?}", s.name))
-        .collect();
-    let text = format!(
-        "remove = [{}]\n[[service]]\nname = \"ocr\"\nimage = {:?}\nport = 8884\nmin_ram = \"64MB\"\nmin_cores = 1\n\
-         replicas = 2\nenv = {{ COMMONS_OCR_LANGUAGES = \"eng\" }}\n",
-        remove.join(", "),
-        built_image("ocr"),
-    );
-    let path = dir.join("catalogue.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn settings(edge: &Edge, instance: &str, sockets: &std::path::Path) -> Settings {
-    Settings {
-        edge_url: edge.url(),
-        containers: true,
-        allowed_images: Some(vec!["127.0.0.1:5000/".into()]),
-        memory_mb: 512,
-        instance: instance.into(),
-        dht: false,
-        service_reach: ServiceReach::Socket,
-        socket_dir: Some(sockets.to_owned()),
-        ..Settings::default()
-    }
-}
-
-async fn start_agent(edge: &Edge, instance: &str, dir: &std::path::Path) -> AgentHandle {
-    let mut a = agent::start(
-        settings(edge, instance, &dir.join("s")),
-        Arc::new(FileStore::new(dir.join("creds.json"))),
-        no_gpu(),
-    );
-    a.wait_for(Duration::from_secs(60), |s| *s == State::Active)
-        .await
-        .expect("the agent is active");
-    a
-}
 
 async fn ocr(client: &reqwest::Client, base: &str, png: &[u8]) -> (u16, Value) {
     match client
@@ -88,7 +33,7 @@ async fn an_ocr_request_is_answered_through_edge_coordinator_agent_and_container
     let edge = Edge::start(|_| {}).await;
     let key = edge.federation_key(&client, "pool").await;
     let c = Coordinator::federated(&edge, &key, 200, |cfg, dir| {
-        cfg.catalogue = Some(ocr_catalogue(dir));
+        cfg.catalogue = Some(ocr_catalogue(dir, 2));
         cfg.heartbeat_interval_secs = 1;
     })
     .await;
@@ -96,8 +41,8 @@ async fn an_ocr_request_is_answered_through_edge_coordinator_agent_and_container
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let pid = std::process::id();
     let instances = [format!("svc-a-{pid}"), format!("svc-b-{pid}")];
-    let a = start_agent(&edge, &instances[0], dirs[0].path()).await;
-    let b = start_agent(&edge, &instances[1], dirs[1].path()).await;
+    let a = start_service_agent(&edge.url(), &instances[0], dirs[0].path()).await;
+    let b = start_service_agent(&edge.url(), &instances[1], dirs[1].path()).await;
     let ids = [
         a.session.borrow().worker_id.clone(),
         b.session.borrow().worker_id.clone(),
@@ -160,7 +105,7 @@ async fn an_ocr_request_is_answered_through_edge_coordinator_agent_and_container
     b.join().await.unwrap();
     // The crashed agent left its container; a volunteer's restart would adopt it, the test removes it.
     let mut engine = commons_agent::containers::Engine::connect(
-        settings(&edge, &instances[0], &dirs[0].path().join("s")).policy(),
+        service_agent_settings(&edge.url(), &instances[0], &dirs[0].path().join("s")).policy(),
     )
     .await
     .unwrap();

@@ -1,0 +1,218 @@
+//! `commons-servicebench`: what the pool's path costs a real service, and what a second agent adds.
+//!
+//! An edge, a coordinator registered with it, and agents (in process) running the ocr image `cargo xtask images`
+//! built, on a real engine, each container without network behind its socket.
+//!
+//! 1. Latency the path adds: the same request straight to the container's socket, and through edge → coordinator
+//!    → agent gateway → socket; p50 and p99 of each, for `GET /health` (the path alone) and a small OCR request
+//!    (one word).
+//! 2. OCR throughput through the edge with one agent, then with two, `--clients` requests at a time for `--secs`.
+//!
+//! ```text
+//! .ci/engine.sh && export DOCKER_HOST=unix:///tmp/commons-engine/engine.sock
+//! cargo xtask images --registry 127.0.0.1:5000
+//! cargo run --release -p commons-tests --bin commons-servicebench
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use commons_agent::containers::{Engine, Upstream};
+use commons_tests::{
+    Coordinator, Edge, eventually, ocr_catalogue, service_agent_settings, start_service_agent,
+};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+/// Measures the latency the pool's path adds to a service, and OCR throughput with one and two agents.
+#[derive(Debug, Parser)]
+struct Cli {
+    /// Requests per path in the latency measurement.
+    #[arg(long, default_value_t = 300)]
+    requests: usize,
+    /// Requests in flight in the throughput measurement.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Seconds of each throughput measurement.
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn summary(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    (pct(&ms, 0.5), pct(&ms, 0.99))
+}
+
+/// One request over the container's unix socket (a new connection each time, as the gateway makes).
+async fn direct(socket: &Path, method: &str, path: &str, body: &[u8]) -> Result<u16> {
+    let io = tokio::net::UnixStream::connect(socket).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .body(Full::new(bytes::Bytes::copy_from_slice(body)))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    resp.into_body().collect().await?;
+    Ok(status)
+}
+
+async fn via_edge(
+    client: &reqwest::Client,
+    edge: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<u16> {
+    let url = format!("{edge}/api/service/ocr{path}");
+    let r = match method {
+        "GET" => client.get(url).send().await?,
+        _ => client.post(url).body(body.to_vec()).send().await?,
+    };
+    let status = r.status().as_u16();
+    r.bytes().await?;
+    Ok(status)
+}
+
+async fn throughput(client: &reqwest::Client, edge: &str, png: &[u8], cli: &Cli) -> (f64, usize) {
+    let until = Instant::now() + Duration::from_secs(cli.secs);
+    let mut tasks = Vec::new();
+    for _ in 0..cli.clients {
+        let (client, edge, png) = (client.clone(), edge.to_owned(), png.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0usize, 0usize);
+            while Instant::now() < until {
+                match via_edge(&client, &edge, "POST", "/ocr", &png).await {
+                    Ok(200) => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let (mut ok, mut failed) = (0, 0);
+    for t in tasks {
+        let (o, f) = t.await.unwrap_or((0, 0));
+        ok += o;
+        failed += f;
+    }
+    (ok as f64 / cli.secs as f64, failed)
+}
+
+async fn socket_of(settings: &commons_agent::settings::Settings) -> Result<PathBuf> {
+    let engine = Engine::connect(settings.policy()).await?;
+    match engine.ours().await?.into_iter().next().map(|o| o.upstream) {
+        Some(Upstream::Socket(s)) => Ok(s),
+        other => bail!("the ocr container has no socket: {other:?}"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let client = reqwest::Client::new();
+    let edge = Edge::start(|_| {}).await;
+    let key = edge.federation_key(&client, "bench").await;
+    let coordinator = Coordinator::federated(&edge, &key, 1000, |cfg, dir| {
+        cfg.catalogue = Some(ocr_catalogue(dir, 2));
+        cfg.heartbeat_interval_secs = 1;
+    })
+    .await;
+    if !eventually(10, || async { edge.coordinator_count(&client).await == 1 }).await {
+        bail!("the coordinator did not register with the edge");
+    }
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let pid = std::process::id();
+    let instances = [format!("bench-a-{pid}"), format!("bench-b-{pid}")];
+    let a = start_service_agent(&edge.url(), &instances[0], dirs[0].path()).await;
+    let png = commons_ocr::sample::png_of(&commons_ocr::sample::pdf_with_text(&["Commons"]))
+        .context("pdftoppm (poppler-utils)")?;
+    let doc = commons_ocr::sample::png_of(&commons_ocr::sample::pdf_with_text(&[
+        "Volunteers answer",
+        "this request, line by line,",
+        "on donated machines.",
+    ]))?;
+    let ready = eventually(60, || async {
+        matches!(via_edge(&client, &edge.url(), "GET", "/health", b"").await, Ok(200))
+    })
+    .await;
+    if !ready {
+        bail!("the ocr service did not become reachable through the edge");
+    }
+    let socket = socket_of(&service_agent_settings(
+        &edge.url(),
+        &instances[0],
+        &dirs[0].path().join("s"),
+    ))
+    .await?;
+
+    println!(
+        "1. latency, {} sequential requests per path, one agent (ms):",
+        cli.requests
+    );
+    for (what, method, path, body) in [
+        ("GET /health", "GET", "/health", &b""[..]),
+        ("POST /ocr, one word", "POST", "/ocr", &png[..]),
+    ] {
+        let (mut d, mut e) = (Vec::new(), Vec::new());
+        // Alternate, so that both paths see the same machine.
+        for _ in 0..cli.requests {
+            let t = Instant::now();
+            let s = direct(&socket, method, path, body).await?;
+            d.push(t.elapsed().as_secs_f64() * 1000.0);
+            let t = Instant::now();
+            let s2 = via_edge(&client, &edge.url(), method, path, body).await?;
+            e.push(t.elapsed().as_secs_f64() * 1000.0);
+            if s != 200 || s2 != 200 {
+                bail!("{what}: status {s} direct, {s2} through the edge");
+            }
+        }
+        let ((dp50, dp99), (ep50, ep99)) = (summary(d), summary(e));
+        println!(
+            "  {what:<22} direct p50 {dp50:.2}  p99 {dp99:.2} | via edge p50 {ep50:.2}  p99 {ep99:.2} | added p50 {:.2}  p99 {:.2}",
+            ep50 - dp50,
+            ep99 - dp99
+        );
+    }
+
+    println!(
+        "2. OCR throughput through the edge, a 3-line page, {} in flight, {} s:",
+        cli.clients, cli.secs
+    );
+    let (one, failed_one) = throughput(&client, &edge.url(), &doc, &cli).await;
+    println!("  one agent   {one:.1} requests/s ({failed_one} failed)");
+    let b = start_service_agent(&edge.url(), &instances[1], dirs[1].path()).await;
+    let both_serve = eventually(60, || async {
+        let list = coordinator.admin(&client, "/api/admin/services").await;
+        list["services"][0]["healthy"] == 2
+    })
+    .await;
+    if !both_serve {
+        bail!("the second agent's container did not turn healthy");
+    }
+    let (two, failed_two) = throughput(&client, &edge.url(), &doc, &cli).await;
+    println!(
+        "  two agents  {two:.1} requests/s ({failed_two} failed): {:.2}x (on this machine's {} cores, both agents share them)",
+        two / one.max(0.001),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    for (h, (instance, dir)) in [a, b].into_iter().zip(instances.iter().zip(&dirs)) {
+        h.send(commons_agent::agent::Command::Quit).await;
+        let _ = h.join().await;
+        let mut engine = Engine::connect(
+            service_agent_settings(&edge.url(), instance, &dir.path().join("s")).policy(),
+        )
+        .await?;
+        engine.remove_all().await?;
+    }
+    Ok(())
+}
