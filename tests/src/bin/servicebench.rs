@@ -141,7 +141,10 @@ async fn main() -> Result<()> {
         "on donated machines.",
     ]))?;
     let ready = eventually(60, || async {
-        matches!(via_edge(&client, &edge.url(), "GET", "/health", b"").await, Ok(200))
+        matches!(
+            via_edge(&client, &edge.url(), "GET", "/health", b"").await,
+            Ok(200)
+        )
     })
     .await;
     if !ready {
