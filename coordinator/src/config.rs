@@ -42,6 +42,9 @@ pub struct Config {
     pub admin_auth_rate_limit: u32,
     /// A catalogue file that overrides the shipped one by service name.
     pub catalogue: Option<PathBuf>,
+    /// Its minisign signature, which workers check against the keys they trust [default: `<catalogue>.minisig`
+    /// when it exists]. Workers run nothing from an unsigned catalogue but what the shipped one says.
+    pub catalogue_signature: Option<PathBuf>,
     /// At most this many services per worker.
     pub max_services_per_worker: usize,
     /// Largest body forwarded to a worker.
@@ -107,6 +110,7 @@ impl Default for Config {
             register_rate_limit: 60,
             admin_auth_rate_limit: 20,
             catalogue: None,
+            catalogue_signature: None,
             max_services_per_worker: 3,
             proxy_body_limit_bytes: 64 * 1024 * 1024,
             proxy_timeout_secs: 300,

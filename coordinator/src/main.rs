@@ -35,6 +35,10 @@ struct Cli {
     #[arg(long, env = "COMMONS_CATALOGUE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     catalogue: Option<PathBuf>,
+    /// The catalogue's minisign signature [default: <catalogue>.minisig when it exists].
+    #[arg(long, env = "COMMONS_CATALOGUE_SIGNATURE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    catalogue_signature: Option<PathBuf>,
     /// Registrations per minute per client address (0 = no limit).
     #[arg(long, env = "COMMONS_REGISTER_RATE_LIMIT")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -251,6 +255,7 @@ mod tests {
             "--data-dir=/tmp/x",
             "--public-url=http://example.test",
             "--catalogue=/tmp/c.toml",
+            "--catalogue-signature=/tmp/c.toml.sig",
             "--register-rate-limit=7",
             "--heartbeat-interval=11",
             "--require-enrollment",
@@ -273,6 +278,10 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.public_url.as_deref(), Some("http://example.test"));
         assert_eq!(c.catalogue, Some(PathBuf::from("/tmp/c.toml")));
+        assert_eq!(
+            c.catalogue_signature,
+            Some(PathBuf::from("/tmp/c.toml.sig"))
+        );
         assert_eq!(c.register_rate_limit, 7);
         assert_eq!(c.heartbeat_interval_secs, 11);
         assert!(c.require_enrollment && c.legacy_open_workers && !c.dht);

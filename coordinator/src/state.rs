@@ -12,7 +12,7 @@ use commons_shared::api::{
 };
 use commons_shared::assign::assign;
 use commons_shared::caps::Capabilities;
-use commons_shared::catalogue::Catalogue;
+use commons_shared::catalogue::{Catalogue, CatalogueOffer};
 use commons_shared::tier::{Tier, classify};
 use parking_lot::Mutex;
 use rand::RngCore;
@@ -45,6 +45,8 @@ pub struct Inner {
     pub config: Config,
     /// The service catalogue.
     pub catalogue: Catalogue,
+    /// The operator's catalogue and its signature, as workers fetch them to check their assignments.
+    pub catalogue_offer: CatalogueOffer,
     /// Workers.
     pub registry: Registry,
     /// Database.
@@ -131,6 +133,25 @@ impl AppState {
             }
             None => None,
         };
+        let signature = match (&config.catalogue_signature, &config.catalogue) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(c)) => {
+                let mut p = c.clone().into_os_string();
+                p.push(".minisig");
+                Some(std::path::PathBuf::from(p)).filter(|p| p.exists())
+            }
+            (None, None) => None,
+        };
+        let catalogue_offer = CatalogueOffer {
+            catalogue: overlay.clone(),
+            signature: match signature {
+                Some(p) => Some(
+                    std::fs::read_to_string(&p)
+                        .map_err(|source| LoadError::CatalogueFile { path: p, source })?,
+                ),
+                None => None,
+            },
+        };
         let catalogue = Catalogue::load(
             commons_shared::catalogue::DEFAULT_CATALOGUE,
             overlay.as_deref(),
@@ -170,6 +191,7 @@ impl AppState {
             metrics: Metrics::new(),
             config,
             catalogue,
+            catalogue_offer,
             registry,
             store,
             coordinator_url,
@@ -190,16 +212,7 @@ impl AppState {
         services
             .iter()
             .filter_map(|&i| self.catalogue.get(usize::from(i)))
-            .map(|s| ContainerAssignment {
-                name: s.container_name(),
-                service: s.name.clone(),
-                image: s.image.clone(),
-                port: s.port,
-                env: s.env.clone(),
-                args: s.args.clone(),
-                requires_gpu: s.requires_gpu,
-                health: s.health_path().map(str::to_owned),
-            })
+            .map(commons_shared::catalogue::ServiceSpec::assignment)
             .collect()
     }
 

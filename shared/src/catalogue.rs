@@ -75,6 +75,96 @@ impl ServiceSpec {
     pub fn health_path(&self) -> Option<&str> {
         (!self.health.is_empty()).then_some(self.health.as_str())
     }
+
+    /// What a worker runs for it: everything comes from this entry, so that a worker can check an assignment
+    /// against the catalogue it trusts.
+    pub fn assignment(&self) -> crate::api::ContainerAssignment {
+        crate::api::ContainerAssignment {
+            name: self.container_name(),
+            service: self.name.clone(),
+            image: self.image.clone(),
+            port: self.port,
+            env: self.env.clone(),
+            args: self.args.clone(),
+            requires_gpu: self.requires_gpu,
+            health: self.health_path().map(str::to_owned),
+        }
+    }
+}
+
+/// The name under which an operator's catalogue is signed (the `file:` of the signature's trusted comment).
+pub const SIGNED_NAME: &str = "catalogue.toml";
+
+/// What a coordinator serves at `GET /api/catalogue`: its operator's catalogue (applied over the shipped one) and
+/// its minisign signature, or nothing when it runs the shipped catalogue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CatalogueOffer {
+    /// The operator's catalogue file, as signed.
+    pub catalogue: Option<String>,
+    /// Its minisign signature (`minisign -S -t "file:catalogue.toml"`).
+    pub signature: Option<String>,
+}
+
+/// Why a coordinator's catalogue is not trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum TrustError {
+    /// It comes without a signature.
+    #[error("the coordinator's catalogue is not signed")]
+    Unsigned,
+    /// The signature does not hold, or no trusted key made it.
+    #[error("the coordinator's catalogue is not signed by a key this machine trusts ({0})")]
+    Signature(#[source] crate::release::Refusal),
+    /// Signed, but not a valid catalogue.
+    #[error("the coordinator's signed catalogue is not valid: {0}")]
+    Invalid(#[source] CatalogueError),
+}
+
+impl Catalogue {
+    /// The catalogue a worker trusts: the shipped one, with the coordinator's overlay when it is signed by one of
+    /// `keys` (the project's release key and the operators' keys the volunteer added).
+    pub fn trusted(offer: &CatalogueOffer, keys: &[&str]) -> Result<Self, TrustError> {
+        let Some(text) = &offer.catalogue else {
+            return Ok(Self::builtin());
+        };
+        let signature = offer.signature.as_deref().ok_or(TrustError::Unsigned)?;
+        crate::release::verify_by_any(text.as_bytes(), signature, SIGNED_NAME, keys)
+            .map_err(TrustError::Signature)?;
+        Self::load(DEFAULT_CATALOGUE, Some(text)).map_err(TrustError::Invalid)
+    }
+
+    /// Whether `a` is exactly what this catalogue says its service runs; `Err` says what differs.
+    pub fn check(&self, a: &crate::api::ContainerAssignment) -> Result<(), String> {
+        let Some(spec) = self.services.iter().find(|s| s.name == a.service) else {
+            return Err(format!(
+                "no service {:?} in the signed catalogue",
+                a.service
+            ));
+        };
+        let want = spec.assignment();
+        let differs = [
+            (want.image != a.image, "image"),
+            (want.args != a.args, "arguments"),
+            (want.env != a.env, "environment"),
+            (want.port != a.port, "port"),
+            (want.name != a.name, "name"),
+            (want.requires_gpu != a.requires_gpu, "GPU use"),
+            (want.health != a.health, "health path"),
+        ]
+        .into_iter()
+        .filter_map(|(d, what)| d.then_some(what))
+        .collect::<Vec<_>>();
+        if differs.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the assignment for {:?} differs from the signed catalogue in its {}",
+                a.service,
+                differs.join(", ")
+            ))
+        }
+    }
 }
 
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {

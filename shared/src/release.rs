@@ -245,6 +245,31 @@ impl ArtifactCheck<'_> {
     }
 }
 
+/// Checks that `bytes`, named `name` in the signature's trusted comment, are signed by one of `keys` (minisign
+/// public keys); whole, not streamed (a catalogue, not a download).
+pub fn verify_by_any(
+    bytes: &[u8],
+    signature: &str,
+    name: &str,
+    keys: &[&str],
+) -> Result<(), Refusal> {
+    let mut last = Refusal::OtherKey;
+    for key in keys {
+        let outcome = Verifier::new(key, signature, name).and_then(|v| {
+            let mut c = v.check()?;
+            c.update(bytes);
+            c.finish().signature
+        });
+        match outcome {
+            Ok(()) => return Ok(()),
+            // Another key's signature: try the next key; anything else is the answer.
+            Err(Refusal::OtherKey) => {}
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// A minisign public key from a `.pub` file's text (comment line and key) or the bare base64 key.
 pub fn public_key_from(text: &str) -> Result<minisign_verify::PublicKey, Refusal> {
     let line = text

@@ -358,7 +358,56 @@ pub fn built_image(service: &str) -> String {
         .clone()
 }
 
-/// A catalogue of one service, ocr on the image `cargo xtask images` built, with `replicas`, in `dir`.
+/// The operator key the tests sign catalogues with: a minisign pair without password, made once per test process
+/// (minisign is installed by `.ci/packages tests`). (secret key file, public key text)
+pub fn test_catalogue_key() -> &'static (PathBuf, String) {
+    static KEY: std::sync::OnceLock<(PathBuf, String)> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("commons-test-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (public, secret) = (dir.join("operator.pub"), dir.join("operator.key"));
+        if !secret.exists() {
+            let ok = std::process::Command::new("minisign")
+                .args(["-G", "-W", "-f", "-p"])
+                .arg(&public)
+                .arg("-s")
+                .arg(&secret)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("minisign (apt install minisign; .ci/packages tests installs it)");
+            assert!(ok.success(), "minisign -G");
+        }
+        (secret, std::fs::read_to_string(&public).unwrap())
+    })
+}
+
+/// Signs `path` as an operator's catalogue with [`test_catalogue_key`] (writes `<path>.minisig`, which the
+/// coordinator serves beside it); returns the public key, for the agents' `catalogue_keys`.
+pub fn sign_catalogue(path: &std::path::Path) -> String {
+    let (secret, public) = test_catalogue_key();
+    let mut sig = path.as_os_str().to_owned();
+    sig.push(".minisig");
+    let ok = std::process::Command::new("minisign")
+        .arg("-S")
+        .arg("-s")
+        .arg(secret)
+        .arg("-m")
+        .arg(path)
+        .arg("-x")
+        .arg(&sig)
+        .args([
+            "-t",
+            &format!("file:{}", commons_shared::catalogue::SIGNED_NAME),
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("minisign");
+    assert!(ok.success(), "minisign -S");
+    public.clone()
+}
+
+/// A catalogue of one service, ocr on the image `cargo xtask images` built, with `replicas`, in `dir`; signed with
+/// [`test_catalogue_key`].
 pub fn ocr_catalogue(dir: &std::path::Path, replicas: u32) -> PathBuf {
     let builtin = commons_shared::catalogue::Catalogue::builtin();
     let remove: Vec<String> = builtin
@@ -374,6 +423,7 @@ pub fn ocr_catalogue(dir: &std::path::Path, replicas: u32) -> PathBuf {
     );
     let path = dir.join("catalogue.toml");
     std::fs::write(&path, text).unwrap();
+    sign_catalogue(&path);
     path
 }
 
@@ -393,6 +443,7 @@ pub fn service_agent_settings(
         dht: false,
         service_reach: commons_agent::settings::ServiceReach::Socket,
         socket_dir: Some(sockets.to_owned()),
+        catalogue_keys: vec![test_catalogue_key().1.clone()],
         ..Default::default()
     }
 }

@@ -294,6 +294,7 @@ async fn tiny_coordinator() -> Coordinator {
             ),
         )
         .unwrap();
+        commons_tests::sign_catalogue(&path);
         cfg.catalogue = Some(path);
         cfg.heartbeat_interval_secs = 1;
     })
@@ -308,6 +309,7 @@ fn container_settings(c: &Coordinator, instance: &str) -> Settings {
         memory_mb: 64,
         instance: instance.into(),
         dht: false,
+        catalogue_keys: vec![commons_tests::test_catalogue_key().1.clone()],
         ..Settings::default()
     }
 }
@@ -497,6 +499,7 @@ async fn a_service_that_cannot_run_is_said_not_hidden() {
             ),
         )
         .unwrap();
+        commons_tests::sign_catalogue(&path);
         cfg.catalogue = Some(path);
         cfg.heartbeat_interval_secs = 1;
     })
@@ -528,4 +531,98 @@ async fn a_service_that_cannot_run_is_said_not_hidden() {
     );
     a.send(Command::Quit).await;
     a.join().await.unwrap();
+}
+
+/// The agent runs an operator's catalogue only when the volunteer trusts its key, and never one changed after it
+/// was signed: the coordinator names services, the signed catalogue says what they run.
+#[tokio::test]
+async fn an_operators_catalogue_runs_only_with_its_key_and_never_when_tampered() {
+    let client = reqwest::Client::new();
+    // Signed with the test operator key, but the agent does not list that key.
+    let c = tiny_coordinator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let instance = format!("agent-untrusted-{}", std::process::id());
+    let untrusting = Settings {
+        catalogue_keys: Vec::new(),
+        ..container_settings(&c, &instance)
+    };
+    let mut a = agent::start(
+        untrusting.clone(),
+        Arc::new(FileStore::new(dir.path().join("c.json"))),
+        no_gpu(),
+    );
+    let state = a
+        .wait_for(Duration::from_secs(30), |s| matches!(s, State::Error(_)))
+        .await
+        .expect("refused, so nothing runs");
+    let State::Error(why) = state else {
+        unreachable!()
+    };
+    assert!(
+        why.contains("not signed by a key this machine trusts"),
+        "{why}"
+    );
+    let engine = commons_agent::containers::Engine::connect(untrusting.policy())
+        .await
+        .unwrap();
+    assert!(
+        engine.ours().await.unwrap().is_empty(),
+        "nothing was created"
+    );
+    let id = a.session.borrow().worker_id.clone();
+    assert!(
+        eventually(10, || async {
+            worker(&client, &c.url(), &id).await.1["containers"][0]["state"] == "failed"
+        })
+        .await
+    );
+    a.send(Command::Quit).await;
+    a.join().await.unwrap();
+
+    // Signed, then changed (other arguments): refused even with the key.
+    let tampered = Coordinator::start(|cfg, d| {
+        let path = d.join("catalogue.toml");
+        let names: Vec<String> = commons_shared::catalogue::Catalogue::builtin()
+            .services()
+            .iter()
+            .map(|s| format!("{:?}", s.name))
+            .collect();
+        let text = |args: &str| {
+            format!(
+                "remove = [{}]\n[[service]]\nname = \"tiny\"\nimage = \"127.0.0.1:5000/tiny:1\"\nport = 8080\nargs = {args}\nmin_ram = \"64MB\"\nreplicas = 1\nhealth = \"\"\n",
+                names.join(", ")
+            )
+        };
+        std::fs::write(&path, text("[\"sleep\", \"600\"]")).unwrap();
+        commons_tests::sign_catalogue(&path);
+        std::fs::write(&path, text("[\"sh\", \"-c\", \"echo mine\"]")).unwrap();
+        cfg.catalogue = Some(path);
+        cfg.heartbeat_interval_secs = 1;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let instance = format!("agent-tampered-{}", std::process::id());
+    let settings = container_settings(&tampered, &instance);
+    let mut b = agent::start(
+        settings.clone(),
+        Arc::new(FileStore::new(dir.path().join("c.json"))),
+        no_gpu(),
+    );
+    let state = b
+        .wait_for(Duration::from_secs(30), |s| matches!(s, State::Error(_)))
+        .await
+        .expect("refused");
+    let State::Error(why) = state else {
+        unreachable!()
+    };
+    assert!(why.contains("tampered"), "{why}");
+    let engine = commons_agent::containers::Engine::connect(settings.policy())
+        .await
+        .unwrap();
+    assert!(
+        engine.ours().await.unwrap().is_empty(),
+        "nothing was created"
+    );
+    b.send(Command::Quit).await;
+    b.join().await.unwrap();
 }

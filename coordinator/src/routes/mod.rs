@@ -172,7 +172,7 @@ impl utoipa::Modify for SecurityAddon {
     info(title = "Commons coordinator", description = "Worker registry, assignment, heartbeats, routing and admin API."),
     paths(register, heartbeat, unregister, health, admin::workers, admin::worker, admin::stats, admin::admin_health,
           admin::services, admin::history, admin::create_enrollment, proxy::forward, dht::topology, dht::stats,
-          portal::login, portal::logout, portal::session, portal::coordinators, portal::releases, updates::updates),
+          portal::login, portal::logout, portal::session, portal::coordinators, portal::releases, updates::updates, updates::catalogue),
     modifiers(&SecurityAddon)
 )]
 struct ApiDoc;

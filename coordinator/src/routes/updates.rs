@@ -1,4 +1,5 @@
-//! The update feed: `GET /api/updates/{product}/{channel}/{platform}`.
+//! What clients check against the keys they carry: the update feed `GET /api/updates/{product}/{channel}/{platform}`
+//! and the operator's catalogue `GET /api/catalogue`.
 
 use axum::extract::{Path as UrlPath, State};
 use axum::routing::get;
@@ -10,7 +11,19 @@ use crate::state::AppState;
 use crate::updates::{feed, plain};
 
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route("/api/updates/{product}/{channel}/{platform}", get(updates))
+    Router::new()
+        .route("/api/updates/{product}/{channel}/{platform}", get(updates))
+        .route("/api/catalogue", get(catalogue))
+}
+
+/// The operator's catalogue and its minisign signature (both absent with the shipped catalogue). Workers check the
+/// signature against the keys their volunteers trust and run only what a trusted catalogue says.
+#[utoipa::path(get, path = "/api/catalogue",
+    responses((status = 200, body = commons_shared::catalogue::CatalogueOffer)))]
+pub(crate) async fn catalogue(
+    State(state): State<AppState>,
+) -> Json<commons_shared::catalogue::CatalogueOffer> {
+    Json(state.catalogue_offer.clone())
 }
 
 /// The newest release for a client: its version, notes, download URL, size, SHA-256 and minisign signature. Clients

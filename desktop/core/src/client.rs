@@ -134,6 +134,15 @@ impl Client {
         Self::json(&url, self.http.get(&url).send().await).await
     }
 
+    /// The coordinator's catalogue and its signature (`GET /api/catalogue`).
+    pub async fn catalogue(
+        &self,
+        coordinator: &str,
+    ) -> Result<commons_shared::catalogue::CatalogueOffer, CallError> {
+        let url = join(coordinator, "/api/catalogue");
+        Self::json(&url, self.http.get(&url).send().await).await
+    }
+
     /// Whether the coordinator answers `/health`.
     pub async fn alive(&self, coordinator: &str, timeout: Duration) -> bool {
         let url = join(coordinator, "/health");

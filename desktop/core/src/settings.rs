@@ -126,6 +126,9 @@ pub struct Settings {
     pub scratch_mb: u64,
     /// The container engine's socket (`unix:///…`); unset: `DOCKER_HOST` or the platform default.
     pub docker_host: Option<String>,
+    /// Minisign public keys of the operators whose catalogues this machine runs, besides the project's release key.
+    /// A coordinator's catalogue signed by none of them is not run: only the shipped catalogue's services are.
+    pub catalogue_keys: Vec<String>,
     /// How the gateway reaches the services: `socket` (no network in the container; the default on Linux) or
     /// `ports` (published on 127.0.0.1; the default elsewhere).
     pub service_reach: ServiceReach,
@@ -201,6 +204,7 @@ impl Default for Settings {
             instance: "default".into(),
             gateway_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             tunnel: TunnelKind::None,
+            catalogue_keys: Vec::new(),
             service_reach: ServiceReach::default(),
             socket_dir: None,
             cloudflared: PathBuf::from("cloudflared"),

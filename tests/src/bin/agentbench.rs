@@ -63,6 +63,7 @@ fn catalogue(dir: &std::path::Path) -> std::path::PathBuf {
         names.join(", ")
     );
     std::fs::write(&path, text).expect("catalogue");
+    commons_tests::sign_catalogue(&path);
     path
 }
 
@@ -88,10 +89,12 @@ async fn main() -> Result<()> {
         dir.path().join("agent.toml"),
         format!(
             "containers = {}\nallowed_images = [\"127.0.0.1:5000/\"]\nmemory_mb = 64\ninstance = \"bench\"\n\
-             dht = {}\ndht_listen = \"/ip4/127.0.0.1/tcp/0\"\ndht_stagger_ms = 0\ndht_seed_cache = {:?}\n",
+             dht = {}\ndht_listen = \"/ip4/127.0.0.1/tcp/0\"\ndht_stagger_ms = 0\ndht_seed_cache = {:?}\n\
+             catalogue_keys = [{:?}]\n",
             !cli.no_containers,
             !cli.no_dht,
             dir.path().join("seeds.json"),
+            commons_tests::test_catalogue_key().1,
         ),
     )?;
     let started = Instant::now();

@@ -130,6 +130,7 @@ impl Agent {
             return Ok(None);
         };
         self.me.detect(self.settings.region.as_deref()).await;
+        self.trust_catalogue(&c.coordinator_url).await;
         self.ui.update(|s| {
             s.worker_id = c.worker_id.clone();
             s.coordinator_url = c.coordinator_url.clone();
@@ -139,6 +140,21 @@ impl Agent {
             interval: Duration::from_secs(1),
             version: 0,
         }))
+    }
+
+    /// Fetches the coordinator's catalogue and trusts it when the project's key or one of the volunteer's operator
+    /// keys signed it; otherwise (or when it cannot be fetched) only the shipped catalogue's services run.
+    async fn trust_catalogue(&mut self, coordinator: &str) {
+        let offer = match self.me.client.catalogue(coordinator).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot fetch the coordinator's catalogue; the shipped one applies");
+                commons_shared::catalogue::CatalogueOffer::default()
+            }
+        };
+        let mut keys = vec![commons_shared::release::PROJECT_KEY];
+        keys.extend(self.settings.catalogue_keys.iter().map(String::as_str));
+        self.work.trust(&offer, &keys);
     }
 
     fn register_request(&self, caps: &Capabilities) -> RegisterRequest {
@@ -232,6 +248,7 @@ impl Agent {
             s.tier = Some(r.tier.number());
         });
         tracing::info!(worker = %creds.worker_id, coordinator = %creds.coordinator_url, tier = r.tier.number(), "joined");
+        self.trust_catalogue(&creds.coordinator_url).await;
         self.work.assign(r.assigned_containers.clone());
         self.show_containers();
         self.reach.reported(r.endpoint.clone());

