@@ -37,6 +37,8 @@ pub fn catalogue_only(dir: &std::path::Path, services: &[(&str, u32)]) -> PathBu
     }
     let path = dir.join("catalogue.toml");
     std::fs::write(&path, text).unwrap();
+    // Signed, so that agents given the test key (catalogue_keys) run what it says.
+    sign_catalogue(&path);
     path
 }
 
@@ -358,26 +360,37 @@ pub fn built_image(service: &str) -> String {
         .clone()
 }
 
-/// The operator key the tests sign catalogues with: a minisign pair without password, made once per test process
-/// (minisign is installed by `.ci/packages tests`). (secret key file, public key text)
+/// The operator key the tests sign catalogues with: a minisign pair without password, made once per machine in
+/// `$CARGO_TARGET_DIR/test-operator-key/` (minisign is installed by `.ci/packages tests`).
+/// (secret key file, public key text)
 pub fn test_catalogue_key() -> &'static (PathBuf, String) {
     static KEY: std::sync::OnceLock<(PathBuf, String)> = std::sync::OnceLock::new();
     KEY.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("commons-test-key-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (public, secret) = (dir.join("operator.pub"), dir.join("operator.key"));
-        if !secret.exists() {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        let dir = target.join("test-operator-key");
+        if !dir.join("operator.key").exists() {
+            // Made aside and renamed into place: test processes running at once agree on one key.
+            let tmp = target.join(format!("test-operator-key.{}", std::process::id()));
+            std::fs::create_dir_all(&tmp).unwrap();
             let ok = std::process::Command::new("minisign")
                 .args(["-G", "-W", "-f", "-p"])
-                .arg(&public)
+                .arg(tmp.join("operator.pub"))
                 .arg("-s")
-                .arg(&secret)
+                .arg(tmp.join("operator.key"))
                 .stdout(std::process::Stdio::null())
                 .status()
                 .expect("minisign (apt install minisign; .ci/packages tests installs it)");
             assert!(ok.success(), "minisign -G");
+            if std::fs::rename(&tmp, &dir).is_err() {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
         }
-        (secret, std::fs::read_to_string(&public).unwrap())
+        (
+            dir.join("operator.key"),
+            std::fs::read_to_string(dir.join("operator.pub")).unwrap(),
+        )
     })
 }
 

@@ -40,6 +40,7 @@ fn dht_agent(edge: &str, dir: &std::path::Path, i: usize) -> Settings {
         // Other tests share the machine's two cores: give the join time before falling back to the edge.
         dht_join_wait_ms: 20_000,
         dht_seed_cache: Some(dir.join(format!("seeds-{i}.json"))),
+        catalogue_keys: vec![commons_tests::test_catalogue_key().1.clone()],
         ..Settings::default()
     }
 }

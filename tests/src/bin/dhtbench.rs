@@ -231,6 +231,7 @@ fn agent_settings(edge: &str, dir: &std::path::Path, i: usize) -> Settings {
         dht_server: false,
         dht_stagger_ms: 200,
         dht_seed_cache: Some(dir.join(format!("seeds-{i}.json"))),
+        catalogue_keys: vec![commons_tests::test_catalogue_key().1.clone()],
         ..Settings::default()
     }
 }
