@@ -20,26 +20,44 @@ use tokio::task::JoinHandle;
 pub mod browser;
 pub mod update;
 
-/// A catalogue overlay that leaves only the given services (name, replicas), each needing 1 GiB and 1 core.
-pub fn catalogue_only(dir: &std::path::Path, services: &[(&str, u32)]) -> PathBuf {
-    let builtin = commons_shared::catalogue::Catalogue::builtin();
-    let remove: Vec<String> = builtin
+/// An operator's catalogue in `dir` that drops every shipped service and adds `services` (TOML `[[service]]`
+/// entries), signed with [`test_catalogue_key`] so that agents given that key run it.
+pub fn operator_catalogue(dir: &std::path::Path, services: &str) -> PathBuf {
+    let remove: Vec<String> = commons_shared::catalogue::Catalogue::builtin()
         .services()
         .iter()
         .map(|s| format!("{:?}", s.name))
         .collect();
-    let mut text = format!("remove = [{}]\n", remove.join(", "));
+    let path = dir.join("catalogue.toml");
+    std::fs::write(
+        &path,
+        format!("remove = [{}]\n{services}", remove.join(", ")),
+    )
+    .unwrap();
+    sign_catalogue(&path);
+    path
+}
+
+/// A catalogue overlay that leaves only the given services (name, replicas), each needing 1 GiB and 1 core.
+pub fn catalogue_only(dir: &std::path::Path, services: &[(&str, u32)]) -> PathBuf {
+    let mut text = String::new();
     for (i, (name, replicas)) in services.iter().enumerate() {
         text.push_str(&format!(
             "[[service]]\nname = {name:?}\nimage = \"example/{name}:1\"\nport = {}\nmin_ram = \"1GB\"\nmin_cores = 1\nreplicas = {replicas}\n",
             9000 + i
         ));
     }
-    let path = dir.join("catalogue.toml");
-    std::fs::write(&path, text).unwrap();
-    // Signed, so that agents given the test key (catalogue_keys) run what it says.
-    sign_catalogue(&path);
-    path
+    operator_catalogue(dir, &text)
+}
+
+/// The loopback registry's tiny busybox image as the only service, running `args` (no health path).
+pub fn tiny_catalogue(dir: &std::path::Path, name: &str, image: &str, args: &str) -> PathBuf {
+    operator_catalogue(
+        dir,
+        &format!(
+            "[[service]]\nname = {name:?}\nimage = {image:?}\nport = 8080\nargs = {args}\nmin_ram = \"64MB\"\nreplicas = 1\nhealth = \"\"\n"
+        ),
+    )
 }
 
 /// A GET with a bearer token, its body as JSON.
@@ -422,22 +440,14 @@ pub fn sign_catalogue(path: &std::path::Path) -> String {
 /// A catalogue of one service, ocr on the image `cargo xtask images` built, with `replicas`, in `dir`; signed with
 /// [`test_catalogue_key`].
 pub fn ocr_catalogue(dir: &std::path::Path, replicas: u32) -> PathBuf {
-    let builtin = commons_shared::catalogue::Catalogue::builtin();
-    let remove: Vec<String> = builtin
-        .services()
-        .iter()
-        .map(|s| format!("{:?}", s.name))
-        .collect();
-    let text = format!(
-        "remove = [{}]\n[[service]]\nname = \"ocr\"\nimage = {:?}\nport = 8884\nmin_ram = \"64MB\"\nmin_cores = 1\n\
-         replicas = {replicas}\nenv = {{ COMMONS_OCR_LANGUAGES = \"eng\" }}\n",
-        remove.join(", "),
-        built_image("ocr"),
-    );
-    let path = dir.join("catalogue.toml");
-    std::fs::write(&path, text).unwrap();
-    sign_catalogue(&path);
-    path
+    operator_catalogue(
+        dir,
+        &format!(
+            "[[service]]\nname = \"ocr\"\nimage = {:?}\nport = 8884\nmin_ram = \"64MB\"\nmin_cores = 1\n\
+             replicas = {replicas}\nenv = {{ COMMONS_OCR_LANGUAGES = \"eng\" }}\n",
+            built_image("ocr"),
+        ),
+    )
 }
 
 /// An agent that joins through `edge` and runs the loopback registry's images without network, their sockets

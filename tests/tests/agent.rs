@@ -283,19 +283,12 @@ async fn the_control_socket_drives_a_running_agent() {
 /// A coordinator whose only service is the tiny busybox image from the loopback registry.
 async fn tiny_coordinator() -> Coordinator {
     Coordinator::start(|cfg, dir| {
-        let path = dir.join("catalogue.toml");
-        let names: Vec<String> =
-            commons_shared::catalogue::Catalogue::builtin().services().iter().map(|s| format!("{:?}", s.name)).collect();
-        std::fs::write(
-            &path,
-            format!(
-                "remove = [{}]\n[[service]]\nname = \"tiny\"\nimage = \"127.0.0.1:5000/tiny:1\"\nport = 8080\nargs = [\"sleep\", \"600\"]\nmin_ram = \"64MB\"\nreplicas = 1\nhealth = \"\"\n",
-                names.join(", ")
-            ),
-        )
-        .unwrap();
-        commons_tests::sign_catalogue(&path);
-        cfg.catalogue = Some(path);
+        cfg.catalogue = Some(commons_tests::tiny_catalogue(
+            dir,
+            "tiny",
+            "127.0.0.1:5000/tiny:1",
+            r#"["sleep", "600"]"#,
+        ));
         cfg.heartbeat_interval_secs = 1;
     })
     .await
@@ -485,22 +478,12 @@ async fn without_a_container_engine_the_agent_still_joins() {
 #[tokio::test]
 async fn a_service_that_cannot_run_is_said_not_hidden() {
     let c = Coordinator::start(|cfg, dir| {
-        let path = dir.join("catalogue.toml");
-        let names: Vec<String> = commons_shared::catalogue::Catalogue::builtin()
-            .services()
-            .iter()
-            .map(|s| format!("{:?}", s.name))
-            .collect();
-        std::fs::write(
-            &path,
-            format!(
-                "remove = [{}]\n[[service]]\nname = \"gone\"\nimage = \"127.0.0.1:5000/no-such-image:1\"\nport = 8080\nmin_ram = \"64MB\"\nreplicas = 1\n",
-                names.join(", ")
-            ),
-        )
-        .unwrap();
-        commons_tests::sign_catalogue(&path);
-        cfg.catalogue = Some(path);
+        cfg.catalogue = Some(commons_tests::tiny_catalogue(
+            dir,
+            "gone",
+            "127.0.0.1:5000/no-such-image:1",
+            "[]",
+        ));
         cfg.heartbeat_interval_secs = 1;
     })
     .await;
@@ -581,21 +564,18 @@ async fn an_operators_catalogue_runs_only_with_its_key_and_never_when_tampered()
 
     // Signed, then changed (other arguments): refused even with the key.
     let tampered = Coordinator::start(|cfg, d| {
-        let path = d.join("catalogue.toml");
-        let names: Vec<String> = commons_shared::catalogue::Catalogue::builtin()
-            .services()
-            .iter()
-            .map(|s| format!("{:?}", s.name))
-            .collect();
-        let text = |args: &str| {
-            format!(
-                "remove = [{}]\n[[service]]\nname = \"tiny\"\nimage = \"127.0.0.1:5000/tiny:1\"\nport = 8080\nargs = {args}\nmin_ram = \"64MB\"\nreplicas = 1\nhealth = \"\"\n",
-                names.join(", ")
-            )
-        };
-        std::fs::write(&path, text("[\"sleep\", \"600\"]")).unwrap();
-        commons_tests::sign_catalogue(&path);
-        std::fs::write(&path, text("[\"sh\", \"-c\", \"echo mine\"]")).unwrap();
+        let path = commons_tests::tiny_catalogue(
+            d,
+            "tiny",
+            "127.0.0.1:5000/tiny:1",
+            r#"["sleep", "600"]"#,
+        );
+        let signed = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            signed.replace(r#"["sleep", "600"]"#, r#"["sh", "-c", "echo mine"]"#),
+        )
+        .unwrap();
         cfg.catalogue = Some(path);
         cfg.heartbeat_interval_secs = 1;
     })

@@ -51,22 +51,6 @@ fn proc_stat(pid: u32) -> Option<(u64, u64)> {
     Some((ticks, rss_kib))
 }
 
-fn catalogue(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("catalogue.toml");
-    let names: Vec<String> = commons_shared::catalogue::Catalogue::builtin()
-        .services()
-        .iter()
-        .map(|s| format!("{:?}", s.name))
-        .collect();
-    let text = format!(
-        "remove = [{}]\n[[service]]\nname = \"tiny\"\nimage = \"127.0.0.1:5000/tiny:1\"\nport = 8080\nargs = [\"sleep\", \"3600\"]\nmin_ram = \"64MB\"\nreplicas = 1\nhealth = \"\"\n",
-        names.join(", ")
-    );
-    std::fs::write(&path, text).expect("catalogue");
-    commons_tests::sign_catalogue(&path);
-    path
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -78,7 +62,12 @@ async fn main() -> Result<()> {
         );
     }
     let c = Coordinator::start(|cfg, dir| {
-        cfg.catalogue = Some(catalogue(dir));
+        cfg.catalogue = Some(commons_tests::tiny_catalogue(
+            dir,
+            "tiny",
+            "127.0.0.1:5000/tiny:1",
+            r#"["sleep", "3600"]"#,
+        ));
         // The agent joins the DHT through the seeds in the coordinator's registration answer.
         cfg.dht = !cli.no_dht;
     })
