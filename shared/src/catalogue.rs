@@ -123,15 +123,20 @@ pub enum TrustError {
 
 impl Catalogue {
     /// The catalogue a worker trusts: the shipped one, with the coordinator's overlay when it is signed by one of
-    /// `keys` (the project's release key and the operators' keys the volunteer added).
-    pub fn trusted(offer: &CatalogueOffer, keys: &[&str]) -> Result<Self, TrustError> {
+    /// `keys` (the project's release key and the operators' keys the volunteer added); and which key signed it
+    /// (`None`: the shipped catalogue alone).
+    pub fn trusted(
+        offer: &CatalogueOffer,
+        keys: &[&str],
+    ) -> Result<(Self, Option<usize>), TrustError> {
         let Some(text) = &offer.catalogue else {
-            return Ok(Self::builtin());
+            return Ok((Self::builtin(), None));
         };
         let signature = offer.signature.as_deref().ok_or(TrustError::Unsigned)?;
-        crate::release::verify_by_any(text.as_bytes(), signature, SIGNED_NAME, keys)
+        let signer = crate::release::verify_by_any(text.as_bytes(), signature, SIGNED_NAME, keys)
             .map_err(TrustError::Signature)?;
-        Self::load(DEFAULT_CATALOGUE, Some(text)).map_err(TrustError::Invalid)
+        let catalogue = Self::load(DEFAULT_CATALOGUE, Some(text)).map_err(TrustError::Invalid)?;
+        Ok((catalogue, Some(signer)))
     }
 
     /// Whether `a` is exactly what this catalogue says its service runs; `Err` says what differs.

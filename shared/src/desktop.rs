@@ -181,6 +181,9 @@ pub struct Status {
     /// This app's version and where its update stands.
     #[serde(default)]
     pub update: UpdateView,
+    /// Whose catalogue decides what this computer runs, in words.
+    #[serde(default)]
+    pub catalogue: Option<String>,
 }
 
 /// Where an update of the app stands.

@@ -246,22 +246,22 @@ impl ArtifactCheck<'_> {
 }
 
 /// Checks that `bytes`, named `name` in the signature's trusted comment, are signed by one of `keys` (minisign
-/// public keys); whole, not streamed (a catalogue, not a download).
+/// public keys); whole, not streamed (a catalogue, not a download). Returns which key signed them.
 pub fn verify_by_any(
     bytes: &[u8],
     signature: &str,
     name: &str,
     keys: &[&str],
-) -> Result<(), Refusal> {
+) -> Result<usize, Refusal> {
     let mut last = Refusal::OtherKey;
-    for key in keys {
+    for (i, key) in keys.iter().enumerate() {
         let outcome = Verifier::new(key, signature, name).and_then(|v| {
             let mut c = v.check()?;
             c.update(bytes);
             c.finish().signature
         });
         match outcome {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(i),
             // Another key's signature: try the next key; anything else is the answer.
             Err(Refusal::OtherKey) => {}
             Err(e) => last = e,

@@ -545,6 +545,11 @@ async fn an_operators_catalogue_runs_only_with_its_key_and_never_when_tampered()
         why.contains("not signed by a key this machine trusts"),
         "{why}"
     );
+    let signer = a.session.borrow().catalogue.clone().unwrap_or_default();
+    assert!(
+        signer.starts_with("the catalogue shipped with Commons only"),
+        "{signer}"
+    );
     let engine = commons_agent::containers::Engine::connect(untrusting.policy())
         .await
         .unwrap();

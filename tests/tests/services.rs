@@ -43,6 +43,11 @@ async fn an_ocr_request_is_answered_through_edge_coordinator_agent_and_container
     let instances = [format!("svc-a-{pid}"), format!("svc-b-{pid}")];
     let a = start_service_agent(&edge.url(), &instances[0], dirs[0].path()).await;
     let b = start_service_agent(&edge.url(), &instances[1], dirs[1].path()).await;
+    let signer = a.session.borrow().catalogue.clone().unwrap_or_default();
+    assert!(
+        signer.contains("signed by your operator key"),
+        "the session says whose catalogue runs: {signer}"
+    );
     let ids = [
         a.session.borrow().worker_id.clone(),
         b.session.borrow().worker_id.clone(),

@@ -569,6 +569,7 @@ impl Donor {
             endpoint: session.as_ref().and_then(|s| s.endpoint.clone()),
             held: session.as_ref().and_then(|s| s.held.clone()),
             problem: session.as_ref().and_then(|s| s.problem.clone()),
+            catalogue: session.as_ref().and_then(|s| s.catalogue.clone()),
             coordinator_url: session.map(|s| s.coordinator_url).filter(|u| !u.is_empty()),
             containers,
             dht_peers,

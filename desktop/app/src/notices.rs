@@ -82,6 +82,7 @@ mod tests {
             uptime_secs: None,
             donated_secs: 0,
             update: Default::default(),
+            catalogue: None,
         }
     }
 

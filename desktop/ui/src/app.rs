@@ -314,6 +314,9 @@ fn dashboard(s: &Status, act: Callback<WindowCommand>, busy: bool) -> Html {
             } else {
                 <ul id="services" class="services">{ for s.containers.iter().map(container) }</ul>
             }
+            if let Some(who) = &s.catalogue {
+                <p id="catalogue" class="muted">{ format!("What runs here is decided by {who}.") }</p>
+            }
         </section>
     }
 }
@@ -464,6 +467,9 @@ mod tests {
             uptime_secs: Some(3700),
             donated_secs: 5400,
             update: Default::default(),
+            catalogue: Some(
+                "the coordinator's catalogue, signed by the Commons release key".into(),
+            ),
         }
     }
 
@@ -509,6 +515,14 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("x.trycloudflare.com") && html.contains(r#"id="dht-peers""#));
+        assert!(
+            html.contains(
+                "decided by the coordinator&#x27;s catalogue, signed by the Commons release key"
+            ) || html.contains(
+                "decided by the coordinator's catalogue, signed by the Commons release key"
+            ),
+            "who signed what runs: {html}"
+        );
         let html = render(|| dashboard(&status(DonorState::Paused), Callback::noop(), false));
         assert!(
             html.contains(">Resume<") && !html.contains("pause-hour"),

@@ -155,6 +155,8 @@ impl Agent {
         let mut keys = vec![commons_shared::release::PROJECT_KEY];
         keys.extend(self.settings.catalogue_keys.iter().map(String::as_str));
         self.work.trust(&offer, &keys);
+        let signer = self.work.signer();
+        self.ui.update(|s| s.catalogue = Some(signer));
     }
 
     fn register_request(&self, caps: &Capabilities) -> RegisterRequest {

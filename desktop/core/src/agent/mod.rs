@@ -136,6 +136,8 @@ pub struct Session {
     pub problem: Option<String>,
     /// Paused by the volunteer (not a hold): kept over an update's restart.
     pub paused: bool,
+    /// Whose catalogue decides what runs, in words ("the coordinator's catalogue, signed by …"), once joined.
+    pub catalogue: Option<String>,
 }
 
 /// A running agent.

@@ -10,6 +10,18 @@ use super::ContainerView;
 use crate::containers::{Engine, Policy, Progress, Upstream};
 use crate::settings::Settings;
 
+const SHIPPED: &str = "the catalogue shipped with Commons";
+
+/// A short name for a minisign public key: the start of its key line.
+fn key_id(key: &str) -> String {
+    let line = key
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
+        .unwrap_or("");
+    line.chars().take(16).collect()
+}
+
 /// The containers' side of the agent.
 pub(super) struct Work {
     engine: Option<Engine>,
@@ -28,6 +40,8 @@ pub(super) struct Work {
     distrust: Option<String>,
     /// Assignments refused, with why: they are reported failed and never run.
     refused: Vec<(ContainerStatus, String)>,
+    /// Whose catalogue runs, in words, for the window.
+    signer: String,
 }
 
 impl Work {
@@ -41,20 +55,38 @@ impl Work {
             trusted: Catalogue::builtin(),
             distrust: None,
             refused: Vec::new(),
+            signer: SHIPPED.into(),
         }
     }
 
-    /// Trusts the coordinator's catalogue when one of `keys` signed it; otherwise only the shipped catalogue.
+    /// Whose catalogue decides what runs, in words.
+    pub(super) fn signer(&self) -> String {
+        self.signer.clone()
+    }
+
+    /// Trusts the coordinator's catalogue when one of `keys` signed it (the first is the project's release key);
+    /// otherwise only the shipped catalogue.
     pub(super) fn trust(&mut self, offer: &CatalogueOffer, keys: &[&str]) {
         match Catalogue::trusted(offer, keys) {
-            Ok(c) => {
+            Ok((c, signer)) => {
                 self.trusted = c;
                 self.distrust = None;
+                self.signer = match signer {
+                    None => SHIPPED.into(),
+                    Some(0) => {
+                        "the coordinator's catalogue, signed by the Commons release key".into()
+                    }
+                    Some(i) => format!(
+                        "the coordinator's catalogue, signed by your operator key {}",
+                        key_id(keys[i])
+                    ),
+                };
             }
             Err(e) => {
                 tracing::warn!(error = %e, "running only the shipped catalogue's services");
                 self.trusted = Catalogue::builtin();
                 self.distrust = Some(e.to_string());
+                self.signer = format!("{SHIPPED} only ({e})");
             }
         }
     }
@@ -254,6 +286,7 @@ mod tests {
         let mut w = Work::new(tx);
         // No operator catalogue: the shipped one is trusted.
         w.trust(&CatalogueOffer::default(), &[]);
+        assert_eq!(w.signer(), SHIPPED);
         let ocr = Catalogue::builtin()
             .services()
             .iter()
