@@ -1,7 +1,7 @@
 //! Configuration: defaults, then a TOML file (`--config`), then `COMMONS_*` environment variables and flags.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -145,11 +145,6 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 impl Config {
-    /// Reads a TOML file over the defaults.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        commons_server::config::from_file(path)
-    }
-
     /// The URL given to workers.
     pub fn coordinator_url(&self, bound: SocketAddr) -> String {
         self.public_url

@@ -1,7 +1,7 @@
 //! Configuration: defaults, then a TOML file (`--config`), then `COMMONS_*` environment variables and flags.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -63,13 +63,6 @@ impl Default for Config {
             dht_heartbeat_interval_secs: 6 * 3600,
             dht_coordinator_ttl_secs: 25 * 3600,
         }
-    }
-}
-
-impl Config {
-    /// Reads a TOML file over the defaults.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        commons_server::config::from_file(path)
     }
 }
 

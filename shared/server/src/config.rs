@@ -48,16 +48,6 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Reads a TOML file over the defaults.
-pub fn from_file<C: DeserializeOwned>(path: &Path) -> Result<C, ConfigError> {
-    read_table(path)?
-        .try_into()
-        .map_err(|source| ConfigError::Parse {
-            path: path.into(),
-            source,
-        })
-}
-
 fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.into(),
@@ -118,11 +108,6 @@ pub fn is_false(b: &bool) -> bool {
     !*b
 }
 
-/// For `#[serde(skip_serializing_if)]` on a list flag: an empty list is not an override.
-pub fn is_empty<T>(v: &[T]) -> bool {
-    v.is_empty()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,7 +139,7 @@ mod tests {
         port: Option<u16>,
         #[serde(rename = "dht", skip_serializing_if = "Option::is_none")]
         no_dht: Option<bool>,
-        #[serde(skip_serializing_if = "is_empty")]
+        #[serde(skip_serializing_if = "Vec::is_empty")]
         seeds: Vec<String>,
     }
 
