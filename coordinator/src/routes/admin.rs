@@ -2,9 +2,10 @@
 
 use std::time::Instant;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
+use commons_server::extract::Query;
 use commons_shared::ErrorBody;
 use commons_shared::api::{
     AdminHealth, EnrollmentToken, EnrollmentTokenRequest, History, HistoryPoint, ServiceCoverage,
@@ -87,12 +88,8 @@ pub(crate) struct WorkerQuery {
 pub(crate) async fn workers(
     State(state): State<AppState>,
     _: Admin,
-    q: Result<Query<WorkerQuery>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<WorkerQuery>,
 ) -> ApiResult<Json<WorkerList>> {
-    let Query(q) = q.map_err(|e| ApiError::Invalid {
-        field: "query".into(),
-        message: e.body_text(),
-    })?;
     let tier = q
         .tier
         .map(|t| {
@@ -254,12 +251,8 @@ pub(crate) struct HistoryQuery {
 pub(crate) async fn history(
     State(state): State<AppState>,
     _: Admin,
-    q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<HistoryQuery>,
 ) -> ApiResult<Json<History>> {
-    let Query(q) = q.map_err(|e| ApiError::Invalid {
-        field: "query".into(),
-        message: e.body_text(),
-    })?;
     let range = q.range.unwrap_or_else(|| "1h".into());
     let ms: i64 = match range.as_str() {
         "1h" => 3_600_000,

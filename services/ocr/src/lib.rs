@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::routing::{get, post};
 use commons_server::error::ApiError;
+use commons_server::extract::Query;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
@@ -369,13 +370,9 @@ struct OcrQuery {
 
 async fn recognise(
     State(ocr): State<Arc<Ocr>>,
-    query: Result<Query<OcrQuery>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<OcrQuery>,
     req: Request,
 ) -> Result<Json<Recognised>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::Invalid {
-        field: "query".into(),
-        message: e.body_text(),
-    })?;
     let body = axum::body::to_bytes(req.into_body(), MAX_IMAGE_BYTES)
         .await
         .map_err(|_| ApiError::TooLarge(MAX_IMAGE_BYTES))?;

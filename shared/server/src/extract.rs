@@ -48,3 +48,20 @@ impl<S: Send + Sync> FromRequest<S> for Body {
         }
     }
 }
+
+/// A query string read into `T`; one that does not fit is a JSON 422 on the field `query`.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(q)| Self(q))
+            .map_err(|e| ApiError::Invalid {
+                field: "query".into(),
+                message: e.body_text(),
+            })
+    }
+}
