@@ -206,46 +206,23 @@ impl From<OcrError> for ApiError {
 #[derive(Debug)]
 pub struct Ocr {
     languages: Vec<String>,
+    /// One per image being read.
     slots: Semaphore,
-    parallel: usize,
-    /// Requests in progress or queued.
-    admitted: std::sync::atomic::AtomicUsize,
-    max_waiting: usize,
+    /// One per image being read or waiting for a slot: none left means busy.
+    admitted: Semaphore,
     timeout: Duration,
-}
-
-/// A request counted in; counted out when dropped.
-struct Admitted<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl Drop for Admitted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
 }
 
 impl Ocr {
     /// Reads `languages` (the first is the default), `parallel` images at a time, at most `max_waiting` queued.
     pub fn new(languages: Vec<String>, parallel: usize, max_waiting: usize) -> Self {
+        let parallel = parallel.max(1);
         Self {
             languages,
-            slots: Semaphore::new(parallel.max(1)),
-            parallel: parallel.max(1),
-            admitted: std::sync::atomic::AtomicUsize::new(0),
-            max_waiting,
+            slots: Semaphore::new(parallel),
+            admitted: Semaphore::new(parallel + max_waiting),
             timeout: Duration::from_secs(60),
         }
-    }
-
-    /// Counts a request in, or refuses it when the slots and the queue are full.
-    fn admit(&self) -> Result<Admitted<'_>, OcrError> {
-        use std::sync::atomic::Ordering;
-        let limit = self.parallel + self.max_waiting;
-        self.admitted
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .map_err(|_| OcrError::Busy)?;
-        Ok(Admitted(&self.admitted))
     }
 
     /// The languages it reads.
@@ -269,7 +246,7 @@ impl Ocr {
             Some(l) if self.languages.iter().any(|x| x == l) => l.to_owned(),
             Some(l) => return Err(OcrError::Language(l.to_owned())),
         };
-        let _admitted = self.admit()?;
+        let _admitted = self.admitted.try_acquire().map_err(|_| OcrError::Busy)?;
         let _slot = self.slots.acquire().await.map_err(|_| OcrError::Busy)?;
         let started = Instant::now();
         let dir = tempfile::tempdir()?;
