@@ -22,7 +22,6 @@ use bollard::query_parameters::{
 use commons_shared::api::{ContainerAssignment, ContainerState, ContainerStatus};
 use commons_shared::backoff::Backoff;
 use futures_util::StreamExt;
-use hyper_util::rt::TokioIo;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
 
@@ -202,15 +201,12 @@ pub async fn answers(upstream: &Upstream, path: &str) -> bool {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .ok()?;
-        tokio::spawn(conn);
         let req = hyper::Request::get(path)
             .header(hyper::header::HOST, "localhost")
             .body(http_body_util::Empty::<axum::body::Bytes>::new())
             .ok()?;
-        Some(sender.send_request(req).await.ok()?.status().is_success())
+        let answer = commons_server::forward::request(io, req).await.ok()?;
+        Some(answer.status().is_success())
     }
     let check = async {
         match upstream {

@@ -7,7 +7,6 @@ use axum::extract::State as AxState;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
@@ -151,14 +150,12 @@ pub async fn call(path: &Path, method: &str, route: &str) -> Result<Value, Contr
             path: path.to_owned(),
             source,
         })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
     let req = hyper::Request::builder()
         .method(method)
         .uri(route)
         .header("host", "agent")
         .body(http_body_util::Empty::<axum::body::Bytes>::new())?;
-    let resp = sender.send_request(req).await?;
+    let resp = commons_server::forward::request(stream, req).await?;
     let body = resp.into_body().collect().await?.to_bytes();
     Ok(serde_json::from_slice(&body)?)
 }

@@ -78,6 +78,27 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// Sends one HTTP/1.1 request over `io` (a TCP or unix stream) and returns the answer, its body still streaming;
+/// the connection is driven by a task of its own until the answer's body is done.
+pub async fn request<S, B>(
+    io: S,
+    req: axum::http::Request<B>,
+) -> Result<axum::http::Response<hyper::body::Incoming>, hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection closed");
+        }
+    });
+    sender.send_request(req).await
+}
+
 /// Sends `req` to `target` over `stream` (TCP, or a unix socket) and returns the answer with its body streaming.
 /// `timeout` bounds the wait for the answer's headers.
 pub async fn send<S>(
@@ -90,14 +111,6 @@ pub async fn send<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ApiError::BadGateway(format!("the upstream connection failed: {e}")))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection closed");
-        }
-    });
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(
@@ -121,7 +134,7 @@ where
         .map_err(|_| ApiError::BadRequest("the request path cannot be forwarded".into()))?;
     parts.version = axum::http::Version::HTTP_11;
     let upstream = axum::http::Request::from_parts(parts, body);
-    match tokio::time::timeout(timeout, sender.send_request(upstream)).await {
+    match tokio::time::timeout(timeout, request(stream, upstream)).await {
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);

@@ -24,7 +24,6 @@ use commons_tests::{
     Coordinator, Edge, eventually, ocr_catalogue, service_agent_settings, start_service_agent,
 };
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 
 /// Measures the latency the pool's path adds to a service, and OCR throughput with one and two agents.
 #[derive(Debug, Parser)]
@@ -52,14 +51,12 @@ fn summary(mut ms: Vec<f64>) -> (f64, f64) {
 /// One request over the container's unix socket (a new connection each time, as the gateway makes).
 async fn direct(socket: &Path, method: &str, path: &str, body: &[u8]) -> Result<u16> {
     let io = tokio::net::UnixStream::connect(socket).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    tokio::spawn(conn);
     let req = hyper::Request::builder()
         .method(method)
         .uri(path)
         .header("host", "localhost")
         .body(Full::new(bytes::Bytes::copy_from_slice(body)))?;
-    let resp = sender.send_request(req).await?;
+    let resp = commons_server::forward::request(io, req).await?;
     let status = resp.status().as_u16();
     resp.into_body().collect().await?;
     Ok(status)
