@@ -494,3 +494,12 @@ pub async fn start_service_agent(
         .expect("the agent is active");
     a
 }
+
+/// The `p` quantile (0 to 1) of sorted figures, for the benchmarks: the smallest value at or above that share
+/// (NaN when there are none).
+pub fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}

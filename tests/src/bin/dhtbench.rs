@@ -24,6 +24,7 @@ use commons_agent::hardware::RecordedProbe;
 use commons_agent::settings::Settings;
 use commons_dht::{Config, Dht, Role, generate_keypair};
 use commons_shared::dht::{WorkerRecord, worker_key};
+use commons_tests::pct;
 use commons_tests::{Coordinator, Edge, catalogue_only, eventually};
 use rand::seq::{IndexedRandom, SliceRandom};
 
@@ -45,13 +46,6 @@ struct Cli {
     /// Skip the network measurements.
     #[arg(long)]
     day_only: bool,
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 fn rss_mib() -> f64 {

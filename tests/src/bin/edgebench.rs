@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use commons_tests::pct;
 use commons_tests::{Coordinator, Edge, WorkerServer, catalogue_only, eventually};
 use serde_json::{Value, json};
 
@@ -32,10 +33,6 @@ struct Cli {
     /// Service requests per real day entering at the edge.
     #[arg(long, default_value_t = 5000)]
     service_per_day: u64,
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 async fn timed(client: &reqwest::Client, url: &str, n: usize) -> Result<Vec<f64>> {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use commons_agent::containers::{Engine, Upstream};
+use commons_tests::pct;
 use commons_tests::{
     Coordinator, Edge, eventually, ocr_catalogue, service_agent_settings, start_service_agent,
 };
@@ -37,10 +38,6 @@ struct Cli {
     /// Seconds of each throughput measurement.
     #[arg(long, default_value_t = 10)]
     secs: u64,
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 fn summary(mut ms: Vec<f64>) -> (f64, f64) {
