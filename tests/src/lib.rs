@@ -348,10 +348,22 @@ pub async fn heartbeat(
     status: &str,
     load: f64,
 ) {
+    heartbeat_with(client, coordinator, w, status, load, json!([])).await;
+}
+
+/// Sends a heartbeat that reports `containers` (a JSON list of `{name, state, restarts}`).
+pub async fn heartbeat_with(
+    client: &reqwest::Client,
+    coordinator: &str,
+    w: &Registered,
+    status: &str,
+    load: f64,
+    containers: Value,
+) {
     let r = client
         .post(format!("{coordinator}/api/worker/heartbeat"))
         .bearer_auth(&w.token)
-        .json(&json!({"worker_id": w.id, "status": status, "load": load}))
+        .json(&json!({"worker_id": w.id, "status": status, "load": load, "containers": containers}))
         .send()
         .await
         .unwrap();
@@ -502,4 +514,21 @@ pub fn pct(sorted: &[f64], p: f64) -> f64 {
         return f64::NAN;
     }
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// An edge and a coordinator registered with it whose catalogue is [`ocr_catalogue`] (`replicas`), heartbeating its
+/// workers every second; waits until the edge lists the coordinator.
+pub async fn ocr_pool(client: &reqwest::Client, replicas: u32) -> (Edge, Coordinator) {
+    let edge = Edge::start(|_| {}).await;
+    let key = edge.federation_key(client, "pool").await;
+    let c = Coordinator::federated(&edge, &key, 200, |cfg, dir| {
+        cfg.catalogue = Some(ocr_catalogue(dir, replicas));
+        cfg.heartbeat_interval_secs = 1;
+    })
+    .await;
+    assert!(
+        eventually(10, || async { edge.coordinator_count(client).await == 1 }).await,
+        "the coordinator registers with the edge"
+    );
+    (edge, c)
 }

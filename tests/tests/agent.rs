@@ -307,6 +307,25 @@ fn container_settings(c: &Coordinator, instance: &str) -> Settings {
     }
 }
 
+/// Starts an agent with `settings` and waits for the error state it must end in; the agent and why.
+async fn until_error(
+    settings: Settings,
+    dir: &std::path::Path,
+) -> (commons_agent::agent::AgentHandle, String) {
+    let mut a = agent::start(
+        settings,
+        Arc::new(FileStore::new(dir.join("c.json"))),
+        no_gpu(),
+    );
+    let state = a
+        .wait_for(Duration::from_secs(30), |s| matches!(s, State::Error(_)))
+        .await;
+    let Some(State::Error(why)) = state else {
+        panic!("an error state, not {state:?}")
+    };
+    (a, why)
+}
+
 #[tokio::test]
 async fn after_a_crash_the_restarted_agent_adopts_its_containers() {
     let c = tiny_coordinator().await;
@@ -490,18 +509,7 @@ async fn a_service_that_cannot_run_is_said_not_hidden() {
     let client = reqwest::Client::new();
     let dir = tempfile::tempdir().unwrap();
     let instance = format!("agent-gone-{}", std::process::id());
-    let mut a = agent::start(
-        container_settings(&c, &instance),
-        Arc::new(FileStore::new(dir.path().join("c.json"))),
-        no_gpu(),
-    );
-    let state = a
-        .wait_for(Duration::from_secs(30), |s| matches!(s, State::Error(_)))
-        .await
-        .expect("an error state, not active");
-    let State::Error(why) = state else {
-        unreachable!()
-    };
+    let (a, why) = until_error(container_settings(&c, &instance), dir.path()).await;
     assert!(why.contains("could not start the gone service"), "{why}");
     let problem = a.session.borrow().problem.clone().unwrap_or_default();
     assert!(problem.contains("gone"), "{problem}");
@@ -529,18 +537,7 @@ async fn an_operators_catalogue_runs_only_with_its_key_and_never_when_tampered()
         catalogue_keys: Vec::new(),
         ..container_settings(&c, &instance)
     };
-    let mut a = agent::start(
-        untrusting.clone(),
-        Arc::new(FileStore::new(dir.path().join("c.json"))),
-        no_gpu(),
-    );
-    let state = a
-        .wait_for(Duration::from_secs(30), |s| matches!(s, State::Error(_)))
-        .await
-        .expect("refused, so nothing runs");
-    let State::Error(why) = state else {
-        unreachable!()
-    };
+    let (a, why) = until_error(untrusting.clone(), dir.path()).await;
     assert!(
         why.contains("not signed by a key this machine trusts"),
         "{why}"
@@ -588,18 +585,7 @@ async fn an_operators_catalogue_runs_only_with_its_key_and_never_when_tampered()
     let dir = tempfile::tempdir().unwrap();
     let instance = format!("agent-tampered-{}", std::process::id());
     let settings = container_settings(&tampered, &instance);
-    let mut b = agent::start(
-        settings.clone(),
-        Arc::new(FileStore::new(dir.path().join("c.json"))),
-        no_gpu(),
-    );
-    let state = b
-        .wait_for(Duration::from_secs(30), |s| matches!(s, State::Error(_)))
-        .await
-        .expect("refused");
-    let State::Error(why) = state else {
-        unreachable!()
-    };
+    let (b, why) = until_error(settings.clone(), dir.path()).await;
     assert!(why.contains("tampered"), "{why}");
     let engine = commons_agent::containers::Engine::connect(settings.policy())
         .await

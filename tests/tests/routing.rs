@@ -1,7 +1,9 @@
 //! Service routing against real worker HTTP servers on loopback: weighted choice, retry when one is dead,
 //! 503 when none, and a streamed body passing through unchanged.
 
-use commons_tests::{Coordinator, WorkerServer, catalogue_only, heartbeat, register};
+use commons_tests::{
+    Coordinator, WorkerServer, catalogue_only, heartbeat, heartbeat_with, register,
+};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
 
@@ -160,21 +162,11 @@ async fn a_replica_serves_only_once_its_container_is_healthy() {
     let client = reqwest::Client::new();
     let w = WorkerServer::start("w").await;
     let reg = register(&client, &c.url(), &w.url()).await;
+    let url = c.url();
     let beat = |state: &'static str| {
-        let (client, url, reg) = (client.clone(), c.url(), &reg);
-        async move {
-            let r = client
-                .post(format!("{url}/api/worker/heartbeat"))
-                .bearer_auth(&reg.token)
-                .json(
-                    &serde_json::json!({"worker_id": reg.id, "status": "healthy", "load": 0.1,
-                    "containers": [{"name": "commons-echo", "state": state, "restarts": 0}]}),
-                )
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-        }
+        let containers =
+            serde_json::json!([{"name": "commons-echo", "state": state, "restarts": 0}]);
+        heartbeat_with(&client, &url, &reg, "healthy", 0.1, containers)
     };
     let healthy_replicas = |report: &Value| {
         report["services"]

@@ -4,9 +4,7 @@
 //! `.ci/test` starts the engine (DOCKER_HOST) and builds the images first.
 
 use commons_agent::agent::Command;
-use commons_tests::{
-    Coordinator, Edge, eventually, ocr_catalogue, service_agent_settings, start_service_agent,
-};
+use commons_tests::{eventually, ocr_pool, service_agent_settings, start_service_agent};
 use serde_json::Value;
 
 async fn ocr(client: &reqwest::Client, base: &str, png: &[u8]) -> (u16, Value) {
@@ -30,14 +28,7 @@ fn reads(v: &Value) -> bool {
 #[tokio::test]
 async fn an_ocr_request_is_answered_through_edge_coordinator_agent_and_container() {
     let client = reqwest::Client::new();
-    let edge = Edge::start(|_| {}).await;
-    let key = edge.federation_key(&client, "pool").await;
-    let c = Coordinator::federated(&edge, &key, 200, |cfg, dir| {
-        cfg.catalogue = Some(ocr_catalogue(dir, 2));
-        cfg.heartbeat_interval_secs = 1;
-    })
-    .await;
-    assert!(eventually(10, || async { edge.coordinator_count(&client).await == 1 }).await);
+    let (edge, c) = ocr_pool(&client, 2).await;
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let pid = std::process::id();
     let instances = [format!("svc-a-{pid}"), format!("svc-b-{pid}")];

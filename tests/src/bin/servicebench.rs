@@ -21,9 +21,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use commons_agent::containers::{Engine, Upstream};
 use commons_tests::pct;
-use commons_tests::{
-    Coordinator, Edge, eventually, ocr_catalogue, service_agent_settings, start_service_agent,
-};
+use commons_tests::{eventually, service_agent_settings, start_service_agent};
 use http_body_util::{BodyExt, Full};
 
 /// Measures the latency the pool's path adds to a service, and OCR throughput with one and two agents.
@@ -113,16 +111,7 @@ async fn socket_of(settings: &commons_agent::settings::Settings) -> Result<PathB
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     let client = reqwest::Client::new();
-    let edge = Edge::start(|_| {}).await;
-    let key = edge.federation_key(&client, "bench").await;
-    let coordinator = Coordinator::federated(&edge, &key, 1000, |cfg, dir| {
-        cfg.catalogue = Some(ocr_catalogue(dir, 2));
-        cfg.heartbeat_interval_secs = 1;
-    })
-    .await;
-    if !eventually(10, || async { edge.coordinator_count(&client).await == 1 }).await {
-        bail!("the coordinator did not register with the edge");
-    }
+    let (edge, coordinator) = commons_tests::ocr_pool(&client, 2).await;
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
     let pid = std::process::id();
     let instances = [format!("bench-a-{pid}"), format!("bench-b-{pid}")];
