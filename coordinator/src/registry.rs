@@ -12,6 +12,7 @@ use commons_shared::api::{
     ContainerState, ContainerStatus, GpuSample, ReportedStatus, Roles, WorkerStatus,
 };
 use commons_shared::caps::Capabilities;
+use commons_shared::catalogue::ServiceSpec;
 use commons_shared::tier::Tier;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
@@ -88,15 +89,15 @@ pub struct Liveness {
 }
 
 impl Live {
-    /// Whether its container `name` serves: it reports that container running (and, where the image has a health
+    /// Whether its container for `service` serves: it reports that container running (and, where the image has a health
     /// check, passing it). A worker that reports no containers at all (a legacy worker, or one serving without a
     /// container engine) is taken at its word.
-    pub fn serves(&self, container: &str) -> bool {
+    pub fn serves(&self, service: &ServiceSpec) -> bool {
         self.containers.is_empty()
             || self
                 .containers
                 .iter()
-                .any(|c| c.name == container && c.state == ContainerState::Running)
+                .any(|c| service.is_container(&c.name) && c.state == ContainerState::Running)
     }
 
     /// Status at `now`: what it reported, unless it has been silent too long.

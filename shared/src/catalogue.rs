@@ -68,7 +68,12 @@ fn health() -> String {
 impl ServiceSpec {
     /// The name of the container that runs it on a worker.
     pub fn container_name(&self) -> String {
-        format!("commons-{}", self.name)
+        format!("{CONTAINER_PREFIX}{}", self.name)
+    }
+
+    /// Whether `container` is the name of the container that runs it (without building that name).
+    pub fn is_container(&self, container: &str) -> bool {
+        container.strip_prefix(CONTAINER_PREFIX) == Some(self.name.as_str())
     }
 
     /// The health path, when the image has one.
@@ -91,6 +96,9 @@ impl ServiceSpec {
         }
     }
 }
+
+/// What a service's container name starts with.
+const CONTAINER_PREFIX: &str = "commons-";
 
 /// The name under which an operator's catalogue is signed (the `file:` of the signature's trusted comment).
 pub const SIGNED_NAME: &str = "catalogue.toml";

@@ -183,12 +183,11 @@ fn coverage(state: &AppState) -> ServicesReport {
         .enumerate()
         .map(|(i, spec)| {
             let providers = state.registry.providers(i);
-            let container = spec.container_name();
             let healthy = providers
                 .iter()
                 .filter(|w| {
                     let live = w.live.lock();
-                    live.status(now, state.liveness).is_routable() && live.serves(&container)
+                    live.status(now, state.liveness).is_routable() && live.serves(spec)
                 })
                 .count() as u32;
             ServiceCoverage {

@@ -65,7 +65,6 @@ fn pick(
     query: Option<&str>,
 ) -> Option<(Arc<Worker>, Target)> {
     let spec = state.catalogue.get(service)?;
-    let container = spec.container_name();
     let now = Instant::now();
     let mut cands = Vec::new();
     let mut weights = Vec::new();
@@ -75,7 +74,7 @@ fn pick(
         }
         let (status, load) = {
             let live = w.live.lock();
-            if !reachable(&w, live.endpoint.as_deref()) || !live.serves(&container) {
+            if !reachable(&w, live.endpoint.as_deref()) || !live.serves(spec) {
                 continue;
             }
             (live.status(now, state.liveness), live.load)
