@@ -7,6 +7,26 @@ use serde::{Deserialize, Serialize};
 /// The default entry point: the project's edge (a local one in development).
 pub const DEFAULT_EDGE_URL: &str = "http://127.0.0.1:8090";
 
+/// The case of a setting with a fixed set of texts whose text is `s`; else a sentence naming the setting and its
+/// texts: `tunnel: must be "none", "quick" or "named", got "x"`.
+fn one_of<T: Copy>(
+    setting: &str,
+    all: &[T],
+    text: fn(T) -> &'static str,
+    s: String,
+) -> Result<T, String> {
+    if let Some(k) = all.iter().copied().find(|k| text(*k) == s) {
+        return Ok(k);
+    }
+    let quoted: Vec<String> = all.iter().map(|k| format!("{:?}", text(*k))).collect();
+    let choices = match quoted.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Err(format!("{setting}: must be {choices}, got {s:?}"))
+}
+
 /// How the coordinator reaches this agent's gateway (the `tunnel` setting).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", try_from = "String")]
@@ -38,10 +58,7 @@ impl TryFrom<String> for TunnelKind {
     type Error = String;
 
     fn try_from(s: String) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("tunnel: must be \"none\", \"quick\" or \"named\", got {s:?}"))
+        one_of("tunnel", &Self::ALL, Self::as_str, s)
     }
 }
 
@@ -83,10 +100,7 @@ impl TryFrom<String> for ServiceReach {
     type Error = String;
 
     fn try_from(s: String) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("service_reach: must be \"socket\" or \"ports\", got {s:?}"))
+        one_of("service_reach", &Self::ALL, Self::as_str, s)
     }
 }
 
