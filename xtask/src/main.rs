@@ -454,11 +454,18 @@ struct ServiceImage {
     binary: &'static str,
 }
 
-const SERVICE_IMAGES: &[ServiceImage] = &[ServiceImage {
-    service: "ocr",
-    package: "commons-ocr",
-    binary: "commons-ocr",
-}];
+const SERVICE_IMAGES: &[ServiceImage] = &[
+    ServiceImage {
+        service: "ocr",
+        package: "commons-ocr",
+        binary: "commons-ocr",
+    },
+    ServiceImage {
+        service: "llm",
+        package: "commons-llm",
+        binary: "commons-llm",
+    },
+];
 
 fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.iter()
@@ -501,6 +508,25 @@ fn apt_sources() -> Option<PathBuf> {
     .find(|p| p.exists())
 }
 
+/// The Debian mirror the host's sources name first (for a root of another suite than the host's).
+fn host_mirror() -> String {
+    apt_sources()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                let l = l.trim();
+                l.strip_prefix("URIs:")
+                    .and_then(|u| u.split_whitespace().next())
+                    .or_else(|| {
+                        l.strip_prefix("deb ")
+                            .and_then(|r| r.split_whitespace().find(|w| w.contains("://")))
+                    })
+                    .map(str::to_owned)
+            })
+        })
+        .unwrap_or_else(|| "http://deb.debian.org/debian".into())
+}
+
 fn docker() -> Command {
     let mut c = Command::new("docker");
     // The classic builder: it needs no buildx plugin, and these Dockerfiles only copy files.
@@ -521,6 +547,21 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The Debian suite of `service`'s root: its `suite` file, or the host's (our binaries then find the same C
+/// library; a newer one runs them too).
+fn service_suite(root: &Path, service: &str, host: &str) -> anyhow::Result<String> {
+    let file = root.join("services").join(service).join("suite");
+    if !file.exists() {
+        return Ok(host.to_owned());
+    }
+    std::fs::read_to_string(&file)?
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .with_context(|| format!("{} names no suite", file.display()))
 }
 
 /// The Debian root of `service` as a tarball, made once per suite and package list.
@@ -556,10 +597,18 @@ fn base_root(root: &Path, service: &str, suite: &str) -> anyhow::Result<(PathBuf
         let mut cmd = Command::new("mmdebstrap");
         cmd.args(&options)
             .arg("--aptopt=Acquire::Retries \"3\"")
+            // A mirror that serves a frozen snapshot outlives its Release files' Valid-Until; the signatures are
+            // still checked.
+            .arg("--aptopt=Acquire::Check-Valid-Until \"false\"")
             .arg(suite)
             .arg(&partial);
-        if let Some(src) = apt_sources() {
-            cmd.arg(src);
+        // The host's own sources for its suite (security updates included); its mirror for another suite.
+        if host_suite().ok().as_deref() == Some(suite) {
+            if let Some(src) = apt_sources() {
+                cmd.arg(src);
+            }
+        } else {
+            cmd.arg(host_mirror());
         }
         run(cmd.stdout(std::process::Stdio::null())).context(
             "mmdebstrap is needed (apt install mmdebstrap; .ci/packages tests installs it)",
@@ -593,6 +642,7 @@ fn images(args: &[String]) -> anyhow::Result<()> {
             "--bin",
             img.binary,
         ]))?;
+        let suite = service_suite(&root, img.service, &suite)?;
         let (tar, root_key) = base_root(&root, img.service, &suite)?;
         let base = format!("{registry}/commons-{}-root:{root_key}", img.service);
         if output(docker().args(["image", "inspect", "--format", "{{.Id}}", &base])).is_err() {

@@ -23,28 +23,5 @@ async fn run() -> Result<(), String> {
         .collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let app = commons_ocr::router(Arc::new(Ocr::new(languages, cores, 4 * cores)));
-    let stop = commons_server::until_signal();
-    match listen.strip_prefix("unix:") {
-        Some(path) => {
-            let _ = std::fs::remove_file(path);
-            let listener = tokio::net::UnixListener::bind(path)
-                .map_err(|e| format!("cannot listen on {path}: {e}"))?;
-            println!("commons-ocr listening on unix:{path}");
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        None => {
-            let listener = tokio::net::TcpListener::bind(&listen)
-                .await
-                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-            let addr = listener.local_addr().map_err(|e| e.to_string())?;
-            println!("commons-ocr listening on {addr}");
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-                .map_err(|e| e.to_string())
-        }
-    }
+    commons_server::serve::service("commons-ocr", &listen, app).await
 }

@@ -138,7 +138,20 @@ where
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Ok(Response::from_parts(parts, Body::new(body)))
+            let events = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.starts_with("text/event-stream"));
+            let body = if events {
+                Body::new(EventStream {
+                    inner: body,
+                    ended: false,
+                })
+            } else {
+                Body::new(body)
+            };
+            Ok(Response::from_parts(parts, body))
         }
         Ok(Err(e)) => Err(ApiError::BadGateway(format!(
             "the upstream failed to answer: {e}"
@@ -147,6 +160,51 @@ where
             "no answer within {} s",
             timeout.as_secs()
         ))),
+    }
+}
+
+/// An event stream's body from upstream that, when the upstream fails in the middle (the worker went away), ends
+/// with an `error` event instead of a cut connection: a streaming client learns why its stream ended, and the
+/// connection stays usable.
+struct EventStream {
+    inner: hyper::body::Incoming,
+    ended: bool,
+}
+
+/// The event that ends a stream whose upstream failed.
+pub fn error_event(message: &str) -> bytes::Bytes {
+    let body = commons_shared::ErrorBody::new("upstream_failed", message);
+    let json = serde_json::to_string(&body).unwrap_or_default();
+    bytes::Bytes::from(format!("event: error\ndata: {json}\n\n"))
+}
+
+impl hyper::body::Body for EventStream {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                this.ended = true;
+                tracing::warn!(error = %e, "the upstream failed in the middle of an event stream");
+                Poll::Ready(Some(Ok(hyper::body::Frame::data(error_event(&format!(
+                    "the worker stopped in the middle of the answer ({e}); try again"
+                ))))))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
     }
 }
 

@@ -113,3 +113,32 @@ impl Serving {
         let _ = self.task.await;
     }
 }
+
+/// Serves `app` on a service image's address until SIGTERM or Ctrl-C: `unix:/path` (a socket in the folder the agent
+/// shares with its gateway; a stale socket file is replaced) or `host:port`. Prints where it listens, as `program`.
+pub async fn service(program: &str, listen: &str, app: Router) -> Result<(), String> {
+    let stop = crate::until_signal();
+    match listen.strip_prefix("unix:") {
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            let listener = tokio::net::UnixListener::bind(path)
+                .map_err(|e| format!("cannot listen on {path}: {e}"))?;
+            println!("{program} listening on unix:{path}");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        None => {
+            let listener = TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            println!("{program} listening on {addr}");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+}
