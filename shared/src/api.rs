@@ -102,6 +102,59 @@ pub struct ContainerAssignment {
     /// coordinator routes nothing to it. `None`: the image has none (a running container serves).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// Files the container needs (model weights): the agent downloads and verifies each, and mounts it read-only
+    /// at `/models/{name}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelArtifact>,
+}
+
+/// A file a service needs, such as a model's weights. The agent downloads it once into its model cache (resuming an
+/// interrupted download), checks its size and SHA-256 before anything uses it, and mounts it read-only into the
+/// container at `/models/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ModelArtifact {
+    /// The file's name under `/models`: letters, digits, '.', '_' and '-', not starting with '.'.
+    pub name: String,
+    /// Where to download it (`http://` or `https://`).
+    pub url: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its SHA-256, 64 lowercase hex digits.
+    pub sha256: String,
+}
+
+impl ModelArtifact {
+    /// What is wrong with it, if anything.
+    pub fn problem(&self) -> Option<String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 128
+            && !self.name.starts_with('.')
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !name_ok {
+            return Some(format!(
+                "model {:?}: a name is 1 to 128 letters, digits, '.', '_' or '-', not starting with '.'",
+                self.name
+            ));
+        }
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) || self.url.len() > 2048 {
+            return Some(format!("model {:?}: the url must be http:// or https://", self.name));
+        }
+        if self.size == 0 {
+            return Some(format!("model {:?}: the size must be given, in bytes", self.name));
+        }
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Some(format!(
+                "model {:?}: sha256 must be 64 lowercase hex digits",
+                self.name
+            ));
+        }
+        None
+    }
 }
 
 /// Roles a worker holds besides its tier.

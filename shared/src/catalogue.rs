@@ -55,6 +55,9 @@ pub struct ServiceSpec {
     /// image has none, and a running container counts as serving.
     #[serde(default = "health")]
     pub health: String,
+    /// Files the container needs (model weights), mounted read-only at `/models/{name}`.
+    #[serde(default)]
+    pub models: Vec<crate::api::ModelArtifact>,
 }
 
 fn one() -> u32 {
@@ -93,6 +96,7 @@ impl ServiceSpec {
             args: self.args.clone(),
             requires_gpu: self.requires_gpu,
             health: self.health_path().map(str::to_owned),
+            models: self.models.clone(),
         }
     }
 }
@@ -164,6 +168,7 @@ impl Catalogue {
             (want.name != a.name, "name"),
             (want.requires_gpu != a.requires_gpu, "GPU use"),
             (want.health != a.health, "health path"),
+            (want.models != a.models, "model files"),
         ]
         .into_iter()
         .filter_map(|(d, what)| d.then_some(what))
@@ -290,6 +295,14 @@ impl Catalogue {
                     s,
                     "a GPU service must say how much VRAM it needs (min_vram)".into(),
                 ));
+            }
+            if let Some(problem) = s.models.iter().find_map(crate::api::ModelArtifact::problem) {
+                return Err(invalid(s, problem));
+            }
+            for (j, m) in s.models.iter().enumerate() {
+                if s.models[..j].iter().any(|o| o.name == m.name) {
+                    return Err(invalid(s, format!("model {:?} appears twice", m.name)));
+                }
             }
             for key in s.env.keys() {
                 let upper = key.to_ascii_uppercase();

@@ -478,6 +478,7 @@ pub fn service_agent_settings(
         dht: false,
         service_reach: commons_agent::settings::ServiceReach::Socket,
         socket_dir: Some(sockets.to_owned()),
+        models_dir: Some(sockets.with_file_name("models")),
         catalogue_keys: vec![test_catalogue_key().1.clone()],
         ..Default::default()
     }
@@ -519,10 +520,19 @@ pub fn pct(sorted: &[f64], p: f64) -> f64 {
 /// An edge and a coordinator registered with it whose catalogue is [`ocr_catalogue`] (`replicas`), heartbeating its
 /// workers every second; waits until the edge lists the coordinator.
 pub async fn ocr_pool(client: &reqwest::Client, replicas: u32) -> (Edge, Coordinator) {
+    pool(client, move |dir| ocr_catalogue(dir, replicas)).await
+}
+
+/// An edge and a coordinator registered with it whose catalogue `catalogue` writes (in the coordinator's folder),
+/// heartbeating its workers every second; waits until the edge lists the coordinator.
+pub async fn pool(
+    client: &reqwest::Client,
+    catalogue: impl FnOnce(&std::path::Path) -> PathBuf,
+) -> (Edge, Coordinator) {
     let edge = Edge::start(|_| {}).await;
     let key = edge.federation_key(client, "pool").await;
     let c = Coordinator::federated(&edge, &key, 200, |cfg, dir| {
-        cfg.catalogue = Some(ocr_catalogue(dir, replicas));
+        cfg.catalogue = Some(catalogue(dir));
         cfg.heartbeat_interval_secs = 1;
     })
     .await;
@@ -531,4 +541,178 @@ pub async fn ocr_pool(client: &reqwest::Client, replicas: u32) -> (Edge, Coordin
         "the coordinator registers with the edge"
     );
     (edge, c)
+}
+
+/// The Python the tests run (a venv with tests/models/requirements.txt, which .ci/setup makes): `COMMONS_TEST_PYTHON`.
+pub fn python() -> PathBuf {
+    std::env::var_os("COMMONS_TEST_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let venv = dirs_home()?.join(".cache/commons-venv/bin/python");
+            venv.exists().then_some(venv)
+        })
+        .expect("the tests' Python packages: run .ci/setup (it makes ~/.cache/commons-venv), or set COMMONS_TEST_PYTHON")
+}
+
+fn dirs_home() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from)
+}
+
+/// The tiny llm model (a Llama-architecture GGUF with random weights, tests/models/tiny_gguf.py), written once per
+/// machine into `$CARGO_TARGET_DIR/test-models/`: (file, its bytes' SHA-256, size).
+pub fn tiny_model() -> &'static (PathBuf, String, u64) {
+    static MODEL: std::sync::OnceLock<(PathBuf, String, u64)> = std::sync::OnceLock::new();
+    MODEL.get_or_init(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        let dir = target.join("test-models");
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny_gguf.py");
+        // Keyed by the script: a changed generator writes a new file.
+        let key = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(std::fs::read(&script).unwrap()))[..12].to_owned()
+        };
+        let path = dir.join(format!("tiny-{key}.gguf"));
+        if !path.exists() {
+            let tmp = dir.join(format!("tiny-{key}.{}.partial", std::process::id()));
+            let out = std::process::Command::new(python())
+                .arg(&script)
+                .arg(&tmp)
+                .output()
+                .expect("python");
+            assert!(
+                out.status.success(),
+                "tiny_gguf.py: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::fs::rename(&tmp, &path).unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let sha = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(&bytes))
+        };
+        (path, sha, bytes.len() as u64)
+    })
+}
+
+/// A loopback HTTP server of files (`GET /{name}`), as a model's download site: it honours `Range: bytes=N-`, can cut
+/// its first answers short, and remembers the ranges it was asked for.
+#[derive(Debug)]
+pub struct FileServer {
+    addr: SocketAddr,
+    state: Arc<FileState>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct FileState {
+    files: parking_lot::Mutex<std::collections::HashMap<String, bytes::Bytes>>,
+    /// Answers still to cut short, and after how many bytes.
+    cut: parking_lot::Mutex<(u32, usize)>,
+    /// Every request: (file, the `Range` header).
+    asked: parking_lot::Mutex<Vec<(String, Option<String>)>>,
+}
+
+async fn serve_file(State(s): State<Arc<FileState>>, Path(name): Path<String>, req: Request) -> Response {
+    let range = req
+        .headers()
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    s.asked.lock().push((name.clone(), range.clone()));
+    let Some(bytes) = s.files.lock().get(&name).cloned() else {
+        return axum::http::StatusCode::NOT_FOUND.into_response();
+    };
+    let from = range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n < bytes.len());
+    let total = bytes.len();
+    let body = bytes.slice(from.unwrap_or(0)..);
+    let cut = {
+        let mut c = s.cut.lock();
+        (c.0 > 0).then(|| {
+            c.0 -= 1;
+            c.1
+        })
+    };
+    let mut resp = Response::builder()
+        .header("content-length", body.len())
+        .header("accept-ranges", "bytes");
+    if let Some(from) = from {
+        resp = resp
+            .status(206)
+            .header("content-range", format!("bytes {from}-{}/{total}", total - 1));
+    }
+    let body = match cut {
+        // Promise the whole length, send part of it, then fail: the connection drops mid-body.
+        Some(after) => {
+            let part = body.slice(..after.min(body.len()));
+            Body::from_stream(futures::stream::iter(vec![
+                Ok::<_, std::io::Error>(part),
+                Err(std::io::Error::other("cut short")),
+            ]))
+        }
+        None => Body::from(body),
+    };
+    resp.body(body).unwrap()
+}
+
+impl FileServer {
+    /// Starts one with no files.
+    pub async fn start() -> Self {
+        let state = Arc::new(FileState {
+            files: Default::default(),
+            cut: parking_lot::Mutex::new((0, 0)),
+            asked: Default::default(),
+        });
+        let app = Router::new()
+            .route("/{name}", axum::routing::get(serve_file))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, state, task }
+    }
+
+    /// Serves `bytes` as `name`; its URL.
+    pub fn put(&self, name: &str, bytes: impl Into<bytes::Bytes>) -> String {
+        self.state.files.lock().insert(name.into(), bytes.into());
+        format!("http://{}/{name}", self.addr)
+    }
+
+    /// Cuts the next `answers` answers short after `after` bytes.
+    pub fn cut_next(&self, answers: u32, after: usize) {
+        *self.state.cut.lock() = (answers, after);
+    }
+
+    /// The requests so far: (file, `Range` header).
+    pub fn asked(&self) -> Vec<(String, Option<String>)> {
+        self.state.asked.lock().clone()
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A catalogue entry (TOML) for the llm service on the image `cargo xtask images` built, serving `model` (downloaded
+/// from `url`), with `replicas`.
+pub fn llm_service(url: &str, sha256: &str, size: u64, replicas: u32) -> String {
+    format!(
+        "[[service]]\nname = \"llm\"\nimage = {:?}\nport = 8000\nmin_ram = \"64MB\"\nmin_cores = 1\n\
+         replicas = {replicas}\nenv = {{ COMMONS_LLM_MODEL = \"/models/tiny.gguf\", COMMONS_LLM_CONTEXT = \"512\", \
+         COMMONS_LLM_PARALLEL = \"2\" }}\n\
+         models = [{{ name = \"tiny.gguf\", url = {url:?}, size = {size}, sha256 = {sha256:?} }}]\n",
+        built_image("llm"),
+    )
 }

@@ -21,6 +21,9 @@ fn policy(instance: &str) -> Policy {
         instance: instance.into(),
         gpus: None,
         scratch_mb: 32,
+        gpu_percent: 100,
+        models_dir: std::env::temp_dir().join("commons-test-models"),
+        models_cap_bytes: 1 << 30,
         docker_host: None,
         reach: Reach::Ports,
     }
@@ -36,6 +39,7 @@ fn service(name: &str, args: &[&str]) -> ContainerAssignment {
         args: args.iter().map(|s| s.to_string()).collect(),
         requires_gpu: false,
         health: None,
+        models: Vec::new(),
     }
 }
 
@@ -128,7 +132,7 @@ async fn images_outside_the_allow_list_are_refused() {
         Err(EngineError::NotAllowed(_))
     ));
     assert!(matches!(
-        e.create(&evil).await,
+        e.create(&evil, &[]).await,
         Err(EngineError::NotAllowed(_))
     ));
     let s = e.reconcile(&[evil], None).await.unwrap();
@@ -254,7 +258,7 @@ async fn gpu_services_get_only_the_allowed_gpus() {
     let mut gpu = service("gpu", &["sleep", "600"]);
     gpu.requires_gpu = true;
     // Starting fails without a GPU ("could not select device driver"); the request itself is what we check.
-    let _ = e.create(&gpu).await;
+    let _ = e.create(&gpu, &[]).await;
     let ours = e.ours().await.unwrap();
     assert_eq!(ours.len(), 1);
     let c = e
@@ -299,6 +303,7 @@ async fn a_service_without_network_answers_through_its_socket() {
         args: Vec::new(),
         requires_gpu: false,
         health: Some("/health".into()),
+        models: Vec::new(),
     };
     let states = e.reconcile(std::slice::from_ref(&ocr), None).await.unwrap();
     assert_eq!(

@@ -21,6 +21,8 @@ use bollard::query_parameters::{
 };
 use commons_shared::api::{ContainerAssignment, ContainerState, ContainerStatus};
 use commons_shared::backoff::Backoff;
+
+use crate::models::{Local, ModelCache};
 use futures_util::StreamExt;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
@@ -57,6 +59,9 @@ pub enum EngineError {
     /// The engine refused something.
     #[error("container engine: {0}")]
     Engine(#[from] bollard::errors::Error),
+    /// A model the service needs cannot be had.
+    #[error(transparent)]
+    Model(#[from] crate::models::ModelError),
 }
 
 /// The engine failing, in plain words with what to do next (for a window; the log keeps the details).
@@ -92,6 +97,12 @@ pub struct Policy {
     pub docker_host: Option<String>,
     /// How the gateway reaches the containers' services.
     pub reach: Reach,
+    /// Share of the GPU that GPU containers may use, percent (below 100, they are duty-cycled).
+    pub gpu_percent: u32,
+    /// The model cache's folder.
+    pub models_dir: PathBuf,
+    /// The most the model cache may hold, bytes.
+    pub models_cap_bytes: u64,
 }
 
 /// How the gateway reaches a container's service.
@@ -174,6 +185,64 @@ pub struct Engine {
     docker: Docker,
     policy: Policy,
     restarts: HashMap<String, (u32, Instant)>,
+    models: ModelCache,
+    /// The GPU containers being duty-cycled, by container id.
+    throttled: parking_lot::Mutex<HashMap<String, DutyCycle>>,
+}
+
+/// Duty-cycling one container to a share of the time, as BOINC throttles the CPU: in each period it runs for
+/// `percent` of it and is paused (the cgroup freezer: no process of it is scheduled, so it submits no GPU work)
+/// for the rest. This caps a GPU container's GPU use where the driver offers no cap of its own. Dropping it stops
+/// the cycling and leaves the container running.
+#[derive(Debug)]
+pub struct DutyCycle {
+    percent: u32,
+    _stop: tokio::sync::watch::Sender<()>,
+}
+
+impl DutyCycle {
+    /// The period: short enough that a paused container answers within it, long enough that pausing (a few
+    /// milliseconds) is a small part of it.
+    pub const PERIOD: Duration = Duration::from_millis(1000);
+
+    /// Starts cycling container `id` to `percent` (1 to 99) of the time.
+    pub fn start(docker: Docker, id: String, percent: u32) -> Self {
+        let (tx, mut rx) = tokio::sync::watch::channel(());
+        let on = Self::PERIOD * percent.clamp(1, 99) / 100;
+        tokio::spawn(async move {
+            let mut start = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(start + on) => {}
+                    _ = rx.changed() => break,
+                }
+                if let Err(e) = docker.pause_container(&id).await {
+                    tracing::debug!(container = %id, error = %e, "cannot pause; cycling stops");
+                    break;
+                }
+                let stopped = tokio::select! {
+                    _ = tokio::time::sleep_until(start + Self::PERIOD) => false,
+                    _ = rx.changed() => true,
+                };
+                if let Err(e) = docker.unpause_container(&id).await {
+                    tracing::debug!(container = %id, error = %e, "cannot unpause");
+                }
+                if stopped {
+                    break;
+                }
+                start += Self::PERIOD;
+                // Behind by more than a period (a slow engine): start afresh rather than catch up.
+                let now = tokio::time::Instant::now();
+                if now > start + Self::PERIOD {
+                    start = now;
+                }
+            }
+        });
+        Self {
+            percent,
+            _stop: tx,
+        }
+    }
 }
 
 fn spec_digest(a: &ContainerAssignment, p: &Policy) -> String {
@@ -184,6 +253,7 @@ fn spec_digest(a: &ContainerAssignment, p: &Policy) -> String {
         a.port,
         &a.env,
         &a.args,
+        &a.models,
         a.requires_gpu && p.allow_gpu,
         p.cpu_percent,
         p.memory_bytes,
@@ -281,8 +351,10 @@ impl Engine {
             .map_err(|e| EngineError::NotRunning(e.to_string()))?;
         Ok(Self {
             docker,
+            models: ModelCache::new(policy.models_dir.clone(), policy.models_cap_bytes),
             policy,
             restarts: HashMap::new(),
+            throttled: Default::default(),
         })
     }
 
@@ -294,6 +366,7 @@ impl Engine {
     /// A new policy: containers created under the old one no longer match their spec, so the next reconcile
     /// replaces them (the engine socket stays the one connected to).
     pub fn set_policy(&mut self, policy: Policy) {
+        self.models = ModelCache::new(policy.models_dir.clone(), policy.models_cap_bytes);
         self.policy = Policy {
             docker_host: self.policy.docker_host.clone(),
             ..policy
@@ -382,6 +455,8 @@ impl Engine {
                         Some(
                             ContainerSummaryStateEnum::RUNNING
                                 | ContainerSummaryStateEnum::RESTARTING
+                                // Paused in its duty cycle (GPU share): running, in the cycle's pauses.
+                                | ContainerSummaryStateEnum::PAUSED
                         )
                     ),
                     spec: labels.get(LABEL_SPEC).cloned().unwrap_or_default(),
@@ -404,7 +479,11 @@ impl Engine {
     }
 
     /// Creates and starts a container for an assignment.
-    pub async fn create(&self, a: &ContainerAssignment) -> Result<Ours, EngineError> {
+    pub async fn create(
+        &self,
+        a: &ContainerAssignment,
+        models: &[Local],
+    ) -> Result<Ours, EngineError> {
         if !self.policy.allows(&a.image) {
             return Err(EngineError::NotAllowed(a.image.clone()));
         }
@@ -486,7 +565,15 @@ impl Engine {
             nano_cpus: Some(nano_cpus),
             pids_limit: Some(256),
             network_mode: network.mode,
-            binds: network.binds,
+            binds: {
+                let binds: Vec<String> = network
+                    .binds
+                    .into_iter()
+                    .flatten()
+                    .chain(models.iter().map(Local::bind))
+                    .collect();
+                (!binds.is_empty()).then_some(binds)
+            },
             port_bindings: network.ports.clone(),
             device_requests,
             ..Default::default()
@@ -579,8 +666,30 @@ impl Engine {
         Ok(())
     }
 
+    /// Duty-cycles the running GPU containers of `desired` to the volunteer's GPU share (none at 100 %), and stops
+    /// cycling the others.
+    fn throttle(&self, desired: &[ContainerAssignment], ours: &BTreeMap<String, Ours>) {
+        let share = self.policy.gpu_percent;
+        let mut throttled = self.throttled.lock();
+        let wanted: HashMap<&str, u32> = desired
+            .iter()
+            .filter(|a| a.requires_gpu && self.policy.allow_gpu && share < 100)
+            .filter_map(|a| ours.get(&a.service))
+            .filter(|c| c.running)
+            .map(|c| (c.id.as_str(), share))
+            .collect();
+        throttled.retain(|id, d| wanted.get(id.as_str()) == Some(&d.percent));
+        for (id, percent) in wanted {
+            throttled.entry(id.to_owned()).or_insert_with(|| {
+                tracing::info!(container = %id, percent, "duty-cycling a GPU container");
+                DutyCycle::start(self.docker.clone(), id.to_owned(), percent)
+            });
+        }
+    }
+
     /// Stops all of ours (pause).
     pub async fn stop_all(&self) -> Result<(), EngineError> {
+        self.throttled.lock().clear();
         for c in self.ours().await? {
             self.stop(&c.id).await?;
         }
@@ -589,6 +698,7 @@ impl Engine {
 
     /// Removes all of ours (quit): nothing of ours is left behind.
     pub async fn remove_all(&mut self) -> Result<(), EngineError> {
+        self.throttled.lock().clear();
         for c in self.ours().await? {
             self.remove_ours(&c).await?;
         }
@@ -660,7 +770,12 @@ impl Engine {
                     if !self.has_image(&a.image).await {
                         self.pull(&a.image, progress).await?;
                     }
-                    self.create(a).await?;
+                    let needed: Vec<&str> = desired
+                        .iter()
+                        .flat_map(|d| d.models.iter().map(|m| m.sha256.as_str()))
+                        .collect();
+                    let models = self.models.ensure(&a.models, &needed, progress).await?;
+                    self.create(a, &models).await?;
                     out.push(ContainerStatus {
                         name,
                         // Serving once its health check passes, at a later pass.
@@ -674,6 +789,7 @@ impl Engine {
                 }
             }
         }
+        self.throttle(desired, &have);
         Ok(out)
     }
 
@@ -701,6 +817,9 @@ mod tests {
             instance: "t".into(),
             gpus: None,
             scratch_mb: 64,
+            gpu_percent: 100,
+            models_dir: PathBuf::from("/nonexistent"),
+            models_cap_bytes: 0,
             docker_host: None,
             reach: Reach::Ports,
         };

@@ -22,6 +22,7 @@ pub mod dht;
 pub mod gateway;
 pub mod hardware;
 pub mod idle;
+pub mod models;
 pub mod schedule;
 pub mod settings;
 pub mod tunnel;

@@ -138,6 +138,13 @@ pub struct Settings {
     pub gpus: Option<Vec<u32>>,
     /// Writable scratch space per container, MiB (the root is read-only): the disk cap.
     pub scratch_mb: u64,
+    /// Share of the GPU that GPU services may use, percent; below 100 their containers are duty-cycled (run, then
+    /// paused, in each period) so that they use about this share.
+    pub gpu_percent: u32,
+    /// Disk the model cache may fill, MiB (the least recently used models are deleted to stay within it).
+    pub models_disk_mb: u64,
+    /// Where the model cache lives [default: the cache dir].
+    pub models_dir: Option<PathBuf>,
     /// The container engine's socket (`unix:///…`); unset: `DOCKER_HOST` or the platform default.
     pub docker_host: Option<String>,
     /// Minisign public keys of the operators whose catalogues this machine runs, besides the project's release key.
@@ -214,6 +221,9 @@ impl Default for Settings {
             allow_gpu: true,
             gpus: None,
             scratch_mb: 1024,
+            gpu_percent: 100,
+            models_disk_mb: 20 * 1024,
+            models_dir: None,
             docker_host: None,
             instance: "default".into(),
             gateway_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -420,6 +430,21 @@ impl Settings {
                 message: format!("must be from 16 to 1048576, got {}", self.scratch_mb),
             });
         }
+        if !(10..=100).contains(&self.gpu_percent) {
+            return Err(SettingsError::Invalid {
+                key: "gpu_percent",
+                message: format!("must be from 10 to 100, got {}", self.gpu_percent),
+            });
+        }
+        if !(256..=16 * 1_048_576).contains(&self.models_disk_mb) {
+            return Err(SettingsError::Invalid {
+                key: "models_disk_mb",
+                message: format!(
+                    "must be from 256 to 16777216 (16 TiB), got {}",
+                    self.models_disk_mb
+                ),
+            });
+        }
         if !(1..=240).contains(&self.idle_after_minutes) {
             return Err(SettingsError::Invalid {
                 key: "idle_after_minutes",
@@ -453,6 +478,9 @@ impl Settings {
             instance: self.instance.clone(),
             gpus: self.gpus.clone(),
             scratch_mb: self.scratch_mb,
+            gpu_percent: self.gpu_percent,
+            models_dir: self.models_dir(),
+            models_cap_bytes: self.models_disk_mb * 1024 * 1024,
             docker_host: self.docker_host.clone(),
             reach: match self.service_reach {
                 ServiceReach::Socket => crate::containers::Reach::Socket(self.socket_dir()),
@@ -475,6 +503,16 @@ impl Settings {
             dirs::runtime_dir()
                 .unwrap_or_else(std::env::temp_dir)
                 .join("commons-agent.sock")
+        })
+    }
+
+    /// The model cache's folder (shared by every instance: a model is stored once).
+    pub fn models_dir(&self) -> PathBuf {
+        self.models_dir.clone().unwrap_or_else(|| {
+            dirs::cache_dir()
+                .unwrap_or_else(std::env::temp_dir)
+                .join("commons")
+                .join("models")
         })
     }
 
