@@ -141,13 +141,26 @@ impl ModelArtifact {
                 self.name
             ));
         }
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) || self.url.len() > 2048 {
-            return Some(format!("model {:?}: the url must be http:// or https://", self.name));
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://"))
+            || self.url.len() > 2048
+        {
+            return Some(format!(
+                "model {:?}: the url must be http:// or https://",
+                self.name
+            ));
         }
         if self.size == 0 {
-            return Some(format!("model {:?}: the size must be given, in bytes", self.name));
+            return Some(format!(
+                "model {:?}: the size must be given, in bytes",
+                self.name
+            ));
         }
-        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if self.sha256.len() != 64
+            || !self
+                .sha256
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Some(format!(
                 "model {:?}: sha256 must be 64 lowercase hex digits",
                 self.name

@@ -616,7 +616,11 @@ struct FileState {
     asked: parking_lot::Mutex<Vec<(String, Option<String>)>>,
 }
 
-async fn serve_file(State(s): State<Arc<FileState>>, Path(name): Path<String>, req: Request) -> Response {
+async fn serve_file(
+    State(s): State<Arc<FileState>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
     let range = req
         .headers()
         .get("range")
@@ -645,9 +649,10 @@ async fn serve_file(State(s): State<Arc<FileState>>, Path(name): Path<String>, r
         .header("content-length", body.len())
         .header("accept-ranges", "bytes");
     if let Some(from) = from {
-        resp = resp
-            .status(206)
-            .header("content-range", format!("bytes {from}-{}/{total}", total - 1));
+        resp = resp.status(206).header(
+            "content-range",
+            format!("bytes {from}-{}/{total}", total - 1),
+        );
     }
     let body = match cut {
         // Promise the whole length, send part of it, then fail: the connection drops mid-body.

@@ -55,9 +55,11 @@ async fn a_cut_download_resumes_and_is_verified_once() {
     cache.ensure(&[m], &[], None).await.unwrap();
     assert_eq!(server.asked().len(), 2);
     assert!(
-        !std::fs::read_dir(dir.path())
+        !std::fs::read_dir(dir.path()).unwrap().any(|e| e
             .unwrap()
-            .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".part")),
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".part")),
         "no partial file is left"
     );
 }
@@ -73,7 +75,13 @@ async fn a_tampered_model_is_refused_and_deleted() {
     let cache = ModelCache::new(dir.path().to_owned(), 64 << 20);
     let e = cache.ensure(&[m.clone()], &[], None).await.unwrap_err();
     assert!(
-        matches!(e, ModelError::Mismatch { what: "SHA-256", .. }),
+        matches!(
+            e,
+            ModelError::Mismatch {
+                what: "SHA-256",
+                ..
+            }
+        ),
         "{e}"
     );
     assert!(e.to_string().contains("nothing runs with it"), "{e}");
@@ -86,7 +94,10 @@ async fn a_tampered_model_is_refused_and_deleted() {
     let longer = [data.as_slice(), b"more"].concat();
     let m = artifact("m.gguf", server.put("m.gguf", longer), &data);
     let e = cache.ensure(&[m], &[], None).await.unwrap_err();
-    assert!(matches!(e, ModelError::Mismatch { what: "size", .. }), "{e}");
+    assert!(
+        matches!(e, ModelError::Mismatch { what: "size", .. }),
+        "{e}"
+    );
     // A missing file: the server's status, in words.
     let mut gone = artifact("gone.gguf", server.put("x", vec![1]), &data);
     gone.url = gone.url.replace("/x", "/gone");
@@ -100,7 +111,11 @@ async fn the_cache_stays_within_its_cap_deleting_the_least_recently_used() {
     let size = 1 << 20;
     let [a, b, c] = [1u8, 2, 3].map(|seed| {
         let data = bytes(seed, size);
-        artifact(&format!("{seed}.gguf"), server.put(&format!("{seed}.gguf"), data.clone()), &data)
+        artifact(
+            &format!("{seed}.gguf"),
+            server.put(&format!("{seed}.gguf"), data.clone()),
+            &data,
+        )
     });
     let dir = tempfile::tempdir().unwrap();
     // Room for two and a half.

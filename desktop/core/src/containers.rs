@@ -238,10 +238,7 @@ impl DutyCycle {
                 }
             }
         });
-        Self {
-            percent,
-            _stop: tx,
-        }
+        Self { percent, _stop: tx }
     }
 }
 

@@ -325,9 +325,7 @@ impl ModelCache {
             });
         }
         let path = self.path(m);
-        tokio::fs::rename(&part, &path)
-            .await
-            .map_err(io(&path))?;
+        tokio::fs::rename(&part, &path).await.map_err(io(&path))?;
         report(have, true);
         Ok(())
     }
