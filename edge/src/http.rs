@@ -75,6 +75,7 @@ pub fn router(state: EdgeState) -> Router {
     let service = Router::new()
         .route("/api/service/{service}", any(forward_root))
         .route("/api/service/{service}/{*path}", any(forward_service))
+        .route("/v1/{*path}", any(forward_openai))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(
             state.config.proxy_body_limit_bytes,
@@ -259,6 +260,21 @@ async fn forward_root(
 ) -> Response {
     let full = format!("/api/service/{service}");
     forward_to(&state, ip, None, Some(&service), &full, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `ANY /v1/{path}`: the OpenAI-compatible API, which the `llm` service serves (an OpenAI client's `base_url` is
+/// the edge's `/v1`).
+async fn forward_openai(
+    State(state): State<EdgeState>,
+    ClientIp(ip): ClientIp,
+    Path(path): Path<String>,
+    req: Request,
+) -> Response {
+    let service = commons_shared::catalogue::OPENAI_SERVICE;
+    let full = format!("/api/service/{service}/v1/{path}");
+    forward_to(&state, ip, None, Some(service), &full, req)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }

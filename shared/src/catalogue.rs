@@ -101,6 +101,9 @@ impl ServiceSpec {
     }
 }
 
+/// The service that answers the OpenAI-compatible API (`/v1/...` at the edge and at coordinators).
+pub const OPENAI_SERVICE: &str = "llm";
+
 /// What a service's container name starts with.
 const CONTAINER_PREFIX: &str = "commons-";
 

@@ -12,11 +12,11 @@ import sys
 import gguf
 import numpy as np
 
-N_EMBD = 64
+N_EMBD = 256
 N_HEAD = 4
-N_LAYER = 2
-N_FF = 128
-N_CTX = 512
+N_LAYER = 4
+N_FF = 512
+N_CTX = 4096
 
 # SentencePiece ("llama") vocabulary: unknown, begin, end, 256 byte fallbacks, then words and letters.
 WORDS = (

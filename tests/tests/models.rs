@@ -32,7 +32,10 @@ async fn a_cut_download_resumes_and_is_verified_once() {
     // The first answer stops after 1 MiB; the next try asks for the rest only.
     server.cut_next(1, 1 << 20);
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-    let local = cache.ensure(&[m.clone()], &[], Some(&tx)).await.unwrap();
+    let local = cache
+        .ensure(std::slice::from_ref(&m), &[], Some(&tx))
+        .await
+        .unwrap();
     assert_eq!(local[0].mount, "/models/m.gguf");
     assert_eq!(std::fs::read(&local[0].path).unwrap(), data);
     assert!(local[0].bind().ends_with(":/models/m.gguf:ro"));
@@ -73,7 +76,10 @@ async fn a_tampered_model_is_refused_and_deleted() {
     let m = artifact("m.gguf", server.put("m.gguf", tampered), &data);
     let dir = tempfile::tempdir().unwrap();
     let cache = ModelCache::new(dir.path().to_owned(), 64 << 20);
-    let e = cache.ensure(&[m.clone()], &[], None).await.unwrap_err();
+    let e = cache
+        .ensure(std::slice::from_ref(&m), &[], None)
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             e,
@@ -120,18 +126,30 @@ async fn the_cache_stays_within_its_cap_deleting_the_least_recently_used() {
     let dir = tempfile::tempdir().unwrap();
     // Room for two and a half.
     let cache = ModelCache::new(dir.path().to_owned(), (size * 5 / 2) as u64);
-    cache.ensure(&[a.clone()], &[], None).await.unwrap();
+    cache
+        .ensure(std::slice::from_ref(&a), &[], None)
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    cache.ensure(&[b.clone()], &[], None).await.unwrap();
+    cache
+        .ensure(std::slice::from_ref(&b), &[], None)
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     // a is used again: b is now the least recently used.
-    cache.ensure(&[a.clone()], &[], None).await.unwrap();
-    cache.ensure(&[c.clone()], &[], None).await.unwrap();
+    cache
+        .ensure(std::slice::from_ref(&a), &[], None)
+        .await
+        .unwrap();
+    cache
+        .ensure(std::slice::from_ref(&c), &[], None)
+        .await
+        .unwrap();
     assert!(cache.path(&a).exists() && cache.path(&c).exists());
     assert!(!cache.path(&b).exists(), "the least recently used one went");
     // What a current assignment needs is never deleted: with a and c both needed, b does not fit.
     let e = cache
-        .ensure(&[b.clone()], &[&a.sha256, &c.sha256], None)
+        .ensure(std::slice::from_ref(&b), &[&a.sha256, &c.sha256], None)
         .await
         .unwrap_err();
     assert!(matches!(e, ModelError::TooBig { .. }), "{e}");

@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
     let service = Router::new()
         .route("/api/service/{service}", any(proxy::forward_root))
         .route("/api/service/{service}/{*path}", any(proxy::forward))
+        .route("/v1/{*path}", any(proxy::forward_openai))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(proxy_limit));
     commons_server::finish(api.merge(service).with_state(state))
@@ -171,7 +172,7 @@ impl utoipa::Modify for SecurityAddon {
 #[openapi(
     info(title = "Commons coordinator", description = "Worker registry, assignment, heartbeats, routing and admin API."),
     paths(register, heartbeat, unregister, health, admin::workers, admin::worker, admin::stats, admin::admin_health,
-          admin::services, admin::history, admin::create_enrollment, proxy::forward, dht::topology, dht::stats,
+          admin::services, admin::history, admin::create_enrollment, proxy::forward, proxy::forward_openai, dht::topology, dht::stats,
           portal::login, portal::logout, portal::session, portal::coordinators, portal::releases, updates::updates, updates::catalogue),
     modifiers(&SecurityAddon)
 )]

@@ -167,6 +167,27 @@ pub(crate) async fn forward_root(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Forwards `ANY /v1/{*path}`, the OpenAI-compatible API, to the `llm` service (an OpenAI client's `base_url` is
+/// the coordinator's `/v1`).
+#[utoipa::path(post, path = "/v1/{path}", params(("path" = String, Path)),
+    responses((status = 200, description = "the llm service's answer (an event stream when asked to stream)"),
+              (status = 404, body = commons_shared::ErrorBody), (status = 502, body = commons_shared::ErrorBody),
+              (status = 503, body = commons_shared::ErrorBody)))]
+pub(crate) async fn forward_openai(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Path(path): Path<String>,
+    req: Request,
+) -> Response {
+    let service = commons_shared::catalogue::OPENAI_SERVICE.to_owned();
+    route(state, ip, service, format!("v1/{path}"), req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The response header that names the worker that answered.
+const WORKER_HEADER: &str = "x-commons-worker";
+
 async fn route(
     state: AppState,
     client: std::net::IpAddr,
@@ -193,7 +214,14 @@ async fn route(
             Ok(stream) => {
                 let in_flight = w.stats.start();
                 let timeout = Duration::from_secs(state.config.proxy_timeout_secs);
-                let result = forward::send(stream, &t, req, client, timeout).await;
+                let result = forward::send(stream, &t, req, client, timeout)
+                    .await
+                    .map(|mut r| {
+                        if let Ok(v) = axum::http::HeaderValue::from_str(&w.id.to_string()) {
+                            r.headers_mut().insert(WORKER_HEADER, v);
+                        }
+                        r
+                    });
                 drop(in_flight);
                 let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
                 w.stats.record(ok, start.elapsed());

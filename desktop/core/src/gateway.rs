@@ -112,6 +112,34 @@ async fn to_service(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Serves `app` on `listener`, each connection in a task this one owns: when the gateway goes (the agent quits or
+/// fails), every connection goes with it, as when the process ends, and streams in progress are cut (the
+/// coordinator then ends its client's stream with an error event).
+async fn serve(listener: tokio::net::TcpListener, app: Router) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let service = hyper_util::service::TowerToHyperService::new(
+                    app.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+                );
+                connections.spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "a gateway connection ended");
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
 /// The running gateway.
 #[derive(Debug)]
 pub struct Gateway {
@@ -140,13 +168,7 @@ impl Gateway {
         );
         let listener = commons_server::serve::listen(listen).await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await;
-        });
+        let task = tokio::spawn(serve(listener, app));
         Ok(Self { addr, routes, task })
     }
 

@@ -1,0 +1,318 @@
+//! The llm service end to end on real parts: an edge, a coordinator registered with it, two agents joining through
+//! the edge, and a real container engine running the llm image `cargo xtask images` built (llama.cpp's server behind
+//! commons-llm), each container without network and reached over its socket. The model is the tiny GGUF the tests
+//! generate (random weights: nonsense text, well-formed answers), downloaded by each agent from a loopback server
+//! and mounted read-only. `.ci/test` starts the engine and builds the images first.
+
+use std::time::{Duration, Instant};
+
+use commons_agent::agent::{Command, State};
+use commons_tests::{
+    FileServer, eventually, llm_service, operator_catalogue, pool, python, service_agent_settings,
+    start_service_agent, tiny_model,
+};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+/// The events of an SSE body read so far, and how many network chunks carried them.
+struct Events {
+    events: Vec<String>,
+    chunks: usize,
+}
+
+/// Reads an event stream to its end (or for `limit`), noting the arrival of each chunk.
+async fn read_events(resp: reqwest::Response, limit: Duration) -> (Events, Option<String>) {
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut out = Events {
+        events: Vec::new(),
+        chunks: 0,
+    };
+    let until = Instant::now() + limit;
+    let mut failed = None;
+    while let Ok(Some(chunk)) = tokio::time::timeout_at(until.into(), stream.next()).await {
+        match chunk {
+            Ok(bytes) => {
+                out.chunks += 1;
+                buf.push_str(&String::from_utf8_lossy(&bytes));
+                while let Some(end) = buf.find("\n\n") {
+                    out.events.push(buf[..end].to_owned());
+                    buf.drain(..end + 2);
+                }
+            }
+            Err(e) => {
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    (out, failed)
+}
+
+fn data(event: &str) -> Option<Value> {
+    let line = event.lines().find_map(|l| l.strip_prefix("data: "))?;
+    serde_json::from_str(line).ok()
+}
+
+#[tokio::test]
+async fn chat_streams_and_embeddings_answer_through_edge_coordinator_agent_and_container() {
+    let client = reqwest::Client::new();
+    let files = FileServer::start().await;
+    let (path, sha, size) = tiny_model();
+    let url = files.put("tiny.gguf", std::fs::read(path).unwrap());
+    let (edge, c) = pool(&client, |dir| {
+        operator_catalogue(dir, &llm_service(&url, sha, *size, 2))
+    })
+    .await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let pid = std::process::id();
+    let instances = [format!("llm-a-{pid}"), format!("llm-b-{pid}")];
+    let a = start_service_agent(&edge.url(), &instances[0], dirs[0].path()).await;
+    let b = start_service_agent(&edge.url(), &instances[1], dirs[1].path()).await;
+    // Both download the model once and serve once llama.cpp has loaded it.
+    assert!(
+        eventually(90, || async {
+            let list = c.admin(&client, "/api/admin/workers").await;
+            list["workers"].as_array().is_some_and(|ws| {
+                ws.len() == 2 && ws.iter().all(|w| w["containers"][0]["state"] == "running")
+            })
+        })
+        .await,
+        "both llm containers serve: {}",
+        c.admin(&client, "/api/admin/workers").await
+    );
+    assert_eq!(
+        files.asked().len(),
+        2,
+        "each agent downloaded the model once"
+    );
+    let base = edge.url();
+
+    // Embeddings: one vector of the model's width (256) per input.
+    let r = client
+        .post(format!("{base}/v1/embeddings"))
+        .json(&json!({"model": "tiny", "input": ["the pool answers", "volunteer compute"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let data_list = v["data"].as_array().unwrap();
+    assert_eq!(data_list.len(), 2, "{v}");
+    assert!(
+        data_list
+            .iter()
+            .all(|d| d["embedding"].as_array().map(Vec::len) == Some(256)),
+        "{v}"
+    );
+
+    // A chat completion streams: its events arrive in many chunks, one after another, not as one buffered answer.
+    let started = Instant::now();
+    let r = client
+        .post(format!("{base}/api/service/llm/v1/chat/completions"))
+        .json(
+            &json!({"model": "tiny", "stream": true, "max_tokens": 200, "ignore_eos": true,
+                      "messages": [{"role": "user", "content": "hello"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let (ev, failed) = read_events(r, Duration::from_secs(60)).await;
+    assert!(failed.is_none(), "{failed:?}");
+    assert_eq!(ev.events.last().map(String::as_str), Some("data: [DONE]"));
+    let deltas = ev
+        .events
+        .iter()
+        .filter_map(|e| data(e))
+        .filter(|d| d["choices"][0]["delta"].is_object())
+        .count();
+    // A delta per token, but for byte tokens held back until they make whole UTF-8 characters.
+    assert!(deltas >= 100, "deltas as tokens come: {deltas}");
+    assert!(
+        ev.chunks >= 20,
+        "the answer arrived in {} chunks over {:?}: something buffered it",
+        ev.chunks,
+        started.elapsed()
+    );
+    // Not streaming: one JSON answer with its usage.
+    let r = client
+        .post(format!("{base}/v1/completions"))
+        .json(&json!({"model": "tiny", "prompt": "the pool", "max_tokens": 8}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 8, "{v}");
+
+    // The real OpenAI client, pointed at the edge: models, a chat, a stream, embeddings.
+    let script = format!(
+        r#"
+import openai
+c = openai.OpenAI(base_url="{base}/v1", api_key="unused", max_retries=0)
+models = [m.id for m in c.models.list().data]
+assert models == ["tiny"], models
+chat = c.chat.completions.create(model="tiny", messages=[{{"role": "user", "content": "hi"}}], max_tokens=5)
+assert chat.usage.completion_tokens >= 1, chat
+n = 0
+for chunk in c.chat.completions.create(model="tiny", messages=[{{"role": "user", "content": "hi"}}], max_tokens=30,
+                                       stream=True, extra_body={{"ignore_eos": True}}):
+    if chunk.choices and chunk.choices[0].delta.content:
+        n += 1
+assert n >= 10, n
+e = c.embeddings.create(model="tiny", input="hello")
+assert len(e.data[0].embedding) == 256
+print("openai ok", n)
+"#
+    );
+    let out = tokio::process::Command::new(python())
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the openai client: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("openai ok"));
+
+    // Killing the agent that serves a stream, mid-stream: the client's stream ends with an error event (not a cut
+    // connection), and the next request goes to the other agent.
+    let r = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(
+            &json!({"model": "tiny", "stream": true, "max_tokens": 1500, "ignore_eos": true,
+                      "messages": [{"role": "user", "content": "a long answer"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let serving = r.headers()["x-commons-worker"].to_str().unwrap().to_owned();
+    let (victim, survivor, victim_dir, victim_instance) = if a.session.borrow().worker_id == serving
+    {
+        (a, b, &dirs[0], &instances[0])
+    } else {
+        (b, a, &dirs[1], &instances[1])
+    };
+    let mut stream = r.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "), "{first:?}");
+    victim.abort().await;
+    let mut rest = String::new();
+    let mut cut = None;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(b) => rest.push_str(&String::from_utf8_lossy(&b)),
+            Err(e) => {
+                cut = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(cut.is_none(), "the stream ended cleanly: {cut:?}");
+    let tail: Vec<&str> = rest.split("\n\n").filter(|e| !e.is_empty()).collect();
+    let last = tail.last().copied().unwrap_or("");
+    assert!(
+        last.starts_with("event: error") && last.contains("upstream_failed"),
+        "the stream ends with an error event: {last}"
+    );
+    assert!(!rest.contains("[DONE]"));
+    assert!(
+        eventually(10, || async {
+            let r = client
+                .post(format!("{base}/v1/chat/completions"))
+                .json(&json!({"model": "tiny", "max_tokens": 4,
+                              "messages": [{"role": "user", "content": "again"}]}))
+                .send()
+                .await
+                .unwrap();
+            r.status() == 200 && r.headers()["x-commons-worker"].to_str().unwrap() != serving
+        })
+        .await,
+        "the next request goes to the other agent"
+    );
+    survivor.send(Command::Quit).await;
+    survivor.join().await.unwrap();
+    // The crashed agent left its container; a volunteer's restart would adopt it, the test removes it.
+    let mut engine = commons_agent::containers::Engine::connect(
+        service_agent_settings(&edge.url(), victim_instance, &victim_dir.path().join("s")).policy(),
+    )
+    .await
+    .unwrap();
+    engine.remove_all().await.unwrap();
+}
+
+/// A model that is not the one the signed catalogue names (tampered on the download site) is refused: nothing runs
+/// with it, and the agent says why.
+#[tokio::test]
+async fn a_tampered_model_is_refused_and_nothing_runs_with_it() {
+    let client = reqwest::Client::new();
+    let files = FileServer::start().await;
+    let (path, sha, size) = tiny_model();
+    let mut bytes = std::fs::read(path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    let url = files.put("tiny.gguf", bytes);
+    let (edge, c) = pool(&client, |dir| {
+        operator_catalogue(dir, &llm_service(&url, sha, *size, 1))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let instance = format!("llm-t-{}", std::process::id());
+    let mut a = commons_agent::agent::start(
+        service_agent_settings(&edge.url(), &instance, &dir.path().join("s")),
+        std::sync::Arc::new(commons_agent::credentials::FileStore::new(
+            dir.path().join("creds.json"),
+        )),
+        std::sync::Arc::new(commons_agent::hardware::RecordedProbe(Err(
+            commons_agent::hardware::NoGpu("no driver in tests".into()),
+        ))),
+    );
+    let state = a
+        .wait_for(Duration::from_secs(90), |s| matches!(s, State::Error(_)))
+        .await;
+    let Some(State::Error(why)) = state else {
+        panic!("an error state, not {state:?}")
+    };
+    assert!(
+        why.contains("tiny.gguf")
+            && why.contains("SHA-256")
+            && why.contains("nothing runs with it"),
+        "the agent says the model was refused: {why}"
+    );
+    assert!(
+        eventually(10, || async {
+            let list = c.admin(&client, "/api/admin/workers").await;
+            list["workers"][0]["containers"][0]["state"] == "failed"
+        })
+        .await
+    );
+    let engine = commons_agent::containers::Engine::connect(
+        service_agent_settings(&edge.url(), &instance, &dir.path().join("s")).policy(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        engine.ours().await.unwrap().is_empty(),
+        "no container was created"
+    );
+    let models = dir.path().join("models");
+    assert!(!files.asked().is_empty(), "the agent downloaded the model");
+    assert!(
+        std::fs::read_dir(&models).map_or(true, |d| d.count() == 0),
+        "nothing of the model is kept"
+    );
+    a.send(Command::Quit).await;
+    a.join().await.unwrap();
+}
