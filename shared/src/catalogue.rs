@@ -365,16 +365,50 @@ mod tests {
     #[test]
     fn builtin_loads() {
         let c = Catalogue::builtin();
-        assert!(c.len() >= 6);
-        let llm = c.get(c.index_of("llm").unwrap()).unwrap();
-        assert!(llm.requires_gpu);
-        assert_eq!(llm.min_vram, 8 * GIB);
+        // Only the images this project builds (services/).
+        let names: Vec<&str> = c.services().iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["llm", "ocr"]);
+        let llm = c.get(c.index_of(OPENAI_SERVICE).unwrap()).unwrap();
+        assert!(!llm.requires_gpu, "llama.cpp runs on CPU too");
+        assert_eq!(llm.min_ram, 4 * GIB);
+        assert_eq!(llm.env["COMMONS_LLM_MODEL"], "/models/model.gguf");
+    }
+
+    #[test]
+    fn model_files_are_checked() {
+        let entry = |models: &str| {
+            format!(
+                "[[service]]\nname = \"x\"\nimage = \"example/x:1\"\nport = 1\nmodels = [{models}]\n"
+            )
+        };
+        let sha = "ab".repeat(32);
+        let ok = format!(
+            r#"{{ name = "m.gguf", url = "https://example.invalid/m", size = 10, sha256 = "{sha}" }}"#
+        );
+        let c = Catalogue::load(&entry(&ok), None).unwrap();
+        let a = c.get(0).unwrap().assignment();
+        assert_eq!(a.models.len(), 1);
+        assert_eq!(a.models[0].size, 10);
+        // The assignment must carry the same files as the catalogue.
+        let mut other = a.clone();
+        other.models[0].sha256 = "cd".repeat(32);
+        assert!(c.check(&other).unwrap_err().contains("model files"));
+        for (bad, says) in [
+            (ok.replace("m.gguf", "../m"), "a name is"),
+            (ok.replace("https://", "ftp://"), "http:// or https://"),
+            (ok.replace("size = 10", "size = 0"), "size must be given"),
+            (ok.replace(&sha, "XYZ"), "64 lowercase hex"),
+            (format!("{ok}, {ok}"), "appears twice"),
+        ] {
+            let e = Catalogue::load(&entry(&bad), None).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]
     fn overlay_replaces_adds_and_removes() {
         let overlay = r#"
-            remove = ["redis"]
+            remove = ["ocr"]
             [[service]]
             name = "llm"
             image = "example/llm:2"
@@ -389,7 +423,8 @@ mod tests {
             min_ram = "1GB"
         "#;
         let c = Catalogue::load(DEFAULT_CATALOGUE, Some(overlay)).unwrap();
-        assert!(c.index_of("redis").is_none());
+        assert!(Catalogue::builtin().index_of("ocr").is_some());
+        assert!(c.index_of("ocr").is_none());
         let llm = c.get(c.index_of("llm").unwrap()).unwrap();
         assert_eq!((llm.port, llm.replicas, llm.min_vram), (9000, 5, 16 * GIB));
         let t = c.get(c.index_of("translate").unwrap()).unwrap();

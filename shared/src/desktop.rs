@@ -260,8 +260,12 @@ pub struct Limits {
     pub memory_mb: u64,
     /// Disk (writable scratch) per container, MiB.
     pub scratch_mb: u64,
+    /// Disk the model cache may fill, MiB.
+    pub models_disk_mb: u64,
     /// Let GPU services use the GPU.
     pub allow_gpu: bool,
+    /// Share of the GPU that GPU services may use, percent (duty-cycled below 100).
+    pub gpu_percent: u32,
     /// Which GPUs (indices); `None`: all.
     pub gpus: Option<Vec<u32>>,
     /// Pause while a GPU is hotter than this (°C).
@@ -303,7 +307,9 @@ mod tests {
                 cpu_percent: 50,
                 memory_mb: 4096,
                 scratch_mb: 1024,
+                models_disk_mb: 20480,
                 allow_gpu: true,
+                gpu_percent: 60,
                 gpus: None,
                 max_gpu_temp_c: 85,
                 idle_only: false,

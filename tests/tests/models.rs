@@ -33,7 +33,7 @@ async fn a_cut_download_resumes_and_is_verified_once() {
     server.cut_next(1, 1 << 20);
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     let local = cache
-        .ensure(std::slice::from_ref(&m), &[], Some(&tx))
+        .ensure(std::slice::from_ref(&m), &[], Some((&tx, "img:1")))
         .await
         .unwrap();
     assert_eq!(local[0].mount, "/models/m.gguf");
@@ -54,6 +54,10 @@ async fn a_cut_download_resumes_and_is_verified_once() {
     }
     let last = last.expect("progress");
     assert!(last.done && last.current == data.len() as u64, "{last:?}");
+    assert_eq!(
+        (last.image.as_str(), last.layer.as_str()),
+        ("img:1", "model m.gguf")
+    );
     // Present and verified: nothing is downloaded again.
     cache.ensure(&[m], &[], None).await.unwrap();
     assert_eq!(server.asked().len(), 2);

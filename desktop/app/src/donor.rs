@@ -23,7 +23,9 @@ fn limits_of(s: &Settings) -> Limits {
         cpu_percent: s.cpu_percent,
         memory_mb: s.memory_mb,
         scratch_mb: s.scratch_mb,
+        models_disk_mb: s.models_disk_mb,
         allow_gpu: s.allow_gpu,
+        gpu_percent: s.gpu_percent,
         gpus: s.gpus.clone(),
         max_gpu_temp_c: s.max_gpu_temp_c,
         idle_only: s.idle_only,
@@ -38,7 +40,9 @@ fn put_limits(l: Limits, s: &mut Settings) {
         cpu_percent,
         memory_mb,
         scratch_mb,
+        models_disk_mb,
         allow_gpu,
+        gpu_percent,
         gpus,
         max_gpu_temp_c,
         idle_only,
@@ -48,7 +52,9 @@ fn put_limits(l: Limits, s: &mut Settings) {
     s.cpu_percent = cpu_percent;
     s.memory_mb = memory_mb;
     s.scratch_mb = scratch_mb;
+    s.models_disk_mb = models_disk_mb;
     s.allow_gpu = allow_gpu;
+    s.gpu_percent = gpu_percent;
     s.gpus = gpus;
     s.max_gpu_temp_c = max_gpu_temp_c;
     s.idle_only = idle_only;

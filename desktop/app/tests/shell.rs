@@ -189,13 +189,20 @@ fn commands_drive_a_real_agent_against_a_real_coordinator() {
     );
     let mut held = limits.clone();
     held["cpu_percent"] = json!(25);
+    held["gpu_percent"] = json!(60);
+    held["models_disk_mb"] = json!(4096);
     held["schedule"] = json!([window]);
     let saved = invoke(&w, &set_limits(&held)).unwrap();
     assert_eq!(saved["cpu_percent"], 25);
     let on_disk = Settings::load(&settings_path).unwrap();
     assert_eq!(
-        (on_disk.cpu_percent, on_disk.schedule.clone()),
-        (25, vec![window])
+        (
+            on_disk.cpu_percent,
+            on_disk.gpu_percent,
+            on_disk.models_disk_mb,
+            on_disk.schedule.clone()
+        ),
+        (25, 60, 4096, vec![window])
     );
     assert_eq!(
         on_disk.coordinator_url,

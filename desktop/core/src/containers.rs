@@ -771,7 +771,10 @@ impl Engine {
                         .iter()
                         .flat_map(|d| d.models.iter().map(|m| m.sha256.as_str()))
                         .collect();
-                    let models = self.models.ensure(&a.models, &needed, progress).await?;
+                    let models = self
+                        .models
+                        .ensure(&a.models, &needed, progress.map(|p| (p, a.image.as_str())))
+                        .await?;
                     self.create(a, &models).await?;
                     out.push(ContainerStatus {
                         name,

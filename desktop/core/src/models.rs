@@ -134,12 +134,13 @@ impl ModelCache {
     }
 
     /// Makes every one of `models` present and verified, downloading what is missing; `needed` are the SHA-256s
-    /// that must not be evicted to make room (every current assignment's models).
+    /// that must not be evicted to make room (every current assignment's models). Progress is reported as part of
+    /// `image`'s (the service's image: the window shows one row per service).
     pub async fn ensure(
         &self,
         models: &[ModelArtifact],
         needed: &[&str],
-        progress: Option<&mpsc::Sender<Progress>>,
+        progress: Option<(&mpsc::Sender<Progress>, &str)>,
     ) -> Result<Vec<Local>, ModelError> {
         let mut out = Vec::with_capacity(models.len());
         for m in models {
@@ -216,7 +217,7 @@ impl ModelCache {
         &self,
         m: &ModelArtifact,
         needed: &[&str],
-        progress: Option<&mpsc::Sender<Progress>>,
+        progress: Option<(&mpsc::Sender<Progress>, &str)>,
     ) -> Result<(), ModelError> {
         tokio::fs::create_dir_all(&self.dir)
             .await
@@ -270,10 +271,10 @@ impl ModelCache {
             .map_err(io(&part))?;
         let mut last = Instant::now() - PROGRESS_EVERY;
         let report = |current: u64, done: bool| {
-            if let Some(tx) = progress {
+            if let Some((tx, image)) = progress {
                 let _ = tx.try_send(Progress {
-                    image: format!("model {}", m.name),
-                    layer: m.sha256[..12].to_owned(),
+                    image: image.to_owned(),
+                    layer: format!("model {}", m.name),
                     status: if done { "Verified" } else { "Downloading" }.into(),
                     done,
                     current,

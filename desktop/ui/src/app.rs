@@ -395,8 +395,16 @@ fn caps(l: &Limits, hardware: Option<&Hardware>, set: Callback<Limits>, saved: b
                 <input id="scratch_mb" type="number" min="16" step="256" value={l.scratch_mb.to_string()}
                     onchange={on(|l, i| l.scratch_mb = number(i))} />
             </label>
+            <label>{ "Disk for AI models (MiB)" }
+                <input id="models_disk_mb" type="number" min="256" step="1024" value={l.models_disk_mb.to_string()}
+                    onchange={on(|l, i| l.models_disk_mb = number(i))} />
+            </label>
             <label class="check"><input id="allow_gpu" type="checkbox" checked={l.allow_gpu}
                 onchange={on(|l, i| l.allow_gpu = i.checked())} />{ "Let services use the GPU" }</label>
+            <label>{ format!("GPU: at most {} % of its time", l.gpu_percent) }
+                <input id="gpu_percent" type="range" min="10" max="100" step="10" value={l.gpu_percent.to_string()}
+                    onchange={on(|l, i| l.gpu_percent = i.value().parse().unwrap_or(l.gpu_percent))} />
+            </label>
             { for gpu_boxes }
             <label>{ "Pause when a GPU is hotter than (°C)" }
                 <input id="max_gpu_temp_c" type="number" min="40" max="100" value={l.max_gpu_temp_c.to_string()}
