@@ -106,6 +106,9 @@ pub struct ContainerAssignment {
     /// at `/models/{name}`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<ModelArtifact>,
+    /// The container gets the engine's network (the catalogue says the service needs one); otherwise it has none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub network: bool,
 }
 
 /// A file a service needs, such as a model's weights. The agent downloads it once into its model cache (resuming an

@@ -58,6 +58,10 @@ pub struct ServiceSpec {
     /// Files the container needs (model weights), mounted read-only at `/models/{name}`.
     #[serde(default)]
     pub models: Vec<crate::api::ModelArtifact>,
+    /// The service truly needs a network (the engine's; containers have none otherwise). A volunteer's settings can
+    /// refuse such services.
+    #[serde(default)]
+    pub network: bool,
 }
 
 fn one() -> u32 {
@@ -97,6 +101,7 @@ impl ServiceSpec {
             requires_gpu: self.requires_gpu,
             health: self.health_path().map(str::to_owned),
             models: self.models.clone(),
+            network: self.network,
         }
     }
 }
@@ -172,6 +177,7 @@ impl Catalogue {
             (want.requires_gpu != a.requires_gpu, "GPU use"),
             (want.health != a.health, "health path"),
             (want.models != a.models, "model files"),
+            (want.network != a.network, "network access"),
         ]
         .into_iter()
         .filter_map(|(d, what)| d.then_some(what))

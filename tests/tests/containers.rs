@@ -24,6 +24,7 @@ fn policy(instance: &str) -> Policy {
         gpus: None,
         scratch_mb: 32,
         gpu_percent: 100,
+        allow_network: false,
         models_dir: std::env::temp_dir().join("commons-test-models"),
         models_cap_bytes: 1 << 30,
         docker_host: None,
@@ -42,6 +43,7 @@ fn service(name: &str, args: &[&str]) -> ContainerAssignment {
         requires_gpu: false,
         health: None,
         models: Vec::new(),
+        network: false,
     }
 }
 
@@ -306,6 +308,7 @@ async fn a_service_without_network_answers_through_its_socket() {
         requires_gpu: false,
         health: Some("/health".into()),
         models: Vec::new(),
+        network: false,
     };
     let states = e.reconcile(std::slice::from_ref(&ocr), None).await.unwrap();
     assert_eq!(

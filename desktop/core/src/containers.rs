@@ -99,6 +99,8 @@ pub struct Policy {
     pub reach: Reach,
     /// Share of the GPU that GPU containers may use, percent (below 100, they are duty-cycled).
     pub gpu_percent: u32,
+    /// Whether a service whose catalogue entry needs a network may have the engine's (otherwise it is refused).
+    pub allow_network: bool,
     /// The model cache's folder.
     pub models_dir: PathBuf,
     /// The most the model cache may hold, bytes.
@@ -251,6 +253,7 @@ fn spec_digest(a: &ContainerAssignment, p: &Policy) -> String {
         &a.env,
         &a.args,
         &a.models,
+        a.network,
         a.requires_gpu && p.allow_gpu,
         p.cpu_percent,
         p.memory_bytes,
@@ -501,7 +504,9 @@ impl Engine {
                 labels.insert(LABEL_SOCKET.to_owned(), socket.display().to_string());
                 env.push(format!("COMMONS_LISTEN=unix:{SERVICE_SOCKET}"));
                 let network = Network {
-                    mode: Some("none".into()),
+                    // No network, unless the signed catalogue says the service needs one and the volunteer allows
+                    // it (the agent refuses the assignment otherwise).
+                    mode: (!(a.network && self.policy.allow_network)).then(|| "none".into()),
                     binds: Some(vec![format!("{}:/run/commons", folder.display())]),
                     user: Some(user),
                     ports: None,
@@ -818,6 +823,7 @@ mod tests {
             gpus: None,
             scratch_mb: 64,
             gpu_percent: 100,
+            allow_network: false,
             models_dir: PathBuf::from("/nonexistent"),
             models_cap_bytes: 0,
             docker_host: None,

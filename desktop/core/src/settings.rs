@@ -141,6 +141,9 @@ pub struct Settings {
     /// Share of the GPU that GPU services may use, percent; below 100 their containers are duty-cycled (run, then
     /// paused, in each period) so that they use about this share.
     pub gpu_percent: u32,
+    /// Run services whose catalogue entry says they need a network (their containers get the engine's network);
+    /// off, such services are refused and every container has none.
+    pub allow_network_services: bool,
     /// Disk the model cache may fill, MiB (the least recently used models are deleted to stay within it).
     pub models_disk_mb: u64,
     /// Where the model cache lives [default: the cache dir].
@@ -222,6 +225,7 @@ impl Default for Settings {
             gpus: None,
             scratch_mb: 1024,
             gpu_percent: 100,
+            allow_network_services: false,
             models_disk_mb: 20 * 1024,
             models_dir: None,
             docker_host: None,
@@ -479,6 +483,7 @@ impl Settings {
             gpus: self.gpus.clone(),
             scratch_mb: self.scratch_mb,
             gpu_percent: self.gpu_percent,
+            allow_network: self.allow_network_services,
             models_dir: self.models_dir(),
             models_cap_bytes: self.models_disk_mb * 1024 * 1024,
             docker_host: self.docker_host.clone(),

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use axum::Router;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -46,6 +46,18 @@ pub enum StartError<E: std::error::Error + 'static = std::convert::Infallible> {
     Own(E),
 }
 
+/// `listener` with Nagle's algorithm off on every connection: a streamed answer's small writes (an SSE event after
+/// the headers) go out at once instead of waiting for the peer's delayed ACK (40 ms on Linux).
+pub fn no_delay(listener: TcpListener) -> axum::serve::TapIo<TcpListener, fn(&mut TcpStream)> {
+    use axum::serve::ListenerExt;
+    fn set(tcp: &mut TcpStream) {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot turn Nagle's algorithm off");
+        }
+    }
+    listener.tap_io(set as fn(&mut TcpStream))
+}
+
 /// Listens on `addr`.
 pub async fn listen(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
@@ -69,7 +81,7 @@ impl Serving {
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
+            axum::serve(no_delay(listener), app)
                 .with_graceful_shutdown(async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 })
@@ -135,7 +147,7 @@ pub async fn service(program: &str, listen: &str, app: Router) -> Result<(), Str
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
             println!("{program} listening on {addr}");
-            axum::serve(listener, app)
+            axum::serve(no_delay(listener), app)
                 .with_graceful_shutdown(stop)
                 .await
                 .map_err(|e| e.to_string())

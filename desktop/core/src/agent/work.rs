@@ -42,6 +42,8 @@ pub(super) struct Work {
     refused: Vec<(ContainerStatus, String)>,
     /// Whose catalogue runs, in words, for the window.
     signer: String,
+    /// The volunteer lets services that need a network run (settings: allow_network_services).
+    allow_network: bool,
 }
 
 impl Work {
@@ -56,6 +58,7 @@ impl Work {
             distrust: None,
             refused: Vec::new(),
             signer: SHIPPED.into(),
+            allow_network: false,
         }
     }
 
@@ -111,6 +114,7 @@ impl Work {
 
     /// Connects to the container engine; without one, what the volunteer can do about it.
     pub(super) async fn connect(&mut self, settings: &Settings) -> Option<String> {
+        self.allow_network = settings.allow_network_services;
         match Engine::connect(settings.policy()).await {
             Ok(e) => {
                 self.engine = Some(e);
@@ -126,6 +130,7 @@ impl Work {
 
     /// New caps and allow-list, for the containers created from now on (and those recreated because theirs changed).
     pub(super) fn set_policy(&mut self, policy: Policy) {
+        self.allow_network = policy.allow_network;
         if let Some(engine) = self.engine.as_mut() {
             engine.set_policy(policy);
         }
@@ -137,7 +142,17 @@ impl Work {
         self.refused.clear();
         let mut accepted = Vec::with_capacity(list.len());
         for a in list {
-            match self.trusted.check(&a) {
+            let allowed = self.trusted.check(&a).and_then(|()| {
+                if a.network && !self.allow_network {
+                    Err(format!(
+                        "the {} service needs a network, which this computer's settings refuse (allow_network_services)",
+                        a.service
+                    ))
+                } else {
+                    Ok(())
+                }
+            });
+            match allowed {
                 Ok(()) => accepted.push(a),
                 Err(why) => {
                     let why = match &self.distrust {
@@ -320,5 +335,39 @@ mod tests {
             ..ocr
         }]);
         assert!(w.problem().unwrap().contains("miner"));
+    }
+
+    #[test]
+    fn a_service_that_needs_a_network_runs_only_where_the_volunteer_allows_it() {
+        let (tx, _rx) = mpsc::channel(1);
+        let mut w = Work::new(tx);
+        // An operator's catalogue, signed by a key the volunteer added, with a service that needs a network.
+        let text = "[[service]]\nname = \"fetcher\"\nimage = \"example/fetcher:1\"\nport = 80\nnetwork = true\n";
+        let catalogue =
+            Catalogue::load(commons_shared::catalogue::DEFAULT_CATALOGUE, Some(text)).unwrap();
+        let fetcher = catalogue
+            .get(catalogue.index_of("fetcher").unwrap())
+            .unwrap()
+            .assignment();
+        assert!(fetcher.network);
+        w.trusted = catalogue;
+        w.assign(vec![fetcher.clone()]);
+        assert!(w.services().is_empty());
+        let problem = w.problem().unwrap();
+        assert!(
+            problem.contains("needs a network") && problem.contains("allow_network_services"),
+            "{problem}"
+        );
+        // Allowed by the volunteer: it runs.
+        w.allow_network = true;
+        w.assign(vec![fetcher.clone()]);
+        assert_eq!(w.services(), BTreeSet::from(["fetcher".to_owned()]));
+        // A service the catalogue gives no network, asked for with one by the coordinator: refused as a difference.
+        let sneaky = ContainerAssignment {
+            network: true,
+            ..Catalogue::builtin().services()[0].assignment()
+        };
+        w.assign(vec![sneaky]);
+        assert!(w.problem().unwrap().contains("network access"));
     }
 }
