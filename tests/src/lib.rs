@@ -370,13 +370,18 @@ pub async fn heartbeat_with(
     assert_eq!(r.status(), 200);
 }
 
+/// The build folder (`CARGO_TARGET_DIR`, else the workspace's `target`), where the tests keep what they make once per
+/// machine and find what `cargo xtask` built.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
 /// The reference (pinned by digest) of a service image `cargo xtask images` built and pushed; `.ci/test` builds them
 /// into the loopback registry before the tests run.
 pub fn built_image(service: &str) -> String {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = dir.join("images").join("images.toml");
+    let path = target_dir().join("images").join("images.toml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
             "no {} ({e}): run `cargo xtask images --registry 127.0.0.1:5000 --profile dev` (as .ci/test does)",
@@ -396,9 +401,7 @@ pub fn built_image(service: &str) -> String {
 pub fn test_catalogue_key() -> &'static (PathBuf, String) {
     static KEY: std::sync::OnceLock<(PathBuf, String)> = std::sync::OnceLock::new();
     KEY.get_or_init(|| {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        let target = target_dir();
         let dir = target.join("test-operator-key");
         if !dir.join("operator.key").exists() {
             // Made aside and renamed into place: test processes running at once agree on one key.
@@ -563,10 +566,7 @@ fn dirs_home() -> Option<PathBuf> {
 pub fn tiny_model() -> &'static (PathBuf, String, u64) {
     static MODEL: std::sync::OnceLock<(PathBuf, String, u64)> = std::sync::OnceLock::new();
     MODEL.get_or_init(|| {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-        let dir = target.join("test-models");
+        let dir = target_dir().join("test-models");
         std::fs::create_dir_all(&dir).unwrap();
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny_gguf.py");
         // Keyed by the script: a changed generator writes a new file.

@@ -95,9 +95,12 @@ async fn a_tampered_model_is_refused_and_deleted() {
         "{e}"
     );
     assert!(e.to_string().contains("nothing runs with it"), "{e}");
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        0,
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().all(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".lock")),
         "nothing of it is kept"
     );
     // Longer than the catalogue says: refused as soon as it is.
@@ -159,4 +162,24 @@ async fn the_cache_stays_within_its_cap_deleting_the_least_recently_used() {
     assert!(matches!(e, ModelError::TooBig { .. }), "{e}");
     assert!(e.to_string().contains("models_disk_mb"), "{e}");
     assert!(cache.path(&a).exists() && cache.path(&c).exists());
+}
+
+#[tokio::test]
+async fn two_caches_on_one_folder_download_a_file_once() {
+    let server = FileServer::start().await;
+    let data = bytes(4, 4 << 20);
+    let m = artifact("m.gguf", server.put("m.gguf", data.clone()), &data);
+    let dir = tempfile::tempdir().unwrap();
+    // Two agents on one machine, one cache folder, the same model at once.
+    let (a, b) = (
+        ModelCache::new(dir.path().to_owned(), 64 << 20),
+        ModelCache::new(dir.path().to_owned(), 64 << 20),
+    );
+    let (ra, rb) = tokio::join!(
+        a.ensure(std::slice::from_ref(&m), &[], None),
+        b.ensure(std::slice::from_ref(&m), &[], None)
+    );
+    assert_eq!(ra.unwrap(), rb.unwrap());
+    assert_eq!(std::fs::read(a.path(&m)).unwrap(), data);
+    assert_eq!(server.asked().len(), 1, "downloaded once");
 }

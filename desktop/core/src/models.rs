@@ -148,15 +148,23 @@ impl ModelCache {
             match tokio::fs::metadata(&path).await {
                 Ok(meta) if meta.len() == m.size => touch(&path).await,
                 _ => {
-                    let mut tries = 0;
-                    loop {
-                        tries += 1;
-                        match self.download(m, needed, progress).await {
-                            Ok(()) => break,
-                            Err(e @ ModelError::Download { .. }) if tries < TRIES => {
-                                tracing::warn!(model = %m.name, error = %e, "download interrupted; resuming");
+                    // One download of a file at a time on this machine (two agents may share the cache): the
+                    // second waits, then finds the file there.
+                    let _lock = self.lock(m).await?;
+                    let there = tokio::fs::metadata(&path)
+                        .await
+                        .is_ok_and(|meta| meta.len() == m.size);
+                    if !there {
+                        let mut tries = 0;
+                        loop {
+                            tries += 1;
+                            match self.download(m, needed, progress).await {
+                                Ok(()) => break,
+                                Err(e @ ModelError::Download { .. }) if tries < TRIES => {
+                                    tracing::warn!(model = %m.name, error = %e, "download interrupted; resuming");
+                                }
+                                Err(e) => return Err(e),
                             }
-                            Err(e) => return Err(e),
                         }
                     }
                 }
@@ -167,6 +175,30 @@ impl ModelCache {
             });
         }
         Ok(out)
+    }
+
+    /// Holds `{sha256}.lock` exclusively (an advisory lock, released when the file is dropped).
+    async fn lock(&self, m: &ModelArtifact) -> Result<std::fs::File, ModelError> {
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .map_err(io(&self.dir))?;
+        let path = self.dir.join(format!("{}.lock", m.sha256));
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&p)?;
+            f.lock()?;
+            Ok(f)
+        })
+        .await
+        .map_err(|e| ModelError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(io(&path))
     }
 
     /// Deletes the least recently used models (neither in `needed` nor `m` itself) until `want` more bytes fit.
@@ -349,9 +381,10 @@ fn list(dir: &Path) -> std::io::Result<Vec<Cached>> {
     for entry in entries {
         let entry = entry?;
         let meta = entry.metadata()?;
-        if meta.is_file() {
+        let name = entry.file_name();
+        if meta.is_file() && !name.to_string_lossy().ends_with(".lock") {
             out.push(Cached {
-                name: entry.file_name().to_string_lossy().into_owned(),
+                name: name.to_string_lossy().into_owned(),
                 size: meta.len(),
                 used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             });
