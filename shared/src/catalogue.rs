@@ -62,6 +62,11 @@ pub struct ServiceSpec {
     /// refuse such services.
     #[serde(default)]
     pub network: bool,
+    /// For a service that keeps state per key (rag: per collection), which segment of the request's path names the
+    /// key (1: the first after the service's name; 0: none). Requests with the same key go to the same replica,
+    /// chosen by rendezvous hashing over the healthy ones, so a collection lives on one worker.
+    #[serde(default)]
+    pub sticky_segment: u8,
 }
 
 fn one() -> u32 {
@@ -73,6 +78,15 @@ fn health() -> String {
 }
 
 impl ServiceSpec {
+    /// The key a request for `path` (the part after the service's name) is routed by, when the service has one.
+    pub fn sticky_key<'a>(&self, path: &'a str) -> Option<&'a str> {
+        let n = usize::from(self.sticky_segment).checked_sub(1)?;
+        path.trim_start_matches('/')
+            .split('/')
+            .nth(n)
+            .filter(|k| !k.is_empty())
+    }
+
     /// The name of the container that runs it on a worker.
     pub fn container_name(&self) -> String {
         format!("{CONTAINER_PREFIX}{}", self.name)
@@ -373,11 +387,17 @@ mod tests {
         let c = Catalogue::builtin();
         // Only the images this project builds (services/).
         let names: Vec<&str> = c.services().iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["llm", "ocr"]);
+        assert_eq!(names, ["llm", "ocr", "rag"]);
+        let rag = c.get(c.index_of("rag").unwrap()).unwrap();
+        assert_eq!(rag.sticky_key("collections/docs/search"), Some("docs"));
+        assert_eq!(rag.sticky_key("/collections/docs"), Some("docs"));
+        assert_eq!(rag.sticky_key("collections"), None);
+        assert_eq!(rag.sticky_key("health"), None);
         let llm = c.get(c.index_of(OPENAI_SERVICE).unwrap()).unwrap();
         assert!(!llm.requires_gpu, "llama.cpp runs on CPU too");
         assert_eq!(llm.min_ram, 4 * GIB);
         assert_eq!(llm.env["COMMONS_LLM_MODEL"], "/models/model.gguf");
+        assert_eq!(llm.sticky_key("v1/chat/completions"), None);
     }
 
     #[test]

@@ -465,6 +465,11 @@ const SERVICE_IMAGES: &[ServiceImage] = &[
         package: "commons-llm",
         binary: "commons-llm",
     },
+    ServiceImage {
+        service: "rag",
+        package: "commons-rag",
+        binary: "commons-rag",
+    },
 ];
 
 fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
@@ -572,13 +577,15 @@ fn base_root(root: &Path, service: &str, suite: &str) -> anyhow::Result<(PathBuf
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
-    let options = [
-        "--variant=minbase".to_owned(),
-        format!("--include={}", packages.join(",")),
+    let mut options = vec!["--variant=minbase".to_owned()];
+    if !packages.is_empty() {
+        options.push(format!("--include={}", packages.join(",")));
+    }
+    options.extend([
         "--dpkgopt=path-exclude=/usr/share/doc/*".into(),
         "--dpkgopt=path-exclude=/usr/share/man/*".into(),
         "--dpkgopt=path-exclude=/usr/share/locale/*".into(),
-    ];
+    ]);
     let key = sha256_hex(&[suite.as_bytes(), options.join(" ").as_bytes()])[..16].to_owned();
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)

@@ -85,8 +85,18 @@ fn pick(
             weights.push(weight);
         }
     }
+    // A key that names the replica's state (a rag collection): the candidate that ranks it highest (rendezvous
+    // hashing), the same on every request while the candidates stay; the others keep their weights only as the
+    // fallback when it cannot be reached.
+    let sticky = spec.sticky_key(rest);
+    let choose = |weights: &[f64]| match sticky {
+        Some(key) => (0..cands.len())
+            .filter(|&i| weights[i] > 0.0)
+            .max_by_key(|&i| rendezvous(key, cands[i].id)),
+        None => pick_weighted(weights, rand::rng().random::<f64>()),
+    };
     // Build the target for the chosen worker only, not for every candidate.
-    while let Some(i) = pick_weighted(&weights, rand::rng().random::<f64>()) {
+    while let Some(i) = choose(&weights) {
         let w = &cands[i];
         let endpoint = w.live.lock().endpoint.clone();
         match target(w, endpoint.as_deref(), &spec.name, spec.port, rest, query) {
@@ -95,6 +105,14 @@ fn pick(
         }
     }
     None
+}
+
+/// A worker's rank for a key (highest wins): rendezvous hashing, so that a key moves only when its worker goes.
+fn rendezvous(key: &str, worker: WorkerId) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (key, worker.0).hash(&mut h);
+    h.finish()
 }
 
 /// The least loaded live worker offering `service` in the DHT (another coordinator's), as a target.
