@@ -21,11 +21,11 @@ use bollard::query_parameters::{
 };
 use commons_shared::api::{ContainerAssignment, ContainerState, ContainerStatus};
 use commons_shared::backoff::Backoff;
-
-use crate::models::{Local, ModelCache};
 use futures_util::StreamExt;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
+
+use crate::models::{Local, ModelCache};
 
 /// How long a crashed container waits before it is started again.
 const RESTART_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
