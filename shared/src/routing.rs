@@ -49,9 +49,45 @@ pub fn pick_weighted(weights: &[f64], r: f64) -> Option<usize> {
     last
 }
 
+/// A worker's rank for a key in rendezvous hashing (highest wins): the worker a key is routed to stays the same while
+/// it is a candidate, and when it goes only its keys move (each to its next in rank).
+pub fn rendezvous_rank(key: &str, worker: u128) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (key, worker).hash(&mut h);
+    h.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rendezvous_moves_only_the_keys_of_the_worker_that_goes() {
+        let best = |key: &str, workers: &[u128]| {
+            *workers
+                .iter()
+                .max_by_key(|w| rendezvous_rank(key, **w))
+                .unwrap()
+        };
+        let all = [1u128, 2, 3, 4];
+        let keys: Vec<String> = (0..400).map(|i| format!("collection-{i}")).collect();
+        let before: Vec<u128> = keys.iter().map(|k| best(k, &all)).collect();
+        // Spread over all four.
+        for w in all {
+            let n = before.iter().filter(|b| **b == w).count();
+            assert!((50..=150).contains(&n), "worker {w}: {n} of 400");
+        }
+        // Worker 3 goes: its keys move, no other key does.
+        let after: Vec<u128> = keys.iter().map(|k| best(k, &[1, 2, 4])).collect();
+        for (b, a) in before.iter().zip(&after) {
+            if *b == 3 {
+                assert_ne!(*a, 3);
+            } else {
+                assert_eq!(a, b);
+            }
+        }
+    }
 
     #[test]
     fn ordering() {

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use commons_server::extract::ClientIp;
 use commons_server::forward::{self, Target};
 use commons_shared::WorkerId;
-use commons_shared::routing::{pick_weighted, route_weight};
+use commons_shared::routing::{pick_weighted, rendezvous_rank, route_weight};
 use rand::Rng;
 
 use crate::error::ApiError;
@@ -92,7 +92,7 @@ fn pick(
     let choose = |weights: &[f64]| match sticky {
         Some(key) => (0..cands.len())
             .filter(|&i| weights[i] > 0.0)
-            .max_by_key(|&i| rendezvous(key, cands[i].id)),
+            .max_by_key(|&i| rendezvous_rank(key, cands[i].id.0)),
         None => pick_weighted(weights, rand::rng().random::<f64>()),
     };
     // Build the target for the chosen worker only, not for every candidate.
@@ -105,14 +105,6 @@ fn pick(
         }
     }
     None
-}
-
-/// A worker's rank for a key (highest wins): rendezvous hashing, so that a key moves only when its worker goes.
-fn rendezvous(key: &str, worker: WorkerId) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (key, worker.0).hash(&mut h);
-    h.finish()
 }
 
 /// The least loaded live worker offering `service` in the DHT (another coordinator's), as a target.
