@@ -267,27 +267,21 @@ fn spec_digest(a: &ContainerAssignment, p: &Policy) -> String {
 
 /// Whether the service behind `upstream` answers `GET path` with a 2xx within a second.
 pub async fn answers(upstream: &Upstream, path: &str) -> bool {
-    async fn get<S>(io: S, path: &str) -> Option<bool>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let req = hyper::Request::get(path)
-            .header(hyper::header::HOST, "localhost")
-            .body(http_body_util::Empty::<axum::body::Bytes>::new())
-            .ok()?;
-        let answer = commons_server::forward::request(io, req).await.ok()?;
-        Some(answer.status().is_success())
-    }
+    use commons_server::forward;
     let check = async {
         match upstream {
-            Upstream::Port(p) => get(TcpStream::connect(("127.0.0.1", *p)).await.ok()?, path).await,
-            Upstream::Socket(s) => get(UnixStream::connect(s).await.ok()?, path).await,
+            Upstream::Port(p) => match TcpStream::connect(("127.0.0.1", *p)).await {
+                Ok(io) => forward::answers(io, path).await,
+                Err(_) => false,
+            },
+            Upstream::Socket(s) => match UnixStream::connect(s).await {
+                Ok(io) => forward::answers(io, path).await,
+                Err(_) => false,
+            },
         }
     };
     tokio::time::timeout(Duration::from_secs(1), check)
         .await
-        .ok()
-        .flatten()
         .unwrap_or(false)
 }
 

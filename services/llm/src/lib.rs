@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use commons_server::error::ApiError;
@@ -86,7 +86,8 @@ impl Config {
                 .unwrap_or_else(|| "model".into())
         });
         Ok(Self {
-            listen: var("COMMONS_LISTEN").unwrap_or_else(|| "unix:/run/commons/http.sock".into()),
+            listen: var("COMMONS_LISTEN")
+                .unwrap_or_else(|| commons_server::serve::DEFAULT_SERVICE_LISTEN.into()),
             embedding_model: var("COMMONS_LLM_EMBEDDING_MODEL")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| model.clone()),
@@ -286,21 +287,16 @@ async fn to_embeddings(State(f): State<Arc<Front>>, req: Request) -> Response {
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-/// Whether the server on `socket` answers its `/health` with 200 (it has loaded its model).
+/// Whether the server on `socket` answers its `/health` (it has loaded its model).
 async fn healthy(socket: &Path) -> bool {
     let check = async {
-        let stream = UnixStream::connect(socket).await.ok()?;
-        let req = axum::http::Request::get("/health")
-            .header(header::HOST, "localhost")
-            .body(http_body_util::Empty::<axum::body::Bytes>::new())
-            .ok()?;
-        let resp = commons_server::forward::request(stream, req).await.ok()?;
-        Some(resp.status() == StatusCode::OK)
+        match UnixStream::connect(socket).await {
+            Ok(io) => commons_server::forward::answers(io, "/health").await,
+            Err(_) => false,
+        }
     };
     tokio::time::timeout(Duration::from_secs(2), check)
         .await
-        .ok()
-        .flatten()
         .unwrap_or(false)
 }
 

@@ -13,8 +13,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<(), String> {
-    let listen =
-        std::env::var("COMMONS_LISTEN").unwrap_or_else(|_| "unix:/run/commons/http.sock".into());
+    let listen = commons_server::serve::service_listen();
     let languages: Vec<String> = std::env::var("COMMONS_OCR_LANGUAGES")
         .unwrap_or_else(|_| "eng".into())
         .split(',')

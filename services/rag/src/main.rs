@@ -11,8 +11,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<(), String> {
-    let listen =
-        std::env::var("COMMONS_LISTEN").unwrap_or_else(|_| "unix:/run/commons/http.sock".into());
+    let listen = commons_server::serve::service_listen();
     let max_points = match std::env::var("COMMONS_RAG_MAX_POINTS") {
         Ok(v) => v
             .trim()

@@ -99,6 +99,23 @@ where
     sender.send_request(req).await
 }
 
+/// Whether `GET path` over `io` (a TCP or unix stream) answers 2xx: a service's health check. The caller bounds the
+/// wait.
+pub async fn answers<S>(io: S, path: &str) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(req) = axum::http::Request::get(path)
+        .header(header::HOST, "localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+    else {
+        return false;
+    };
+    request(io, req)
+        .await
+        .is_ok_and(|answer| answer.status().is_success())
+}
+
 /// Sends `req` to `target` over `stream` (TCP, or a unix socket) and returns the answer with its body streaming.
 /// `timeout` bounds the wait for the answer's headers.
 pub async fn send<S>(
@@ -172,7 +189,7 @@ struct EventStream {
 }
 
 /// The event that ends a stream whose upstream failed.
-pub fn error_event(message: &str) -> bytes::Bytes {
+fn error_event(message: &str) -> bytes::Bytes {
     let body = commons_shared::ErrorBody::new("upstream_failed", message);
     let json = serde_json::to_string(&body).unwrap_or_default();
     bytes::Bytes::from(format!("event: error\ndata: {json}\n\n"))

@@ -126,6 +126,14 @@ impl Serving {
     }
 }
 
+/// Where a service image listens unless `COMMONS_LISTEN` says otherwise: the socket in the folder the agent mounts.
+pub const DEFAULT_SERVICE_LISTEN: &str = "unix:/run/commons/http.sock";
+
+/// A service image's address: `COMMONS_LISTEN`, else [`DEFAULT_SERVICE_LISTEN`].
+pub fn service_listen() -> String {
+    std::env::var("COMMONS_LISTEN").unwrap_or_else(|_| DEFAULT_SERVICE_LISTEN.into())
+}
+
 /// Serves `app` on a service image's address until SIGTERM or Ctrl-C: `unix:/path` (a socket in the folder the agent
 /// shares with its gateway; a stale socket file is replaced) or `host:port`. Prints where it listens, as `program`.
 pub async fn service(program: &str, listen: &str, app: Router) -> Result<(), String> {
