@@ -570,7 +570,12 @@ fn service_suite(root: &Path, service: &str, host: &str) -> anyhow::Result<Strin
 }
 
 /// The Debian root of `service` as a tarball, made once per suite and package list.
-fn base_root(root: &Path, service: &str, suite: &str) -> anyhow::Result<(PathBuf, String)> {
+fn base_root(
+    root: &Path,
+    service: &str,
+    suite: &str,
+    host: &str,
+) -> anyhow::Result<(PathBuf, String)> {
     let list = std::fs::read_to_string(root.join("services").join(service).join("packages"))?;
     let packages: Vec<&str> = list
         .lines()
@@ -610,7 +615,7 @@ fn base_root(root: &Path, service: &str, suite: &str) -> anyhow::Result<(PathBuf
             .arg(suite)
             .arg(&partial);
         // The host's own sources for its suite (security updates included); its mirror for another suite.
-        if host_suite().ok().as_deref() == Some(suite) {
+        if suite == host {
             if let Some(src) = apt_sources() {
                 cmd.arg(src);
             }
@@ -633,7 +638,7 @@ fn images(args: &[String]) -> anyhow::Result<()> {
     let root = root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target = target_dir(&root);
-    let suite = host_suite()?;
+    let host = host_suite()?;
     let out_dir = target.join("images");
     std::fs::create_dir_all(&out_dir)?;
     let mut listing = String::from(
@@ -649,8 +654,8 @@ fn images(args: &[String]) -> anyhow::Result<()> {
             "--bin",
             img.binary,
         ]))?;
-        let suite = service_suite(&root, img.service, &suite)?;
-        let (tar, root_key) = base_root(&root, img.service, &suite)?;
+        let suite = service_suite(&root, img.service, &host)?;
+        let (tar, root_key) = base_root(&root, img.service, &suite, &host)?;
         let base = format!("{registry}/commons-{}-root:{root_key}", img.service);
         if output(docker().args(["image", "inspect", "--format", "{{.Id}}", &base])).is_err() {
             println!("images: {}: importing its root as {base}", img.service);

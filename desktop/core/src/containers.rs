@@ -723,6 +723,11 @@ impl Engine {
             }
         }
         let mut out = Vec::with_capacity(desired.len());
+        // Models that no eviction may take: every one the assignment needs.
+        let needed: Vec<&str> = desired
+            .iter()
+            .flat_map(|d| d.models.iter().map(|m| m.sha256.as_str()))
+            .collect();
         for a in desired {
             let name = a.name.clone();
             if !self.policy.allows(&a.image) {
@@ -766,10 +771,6 @@ impl Engine {
                     if !self.has_image(&a.image).await {
                         self.pull(&a.image, progress).await?;
                     }
-                    let needed: Vec<&str> = desired
-                        .iter()
-                        .flat_map(|d| d.models.iter().map(|m| m.sha256.as_str()))
-                        .collect();
                     let models = self
                         .models
                         .ensure(&a.models, &needed, progress.map(|p| (p, a.image.as_str())))
