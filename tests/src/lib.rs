@@ -487,28 +487,64 @@ pub fn service_agent_settings(
     }
 }
 
-/// Starts an agent with [`service_agent_settings`] (credentials and sockets in `dir`, no GPU) and waits until it is
-/// active.
-pub async fn start_service_agent(
+/// Starts an agent with [`service_agent_settings`] (credentials, sockets and models in `dir`, no GPU), without waiting.
+pub fn spawn_service_agent(
     edge: &str,
     instance: &str,
     dir: &std::path::Path,
 ) -> commons_agent::agent::AgentHandle {
-    use commons_agent::agent::{self, State};
     let probe = std::sync::Arc::new(commons_agent::hardware::RecordedProbe(Err(
         commons_agent::hardware::NoGpu("no driver in tests".into()),
     )));
-    let mut a = agent::start(
+    commons_agent::agent::start(
         service_agent_settings(edge, instance, &dir.join("s")),
         std::sync::Arc::new(commons_agent::credentials::FileStore::new(
             dir.join("creds.json"),
         )),
         probe,
-    );
-    a.wait_for(std::time::Duration::from_secs(60), |s| *s == State::Active)
-        .await
-        .expect("the agent is active");
+    )
+}
+
+/// Starts an agent as [`spawn_service_agent`] does and waits until it is active.
+pub async fn start_service_agent(
+    edge: &str,
+    instance: &str,
+    dir: &std::path::Path,
+) -> commons_agent::agent::AgentHandle {
+    let mut a = spawn_service_agent(edge, instance, dir);
+    a.wait_for(std::time::Duration::from_secs(60), |s| {
+        *s == commons_agent::agent::State::Active
+    })
+    .await
+    .expect("the agent is active");
     a
+}
+
+/// The container engine as the agent [`spawn_service_agent`] started in `dir` sees it: its containers only (the
+/// tests remove what a crashed agent left, and check that a quitting one left nothing).
+pub async fn service_engine(
+    edge: &str,
+    instance: &str,
+    dir: &std::path::Path,
+) -> commons_agent::containers::Engine {
+    commons_agent::containers::Engine::connect(
+        service_agent_settings(edge, instance, &dir.join("s")).policy(),
+    )
+    .await
+    .expect("a container engine: run .ci/engine.sh and export DOCKER_HOST")
+}
+
+/// The socket of the one service container of that agent, once it runs.
+pub async fn service_socket(edge: &str, instance: &str, dir: &std::path::Path) -> Option<PathBuf> {
+    let ours = service_engine(edge, instance, dir)
+        .await
+        .ours()
+        .await
+        .ok()?;
+    match ours.into_iter().next()?.upstream {
+        commons_agent::containers::Upstream::Socket(s) => Some(s),
+        commons_agent::containers::Upstream::Port(_) => None,
+    }
 }
 
 /// The `p` quantile (0 to 1) of sorted figures, for the benchmarks: the smallest value at or above that share

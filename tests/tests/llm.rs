@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use commons_agent::agent::{Command, State};
 use commons_tests::{
-    FileServer, eventually, llm_service, operator_catalogue, pool, python, service_agent_settings,
-    start_service_agent, tiny_model,
+    FileServer, eventually, llm_service, operator_catalogue, pool, python, service_engine,
+    spawn_service_agent, start_service_agent, tiny_model,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -245,12 +245,11 @@ print("openai ok", n)
     survivor.send(Command::Quit).await;
     survivor.join().await.unwrap();
     // The crashed agent left its container; a volunteer's restart would adopt it, the test removes it.
-    let mut engine = commons_agent::containers::Engine::connect(
-        service_agent_settings(&edge.url(), victim_instance, &victim_dir.path().join("s")).policy(),
-    )
-    .await
-    .unwrap();
-    engine.remove_all().await.unwrap();
+    service_engine(&edge.url(), victim_instance, victim_dir.path())
+        .await
+        .remove_all()
+        .await
+        .unwrap();
 }
 
 /// A model that is not the one the signed catalogue names (tampered on the download site) is refused: nothing runs
@@ -270,15 +269,7 @@ async fn a_tampered_model_is_refused_and_nothing_runs_with_it() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let instance = format!("llm-t-{}", std::process::id());
-    let mut a = commons_agent::agent::start(
-        service_agent_settings(&edge.url(), &instance, &dir.path().join("s")),
-        std::sync::Arc::new(commons_agent::credentials::FileStore::new(
-            dir.path().join("creds.json"),
-        )),
-        std::sync::Arc::new(commons_agent::hardware::RecordedProbe(Err(
-            commons_agent::hardware::NoGpu("no driver in tests".into()),
-        ))),
-    );
+    let mut a = spawn_service_agent(&edge.url(), &instance, dir.path());
     let state = a
         .wait_for(Duration::from_secs(90), |s| matches!(s, State::Error(_)))
         .await;
@@ -298,11 +289,7 @@ async fn a_tampered_model_is_refused_and_nothing_runs_with_it() {
         })
         .await
     );
-    let engine = commons_agent::containers::Engine::connect(
-        service_agent_settings(&edge.url(), &instance, &dir.path().join("s")).policy(),
-    )
-    .await
-    .unwrap();
+    let engine = service_engine(&edge.url(), &instance, dir.path()).await;
     assert!(
         engine.ours().await.unwrap().is_empty(),
         "no container was created"

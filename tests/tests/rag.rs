@@ -6,8 +6,8 @@
 
 use commons_agent::agent::Command;
 use commons_tests::{
-    FileServer, built_image, eventually, llm_service, operator_catalogue, pool,
-    service_agent_settings, start_service_agent, tiny_model,
+    FileServer, built_image, eventually, llm_service, operator_catalogue, pool, service_engine,
+    start_service_agent, tiny_model,
 };
 use serde_json::{Value, json};
 
@@ -148,11 +148,7 @@ async fn texts_embedded_by_llm_are_found_again_in_a_rag_collection_on_one_replic
     for (h, (instance, dir)) in [a, b].into_iter().zip(instances.iter().zip(&dirs)) {
         h.send(Command::Quit).await;
         h.join().await.unwrap();
-        let engine = commons_agent::containers::Engine::connect(
-            service_agent_settings(&edge.url(), instance, &dir.path().join("s")).policy(),
-        )
-        .await
-        .unwrap();
+        let engine = service_engine(&edge.url(), instance, dir.path()).await;
         assert!(
             engine.ours().await.unwrap().is_empty(),
             "nothing left behind"

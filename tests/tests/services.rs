@@ -4,7 +4,7 @@
 //! `.ci/test` starts the engine (DOCKER_HOST) and builds the images first.
 
 use commons_agent::agent::Command;
-use commons_tests::{eventually, ocr_pool, service_agent_settings, start_service_agent};
+use commons_tests::{eventually, ocr_pool, service_engine, start_service_agent};
 use serde_json::Value;
 
 async fn ocr(client: &reqwest::Client, base: &str, png: &[u8]) -> (u16, Value) {
@@ -100,12 +100,11 @@ async fn an_ocr_request_is_answered_through_edge_coordinator_agent_and_container
     b.send(Command::Quit).await;
     b.join().await.unwrap();
     // The crashed agent left its container; a volunteer's restart would adopt it, the test removes it.
-    let mut engine = commons_agent::containers::Engine::connect(
-        service_agent_settings(&edge.url(), &instances[0], &dirs[0].path().join("s")).policy(),
-    )
-    .await
-    .unwrap();
-    engine.remove_all().await.unwrap();
+    service_engine(&edge.url(), &instances[0], dirs[0].path())
+        .await
+        .remove_all()
+        .await
+        .unwrap();
     let counts = edge.request_counts(&client).await;
     assert!(
         counts.get("service").copied().unwrap_or(0) >= 26,

@@ -14,17 +14,16 @@
 //! cargo run --release -p commons-tests --bin commons-llmbench
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
 use clap::Parser;
-use commons_agent::containers::{Engine, Upstream};
 use commons_agent::models::ModelCache;
 use commons_shared::api::ModelArtifact;
 use commons_tests::{
-    FileServer, eventually, llm_service, operator_catalogue, pct, pool, service_agent_settings,
-    start_service_agent, tiny_model,
+    FileServer, eventually, llm_service, operator_catalogue, pct, pool, service_engine,
+    service_socket, start_service_agent, tiny_model,
 };
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
@@ -93,14 +92,6 @@ async fn via_edge(client: &reqwest::Client, edge: &str) -> Result<f64> {
     Ok(ms)
 }
 
-async fn socket_of(settings: &commons_agent::settings::Settings) -> Result<PathBuf> {
-    let engine = Engine::connect(settings.policy()).await?;
-    match engine.ours().await?.into_iter().next().map(|o| o.upstream) {
-        Some(Upstream::Socket(s)) => Ok(s),
-        other => bail!("the llm container has no socket: {other:?}"),
-    }
-}
-
 async fn download(cli: &Cli) -> Result<()> {
     let files = FileServer::start().await;
     let size = cli.model_mib << 20;
@@ -150,8 +141,9 @@ async fn main() -> Result<()> {
     if !ready {
         bail!("the llm service did not become reachable through the edge");
     }
-    let settings = service_agent_settings(&edge.url(), &instance, &dir.path().join("s"));
-    let socket = socket_of(&settings).await?;
+    let Some(socket) = service_socket(&edge.url(), &instance, dir.path()).await else {
+        bail!("the llm container has no socket");
+    };
     let (mut d, mut e) = (Vec::new(), Vec::new());
     // Alternate, so that both paths see the same machine.
     for _ in 0..cli.requests {
@@ -167,8 +159,8 @@ async fn main() -> Result<()> {
     );
     agent.send(commons_agent::agent::Command::Quit).await;
     let _ = agent.join().await;
-    Engine::connect(settings.policy())
-        .await?
+    service_engine(&edge.url(), &instance, dir.path())
+        .await
         .remove_all()
         .await?;
     download(&cli).await?;

@@ -14,14 +14,13 @@
 //! cargo run --release -p commons-tests --bin commons-servicebench
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use commons_agent::containers::{Engine, Upstream};
 use commons_tests::pct;
-use commons_tests::{eventually, service_agent_settings, start_service_agent};
+use commons_tests::{eventually, service_engine, service_socket, start_service_agent};
 use http_body_util::{BodyExt, Full};
 
 /// Measures the latency the pool's path adds to a service, and OCR throughput with one and two agents.
@@ -99,14 +98,6 @@ async fn throughput(client: &reqwest::Client, edge: &str, png: &[u8], cli: &Cli)
     (ok as f64 / cli.secs as f64, failed)
 }
 
-async fn socket_of(settings: &commons_agent::settings::Settings) -> Result<PathBuf> {
-    let engine = Engine::connect(settings.policy()).await?;
-    match engine.ours().await?.into_iter().next().map(|o| o.upstream) {
-        Some(Upstream::Socket(s)) => Ok(s),
-        other => bail!("the ocr container has no socket: {other:?}"),
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -133,12 +124,9 @@ async fn main() -> Result<()> {
     if !ready {
         bail!("the ocr service did not become reachable through the edge");
     }
-    let socket = socket_of(&service_agent_settings(
-        &edge.url(),
-        &instances[0],
-        &dirs[0].path().join("s"),
-    ))
-    .await?;
+    let socket = service_socket(&edge.url(), &instances[0], dirs[0].path())
+        .await
+        .context("the ocr container has no socket")?;
 
     println!(
         "1. latency, {} sequential requests per path, one agent (ms):",
@@ -194,11 +182,10 @@ async fn main() -> Result<()> {
     for (h, (instance, dir)) in [a, b].into_iter().zip(instances.iter().zip(&dirs)) {
         h.send(commons_agent::agent::Command::Quit).await;
         let _ = h.join().await;
-        let mut engine = Engine::connect(
-            service_agent_settings(&edge.url(), instance, &dir.path().join("s")).policy(),
-        )
-        .await?;
-        engine.remove_all().await?;
+        service_engine(&edge.url(), instance, dir.path())
+            .await
+            .remove_all()
+            .await?;
     }
     Ok(())
 }
