@@ -208,26 +208,47 @@ impl DutyCycle {
     pub const PERIOD: Duration = Duration::from_millis(1000);
 
     /// Starts cycling container `id` to `percent` (1 to 99) of the time.
+    ///
+    /// The engine takes time to pause a busy container (the freezer waits for its tasks: about a quarter of a second
+    /// on a loaded 2-core machine, against a few milliseconds to unpause), and the container runs until the pause
+    /// lands. So each call is made early by the time the last ones took (a moving average), so that the container
+    /// freezes and thaws on schedule. A pause the engine could not make (its freezer timed out) is tried again in the
+    /// next period; the cycling ends only when the container is gone.
     pub fn start(docker: Docker, id: String, percent: u32) -> Self {
         let (tx, mut rx) = tokio::sync::watch::channel(());
         let on = Self::PERIOD * percent.clamp(1, 99) / 100;
+        let off = Self::PERIOD - on;
         tokio::spawn(async move {
             let mut start = tokio::time::Instant::now();
+            let (mut pause_lag, mut unpause_lag) = (Duration::ZERO, Duration::ZERO);
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(start + on) => {}
+                    _ = tokio::time::sleep_until(start + on - pause_lag) => {}
                     _ = rx.changed() => break,
                 }
-                if let Err(e) = docker.pause_container(&id).await {
-                    tracing::debug!(container = %id, error = %e, "cannot pause; cycling stops");
-                    break;
-                }
+                let asked = tokio::time::Instant::now();
+                let paused = match docker.pause_container(&id).await {
+                    Ok(()) => {
+                        pause_lag = average(pause_lag, asked.elapsed()).min(on / 2);
+                        true
+                    }
+                    Err(e) if gone(&e) => break,
+                    Err(e) => {
+                        tracing::debug!(container = %id, error = %e, "cannot pause now; trying again next period");
+                        false
+                    }
+                };
                 let stopped = tokio::select! {
-                    _ = tokio::time::sleep_until(start + Self::PERIOD) => false,
+                    _ = tokio::time::sleep_until(start + Self::PERIOD - unpause_lag) => false,
                     _ = rx.changed() => true,
                 };
-                if let Err(e) = docker.unpause_container(&id).await {
-                    tracing::debug!(container = %id, error = %e, "cannot unpause");
+                if paused {
+                    let asked = tokio::time::Instant::now();
+                    match docker.unpause_container(&id).await {
+                        Ok(()) => unpause_lag = average(unpause_lag, asked.elapsed()).min(off / 2),
+                        Err(e) if gone(&e) => break,
+                        Err(e) => tracing::warn!(container = %id, error = %e, "cannot unpause"),
+                    }
                 }
                 if stopped {
                     break;
@@ -242,6 +263,22 @@ impl DutyCycle {
         });
         Self { percent, _stop: tx }
     }
+}
+
+/// A moving average of how long engine calls take (a quarter of the newest).
+fn average(old: Duration, new: Duration) -> Duration {
+    (old * 3 + new) / 4
+}
+
+/// The engine says the container is no longer there (or no longer running): nothing is left to cycle.
+fn gone(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404 | 409,
+            ..
+        }
+    )
 }
 
 fn spec_digest(a: &ContainerAssignment, p: &Policy) -> String {
