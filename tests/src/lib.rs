@@ -587,14 +587,10 @@ pub fn python() -> PathBuf {
     std::env::var_os("COMMONS_TEST_PYTHON")
         .map(PathBuf::from)
         .or_else(|| {
-            let venv = dirs_home()?.join(".cache/commons-venv/bin/python");
+            let venv = PathBuf::from(std::env::var_os("HOME")?).join(".cache/commons-venv/bin/python");
             venv.exists().then_some(venv)
         })
         .expect("the tests' Python packages: run .ci/setup (it makes ~/.cache/commons-venv), or set COMMONS_TEST_PYTHON")
-}
-
-fn dirs_home() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(PathBuf::from)
 }
 
 /// The tiny llm model (a Llama-architecture GGUF with random weights, tests/models/tiny_gguf.py), written once per

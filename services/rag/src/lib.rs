@@ -31,6 +31,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use commons_server::error::ApiError;
+use commons_shared::validate::parse_json;
 use instant_distance::{Builder, HnswMap, Search};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -265,12 +266,6 @@ fn rebuild(c: Arc<RwLock<Collection>>) {
     });
 }
 
-fn json<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::BadRequest(format!("the body is not the JSON this route takes: {e}"))
-    })
-}
-
 fn check_name(name: &str) -> Result<(), ApiError> {
     let ok = (1..=64).contains(&name.len())
         && name
@@ -355,7 +350,7 @@ async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_name(&name)?;
-    let Create { dimension } = json(&body)?;
+    let Create { dimension } = parse_json(&body)?;
     if !(1..=MAX_DIMENSION).contains(&dimension) {
         return Err(invalid(
             "dimension",
@@ -452,7 +447,7 @@ async fn upsert(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let c = store.get(&name)?;
-    let Upsert { points } = json(&body)?;
+    let Upsert { points } = parse_json(&body)?;
     if points.len() > MAX_POINTS_PER_REQUEST {
         return Err(invalid(
             "points",
@@ -523,7 +518,7 @@ async fn delete(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let c = store.get(&name)?;
-    let Delete { ids } = json(&body)?;
+    let Delete { ids } = parse_json(&body)?;
     let mut w = c.write();
     let deleted = ids.iter().filter(|id| w.delete(id)).count();
     Ok(Json(serde_json::json!({ "deleted": deleted })))
@@ -535,7 +530,7 @@ async fn search(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let c = store.get(&name)?;
-    let Query { vector, limit } = json(&body)?;
+    let Query { vector, limit } = parse_json(&body)?;
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(invalid(
             "limit",
