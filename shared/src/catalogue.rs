@@ -67,6 +67,30 @@ pub struct ServiceSpec {
     /// chosen by rendezvous hashing over the healthy ones, so a collection lives on one worker.
     #[serde(default)]
     pub sticky_segment: u8,
+    /// How many requests one worker serves at once (for llm, its parallel streams); when every worker of the
+    /// service is serving this many, requests wait in the coordinator's fair queue.
+    #[serde(default = "concurrency")]
+    pub concurrency: u32,
+    /// The same service on an NVIDIA GPU, for workers that have one and let containers use it: another image (with
+    /// the GPU libraries) and environment over this entry's. The worker picks it; the coordinator names the service
+    /// only, and the assignment is checked against this entry.
+    #[serde(default)]
+    pub gpu: Option<GpuVariant>,
+}
+
+/// A service's form for workers with an NVIDIA GPU (`[service.gpu]` in the catalogue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct GpuVariant {
+    /// Container image with the GPU libraries, pinned by tag or digest.
+    pub image: String,
+    /// Environment set over the service's own (for example, how many layers go on the GPU).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// VRAM needed on one GPU, in bytes: a worker whose GPUs all have less runs the plain form.
+    #[serde(deserialize_with = "size")]
+    pub min_vram: u64,
 }
 
 fn one() -> u32 {
@@ -75,6 +99,10 @@ fn one() -> u32 {
 
 fn health() -> String {
     "/health".into()
+}
+
+fn concurrency() -> u32 {
+    4
 }
 
 impl ServiceSpec {
@@ -117,6 +145,23 @@ impl ServiceSpec {
             models: self.models.clone(),
             network: self.network,
         }
+    }
+
+    /// What a worker with a GPU of `vram` bytes runs instead of `assignment()`, when the entry has a GPU form that
+    /// fits: that image, its environment over the entry's, with the GPU.
+    pub fn gpu_assignment(&self, vram: u64) -> Option<crate::api::ContainerAssignment> {
+        let gpu = self.gpu.as_ref().filter(|g| vram >= g.min_vram)?;
+        let mut a = self.assignment();
+        a.image.clone_from(&gpu.image);
+        a.env
+            .extend(gpu.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        a.requires_gpu = true;
+        Some(a)
+    }
+
+    /// The images this entry can run: its own, and its GPU form's.
+    pub fn images(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.image.as_str()).chain(self.gpu.as_ref().map(|g| g.image.as_str()))
     }
 }
 
@@ -304,14 +349,25 @@ impl Catalogue {
             if self.services[..i].iter().any(|o| o.name == s.name) {
                 return Err(invalid(s, "appears twice".into()));
             }
-            if s.image.is_empty() || s.image.len() > 256 || s.image.contains(char::is_whitespace) {
+            if s.images()
+                .any(|i| i.is_empty() || i.len() > 256 || i.contains(char::is_whitespace))
+            {
                 return Err(invalid(
                     s,
                     "the image must be a reference without spaces, at most 256 characters".into(),
                 ));
             }
+            if s.gpu.as_ref().is_some_and(|g| g.min_vram == 0) {
+                return Err(invalid(
+                    s,
+                    "a GPU form must say how much VRAM it needs (min_vram)".into(),
+                ));
+            }
             if s.port == 0 {
                 return Err(invalid(s, "the port must be 1 to 65535".into()));
+            }
+            if !(1..=1024).contains(&s.concurrency) {
+                return Err(invalid(s, "concurrency must be 1 to 1024".into()));
             }
             if s.requires_gpu && s.min_vram == 0 {
                 return Err(invalid(
@@ -327,7 +383,7 @@ impl Catalogue {
                     return Err(invalid(s, format!("model {:?} appears twice", m.name)));
                 }
             }
-            for key in s.env.keys() {
+            for key in s.env.keys().chain(s.gpu.iter().flat_map(|g| g.env.keys())) {
                 let upper = key.to_ascii_uppercase();
                 if let Some(word) = SECRET_WORDS.iter().find(|w| upper.contains(*w)) {
                     return Err(invalid(
@@ -398,6 +454,54 @@ mod tests {
         assert_eq!(llm.min_ram, 4 * GIB);
         assert_eq!(llm.env["COMMONS_LLM_MODEL"], "/models/model.gguf");
         assert_eq!(llm.sticky_key("v1/chat/completions"), None);
+        // Its GPU form: another image, all layers on the GPU, for a GPU with enough VRAM only.
+        let gpu = llm.gpu.as_ref().unwrap();
+        assert!(gpu.image.contains("llm-cuda"));
+        assert_eq!(llm.images().collect::<Vec<_>>(), [&llm.image, &gpu.image]);
+        assert!(llm.gpu_assignment(gpu.min_vram - 1).is_none());
+        let a = llm.gpu_assignment(gpu.min_vram).unwrap();
+        assert!(a.requires_gpu && a.image == gpu.image);
+        assert_eq!(a.env["COMMONS_LLM_GPU_LAYERS"], "999");
+        assert_eq!(a.env["COMMONS_LLM_MODEL"], llm.env["COMMONS_LLM_MODEL"]);
+        assert!(
+            c.check(&a).is_err(),
+            "a coordinator names the plain form only"
+        );
+        let ocr = c.get(c.index_of("ocr").unwrap()).unwrap();
+        assert!(ocr.gpu_assignment(u64::MAX).is_none());
+    }
+
+    #[test]
+    fn a_gpu_form_is_checked() {
+        let entry = |gpu: &str| {
+            format!(
+                "[[service]]\nname = \"x\"\nimage = \"example/x:1\"\nport = 1\n[service.gpu]\n{gpu}\n"
+            )
+        };
+        assert!(
+            Catalogue::load(
+                &entry("image = \"example/x-cuda:1\"\nmin_vram = \"2GB\""),
+                None
+            )
+            .is_ok()
+        );
+        for (gpu, why) in [
+            ("image = \"example/x-cuda:1\"", "min_vram"),
+            ("image = \"\"\nmin_vram = 1", "image"),
+            ("image = \"a b\"\nmin_vram = 1", "image"),
+            ("image = \"i\"\nmin_vram = 0", "VRAM"),
+            (
+                "image = \"i\"\nmin_vram = 1\nenv = { HF_TOKEN = \"x\" }",
+                "secret",
+            ),
+            (
+                "image = \"i\"\nmin_vram = 1\nargs = [\"x\"]",
+                "unknown field",
+            ),
+        ] {
+            let err = Catalogue::load(&entry(gpu), None).unwrap_err().to_string();
+            assert!(err.contains(why), "{gpu}: {err}");
+        }
     }
 
     #[test]

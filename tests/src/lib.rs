@@ -229,7 +229,8 @@ pub struct Seen {
     pub requests: AtomicU64,
 }
 
-/// A worker's HTTP server on loopback that answers `/api/service/{service}/{*path}` by echoing what it received.
+/// A worker's HTTP server on loopback that answers `/api/service/{service}/{*path}` by echoing what it received
+/// (after `x-echo-delay-ms`, when a request carries it: a service that takes its time).
 #[derive(Debug)]
 pub struct WorkerServer {
     /// Its name (echoed in answers).
@@ -248,6 +249,13 @@ async fn echo(
 ) -> Response {
     seen.requests.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
+    if let Some(ms) = parts
+        .headers
+        .get("x-echo-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+    }
     let header = |n: &str| {
         parts
             .headers
@@ -745,11 +753,23 @@ impl Drop for FileServer {
 /// A catalogue entry (TOML) for the llm service on the image `cargo xtask images` built, serving `model` (downloaded
 /// from `url`), with `replicas`.
 pub fn llm_service(url: &str, sha256: &str, size: u64, replicas: u32) -> String {
+    llm_service_on("llm", "", url, sha256, size, replicas)
+}
+
+/// The same on another of the images built (`llm-cuda`: the GPU form), with more environment (`, KEY = "value"`).
+pub fn llm_service_on(
+    image: &str,
+    env: &str,
+    url: &str,
+    sha256: &str,
+    size: u64,
+    replicas: u32,
+) -> String {
     format!(
         "[[service]]\nname = \"llm\"\nimage = {:?}\nport = 8000\nmin_ram = \"64MB\"\nmin_cores = 1\n\
          replicas = {replicas}\nenv = {{ COMMONS_LLM_MODEL = \"/models/tiny.gguf\", COMMONS_LLM_CONTEXT = \"512\", \
-         COMMONS_LLM_PARALLEL = \"2\" }}\n\
+         COMMONS_LLM_PARALLEL = \"2\"{env} }}\n\
          models = [{{ name = \"tiny.gguf\", url = {url:?}, size = {size}, sha256 = {sha256:?} }}]\n",
-        built_image("llm"),
+        built_image(image),
     )
 }

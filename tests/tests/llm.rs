@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use commons_agent::agent::{Command, State};
 use commons_tests::{
-    FileServer, eventually, llm_service, operator_catalogue, pool, python, service_engine,
-    spawn_service_agent, start_service_agent, tiny_model,
+    FileServer, built_image, eventually, llm_service, llm_service_on, operator_catalogue, pool,
+    python, service_engine, spawn_service_agent, start_service_agent, tiny_model,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -152,11 +152,28 @@ async fn chat_streams_and_embeddings_answer_through_edge_coordinator_agent_and_c
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["usage"]["completion_tokens"], 8, "{v}");
 
-    // The real OpenAI client, pointed at the edge: models, a chat, a stream, embeddings.
+    // The real OpenAI client, pointed at the edge with an API key the admin made: models, a chat, a stream,
+    // embeddings; a wrong key is the client's AuthenticationError.
+    let made: Value = client
+        .post(format!("{}/api/admin/keys", c.url()))
+        .bearer_auth(commons_coordinator::server::test_utils::ADMIN_TOKEN)
+        .json(&json!({"name": "openai client", "services": ["llm"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = made["key"].as_str().unwrap();
     let script = format!(
         r#"
 import openai
-c = openai.OpenAI(base_url="{base}/v1", api_key="unused", max_retries=0)
+try:
+    openai.OpenAI(base_url="{base}/v1", api_key="ck_not_a_key", max_retries=0).models.list()
+    raise SystemExit("a wrong key was let through")
+except openai.AuthenticationError as e:
+    assert e.status_code == 401, e
+c = openai.OpenAI(base_url="{base}/v1", api_key="{key}", max_retries=0)
 models = [m.id for m in c.models.list().data]
 assert models == ["tiny"], models
 chat = c.chat.completions.create(model="tiny", messages=[{{"role": "user", "content": "hi"}}], max_tokens=5)
@@ -302,6 +319,127 @@ async fn a_tampered_model_is_refused_and_nothing_runs_with_it() {
             .all(|e| e.file_name().to_string_lossy().ends_with(".lock"))),
         "nothing of the model is kept"
     );
+    a.send(Command::Quit).await;
+    a.join().await.unwrap();
+}
+
+/// What a command prints in a throwaway container of `image` (no network, unprivileged), both streams.
+async fn run_in(image: &str, script: &str) -> String {
+    use bollard::models::{ContainerCreateBody, HostConfig};
+    use bollard::query_parameters::{
+        CreateContainerOptions, LogsOptions, RemoveContainerOptions, WaitContainerOptions,
+    };
+    let docker = bollard::Docker::connect_with_local_defaults().expect("DOCKER_HOST");
+    let name = format!("commons-t-probe-{}", std::process::id());
+    let id = docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name),
+                ..Default::default()
+            }),
+            ContainerCreateBody {
+                image: Some(image.into()),
+                entrypoint: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
+                user: Some("65534:65534".into()),
+                host_config: Some(HostConfig {
+                    network_mode: Some("none".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create")
+        .id;
+    docker.start_container(&id, None).await.expect("start");
+    let _ = docker
+        .wait_container(&id, None::<WaitContainerOptions>)
+        .collect::<Vec<_>>()
+        .await;
+    let mut out = String::new();
+    let mut logs = docker.logs(
+        &id,
+        Some(LogsOptions {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        }),
+    );
+    while let Some(Ok(l)) = logs.next().await {
+        out.push_str(&l.to_string());
+    }
+    docker
+        .remove_container(
+            &id,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    out
+}
+
+/// The llm service's GPU form (services/llm-cuda) on this machine, which has no GPU: its CUDA backend needs nothing
+/// but the driver's libcuda.so.1 (which the NVIDIA Container Toolkit mounts from the host), and without it the same
+/// image serves on the CPU with every layer asked for the GPU.
+#[tokio::test]
+async fn the_gpu_image_lacks_only_the_host_driver_and_serves_without_one() {
+    let image = built_image("llm-cuda");
+    let said = run_in(
+        &image,
+        "l=/usr/lib/x86_64-linux-gnu; ld=/lib64/ld-linux-x86-64.so.2; \
+         $ld --list $l/ggml/backends0/libggml-cuda.so; \
+         for lib in libcublas.so.12 libcublasLt.so.12 libcudart.so.12; do \
+           if $ld --list $l/$lib >/dev/null 2>&1; then echo LINKS $lib; else echo BROKEN $lib; fi; done",
+    )
+    .await;
+    assert!(
+        said.contains("libggml-cuda.so: error while loading shared libraries: libcuda.so.1"),
+        "the CUDA backend is there and wants the driver: {said}"
+    );
+    for lib in ["libcublas.so.12", "libcublasLt.so.12", "libcudart.so.12"] {
+        assert!(said.contains(&format!("LINKS {lib}")), "{lib}: {said}");
+    }
+
+    let client = reqwest::Client::new();
+    let files = FileServer::start().await;
+    let (path, sha, size) = tiny_model();
+    let url = files.put("tiny.gguf", std::fs::read(path).unwrap());
+    let entry = llm_service_on(
+        "llm-cuda",
+        ", COMMONS_LLM_GPU_LAYERS = \"999\"",
+        &url,
+        sha,
+        *size,
+        1,
+    );
+    let (edge, c) = pool(&client, |dir| operator_catalogue(dir, &entry)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let instance = format!("llm-g-{}", std::process::id());
+    let a = start_service_agent(&edge.url(), &instance, dir.path()).await;
+    assert!(
+        eventually(90, || async {
+            let list = c.admin(&client, "/api/admin/workers").await;
+            list["workers"][0]["containers"][0]["state"] == "running"
+        })
+        .await,
+        "the GPU image serves: {}",
+        c.admin(&client, "/api/admin/workers").await
+    );
+    let r = client
+        .post(format!("{}/v1/chat/completions", edge.url()))
+        .json(
+            &json!({"model": "tiny", "max_tokens": 8, "ignore_eos": true,
+                      "messages": [{"role": "user", "content": "hello"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 8, "{v}");
     a.send(Command::Quit).await;
     a.join().await.unwrap();
 }

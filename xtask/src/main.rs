@@ -447,9 +447,11 @@ fn optimise(wasm: &Path) {
     }
 }
 
-/// A service image: its folder under `services/`, and the workspace binary its Dockerfile copies.
+/// A service image: its folder under `services/` (its root's packages), the folder whose Dockerfile builds it, and
+/// the workspace binary that Dockerfile copies.
 struct ServiceImage {
     service: &'static str,
+    dockerfile: &'static str,
     package: &'static str,
     binary: &'static str,
 }
@@ -457,16 +459,26 @@ struct ServiceImage {
 const SERVICE_IMAGES: &[ServiceImage] = &[
     ServiceImage {
         service: "ocr",
+        dockerfile: "ocr",
         package: "commons-ocr",
         binary: "commons-ocr",
     },
     ServiceImage {
         service: "llm",
+        dockerfile: "llm",
+        package: "commons-llm",
+        binary: "commons-llm",
+    },
+    // llm's GPU form: the same front and Dockerfile on a root with ggml's CUDA backend.
+    ServiceImage {
+        service: "llm-cuda",
+        dockerfile: "llm",
         package: "commons-llm",
         binary: "commons-llm",
     },
     ServiceImage {
         service: "rag",
+        dockerfile: "rag",
         package: "commons-rag",
         binary: "commons-rag",
     },
@@ -569,40 +581,101 @@ fn service_suite(root: &Path, service: &str, host: &str) -> anyhow::Result<Strin
         .with_context(|| format!("{} names no suite", file.display()))
 }
 
-/// The Debian root of `service` as a tarball, made once per suite and package list.
+/// The lines of a service's list file (`packages`, `components`) that are not comments; none when it is absent.
+fn service_list(root: &Path, service: &str, file: &str) -> anyhow::Result<Vec<String>> {
+    let path = root.join("services").join(service).join(file);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .flat_map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .collect())
+}
+
+/// The service's own packages (each folder of it with a `DEBIAN/control`), built with dpkg-deb into the cache:
+/// their paths, and their control files (for the root's key).
+fn local_packages(
+    root: &Path,
+    service: &str,
+    cache: &Path,
+) -> anyhow::Result<(Vec<String>, Vec<u8>)> {
+    let (mut paths, mut controls) = (Vec::new(), Vec::new());
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join("services").join(service))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("DEBIAN/control").is_file())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let control = std::fs::read(dir.join("DEBIAN/control"))?;
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        let deb = cache.join(format!(
+            "{service}-{name}-{}.deb",
+            &sha256_hex(&[&control])[..16]
+        ));
+        if !deb.exists() {
+            run(Command::new("dpkg-deb")
+                .args(["--build", "--root-owner-group"])
+                .arg(&dir)
+                .arg(&deb)
+                .stdout(std::process::Stdio::null()))
+            .context("dpkg-deb is needed")?;
+        }
+        paths.push(deb.display().to_string());
+        controls.extend(control);
+    }
+    Ok((paths, controls))
+}
+
+/// The Debian root of `service` as a tarball, made once per suite, archive areas and package list.
 fn base_root(
     root: &Path,
     service: &str,
     suite: &str,
     host: &str,
 ) -> anyhow::Result<(PathBuf, String)> {
-    let list = std::fs::read_to_string(root.join("services").join(service).join("packages"))?;
-    let packages: Vec<&str> = list
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
-    let mut options = vec!["--variant=minbase".to_owned()];
-    if !packages.is_empty() {
-        options.push(format!("--include={}", packages.join(",")));
-    }
-    options.extend([
-        "--dpkgopt=path-exclude=/usr/share/doc/*".into(),
-        "--dpkgopt=path-exclude=/usr/share/man/*".into(),
-        "--dpkgopt=path-exclude=/usr/share/locale/*".into(),
-    ]);
-    let key = sha256_hex(&[suite.as_bytes(), options.join(" ").as_bytes()])[..16].to_owned();
+    let packages = service_list(root, service, "packages")?;
+    let components = service_list(root, service, "components")?;
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from("/tmp"))
         .join("commons-images");
     std::fs::create_dir_all(&cache)?;
+    let (debs, controls) = local_packages(root, service, &cache)?;
+    let mut options = vec!["--variant=minbase".to_owned()];
+    if !packages.is_empty() {
+        options.push(format!("--include={}", packages.join(",")));
+    }
+    // Local packages by path, each in its own option (mmdebstrap splits a list on commas); apt inside the root
+    // finds them where the hook mounts them.
+    options.extend(debs.iter().map(|d| format!("--include={d}")));
+    if !debs.is_empty() {
+        options.push("--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount".into());
+    }
+    if !components.is_empty() {
+        options.push(format!("--components={}", components.join(",")));
+    }
+    options.extend([
+        "--dpkgopt=path-exclude=/usr/share/doc/*".into(),
+        "--dpkgopt=path-exclude=/usr/share/man/*".into(),
+        "--dpkgopt=path-exclude=/usr/share/locale/*".into(),
+    ]);
+    let key =
+        sha256_hex(&[suite.as_bytes(), options.join(" ").as_bytes(), &controls])[..16].to_owned();
     let tar = cache.join(format!("{service}-root-{suite}-{key}.tar"));
     if !tar.exists() {
         println!(
             "images: {service}: a {suite} root with {}",
-            packages.join(" ")
+            packages
+                .iter()
+                .chain(&debs)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         // mmdebstrap picks the format from the name: it must end in .tar.
         let partial = cache.join(format!("{service}-root-{suite}-{key}.partial.tar"));
@@ -663,7 +736,10 @@ fn images(args: &[String]) -> anyhow::Result<()> {
         }
         let context = out_dir.join(img.service);
         std::fs::create_dir_all(&context)?;
-        let dockerfile = root.join("services").join(img.service).join("Dockerfile");
+        let dockerfile = root
+            .join("services")
+            .join(img.dockerfile)
+            .join("Dockerfile");
         std::fs::copy(&dockerfile, context.join("Dockerfile"))?;
         let bin = context.join(img.binary);
         std::fs::copy(target.join(profile_dir(profile)).join(img.binary), &bin)?;

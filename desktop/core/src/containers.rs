@@ -143,7 +143,7 @@ pub fn catalogue_images() -> Vec<String> {
     commons_shared::catalogue::Catalogue::builtin()
         .services()
         .iter()
-        .map(|s| s.image.clone())
+        .flat_map(|s| s.images().map(str::to_owned))
         .collect()
 }
 

@@ -251,6 +251,7 @@ impl Agent {
         });
         tracing::info!(worker = %creds.worker_id, coordinator = %creds.coordinator_url, tier = r.tier.number(), "joined");
         self.trust_catalogue(&creds.coordinator_url).await;
+        self.work.set_hardware(&self.me.caps());
         self.work.assign(r.assigned_containers.clone());
         self.show_containers();
         self.reach.reported(r.endpoint.clone());

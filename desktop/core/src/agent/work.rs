@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use commons_shared::api::{ContainerAssignment, ContainerState, ContainerStatus};
+use commons_shared::caps::{Capabilities, GpuVendor};
 use commons_shared::catalogue::{Catalogue, CatalogueOffer};
 use tokio::sync::mpsc;
 
@@ -44,6 +45,11 @@ pub(super) struct Work {
     signer: String,
     /// The volunteer lets services that need a network run (settings: allow_network_services).
     allow_network: bool,
+    /// The volunteer lets containers use the GPU (settings: allow_gpu), and which ones (`None`: all).
+    allow_gpu: bool,
+    gpus: Option<Vec<u32>>,
+    /// The NVIDIA GPUs detected at the last join: index and VRAM.
+    nvidia: Vec<(u32, u64)>,
 }
 
 impl Work {
@@ -59,7 +65,43 @@ impl Work {
             refused: Vec::new(),
             signer: SHIPPED.into(),
             allow_network: false,
+            allow_gpu: false,
+            gpus: None,
+            nvidia: Vec::new(),
         }
+    }
+
+    /// The machine's GPUs, as detected at a join.
+    pub(super) fn set_hardware(&mut self, caps: &Capabilities) {
+        self.nvidia = caps
+            .gpus
+            .iter()
+            .filter(|g| g.vendor == GpuVendor::Nvidia)
+            .map(|g| (g.index, g.vram_bytes))
+            .collect();
+    }
+
+    /// The most VRAM on one GPU that containers may use (0: none).
+    fn usable_vram(&self) -> u64 {
+        let allowed = |i: &u32| self.gpus.as_ref().is_none_or(|g| g.contains(i));
+        self.nvidia
+            .iter()
+            .filter(|(i, _)| self.allow_gpu && allowed(i))
+            .map(|&(_, vram)| vram)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// What runs for an accepted assignment here: the service's GPU form when its catalogue entry has one and this
+    /// machine has a GPU for it that the volunteer lets containers use; otherwise the assignment as it is.
+    fn form(&self, a: &ContainerAssignment) -> ContainerAssignment {
+        let vram = self.usable_vram();
+        self.trusted
+            .index_of(&a.service)
+            .and_then(|i| self.trusted.get(i))
+            .filter(|_| !a.requires_gpu && vram > 0)
+            .and_then(|spec| spec.gpu_assignment(vram))
+            .unwrap_or_else(|| a.clone())
     }
 
     /// Whose catalogue decides what runs, in words.
@@ -115,6 +157,8 @@ impl Work {
     /// Connects to the container engine; without one, what the volunteer can do about it.
     pub(super) async fn connect(&mut self, settings: &Settings) -> Option<String> {
         self.allow_network = settings.allow_network_services;
+        self.allow_gpu = settings.allow_gpu;
+        self.gpus.clone_from(&settings.gpus);
         match Engine::connect(settings.policy()).await {
             Ok(e) => {
                 self.engine = Some(e);
@@ -131,6 +175,8 @@ impl Work {
     /// New caps and allow-list, for the containers created from now on (and those recreated because theirs changed).
     pub(super) fn set_policy(&mut self, policy: Policy) {
         self.allow_network = policy.allow_network;
+        self.allow_gpu = policy.allow_gpu;
+        self.gpus.clone_from(&policy.gpus);
         if let Some(engine) = self.engine.as_mut() {
             engine.set_policy(policy);
         }
@@ -200,10 +246,14 @@ impl Work {
     /// Makes the containers match the assignment. Returns the services running and where they listen, for the gateway,
     /// when the engine could list them.
     pub(super) async fn reconcile(&mut self) -> Option<HashMap<String, Upstream>> {
-        let (Some(engine), Some(desired)) = (self.engine.as_mut(), self.desired.as_ref()) else {
-            return None;
-        };
-        let result = engine.reconcile(desired, Some(&self.progress)).await;
+        let desired: Vec<ContainerAssignment> = self
+            .desired
+            .as_ref()?
+            .iter()
+            .map(|a| self.form(a))
+            .collect();
+        let engine = self.engine.as_mut()?;
+        let result = engine.reconcile(&desired, Some(&self.progress)).await;
         let routes = engine.ours().await.ok().map(|ours| {
             ours.into_iter()
                 .filter(|c| c.running)
@@ -369,5 +419,62 @@ mod tests {
         };
         w.assign(vec![sneaky]);
         assert!(w.problem().unwrap().contains("network access"));
+    }
+
+    #[test]
+    fn a_machine_with_a_gpu_the_volunteer_lends_runs_the_services_gpu_form() {
+        use commons_shared::caps::Gpu;
+        use commons_shared::units::GIB;
+        let (tx, _rx) = mpsc::channel(1);
+        let mut w = Work::new(tx);
+        let catalogue = Catalogue::builtin();
+        let llm = catalogue.get(catalogue.index_of("llm").unwrap()).unwrap();
+        let gpu_form = llm.gpu.clone().expect("the shipped llm has a GPU form");
+        let plain = llm.assignment();
+        let gpu = |index, vram_bytes, vendor| Gpu {
+            vendor,
+            name: "card".into(),
+            index,
+            uuid: String::new(),
+            vram_bytes,
+            driver_version: String::new(),
+            compute_capability: String::new(),
+        };
+        let machine = Capabilities {
+            gpus: vec![
+                gpu(0, 4 * GIB, GpuVendor::Nvidia),
+                gpu(1, 24 * GIB, GpuVendor::Nvidia),
+                gpu(2, 64 * GIB, GpuVendor::Amd),
+            ],
+            ..Default::default()
+        };
+        w.set_hardware(&machine);
+        w.assign(vec![plain.clone()]);
+        // The volunteer has not lent the GPU: the CPU image, as assigned.
+        assert_eq!(w.form(&plain), plain);
+        w.allow_gpu = true;
+        let on_gpu = w.form(&plain);
+        assert_eq!(on_gpu.image, gpu_form.image);
+        assert!(on_gpu.requires_gpu);
+        assert_eq!(on_gpu.env["COMMONS_LLM_GPU_LAYERS"], "999");
+        assert_eq!(
+            on_gpu.env["COMMONS_LLM_MODEL"],
+            plain.env["COMMONS_LLM_MODEL"]
+        );
+        assert_eq!((&on_gpu.name, &on_gpu.models), (&plain.name, &plain.models));
+        // Only the small card is lent: too little VRAM for the GPU form. An AMD card does not count.
+        w.gpus = Some(vec![0, 2]);
+        assert_eq!(w.form(&plain), plain);
+        w.gpus = Some(vec![1]);
+        assert_eq!(w.form(&plain).image, gpu_form.image);
+        // A service without a GPU form runs as assigned.
+        let ocr = catalogue
+            .get(catalogue.index_of("ocr").unwrap())
+            .unwrap()
+            .assignment();
+        assert_eq!(w.form(&ocr), ocr);
+        // The coordinator cannot ask for the GPU form itself: it names the service, and the worker picks the form.
+        w.assign(vec![on_gpu]);
+        assert!(w.problem().unwrap().contains("image"));
     }
 }
