@@ -70,6 +70,15 @@ pub struct Config {
     pub history_retention_days: u64,
     /// Seconds between rebalancing passes.
     pub rebalance_interval_secs: u64,
+    /// Serve service requests without an API key (at the lowest priority, under `anonymous_rate_per_minute`
+    /// shared by all of them). Off: a request without a key gets 401.
+    pub anonymous_access: bool,
+    /// Requests per minute for all anonymous clients together, when `anonymous_access` is on.
+    pub anonymous_rate_per_minute: u32,
+    /// Requests that may wait per service when every worker is busy; beyond it, 429.
+    pub queue_length: usize,
+    /// The longest a request waits in a service's queue before it gets 503.
+    pub queue_wait_secs: u64,
     /// Run a DHT node.
     pub dht: bool,
     /// Where the DHT node listens (multiaddrs).
@@ -123,6 +132,10 @@ impl Default for Config {
             region: None,
             trusted_proxies: Vec::new(),
             rebalance_interval_secs: 15,
+            anonymous_access: false,
+            anonymous_rate_per_minute: 60,
+            queue_length: 256,
+            queue_wait_secs: 30,
             dht: true,
             dht_listen: vec!["/ip4/0.0.0.0/tcp/4001".into()],
             dht_external: Vec::new(),
@@ -167,6 +180,12 @@ impl Validate for Config {
         }
         if self.offline_after_secs <= self.stale_after_secs {
             return bad("offline_after_secs must be above stale_after_secs");
+        }
+        if self.queue_length == 0 || self.queue_wait_secs == 0 {
+            return bad("queue_length and queue_wait_secs must be at least 1");
+        }
+        if self.anonymous_access && self.anonymous_rate_per_minute == 0 {
+            return bad("anonymous_rate_per_minute must be at least 1 when anonymous_access is on");
         }
         if self.history_interval_secs == 0 || self.rebalance_interval_secs == 0 {
             return bad("history_interval_secs and rebalance_interval_secs must be at least 1");

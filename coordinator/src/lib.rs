@@ -8,6 +8,7 @@ mod access;
 pub mod config;
 pub mod dht;
 pub mod metrics;
+mod queue;
 pub mod registrar;
 pub mod registry;
 pub mod routes;

@@ -1,12 +1,14 @@
 //! The registrar: with an edge configured, the coordinator registers there at start, heartbeats its figures,
-//! registers again when the edge no longer knows it, and deregisters on shutdown.
+//! registers again when the edge no longer knows it, and deregisters on shutdown. It also keeps the federation's
+//! consumer API keys: whenever an answer of the edge carries another version of them, it fetches them.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use commons_shared::backoff::Backoff;
+use commons_shared::consumers::SharedKeys;
 use commons_shared::edge::{
-    CoordinatorFigures, EdgeCapabilities, EdgeHeartbeat, EdgeRegisterRequest,
+    CoordinatorFigures, EdgeAck, EdgeCapabilities, EdgeHeartbeat, EdgeRegisterRequest,
 };
 use tokio::task::JoinHandle;
 
@@ -78,6 +80,34 @@ impl Edge {
         })
     }
 
+    /// Fetches the federation's consumer keys when the edge's answer says they are not the ones held.
+    async fn sync_keys(&self, state: &AppState, ack: &EdgeAck) {
+        if state.consumers.federated_version() == Some(ack.keys_version) {
+            return;
+        }
+        let r = self
+            .client
+            .get(format!("{}/api/edge/keys", self.url))
+            .bearer_auth(&self.key)
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => match r.json::<SharedKeys>().await {
+                Ok(keys) => {
+                    tracing::info!(
+                        keys = keys.keys.len(),
+                        version = keys.version,
+                        "the federation's API keys"
+                    );
+                    state.consumers.federate(keys);
+                }
+                Err(e) => tracing::warn!(error = %e, "unreadable API keys from the edge"),
+            },
+            Ok(r) => tracing::warn!(status = %r.status(), "the edge refused its API keys"),
+            Err(e) => tracing::warn!(error = %e, "cannot fetch the API keys from the edge"),
+        }
+    }
+
     /// Registers; the heartbeat interval the edge asks for.
     async fn register(&self, state: &AppState) -> Result<Duration, String> {
         let body = EdgeRegisterRequest {
@@ -103,11 +133,14 @@ impl Edge {
             .send()
             .await;
         match r {
-            Ok(r) if r.status().is_success() => r
-                .json::<commons_shared::edge::EdgeAck>()
-                .await
-                .map(|a| Duration::from_secs(a.heartbeat_interval))
-                .map_err(|e| format!("unreadable answer from the edge: {e}")),
+            Ok(r) if r.status().is_success() => {
+                let ack = r
+                    .json::<EdgeAck>()
+                    .await
+                    .map_err(|e| format!("unreadable answer from the edge: {e}"))?;
+                self.sync_keys(state, &ack).await;
+                Ok(Duration::from_secs(ack.heartbeat_interval))
+            }
             Ok(r) => Err(format!(
                 "the edge answered {}: {}",
                 r.status(),
@@ -131,7 +164,12 @@ impl Edge {
             .send()
             .await;
         match r {
-            Ok(r) if r.status().is_success() => Ok(true),
+            Ok(r) if r.status().is_success() => {
+                if let Ok(ack) = r.json::<EdgeAck>().await {
+                    self.sync_keys(state, &ack).await;
+                }
+                Ok(true)
+            }
             Ok(r) if r.status() == 404 => Ok(false),
             Ok(r) => Err(format!(
                 "the edge answered {}: {}",

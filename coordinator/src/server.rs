@@ -137,6 +137,9 @@ pub mod test_utils {
             admin_token: Some(crate::config::Secret(ADMIN_TOKEN.into())),
             register_rate_limit: 0,
             flush_interval_ms: 100,
+            // The tests of routing send no API key; those of keys turn this off.
+            anonymous_access: true,
+            anonymous_rate_per_minute: 1_000_000,
             dht: false,
             dht_listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
             ..Config::default()

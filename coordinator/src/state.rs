@@ -60,6 +60,10 @@ pub struct Inner {
     admin: AdminGate,
     /// Enrollment tokens.
     pub(crate) enrollments: StoredTokens,
+    /// Consumers' API keys, checked on every service request.
+    pub(crate) consumers: commons_server::consumers::ConsumerKeys,
+    /// Each service's fair queue, for when all its workers are busy.
+    pub(crate) queues: crate::queue::Queues,
     register_limit: RateLimit,
     /// Live workers per service (index by catalogue), refreshed by the sweeper and bumped by registrations.
     coverage: Mutex<Vec<u32>>,
@@ -164,6 +168,15 @@ impl AppState {
         )
         .await?;
         let enrollments = StoredTokens::load(store.db().clone(), ENROLLMENT_TOKENS)?;
+        let queues = crate::queue::Queues::new(config.queue_length);
+        let consumers = commons_server::consumers::ConsumerKeys::load(
+            store.db().clone(),
+            config
+                .anonymous_access
+                .then_some(commons_server::consumers::Anonymous {
+                    rate_per_minute: config.anonymous_rate_per_minute,
+                }),
+        )?;
 
         let liveness = Liveness {
             stale_after: Duration::from_secs(config.stale_after_secs),
@@ -197,6 +210,8 @@ impl AppState {
             coordinator_url,
             liveness,
             enrollments,
+            consumers,
+            queues,
             requests_total: AtomicU64::new(0),
             errors_total: AtomicU64::new(0),
             dht: std::sync::OnceLock::new(),

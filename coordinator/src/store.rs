@@ -104,6 +104,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE enrollment_tokens (id TEXT PRIMARY KEY NOT NULL, label TEXT NOT NULL, hash BLOB NOT NULL UNIQUE) STRICT;
     CREATE TABLE history (ts_ms INTEGER PRIMARY KEY NOT NULL, data TEXT NOT NULL) STRICT;",
     "ALTER TABLE workers ADD COLUMN peer_id TEXT;",
+    commons_server::consumers::TABLE,
 ];
 
 /// The database.

@@ -67,9 +67,14 @@ pub fn router(state: EdgeState) -> Router {
         .route("/api/admin/coordinators", get(coordinators))
         .route("/api/admin/topology", get(topology))
         .route("/api/admin/metrics", get(request_metrics))
+        .route("/api/edge/keys", get(shared_keys))
         .merge(admin_routes::<_, Admin>(
             "/api/admin/federation-keys",
             |s: &EdgeState| &s.keys,
+        ))
+        .merge(commons_server::consumers::admin_routes::<_, Admin>(
+            "/api/admin/keys",
+            |s: &EdgeState| &s.consumers,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     let service = Router::new()
@@ -111,7 +116,19 @@ fn ack(state: &EdgeState, id: String) -> Json<EdgeAck> {
         id,
         heartbeat_interval,
         ttl,
+        keys_version: state.consumers.version(),
     })
+}
+
+/// The federation's consumer API keys (their hashes and what each may do; revoked ones left out), for its
+/// coordinators, which check them. Fetched when the version in a heartbeat's answer changes.
+#[utoipa::path(get, path = "/api/edge/keys",
+    responses((status = 200, body = commons_shared::consumers::SharedKeys), (status = 401, body = ErrorBody)))]
+async fn shared_keys(
+    State(state): State<EdgeState>,
+    token: Bearer,
+) -> ApiResult<Json<commons_shared::consumers::SharedKeys>> {
+    Ok(Json(state.shared_keys(token.token())?))
 }
 
 /// A coordinator registers (federation key as Bearer).
@@ -394,6 +411,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     paths(
         register,
         heartbeat,
+        shared_keys,
         register_worker,
         bootstrap,
         health,

@@ -137,6 +137,8 @@ pub struct Inner {
     coordinators: RwLock<HashMap<String, Arc<Coordinator>>>,
     /// Federation keys.
     pub keys: StoredTokens,
+    /// The federation's consumer API keys, which its coordinators check (`GET /api/edge/keys`).
+    pub consumers: commons_server::consumers::ConsumerKeys,
     admin: AdminGate,
     register_limit: RateLimit,
     /// Requests per (day, kind).
@@ -163,6 +165,7 @@ impl EdgeState {
         )
         .await?;
         let keys = StoredTokens::load(store.db().clone(), FEDERATION_KEYS)?;
+        let consumers = commons_server::consumers::ConsumerKeys::load(store.db().clone(), None)?;
         let now = Instant::now();
         let wall = now_ms();
         let mut coordinators = HashMap::new();
@@ -203,6 +206,7 @@ impl EdgeState {
             store,
             coordinators: RwLock::new(coordinators),
             keys,
+            consumers,
             counts: Mutex::new(counts),
         }));
         Ok((state, new_token))
@@ -259,6 +263,15 @@ impl EdgeState {
     }
 
     /// The federation key a token is, if any.
+    /// The federation's consumer keys, for a coordinator that shows its federation key.
+    pub fn shared_keys(
+        &self,
+        token: Option<&str>,
+    ) -> ApiResult<commons_shared::consumers::SharedKeys> {
+        self.key_of(token)?;
+        Ok(self.consumers.shared())
+    }
+
     fn key_of(&self, token: Option<&str>) -> ApiResult<String> {
         let token = token.ok_or_else(|| {
             ApiError::Unauthorized("send the federation key as Authorization: Bearer <key>".into())

@@ -48,7 +48,9 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE coordinators (
     ) STRICT;
     CREATE TABLE federation_keys (id TEXT PRIMARY KEY NOT NULL, label TEXT NOT NULL, hash BLOB NOT NULL UNIQUE) STRICT;
     CREATE TABLE settings (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) STRICT;
-    CREATE TABLE request_counts (day TEXT NOT NULL, kind TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (day, kind)) STRICT;"];
+    CREATE TABLE request_counts (day TEXT NOT NULL, kind TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (day, kind)) STRICT;",
+    commons_server::consumers::TABLE,
+];
 
 /// The federation keys, kept in their table.
 pub const FEDERATION_KEYS: TokenKind = TokenKind {

@@ -57,6 +57,15 @@ pub async fn get<T: DeserializeOwned>(path: &str) -> Result<T, ApiError> {
     read(res).await
 }
 
+/// `DELETE path`, its answer as JSON.
+pub async fn delete<T: DeserializeOwned>(path: &str) -> Result<T, ApiError> {
+    let res = Request::delete(path)
+        .send()
+        .await
+        .map_err(|e| ApiError::Network(e.to_string()))?;
+    read(res).await
+}
+
 /// `POST path` with a JSON body.
 pub async fn post<B: Serialize, T: DeserializeOwned>(path: &str, body: &B) -> Result<T, ApiError> {
     let res = Request::post(path)

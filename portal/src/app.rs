@@ -116,6 +116,7 @@ pub fn Shell(p: &ShellProps) -> Html {
         (Route::Workers, "Workers"),
         (Route::Services, "Services"),
         (Route::Coordinators, "Coordinators"),
+        (Route::Consumers, "Consumers"),
         (Route::Downloads, "Downloads"),
     ];
     let active = match &*route {
@@ -137,6 +138,7 @@ pub fn Shell(p: &ShellProps) -> Html {
         Route::Services => html! { <pages::services::Services /> },
         Route::Coordinators => html! { <pages::services::Coordinators /> },
         Route::Downloads => html! { <pages::services::Downloads /> },
+        Route::Consumers => html! { <pages::consumers::Consumers /> },
     };
     html! {
         <ContextProvider<Live> context={live}>

@@ -24,6 +24,8 @@ pub enum Route {
     Coordinators,
     /// Installers.
     Downloads,
+    /// API keys.
+    Consumers,
 }
 
 impl Route {
@@ -38,6 +40,7 @@ impl Route {
             ("services", _) => Self::Services,
             ("coordinators", _) => Self::Coordinators,
             ("downloads", _) => Self::Downloads,
+            ("consumers", _) => Self::Consumers,
             _ => Self::Overview,
         }
     }
@@ -52,6 +55,7 @@ impl Route {
             Self::Services => "#/services".into(),
             Self::Coordinators => "#/coordinators".into(),
             Self::Downloads => "#/downloads".into(),
+            Self::Consumers => "#/consumers".into(),
         }
     }
 }
@@ -328,6 +332,31 @@ pub fn rates(points: &[HistoryPoint]) -> Option<(u64, f64)> {
 /// Bytes in binary units: "1.5 GiB".
 pub use commons_shared::units::binary as bytes;
 
+/// The services a key form names: comma- or space-separated, lowercased; empty (or "all"): every service.
+pub fn key_services(text: &str) -> Vec<String> {
+    let names: Vec<String> = text
+        .split([',', ' '])
+        .map(|s| s.trim().to_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if names.iter().any(|s| s == "all") {
+        Vec::new()
+    } else {
+        names
+    }
+}
+
+/// Today's use of a key against its daily quota, in words.
+pub fn quota_use(used: u64, quota: Option<u64>) -> String {
+    match quota {
+        Some(q) => format!(
+            "{used} of {q} ({:.0} %)",
+            100.0 * used as f64 / q.max(1) as f64
+        ),
+        None => format!("{used} (no quota)"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,12 +427,22 @@ mod tests {
             Route::Services,
             Route::Coordinators,
             Route::Downloads,
+            Route::Consumers,
         ] {
             assert_eq!(Route::parse(&r.href()), r);
         }
         assert_eq!(Route::parse(""), Route::Overview);
         assert_eq!(Route::parse("#/nonsense"), Route::Overview);
         assert_eq!(Route::parse("#/workers/"), Route::Workers);
+    }
+
+    #[test]
+    fn key_forms() {
+        assert_eq!(key_services(" LLM, ocr  rag,"), ["llm", "ocr", "rag"]);
+        assert!(key_services("").is_empty());
+        assert!(key_services("all").is_empty());
+        assert_eq!(quota_use(3, Some(4)), "3 of 4 (75 %)");
+        assert_eq!(quota_use(3, None), "3 (no quota)");
     }
 
     #[test]

@@ -644,6 +644,9 @@ pub struct ServiceCoverage {
     pub gap: u32,
     /// Needs a GPU.
     pub requires_gpu: bool,
+    /// Requests waiting in its queue now (every worker busy).
+    #[serde(default)]
+    pub queued: u32,
 }
 
 /// `GET /api/admin/services`.

@@ -91,6 +91,10 @@ pub struct EdgeAck {
     pub heartbeat_interval: u64,
     /// Seconds of silence after which the edge forgets a coordinator.
     pub ttl: u64,
+    /// The version of the federation's consumer keys (`GET /api/edge/keys`): a coordinator whose copy is of
+    /// another version fetches them.
+    #[serde(default)]
+    pub keys_version: u64,
 }
 
 /// One DHT bootstrap seed.

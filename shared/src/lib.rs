@@ -23,6 +23,7 @@ pub mod assign;
 pub mod backoff;
 pub mod caps;
 pub mod catalogue;
+pub mod consumers;
 pub mod desktop;
 pub mod dht;
 pub mod edge;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use commons_coordinator::server::test_utils::ADMIN_TOKEN;
 use commons_tests::browser::{Driver, click, portal_dist, screenshot, text_of, until, wait_for};
-use commons_tests::{Coordinator, Registered, heartbeat, register};
+use commons_tests::{Coordinator, Registered, eventually, heartbeat, register};
 use fantoccini::Locator;
 use serde_json::Value;
 
@@ -345,6 +345,74 @@ async fn the_portal_in_headless_chromium() {
     );
     screenshot(&b, "portal-downloads").await;
 
+    // Consumers: a key made through the API, used twice, shows the API's count; one made with the form is shown
+    // once; revoking with the button revokes it.
+    let made: serde_json::Value = http
+        .post(format!("{url}/api/admin/keys"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"name": "lab", "services": ["ocr"], "daily_requests": 10}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let r = http
+            .post(format!("{url}/api/service/ocr/ocr"))
+            .bearer_auth(made["key"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503, "the key passes; no worker serves ocr here");
+    }
+    let keys = c.admin(&http, "/api/admin/keys").await;
+    assert_eq!(keys["keys"][0]["requests_today"], 2, "{keys}");
+    b.goto(&format!("{url}/#/consumers")).await.unwrap();
+    let id = made["id"].as_str().unwrap();
+    let used = text_of(&b, &format!("#key-{id} .used"), 10).await;
+    assert_eq!(used, "2 of 10 (20 %)");
+    wait_for(&b, "#key-name", 10)
+        .await
+        .send_keys("browser")
+        .await
+        .unwrap();
+    click(&b, "#create-key").await;
+    let shown = text_of(&b, "#new-key-secret", 10).await;
+    assert!(
+        shown.contains("browser") && shown.contains("ck_"),
+        "{shown}"
+    );
+    let keys = c.admin(&http, "/api/admin/keys").await;
+    let list = keys["keys"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[1]["name"], "browser");
+    assert!(
+        until(
+            &b,
+            10,
+            "return document.querySelectorAll('table#keys tbody tr').length == 2"
+        )
+        .await
+    );
+    screenshot(&b, "portal-consumers").await;
+    click(&b, &format!("#key-{id} button.revoke")).await;
+    assert!(
+        eventually(10, || async {
+            c.admin(&http, "/api/admin/keys").await["keys"][0]["revoked_at_ms"].is_i64()
+        })
+        .await,
+        "the button revokes the key"
+    );
+    assert!(
+        until(
+            &b,
+            10,
+            &format!("return document.querySelector('#key-{id}').classList.contains('revoked')")
+        )
+        .await
+    );
+
     // Back on the overview, the history has points: the charts draw a line per tier.
     b.goto(&format!("{url}/#/")).await.unwrap();
     wait_for(&b, "#chart-online", 10).await;
@@ -380,7 +448,7 @@ async fn the_portal_in_headless_chromium() {
 /// coordinator alone, saying why.
 #[tokio::test]
 async fn coordinators_come_from_the_edge_when_the_coordinator_may_ask_it() {
-    use commons_tests::{Edge, eventually};
+    use commons_tests::Edge;
     let http = reqwest::Client::new();
     let edge = Edge::start(|_| {}).await;
     let key = edge.federation_key(&http, "portal").await;

@@ -159,7 +159,7 @@ impl utoipa::Modify for SecurityAddon {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
-        for name in ["worker_token", "admin_token"] {
+        for name in ["worker_token", "admin_token", "api_key"] {
             components.add_security_scheme(
                 name,
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
@@ -172,7 +172,8 @@ impl utoipa::Modify for SecurityAddon {
 #[openapi(
     info(title = "Commons coordinator", description = "Worker registry, assignment, heartbeats, routing and admin API."),
     paths(register, heartbeat, unregister, health, admin::workers, admin::worker, admin::stats, admin::admin_health,
-          admin::services, admin::history, admin::create_enrollment, proxy::forward, proxy::forward_openai, dht::topology, dht::stats,
+          admin::services, admin::history, admin::create_enrollment, admin::list_keys, admin::create_key,
+          admin::revoke_key, admin::rotate_key, proxy::forward, proxy::forward_openai, dht::topology, dht::stats,
           portal::login, portal::logout, portal::session, portal::coordinators, portal::releases, updates::updates, updates::catalogue),
     modifiers(&SecurityAddon)
 )]

@@ -57,19 +57,22 @@ fn reachable(w: &Worker, endpoint: Option<&str>) -> bool {
     }
 }
 
-fn pick(
+/// The workers that can take a request for `service` now, with their routing weights; `skip` are left out, and
+/// so, with `room`, are those already serving as many requests as the service's `concurrency`.
+fn candidates(
     state: &AppState,
     service: usize,
     skip: &[WorkerId],
-    rest: &str,
-    query: Option<&str>,
-) -> Option<(Arc<Worker>, Target)> {
-    let spec = state.catalogue.get(service)?;
+    room: bool,
+) -> (Vec<Arc<Worker>>, Vec<f64>) {
+    let Some(spec) = state.catalogue.get(service) else {
+        return (Vec::new(), Vec::new());
+    };
     let now = Instant::now();
     let mut cands = Vec::new();
     let mut weights = Vec::new();
     for w in state.registry.providers(service) {
-        if skip.contains(&w.id) {
+        if skip.contains(&w.id) || (room && w.stats.in_flight() >= spec.concurrency) {
             continue;
         }
         let (status, load) = {
@@ -85,10 +88,37 @@ fn pick(
             weights.push(weight);
         }
     }
+    (cands, weights)
+}
+
+/// How many requests the service's workers serve at once together (0: none can be reached), and their mean
+/// latency, ms.
+fn capacity(state: &AppState, service: usize) -> (u32, f64) {
+    let (workers, _) = candidates(state, service, &[], false);
+    let per_worker = state.catalogue.get(service).map_or(0, |s| s.concurrency);
+    let n = u32::try_from(workers.len()).unwrap_or(u32::MAX);
+    let latency = workers.iter().map(|w| w.stats.latency_ms()).sum::<f64>() / f64::from(n.max(1));
+    (n.saturating_mul(per_worker), latency)
+}
+
+fn pick(
+    state: &AppState,
+    service: usize,
+    skip: &[WorkerId],
+    rest: &str,
+    query: Option<&str>,
+) -> Option<(Arc<Worker>, Target)> {
+    let spec = state.catalogue.get(service)?;
+    let sticky = spec.sticky_key(rest);
+    // A keyed request goes to its key's worker even when that one is full; the others go to one with room (the
+    // queue lets in no more than the workers serve together, so one has room), or any when none is left.
+    let (mut cands, mut weights) = candidates(state, service, skip, sticky.is_none());
+    if cands.is_empty() && sticky.is_none() {
+        (cands, weights) = candidates(state, service, skip, false);
+    }
     // A key that names the replica's state (a rag collection): the candidate that ranks it highest (rendezvous
     // hashing), the same on every request while the candidates stay; the others keep their weights only as the
     // fallback when it cannot be reached.
-    let sticky = spec.sticky_key(rest);
     let choose = |weights: &[f64]| match sticky {
         Some(key) => (0..cands.len())
             .filter(|&i| weights[i] > 0.0)
@@ -152,8 +182,11 @@ async fn dht_endpoints(state: &AppState, service: &str) -> Option<Arc<[String]>>
 
 /// Forwards `ANY /api/service/{service}/{*path}`.
 #[utoipa::path(post, path = "/api/service/{service}/{path}", params(("service" = String, Path), ("path" = String, Path)),
-    responses((status = 200, description = "the worker's answer"), (status = 404, body = commons_shared::ErrorBody),
-              (status = 502, body = commons_shared::ErrorBody), (status = 503, body = commons_shared::ErrorBody)))]
+    responses((status = 200, description = "the worker's answer"), (status = 401, body = commons_shared::ErrorBody),
+              (status = 403, body = commons_shared::ErrorBody), (status = 404, body = commons_shared::ErrorBody),
+              (status = 429, body = commons_shared::ErrorBody), (status = 502, body = commons_shared::ErrorBody),
+              (status = 503, body = commons_shared::ErrorBody)),
+    security(("api_key" = [])))]
 pub(crate) async fn forward(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -181,8 +214,10 @@ pub(crate) async fn forward_root(
 /// the coordinator's `/v1`).
 #[utoipa::path(post, path = "/v1/{path}", params(("path" = String, Path)),
     responses((status = 200, description = "the llm service's answer (an event stream when asked to stream)"),
-              (status = 404, body = commons_shared::ErrorBody), (status = 502, body = commons_shared::ErrorBody),
-              (status = 503, body = commons_shared::ErrorBody)))]
+              (status = 401, body = commons_shared::ErrorBody), (status = 403, body = commons_shared::ErrorBody),
+              (status = 404, body = commons_shared::ErrorBody), (status = 429, body = commons_shared::ErrorBody),
+              (status = 502, body = commons_shared::ErrorBody), (status = 503, body = commons_shared::ErrorBody)),
+    security(("api_key" = [])))]
 pub(crate) async fn forward_openai(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -197,21 +232,91 @@ pub(crate) async fn forward_openai(
 
 /// The response header that names the worker that answered.
 const WORKER_HEADER: &str = "x-commons-worker";
+/// The response header that says how long a request waited in its service's queue, ms (absent: it did not wait).
+const QUEUED_HEADER: &str = "x-commons-queued-ms";
+
+/// A request being served by a worker: its count in flight, and its queue slot, until the answer has been sent.
+struct Serving {
+    worker: Arc<Worker>,
+    slot: Option<crate::queue::Slot>,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.worker.stats.leave();
+    }
+}
+
+/// A turn in the service's fair queue for `consumer`: at once while its workers have room, else when the queue
+/// gives one. A full queue is 429 (with a wait estimated from the workers' latency), a wait too long 503.
+async fn admit(
+    state: &AppState,
+    index: usize,
+    service: &str,
+    consumer: &commons_server::consumers::Consumer,
+    capacity: u32,
+    latency_ms: f64,
+) -> Result<crate::queue::Slot, ApiError> {
+    use crate::queue::{Refused, Tenant};
+    let queue = state.queues.of(index);
+    let tenant = Tenant {
+        id: consumer.id().to_owned(),
+        weight: consumer.weight(),
+    };
+    let patience = Duration::from_secs(state.config.queue_wait_secs);
+    let result = queue.admit(&tenant, capacity, patience).await;
+    metrics::gauge!("commons_queue_length", "service" => service.to_owned())
+        .set(queue.waiting() as f64);
+    result.map_err(|refused| {
+        metrics::counter!("commons_queue_rejections_total", "service" => service.to_owned()).increment(1);
+        match refused {
+            Refused::Full { waiting } => ApiError::TooMany {
+                message: format!(
+                    "every worker of the {service} service is busy and {waiting} requests wait already; try again shortly"
+                ),
+                // The queue drains at about `capacity` requests per mean latency.
+                retry_after_secs: ((waiting as f64 * latency_ms / f64::from(capacity) / 1000.0).ceil() as u64).max(1),
+                quota: false,
+            },
+            Refused::TimedOut(waited) => ApiError::Unavailable(format!(
+                "waited {} s for a worker of the {service} service, and every one is still busy; try again later",
+                waited.as_secs()
+            )),
+        }
+    })
+}
 
 async fn route(
     state: AppState,
     client: std::net::IpAddr,
     service: String,
     rest: String,
-    req: Request,
+    mut req: Request,
 ) -> Result<Response, ApiError> {
     let index = state.catalogue.index_of(&service).ok_or_else(|| {
         ApiError::NotFound(format!(
             "there is no service {service:?}; see /api/admin/services"
         ))
     })?;
+    // The consumer's key: checked (and counted) here; never sent on to a volunteer's machine.
+    let consumer = state.consumers.check(
+        commons_server::auth::bearer(req.headers()),
+        &service,
+        crate::state::now_ms(),
+    )?;
+    req.headers_mut().remove(axum::http::header::AUTHORIZATION);
+    tracing::debug!(?consumer, %service, "service request");
     let start = Instant::now();
     state.requests_total.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("commons_service_requests_total", "service" => service.clone()).increment(1);
+    // Every worker busy: wait for a turn in the service's fair queue (none when no worker can be reached: that is
+    // answered below).
+    let mut slot = match capacity(&state, index) {
+        (0, _) => None,
+        (capacity, latency_ms) => {
+            Some(admit(&state, index, &service, &consumer, capacity, latency_ms).await?)
+        }
+    };
     let query = req.uri().query().map(str::to_owned);
     let connect_timeout = Duration::from_millis(state.config.proxy_connect_timeout_ms);
     let mut tried = Vec::new();
@@ -222,7 +327,13 @@ async fn route(
         };
         match forward::connect(&t.authority, connect_timeout).await {
             Ok(stream) => {
-                let in_flight = w.stats.start();
+                // The worker's request in flight and the queue's slot last as long as the answer's body.
+                w.stats.enter();
+                let serving = Serving {
+                    worker: w.clone(),
+                    slot: slot.take(),
+                };
+                let waited = serving.slot.as_ref().map_or(Duration::ZERO, |s| s.waited);
                 let timeout = Duration::from_secs(state.config.proxy_timeout_secs);
                 let result = forward::send(stream, &t, req, client, timeout)
                     .await
@@ -230,9 +341,14 @@ async fn route(
                         if let Ok(v) = axum::http::HeaderValue::from_str(&w.id.to_string()) {
                             r.headers_mut().insert(WORKER_HEADER, v);
                         }
-                        r
+                        if !waited.is_zero() {
+                            r.headers_mut().insert(
+                                QUEUED_HEADER,
+                                axum::http::HeaderValue::from(waited.as_millis() as u64),
+                            );
+                        }
+                        forward::hold(r, serving)
                     });
-                drop(in_flight);
                 let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
                 w.stats.record(ok, start.elapsed());
                 state

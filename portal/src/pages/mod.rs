@@ -1,5 +1,6 @@
 //! One module per page.
 
+pub mod consumers;
 pub mod login;
 pub mod overview;
 pub mod services;

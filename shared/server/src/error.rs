@@ -31,9 +31,22 @@ pub enum ApiError {
     /// 413.
     #[error("the request body is larger than {0} bytes")]
     TooLarge(usize),
+    /// 409: the request conflicts with what is stored.
+    #[error("{0}")]
+    Conflict(String),
     /// 429.
     #[error("{0}")]
     RateLimited(String),
+    /// 429 with when to come back: a consumer over its rate (`rate_limited`) or its quota (`quota_exceeded`).
+    #[error("{message}")]
+    TooMany {
+        /// What is over.
+        message: String,
+        /// Seconds until a request can succeed (`Retry-After`).
+        retry_after_secs: u64,
+        /// A quota (rather than a rate) is spent.
+        quota: bool,
+    },
     /// 503: no worker offers the service.
     #[error("no healthy worker offers the service {0:?} right now; try again shortly")]
     NoWorker(String),
@@ -70,7 +83,11 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::RateLimited(_) | Self::TooMany { quota: false, .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+            }
+            Self::TooMany { quota: true, .. } => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
             Self::NoWorker(_) | Self::Unreachable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "no_worker")
             }
@@ -105,8 +122,13 @@ impl IntoResponse for ApiError {
         let body = ErrorBody::new(code, self.to_string());
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            let after = match &self {
+                Self::TooMany {
+                    retry_after_secs, ..
+                } => HeaderValue::from(retry_after_secs.max(&1).to_owned()),
+                _ => HeaderValue::from_static("60"),
+            };
+            resp.headers_mut().insert(header::RETRY_AFTER, after);
         }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()

@@ -180,6 +180,47 @@ where
     }
 }
 
+/// `resp` with `guard` kept alive until its body has been sent (or the client went away): what must last as long
+/// as the answer, such as a slot of the service's queue, not only until its headers.
+pub fn hold<G: Send + Unpin + 'static>(resp: Response, guard: G) -> Response {
+    resp.map(|inner| {
+        Body::new(Held {
+            inner,
+            guard: Some(guard),
+        })
+    })
+}
+
+struct Held<G> {
+    inner: Body,
+    guard: Option<G>,
+}
+
+impl<G: Send + Unpin + 'static> hyper::body::Body for Held<G> {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(frame, std::task::Poll::Ready(None | Some(Err(_)))) {
+            this.guard = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// An event stream's body from upstream that, when the upstream fails in the middle (the worker went away), ends
 /// with an `error` event instead of a cut connection: a streaming client learns why its stream ended, and the
 /// connection stays usable.

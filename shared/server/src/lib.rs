@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod consumers;
 pub mod db;
 pub mod error;
 pub mod extract;

@@ -39,6 +39,17 @@ impl RequestStats {
         InFlight(&self.in_flight)
     }
 
+    /// Counts a request as in flight until [`leave`](Self::leave): for a guard that owns its upstream and lives as
+    /// long as the answer's body.
+    pub fn enter(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Ends what [`enter`](Self::enter) began.
+    pub fn leave(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Records one finished request: counted, failed or not, and its latency into the moving average (α = 1/5;
     /// a lost update under a race only delays convergence).
     pub fn record(&self, ok: bool, latency: Duration) {
