@@ -115,6 +115,20 @@ impl Coordinator {
         self.server.url()
     }
 
+    /// A consumer's API key made through the admin API with `policy` (`{name, services, rate_per_minute, ...}`): the
+    /// answer, with the key (`key`, shown once) and its `id`.
+    pub async fn api_key(&self, client: &reqwest::Client, policy: Value) -> Value {
+        let r = client
+            .post(format!("{}/api/admin/keys", self.url()))
+            .bearer_auth(test_utils::ADMIN_TOKEN)
+            .json(&policy)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json().await.unwrap()
+    }
+
     /// An admin GET (the test admin token) as JSON.
     pub async fn admin(&self, client: &reqwest::Client, path: &str) -> Value {
         get_json(

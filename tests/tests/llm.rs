@@ -154,16 +154,12 @@ async fn chat_streams_and_embeddings_answer_through_edge_coordinator_agent_and_c
 
     // The real OpenAI client, pointed at the edge with an API key the admin made: models, a chat, a stream,
     // embeddings; a wrong key is the client's AuthenticationError.
-    let made: Value = client
-        .post(format!("{}/api/admin/keys", c.url()))
-        .bearer_auth(commons_coordinator::server::test_utils::ADMIN_TOKEN)
-        .json(&json!({"name": "openai client", "services": ["llm"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let made = c
+        .api_key(
+            &client,
+            json!({"name": "openai client", "services": ["llm"]}),
+        )
+        .await;
     let key = made["key"].as_str().unwrap();
     let script = format!(
         r#"

@@ -347,16 +347,12 @@ async fn the_portal_in_headless_chromium() {
 
     // Consumers: a key made through the API, used twice, shows the API's count; one made with the form is shown
     // once; revoking with the button revokes it.
-    let made: serde_json::Value = http
-        .post(format!("{url}/api/admin/keys"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&serde_json::json!({"name": "lab", "services": ["ocr"], "daily_requests": 10}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let made = c
+        .api_key(
+            &http,
+            serde_json::json!({"name": "lab", "services": ["ocr"], "daily_requests": 10}),
+        )
+        .await;
     for _ in 0..2 {
         let r = http
             .post(format!("{url}/api/service/ocr/ocr"))

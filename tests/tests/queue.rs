@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use commons_coordinator::server::test_utils::ADMIN_TOKEN;
 use commons_tests::{
     Coordinator, WorkerServer, eventually, heartbeat, operator_catalogue, register,
 };
@@ -36,17 +35,10 @@ async fn setup(concurrency: u32, queue_length: usize) -> (Coordinator, WorkerSer
 }
 
 async fn key(client: &reqwest::Client, c: &Coordinator, name: &str) -> String {
-    let r: Value = client
-        .post(format!("{}/api/admin/keys", c.url()))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"name": name, "rate_per_minute": 1_000_000}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    r["key"].as_str().unwrap().to_owned()
+    let made = c
+        .api_key(client, json!({"name": name, "rate_per_minute": 1_000_000}))
+        .await;
+    made["key"].as_str().unwrap().to_owned()
 }
 
 fn ask(
