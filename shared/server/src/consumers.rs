@@ -71,33 +71,66 @@ pub struct Anonymous {
     pub rate_per_minute: u32,
 }
 
+/// One key: what never changes after it is made, and what does (its revocation, the day's count) behind one lock.
 struct Entry {
-    info: RwLock<ConsumerKey>,
+    id: String,
+    policy: KeyPolicy,
+    created_at_ms: i64,
     limiter: DefaultDirectRateLimiter,
-    /// (UTC day, requests that day).
-    today: Mutex<(i64, u64)>,
+    live: Mutex<Live>,
+}
+
+#[derive(Default)]
+struct Live {
+    revoked_at_ms: Option<i64>,
+    /// The UTC day counted, and the requests that day.
+    day: i64,
+    requests: u64,
 }
 
 impl Entry {
-    fn new(info: ConsumerKey) -> Self {
-        let rate = NonZeroU32::new(info.policy.rate_per_minute).unwrap_or(NonZeroU32::MIN);
+    fn new(id: String, policy: KeyPolicy, created_at_ms: i64, revoked_at_ms: Option<i64>) -> Self {
+        let rate = NonZeroU32::new(policy.rate_per_minute).unwrap_or(NonZeroU32::MIN);
         Self {
-            info: RwLock::new(info),
+            id,
+            policy,
+            created_at_ms,
             limiter: RateLimiter::direct(Quota::per_minute(rate)),
-            today: Mutex::new((0, 0)),
+            live: Mutex::new(Live {
+                revoked_at_ms,
+                ..Live::default()
+            }),
         }
     }
 
+    /// The key as the admin API lists it, with today's use.
     fn view(&self, now_ms: i64) -> ConsumerKey {
-        let mut info = self.info.read().clone();
-        let (day, count) = *self.today.lock();
-        info.requests_today = if day == now_ms.div_euclid(DAY_MS) {
-            count
-        } else {
-            0
-        };
-        info
+        let live = self.live.lock();
+        ConsumerKey {
+            id: self.id.clone(),
+            policy: self.policy.clone(),
+            created_at_ms: self.created_at_ms,
+            revoked_at_ms: live.revoked_at_ms,
+            requests_today: if live.day == now_ms.div_euclid(DAY_MS) {
+                live.requests
+            } else {
+                0
+            },
+        }
     }
+}
+
+/// A new key and its hash.
+fn mint() -> (String, TokenHash) {
+    let key = format!("{KEY_PREFIX}{}", new_token());
+    let hash = hash_token(&key);
+    (key, hash)
+}
+
+/// Seconds until a rate limiter lets the next request through (`Retry-After`), rounded up.
+fn retry_after(not_until: &governor::NotUntil<<DefaultClock as Clock>::Instant>) -> u64 {
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 #[derive(Default)]
@@ -133,10 +166,6 @@ impl std::fmt::Debug for ConsumerKeys {
     }
 }
 
-fn seconds_until(wait: std::time::Duration) -> u64 {
-    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
-}
-
 impl ConsumerKeys {
     /// Loads the keys (at start); `anonymous` says whether requests without a key are served, and how many.
     pub fn load(db: Db, anonymous: Option<Anonymous>) -> Result<Self, DbError> {
@@ -160,13 +189,7 @@ impl ConsumerKeys {
             let corrupt = |what: &str| DbError::Corrupt(format!("the {what} of consumer key {id}"));
             let hash: TokenHash = hash.try_into().map_err(|_| corrupt("hash"))?;
             let policy: KeyPolicy = serde_json::from_str(&policy).map_err(|_| corrupt("policy"))?;
-            let entry = Arc::new(Entry::new(ConsumerKey {
-                id: id.clone(),
-                policy,
-                created_at_ms,
-                revoked_at_ms,
-                requests_today: 0,
-            }));
+            let entry = Arc::new(Entry::new(id.clone(), policy, created_at_ms, revoked_at_ms));
             if revoked_at_ms.is_none() {
                 table.by_hash.insert(hash, entry.clone());
             }
@@ -205,9 +228,7 @@ impl ConsumerKeys {
                     message:
                         "anonymous requests are over their shared rate; use an API key, or wait"
                             .into(),
-                    retry_after_secs: seconds_until(
-                        not_until.wait_time_from(DefaultClock::default().now()),
-                    ),
+                    retry_after_secs: retry_after(&not_until),
                     quota: false,
                 }),
             };
@@ -219,10 +240,7 @@ impl ConsumerKeys {
             .ok_or_else(|| {
                 ApiError::Unauthorized("the API key is not valid (unknown or revoked)".into())
             })?;
-        let (id, policy) = {
-            let info = entry.info.read();
-            (info.id.clone(), info.policy.clone())
-        };
+        let (id, policy) = (&entry.id, &entry.policy);
         if policy.expires_at_ms.is_some_and(|at| at <= now_ms) {
             return Err(ApiError::Unauthorized(format!(
                 "the API key {id} has expired"
@@ -240,19 +258,17 @@ impl ConsumerKeys {
                     "the API key {id} is over its rate of {} requests a minute",
                     policy.rate_per_minute
                 ),
-                retry_after_secs: seconds_until(
-                    not_until.wait_time_from(DefaultClock::default().now()),
-                ),
+                retry_after_secs: retry_after(&not_until),
                 quota: false,
             });
         }
         let day = now_ms.div_euclid(DAY_MS);
-        let mut today = entry.today.lock();
-        if today.0 != day {
-            *today = (day, 0);
+        let mut live = entry.live.lock();
+        if live.day != day {
+            (live.day, live.requests) = (day, 0);
         }
         if let Some(quota) = policy.daily_requests
-            && today.1 >= quota
+            && live.requests >= quota
         {
             let until_midnight = (day + 1) * DAY_MS - now_ms;
             return Err(ApiError::TooMany {
@@ -261,9 +277,9 @@ impl ConsumerKeys {
                 quota: true,
             });
         }
-        today.1 += 1;
+        live.requests += 1;
         Ok(Consumer::Key {
-            id,
+            id: id.clone(),
             priority: policy.priority,
         })
     }
@@ -271,18 +287,10 @@ impl ConsumerKeys {
     /// Creates a key durably; the answer carries the key, shown this once.
     pub async fn create(&self, policy: KeyPolicy, now_ms: i64) -> ApiResult<NewConsumerKey> {
         policy.check()?;
-        let key = format!("{KEY_PREFIX}{}", new_token());
-        let hash = hash_token(&key);
+        let (key, hash) = mint();
         let id = format!("key_{}", &hex::encode(hash)[..12]);
-        let info = ConsumerKey {
-            id: id.clone(),
-            policy,
-            created_at_ms: now_ms,
-            revoked_at_ms: None,
-            requests_today: 0,
-        };
         let policy_json =
-            serde_json::to_string(&info.policy).map_err(|e| ApiError::Internal(e.to_string()))?;
+            serde_json::to_string(&policy).map_err(|e| ApiError::Internal(e.to_string()))?;
         let row_id = id.clone();
         self.db
             .write(move |tx| {
@@ -293,7 +301,8 @@ impl ConsumerKeys {
                 .map(|_| ())
             })
             .await?;
-        let entry = Arc::new(Entry::new(info.clone()));
+        let entry = Arc::new(Entry::new(id.clone(), policy, now_ms, None));
+        let info = entry.view(now_ms);
         let mut table = self.table.write();
         table.by_hash.insert(hash, entry.clone());
         table.by_id.insert(id, entry);
@@ -318,9 +327,7 @@ impl ConsumerKeys {
             .write()
             .by_hash
             .retain(|_, e| !Arc::ptr_eq(e, &entry));
-        let mut info = entry.info.write();
-        info.revoked_at_ms.get_or_insert(now_ms);
-        drop(info);
+        entry.live.lock().revoked_at_ms.get_or_insert(now_ms);
         self.version.fetch_add(1, Ordering::Relaxed);
         Ok(entry.view(now_ms))
     }
@@ -328,13 +335,12 @@ impl ConsumerKeys {
     /// Gives a key a new secret (the old one stops working at once), keeping its id, policy and use.
     pub async fn rotate(&self, id: &str, now_ms: i64) -> ApiResult<NewConsumerKey> {
         let entry = self.entry(id)?;
-        if entry.info.read().revoked_at_ms.is_some() {
+        if entry.live.lock().revoked_at_ms.is_some() {
             return Err(ApiError::Conflict(format!(
                 "the API key {id} is revoked; create a new one"
             )));
         }
-        let key = format!("{KEY_PREFIX}{}", new_token());
-        let hash = hash_token(&key);
+        let (key, hash) = mint();
         let row_id = id.to_owned();
         self.db
             .write(move |tx| {
@@ -404,7 +410,7 @@ impl ConsumerKeys {
         let before: HashMap<String, Arc<Entry>> = federated
             .by_hash
             .values()
-            .map(|e| (e.info.read().id.clone(), e.clone()))
+            .map(|e| (e.id.clone(), e.clone()))
             .collect();
         let mut by_hash = HashMap::with_capacity(shared.keys.len());
         for k in shared.keys {
@@ -416,11 +422,13 @@ impl ConsumerKeys {
                 continue;
             };
             let entry = match before.get(&k.info.id) {
-                Some(e) if e.info.read().policy == k.info.policy => e.clone(),
-                _ => Arc::new(Entry::new(ConsumerKey {
-                    requests_today: 0,
-                    ..k.info
-                })),
+                Some(e) if e.policy == k.info.policy => e.clone(),
+                _ => Arc::new(Entry::new(
+                    k.info.id,
+                    k.info.policy,
+                    k.info.created_at_ms,
+                    k.info.revoked_at_ms,
+                )),
             };
             by_hash.insert(hash, entry);
         }
