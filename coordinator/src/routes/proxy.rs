@@ -75,15 +75,7 @@ fn candidates(
         if skip.contains(&w.id) || (room && w.stats.in_flight() >= spec.concurrency) {
             continue;
         }
-        let (status, load) = {
-            let live = w.live.lock();
-            if !reachable(&w, live.endpoint.as_deref()) || !live.serves(spec) {
-                continue;
-            }
-            (live.status(now, state.liveness), live.load)
-        };
-        let weight = route_weight(status, load, w.stats.latency_ms(), w.stats.in_flight());
-        if weight > 0.0 {
+        if let Some(weight) = weight(state, spec, &w, now) {
             cands.push(w);
             weights.push(weight);
         }
@@ -91,14 +83,48 @@ fn candidates(
     (cands, weights)
 }
 
+/// A worker's routing weight for the service, when it can take a request for it now.
+fn weight(
+    state: &AppState,
+    spec: &commons_shared::catalogue::ServiceSpec,
+    w: &Worker,
+    now: Instant,
+) -> Option<f64> {
+    let (status, load) = {
+        let live = w.live.lock();
+        if !reachable(w, live.endpoint.as_deref()) || !live.serves(spec) {
+            return None;
+        }
+        (live.status(now, state.liveness), live.load)
+    };
+    Some(route_weight(
+        status,
+        load,
+        w.stats.latency_ms(),
+        w.stats.in_flight(),
+    ))
+    .filter(|&x| x > 0.0)
+}
+
 /// How many requests the service's workers serve at once together (0: none can be reached), and their mean
-/// latency, ms.
+/// latency, ms. Counted, without the candidate and weight lists `pick` builds: this runs on every request.
 fn capacity(state: &AppState, service: usize) -> (u32, f64) {
-    let (workers, _) = candidates(state, service, &[], false);
-    let per_worker = state.catalogue.get(service).map_or(0, |s| s.concurrency);
-    let n = u32::try_from(workers.len()).unwrap_or(u32::MAX);
-    let latency = workers.iter().map(|w| w.stats.latency_ms()).sum::<f64>() / f64::from(n.max(1));
-    (n.saturating_mul(per_worker), latency)
+    let Some(spec) = state.catalogue.get(service) else {
+        return (0, 0.0);
+    };
+    let now = Instant::now();
+    let (n, latency) = state
+        .registry
+        .providers(service)
+        .iter()
+        .filter(|w| weight(state, spec, w, now).is_some())
+        .fold((0u32, 0.0), |(n, sum), w| {
+            (n + 1, sum + w.stats.latency_ms())
+        });
+    (
+        n.saturating_mul(spec.concurrency),
+        latency / f64::from(n.max(1)),
+    )
 }
 
 fn pick(
