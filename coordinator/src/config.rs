@@ -79,6 +79,11 @@ pub struct Config {
     pub queue_length: usize,
     /// The longest a request waits in a service's queue before it gets 503.
     pub queue_wait_secs: u64,
+    /// Record every service request and donated hour in the usage ledger (usage reports, quotas across restarts,
+    /// volunteers' credit). Off only to measure what it costs.
+    pub accounting: bool,
+    /// Milliseconds between the accounting task's writes to the ledger.
+    pub accounting_flush_ms: u64,
     /// Run a DHT node.
     pub dht: bool,
     /// Where the DHT node listens (multiaddrs).
@@ -136,6 +141,8 @@ impl Default for Config {
             anonymous_rate_per_minute: 60,
             queue_length: 256,
             queue_wait_secs: 30,
+            accounting: true,
+            accounting_flush_ms: 5000,
             dht: true,
             dht_listen: vec!["/ip4/0.0.0.0/tcp/4001".into()],
             dht_external: Vec::new(),
@@ -180,6 +187,9 @@ impl Validate for Config {
         }
         if self.offline_after_secs <= self.stale_after_secs {
             return bad("offline_after_secs must be above stale_after_secs");
+        }
+        if self.accounting_flush_ms == 0 || self.accounting_flush_ms > 60_000 {
+            return bad("accounting_flush_ms must be from 1 to 60000");
         }
         if self.queue_length == 0 || self.queue_wait_secs == 0 {
             return bad("queue_length and queue_wait_secs must be at least 1");

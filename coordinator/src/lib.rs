@@ -5,8 +5,10 @@
 #![deny(missing_docs)]
 
 mod access;
+mod accounting;
 pub mod config;
 pub mod dht;
+mod ledger;
 pub mod metrics;
 mod queue;
 pub mod registrar;

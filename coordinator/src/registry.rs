@@ -75,6 +75,9 @@ pub struct Live {
     pub agent_version: Box<str>,
     /// Base URL of its services (a heartbeat can change it when a tunnel restarts).
     pub endpoint: Option<Box<str>>,
+    /// The display name its volunteer chose, as last told to the ledger: `None` until its first heartbeat since
+    /// this start, `Some(None)` anonymous.
+    pub display_name: Option<Option<Box<str>>>,
     /// Changed since the last flush.
     pub dirty: bool,
 }

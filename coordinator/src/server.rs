@@ -137,6 +137,7 @@ pub mod test_utils {
             admin_token: Some(crate::config::Secret(ADMIN_TOKEN.into())),
             register_rate_limit: 0,
             flush_interval_ms: 100,
+            accounting_flush_ms: 100,
             // The tests of routing send no API key; those of keys turn this off.
             anonymous_access: true,
             anonymous_rate_per_minute: 1_000_000,

@@ -64,6 +64,11 @@ pub struct Inner {
     pub(crate) consumers: commons_server::consumers::ConsumerKeys,
     /// Each service's fair queue, for when all its workers are busy.
     pub(crate) queues: crate::queue::Queues,
+    /// Where served requests and donated time are recorded.
+    pub(crate) accounting: crate::accounting::Accounting,
+    /// The accounting task's end, until the task takes it.
+    pub(crate) accounting_events:
+        Mutex<Option<tokio::sync::mpsc::Receiver<crate::accounting::Event>>>,
     register_limit: RateLimit,
     /// Live workers per service (index by catalogue), refreshed by the sweeper and bumped by registrations.
     coverage: Mutex<Vec<u32>>,
@@ -177,6 +182,9 @@ impl AppState {
                     rate_per_minute: config.anonymous_rate_per_minute,
                 }),
         )?;
+        // Today's use, so a restart does not give every key its daily quota again.
+        consumers.restore_today(&store.key_use_today(now_ms())?, now_ms());
+        let (accounting, accounting_events) = crate::accounting::Accounting::new(config.accounting);
 
         let liveness = Liveness {
             stale_after: Duration::from_secs(config.stale_after_secs),
@@ -201,7 +209,7 @@ impl AppState {
             register_limit: RateLimit::per_minute(config.register_rate_limit),
             admin,
             coverage: Mutex::new(vec![0; catalogue.len()]),
-            metrics: Metrics::new(),
+            metrics: Metrics::new(catalogue.services().iter().map(|s| s.name.as_str())),
             config,
             catalogue,
             catalogue_offer,
@@ -212,6 +220,8 @@ impl AppState {
             enrollments,
             consumers,
             queues,
+            accounting,
+            accounting_events: Mutex::new(accounting_events),
             requests_total: AtomicU64::new(0),
             errors_total: AtomicU64::new(0),
             dht: std::sync::OnceLock::new(),
@@ -435,15 +445,40 @@ impl AppState {
                 "heartbeats come from the worker itself, with its own token".into(),
             ));
         }
+        let now_wall = now_ms();
         let (version, changed) = {
             let mut live = w.live.lock();
+            // Donated time: since its last heartbeat while it donated, at most two intervals (a gap longer than
+            // that was spent offline).
+            if let Some(prev) = live.last_heartbeat_ms
+                && live.reported != ReportedStatus::Paused
+                && hb.status != ReportedStatus::Paused
+            {
+                let most = self.config.heartbeat_interval_secs.saturating_mul(2_000);
+                let ms = u64::try_from(now_wall - prev).unwrap_or(0).min(most);
+                if ms > 0 {
+                    self.accounting.send(crate::accounting::Event::Online {
+                        worker: w.id,
+                        at_ms: now_wall,
+                        ms,
+                    });
+                }
+            }
+            if live.display_name.as_ref().map(Option::as_deref) != Some(hb.display_name.as_deref())
+            {
+                live.display_name = Some(hb.display_name.as_deref().map(Into::into));
+                self.accounting.send(crate::accounting::Event::Named {
+                    worker: w.id,
+                    name: hb.display_name,
+                });
+            }
             live.reported = hb.status;
             live.load = hb.load;
             if let Some(m) = hb.free_memory_bytes {
                 live.free_memory = m;
             }
             live.last_seen = Instant::now();
-            live.last_heartbeat_ms = Some(now_ms());
+            live.last_heartbeat_ms = Some(now_wall);
             live.gpus = hb.gpus;
             live.containers = hb.containers;
             if let Some(v) = hb.agent_version {
@@ -653,6 +688,7 @@ fn new_worker(
             assignment_version: 1,
             agent_version: new.capabilities.agent_version.clone().into(),
             endpoint: endpoint.map(Into::into),
+            display_name: None,
             dirty: false,
         }),
         caps: new.capabilities,
@@ -725,6 +761,7 @@ fn worker_from_row(
             assignment_version: row.assignment_version,
             agent_version: row.live.agent_version.into(),
             endpoint: row.endpoint.map(Into::into),
+            display_name: None,
             dirty: false,
         }),
         stats: RequestStats::with_counts(

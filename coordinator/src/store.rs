@@ -105,6 +105,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE history (ts_ms INTEGER PRIMARY KEY NOT NULL, data TEXT NOT NULL) STRICT;",
     "ALTER TABLE workers ADD COLUMN peer_id TEXT;",
     commons_server::consumers::TABLE,
+    crate::ledger::TABLES,
 ];
 
 /// The database.

@@ -31,6 +31,22 @@ pub fn update_gauges(state: &AppState) {
 pub fn spawn(state: &AppState) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
 
+    if let Some(events) = state.accounting_events.lock().take() {
+        let names = state
+            .catalogue
+            .services()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let every = Duration::from_millis(state.config.accounting_flush_ms);
+        tasks.push(tokio::spawn(crate::accounting::run(
+            state.store.clone(),
+            names,
+            events,
+            every,
+        )));
+    }
+
     let s = state.clone();
     tasks.push(tokio::spawn(async move {
         let mut tick = interval(Duration::from_millis(s.config.flush_interval_ms));

@@ -117,6 +117,7 @@ pub fn Shell(p: &ShellProps) -> Html {
         (Route::Services, "Services"),
         (Route::Coordinators, "Coordinators"),
         (Route::Consumers, "Consumers"),
+        (Route::Volunteers, "Volunteers"),
         (Route::Downloads, "Downloads"),
     ];
     let active = match &*route {
@@ -139,6 +140,7 @@ pub fn Shell(p: &ShellProps) -> Html {
         Route::Coordinators => html! { <pages::services::Coordinators /> },
         Route::Downloads => html! { <pages::services::Downloads /> },
         Route::Consumers => html! { <pages::consumers::Consumers /> },
+        Route::Volunteers => html! { <pages::volunteers::Volunteers /> },
     };
     html! {
         <ContextProvider<Live> context={live}>

@@ -26,6 +26,8 @@ pub enum Route {
     Downloads,
     /// API keys.
     Consumers,
+    /// The volunteers' leaderboard.
+    Volunteers,
 }
 
 impl Route {
@@ -41,6 +43,7 @@ impl Route {
             ("coordinators", _) => Self::Coordinators,
             ("downloads", _) => Self::Downloads,
             ("consumers", _) => Self::Consumers,
+            ("volunteers", _) => Self::Volunteers,
             _ => Self::Overview,
         }
     }
@@ -56,6 +59,7 @@ impl Route {
             Self::Coordinators => "#/coordinators".into(),
             Self::Downloads => "#/downloads".into(),
             Self::Consumers => "#/consumers".into(),
+            Self::Volunteers => "#/volunteers".into(),
         }
     }
 }
@@ -274,6 +278,46 @@ pub fn chart_path(
     d
 }
 
+/// Colours of the lines of a chart with one line per key.
+const KEY_COLOURS: [&str; 5] = ["#1a73e8", "#d93025", "#188038", "#f9ab00", "#9334e6"];
+
+/// The Consumers page's chart: requests per bucket for the (at most five) keys with the most requests, labelled
+/// with the key's name where `name` knows it (anonymous clients as "anonymous").
+pub fn usage_series(
+    report: &commons_shared::usage::UsageReport,
+    name: impl Fn(&str) -> Option<String>,
+) -> Vec<Series> {
+    report
+        .keys
+        .iter()
+        .zip(KEY_COLOURS)
+        .map(|(k, colour)| Series {
+            label: match k.key_id.as_str() {
+                "" => "anonymous".into(),
+                id => name(id).unwrap_or_else(|| id.to_owned()),
+            },
+            colour,
+            points: k
+                .series
+                .iter()
+                .map(|p| (p.at_ms as f64, p.totals.requests as f64))
+                .collect(),
+        })
+        .collect()
+}
+
+/// A volunteer as the leaderboard names them: their chosen name, or "Anonymous volunteer" and the start of the
+/// worker's id.
+pub fn volunteer_name(v: &commons_shared::usage::Volunteer) -> String {
+    match &v.display_name {
+        Some(n) => n.clone(),
+        None => format!(
+            "Anonymous volunteer {}",
+            v.worker_id.get(..6).unwrap_or(&v.worker_id)
+        ),
+    }
+}
+
 /// The overview's charts from the history: workers online by tier, average load by tier, requests per minute.
 pub fn history_series(points: &[HistoryPoint]) -> [Vec<Series>; 3] {
     let x = |p: &HistoryPoint| p.ts_ms as f64;
@@ -428,12 +472,60 @@ mod tests {
             Route::Coordinators,
             Route::Downloads,
             Route::Consumers,
+            Route::Volunteers,
         ] {
             assert_eq!(Route::parse(&r.href()), r);
         }
         assert_eq!(Route::parse(""), Route::Overview);
         assert_eq!(Route::parse("#/nonsense"), Route::Overview);
         assert_eq!(Route::parse("#/workers/"), Route::Workers);
+    }
+
+    #[test]
+    fn usage_lines_and_volunteer_names() {
+        use commons_shared::usage::{Credit, KeyUsage, Totals, UsagePoint, UsageReport, Volunteer};
+        let key = |id: &str, n: u64| KeyUsage {
+            key_id: id.into(),
+            totals: Totals::default(),
+            series: vec![UsagePoint {
+                at_ms: 3_600_000,
+                totals: Totals {
+                    requests: n,
+                    ..Totals::default()
+                },
+            }],
+            services: vec![],
+        };
+        let report = UsageReport {
+            keys: (0..7)
+                .map(|i| key(&format!("key_{i}"), i))
+                .chain([key("", 9)])
+                .collect(),
+            ..UsageReport::default()
+        };
+        let lines = usage_series(&report, |id| (id == "key_1").then(|| "lab".to_owned()));
+        assert_eq!(lines.len(), 5, "five lines at most");
+        assert_eq!(lines[1].label, "lab");
+        assert_eq!(lines[2].label, "key_2");
+        assert_eq!(lines[1].points, vec![(3_600_000.0, 1.0)]);
+        let only_anonymous = UsageReport {
+            keys: vec![key("", 9)],
+            ..UsageReport::default()
+        };
+        assert_eq!(
+            usage_series(&only_anonymous, |_| None)[0].label,
+            "anonymous"
+        );
+        let mut v = Volunteer {
+            rank: 1,
+            worker_id: "0123456789abcdef".into(),
+            display_name: None,
+            credit: Credit::default(),
+            points: 0.0,
+        };
+        assert_eq!(volunteer_name(&v), "Anonymous volunteer 012345");
+        v.display_name = Some("Ada".into());
+        assert_eq!(volunteer_name(&v), "Ada");
     }
 
     #[test]

@@ -418,6 +418,9 @@ pub struct HeartbeatRequest {
     /// A new base URL for the worker's services (its tunnel restarted with a new address).
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// The name its volunteer chose for the leaderboard (absent: anonymous).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
 }
 
 /// The answer to a heartbeat.
@@ -647,6 +650,9 @@ pub struct ServiceCoverage {
     /// Requests waiting in its queue now (every worker busy).
     #[serde(default)]
     pub queued: u32,
+    /// Requests for it since the coordinator started.
+    #[serde(default)]
+    pub requests: u64,
 }
 
 /// `GET /api/admin/services`.

@@ -76,6 +76,29 @@ pub struct ServiceSpec {
     /// only, and the assignment is checked against this entry.
     #[serde(default)]
     pub gpu: Option<GpuVariant>,
+    /// What one request is, in words, for the volunteer's "today you served 1,234 OCR pages".
+    #[serde(default)]
+    pub unit: Unit,
+}
+
+/// What one request of a service is, in words: `{ one = "OCR page", many = "OCR pages" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Unit {
+    /// One ("OCR page").
+    pub one: String,
+    /// Several ("OCR pages").
+    pub many: String,
+}
+
+impl Default for Unit {
+    fn default() -> Self {
+        Self {
+            one: "request".into(),
+            many: "requests".into(),
+        }
+    }
 }
 
 /// A service's form for workers with an NVIDIA GPU (`[service.gpu]` in the catalogue).

@@ -23,6 +23,10 @@ pub struct KeyPolicy {
     /// Requests per UTC day; none: no daily quota.
     #[serde(default)]
     pub daily_requests: Option<u64>,
+    /// llm tokens (prompt and completion) per UTC day; none: no token quota. A request is refused once the day's
+    /// tokens reach it; the answer that crosses it is served whole.
+    #[serde(default)]
+    pub daily_tokens: Option<u64>,
     /// When it stops working, ms since the epoch; none: never.
     #[serde(default)]
     pub expires_at_ms: Option<i64>,
@@ -90,6 +94,12 @@ impl KeyPolicy {
                 "at least 1 (leave it out for no daily quota)".into(),
             ));
         }
+        if self.daily_tokens == Some(0) {
+            return Err(field(
+                "daily_tokens",
+                "at least 1 (leave it out for no token quota)".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -116,6 +126,9 @@ pub struct ConsumerKey {
     /// Requests it made today (UTC) on this server.
     #[serde(default)]
     pub requests_today: u64,
+    /// llm tokens it used today (UTC) on this server.
+    #[serde(default)]
+    pub tokens_today: u64,
 }
 
 /// `GET /api/admin/keys`.
@@ -174,6 +187,7 @@ mod tests {
             services: vec!["ocr".into()],
             rate_per_minute: 10,
             daily_requests: Some(100),
+            daily_tokens: None,
             expires_at_ms: None,
             priority: DEFAULT_PRIORITY,
         };
@@ -215,6 +229,13 @@ mod tests {
                 },
                 "daily_requests",
             ),
+            (
+                KeyPolicy {
+                    daily_tokens: Some(0),
+                    ..ok.clone()
+                },
+                "daily_tokens",
+            ),
         ] {
             match bad.check() {
                 Err(InputError::Field { field: f, .. }) => assert_eq!(f, field),
@@ -237,11 +258,14 @@ mod tests {
             created_at_ms: 1,
             revoked_at_ms: None,
             requests_today: 2,
+            tokens_today: 30,
         };
         let v = serde_json::to_value(&k).unwrap();
         assert_eq!(v["name"], "x");
         assert_eq!(v["rate_per_minute"], 60);
         assert_eq!(v["requests_today"], 2);
+        assert_eq!(v["tokens_today"], 30);
+        assert!(v["daily_tokens"].is_null());
         assert!(serde_json::from_str::<KeyPolicy>(r#"{"name":"x","admin":true}"#).is_err());
     }
 }

@@ -184,6 +184,10 @@ pub struct Status {
     /// Whose catalogue decides what this computer runs, in words.
     #[serde(default)]
     pub catalogue: Option<String>,
+    /// What this computer served today and donated this week, in words ("Today you served 1,234 OCR pages …"),
+    /// from the coordinator's records.
+    #[serde(default)]
+    pub contribution: Option<String>,
 }
 
 /// Where an update of the app stands.
@@ -276,6 +280,9 @@ pub struct Limits {
     pub on_ac_power_only: bool,
     /// Daily windows, "HH:MM-HH:MM"; empty: always.
     pub schedule: Vec<String>,
+    /// The name the volunteers' leaderboard shows for this computer; none: anonymous.
+    #[serde(default)]
+    pub display_name: Option<String>,
 }
 
 /// The hardware the first-run page shows.
@@ -315,6 +322,7 @@ mod tests {
                 idle_only: false,
                 on_ac_power_only: false,
                 schedule: Vec::new(),
+                display_name: None,
             }),
             WindowCommand::Retry,
             WindowCommand::Autostart,

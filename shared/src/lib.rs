@@ -16,6 +16,7 @@
 //! - [`routing`]: the weight of a worker when routing a service request.
 //! - [`error`]: the JSON error body every server answers with.
 //! - [`backoff`]: how long a retry loop waits.
+//! - [`consumers`]: consumer API keys; [`usage`]: what the pool served, the volunteers' credit.
 #![deny(missing_docs)]
 
 pub mod api;
@@ -34,6 +35,7 @@ pub mod release;
 pub mod routing;
 pub mod tier;
 pub mod units;
+pub mod usage;
 pub mod validate;
 
 pub use error::ErrorBody;

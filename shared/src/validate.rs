@@ -361,6 +361,9 @@ pub fn parse_heartbeat(body: &[u8]) -> Result<HeartbeatRequest, InputError> {
     c.opt_string("agent_version", &hb.agent_version, MAX_STRING_LEN);
     c.url("endpoint", &hb.endpoint);
     c.finish()?;
+    if let Some(name) = &hb.display_name {
+        hb.display_name = Some(crate::usage::check_display_name(name)?);
+    }
     if hb.free_memory_bytes.is_none()
         && let Some(text) = &hb.available_memory
     {

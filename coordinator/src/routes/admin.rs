@@ -202,6 +202,7 @@ fn coverage(state: &AppState) -> ServicesReport {
                 gap: spec.replicas.saturating_sub(healthy),
                 requires_gpu: spec.requires_gpu,
                 queued: u32::try_from(state.queues.waiting(i)).unwrap_or(u32::MAX),
+                requests: state.metrics.services.get(i).map_or(0, |m| m.requests()),
             }
         })
         .collect();

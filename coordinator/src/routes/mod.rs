@@ -1,5 +1,5 @@
 //! The HTTP API: one module per area, each registering its own routes (`admin`, `dht`, `portal`, `proxy`,
-//! `updates`), assembled here with the worker-facing routes (register, heartbeat, unregister, health, metrics) and the
+//! `updates`, `usage`), assembled here with the worker-facing routes (register, heartbeat, unregister, health, metrics) and the
 //! OpenAPI document. Handlers reach what lies below them (state, queries, the store); no module outside `routes`
 //! imports one of them (`.ci/layers` checks it).
 
@@ -8,6 +8,7 @@ mod dht;
 mod portal;
 mod proxy;
 mod updates;
+mod usage;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::response::IntoResponse;
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .merge(dht::routes())
         .merge(updates::routes())
         .merge(portal::routes())
+        .merge(usage::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     let service = Router::new()
         .route("/api/service/{service}", any(proxy::forward_root))
@@ -174,7 +176,8 @@ impl utoipa::Modify for SecurityAddon {
     paths(register, heartbeat, unregister, health, admin::workers, admin::worker, admin::stats, admin::admin_health,
           admin::services, admin::history, admin::create_enrollment, admin::list_keys, admin::create_key,
           admin::revoke_key, admin::rotate_key, proxy::forward, proxy::forward_openai, dht::topology, dht::stats,
-          portal::login, portal::logout, portal::session, portal::coordinators, portal::releases, updates::updates, updates::catalogue),
+          portal::login, portal::logout, portal::session, portal::coordinators, portal::releases, updates::updates, updates::catalogue,
+          usage::usage, usage::volunteers, usage::contribution),
     modifiers(&SecurityAddon)
 )]
 struct ApiDoc;

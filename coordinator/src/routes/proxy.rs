@@ -10,10 +10,11 @@
 //! `http://{ip_address}:{service port}/{path}` (the container itself).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use commons_server::extract::ClientIp;
 use commons_server::forward::{self, Target};
@@ -21,6 +22,7 @@ use commons_shared::WorkerId;
 use commons_shared::routing::{pick_weighted, rendezvous_rank, route_weight};
 use rand::Rng;
 
+use crate::accounting::Record;
 use crate::error::ApiError;
 use crate::registry::Worker;
 use crate::state::AppState;
@@ -261,15 +263,77 @@ const WORKER_HEADER: &str = "x-commons-worker";
 /// The response header that says how long a request waited in its service's queue, ms (absent: it did not wait).
 const QUEUED_HEADER: &str = "x-commons-queued-ms";
 
-/// A request being served by a worker: its count in flight, and its queue slot, until the answer has been sent.
+/// A request being served by a worker: its count in flight and its queue slot, until the answer has been sent;
+/// then its record for the accounting.
 struct Serving {
+    state: AppState,
     worker: Arc<Worker>,
     slot: Option<crate::queue::Slot>,
+    record: Record,
+    /// When the worker was reached.
+    since: Instant,
+    /// What the client sent, counted as it goes to the worker.
+    uploaded: Arc<AtomicU64>,
+    status: StatusCode,
+    /// The end of an llm answer, to read its token counts from (none: not counted).
+    tail: Option<Vec<u8>>,
+    /// The stream ended with the event of a worker that failed in the middle.
+    cut: bool,
+}
+
+impl Serving {
+    /// Sends the record (and counts an llm answer's tokens against its key's quota).
+    fn account(&mut self, complete: bool) {
+        if !self.state.accounting.on() {
+            return;
+        }
+        let t = &mut self.record.totals;
+        t.bytes_in = self.uploaded.load(Ordering::Relaxed);
+        t.duration_ms = self.since.elapsed().as_millis() as u64;
+        let ok =
+            complete && !self.cut && (self.status.is_success() || self.status.is_redirection());
+        t.completed = u64::from(ok);
+        if let Some(tail) = &self.tail {
+            (t.prompt_tokens, t.completion_tokens) = crate::accounting::tokens(tail);
+            let used = t.prompt_tokens + t.completion_tokens;
+            if used > 0 && !self.record.key.is_empty() {
+                self.state
+                    .consumers
+                    .spend_tokens(&self.record.key, used, self.record.at_ms);
+            }
+        }
+        self.state
+            .accounting
+            .send(crate::accounting::Event::Served(self.record.clone()));
+    }
+}
+
+impl forward::Watch for Serving {
+    fn data(&mut self, chunk: &bytes::Bytes) {
+        self.record.totals.bytes_out += chunk.len() as u64;
+        self.cut = forward::is_error_event(chunk);
+        if let Some(tail) = &mut self.tail {
+            crate::accounting::keep_tail(tail, chunk);
+        }
+    }
+
+    fn end(&mut self, complete: bool) {
+        self.account(complete);
+    }
 }
 
 impl Drop for Serving {
     fn drop(&mut self) {
         self.worker.stats.leave();
+    }
+}
+
+/// Counts what a client uploads.
+struct Uploaded(Arc<AtomicU64>);
+
+impl forward::Watch for Uploaded {
+    fn data(&mut self, chunk: &bytes::Bytes) {
+        self.0.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -291,10 +355,10 @@ async fn admit(
     };
     let patience = Duration::from_secs(state.config.queue_wait_secs);
     let result = queue.admit(&tenant, capacity, patience).await;
-    metrics::gauge!("commons_queue_length", "service" => service.to_owned())
-        .set(queue.waiting() as f64);
+    let meters = &state.metrics.services[index];
+    meters.queue_length.set(queue.waiting() as f64);
     result.map_err(|refused| {
-        metrics::counter!("commons_queue_rejections_total", "service" => service.to_owned()).increment(1);
+        meters.rejections.increment(1);
         match refused {
             Refused::Full { waiting } => ApiError::TooMany {
                 message: format!(
@@ -334,7 +398,8 @@ async fn route(
     tracing::debug!(?consumer, %service, "service request");
     let start = Instant::now();
     state.requests_total.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("commons_service_requests_total", "service" => service.clone()).increment(1);
+    let meters = &state.metrics.services[index];
+    meters.request();
     // Every worker busy: wait for a turn in the service's fair queue (none when no worker can be reached: that is
     // answered below).
     let mut slot = match capacity(&state, index) {
@@ -344,6 +409,12 @@ async fn route(
         }
     };
     let query = req.uri().query().map(str::to_owned);
+    let accounting = state.accounting.on();
+    let uploaded = Arc::new(AtomicU64::new(0));
+    if accounting {
+        req = forward::watch_request(req, Uploaded(uploaded.clone()));
+    }
+    let at_ms = crate::state::now_ms();
     let connect_timeout = Duration::from_millis(state.config.proxy_connect_timeout_ms);
     let mut tried = Vec::new();
     // One try and one retry on another worker when the connection cannot be made.
@@ -355,32 +426,57 @@ async fn route(
             Ok(stream) => {
                 // The worker's request in flight and the queue's slot last as long as the answer's body.
                 w.stats.enter();
-                let serving = Serving {
+                let mut serving = Serving {
+                    state: state.clone(),
                     worker: w.clone(),
                     slot: slot.take(),
+                    record: Record {
+                        at_ms,
+                        key: consumer.id().to_owned(),
+                        service: index,
+                        worker: w.id,
+                        weight: commons_shared::usage::compute_weight(w.tier),
+                        totals: commons_shared::usage::Totals {
+                            requests: 1,
+                            ..Default::default()
+                        },
+                    },
+                    since: Instant::now(),
+                    uploaded: uploaded.clone(),
+                    status: StatusCode::BAD_GATEWAY,
+                    tail: (accounting && service == commons_shared::catalogue::OPENAI_SERVICE)
+                        .then(Vec::new),
+                    cut: false,
                 };
                 let waited = serving.slot.as_ref().map_or(Duration::ZERO, |s| s.waited);
                 let timeout = Duration::from_secs(state.config.proxy_timeout_secs);
-                let result = forward::send(stream, &t, req, client, timeout)
-                    .await
-                    .map(|mut r| {
-                        if let Ok(v) = axum::http::HeaderValue::from_str(&w.id.to_string()) {
-                            r.headers_mut().insert(WORKER_HEADER, v);
-                        }
-                        if !waited.is_zero() {
-                            r.headers_mut().insert(
-                                QUEUED_HEADER,
-                                axum::http::HeaderValue::from(waited.as_millis() as u64),
-                            );
-                        }
-                        forward::hold(r, serving)
-                    });
+                let result = match forward::send(stream, &t, req, client, timeout).await {
+                    Ok(r) => Ok(r),
+                    Err(e) => {
+                        // No answer from the worker: recorded as failed, with the status the client gets.
+                        serving.status = e.status();
+                        serving.account(false);
+                        Err(e)
+                    }
+                };
+                let result = result.map(|mut r| {
+                    if let Ok(v) = axum::http::HeaderValue::from_str(&w.id.to_string()) {
+                        r.headers_mut().insert(WORKER_HEADER, v);
+                    }
+                    if !waited.is_zero() {
+                        r.headers_mut().insert(
+                            QUEUED_HEADER,
+                            axum::http::HeaderValue::from(waited.as_millis() as u64),
+                        );
+                    }
+                    serving.status = r.status();
+                    forward::watch(r, serving)
+                });
                 let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
                 w.stats.record(ok, start.elapsed());
-                state
-                    .metrics
-                    .route_latency
-                    .record(start.elapsed().as_secs_f64());
+                let seconds = start.elapsed().as_secs_f64();
+                state.metrics.route_latency.record(seconds);
+                meters.answered(ok, seconds);
                 if !ok {
                     state.errors_total.fetch_add(1, Ordering::Relaxed);
                     state.metrics.route_errors.increment(1);
@@ -415,6 +511,7 @@ async fn route(
     }
     state.errors_total.fetch_add(1, Ordering::Relaxed);
     state.metrics.route_errors.increment(1);
+    meters.answered(false, start.elapsed().as_secs_f64());
     if tried.is_empty() {
         Err(ApiError::NoWorker(service))
     } else {
@@ -453,6 +550,7 @@ mod tests {
                 assignment_version: 1,
                 agent_version: "".into(),
                 endpoint: endpoint.map(Into::into),
+                display_name: None,
                 dirty: false,
             }),
             stats: Default::default(),

@@ -31,6 +31,7 @@ fn limits_of(s: &Settings) -> Limits {
         idle_only: s.idle_only,
         on_ac_power_only: s.on_ac_power_only,
         schedule: s.schedule.clone(),
+        display_name: s.display_name.clone(),
     }
 }
 
@@ -48,7 +49,11 @@ fn put_limits(l: Limits, s: &mut Settings) {
         idle_only,
         on_ac_power_only,
         schedule,
+        display_name,
     } = l;
+    s.display_name = display_name
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty());
     s.cpu_percent = cpu_percent;
     s.memory_mb = memory_mb;
     s.scratch_mb = scratch_mb;
@@ -576,6 +581,7 @@ impl Donor {
             held: session.as_ref().and_then(|s| s.held.clone()),
             problem: session.as_ref().and_then(|s| s.problem.clone()),
             catalogue: session.as_ref().and_then(|s| s.catalogue.clone()),
+            contribution: session.as_ref().and_then(|s| s.contribution.clone()),
             coordinator_url: session.map(|s| s.coordinator_url).filter(|u| !u.is_empty()),
             containers,
             dht_peers,

@@ -83,6 +83,7 @@ mod tests {
             donated_secs: 0,
             update: Default::default(),
             catalogue: None,
+            contribution: None,
         }
     }
 

@@ -109,6 +109,17 @@ impl Client {
         .await
     }
 
+    /// What worker `id` served today and donated this week, and its credit, from the coordinator's records.
+    pub async fn contribution(
+        &self,
+        coordinator: &str,
+        id: &str,
+        token: &str,
+    ) -> Result<commons_shared::usage::Contribution, CallError> {
+        let url = join(coordinator, &format!("/api/worker/{id}/contribution"));
+        Self::json(&url, self.http.get(&url).bearer_auth(token).send().await).await
+    }
+
     /// Leaves.
     pub async fn unregister(
         &self,

@@ -24,7 +24,9 @@ struct Ctl {
 async fn status(AxState(c): AxState<Ctl>) -> Json<Value> {
     let state = c.state.borrow().clone();
     let session = c.session.borrow().clone();
-    Json(json!({"state": state, "session": session}))
+    // The volunteer's own contribution in words, where a person reading `commons-agent status` looks first.
+    let contribution = session.contribution.clone();
+    Json(json!({"contribution": contribution, "state": state, "session": session}))
 }
 
 async fn send(c: &Ctl, cmd: Command) -> Json<Value> {

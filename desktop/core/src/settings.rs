@@ -118,6 +118,8 @@ pub struct Settings {
     pub endpoint: Option<String>,
     /// Region label, e.g. "eu-west".
     pub region: Option<String>,
+    /// The name the volunteers' leaderboard shows for this computer; none: anonymous.
+    pub display_name: Option<String>,
     /// Milliseconds between checks that the coordinator is still there (failover detection).
     pub probe_interval_ms: u64,
     /// Pause donating while a GPU is hotter than this (°C).
@@ -214,6 +216,7 @@ impl Default for Settings {
             enrollment_token: None,
             endpoint: None,
             region: None,
+            display_name: None,
             probe_interval_ms: 3000,
             max_gpu_temp_c: 85,
             control_socket: None,
@@ -454,6 +457,17 @@ impl Settings {
                 key: "idle_after_minutes",
                 message: format!("must be from 1 to 240, got {}", self.idle_after_minutes),
             });
+        }
+        if let Some(name) = &self.display_name {
+            commons_shared::usage::check_display_name(name).map_err(|e| {
+                SettingsError::Invalid {
+                    key: "display_name",
+                    message: match e {
+                        commons_shared::validate::InputError::Field { message, .. } => message,
+                        other => other.to_string(),
+                    },
+                }
+            })?;
         }
         if self.tunnel == TunnelKind::Named {
             match &self.tunnel_hostname {

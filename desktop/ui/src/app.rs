@@ -296,6 +296,9 @@ fn dashboard(s: &Status, act: Callback<WindowCommand>, busy: bool) -> Html {
             if let Some(until) = &s.paused_until {
                 <p class="muted">{ format!("Paused until {}.", until.get(11..16).unwrap_or(until)) }</p>
             }
+            if let Some(c) = &s.contribution {
+                <p id="contribution" class="contribution">{ c }</p>
+            }
             <dl class="figures">
                 <dt>{ "Tier" }</dt><dd id="tier">{ s.tier.map_or("—".into(), |t| t.to_string()) }</dd>
                 <dt>{ "Uptime" }</dt><dd id="uptime">{ s.uptime_secs.map_or("—".into(), words::duration) }</dd>
@@ -414,6 +417,10 @@ fn caps(l: &Limits, hardware: Option<&Hardware>, set: Callback<Limits>, saved: b
                 onchange={on(|l, i| l.idle_only = i.checked())} />{ "Only while I am away (no keyboard or mouse)" }</label>
             <label class="check"><input id="on_ac_power_only" type="checkbox" checked={l.on_ac_power_only}
                 onchange={on(|l, i| l.on_ac_power_only = i.checked())} />{ "Only on mains power" }</label>
+            <label>{ "Your name on the volunteers' leaderboard (empty: anonymous)" }
+                <input id="display_name" type="text" maxlength="40" value={l.display_name.clone().unwrap_or_default()}
+                    onchange={on(|l, i| l.display_name = Some(i.value()).filter(|v| !v.trim().is_empty()))} />
+            </label>
             <label>{ "Only at these times (e.g. 22:00-07:00, 12:00-13:00; empty: always)" }
                 <input id="schedule" type="text" maxlength="200" value={words::show_windows(&l.schedule)}
                     onchange={on(|l, i| l.schedule = words::parse_windows(&i.value()))} />
@@ -478,6 +485,9 @@ mod tests {
             catalogue: Some(
                 "the coordinator's catalogue, signed by the Commons release key".into(),
             ),
+            contribution: Some(
+                "Today you served 12 OCR pages; 1.5 hours donated this week.".into(),
+            ),
         }
     }
 
@@ -518,6 +528,10 @@ mod tests {
             "{html}"
         );
         assert!(html.contains(">Pause<"), "{html}");
+        assert!(
+            html.contains("Today you served 12 OCR pages; 1.5 hours donated this week."),
+            "{html}"
+        );
         assert!(
             html.contains("1 h 1 min") && html.contains("1.5 h"),
             "{html}"

@@ -1,13 +1,15 @@
-//! Consumers: the API keys that let people use the pool, what each may do and how much of today's quota it used;
-//! creating, rotating and revoking them. A key is shown once, when it is made.
+//! Consumers: the API keys that let people use the pool, what each may do and how much of today's quota it used,
+//! each key's requests over the last day and the top services; creating, rotating and revoking keys. A key is shown
+//! once, when it is made.
 
 use commons_shared::consumers::{ConsumerKeyList, KeyPolicy, NewConsumerKey};
+use commons_shared::usage::{UsageReport, thousands};
 use web_sys::HtmlInputElement;
 use yew::prelude::*;
 
 use crate::api;
-use crate::components::{Empty, Fetch, Loading, Problem, use_fetch};
-use crate::view::{key_services, quota_use};
+use crate::components::{Empty, Fetch, LineChart, Loading, Problem, use_fetch};
+use crate::view::{key_services, quota_use, usage_series};
 
 fn value(r: &NodeRef) -> String {
     r.cast::<HtmlInputElement>()
@@ -19,10 +21,12 @@ fn value(r: &NodeRef) -> String {
 #[function_component]
 pub fn Consumers() -> Html {
     let (list, reload) = use_fetch::<ConsumerKeyList>("/api/admin/keys".into());
+    let (usage, _) = use_fetch::<UsageReport>("/api/admin/usage?hours=24&bucket_minutes=60".into());
     // The secret just made (by a create or a rotate), shown once, and what the last action said.
     let secret = use_state(|| None::<NewConsumerKey>);
     let error = use_state(|| None::<String>);
-    let (name, services, rate, daily) = (
+    let (name, services, rate, daily, tokens) = (
+        use_node_ref(),
         use_node_ref(),
         use_node_ref(),
         use_node_ref(),
@@ -42,27 +46,28 @@ pub fn Consumers() -> Html {
         }
     };
     let onsubmit = {
-        let (name, services, rate, daily, error, done) = (
+        let (name, services, rate, daily, tokens, error, done) = (
             name.clone(),
             services.clone(),
             rate.clone(),
             daily.clone(),
+            tokens.clone(),
             error.clone(),
             done.clone(),
         );
         Callback::from(move |e: SubmitEvent| {
             e.prevent_default();
-            let rate_text = value(&rate);
-            let daily_text = value(&daily);
-            let (Ok(rate_per_minute), Ok(daily_requests)) = (
-                rate_text.trim().parse::<u32>(),
-                match daily_text.trim() {
-                    "" => Ok(None),
-                    t => t.parse::<u64>().map(Some),
-                },
+            let optional = |r: &NodeRef| match value(r).trim() {
+                "" => Ok(None),
+                t => t.parse::<u64>().map(Some),
+            };
+            let (Ok(rate_per_minute), Ok(daily_requests), Ok(daily_tokens)) = (
+                value(&rate).trim().parse::<u32>(),
+                optional(&daily),
+                optional(&tokens),
             ) else {
                 error.set(Some(
-                    "The rate and the daily quota are whole numbers (leave the quota empty for none)."
+                    "The rate and the daily quotas are whole numbers (leave a quota empty for none)."
                         .into(),
                 ));
                 return;
@@ -72,6 +77,7 @@ pub fn Consumers() -> Html {
                 services: key_services(&value(&services)),
                 rate_per_minute,
                 daily_requests,
+                daily_tokens,
                 expires_at_ms: None,
                 priority: commons_shared::consumers::DEFAULT_PRIORITY,
             };
@@ -127,6 +133,8 @@ pub fn Consumers() -> Html {
                 <input id="key-rate" ref={rate} type="number" min="1" value="60" />
                 <label for="key-daily">{ "Requests a day" }</label>
                 <input id="key-daily" ref={daily} type="number" min="1" placeholder="no quota" />
+                <label for="key-tokens">{ "llm tokens a day" }</label>
+                <input id="key-tokens" ref={tokens} type="number" min="1" placeholder="no quota" />
                 <button id="create-key" type="submit">{ "Create key" }</button>
             </form>
             if let Some(e) = &*error { <p class="error" id="key-error" role="alert">{ e.clone() }</p> }
@@ -140,7 +148,7 @@ pub fn Consumers() -> Html {
                 <Empty>{ "No keys yet: nobody can use the pool's services until you create one (or turn on anonymous_access in the coordinator's configuration)." }</Empty>
             } else {
                 <table id="keys">
-                    <thead><tr><th>{ "Name" }</th><th>{ "Id" }</th><th>{ "Services" }</th><th>{ "Rate" }</th><th>{ "Used today" }</th><th>{ "State" }</th><th></th></tr></thead>
+                    <thead><tr><th>{ "Name" }</th><th>{ "Id" }</th><th>{ "Services" }</th><th>{ "Rate" }</th><th>{ "Used today" }</th><th>{ "Tokens today" }</th><th>{ "State" }</th><th></th></tr></thead>
                     <tbody>{ for keys.keys.iter().map(|k| {
                         let revoked = k.revoked_at_ms.is_some();
                         html! {
@@ -149,6 +157,7 @@ pub fn Consumers() -> Html {
                                 <td>{ if k.policy.services.is_empty() { "all".to_owned() } else { k.policy.services.join(", ") } }</td>
                                 <td>{ format!("{}/min", k.policy.rate_per_minute) }</td>
                                 <td class="used">{ quota_use(k.requests_today, k.policy.daily_requests) }</td>
+                                <td class="tokens">{ quota_use(k.tokens_today, k.policy.daily_tokens) }</td>
                                 <td>{ if revoked { "revoked" } else { "active" } }</td>
                                 <td>
                                     if !revoked {
@@ -158,6 +167,44 @@ pub fn Consumers() -> Html {
                                 </td>
                             </tr>
                         }
+                    }) }</tbody>
+                </table>
+            }
+            { usage_view(&usage, keys) }
+        </>
+    }
+}
+
+/// Each key's requests per hour over the last day, and the top services.
+fn usage_view(usage: &Fetch<UsageReport>, keys: &ConsumerKeyList) -> Html {
+    let report = match usage {
+        Fetch::Loading => return html! { <Loading /> },
+        Fetch::Failed(e) => return html! { <p class="error">{ format!("Usage: {e}") }</p> },
+        Fetch::Ready(r) => r,
+    };
+    let name = |id: &str| {
+        keys.keys
+            .iter()
+            .find(|k| k.id == id)
+            .map(|k| k.policy.name.clone())
+    };
+    html! {
+        <>
+            <h2>{ "Use over the last 24 hours" }</h2>
+            <LineChart id="chart-key-usage" title="Requests per hour, by key" series={usage_series(report, name)} />
+            if report.services.is_empty() {
+                <Empty>{ "No requests in the last 24 hours." }</Empty>
+            } else {
+                <table id="top-services">
+                    <thead><tr><th>{ "Service" }</th><th>{ "Requests" }</th><th>{ "Completed" }</th><th>{ "Tokens" }</th><th>{ "Sent" }</th></tr></thead>
+                    <tbody>{ for report.services.iter().map(|s| html! {
+                        <tr id={format!("service-usage-{}", s.service)}>
+                            <td>{ s.service.clone() }</td>
+                            <td class="requests">{ thousands(s.totals.requests) }</td>
+                            <td class="completed">{ thousands(s.totals.completed) }</td>
+                            <td>{ thousands(s.totals.prompt_tokens + s.totals.completion_tokens) }</td>
+                            <td>{ crate::view::bytes(s.totals.bytes_out) }</td>
+                        </tr>
                     }) }</tbody>
                 </table>
             }

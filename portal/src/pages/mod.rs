@@ -5,4 +5,5 @@ pub mod login;
 pub mod overview;
 pub mod services;
 pub mod topology;
+pub mod volunteers;
 pub mod workers;

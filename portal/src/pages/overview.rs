@@ -1,6 +1,6 @@
-//! The overview: totals from the live feed, charts from the history.
+//! The overview: totals from the live feed, requests per service, charts from the history.
 
-use commons_shared::api::History;
+use commons_shared::api::{History, ServicesReport};
 use yew::prelude::*;
 
 use crate::app::Live;
@@ -13,6 +13,7 @@ pub fn Overview() -> Html {
     let live = use_context::<Live>().expect("inside the shell");
     let range = use_state(|| "1h".to_owned());
     let (history, reload) = use_fetch::<History>(format!("/api/admin/history?range={}", *range));
+    let (services, _) = use_fetch::<ServicesReport>("/api/admin/services".into());
     // The history gains a point a minute: read it again now and then.
     {
         let reload = reload.clone();
@@ -93,8 +94,24 @@ pub fn Overview() -> Html {
                     }) }
                 </section>
             }
+            { per_service(&services) }
             <div class="ranges">{ range_button("1h") }{ range_button("24h") }{ range_button("7d") }</div>
             { charts }
         </>
+    }
+}
+
+/// Requests per service since the coordinator started, and what waits in each queue now.
+fn per_service(services: &Fetch<ServicesReport>) -> Html {
+    let Fetch::Ready(report) = services else {
+        return Html::default();
+    };
+    html! {
+        <section id="service-requests" class="cards">
+            { for report.services.iter().map(|s| html! {
+                <Card id={format!("card-service-{}", s.name)} label={format!("{} requests", s.name)} value={s.requests.to_string()}
+                    note={format!("{} waiting", s.queued)} />
+            }) }
+        </section>
     }
 }

@@ -83,9 +83,20 @@ struct Entry {
 #[derive(Default)]
 struct Live {
     revoked_at_ms: Option<i64>,
-    /// The UTC day counted, and the requests that day.
+    /// The UTC day counted, and the requests and tokens that day.
     day: i64,
     requests: u64,
+    tokens: u64,
+}
+
+impl Live {
+    /// Starts a new day's counts when `day` is a new one.
+    fn on(&mut self, day: i64) -> &mut Self {
+        if self.day != day {
+            (self.day, self.requests, self.tokens) = (day, 0, 0);
+        }
+        self
+    }
 }
 
 impl Entry {
@@ -105,17 +116,15 @@ impl Entry {
 
     /// The key as the admin API lists it, with today's use.
     fn view(&self, now_ms: i64) -> ConsumerKey {
-        let live = self.live.lock();
+        let mut live = self.live.lock();
+        let live = live.on(now_ms.div_euclid(DAY_MS));
         ConsumerKey {
             id: self.id.clone(),
             policy: self.policy.clone(),
             created_at_ms: self.created_at_ms,
             revoked_at_ms: live.revoked_at_ms,
-            requests_today: if live.day == now_ms.div_euclid(DAY_MS) {
-                live.requests
-            } else {
-                0
-            },
+            requests_today: live.requests,
+            tokens_today: live.tokens,
         }
     }
 }
@@ -264,15 +273,16 @@ impl ConsumerKeys {
         }
         let day = now_ms.div_euclid(DAY_MS);
         let mut live = entry.live.lock();
-        if live.day != day {
-            (live.day, live.requests) = (day, 0);
-        }
-        if let Some(quota) = policy.daily_requests
-            && live.requests >= quota
-        {
+        let live = live.on(day);
+        let spent = match (policy.daily_requests, policy.daily_tokens) {
+            (Some(quota), _) if live.requests >= quota => Some(format!("{quota} requests")),
+            (_, Some(quota)) if live.tokens >= quota => Some(format!("{quota} tokens")),
+            _ => None,
+        };
+        if let Some(spent) = spent {
             let until_midnight = (day + 1) * DAY_MS - now_ms;
             return Err(ApiError::TooMany {
-                message: format!("the API key {id} has used its {quota} requests for today (UTC)"),
+                message: format!("the API key {id} has used its {spent} for today (UTC)"),
                 retry_after_secs: u64::try_from(until_midnight).map_or(1, |ms| ms.div_ceil(1000)),
                 quota: true,
             });
@@ -282,6 +292,39 @@ impl ConsumerKeys {
             id: id.clone(),
             priority: policy.priority,
         })
+    }
+
+    /// Counts `tokens` an answer to key `id` used against its daily token quota.
+    pub fn spend_tokens(&self, id: &str, tokens: u64, now_ms: i64) {
+        if let Some(entry) = self.find(id) {
+            entry.live.lock().on(now_ms.div_euclid(DAY_MS)).tokens += tokens;
+        }
+    }
+
+    /// Sets today's counts per key (id, requests, tokens), as the usage ledger has them: at start, so a restart
+    /// does not give a key its daily quota again.
+    pub fn restore_today(&self, counts: &[(String, u64, u64)], now_ms: i64) {
+        let day = now_ms.div_euclid(DAY_MS);
+        for (id, requests, tokens) in counts {
+            if let Some(entry) = self.find(id) {
+                let mut live = entry.live.lock();
+                let live = live.on(day);
+                (live.requests, live.tokens) = (*requests, *tokens);
+            }
+        }
+    }
+
+    /// A key by id: one of this server's, or one its edge shares.
+    fn find(&self, id: &str) -> Option<Arc<Entry>> {
+        if let Some(e) = self.table.read().by_id.get(id) {
+            return Some(e.clone());
+        }
+        self.federated
+            .read()
+            .by_hash
+            .values()
+            .find(|e| e.id == id)
+            .cloned()
     }
 
     /// Creates a key durably; the answer carries the key, shown this once.
@@ -502,6 +545,7 @@ mod tests {
             services: services.iter().map(|s| (*s).to_owned()).collect(),
             rate_per_minute: rate,
             daily_requests: daily,
+            daily_tokens: None,
             expires_at_ms: None,
             priority: commons_shared::consumers::DEFAULT_PRIORITY,
         }
@@ -515,6 +559,36 @@ mod tests {
             }) => (429, retry_after_secs),
             Err(e) => (e.status().as_u16(), 0),
         }
+    }
+
+    #[tokio::test]
+    async fn a_token_quota_refuses_once_the_days_tokens_reach_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), "t.db", STEPS, "test-db").unwrap();
+        let keys = ConsumerKeys::load(db, None).unwrap();
+        let now = 10 * DAY_MS;
+        let llm = keys
+            .create(
+                KeyPolicy {
+                    daily_tokens: Some(100),
+                    ..policy(&["llm"], 1000, None)
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let k = Some(llm.key.as_str());
+        assert_eq!(code(keys.check(k, "llm", now)), (200, 0));
+        keys.spend_tokens(&llm.info.id, 60, now);
+        // Under the quota: the answer that crosses it is served whole.
+        assert_eq!(code(keys.check(k, "llm", now)), (200, 0));
+        keys.spend_tokens(&llm.info.id, 60, now);
+        assert_eq!(code(keys.check(k, "llm", now)).0, 429);
+        let view = &keys.list(now).keys[0];
+        assert_eq!((view.requests_today, view.tokens_today), (2, 120));
+        // A new day starts again.
+        assert_eq!(code(keys.check(k, "llm", now + DAY_MS)), (200, 0));
+        assert_eq!(keys.list(now + DAY_MS).keys[0].tokens_today, 0);
     }
 
     #[tokio::test]
@@ -589,6 +663,11 @@ mod tests {
         assert_eq!(list[0].id, old.info.id);
         assert_eq!(code(keys.check(k, "ocr", now + DAY_MS)), (401, 0));
         assert_eq!(code(keys.check(Some(&rotated.key), "ocr", now)), (200, 0));
+        // Today's counts come back from the ledger after a restart.
+        keys.restore_today(&[(rotated.info.id.clone(), 7, 70)], now);
+        let restored = keys.list(now).keys;
+        let restored = restored.iter().find(|k| k.id == rotated.info.id).unwrap();
+        assert_eq!((restored.requests_today, restored.tokens_today), (7, 70));
         // Bad policies are refused with their field.
         assert!(matches!(
             keys.create(policy(&["Bad Name"], 1, None), now).await,

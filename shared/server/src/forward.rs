@@ -180,23 +180,56 @@ where
     }
 }
 
-/// `resp` with `guard` kept alive until its body has been sent (or the client went away): what must last as long
-/// as the answer, such as a slot of the service's queue, not only until its headers.
-pub fn hold<G: Send + Unpin + 'static>(resp: Response, guard: G) -> Response {
-    resp.map(|inner| {
-        Body::new(Held {
-            inner,
-            guard: Some(guard),
-        })
-    })
+/// What looks at a body as it is sent: each chunk, then how it ended. [`watch`] and [`watch_request`] put one on a
+/// body; a watch also lives as long as the body, so it can hold what must last as long as the answer (a queue's
+/// slot, a worker's count in flight), not only until its headers.
+pub trait Watch: Send + Unpin + 'static {
+    /// A chunk of the body went by.
+    fn data(&mut self, _chunk: &bytes::Bytes) {}
+    /// The body ended: `complete` when all of it went by, not when it failed or its reader went away first. Called
+    /// once.
+    fn end(&mut self, _complete: bool) {}
 }
 
-struct Held<G> {
+/// `resp` with `watch` on its body.
+pub fn watch<W: Watch>(resp: Response, watch: W) -> Response {
+    resp.map(|inner| Body::new(Watched::new(inner, watch)))
+}
+
+/// `req` with `watch` on its body (what a client uploads).
+pub fn watch_request<W: Watch>(req: Request, watch: W) -> Request {
+    req.map(|inner| Body::new(Watched::new(inner, watch)))
+}
+
+struct Watched<W: Watch> {
     inner: Body,
-    guard: Option<G>,
+    watch: Option<W>,
 }
 
-impl<G: Send + Unpin + 'static> hyper::body::Body for Held<G> {
+impl<W: Watch> Watched<W> {
+    fn new(inner: Body, watch: W) -> Self {
+        Self {
+            inner,
+            watch: Some(watch),
+        }
+    }
+
+    fn end(&mut self, complete: bool) {
+        if let Some(mut w) = self.watch.take() {
+            w.end(complete);
+        }
+    }
+}
+
+impl<W: Watch> Drop for Watched<W> {
+    fn drop(&mut self) {
+        // The reader stopped: complete only when nothing was left to read.
+        let complete = hyper::body::Body::is_end_stream(&self.inner);
+        self.end(complete);
+    }
+}
+
+impl<W: Watch> hyper::body::Body for Watched<W> {
     type Data = bytes::Bytes;
     type Error = axum::Error;
 
@@ -204,10 +237,18 @@ impl<G: Send + Unpin + 'static> hyper::body::Body for Held<G> {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
         let this = self.get_mut();
         let frame = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(frame, std::task::Poll::Ready(None | Some(Err(_)))) {
-            this.guard = None;
+        match &frame {
+            Poll::Ready(Some(Ok(f))) => {
+                if let (Some(chunk), Some(w)) = (f.data_ref(), this.watch.as_mut()) {
+                    w.data(chunk);
+                }
+            }
+            Poll::Ready(None) => this.end(true),
+            Poll::Ready(Some(Err(_))) => this.end(false),
+            Poll::Pending => {}
         }
         frame
     }
@@ -229,11 +270,19 @@ struct EventStream {
     ended: bool,
 }
 
+/// How the event that ends a stream whose upstream failed begins.
+const ERROR_EVENT: &str = "event: error\n";
+
+/// Whether `chunk` is the event that ends a stream whose upstream failed: the answer did not complete.
+pub fn is_error_event(chunk: &[u8]) -> bool {
+    chunk.starts_with(ERROR_EVENT.as_bytes())
+}
+
 /// The event that ends a stream whose upstream failed.
 fn error_event(message: &str) -> bytes::Bytes {
     let body = commons_shared::ErrorBody::new("upstream_failed", message);
     let json = serde_json::to_string(&body).unwrap_or_default();
-    bytes::Bytes::from(format!("event: error\ndata: {json}\n\n"))
+    bytes::Bytes::from(format!("{ERROR_EVENT}data: {json}\n\n"))
 }
 
 impl hyper::body::Body for EventStream {

@@ -10,7 +10,31 @@ use super::{Agent, Command, Ended, Next, State};
 use crate::client::CallError;
 use crate::hardware::{self, LoadSampler};
 
+/// Heartbeats between two readings of the volunteer's contribution.
+const CONTRIBUTION_EVERY: u32 = 10;
+
 impl Agent {
+    /// Publishes what this computer served today and donated this week, from the coordinator's records.
+    async fn show_contribution(&self, j: &Joined) {
+        match self
+            .me
+            .client()
+            .contribution(
+                &j.creds.coordinator_url,
+                &j.creds.worker_id,
+                &j.creds.worker_token,
+            )
+            .await
+        {
+            Ok(c) => {
+                let sentence = c.sentence();
+                self.ui.update(|s| s.contribution = Some(sentence));
+            }
+            // An older coordinator without the ledger, or a passing failure: the last figure stays.
+            Err(e) => tracing::debug!(error = %e, "cannot read this computer's contribution"),
+        }
+    }
+
     /// The next heartbeat, and whether a GPU is too hot. The samples (sysinfo, NVML) are read off the async threads.
     async fn heartbeat_request(
         &self,
@@ -45,6 +69,13 @@ impl Agent {
             endpoint: self.reach.unreported(),
             assignment_version: Some(j.version),
             agent_version: Some(self.me.version().to_owned()),
+            display_name: self
+                .settings
+                .display_name
+                .as_deref()
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned),
         };
         (hb, hot)
     }
@@ -73,6 +104,9 @@ impl Agent {
         let mut probe_failures = 0;
         let mut beat_failures = 0;
         let reconcile_every = Duration::from_secs(5);
+        // The volunteer's contribution is read from the coordinator's records every few heartbeats (the first at
+        // once).
+        let mut beats = 0u32;
         let mut next_reconcile = Instant::now() + reconcile_every;
         self.update_hold().await;
         if self.donating() && self.work.has_work() {
@@ -120,6 +154,10 @@ impl Agent {
                             self.active_state()
                         });
                         self.publish(&j, hb.load).await;
+                        if beats.is_multiple_of(CONTRIBUTION_EVERY) {
+                            self.show_contribution(&j).await;
+                        }
+                        beats = beats.wrapping_add(1);
                     }
                     Err(CallError::Unknown(status)) => {
                         tracing::info!(

@@ -138,6 +138,8 @@ pub struct Session {
     pub paused: bool,
     /// Whose catalogue decides what runs, in words ("the coordinator's catalogue, signed by …"), once joined.
     pub catalogue: Option<String>,
+    /// What this computer served today and donated this week, in words, from the coordinator's records.
+    pub contribution: Option<String>,
 }
 
 /// A running agent.
