@@ -33,8 +33,9 @@ pub(crate) struct Record {
     pub key: String,
     /// The service's catalogue index.
     pub service: usize,
-    /// The worker that served it.
-    pub worker: WorkerId,
+    /// The worker that served it; none when no worker of ours took it (none could, the queue refused it, or it
+    /// went to another coordinator's worker found in the DHT).
+    pub worker: Option<WorkerId>,
     /// What a second of that worker's compute is worth ([`commons_shared::usage::compute_weight`]).
     pub weight: f64,
     /// Its sums (`requests` 1; `completed` 1 when it completed).
@@ -110,7 +111,7 @@ impl Accounting {
 /// The sums since the last write.
 #[derive(Default)]
 struct Sums {
-    usage: FxHashMap<(i64, String, usize, WorkerId), Totals>,
+    usage: FxHashMap<(i64, String, usize, Option<WorkerId>), Totals>,
     credit: FxHashMap<WorkerId, CreditRow>,
     donated: FxHashMap<(WorkerId, i64), u64>,
     names: FxHashMap<WorkerId, Option<String>>,
@@ -120,8 +121,10 @@ impl Sums {
     fn add(&mut self, e: Event) {
         match e {
             Event::Served(r) => {
-                if r.totals.completed > 0 {
-                    let c = self.credit.entry(r.worker).or_default();
+                if let Some(worker) = r.worker
+                    && r.totals.completed > 0
+                {
+                    let c = self.credit.entry(worker).or_default();
                     c.requests += r.totals.completed;
                     c.compute_ms += r.totals.duration_ms as f64 * r.weight;
                 }
@@ -154,7 +157,7 @@ impl Sums {
                     minute,
                     key_id,
                     service: names.get(service).cloned().unwrap_or_default(),
-                    worker_id: worker.to_string(),
+                    worker_id: worker.map(|w| w.to_string()).unwrap_or_default(),
                     totals,
                 })
                 .collect(),
@@ -263,7 +266,7 @@ mod tests {
             at_ms: 61 * MINUTE_MS + 5,
             key: "k".into(),
             service: 1,
-            worker: WorkerId(worker),
+            worker: Some(WorkerId(worker)),
             weight: 2.0,
             totals: Totals {
                 requests: 1,
@@ -280,13 +283,22 @@ mod tests {
         s.add(record(1, 1, 100));
         s.add(record(1, 0, 900));
         s.add(record(2, 0, 50));
+        let mut nobody = record(3, 1, 10);
+        if let Event::Served(r) = &mut nobody {
+            r.worker = None;
+        }
+        s.add(nobody);
         s.add(Event::Online {
             worker: WorkerId(2),
             at_ms: DAY_MS + 1,
             ms: 30_000,
         });
         let b = s.batch(&["ocr".into(), "llm".into()]);
-        assert_eq!(b.usage.len(), 2);
+        assert_eq!(b.usage.len(), 3);
+        assert!(
+            b.usage.iter().any(|u| u.worker_id.is_empty()),
+            "recorded without a worker"
+        );
         let w1 = b
             .usage
             .iter()

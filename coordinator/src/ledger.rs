@@ -54,7 +54,7 @@ pub(crate) struct UsageRow {
     pub key_id: String,
     /// The service's name.
     pub service: String,
-    /// The worker's id.
+    /// The worker's id ("" when none of ours took it).
     pub worker_id: String,
     /// The sums.
     pub totals: Totals,

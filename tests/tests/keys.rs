@@ -270,6 +270,127 @@ async fn api_keys_decide_who_uses_the_pool_at_the_edge_and_at_the_coordinator() 
         "a key revoked at the edge is refused at the coordinator"
     );
 
+    // Accounting and credit. The worker earns for the requests it completed, not for one it failed (a search of a
+    // collection it does not have: 404 from the rag service); the usage report counts both against the key.
+    let (_, acct) = admin(
+        &client,
+        reqwest::Method::POST,
+        keys.clone(),
+        Some(json!({"name": "acct", "services": ["rag"]})),
+    )
+    .await;
+    let (acct_id, acct_key) = (
+        acct["id"].as_str().unwrap().to_owned(),
+        acct["key"].as_str().unwrap().to_owned(),
+    );
+    let worker_id = c.admin(&client, "/api/admin/workers").await["workers"][0]["worker_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let credit = || async {
+        let board: Value = client
+            .get(format!("{coordinator_url}/api/volunteers"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        board["volunteers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["worker_id"] == worker_id.as_str())
+            .map_or(0, |v| v["credit"]["requests"].as_u64().unwrap())
+    };
+    // What the requests above earned, once the ledger has them (it writes every 100 ms in tests).
+    let mut before = credit().await;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let now = credit().await;
+        if std::mem::replace(&mut before, now) == now && now > 0 {
+            break;
+        }
+    }
+    assert!(before > 0, "the requests served above earn credit");
+    for _ in 0..3 {
+        assert_eq!(ask(&client, &edge_url, Some(&acct_key)).await.0, 200);
+    }
+    let failed = client
+        .post(format!(
+            "{edge_url}/api/service/rag/collections/nowhere/search"
+        ))
+        .bearer_auth(&acct_key)
+        .json(&json!({"vector": [0.5, 0.5], "limit": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status().as_u16(), 404, "the worker fails it");
+    assert!(
+        eventually(10, || async { credit().await == before + 3 }).await,
+        "credit {} after {before}",
+        credit().await
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        credit().await,
+        before + 3,
+        "the failed request earns nothing"
+    );
+    let usage = c
+        .admin(&client, "/api/admin/usage?hours=1&bucket_minutes=1")
+        .await;
+    let mine = usage["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_id"] == acct_id.as_str())
+        .unwrap_or_else(|| panic!("{usage}"));
+    assert_eq!(
+        (&mine["totals"]["requests"], &mine["totals"]["completed"]),
+        (&json!(4), &json!(3)),
+        "{mine}"
+    );
+    assert_eq!(mine["services"][0]["service"], "rag");
+    assert!(mine["totals"]["bytes_out"].as_u64().unwrap() > 0, "{mine}");
+    let (status, bad) = admin(
+        &client,
+        reqwest::Method::GET,
+        format!("{coordinator_url}/api/admin/usage?hours=0"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &bad["error"]),
+        (422, &json!("invalid_field")),
+        "{bad}"
+    );
+    // The volunteer's own view: what it served today equals its credit (all of it was earned today), and its
+    // hours grow with its heartbeats.
+    let (status, mine) = admin(
+        &client,
+        reqwest::Method::GET,
+        format!("{coordinator_url}/api/worker/{worker_id}/contribution"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{mine}");
+    assert_eq!(mine["today"][0]["service"], "rag", "{mine}");
+    assert_eq!(mine["today"][0]["requests"], json!(before + 3), "{mine}");
+    assert!(mine["credit"]["hours"].as_f64().unwrap() > 0.0, "{mine}");
+    // The agent shows it in words (it reads it every ten heartbeats, a second apart here).
+    let mut session = agent.session.clone();
+    let said = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        session.wait_for(|s| {
+            s.contribution
+                .as_deref()
+                .is_some_and(|c| c.contains(&format!("Today you served {} requests", before + 3)))
+        }),
+    )
+    .await;
+    assert!(said.is_ok(), "{:?}", agent.session.borrow().contribution);
+
     agent.send(Command::Quit).await;
     agent.join().await.unwrap();
 }

@@ -423,6 +423,78 @@ async fn the_portal_in_headless_chromium() {
     );
     screenshot(&b, "portal-overview-history").await;
 
+    // The Consumers page's usage: the two requests of the lab key (no worker took them) in the top services, as the
+    // usage report counts them.
+    let usage = c
+        .admin(&http, "/api/admin/usage?hours=24&bucket_minutes=60")
+        .await;
+    assert_eq!(usage["services"][0]["service"], "ocr", "{usage}");
+    assert_eq!(usage["services"][0]["requests"], 2, "{usage}");
+    b.goto(&format!("{url}/#/consumers")).await.unwrap();
+    assert_eq!(text_of(&b, "#service-usage-ocr .requests", 10).await, "2");
+    assert_eq!(text_of(&b, "#service-usage-ocr .completed", 10).await, "0");
+    wait_for(&b, "#chart-key-usage", 10).await;
+
+    // Volunteers: the leaderboard shows what the API says, the name a volunteer chose, and anonymous otherwise.
+    beating.store(false, Ordering::Relaxed);
+    beat.await.unwrap();
+    let named = &workers[0];
+    let r = http
+        .post(format!("{url}/api/worker/heartbeat"))
+        .bearer_auth(&named.token)
+        .json(&serde_json::json!({"worker_id": named.id, "status": "healthy", "load": 0.1, "display_name": "  Ada  "}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let board = || async {
+        http.get(format!("{url}/api/volunteers"))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    assert!(
+        eventually(10, || async {
+            board().await["volunteers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["display_name"] == "Ada")
+        })
+        .await,
+        "the chosen name reaches the leaderboard"
+    );
+    let board = board().await;
+    let volunteers = board["volunteers"].as_array().unwrap();
+    assert!(volunteers.len() >= 2, "{board}");
+    b.goto(&format!("{url}/#/volunteers")).await.unwrap();
+    wait_for(&b, "table#volunteers", 10).await;
+    assert_eq!(
+        count(&b, "table#volunteers tbody tr").await,
+        volunteers.len()
+    );
+    for v in volunteers {
+        let row = format!("#volunteer-{}", v["worker_id"].as_str().unwrap());
+        let name = text_of(&b, &format!("{row} .name"), 10).await;
+        match v["display_name"].as_str() {
+            Some(n) => assert_eq!(name, n),
+            None => assert!(name.starts_with("Anonymous volunteer"), "{name}"),
+        }
+        assert_eq!(
+            text_of(&b, &format!("{row} .requests"), 10).await,
+            v["credit"]["requests"].to_string()
+        );
+        let points = v["points"].as_f64().unwrap().round() as u64;
+        assert_eq!(
+            text_of(&b, &format!("{row} .points"), 10).await,
+            commons_shared::usage::thousands(points)
+        );
+    }
+    screenshot(&b, "portal-volunteers").await;
+
     // Logging out ends the session: the login form is back and the API refuses the browser.
     click(&b, "#logout").await;
     wait_for(&b, "#token", 10).await;
@@ -435,8 +507,6 @@ async fn the_portal_in_headless_chromium() {
         .unwrap();
     assert_eq!(status, 401);
 
-    beating.store(false, Ordering::Relaxed);
-    beat.await.unwrap();
     b.close().await.unwrap();
 }
 

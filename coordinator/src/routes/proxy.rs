@@ -267,7 +267,8 @@ const QUEUED_HEADER: &str = "x-commons-queued-ms";
 /// then its record for the accounting.
 struct Serving {
     state: AppState,
-    worker: Arc<Worker>,
+    /// Ours that serves it (none: a worker of another coordinator, or none at all).
+    worker: Option<Arc<Worker>>,
     slot: Option<crate::queue::Slot>,
     record: Record,
     /// When the worker was reached.
@@ -282,6 +283,57 @@ struct Serving {
 }
 
 impl Serving {
+    /// A request of `consumer` for the service `index`, arrived at `at_ms`, not yet given to a worker.
+    fn new(
+        state: &AppState,
+        consumer: &commons_server::consumers::Consumer,
+        index: usize,
+        at_ms: i64,
+        uploaded: Arc<AtomicU64>,
+    ) -> Self {
+        let metered = state.accounting.on()
+            && state.catalogue.get(index).map(|s| s.name.as_str())
+                == Some(commons_shared::catalogue::OPENAI_SERVICE);
+        Self {
+            state: state.clone(),
+            worker: None,
+            slot: None,
+            record: Record {
+                at_ms,
+                key: consumer.id().to_owned(),
+                service: index,
+                worker: None,
+                weight: 0.0,
+                totals: commons_shared::usage::Totals {
+                    requests: 1,
+                    ..Default::default()
+                },
+            },
+            since: Instant::now(),
+            uploaded,
+            status: StatusCode::BAD_GATEWAY,
+            tail: metered.then(Vec::new),
+            cut: false,
+        }
+    }
+
+    /// Given to our worker `w` (it counts in flight until this is dropped).
+    fn to(mut self, w: &Arc<Worker>) -> Self {
+        w.stats.enter();
+        self.record.worker = Some(w.id);
+        self.record.weight = commons_shared::usage::compute_weight(w.tier);
+        self.worker = Some(w.clone());
+        self.since = Instant::now();
+        self
+    }
+
+    /// The request ends without an answer from a worker: recorded with the status the client gets.
+    fn failed(mut self, e: ApiError) -> ApiError {
+        self.status = e.status();
+        self.account(false);
+        e
+    }
+
     /// Sends the record (and counts an llm answer's tokens against its key's quota).
     fn account(&mut self, complete: bool) {
         if !self.state.accounting.on() {
@@ -324,7 +376,9 @@ impl forward::Watch for Serving {
 
 impl Drop for Serving {
     fn drop(&mut self) {
-        self.worker.stats.leave();
+        if let Some(w) = &self.worker {
+            w.stats.leave();
+        }
     }
 }
 
@@ -400,22 +454,23 @@ async fn route(
     state.requests_total.fetch_add(1, Ordering::Relaxed);
     let meters = &state.metrics.services[index];
     meters.request();
-    // Every worker busy: wait for a turn in the service's fair queue (none when no worker can be reached: that is
-    // answered below).
-    let mut slot = match capacity(&state, index) {
-        (0, _) => None,
-        (capacity, latency_ms) => {
-            Some(admit(&state, index, &service, &consumer, capacity, latency_ms).await?)
-        }
-    };
-    let query = req.uri().query().map(str::to_owned);
-    let accounting = state.accounting.on();
     let uploaded = Arc::new(AtomicU64::new(0));
-    if accounting {
+    if state.accounting.on() {
         req = forward::watch_request(req, Uploaded(uploaded.clone()));
     }
-    let at_ms = crate::state::now_ms();
+    // Recorded however it ends, once past the key.
+    let mut serving = Serving::new(&state, &consumer, index, crate::state::now_ms(), uploaded);
+    // Every worker busy: wait for a turn in the service's fair queue (none when no worker can be reached: that is
+    // answered below).
+    if let (capacity @ 1.., latency_ms) = capacity(&state, index) {
+        match admit(&state, index, &service, &consumer, capacity, latency_ms).await {
+            Ok(slot) => serving.slot = Some(slot),
+            Err(e) => return Err(serving.failed(e)),
+        }
+    }
+    let query = req.uri().query().map(str::to_owned);
     let connect_timeout = Duration::from_millis(state.config.proxy_connect_timeout_ms);
+    let timeout = Duration::from_secs(state.config.proxy_timeout_secs);
     let mut tried = Vec::new();
     // One try and one retry on another worker when the connection cannot be made.
     for _ in 0..2 {
@@ -425,53 +480,24 @@ async fn route(
         match forward::connect(&t.authority, connect_timeout).await {
             Ok(stream) => {
                 // The worker's request in flight and the queue's slot last as long as the answer's body.
-                w.stats.enter();
-                let mut serving = Serving {
-                    state: state.clone(),
-                    worker: w.clone(),
-                    slot: slot.take(),
-                    record: Record {
-                        at_ms,
-                        key: consumer.id().to_owned(),
-                        service: index,
-                        worker: w.id,
-                        weight: commons_shared::usage::compute_weight(w.tier),
-                        totals: commons_shared::usage::Totals {
-                            requests: 1,
-                            ..Default::default()
-                        },
-                    },
-                    since: Instant::now(),
-                    uploaded: uploaded.clone(),
-                    status: StatusCode::BAD_GATEWAY,
-                    tail: (accounting && service == commons_shared::catalogue::OPENAI_SERVICE)
-                        .then(Vec::new),
-                    cut: false,
-                };
+                let mut serving = serving.to(&w);
                 let waited = serving.slot.as_ref().map_or(Duration::ZERO, |s| s.waited);
-                let timeout = Duration::from_secs(state.config.proxy_timeout_secs);
                 let result = match forward::send(stream, &t, req, client, timeout).await {
-                    Ok(r) => Ok(r),
-                    Err(e) => {
-                        // No answer from the worker: recorded as failed, with the status the client gets.
-                        serving.status = e.status();
-                        serving.account(false);
-                        Err(e)
+                    Ok(mut r) => {
+                        if let Ok(v) = axum::http::HeaderValue::from_str(&w.id.to_string()) {
+                            r.headers_mut().insert(WORKER_HEADER, v);
+                        }
+                        if !waited.is_zero() {
+                            r.headers_mut().insert(
+                                QUEUED_HEADER,
+                                axum::http::HeaderValue::from(waited.as_millis() as u64),
+                            );
+                        }
+                        serving.status = r.status();
+                        Ok(forward::watch(r, serving))
                     }
+                    Err(e) => Err(serving.failed(e)),
                 };
-                let result = result.map(|mut r| {
-                    if let Ok(v) = axum::http::HeaderValue::from_str(&w.id.to_string()) {
-                        r.headers_mut().insert(WORKER_HEADER, v);
-                    }
-                    if !waited.is_zero() {
-                        r.headers_mut().insert(
-                            QUEUED_HEADER,
-                            axum::http::HeaderValue::from(waited.as_millis() as u64),
-                        );
-                    }
-                    serving.status = r.status();
-                    forward::watch(r, serving)
-                });
                 let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
                 w.stats.record(ok, start.elapsed());
                 let seconds = start.elapsed().as_secs_f64();
@@ -496,8 +522,13 @@ async fn route(
     {
         match forward::connect(&t.authority, connect_timeout).await {
             Ok(stream) => {
-                let timeout = Duration::from_secs(state.config.proxy_timeout_secs);
-                let result = forward::send(stream, &t, req, client, timeout).await;
+                let result = match forward::send(stream, &t, req, client, timeout).await {
+                    Ok(r) => {
+                        serving.status = r.status();
+                        Ok(forward::watch(r, serving))
+                    }
+                    Err(e) => Err(serving.failed(e)),
+                };
                 state
                     .metrics
                     .route_latency
@@ -512,14 +543,14 @@ async fn route(
     state.errors_total.fetch_add(1, Ordering::Relaxed);
     state.metrics.route_errors.increment(1);
     meters.answered(false, start.elapsed().as_secs_f64());
-    if tried.is_empty() {
-        Err(ApiError::NoWorker(service))
+    Err(serving.failed(if tried.is_empty() {
+        ApiError::NoWorker(service)
     } else {
-        Err(ApiError::Unreachable {
+        ApiError::Unreachable {
             service,
             tried: tried.len(),
-        })
-    }
+        }
+    }))
 }
 
 #[cfg(test)]
