@@ -237,10 +237,10 @@ fn usage_report(
     for k in &mut keys {
         k.totals = sum(k.series.iter().map(|p| &p.totals));
         k.services
-            .sort_by(|a, b| b.totals.requests.cmp(&a.totals.requests));
+            .sort_by_key(|s| std::cmp::Reverse(s.totals.requests));
     }
-    keys.sort_by(|a, b| b.totals.requests.cmp(&a.totals.requests));
-    services.sort_by(|a, b| b.totals.requests.cmp(&a.totals.requests));
+    keys.sort_by_key(|k| std::cmp::Reverse(k.totals.requests));
+    services.sort_by_key(|s| std::cmp::Reverse(s.totals.requests));
     Ok((keys, services))
 }
 

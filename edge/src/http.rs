@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
 use axum::{Json, Router};
 use commons_server::auth::Bearer;
+use commons_server::consumers::doc as keys;
 use commons_server::error::{ApiError, ApiResult};
 use commons_server::extract::{Body, ClientIp};
 use commons_server::forward::{self, Target};
@@ -417,7 +418,11 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         health,
         coordinators,
         topology,
-        request_metrics
+        request_metrics,
+        keys::list_keys,
+        keys::create_key,
+        keys::revoke_key,
+        keys::rotate_key
     )
 )]
 struct ApiDoc;

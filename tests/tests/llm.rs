@@ -199,6 +199,86 @@ print("openai ok", n)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("openai ok"));
 
+    // Tokens are counted from the answers' usage, streamed or not, against a key's daily token quota.
+    let metered = c
+        .api_key(
+            &client,
+            json!({"name": "metered", "services": ["llm"], "daily_tokens": 60}),
+        )
+        .await;
+    let (metered_id, metered_key) = (
+        metered["id"].as_str().unwrap().to_owned(),
+        metered["key"].as_str().unwrap().to_owned(),
+    );
+    let tokens_today = || async {
+        let list = c.admin(&client, "/api/admin/keys").await;
+        list["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == metered_id.as_str())
+            .map_or(0, |k| k["tokens_today"].as_u64().unwrap())
+    };
+    let r = client
+        .post(format!("{base}/v1/completions"))
+        .bearer_auth(&metered_key)
+        .json(&json!({"model": "tiny", "prompt": "the pool", "max_tokens": 8}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let used = v["usage"]["prompt_tokens"].as_u64().unwrap() + 8;
+    // Counted when the answer's body has been sent, a moment after the client has it all.
+    assert!(
+        eventually(5, || async { tokens_today().await == used }).await,
+        "the answer's usage is counted: {} of {used}",
+        tokens_today().await
+    );
+    let r = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&metered_key)
+        .json(
+            &json!({"model": "tiny", "stream": true, "max_tokens": 40, "ignore_eos": true,
+                      "messages": [{"role": "user", "content": "hello"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (_, failed) = read_events(r, Duration::from_secs(60)).await;
+    assert!(failed.is_none(), "{failed:?}");
+    assert!(
+        eventually(5, || async { tokens_today().await >= used + 40 }).await,
+        "a stream's usage is counted: {} after {used}",
+        tokens_today().await
+    );
+    let streamed = tokens_today().await;
+    let r = client
+        .post(format!("{base}/v1/completions"))
+        .bearer_auth(&metered_key)
+        .json(&json!({"model": "tiny", "prompt": "more", "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429, "over its 60 tokens");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "quota_exceeded", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("60 tokens"), "{v}");
+    // The usage report has the same tokens, once the ledger has written them.
+    assert!(
+        eventually(10, || async {
+            let usage = c.admin(&client, "/api/admin/usage?hours=1").await;
+            usage["keys"].as_array().unwrap().iter().any(|k| {
+                k["key_id"] == metered_id.as_str()
+                    && k["totals"]["prompt_tokens"].as_u64().unwrap()
+                        + k["totals"]["completion_tokens"].as_u64().unwrap()
+                        == streamed
+            })
+        })
+        .await,
+        "the ledger's tokens: {}",
+        c.admin(&client, "/api/admin/usage?hours=1").await
+    );
+
     // Killing the agent that serves a stream, mid-stream: the client's stream ends with an error event (not a cut
     // connection), and the next request goes to the other agent.
     let r = client

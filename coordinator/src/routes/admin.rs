@@ -284,36 +284,3 @@ pub(crate) async fn history(
     responses((status = 200, body = EnrollmentToken), (status = 422, body = ErrorBody)), security(("admin_token" = [])))]
 #[allow(dead_code)]
 pub(crate) fn create_enrollment() {}
-
-/// Lists the consumers' API keys (never the keys themselves), revoked ones included, with today's use. The
-/// handlers of the keys' routes are [`commons_server::consumers::admin_routes`]; these document them.
-#[utoipa::path(get, path = "/api/admin/keys",
-    responses((status = 200, body = commons_shared::consumers::ConsumerKeyList), (status = 401, body = ErrorBody)),
-    security(("admin_token" = [])))]
-#[allow(dead_code)]
-pub(crate) fn list_keys() {}
-
-/// Creates an API key for a consumer: the services it may use (none: all), its rate per minute, its daily quota
-/// and expiry. The key is in this answer only; it is stored hashed.
-#[utoipa::path(post, path = "/api/admin/keys", request_body = commons_shared::consumers::KeyPolicy,
-    responses((status = 201, body = commons_shared::consumers::NewConsumerKey), (status = 400, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)),
-    security(("admin_token" = [])))]
-#[allow(dead_code)]
-pub(crate) fn create_key() {}
-
-/// Revokes an API key: refused from now on, kept on record.
-#[utoipa::path(delete, path = "/api/admin/keys/{id}", params(("id" = String, Path)),
-    responses((status = 200, body = commons_shared::consumers::ConsumerKey), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody)),
-    security(("admin_token" = [])))]
-#[allow(dead_code)]
-pub(crate) fn revoke_key() {}
-
-/// Gives an API key a new secret (in this answer only); the old one stops working at once.
-#[utoipa::path(post, path = "/api/admin/keys/{id}/rotate", params(("id" = String, Path)),
-    responses((status = 200, body = commons_shared::consumers::NewConsumerKey), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
-    security(("admin_token" = [])))]
-#[allow(dead_code)]
-pub(crate) fn rotate_key() {}

@@ -27,6 +27,7 @@ use utoipa::OpenApi;
 use crate::auth::Bearer;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
+use commons_server::consumers::doc as keys;
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
@@ -174,8 +175,8 @@ impl utoipa::Modify for SecurityAddon {
 #[openapi(
     info(title = "Commons coordinator", description = "Worker registry, assignment, heartbeats, routing and admin API."),
     paths(register, heartbeat, unregister, health, admin::workers, admin::worker, admin::stats, admin::admin_health,
-          admin::services, admin::history, admin::create_enrollment, admin::list_keys, admin::create_key,
-          admin::revoke_key, admin::rotate_key, proxy::forward, proxy::forward_openai, dht::topology, dht::stats,
+          admin::services, admin::history, admin::create_enrollment, keys::list_keys, keys::create_key,
+          keys::revoke_key, keys::rotate_key, proxy::forward, proxy::forward_openai, dht::topology, dht::stats,
           portal::login, portal::logout, portal::session, portal::coordinators, portal::releases, updates::updates, updates::catalogue,
           usage::usage, usage::volunteers, usage::contribution),
     modifiers(&SecurityAddon)

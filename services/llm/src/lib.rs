@@ -5,6 +5,8 @@
 //! - `/v1/embeddings` goes to the embedding server, every other `/v1/...` path to the chat server, both streamed
 //!   (SSE answers pass chunk by chunk);
 //! - `GET /health` is 200 once both servers have loaded their models, 503 until then;
+//! - a streamed chat or completion asks llama-server for its usage (`stream_options.include_usage`), so the stream
+//!   ends with OpenAI's usage chunk (empty `choices`) that the coordinator meters tokens by;
 //! - bodies over the limit get 413, unknown paths 404, as JSON `{error, message}` (llama.cpp's own errors keep
 //!   OpenAI's shape, which OpenAI clients read);
 //! - SIGTERM is passed on to both servers, and the front exits once they have.
@@ -276,9 +278,66 @@ async fn forward(socket: &Path, req: Request, max_body: usize) -> Result<Respons
 }
 
 async fn to_chat(State(f): State<Arc<Front>>, req: Request) -> Response {
-    forward(&f.chat, req, f.max_body)
+    async {
+        let req = asking_usage(req, f.max_body).await?;
+        forward(&f.chat, req, f.max_body).await
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A streamed request's JSON body with `stream_options.include_usage` set when the client left it out; `None` when
+/// nothing needs to change (not JSON, not streamed, or the client chose).
+fn with_usage(body: &[u8]) -> Option<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let request = v.as_object_mut()?;
+    if request.get("stream") != Some(&serde_json::Value::Bool(true)) {
+        return None;
+    }
+    let options = request
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::json!({}))
+        .as_object_mut()?;
+    if options.contains_key("include_usage") {
+        return None;
+    }
+    options.insert("include_usage".into(), serde_json::Value::Bool(true));
+    serde_json::to_vec(&v).ok()
+}
+
+/// `req`, a POST with a JSON body, read (within `max_body`) and given [`with_usage`]; any other request as it is.
+async fn asking_usage(req: Request, max_body: usize) -> Result<Request, ApiError> {
+    use http_body_util::BodyExt;
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if req.method() != axum::http::Method::POST || !json {
+        return Ok(req);
+    }
+    let (mut parts, body) = req.into_parts();
+    let bytes = http_body_util::Limited::new(body, max_body)
+        .collect()
         .await
-        .unwrap_or_else(IntoResponse::into_response)
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::TooLarge(max_body)
+            } else {
+                ApiError::BadRequest(format!("the request body could not be read: {e}"))
+            }
+        })?
+        .to_bytes();
+    let bytes = match with_usage(&bytes) {
+        Some(changed) => {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(changed.len()));
+            bytes::Bytes::from(changed)
+        }
+        None => bytes,
+    };
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
 async fn to_embeddings(State(f): State<Arc<Front>>, req: Request) -> Response {
@@ -319,6 +378,19 @@ async fn health(State(f): State<Arc<Front>>) -> Response {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stream_asks_for_its_usage_unless_the_client_chose() {
+        let asked = with_usage(br#"{"model":"m","stream":true,"messages":[]}"#).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&asked).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["model"], "m");
+        let kept = with_usage(br#"{"stream":true,"stream_options":{"include_usage":false}}"#);
+        assert!(kept.is_none(), "the client's choice stands");
+        assert!(with_usage(br#"{"stream":false}"#).is_none());
+        assert!(with_usage(br#"{"prompt":"x"}"#).is_none());
+        assert!(with_usage(b"not json").is_none());
+    }
+
     use super::*;
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {

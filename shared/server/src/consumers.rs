@@ -530,6 +530,41 @@ pub const TABLE: &str = "CREATE TABLE consumer_keys (
     revoked_ms INTEGER
 ) STRICT;";
 
+/// The OpenAPI descriptions of [`admin_routes`], for each server's document (the handlers are generic; these
+/// functions are never called).
+pub mod doc {
+    #![allow(dead_code)]
+    use commons_shared::ErrorBody;
+
+    /// Lists the consumers' API keys (never the keys themselves), revoked ones included, with today's use.
+    #[utoipa::path(get, path = "/api/admin/keys",
+        responses((status = 200, body = commons_shared::consumers::ConsumerKeyList), (status = 401, body = ErrorBody)),
+        security(("admin_token" = [])))]
+    pub fn list_keys() {}
+
+    /// Creates an API key for a consumer: the services it may use (none: all), its rate per minute, its daily quota
+    /// and expiry. The key is in this answer only; it is stored hashed.
+    #[utoipa::path(post, path = "/api/admin/keys", request_body = commons_shared::consumers::KeyPolicy,
+        responses((status = 201, body = commons_shared::consumers::NewConsumerKey), (status = 400, body = ErrorBody),
+                  (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)),
+        security(("admin_token" = [])))]
+    pub fn create_key() {}
+
+    /// Revokes an API key: refused from now on, kept on record.
+    #[utoipa::path(delete, path = "/api/admin/keys/{id}", params(("id" = String, Path)),
+        responses((status = 200, body = commons_shared::consumers::ConsumerKey), (status = 401, body = ErrorBody),
+                  (status = 404, body = ErrorBody)),
+        security(("admin_token" = [])))]
+    pub fn revoke_key() {}
+
+    /// Gives an API key a new secret (in this answer only); the old one stops working at once.
+    #[utoipa::path(post, path = "/api/admin/keys/{id}/rotate", params(("id" = String, Path)),
+        responses((status = 200, body = commons_shared::consumers::NewConsumerKey), (status = 401, body = ErrorBody),
+                  (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+        security(("admin_token" = [])))]
+    pub fn rotate_key() {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,7 +61,10 @@ async fn setup(client: &reqwest::Client, accounting: bool) -> Setup {
     let w = register(client, &c.url(), &worker.url()).await;
     heartbeat(client, &c.url(), &w, "healthy", 0.1).await;
     let made = c
-        .api_key(client, json!({"name": "bench", "rate_per_minute": 1_000_000}))
+        .api_key(
+            client,
+            json!({"name": "bench", "rate_per_minute": 1_000_000}),
+        )
         .await;
     let key = made["key"].as_str().unwrap_or_default().to_owned();
     Setup {
@@ -162,10 +165,9 @@ async fn main() -> Result<()> {
     let routed: u64 = on.c.admin(&client, "/api/admin/services").await["services"][0]["requests"]
         .as_u64()
         .unwrap_or(0);
-    let report = on
-        .c
-        .admin(&client, "/api/admin/usage?hours=1&bucket_minutes=60")
-        .await;
+    let report =
+        on.c.admin(&client, "/api/admin/usage?hours=1&bucket_minutes=60")
+            .await;
     let recorded = report["services"][0]["requests"].as_u64().unwrap_or(0);
     println!("ledger: {recorded} requests recorded of {routed} routed");
     anyhow::ensure!(recorded == routed, "the ledger lost requests");
