@@ -146,10 +146,10 @@ async fn main() -> Result<()> {
     println!(
         "| sequential p50 / p99, ms ({} requests) | {:.3} / {:.3} | {:.3} / {:.3} |",
         lat_on.len(),
-        pct(&lat_off, 50.0),
-        pct(&lat_off, 99.0),
-        pct(&lat_on, 50.0),
-        pct(&lat_on, 99.0)
+        pct(&lat_off, 0.5),
+        pct(&lat_off, 0.99),
+        pct(&lat_on, 0.5),
+        pct(&lat_on, 0.99)
     );
     println!(
         "| requests/s, {} clients (mean of {} rounds of {} s) | {:.0} | {:.0} ({:+.1} %) |",
