@@ -25,7 +25,7 @@ const DAY_MS: i64 = 86_400_000;
 const CHANNEL: usize = 65_536;
 
 /// One service request, once its answer ended.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Record {
     /// When it arrived, ms since the epoch.
     pub at_ms: i64,

@@ -288,14 +288,7 @@ async fn api_keys_decide_who_uses_the_pool_at_the_edge_and_at_the_coordinator() 
         .unwrap()
         .to_owned();
     let credit = || async {
-        let board: Value = client
-            .get(format!("{coordinator_url}/api/volunteers"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let board = c.admin(&client, "/api/volunteers").await;
         board["volunteers"]
             .as_array()
             .unwrap()

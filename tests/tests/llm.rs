@@ -219,13 +219,14 @@ print("openai ok", n)
             .find(|k| k["id"] == metered_id.as_str())
             .map_or(0, |k| k["tokens_today"].as_u64().unwrap())
     };
-    let r = client
-        .post(format!("{base}/v1/completions"))
-        .bearer_auth(&metered_key)
-        .json(&json!({"model": "tiny", "prompt": "the pool", "max_tokens": 8}))
-        .send()
-        .await
-        .unwrap();
+    let complete = |prompt: &'static str, max_tokens: u32| {
+        client
+            .post(format!("{base}/v1/completions"))
+            .bearer_auth(&metered_key)
+            .json(&json!({"model": "tiny", "prompt": prompt, "max_tokens": max_tokens}))
+            .send()
+    };
+    let r = complete("the pool", 8).await.unwrap();
     let v: Value = r.json().await.unwrap();
     let used = v["usage"]["prompt_tokens"].as_u64().unwrap() + 8;
     // Counted when the answer's body has been sent, a moment after the client has it all.
@@ -252,13 +253,7 @@ print("openai ok", n)
         tokens_today().await
     );
     let streamed = tokens_today().await;
-    let r = client
-        .post(format!("{base}/v1/completions"))
-        .bearer_auth(&metered_key)
-        .json(&json!({"model": "tiny", "prompt": "more", "max_tokens": 1}))
-        .send()
-        .await
-        .unwrap();
+    let r = complete("more", 1).await.unwrap();
     assert_eq!(r.status(), 429, "over its 60 tokens");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"], "quota_exceeded", "{v}");

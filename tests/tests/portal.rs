@@ -447,15 +447,7 @@ async fn the_portal_in_headless_chromium() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let board = || async {
-        http.get(format!("{url}/api/volunteers"))
-            .send()
-            .await
-            .unwrap()
-            .json::<serde_json::Value>()
-            .await
-            .unwrap()
-    };
+    let board = || c.admin(&http, "/api/volunteers");
     assert!(
         eventually(10, || async {
             board().await["volunteers"]

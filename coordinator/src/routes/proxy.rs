@@ -354,9 +354,12 @@ impl Serving {
                     .spend_tokens(&self.record.key, used, self.record.at_ms);
             }
         }
+        // Called once (the body ends once; `failed` consumes the request): the record can be taken.
         self.state
             .accounting
-            .send(crate::accounting::Event::Served(self.record.clone()));
+            .send(crate::accounting::Event::Served(std::mem::take(
+                &mut self.record,
+            )));
     }
 }
 

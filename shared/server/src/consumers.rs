@@ -154,6 +154,8 @@ struct Table {
 struct Federated {
     version: Option<u64>,
     by_hash: HashMap<TokenHash, Arc<Entry>>,
+    /// The same keys by id.
+    by_id: HashMap<String, Arc<Entry>>,
 }
 
 /// The consumer keys of one server.
@@ -319,12 +321,7 @@ impl ConsumerKeys {
         if let Some(e) = self.table.read().by_id.get(id) {
             return Some(e.clone());
         }
-        self.federated
-            .read()
-            .by_hash
-            .values()
-            .find(|e| e.id == id)
-            .cloned()
+        self.federated.read().by_id.get(id).cloned()
     }
 
     /// Creates a key durably; the answer carries the key, shown this once.
@@ -450,12 +447,9 @@ impl ConsumerKeys {
     /// refused from now on. A key that stays, with the same policy, keeps its count for the day and its rate.
     pub fn federate(&self, shared: SharedKeys) {
         let mut federated = self.federated.write();
-        let before: HashMap<String, Arc<Entry>> = federated
-            .by_hash
-            .values()
-            .map(|e| (e.id.clone(), e.clone()))
-            .collect();
+        let before = std::mem::take(&mut federated.by_id);
         let mut by_hash = HashMap::with_capacity(shared.keys.len());
+        let mut by_id = HashMap::with_capacity(shared.keys.len());
         for k in shared.keys {
             let Some(hash) = hex::decode(&k.hash)
                 .ok()
@@ -473,11 +467,13 @@ impl ConsumerKeys {
                     k.info.revoked_at_ms,
                 )),
             };
+            by_id.insert(entry.id.clone(), entry.clone());
             by_hash.insert(hash, entry);
         }
         *federated = Federated {
             version: Some(shared.version),
             by_hash,
+            by_id,
         };
     }
 
