@@ -53,6 +53,10 @@ pub struct Config {
     pub proxy_timeout_secs: u64,
     /// Seconds to wait for a TCP connection to a worker before trying another.
     pub proxy_connect_timeout_ms: u64,
+    /// Forward service requests to workers at loopback, private and link-local addresses (a LAN deployment).
+    /// Default: only when `listen` is a loopback address (then only this machine's workers can reach it anyway).
+    /// A worker's endpoint at this coordinator's own address is refused whatever this says.
+    pub private_upstreams: Option<bool>,
     /// Seconds between history points (60 in production; tests shorten it).
     pub history_interval_secs: u64,
     /// The edge router to register with (needs `federation_key`; set `public_url` when the listen address is not
@@ -129,6 +133,7 @@ impl Default for Config {
             proxy_body_limit_bytes: 64 * 1024 * 1024,
             proxy_timeout_secs: 300,
             proxy_connect_timeout_ms: 2000,
+            private_upstreams: None,
             history_interval_secs: 60,
             history_retention_days: 7,
             edge_url: None,

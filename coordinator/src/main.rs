@@ -74,6 +74,10 @@ struct Cli {
     #[arg(long, env = "COMMONS_TRUSTED_PROXIES", value_delimiter = ',')]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     trusted_proxies: Vec<std::net::IpAddr>,
+    /// Forward to workers at private addresses (true for a LAN) [default: only when listening on loopback].
+    #[arg(long, env = "COMMONS_PRIVATE_UPSTREAMS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    private_upstreams: Option<bool>,
     /// Run no DHT node (discovery then goes through this coordinator only).
     #[arg(long, env = "COMMONS_NO_DHT", action = ArgAction::SetTrue)]
     #[serde(

@@ -53,7 +53,7 @@ impl Server {
         let addr = listener.local_addr().map_err(ServeError::from)?;
         let store = Store::open(&config.data_dir)?;
         let url = config.coordinator_url(addr);
-        let (state, new_admin_token) = AppState::load(config, store, url).await?;
+        let (state, new_admin_token) = AppState::load(config, store, addr, url).await?;
         let mut serving = Serving::start(listener, crate::routes::router(state.clone()))
             .map_err(ServeError::from)?;
         let db = state.store.db();
@@ -150,7 +150,9 @@ pub mod test_utils {
     /// The router and state over `config`'s database, without a socket, for `tower::ServiceExt::oneshot` tests.
     pub async fn app(config: Config) -> Result<(axum::Router, AppState), Error> {
         let store = Store::open(&config.data_dir)?;
-        let (state, _) = AppState::load(config, store, "http://coordinator.test".into()).await?;
+        let bound = config.listen;
+        let (state, _) =
+            AppState::load(config, store, bound, "http://coordinator.test".into()).await?;
         Ok((crate::routes::router(state.clone()), state))
     }
 

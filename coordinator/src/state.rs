@@ -53,6 +53,8 @@ pub struct Inner {
     pub store: Store,
     /// URL given to workers.
     pub coordinator_url: String,
+    /// Which worker addresses requests may be forwarded to, and this process's hop mark.
+    pub upstreams: commons_server::upstream::Upstreams,
     /// Liveness thresholds.
     pub liveness: Liveness,
     /// Metrics handles.
@@ -129,6 +131,7 @@ impl AppState {
     pub async fn load(
         config: Config,
         store: Store,
+        bound: std::net::SocketAddr,
         coordinator_url: String,
     ) -> Result<(Self, Option<String>), LoadError> {
         let overlay = match &config.catalogue {
@@ -205,7 +208,14 @@ impl AppState {
         }
         tracing::info!(workers = count, db = %store.path().display(), "registry loaded");
 
+        let upstreams = commons_server::upstream::Upstreams::new(
+            bound,
+            config
+                .private_upstreams
+                .unwrap_or_else(|| config.listen.ip().is_loopback()),
+        );
         let state = Self(Arc::new(Inner {
+            upstreams,
             register_limit: RateLimit::per_minute(config.register_rate_limit),
             admin,
             coverage: Mutex::new(vec![0; catalogue.len()]),
@@ -418,19 +428,39 @@ impl AppState {
                 "no worker {id:?} is registered here; register again"
             ))
         };
-        let wid: WorkerId = id.parse().map_err(|_| not_found())?;
-        let w = self.registry.get(wid).ok_or_else(not_found)?;
-        match token {
-            Some(t) if auth::token_matches(t, &w.token_hash) => Ok((w, Caller::Worker)),
-            Some(t) if self.is_admin(t) => Ok((w, Caller::Admin)),
-            Some(_) => Err(ApiError::Forbidden(
-                "this token does not belong to that worker".into(),
-            )),
-            None if self.config.legacy_open_workers && w.legacy => Ok((w, Caller::Worker)),
-            None => Err(ApiError::Unauthorized(
-                "send the worker token as Authorization: Bearer <worker_token>".into(),
-            )),
+        // Only the admin hears whether an id exists: anyone else gets the same 401 for an id that is not
+        // registered as for one that is (a worker whose record was purged re-registers on either).
+        let worker = id.parse().ok().and_then(|wid| self.registry.get(wid));
+        let unauthorized = || {
+            ApiError::Unauthorized(
+                "send this worker's own token as Authorization: Bearer <worker_token>; a worker that is not \
+                 registered here must register again"
+                    .into(),
+            )
+        };
+        match (worker, token) {
+            (Some(w), Some(t)) if auth::token_matches(t, &w.token_hash) => Ok((w, Caller::Worker)),
+            (w, Some(t)) if self.is_admin(t) => w.map(|w| (w, Caller::Admin)).ok_or_else(not_found),
+            (None, Some(t)) => {
+                // As long as a check against a real worker's hash.
+                let _ = auth::token_matches(t, &[0; 32]);
+                Err(unauthorized())
+            }
+            (Some(w), None) if self.config.legacy_open_workers && w.legacy => {
+                Ok((w, Caller::Worker))
+            }
+            // The legacy agents of an open coordinator know no token: they re-register on 404.
+            (None, None) if self.config.legacy_open_workers => Err(not_found()),
+            _ => Err(unauthorized()),
         }
+    }
+
+    /// Whether the worker `id` is registered with `endpoint` already.
+    pub fn has_endpoint(&self, id: &str, endpoint: &str) -> bool {
+        id.parse()
+            .ok()
+            .and_then(|id| self.registry.get(id))
+            .is_some_and(|w| w.live.lock().endpoint.as_deref() == Some(endpoint))
     }
 
     /// Applies a heartbeat in memory; the flusher persists it.

@@ -76,29 +76,45 @@ async fn heartbeat_needs_the_workers_own_token() {
         app.heartbeat(&a, Some(&ta), 0.2).await.status,
         StatusCode::OK
     );
-    // No token, another worker's token, a made-up token.
+    // No token, another worker's token, a made-up token: 401.
     let r = app.heartbeat(&a, None, 0.2).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.body["error"], "unauthorized");
-    assert_eq!(
-        app.heartbeat(&a, Some(&tb), 0.2).await.status,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        app.heartbeat(&b, Some(&ta), 0.2).await.status,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        app.heartbeat(&a, Some("0000"), 0.2).await.status,
-        StatusCode::FORBIDDEN
-    );
+    for (id, token) in [(&a, tb.as_str()), (&b, ta.as_str()), (&a, "0000")] {
+        assert_eq!(
+            app.heartbeat(id, Some(token), 0.2).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
     // The admin cannot heartbeat for a worker either.
     assert_eq!(
         app.heartbeat(&a, Some(ADMIN_TOKEN), 0.2).await.status,
         StatusCode::FORBIDDEN
     );
-    // Unknown worker: 404, so a legacy agent re-registers.
-    let r = app.heartbeat("worker-195d5431", Some(&ta), 0.2).await;
+    // Whether an id exists is not told to whoever asks: an unknown id and a real one get the same answer, with
+    // no token and with a wrong one (the agent re-registers on it).
+    let unknown = "0123456789abcdef0123456789abcdef";
+    for token in [None, Some("0000"), Some(ta.as_str())] {
+        let real = app.heartbeat(&b, token.filter(|t| *t != ta), 0.2).await;
+        let made_up = app.heartbeat(unknown, token, 0.2).await;
+        assert_eq!(made_up.status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_eq!((real.status, &real.body), (made_up.status, &made_up.body));
+        let path = |id: &str| format!("/api/worker/unregister/{id}");
+        let real = app
+            .call("DELETE", &path(&b), token.filter(|t| *t != ta), None)
+            .await;
+        let made_up = app.call("DELETE", &path(unknown), token, None).await;
+        assert_eq!((real.status, &real.body), (made_up.status, &made_up.body));
+    }
+    // The admin hears that an id is unknown.
+    let r = app
+        .call(
+            "DELETE",
+            &format!("/api/worker/unregister/{unknown}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     // A worker cannot unregister another.
     let r = app
@@ -109,7 +125,7 @@ async fn heartbeat_needs_the_workers_own_token() {
             None,
         )
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let w = app.admin_get(&format!("/api/admin/workers/{a}")).await;
     assert_eq!(w.body["current_load"], 0.2);
 }
@@ -166,7 +182,7 @@ async fn legacy_open_mode_accepts_tokenless_heartbeats_from_legacy_workers_only(
 }
 
 #[tokio::test]
-async fn unregister_then_404() {
+async fn unregister_then_unknown() {
     let app = app().await;
     let (id, token, _) = app.register(&native(4, 16, None)).await;
     let r = app
@@ -179,6 +195,7 @@ async fn unregister_then_404() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["worker_id"], id);
+    // Its token went with it: 401, on which the agent registers again.
     let r = app
         .call(
             "DELETE",
@@ -187,10 +204,10 @@ async fn unregister_then_404() {
             None,
         )
         .await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         app.heartbeat(&id, Some(&token), 0.1).await.status,
-        StatusCode::NOT_FOUND
+        StatusCode::UNAUTHORIZED
     );
     assert_eq!(app.admin_get("/api/admin/workers").await.body["total"], 0);
 }
@@ -694,5 +711,27 @@ async fn openapi_and_metrics() {
         "commons_workers{",
     ] {
         assert!(text.contains(name), "metrics lack {name}:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_api_path_is_404_whatever_the_method() {
+    let app = app().await;
+    for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+        for path in [
+            "/api/nothing",
+            "/api/admin/nothing/x",
+            "/api/worker/heartbeat/x",
+        ] {
+            let r = app.call(method, path, None, Some(b"{}")).await;
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{method} {path}");
+            assert_eq!(r.body["error"], "not_found", "{method} {path}");
+        }
+    }
+    // A known path asked with another method is 405; so is writing to the portal's pages.
+    for (method, path) in [("GET", "/api/worker/register"), ("POST", "/workers")] {
+        let r = app.call(method, path, None, None).await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_eq!(r.body["error"], "method_not_allowed");
     }
 }

@@ -34,6 +34,10 @@ pub struct Config {
     pub proxy_timeout_secs: u64,
     /// Milliseconds to wait for a TCP connection to a coordinator before trying another.
     pub proxy_connect_timeout_ms: u64,
+    /// Forward to coordinators at loopback, private and link-local addresses (edge and coordinators on one LAN).
+    /// Default: only when `listen` is a loopback address. A coordinator URL at the edge's own address is refused
+    /// whatever this says.
+    pub private_upstreams: Option<bool>,
     /// Seconds a bootstrap answer may be cached.
     pub bootstrap_ttl_secs: u64,
     /// Seconds between heartbeats asked of a coordinator that runs a DHT node (it registered DHT addresses):
@@ -59,6 +63,7 @@ impl Default for Config {
             proxy_body_limit_bytes: 64 * 1024 * 1024,
             proxy_timeout_secs: 300,
             proxy_connect_timeout_ms: 2000,
+            private_upstreams: None,
             bootstrap_ttl_secs: 300,
             dht_heartbeat_interval_secs: 6 * 3600,
             dht_coordinator_ttl_secs: 25 * 3600,

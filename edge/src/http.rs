@@ -142,6 +142,17 @@ async fn register(
     Body(body): Body,
 ) -> ApiResult<Json<EdgeAck>> {
     let (req, url) = parse_edge_register(&body)?;
+    state
+        .upstreams
+        .check_url(
+            &url,
+            Duration::from_millis(state.config.proxy_connect_timeout_ms),
+        )
+        .await
+        .map_err(|e| ApiError::Invalid {
+            field: "url".into(),
+            message: e.to_string(),
+        })?;
     let id = state.register(req, url, token.token()).await?;
     Ok(ack(&state, id))
 }
@@ -183,8 +194,9 @@ async fn forward_to(
     location: Option<&str>,
     service: Option<&str>,
     path: &str,
-    req: Request,
+    mut req: Request,
 ) -> ApiResult<Response> {
+    state.upstreams.enter(req.headers_mut())?;
     let query = req.uri().query().map(str::to_owned);
     let connect_timeout = Duration::from_millis(state.config.proxy_connect_timeout_ms);
     let suspect = Duration::from_secs(state.config.suspect_secs);
@@ -198,7 +210,11 @@ async fn forward_to(
             continue;
         };
         let start = Instant::now();
-        match forward::connect(&target.authority, connect_timeout).await {
+        match state
+            .upstreams
+            .connect(&target.authority, connect_timeout)
+            .await
+        {
             Ok(stream) => {
                 let result = forward::send(
                     stream,

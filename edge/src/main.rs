@@ -37,6 +37,10 @@ struct Cli {
     #[arg(long, env = "COMMONS_REGISTER_RATE_LIMIT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     register_rate_limit: Option<u32>,
+    /// Forward to coordinators at private addresses (true for a LAN) [default: only when listening on loopback].
+    #[arg(long, env = "COMMONS_PRIVATE_UPSTREAMS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    private_upstreams: Option<bool>,
     /// The admin token (at least 16 characters). Prefer the environment variable to a flag.
     #[arg(long, env = "COMMONS_ADMIN_TOKEN", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]

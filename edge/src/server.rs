@@ -64,7 +64,7 @@ impl Server {
         let listener = listen(config.listen).await?;
         let addr = listener.local_addr().map_err(ServeError::from)?;
         let store = Store::open(&config.data_dir)?;
-        let (state, new_admin_token) = EdgeState::load(config, store).await?;
+        let (state, new_admin_token) = EdgeState::load(config, store, addr).await?;
         let mut serving = Serving::start(listener, crate::http::router(state.clone()))
             .map_err(ServeError::from)?;
         serving.add_tasks(spawn_tasks(&state));
@@ -126,5 +126,40 @@ pub mod test_utils {
             register_rate_limit: 0,
             ..Config::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The only server in this test process: nothing else installs the recorder first.
+    #[tokio::test]
+    async fn metrics_count_from_the_start_not_from_the_first_scrape() {
+        let dir = tempfile::tempdir().unwrap();
+        let edge = super::Server::bind(super::test_utils::config(dir.path()))
+            .await
+            .unwrap();
+        let client = reqwest::Client::new();
+        for _ in 0..2 {
+            let r = client
+                .post(format!("{}/api/worker/register", edge.url()))
+                .body("not json")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400);
+        }
+        let text = client
+            .get(format!("{}/metrics", edge.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            text.contains("commons_edge_requests_total{kind=\"registration\"} 2"),
+            "{text}"
+        );
+        edge.shutdown().await.unwrap();
     }
 }

@@ -134,6 +134,8 @@ pub struct Inner {
     pub config: Config,
     /// Database.
     pub store: Store,
+    /// Which coordinator addresses requests may be forwarded to, and this process's hop mark.
+    pub upstreams: commons_server::upstream::Upstreams,
     coordinators: RwLock<HashMap<String, Arc<Coordinator>>>,
     /// Federation keys.
     pub keys: StoredTokens,
@@ -157,7 +159,11 @@ fn day_of(ms: i64) -> String {
 impl EdgeState {
     /// Loads coordinators, keys, counts and the admin token (creating one when none is configured or stored; it is
     /// returned to be shown once).
-    pub async fn load(config: Config, store: Store) -> Result<(Self, Option<String>), StoreError> {
+    pub async fn load(
+        config: Config,
+        store: Store,
+        bound: std::net::SocketAddr,
+    ) -> Result<(Self, Option<String>), StoreError> {
         let (admin, new_token) = admin_gate(
             store.db(),
             config.admin_token.as_ref().map(|t| t.0.as_str()),
@@ -199,7 +205,14 @@ impl EdgeState {
             })
             .collect();
         tracing::info!(coordinators = coordinators.len(), "edge registry loaded");
+        let upstreams = commons_server::upstream::Upstreams::new(
+            bound,
+            config
+                .private_upstreams
+                .unwrap_or_else(|| config.listen.ip().is_loopback()),
+        );
         let state = Self(Arc::new(Inner {
+            upstreams,
             admin,
             register_limit: RateLimit::per_minute(config.register_rate_limit),
             config,

@@ -127,7 +127,7 @@ async fn a_restarted_agent_keeps_its_id_and_re_registers_when_forgotten() {
         "the same worker, no new registration"
     );
     assert_eq!(b.session.borrow().registrations, 0);
-    // The coordinator forgets it: the next heartbeat gets 404 and the agent registers again.
+    // The coordinator forgets it: the next heartbeat gets 401 and the agent registers again.
     let r = client
         .delete(format!("{}/api/worker/unregister/{first}", c.url()))
         .bearer_auth(ADMIN_TOKEN)

@@ -198,3 +198,109 @@ async fn a_replica_serves_only_once_its_container_is_healthy() {
     let report = c.admin(&client, "/api/admin/services").await;
     assert_eq!(healthy_replicas(&report), 1, "{report}");
 }
+
+/// Registers a worker at `endpoint` and returns the answer's status and body.
+async fn try_register(client: &reqwest::Client, coordinator: &str, endpoint: &str) -> (u16, Value) {
+    let body = serde_json::json!({"capabilities": {"cpu": {"cores": 4, "threads": 8}, "memory_bytes": 16u64 << 30},
+        "endpoint": endpoint});
+    let r = client
+        .post(format!("{coordinator}/api/worker/register"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_worker_cannot_point_a_coordinator_at_itself_nor_start_a_loop() {
+    let a = coordinator().await;
+    let b = coordinator().await;
+    let client = reqwest::Client::new();
+    // Its own URL, by address and by name: refused at registration, with the field and the reason.
+    let port = a.server.local_addr().port();
+    for endpoint in [a.url(), format!("http://localhost:{port}/x")] {
+        let (status, body) = try_register(&client, &a.url(), &endpoint).await;
+        assert_eq!(status, 422, "{endpoint}: {body}");
+        assert_eq!(body["error"], "invalid_field");
+        assert!(
+            body["message"].as_str().unwrap().contains("own address"),
+            "{body}"
+        );
+    }
+    // A's worker is B and B's worker is A: one request comes back to A once, and stops there.
+    let wa = register(&client, &a.url(), &b.url()).await;
+    let wb = register(&client, &b.url(), &a.url()).await;
+    heartbeat(&client, &a.url(), &wa, "healthy", 0.1).await;
+    heartbeat(&client, &b.url(), &wb, "healthy", 0.1).await;
+    let r = client
+        .get(format!("{}/api/service/echo/x", a.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 508);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "loop_detected", "{body}");
+    let through_b = b
+        .admin(&client, &format!("/api/admin/workers/{}", wb.id))
+        .await;
+    assert_eq!(through_b["requests"], 1, "{through_b}");
+}
+
+#[tokio::test]
+async fn a_public_coordinator_forwards_to_public_addresses_only() {
+    // The echo service's port is a listener of the test's, which counts the connections it gets.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = accepted.clone();
+    let acceptor = tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let c = Coordinator::start(|c, dir| {
+        c.catalogue = Some(commons_tests::operator_catalogue(
+            dir,
+            &format!(
+                "[[service]]\nname = \"echo\"\nimage = \"example/echo:1\"\nport = {port}\nmin_ram = \"1GB\"\n\
+                 min_cores = 1\nreplicas = 3\n"
+            ),
+        ));
+        c.private_upstreams = Some(false);
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let local = format!("http://127.0.0.1:{port}");
+    for endpoint in [
+        local.clone(),
+        local.replace("127.0.0.1", "localhost"),
+        "http://10.1.2.3:8000".into(),
+        "http://169.254.169.254/latest".into(),
+        "http://[::1]:9000".into(),
+    ] {
+        let (status, body) = try_register(&client, &c.url(), &endpoint).await;
+        assert_eq!(status, 422, "{endpoint}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.starts_with("endpoint: "), "{body}");
+        assert!(message.contains("private_upstreams = true"), "{body}");
+    }
+    // The address connected to is checked too, not only a registered name: a legacy worker's address is used as
+    // it is, and a loopback one is never connected to.
+    let r = client
+        .post(format!("{}/api/worker/register", c.url()))
+        .json(&serde_json::json!({"capabilities": {"cpu_cores": 2, "ram": "23.5GB", "storage": "252.0GB"},
+            "ip_address": "127.0.0.1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .get(format!("{}/api/service/echo/x", c.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(accepted.load(Ordering::Relaxed), 0);
+    acceptor.abort();
+}

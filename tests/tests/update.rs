@@ -93,7 +93,7 @@ async fn a_paused_agent_updates_and_stays_paused() {
     let out = tokio::process::Command::new(&v.exe)
         .arg("--control-socket")
         .arg(v.dir.path().join("agent.sock"))
-        .arg("status")
+        .args(["status", "--json"])
         .output()
         .await
         .unwrap();

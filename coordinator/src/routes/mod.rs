@@ -67,7 +67,24 @@ async fn register(
 ) -> ApiResult<Json<RegisterResponse>> {
     state.check_register_rate(client_ip(&state, peer, &headers))?;
     let new = parse_registration(&body)?;
+    check_endpoint(&state, "endpoint", new.endpoint.as_deref()).await?;
+    check_endpoint(&state, "tunnel_url", new.tunnel_url.as_deref()).await?;
     Ok(Json(state.register(new).await?))
+}
+
+/// Refuses a worker's endpoint that requests could not be forwarded to (this coordinator itself, or a private
+/// address on a public coordinator): 422 naming the field, so the volunteer hears what is wrong at once.
+async fn check_endpoint(state: &AppState, field: &str, url: Option<&str>) -> ApiResult<()> {
+    let Some(url) = url else { return Ok(()) };
+    let resolve = std::time::Duration::from_millis(state.config.proxy_connect_timeout_ms);
+    state
+        .upstreams
+        .check_url(url, resolve)
+        .await
+        .map_err(|e| ApiError::Invalid {
+            field: field.into(),
+            message: e.to_string(),
+        })
 }
 
 /// The client's address: the peer's, or, when the peer is a trusted proxy (the edge), the last address it put in
@@ -99,6 +116,12 @@ async fn heartbeat(
     Body(body): Body,
 ) -> ApiResult<Json<HeartbeatResponse>> {
     let hb = parse_heartbeat(&body)?;
+    // Checked when it changes: a name is resolved again on every connection anyway.
+    let moved = hb
+        .endpoint
+        .as_deref()
+        .filter(|e| !state.has_endpoint(&hb.worker_id, e));
+    check_endpoint(&state, "endpoint", moved).await?;
     Ok(Json(state.heartbeat(hb, token.token())?))
 }
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use commons_server::extract::{Body, ClientIp};
 use commons_shared::ErrorBody;
 use commons_shared::edge::{CoordinatorFigures, CoordinatorInfo, CoordinatorList};
@@ -43,7 +43,7 @@ pub(crate) fn routes() -> axum::Router<AppState> {
         .route("/api/releases", get(releases))
         .route("/releases/{file}", get(release_file))
         .route("/", get(portal))
-        .route("/{*path}", get(portal))
+        .route("/{*path}", any(portal))
 }
 
 fn cookie(state: &AppState, value: &str, max_age: u64) -> HeaderValue {
@@ -429,6 +429,11 @@ async fn portal(State(state): State<AppState>, req: Request) -> Response {
     if req.uri().path().starts_with("/api/") {
         return ApiError::NotFound("no such endpoint; see /api/openapi.json".into())
             .into_response();
+    }
+    // Any method reaches here so that an unknown `/api/` path is a 404 whatever its method; the portal's files
+    // are only read.
+    if !matches!(req.method(), &Method::GET | &Method::HEAD) {
+        return commons_server::method_not_allowed().await;
     }
     let Some(dir) = state.config.portal_dir.clone() else {
         return not_built(None);

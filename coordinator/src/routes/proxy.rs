@@ -440,6 +440,7 @@ async fn route(
     rest: String,
     mut req: Request,
 ) -> Result<Response, ApiError> {
+    state.upstreams.enter(req.headers_mut())?;
     let index = state.catalogue.index_of(&service).ok_or_else(|| {
         ApiError::NotFound(format!(
             "there is no service {service:?}; see /api/admin/services"
@@ -480,7 +481,7 @@ async fn route(
         let Some((w, t)) = pick(&state, index, &tried, &rest, query.as_deref()) else {
             break;
         };
-        match forward::connect(&t.authority, connect_timeout).await {
+        match state.upstreams.connect(&t.authority, connect_timeout).await {
             Ok(stream) => {
                 // The worker's request in flight and the queue's slot last as long as the answer's body.
                 let mut serving = serving.to(&w);
@@ -523,7 +524,7 @@ async fn route(
     if tried.is_empty()
         && let Some(t) = dht_target(&state, &service, &rest, query.as_deref()).await
     {
-        match forward::connect(&t.authority, connect_timeout).await {
+        match state.upstreams.connect(&t.authority, connect_timeout).await {
             Ok(stream) => {
                 let result = match forward::send(stream, &t, req, client, timeout).await {
                     Ok(r) => {

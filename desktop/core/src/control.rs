@@ -21,12 +21,81 @@ struct Ctl {
     commands: mpsc::Sender<Command>,
 }
 
-async fn status(AxState(c): AxState<Ctl>) -> Json<Value> {
+/// What `GET /status` answers: the agent's state and session.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    /// The volunteer's own contribution in words, where a person reading the JSON looks first.
+    pub contribution: Option<String>,
+    /// What the agent is doing.
+    pub state: State,
+    /// Who it is.
+    pub session: Session,
+}
+
+impl std::fmt::Display for Status {
+    /// The lines `commons-agent status` prints: what it is doing, what it gave, where it is joined, what holds it
+    /// back or needs fixing, and its containers.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.session;
+        let doing = match &self.state {
+            State::Stopped => "stopped".to_owned(),
+            State::Registering => "joining a coordinator".to_owned(),
+            State::Pulling => "fetching its services' images".to_owned(),
+            State::Active => "donating".to_owned(),
+            State::Paused => "paused".to_owned(),
+            State::Error(why) => format!("stuck: {why}"),
+        };
+        writeln!(f, "Commons agent: {doing}")?;
+        if let Some(c) = &self.contribution {
+            writeln!(f, "{c}")?;
+        }
+        if !s.worker_id.is_empty() {
+            let tier = s.tier.map(|t| format!(", tier {t}")).unwrap_or_default();
+            writeln!(f, "Worker {} at {}{tier}", s.worker_id, s.coordinator_url)?;
+        }
+        if let Some(e) = &s.endpoint {
+            writeln!(f, "Reached at {e}")?;
+        }
+        if let Some(h) = &s.held {
+            writeln!(f, "Held back: {h}")?;
+        }
+        if let Some(p) = &s.problem {
+            writeln!(f, "To fix: {p}")?;
+        }
+        if let Some(c) = &s.catalogue {
+            writeln!(f, "Runs what {c} says")?;
+        }
+        if s.containers.is_empty() {
+            return Ok(());
+        }
+        writeln!(f, "Services:")?;
+        let width = s
+            .containers
+            .iter()
+            .map(|c| c.service.len())
+            .max()
+            .unwrap_or(0);
+        for c in &s.containers {
+            writeln!(
+                f,
+                "  {:width$}  {:8}  {}",
+                c.service,
+                c.state.as_str(),
+                c.image
+            )?;
+        }
+        Ok(())
+    }
+}
+
+async fn status(AxState(c): AxState<Ctl>) -> Json<Status> {
     let state = c.state.borrow().clone();
     let session = c.session.borrow().clone();
-    // The volunteer's own contribution in words, where a person reading `commons-agent status` looks first.
-    let contribution = session.contribution.clone();
-    Json(json!({"contribution": contribution, "state": state, "session": session}))
+    Json(Status {
+        contribution: session.contribution.clone(),
+        state,
+        session,
+    })
 }
 
 async fn send(c: &Ctl, cmd: Command) -> Json<Value> {
@@ -160,4 +229,52 @@ pub async fn call(path: &Path, method: &str, route: &str) -> Result<Value, Contr
     let resp = commons_server::forward::request(stream, req).await?;
     let body = resp.into_body().collect().await?.to_bytes();
     Ok(serde_json::from_slice(&body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::ContainerView;
+    use commons_shared::api::ContainerState;
+
+    #[test]
+    fn status_reads_as_sentences_and_survives_json() {
+        let status = Status {
+            contribution: Some("Today you served 3 OCR pages; 1.0 hours donated this week.".into()),
+            state: State::Active,
+            session: Session {
+                worker_id: "w-1".into(),
+                coordinator_url: "http://c.example".into(),
+                tier: Some(2),
+                held: Some("on battery".into()),
+                containers: vec![ContainerView {
+                    name: "commons-ocr".into(),
+                    service: "ocr".into(),
+                    image: "commons/ocr:1".into(),
+                    state: ContainerState::Running,
+                }],
+                ..Session::default()
+            },
+        };
+        assert_eq!(
+            status.to_string(),
+            "Commons agent: donating\n\
+             Today you served 3 OCR pages; 1.0 hours donated this week.\n\
+             Worker w-1 at http://c.example, tier 2\n\
+             Held back: on battery\n\
+             Services:\n  ocr  running   commons/ocr:1\n"
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["state"]["state"], "active");
+        assert_eq!(serde_json::from_value::<Status>(json).unwrap(), status);
+        let stuck = Status {
+            state: State::Error("no engine".into()),
+            ..status
+        };
+        assert!(
+            stuck
+                .to_string()
+                .starts_with("Commons agent: stuck: no engine\n")
+        );
+    }
 }

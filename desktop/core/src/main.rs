@@ -54,8 +54,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// The running agent's state.
-    Status,
+    /// The running agent's state, in words.
+    Status {
+        /// As JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pause the running agent.
     Pause,
     /// Resume the running agent.
@@ -96,9 +100,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             coordinator,
             no_dht,
         } => find(s, &service, coordinator, no_dht).await,
-        Cmd::Status => {
+        Cmd::Status { json } => {
             let status = control::call(&s.control_socket(), "GET", "/status").await?;
-            println!("{}", serde_json::to_string_pretty(&status)?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                let status: control::Status = serde_json::from_value(status).map_err(|e| {
+                    anyhow::anyhow!(
+                        "the running agent answered something this version cannot read: {e}"
+                    )
+                })?;
+                print!("{status}");
+            }
             Ok(())
         }
         Cmd::Pause | Cmd::Resume | Cmd::Quit => {

@@ -84,7 +84,7 @@ async fn sigterm_is_a_graceful_quit() {
         let out = Command::new(BIN)
             .arg("--control-socket")
             .arg(&sock)
-            .arg("status")
+            .args(["status", "--json"])
             .output()
             .unwrap();
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
@@ -96,6 +96,20 @@ async fn sigterm_is_a_graceful_quit() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!id.is_empty(), "the agent never became active");
+    // Without --json: sentences for a person.
+    let out = Command::new(BIN)
+        .arg("--control-socket")
+        .arg(&sock)
+        .arg("status")
+        .output()
+        .unwrap();
+    let words = String::from_utf8(out.stdout).unwrap();
+    assert!(words.starts_with("Commons agent: donating\n"), "{words}");
+    assert!(
+        words.contains(&format!("Worker {id} at {}", server.url())),
+        "{words}"
+    );
+    assert!(!words.contains('{'), "no JSON: {words}");
     let client = reqwest::Client::new();
     let url = format!("{}/api/admin/workers/{id}", server.url());
     assert_eq!(

@@ -69,6 +69,9 @@ pub enum ApiError {
     /// 504: the worker did not answer in time.
     #[error("{0}")]
     GatewayTimeout(String),
+    /// 508: the request came back to a server it went through (an upstream points back at it).
+    #[error("{0}")]
+    LoopDetected(String),
     /// 500: our fault; details go to the log, not the client.
     #[error("internal error")]
     Internal(String),
@@ -94,6 +97,7 @@ impl ApiError {
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             Self::GatewayTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
+            Self::LoopDetected(_) => (StatusCode::LOOP_DETECTED, "loop_detected"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod serve;
 pub mod stats;
 pub mod tokens;
+pub mod upstream;
 
 use axum::Json;
 use axum::Router;
@@ -48,7 +49,8 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint; see /api/openapi.json".into())
 }
 
-async fn method_not_allowed() -> Response {
+/// 405 as JSON: the router's answer for a known path asked with a method it does not take.
+pub async fn method_not_allowed() -> Response {
     (
         StatusCode::METHOD_NOT_ALLOWED,
         Json(ErrorBody::new(
@@ -71,13 +73,16 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (else `default_filter`). For binaries only.
+/// Logs to stderr, filtered by `RUST_LOG` (else `default_filter`), in colour only when stderr is a terminal (a log
+/// file or the journal gets plain text). For binaries only.
 pub fn init_tracing(default_filter: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

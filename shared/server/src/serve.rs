@@ -78,6 +78,8 @@ impl Serving {
     /// Serves `app` on `listener`, with the client's address available to handlers (`ConnectInfo`).
     pub fn start(listener: TcpListener, app: Router) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
+        // The recorder from the start: what is counted before the first scrape is not lost.
+        crate::metrics::handle();
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use commons_shared::api::ContainerState;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -43,7 +43,7 @@ use self::ui::Ui;
 use self::work::Work;
 
 /// What the agent is doing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", content = "reason", rename_all = "lowercase")]
 pub enum State {
     /// Not running.
@@ -103,7 +103,7 @@ pub enum AgentError {
 }
 
 /// One assigned container, as a UI shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerView {
     /// Container name (from the assignment).
     pub name: String,
@@ -116,7 +116,7 @@ pub struct ContainerView {
 }
 
 /// Who the agent is right now.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     /// Worker id.
     pub worker_id: String,
