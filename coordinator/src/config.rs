@@ -49,6 +49,15 @@ pub struct Config {
     pub max_services_per_worker: usize,
     /// Largest body forwarded to a worker.
     pub proxy_body_limit_bytes: usize,
+    /// Seconds a client has to send a request's header (and an idle kept-alive connection stays open).
+    pub header_read_timeout_secs: u64,
+    /// Seconds a request body may send nothing before the request ends in 408.
+    pub body_idle_timeout_secs: u64,
+    /// Connections served at once; beyond it new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Connections one client address may hold at once; beyond it a connection gets 429.
+    /// `trusted_proxies` (the edge) are exempt.
+    pub max_connections_per_address: usize,
     /// Seconds to wait for a worker's answer headers.
     pub proxy_timeout_secs: u64,
     /// Seconds to wait for a TCP connection to a worker before trying another.
@@ -132,6 +141,10 @@ impl Default for Config {
             max_services_per_worker: 3,
             proxy_body_limit_bytes: 64 * 1024 * 1024,
             proxy_timeout_secs: 300,
+            header_read_timeout_secs: 10,
+            body_idle_timeout_secs: 30,
+            max_connections: 4096,
+            max_connections_per_address: 64,
             proxy_connect_timeout_ms: 2000,
             private_upstreams: None,
             history_interval_secs: 60,
@@ -178,9 +191,33 @@ impl Config {
     }
 }
 
+impl Config {
+    /// What the server bounds its clients with.
+    pub fn limits(&self) -> commons_server::serve::Limits {
+        commons_server::serve::Limits {
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
+            body_idle_timeout: std::time::Duration::from_secs(self.body_idle_timeout_secs),
+            max_connections: self.max_connections,
+            max_per_address: self.max_connections_per_address,
+            exempt: self.trusted_proxies.clone(),
+        }
+    }
+}
+
 impl Validate for Config {
     /// Checks ranges.
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.header_read_timeout_secs == 0
+            || self.body_idle_timeout_secs == 0
+            || self.max_connections == 0
+            || self.max_connections_per_address == 0
+        {
+            return Err(ConfigError::Invalid(
+                "header_read_timeout_secs, body_idle_timeout_secs, max_connections and \
+                 max_connections_per_address must be at least 1"
+                    .into(),
+            ));
+        }
         let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
         if self.flush_interval_ms == 0 || self.flush_interval_ms > 1000 {
             return bad("flush_interval_ms must be from 1 to 1000");

@@ -54,7 +54,8 @@ impl Server {
         let store = Store::open(&config.data_dir)?;
         let url = config.coordinator_url(addr);
         let (state, new_admin_token) = AppState::load(config, store, addr, url).await?;
-        let mut serving = Serving::start(listener, crate::routes::router(state.clone()))
+        let limits = state.config.limits();
+        let mut serving = Serving::start(listener, crate::routes::router(state.clone()), limits)
             .map_err(ServeError::from)?;
         let db = state.store.db();
         let id = match db.setting("coordinator_id")? {
@@ -129,13 +130,16 @@ impl Server {
 pub mod test_utils {
     use super::*;
 
-    /// A configuration for tests: loopback port 0, the given data dir, a known admin token, no rate limit.
+    /// A configuration for tests: loopback port 0, the given data dir, a known admin token, no rate or per-address
+    /// connection limit.
     pub fn config(data_dir: &std::path::Path) -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: data_dir.to_owned(),
             admin_token: Some(crate::config::Secret(ADMIN_TOKEN.into())),
             register_rate_limit: 0,
+            // Every test client is on loopback; the slow-client tests set their own limit.
+            max_connections_per_address: 100_000,
             flush_interval_ms: 100,
             accounting_flush_ms: 100,
             // The tests of routing send no API key; those of keys turn this off.

@@ -735,3 +735,72 @@ async fn an_unknown_api_path_is_404_whatever_the_method() {
         assert_eq!(r.body["error"], "method_not_allowed");
     }
 }
+
+/// A connection from `source` (any 127/8 address is this machine's loopback) with half a request's header sent.
+async fn half_sent(source: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .unwrap();
+    let mut s = socket.connect(to).await.unwrap();
+    s.write_all(b"POST /api/worker/heartbeat HTTP/1.1\r\nhost: c\r\n")
+        .await
+        .unwrap();
+    s
+}
+
+/// Whether the server answered 429 on `s` (as it does past an address's connection limit) within a moment.
+async fn refused(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 12];
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_millis(50), s.read_exact(&mut buf)).await,
+        Ok(Ok(_)) if &buf == b"HTTP/1.1 429"
+    )
+}
+
+#[tokio::test]
+async fn a_slowloris_client_takes_only_its_own_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = commons_coordinator::server::test_utils::config(dir.path());
+    config.max_connections_per_address = 16;
+    config.header_read_timeout_secs = 5;
+    config.trusted_proxies = vec!["127.0.0.3".parse().unwrap()];
+    let server = commons_coordinator::Server::bind(config).await.unwrap();
+    let addr = server.local_addr();
+    // 200 half-sent requests from one address: it keeps 16, the rest are refused at once.
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        slow.push(half_sent([127, 0, 0, 2], addr).await);
+    }
+    let mut n = 0;
+    for s in &mut slow {
+        n += usize::from(refused(s).await);
+    }
+    assert_eq!(n, 200 - 16);
+    // Meanwhile a worker registers and heartbeats, and the health check answers.
+    let client = reqwest::Client::new();
+    let reg = register_at(&client, &server.url(), &native(4, 16, None)).await;
+    let hb = json!({"worker_id": reg["worker_id"], "status": "healthy", "load": 0.1});
+    for _ in 0..20 {
+        let r = client
+            .post(format!("{}/api/worker/heartbeat", server.url()))
+            .bearer_auth(reg["worker_token"].as_str().unwrap())
+            .json(&hb)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // The edge (a trusted proxy) carries many clients: its connections are not limited per address.
+    let mut from_edge = Vec::new();
+    for _ in 0..20 {
+        from_edge.push(half_sent([127, 0, 0, 3], addr).await);
+    }
+    for s in &mut from_edge {
+        assert!(!refused(s).await);
+    }
+    drop((slow, from_edge));
+    server.shutdown().await.unwrap();
+}

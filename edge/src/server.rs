@@ -65,7 +65,8 @@ impl Server {
         let addr = listener.local_addr().map_err(ServeError::from)?;
         let store = Store::open(&config.data_dir)?;
         let (state, new_admin_token) = EdgeState::load(config, store, addr).await?;
-        let mut serving = Serving::start(listener, crate::http::router(state.clone()))
+        let limits = state.config.limits();
+        let mut serving = Serving::start(listener, crate::http::router(state.clone()), limits)
             .map_err(ServeError::from)?;
         serving.add_tasks(spawn_tasks(&state));
         Ok(Self {
@@ -117,13 +118,14 @@ pub mod test_utils {
     /// The admin token of [`config`].
     pub const ADMIN_TOKEN: &str = "edge-test-admin-token-0123456789";
 
-    /// Loopback port 0, the given data dir, a known admin token, no registration limit.
+    /// Loopback port 0, the given data dir, a known admin token, no registration or per-address connection limit.
     pub fn config(data_dir: &std::path::Path) -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: data_dir.to_owned(),
             admin_token: Some(crate::config::Secret(ADMIN_TOKEN.into())),
             register_rate_limit: 0,
+            max_connections_per_address: 100_000,
             ..Config::default()
         }
     }

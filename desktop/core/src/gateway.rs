@@ -112,31 +112,14 @@ async fn to_service(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-/// Serves `app` on `listener`, each connection in a task this one owns: when the gateway goes (the agent quits or
-/// fails), every connection goes with it, as when the process ends, and streams in progress are cut (the
-/// coordinator then ends its client's stream with an error event).
-async fn serve(listener: tokio::net::TcpListener, app: Router) {
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let service = hyper_util::service::TowerToHyperService::new(
-                    app.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer))),
-                );
-                connections.spawn(async move {
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    if let Err(e) = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await
-                    {
-                        tracing::debug!(error = %e, "a gateway connection ended");
-                    }
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
+/// What the gateway bounds its clients with: the coordinator is its one client, so the per-address limit is the
+/// total.
+fn limits() -> commons_server::serve::Limits {
+    const MOST: usize = 512;
+    commons_server::serve::Limits {
+        max_connections: MOST,
+        max_per_address: MOST,
+        ..Default::default()
     }
 }
 
@@ -148,6 +131,8 @@ pub struct Gateway {
     /// Its routes and counters.
     pub routes: Arc<Routes>,
     task: JoinHandle<()>,
+    /// Never sent: the gateway stops when dropped (its task aborted), not gracefully.
+    _stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Gateway {
@@ -168,8 +153,21 @@ impl Gateway {
         );
         let listener = commons_server::serve::listen(listen).await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(serve(listener, app));
-        Ok(Self { addr, routes, task })
+        // Each connection runs in a task the serving task owns: when the gateway goes (the agent quits or fails),
+        // every connection goes with it, as when the process ends, and streams in progress are cut (the
+        // coordinator then ends its client's stream with an error event).
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            if let Err(e) = commons_server::serve::run(listener, app, limits(), stopped).await {
+                tracing::warn!(error = %e, "the gateway stopped serving");
+            }
+        });
+        Ok(Self {
+            addr,
+            routes,
+            task,
+            _stop: stop,
+        })
     }
 
     /// `http://{addr}`.

@@ -31,6 +31,9 @@ pub enum ApiError {
     /// 413.
     #[error("the request body is larger than {0} bytes")]
     TooLarge(usize),
+    /// 408: the client stopped sending its request.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 409: the request conflicts with what is stored.
     #[error("{0}")]
     Conflict(String),
@@ -86,6 +89,7 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::RateLimited(_) | Self::TooMany { quota: false, .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "rate_limited")

@@ -42,11 +42,26 @@ impl<S: Send + Sync> FromRequest<S> for Body {
             {
                 Err(ApiError::TooLarge(MAX_BODY_BYTES))
             }
+            Err(e) if timed_out(&e) => Err(ApiError::RequestTimeout(
+                "the request body stopped arriving; send it whole, without long pauses".into(),
+            )),
             Err(e) => Err(ApiError::BadRequest(format!(
                 "cannot read the request body: {e}"
             ))),
         }
     }
+}
+
+/// Whether reading a body failed because it sent nothing for the server's body timeout.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// A query string read into `T`; one that does not fit is a JSON 422 on the field `query`.
