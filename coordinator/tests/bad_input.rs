@@ -348,7 +348,7 @@ async fn bad_input_corpus() {
             hb_path,
             t,
             hb(json!({"worker_id": "worker-195d5431"})),
-            404,
+            401,
             "register again",
         ),
         case(

@@ -3,14 +3,13 @@
 
 fn main() -> std::process::ExitCode {
     use std::io::IsTerminal;
-    // Colour only on a terminal: a log file or the journal gets plain text.
+    // Logs go to stdout; in colour only on a terminal (a log file or the journal gets plain text).
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
     // An update's trial run: the new binary proves it starts, without a window (see commons_agent::update).
     if let Some(report) = std::env::var_os(commons_agent::update::TRIAL_ENV) {
