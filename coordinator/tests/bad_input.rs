@@ -384,8 +384,8 @@ async fn bad_input_corpus() {
             &format!("/api/worker/unregister/{id}"),
             Some("0123"),
             "",
-            403,
-            "does not belong",
+            401,
+            "own token",
         ),
         case(
             "admin: no token",

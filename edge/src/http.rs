@@ -15,6 +15,7 @@ use commons_server::consumers::doc as keys;
 use commons_server::error::{ApiError, ApiResult};
 use commons_server::extract::{Body, ClientIp};
 use commons_server::forward::{self, Target};
+use commons_server::openapi::{Conventions, services};
 use commons_server::tokens::admin_routes;
 use commons_shared::ErrorBody;
 use commons_shared::edge::{
@@ -124,7 +125,7 @@ fn ack(state: &EdgeState, id: String) -> Json<EdgeAck> {
 /// The federation's consumer API keys (their hashes and what each may do; revoked ones left out), for its
 /// coordinators, which check them. Fetched when the version in a heartbeat's answer changes.
 #[utoipa::path(get, path = "/api/edge/keys",
-    responses((status = 200, body = commons_shared::consumers::SharedKeys), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = commons_shared::consumers::SharedKeys)), security(("federation_key" = [])))]
 async fn shared_keys(
     State(state): State<EdgeState>,
     token: Bearer,
@@ -134,8 +135,7 @@ async fn shared_keys(
 
 /// A coordinator registers (federation key as Bearer).
 #[utoipa::path(post, path = "/api/edge/register", request_body = EdgeRegisterRequest,
-    responses((status = 200, body = EdgeAck), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = EdgeAck), (status = 403, body = ErrorBody)), security(("federation_key" = [])))]
 async fn register(
     State(state): State<EdgeState>,
     token: Bearer,
@@ -159,7 +159,8 @@ async fn register(
 
 /// A coordinator's heartbeat: refreshes its last-seen time and figures.
 #[utoipa::path(post, path = "/api/edge/heartbeat", request_body = commons_shared::edge::EdgeHeartbeat,
-    responses((status = 200, body = EdgeAck), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = EdgeAck), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("federation_key" = [])))]
 async fn heartbeat(
     State(state): State<EdgeState>,
     token: Bearer,
@@ -171,6 +172,11 @@ async fn heartbeat(
     Ok(ack(&state, id))
 }
 
+/// A coordinator leaves (with its own federation key).
+#[utoipa::path(delete, path = "/api/edge/coordinators/{id}", params(("id" = String, Path, max_length = 64)),
+    responses((status = 200, body = commons_shared::api::Revoked), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("federation_key" = [])))]
 async fn deregister(
     State(state): State<EdgeState>,
     token: Bearer,
@@ -202,7 +208,12 @@ async fn forward_to(
     let suspect = Duration::from_secs(state.config.suspect_secs);
     let mut tried: Vec<String> = Vec::new();
     for _ in 0..2 {
-        let Some(c) = state.choose(&tried, location, service) else {
+        // A service no coordinator reports goes to any of them: it answers for it (404 for a service that does not
+        // exist, else what its workers and the DHT can do).
+        let Some(c) = state
+            .choose(&tried, location, service)
+            .or_else(|| service.and_then(|_| state.choose(&tried, location, None)))
+        else {
             break;
         };
         let Some(target) = Target::from_base(&c.url, path, query.as_deref()) else {
@@ -280,6 +291,9 @@ async fn forward_service(
     Path((service, path)): Path<(String, String)>,
     req: Request,
 ) -> Response {
+    if !commons_shared::catalogue::is_service_name(&service) {
+        return no_service(&service);
+    }
     let full = format!("/api/service/{service}/{path}");
     forward_to(&state, ip, None, Some(&service), &full, req)
         .await
@@ -292,10 +306,18 @@ async fn forward_root(
     Path(service): Path<String>,
     req: Request,
 ) -> Response {
+    if !commons_shared::catalogue::is_service_name(&service) {
+        return no_service(&service);
+    }
     let full = format!("/api/service/{service}");
     forward_to(&state, ip, None, Some(&service), &full, req)
         .await
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A name that cannot be a service's: 404, as a coordinator answers for a service it does not have.
+fn no_service(service: &str) -> Response {
+    ApiError::NotFound(format!("there is no service {service:?}")).into_response()
 }
 
 /// `ANY /v1/{path}`: the OpenAI-compatible API, which the `llm` service serves (an OpenAI client's `base_url` is
@@ -370,7 +392,8 @@ fn infos(state: &EdgeState) -> Vec<commons_shared::edge::CoordinatorInfo> {
 }
 
 /// Registered coordinators.
-#[utoipa::path(get, path = "/api/admin/coordinators", responses((status = 200, body = CoordinatorList)))]
+#[utoipa::path(get, path = "/api/admin/coordinators", responses((status = 200, body = CoordinatorList)),
+    security(("admin_token" = [])))]
 async fn coordinators(State(state): State<EdgeState>, _: Admin) -> Json<CoordinatorList> {
     let coordinators = infos(&state);
     Json(CoordinatorList {
@@ -380,7 +403,8 @@ async fn coordinators(State(state): State<EdgeState>, _: Admin) -> Json<Coordina
 }
 
 /// The global view: coordinators with their worker counts and load.
-#[utoipa::path(get, path = "/api/admin/topology", responses((status = 200, body = EdgeTopology)))]
+#[utoipa::path(get, path = "/api/admin/topology", responses((status = 200, body = EdgeTopology)),
+    security(("admin_token" = [])))]
 async fn topology(State(state): State<EdgeState>, _: Admin) -> Json<EdgeTopology> {
     let coordinators = infos(&state);
     let mut services = std::collections::BTreeMap::new();
@@ -401,7 +425,8 @@ async fn topology(State(state): State<EdgeState>, _: Admin) -> Json<EdgeTopology
 }
 
 /// Requests per kind per day, 30 days.
-#[utoipa::path(get, path = "/api/admin/metrics", responses((status = 200, body = EdgeMetrics)))]
+#[utoipa::path(get, path = "/api/admin/metrics", responses((status = 200, body = EdgeMetrics)),
+    security(("admin_token" = [])))]
 async fn request_metrics(State(state): State<EdgeState>, _: Admin) -> Json<EdgeMetrics> {
     let days = state
         .counts()
@@ -435,13 +460,43 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         coordinators,
         topology,
         request_metrics,
+        deregister,
         keys::list_keys,
         keys::create_key,
         keys::revoke_key,
-        keys::rotate_key
-    )
+        keys::rotate_key,
+        list_federation_keys,
+        create_federation_key,
+        revoke_federation_key,
+        services::service,
+        services::service_root,
+        services::openai,
+        services::metrics
+    ),
+    modifiers(&Conventions)
 )]
 struct ApiDoc;
+
+/// Lists the federation keys (never the keys themselves). The handlers are
+/// [`commons_server::tokens::admin_routes`]; these document them.
+#[utoipa::path(get, path = "/api/admin/federation-keys",
+    responses((status = 200, body = commons_shared::edge::FederationKeyList)), security(("admin_token" = [])))]
+#[allow(dead_code)]
+fn list_federation_keys() {}
+
+/// Creates a federation key for a coordinator (shown once).
+#[utoipa::path(post, path = "/api/admin/federation-keys", request_body = commons_shared::api::EnrollmentTokenRequest,
+    responses((status = 200, body = commons_shared::edge::FederationKey)), security(("admin_token" = [])))]
+#[allow(dead_code)]
+fn create_federation_key() {}
+
+/// Revokes a federation key: its coordinators can no longer register or heartbeat.
+#[utoipa::path(delete, path = "/api/admin/federation-keys/{id}", params(("id" = String, Path, max_length = 64)),
+    responses((status = 200, body = commons_shared::api::Revoked), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody)),
+    security(("admin_token" = [])))]
+#[allow(dead_code)]
+fn revoke_federation_key() {}
 
 #[cfg(test)]
 mod tests {

@@ -374,6 +374,7 @@ pub struct ContainerStatus {
 #[serde(deny_unknown_fields)]
 pub struct GpuSample {
     /// GPU index.
+    #[cfg_attr(feature = "openapi", schema(maximum = 1023))]
     pub index: u32,
     /// Utilisation in [0, 1].
     #[serde(default)]
@@ -391,6 +392,7 @@ pub struct GpuSample {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatRequest {
     /// The worker's id (at most 64 characters).
+    #[cfg_attr(feature = "openapi", schema(max_length = 64))]
     pub worker_id: String,
     /// healthy | degraded | paused | busy.
     pub status: ReportedStatus,
@@ -695,12 +697,41 @@ pub struct History {
     pub points: Vec<HistoryPoint>,
 }
 
-/// `POST /api/admin/enrollment-tokens`.
+/// `POST /api/admin/enrollment-tokens` (and the edge's `POST /api/admin/federation-keys`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollmentTokenRequest {
-    /// What the token is for ("lab-3 servers").
+    /// What the token is for ("lab-3 servers"), 1 to 256 bytes.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
     pub label: String,
+}
+
+/// A named token as the admin API lists it (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenEntry {
+    /// Id, for revoking.
+    pub id: String,
+    /// Label.
+    pub label: String,
+}
+
+/// `GET /api/admin/enrollment-tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnrollmentTokenList {
+    /// Every enrollment token that is not revoked.
+    pub tokens: Vec<TokenEntry>,
+}
+
+/// The answer to revoking a named token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Revoked {
+    /// What was done: "revoked" (a token), "deregistered" (a coordinator at the edge).
+    pub status: String,
+    /// Its id.
+    pub id: String,
 }
 
 /// A new enrollment token, shown once.

@@ -10,9 +10,11 @@ pub struct Cpu {
     #[serde(default)]
     pub brand: String,
     /// Physical cores.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65536))]
     pub cores: u32,
     /// Hardware threads (logical CPUs).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 65536))]
     pub threads: u32,
     /// Base frequency in MHz, 0 when unknown.
     #[serde(default)]
@@ -81,6 +83,7 @@ pub struct Gpu {
     pub name: String,
     /// Index as the driver numbers it.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 1023))]
     pub index: u32,
     /// Driver-assigned UUID, empty when unknown.
     #[serde(default)]
@@ -137,7 +140,9 @@ impl Capabilities {
 
     /// The sum of VRAM over all GPUs.
     pub fn total_vram(&self) -> u64 {
-        self.gpus.iter().map(|g| g.vram_bytes).sum()
+        self.gpus
+            .iter()
+            .fold(0u64, |sum, g| sum.saturating_add(g.vram_bytes))
     }
 
     /// The most free space on any one disk.
@@ -147,7 +152,9 @@ impl Capabilities {
 
     /// Free space over all disks.
     pub fn total_free_disk(&self) -> u64 {
-        self.disks.iter().map(|d| d.free_bytes).sum()
+        self.disks
+            .iter()
+            .fold(0u64, |sum, d| sum.saturating_add(d.free_bytes))
     }
 }
 

@@ -13,6 +13,7 @@ use crate::validate::{InputError, MAX_STRING_LEN};
 #[serde(deny_unknown_fields)]
 pub struct KeyPolicy {
     /// Who it is for, for people.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
     pub name: String,
     /// The services it may use, by catalogue name; empty: all of them.
     #[serde(default)]

@@ -215,6 +215,14 @@ pub struct EdgeMetrics {
     pub days: Vec<DayCounts>,
 }
 
+/// `GET /api/admin/federation-keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FederationKeyList {
+    /// Every federation key that is not revoked.
+    pub keys: Vec<crate::api::TokenEntry>,
+}
+
 /// A new federation key, shown once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -38,5 +38,8 @@ pub mod units;
 pub mod usage;
 pub mod validate;
 
+#[cfg(test)]
+mod properties;
+
 pub use error::ErrorBody;
 pub use ids::WorkerId;

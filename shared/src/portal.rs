@@ -18,6 +18,7 @@ use crate::edge::CoordinatorInfo;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginRequest {
     /// The admin token.
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub token: String,
 }
 

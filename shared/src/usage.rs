@@ -208,6 +208,7 @@ pub const MAX_USAGE_HOURS: u32 = 30 * 24;
 /// A usage report's span and bucket, as `GET /api/admin/usage?hours=24&bucket_minutes=60` asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 pub struct UsageQuery {
     /// Hours back from now (1 to 720; default 24).
     #[serde(default = "default_hours")]

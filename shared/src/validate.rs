@@ -20,6 +20,10 @@ pub const MAX_ID_LEN: usize = 64;
 pub const MAX_STRING_LEN: usize = 256;
 /// Longest list.
 pub const MAX_LIST_LEN: usize = 64;
+/// The most CPU cores (and hardware threads) a machine can report.
+pub const MAX_CORES: u32 = 65_536;
+/// The highest GPU index a machine can report.
+pub const MAX_GPU_INDEX: u32 = 1023;
 
 /// A request body that cannot be accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -144,8 +148,17 @@ impl Check {
 
 fn check_capabilities(c: &mut Check, caps: &Capabilities) {
     c.string("capabilities.cpu.brand", &caps.cpu.brand, MAX_STRING_LEN);
-    if caps.cpu.cores == 0 {
-        c.fail("capabilities.cpu.cores", "must be at least 1".into());
+    if !(1..=MAX_CORES).contains(&caps.cpu.cores) {
+        c.fail(
+            "capabilities.cpu.cores",
+            format!("must be from 1 to {MAX_CORES}"),
+        );
+    }
+    if caps.cpu.threads > MAX_CORES {
+        c.fail(
+            "capabilities.cpu.threads",
+            format!("must be at most {MAX_CORES}"),
+        );
     }
     c.list("capabilities.disks", &caps.disks);
     for (i, d) in caps.disks.iter().enumerate() {
@@ -163,6 +176,12 @@ fn check_capabilities(c: &mut Check, caps: &Capabilities) {
     }
     c.list("capabilities.gpus", &caps.gpus);
     for (i, g) in caps.gpus.iter().enumerate() {
+        if g.index > MAX_GPU_INDEX {
+            c.fail(
+                &format!("capabilities.gpus[{i}].index"),
+                format!("must be at most {MAX_GPU_INDEX}"),
+            );
+        }
         c.string(
             &format!("capabilities.gpus[{i}].name"),
             &g.name,
@@ -207,10 +226,10 @@ fn from_legacy(req: LegacyRegisterRequest) -> Result<NewWorker, InputError> {
     c.opt_string("capabilities.gpu_type", &l.gpu_type, MAX_STRING_LEN);
     c.opt_string("capabilities.gpu_memory", &l.gpu_memory, MAX_STRING_LEN);
     c.finish()?;
-    if l.cpu_cores == 0 {
+    if !(1..=MAX_CORES).contains(&l.cpu_cores) {
         return Err(InputError::field(
             "capabilities.cpu_cores",
-            "must be at least 1",
+            format!("must be from 1 to {MAX_CORES}"),
         ));
     }
     let memory_bytes = legacy_size("capabilities.ram", &l.ram)?;
@@ -345,6 +364,12 @@ pub fn parse_heartbeat(body: &[u8]) -> Result<HeartbeatRequest, InputError> {
     c.fraction("load", hb.load);
     c.list("gpus", &hb.gpus);
     for (i, g) in hb.gpus.iter().enumerate() {
+        if g.index > MAX_GPU_INDEX {
+            c.fail(
+                &format!("gpus[{i}].index"),
+                format!("must be at most {MAX_GPU_INDEX}"),
+            );
+        }
         c.fraction(&format!("gpus[{i}].utilization"), f64::from(g.utilization));
         if !g.temperature_c.is_finite() || !(-50.0..=150.0).contains(&g.temperature_c) {
             c.fail(
@@ -487,6 +512,22 @@ mod tests {
             (
                 r#"{"capabilities": {"cpu_cores": 0, "ram": "8GB"}}"#,
                 "capabilities.cpu_cores",
+            ),
+            (
+                r#"{"capabilities": {"cpu_cores": 2147483648, "ram": "8GB"}}"#,
+                "capabilities.cpu_cores",
+            ),
+            (
+                r#"{"capabilities": {"cpu": {"cores": 2147483648}, "memory_bytes": 1}}"#,
+                "capabilities.cpu.cores",
+            ),
+            (
+                r#"{"capabilities": {"cpu": {"cores": 2, "threads": 70000}, "memory_bytes": 1}}"#,
+                "capabilities.cpu.threads",
+            ),
+            (
+                r#"{"capabilities": {"cpu": {"cores": 2}, "memory_bytes": 1, "gpus": [{"name": "g", "index": 5000, "vram_bytes": 1}]}}"#,
+                "capabilities.gpus[0].index",
             ),
             (r#"{"capabilities": {"cpu_cores": 2}}"#, "capabilities"),
             (

@@ -71,17 +71,23 @@ fn summary(state: &AppState, w: &Worker, now: Instant) -> WorkerSummary {
 
 /// Filters and page of `/api/admin/workers`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct WorkerQuery {
     /// 1, 2 or 3.
+    #[param(minimum = 1, maximum = 3)]
     tier: Option<u8>,
     /// healthy | degraded | paused | busy | stale | offline.
+    #[param(value_type = Option<WorkerStatus>)]
     status: Option<String>,
     /// A service name.
+    #[param(max_length = 32)]
     service: Option<String>,
     /// Page size, at most 1000 (default 100).
+    #[param(minimum = 0, maximum = 1000)]
     limit: Option<u64>,
     /// Offset.
+    #[param(minimum = 0)]
     offset: Option<u64>,
 }
 
@@ -245,6 +251,7 @@ pub(crate) async fn services(State(state): State<AppState>, _: Admin) -> Json<Se
 
 /// History range.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct HistoryQuery {
     /// 1h (default), 24h or 7d.
     range: Option<String>,
@@ -278,9 +285,24 @@ pub(crate) async fn history(
     Ok(Json(History { range, points }))
 }
 
-/// Creates an enrollment token (shown once). The handler is [`commons_server::tokens::admin_routes`]; this
-/// documents it.
+/// Creates an enrollment token (shown once). The handlers of the enrollment tokens are
+/// [`commons_server::tokens::admin_routes`]; these document them.
 #[utoipa::path(post, path = "/api/admin/enrollment-tokens", request_body = EnrollmentTokenRequest,
-    responses((status = 200, body = EnrollmentToken), (status = 422, body = ErrorBody)), security(("admin_token" = [])))]
+    responses((status = 200, body = EnrollmentToken)), security(("admin_token" = [])))]
 #[allow(dead_code)]
 pub(crate) fn create_enrollment() {}
+
+/// Lists the enrollment tokens (never the tokens themselves).
+#[utoipa::path(get, path = "/api/admin/enrollment-tokens",
+    responses((status = 200, body = commons_shared::api::EnrollmentTokenList)), security(("admin_token" = [])))]
+#[allow(dead_code)]
+pub(crate) fn list_enrollments() {}
+
+/// Revokes an enrollment token: registrations with it are refused from now on.
+#[utoipa::path(delete, path = "/api/admin/enrollment-tokens/{id}",
+    params(("id" = String, Path, max_length = 64)),
+    responses((status = 200, body = commons_shared::api::Revoked), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody)),
+    security(("admin_token" = [])))]
+#[allow(dead_code)]
+pub(crate) fn revoke_enrollment() {}

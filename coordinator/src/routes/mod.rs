@@ -28,6 +28,7 @@ use crate::auth::Bearer;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use commons_server::consumers::doc as keys;
+use commons_server::openapi::{Conventions, services};
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
@@ -126,8 +127,9 @@ async fn heartbeat(
 }
 
 /// A worker leaves.
-#[utoipa::path(delete, path = "/api/worker/unregister/{id}", params(("id" = String, Path)),
-    responses((status = 200), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+#[utoipa::path(delete, path = "/api/worker/unregister/{id}", params(("id" = String, Path, max_length = 64)),
+    responses((status = 200), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody)),
     security(("worker_token" = [])))]
 async fn unregister(
     State(state): State<AppState>,
@@ -179,29 +181,15 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
-struct SecurityAddon;
-
-impl utoipa::Modify for SecurityAddon {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        for name in ["worker_token", "admin_token", "api_key"] {
-            components.add_security_scheme(
-                name,
-                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-            );
-        }
-    }
-}
-
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Commons coordinator", description = "Worker registry, assignment, heartbeats, routing and admin API."),
     paths(register, heartbeat, unregister, health, admin::workers, admin::worker, admin::stats, admin::admin_health,
-          admin::services, admin::history, admin::create_enrollment, keys::list_keys, keys::create_key,
-          keys::revoke_key, keys::rotate_key, proxy::forward, proxy::forward_openai, dht::topology, dht::stats,
-          portal::login, portal::logout, portal::session, portal::coordinators, portal::releases, updates::updates, updates::catalogue,
-          usage::usage, usage::volunteers, usage::contribution),
-    modifiers(&SecurityAddon)
+          admin::services, admin::history, admin::create_enrollment, admin::list_enrollments, admin::revoke_enrollment,
+          keys::list_keys, keys::create_key, keys::revoke_key, keys::rotate_key, services::service,
+          services::service_root, services::openai, services::metrics, dht::topology, dht::stats, portal::login,
+          portal::logout, portal::session, portal::live, portal::coordinators, portal::releases, updates::updates,
+          updates::catalogue, usage::usage, usage::volunteers, usage::contribution),
+    modifiers(&Conventions)
 )]
 struct ApiDoc;

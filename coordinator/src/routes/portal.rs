@@ -122,13 +122,24 @@ pub(crate) async fn session(
 }
 
 /// The live feed: a WebSocket that sends a snapshot of the topology and stats, then only what changed.
+#[utoipa::path(get, path = "/api/admin/live",
+    responses((status = 101, description = "the WebSocket: JSON messages (LiveMessage), a snapshot then changes"),
+              (status = 400, body = ErrorBody)),
+    security(("admin_token" = [])))]
 pub(crate) async fn live(
     State(state): State<AppState>,
     _: Admin,
-    ws: WebSocketUpgrade,
-) -> Response {
-    ws.max_message_size(4096)
-        .on_upgrade(move |socket| feed(state, socket))
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    let ws = ws.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "this is a WebSocket; open it with a WebSocket client ({})",
+            e.body_text()
+        ))
+    })?;
+    Ok(ws
+        .max_message_size(4096)
+        .on_upgrade(move |socket| feed(state, socket)))
 }
 
 async fn feed(state: AppState, mut socket: WebSocket) {

@@ -208,13 +208,7 @@ async fn dht_endpoints(state: &AppState, service: &str) -> Option<Arc<[String]>>
     Some(list)
 }
 
-/// Forwards `ANY /api/service/{service}/{*path}`.
-#[utoipa::path(post, path = "/api/service/{service}/{path}", params(("service" = String, Path), ("path" = String, Path)),
-    responses((status = 200, description = "the worker's answer"), (status = 401, body = commons_shared::ErrorBody),
-              (status = 403, body = commons_shared::ErrorBody), (status = 404, body = commons_shared::ErrorBody),
-              (status = 429, body = commons_shared::ErrorBody), (status = 502, body = commons_shared::ErrorBody),
-              (status = 503, body = commons_shared::ErrorBody)),
-    security(("api_key" = [])))]
+/// Forwards `ANY /api/service/{service}/{*path}` (described in [`commons_server::openapi::services`]).
 pub(crate) async fn forward(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -240,12 +234,6 @@ pub(crate) async fn forward_root(
 
 /// Forwards `ANY /v1/{*path}`, the OpenAI-compatible API, to the `llm` service (an OpenAI client's `base_url` is
 /// the coordinator's `/v1`).
-#[utoipa::path(post, path = "/v1/{path}", params(("path" = String, Path)),
-    responses((status = 200, description = "the llm service's answer (an event stream when asked to stream)"),
-              (status = 401, body = commons_shared::ErrorBody), (status = 403, body = commons_shared::ErrorBody),
-              (status = 404, body = commons_shared::ErrorBody), (status = 429, body = commons_shared::ErrorBody),
-              (status = 502, body = commons_shared::ErrorBody), (status = 503, body = commons_shared::ErrorBody)),
-    security(("api_key" = [])))]
 pub(crate) async fn forward_openai(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,

@@ -575,6 +575,42 @@ impl Settings {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever a settings file holds, reading and checking it ends in settings or an error that names the
+        /// key, never a panic; and settings that pass read back the same once written.
+        #[test]
+        fn any_file_is_settings_or_an_error_and_good_ones_read_back(
+            lines in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "cpu_percent", "memory_mb", "gpu_percent", "max_gpu_temp_c", "edge_url", "coordinator_url",
+                        "tunnel", "service_reach", "dht_listen", "idle_only", "display_name", "schedule", "unknown",
+                    ]),
+                    "(\"[ -~]{0,24}\"|-?[0-9]{1,7}|true|false|\\[\\])",
+                ),
+                0..8,
+            )
+        ) {
+            let mut text = String::new();
+            for (key, value) in &lines {
+                text.push_str(&format!("{key} = {value}\n"));
+            }
+            if let Ok((s, _)) = Settings::parse(&text) {
+                match s.validate() {
+                    Ok(()) => {
+                        let written = toml::to_string(&s).unwrap();
+                        let (back, unknown) = Settings::parse(&written).unwrap();
+                        proptest::prop_assert_eq!(back, s);
+                        proptest::prop_assert!(unknown.is_empty());
+                    }
+                    Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+                }
+            }
+        }
+    }
+
     #[test]
     fn tunnel_kinds_are_pinned_to_their_setting_text() {
         for (kind, text) in TunnelKind::ALL.into_iter().zip(["none", "quick", "named"]) {

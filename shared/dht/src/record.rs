@@ -171,4 +171,46 @@ mod tests {
         );
         assert!(signer_of(&key).is_some());
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            #[test]
+            fn any_bytes_under_any_key_are_refused_not_a_panic(
+                key in "(worker|coordinator|other)/[1-9A-HJ-NP-Za-km-z]{0,52}",
+                value in proptest::collection::vec(any::<u8>(), 0..600),
+                now in any::<u64>(),
+            ) {
+                prop_assert!(verify(&key, &value, now).is_err());
+            }
+
+            #[test]
+            fn a_signed_record_verifies_until_any_byte_of_it_changes(
+                seq in any::<u64>(),
+                life in 1u64..3_600_000,
+                services in proptest::collection::vec("[a-z]{1,8}", 0..8),
+                at in any::<prop::sample::Index>(),
+                flip in 1u8..,
+            ) {
+                let alice = Keypair::generate_ed25519();
+                let key = worker_key(&alice.public().to_peer_id().to_base58());
+                let now = 1_800_000_000_000;
+                let mut p = payload(&alice, seq, now + life);
+                if let RecordBody::Worker(w) = &mut p.body {
+                    w.services = services;
+                }
+                let good = sign(&alice, &p);
+                prop_assert_eq!(verify(&key, &good, now).unwrap(), p);
+                let mut bad = good.clone();
+                let i = at.index(bad.len());
+                bad[i] ^= flip;
+                prop_assert!(verify(&key, &bad, now).is_err(), "byte {i} of {}", bad.len());
+            }
+        }
+    }
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod extract;
 pub mod forward;
 pub mod metrics;
+pub mod openapi;
 pub mod serve;
 pub mod stats;
 pub mod tokens;

@@ -165,6 +165,15 @@ where
         ))
     };
     let revoke = move |State(s): State<S>, _: A, Path(id): Path<String>| async move {
+        if id.len() > commons_shared::validate::MAX_ID_LEN {
+            return Err(ApiError::Invalid {
+                field: "id".into(),
+                message: format!(
+                    "at most {} characters",
+                    commons_shared::validate::MAX_ID_LEN
+                ),
+            });
+        }
         pick(&s).revoke(&id).await?;
         ApiResult::Ok(Json(json!({ "status": "revoked", "id": id })))
     };
