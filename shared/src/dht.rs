@@ -26,6 +26,11 @@ pub const MAX_RECORD_SERVICES: usize = 32;
 /// Longest a record may claim to live, in milliseconds: a record cannot outlive a dead worker by much.
 pub const MAX_RECORD_LIFETIME_MS: u64 = 60 * 60 * 1000;
 
+/// How far apart two nodes' clocks may be while they still believe each other's records, in milliseconds. A
+/// record's signed expiry is read with this much slack; how long it is kept is decided by each storer's own
+/// monotonic clock (twice the refresh period from when it arrived), so liveness does not depend on clocks agreeing.
+pub const MAX_CLOCK_SKEW_MS: u64 = 15 * 60 * 1000;
+
 /// What a worker publishes about itself.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -1070,7 +1070,14 @@ impl Node {
             }
             return;
         }
-        let left = Duration::from_millis(payload.expires_at_ms.saturating_sub(now));
+        // Kept by this node's own clock: the record's time left as the signer's clock has it (with the slack for
+        // clocks that disagree), and never past the store's TTL from now.
+        let left = Duration::from_millis(
+            payload
+                .expires_at_ms
+                .saturating_add(commons_shared::dht::MAX_CLOCK_SKEW_MS)
+                .saturating_sub(now),
+        );
         let until = Instant::now() + left;
         record.expires = Some(record.expires.map_or(until, |e| e.min(until)));
         if let Err(e) = self.kad().store_mut().put(record) {

@@ -2,12 +2,13 @@
 //!
 //! A record is valid when the envelope's signature verifies, the signer's peer id is the one named in the key
 //! and in the payload, the body's kind matches the key's, and it has not expired (nor claims to live longer than
-//! [`MAX_RECORD_LIFETIME_MS`]). Storers check this before storing and readers again after reading; both also
-//! refuse a sequence number lower than one they hold (a replay).
+//! [`MAX_RECORD_LIFETIME_MS`]), both read with [`MAX_CLOCK_SKEW_MS`] of slack for clocks that disagree. Storers check
+//! this before storing and readers again after reading; both also refuse a sequence number lower than one they hold
+//! (a replay).
 
 use commons_shared::dht::{
-    KeyKind, MAX_RECORD_LIFETIME_MS, MAX_RECORD_SERVICES, RecordBody, RecordPayload,
-    parse_record_key,
+    KeyKind, MAX_CLOCK_SKEW_MS, MAX_RECORD_LIFETIME_MS, MAX_RECORD_SERVICES, RecordBody,
+    RecordPayload, parse_record_key,
 };
 use libp2p::PeerId;
 use libp2p::core::SignedEnvelope;
@@ -103,8 +104,9 @@ pub fn verify(key: &str, value: &[u8], now_ms: u64) -> Result<RecordPayload, Rec
         }
         _ => return Err(RecordError::BadPayload("kind differs from the key".into())),
     }
-    if payload.expires_at_ms <= now_ms
-        || payload.expires_at_ms > now_ms.saturating_add(MAX_RECORD_LIFETIME_MS)
+    // With [`MAX_CLOCK_SKEW_MS`] of slack either way: the signer's clock and ours need not agree.
+    if payload.expires_at_ms.saturating_add(MAX_CLOCK_SKEW_MS) <= now_ms
+        || payload.expires_at_ms > now_ms.saturating_add(MAX_RECORD_LIFETIME_MS + MAX_CLOCK_SKEW_MS)
     {
         return Err(RecordError::Expired);
     }
@@ -159,8 +161,11 @@ mod tests {
         tampered[at] ^= 1;
         assert!(verify(&key, &tampered, 5_000).is_err());
 
-        // Expired, and too long a life.
-        assert_eq!(verify(&key, &good, 10_000), Err(RecordError::Expired));
+        // Expired (past the slack for clocks), and too long a life.
+        assert_eq!(
+            verify(&key, &good, 10_000 + MAX_CLOCK_SKEW_MS),
+            Err(RecordError::Expired)
+        );
         let eternal = sign(&alice, &payload(&alice, 3, u64::MAX));
         assert_eq!(verify(&key, &eternal, 5_000), Err(RecordError::Expired));
 

@@ -47,10 +47,41 @@ pub enum DbError {
     /// The writer thread has stopped, or a read task was lost.
     #[error("the database has stopped")]
     Closed,
+    /// The file is there but is not a SQLite database SQLite can read.
+    #[error(
+        "{path} is not a SQLite database this server can read ({source}); it was left as it is: move it away to \
+         start with an empty database, or put a backup in its place"
+    )]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+impl DbError {
+    /// Whether the write failed because the disk is full (it succeeds again once there is room).
+    pub fn is_disk_full(&self) -> bool {
+        let code = |e: &rusqlite::Error| e.sqlite_error_code();
+        match self {
+            Self::Sqlite(e) => code(e) == Some(rusqlite::ErrorCode::DiskFull),
+            Self::Commit(e) => code(e) == Some(rusqlite::ErrorCode::DiskFull),
+            _ => false,
+        }
+    }
 }
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
+        if e.is_disk_full() {
+            tracing::error!(error = %e, "the database's disk is full: nothing new is stored until there is room");
+            return Self::Unavailable(
+                "this server cannot store anything right now (its disk is full); nothing was changed, try again later"
+                    .into(),
+            );
+        }
         Self::Internal(e.to_string())
     }
 }
@@ -79,7 +110,18 @@ impl std::fmt::Debug for Db {
 
 fn connect(path: &Path) -> Result<Connection, DbError> {
     let conn = Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // The first statement reads the file's header: a file that is not a database (or a damaged one) says so here,
+    // before anything could write to it.
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(|source| match source.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+                DbError::Unreadable {
+                    path: path.into(),
+                    source,
+                }
+            }
+            _ => DbError::Sqlite(source),
+        })?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // A small page cache per connection (the OS caches the file anyway): memory stays flat as tables grow.
