@@ -189,35 +189,23 @@ impl Config {
             .clone()
             .unwrap_or_else(|| format!("http://{bound}"))
     }
-}
 
-impl Config {
     /// What the server bounds its clients with.
-    pub fn limits(&self) -> commons_server::serve::Limits {
-        commons_server::serve::Limits {
-            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
-            body_idle_timeout: std::time::Duration::from_secs(self.body_idle_timeout_secs),
-            max_connections: self.max_connections,
-            max_per_address: self.max_connections_per_address,
-            exempt: self.trusted_proxies.clone(),
-        }
+    pub fn limits(&self) -> Result<commons_server::serve::Limits, ConfigError> {
+        commons_server::serve::Limits::from_settings(
+            self.header_read_timeout_secs,
+            self.body_idle_timeout_secs,
+            self.max_connections,
+            self.max_connections_per_address,
+            self.trusted_proxies.clone(),
+        )
     }
 }
 
 impl Validate for Config {
     /// Checks ranges.
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.header_read_timeout_secs == 0
-            || self.body_idle_timeout_secs == 0
-            || self.max_connections == 0
-            || self.max_connections_per_address == 0
-        {
-            return Err(ConfigError::Invalid(
-                "header_read_timeout_secs, body_idle_timeout_secs, max_connections and \
-                 max_connections_per_address must be at least 1"
-                    .into(),
-            ));
-        }
+        self.limits()?;
         let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
         if self.flush_interval_ms == 0 || self.flush_interval_ms > 1000 {
             return bad("flush_interval_ms must be from 1 to 1000");

@@ -54,7 +54,7 @@ impl Server {
         let store = Store::open(&config.data_dir)?;
         let url = config.coordinator_url(addr);
         let (state, new_admin_token) = AppState::load(config, store, addr, url).await?;
-        let limits = state.config.limits();
+        let limits = state.config.limits()?;
         let mut serving = Serving::start(listener, crate::routes::router(state.clone()), limits)
             .map_err(ServeError::from)?;
         let db = state.store.db();

@@ -65,7 +65,7 @@ impl Server {
         let addr = listener.local_addr().map_err(ServeError::from)?;
         let store = Store::open(&config.data_dir)?;
         let (state, new_admin_token) = EdgeState::load(config, store, addr).await?;
-        let limits = state.config.limits();
+        let limits = state.config.limits()?;
         let mut serving = Serving::start(listener, crate::http::router(state.clone()), limits)
             .map_err(ServeError::from)?;
         serving.add_tasks(spawn_tasks(&state));

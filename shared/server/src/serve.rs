@@ -89,6 +89,37 @@ pub struct Limits {
     pub exempt: Vec<IpAddr>,
 }
 
+impl Limits {
+    /// The limits a server's settings name (`header_read_timeout_secs`, `body_idle_timeout_secs`,
+    /// `max_connections`, `max_connections_per_address`; each at least 1), with `exempt` free of the per-address one.
+    pub fn from_settings(
+        header_read_timeout_secs: u64,
+        body_idle_timeout_secs: u64,
+        max_connections: usize,
+        max_connections_per_address: usize,
+        exempt: Vec<IpAddr>,
+    ) -> Result<Self, crate::config::ConfigError> {
+        if header_read_timeout_secs == 0
+            || body_idle_timeout_secs == 0
+            || max_connections == 0
+            || max_connections_per_address == 0
+        {
+            return Err(crate::config::ConfigError::Invalid(
+                "header_read_timeout_secs, body_idle_timeout_secs, max_connections and \
+                 max_connections_per_address must be at least 1"
+                    .into(),
+            ));
+        }
+        Ok(Self {
+            header_read_timeout: Duration::from_secs(header_read_timeout_secs),
+            body_idle_timeout: Duration::from_secs(body_idle_timeout_secs),
+            max_connections,
+            max_per_address: max_connections_per_address,
+            exempt,
+        })
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
