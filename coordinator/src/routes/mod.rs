@@ -117,12 +117,16 @@ async fn heartbeat(
     Body(body): Body,
 ) -> ApiResult<Json<HeartbeatResponse>> {
     let hb = parse_heartbeat(&body)?;
-    // Checked when it changes: a name is resolved again on every connection anyway.
+    // Checked when it changes (a name is resolved again on every connection anyway), and only for the worker
+    // itself: nobody else gets a name resolved by sending heartbeats.
     let moved = hb
         .endpoint
         .as_deref()
         .filter(|e| !state.has_endpoint(&hb.worker_id, e));
-    check_endpoint(&state, "endpoint", moved).await?;
+    if moved.is_some() {
+        state.authorize_worker(&hb.worker_id, token.token())?;
+        check_endpoint(&state, "endpoint", moved).await?;
+    }
     Ok(Json(state.heartbeat(hb, token.token())?))
 }
 
