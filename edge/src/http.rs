@@ -142,17 +142,6 @@ async fn register(
     Body(body): Body,
 ) -> ApiResult<Json<EdgeAck>> {
     let (req, url) = parse_edge_register(&body)?;
-    state
-        .upstreams
-        .check_url(
-            &url,
-            Duration::from_millis(state.config.proxy_connect_timeout_ms),
-        )
-        .await
-        .map_err(|e| ApiError::Invalid {
-            field: "url".into(),
-            message: e.to_string(),
-        })?;
     let id = state.register(req, url, token.token()).await?;
     Ok(ack(&state, id))
 }

@@ -302,6 +302,17 @@ impl EdgeState {
         token: Option<&str>,
     ) -> ApiResult<String> {
         let key_id = self.key_of(token)?;
+        // Only for an enrolled coordinator: nobody else gets a name resolved by registering.
+        self.upstreams
+            .check_url(
+                &url,
+                Duration::from_millis(self.config.proxy_connect_timeout_ms),
+            )
+            .await
+            .map_err(|e| ApiError::Invalid {
+                field: "url".into(),
+                message: e.to_string(),
+            })?;
         let id = req
             .id
             .clone()
