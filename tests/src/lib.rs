@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 pub mod browser;
+pub mod load;
 pub mod update;
 
 /// An operator's catalogue in `dir` that drops every shipped service and adds `services` (TOML `[[service]]`

@@ -6,18 +6,15 @@
 //! target/release/commons-loadgen --workers 10000 --connections 64 --duration 10
 //! ```
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use commons_tests::load::{Proc, connect, percentile_ms, proc_kib, rss_kib, send, spawn};
 use serde_json::{Value, json};
 
 /// Load generator for the Commons coordinator.
@@ -50,91 +47,6 @@ enum Sub {
     BareServer,
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts a server process that prints its URL as the last word of its first line.
-fn spawn(mut cmd: Command) -> Result<(Proc, String)> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start the server process")?;
-    let mut out = BufReader::new(child.stdout.take().context("no stdout")?);
-    let mut line = String::new();
-    out.read_line(&mut line)?;
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    if !url.starts_with("http://") {
-        bail!("the server did not print its URL: {line:?}");
-    }
-    Ok((Proc(child), url))
-}
-
-/// A `/proc/{pid}/status` figure in KiB (VmRSS, RssAnon, RssFile).
-fn proc_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    proc_kib(pid, "VmRSS:")
-}
-
-async fn connect(url: &str) -> Result<SendRequest<Full<Bytes>>> {
-    let addr = url.trim_start_matches("http://");
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
-async fn post(
-    s: &mut SendRequest<Full<Bytes>>,
-    host: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Bytes,
-) -> Result<(u16, Bytes)> {
-    let mut req = hyper::Request::post(path)
-        .header("host", host)
-        .header("content-type", "application/json");
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    s.ready().await?;
-    let resp = s.send_request(req.body(Full::new(body))?).await?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, body))
-}
-
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    f64::from(sorted[i]) / 1000.0
-}
-
 struct Phase {
     count: usize,
     errors: usize,
@@ -147,7 +59,7 @@ impl Phase {
         self.count as f64 / self.secs
     }
     fn p(&self, q: f64) -> f64 {
-        percentile(&self.latencies_us, q)
+        percentile_ms(&self.latencies_us, q)
     }
 }
 
@@ -174,8 +86,9 @@ async fn register_all(url: &str, n: usize, conns: usize) -> Result<(Vec<(String,
             let mut lat = Vec::new();
             for i in (c..n).step_by(conns) {
                 let t = Instant::now();
-                let (status, body) = post(
+                let (status, body) = send(
                     &mut s,
+                    "POST",
                     &host,
                     "/api/worker/register",
                     None,
@@ -250,7 +163,7 @@ async fn heartbeats(
                 let (body, token) = &mine[i % mine.len()];
                 i += 1;
                 let t = Instant::now();
-                let (status, _) = post(&mut s, &host, "/api/worker/heartbeat", Some(token), body.clone()).await?;
+                let (status, _) = send(&mut s, "POST", &host, "/api/worker/heartbeat", Some(token), body.clone()).await?;
                 lat.push(t.elapsed().as_micros() as u32);
                 if status != 200 {
                     errors += 1;
