@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use commons_tests::load::{Proc, connect, percentile_ms, proc_kib, rss_kib, send, spawn};
+use commons_tests::load::{connect, percentile_ms, proc_kib, rss_kib, send, spawn};
 use serde_json::{Value, json};
 
 /// Load generator for the Commons coordinator.

@@ -149,12 +149,18 @@ async fn main() -> Result<()> {
         ),
     )?;
     let mut cmd = Command::new(&bin);
-    cmd.args(["--listen", "127.0.0.1:0", "--dht-listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
-        .arg(data.path().join("db"))
-        .arg("--config")
-        .arg(&config)
-        .env("COMMONS_ADMIN_TOKEN", "soak-admin-token-0123456789")
-        .env("RUST_LOG", "warn");
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--dht-listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--data-dir",
+    ])
+    .arg(data.path().join("db"))
+    .arg("--config")
+    .arg(&config)
+    .env("COMMONS_ADMIN_TOKEN", "soak-admin-token-0123456789")
+    .env("RUST_LOG", "warn");
     let (coord, url) = spawn(cmd)?;
     let pid = coord.0.id();
     let endpoint = worker_server().await?;
@@ -199,7 +205,16 @@ async fn main() -> Result<()> {
                         .to_string(),
                 );
                 let t = Instant::now();
-                let ok = match send(&mut s, "POST", &host, "/api/worker/heartbeat", Some(&token), body).await {
+                let ok = match send(
+                    &mut s,
+                    "POST",
+                    &host,
+                    "/api/worker/heartbeat",
+                    Some(&token),
+                    body,
+                )
+                .await
+                {
                     Ok((200, _)) => true,
                     // A slot replaced by churn between reading it and the answer: its old token is gone.
                     Ok((401, _)) if slots[i].lock().id != id => true,
@@ -228,7 +243,16 @@ async fn main() -> Result<()> {
             loop {
                 tick.tick().await;
                 let t = Instant::now();
-                let ok = match send(&mut s, "GET", &host, "/api/service/ocr/health", None, Bytes::new()).await {
+                let ok = match send(
+                    &mut s,
+                    "GET",
+                    &host,
+                    "/api/service/ocr/health",
+                    None,
+                    Bytes::new(),
+                )
+                .await
+                {
                     Ok((200, _)) => true,
                     Ok(_) => false,
                     Err(_) => {
@@ -249,7 +273,8 @@ async fn main() -> Result<()> {
     println!("period  heartbeats  requests  churned  errors  hb p99 ms  req p99 ms  RSS MiB");
     let periods = (cli.minutes * 60 / cli.period_secs).max(1);
     let (mut baseline, mut last, mut total_errors, mut total_requests) = (None, 0u64, 0u64, 0u64);
-    let churn = ((cli.workers as f64 * cli.churn_percent / 100.0).round() as usize).min(cli.workers);
+    let churn =
+        ((cli.workers as f64 * cli.churn_percent / 100.0).round() as usize).min(cli.workers);
     let start = Instant::now();
     for p in 1..=periods {
         // Churn, spread over the period's first part: leave, then a new worker takes the slot.
@@ -263,7 +288,10 @@ async fn main() -> Result<()> {
             };
             let mut s = connect(&url).await?;
             let path = format!("/api/worker/unregister/{id}");
-            let gone = matches!(send(&mut s, "DELETE", &host, &path, Some(&token), Bytes::new()).await, Ok((200, _)));
+            let gone = matches!(
+                send(&mut s, "DELETE", &host, &path, Some(&token), Bytes::new()).await,
+                Ok((200, _))
+            );
             let fresh = register(&url, &endpoint, next_id.fetch_add(1, Ordering::Relaxed)).await;
             let mut w = window.lock();
             match (gone, fresh) {
