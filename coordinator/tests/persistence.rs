@@ -304,15 +304,19 @@ async fn coordinators_whose_clocks_are_ten_minutes_apart_find_each_other_in_the_
     c.dht_refresh_secs = 5;
     let real = Server::bind(c).await.unwrap();
     let seed = real.state().dht.get().unwrap().address_strings()[0].clone();
-    // The other is the real binary, its clock 10 minutes ahead (libfaketime): records it signs expire 10 minutes
-    // later than the first one's clock says, and those it reads seem to expire 10 minutes early.
+    // The other is the real binary, its clock 10 minutes ahead (libfaketime, preloaded into the binary itself so
+    // that killing it kills the coordinator): records it signs expire 10 minutes later than the first one's clock
+    // says, and those it reads seem to expire 10 minutes early.
     let skewed_dir = dir.path().join("skewed");
     std::fs::create_dir_all(&skewed_dir).unwrap();
     let file = skewed_dir.join("coordinator.toml");
     std::fs::write(&file, "dht_refresh_secs = 5\n").unwrap();
-    let mut child = Command::new("faketime")
-        .args(["-f", "+10m"])
-        .arg(env!("CARGO_BIN_EXE_commons-coordinator"))
+    let libfaketime = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    assert!(
+        std::path::Path::new(libfaketime).exists(),
+        "{libfaketime}: install faketime (.ci/packages tests does)"
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_commons-coordinator"))
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -327,10 +331,12 @@ async fn coordinators_whose_clocks_are_ten_minutes_apart_find_each_other_in_the_
         .arg(&skewed_dir)
         .env("COMMONS_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("RUST_LOG", "warn")
+        .env("LD_PRELOAD", libfaketime)
+        .env("FAKETIME", "+10m")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("faketime runs (.ci/packages tests installs it)");
+        .unwrap();
     let mut line = String::new();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     out.read_line(&mut line).unwrap();
