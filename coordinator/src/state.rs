@@ -210,9 +210,8 @@ impl AppState {
 
         let upstreams = commons_server::upstream::Upstreams::new(
             bound,
-            config
-                .private_upstreams
-                .unwrap_or_else(|| config.listen.ip().is_loopback()),
+            config.private_upstreams,
+            Duration::from_millis(config.proxy_connect_timeout_ms),
         );
         let state = Self(Arc::new(Inner {
             upstreams,

@@ -193,7 +193,6 @@ async fn forward_to(
 ) -> ApiResult<Response> {
     state.upstreams.enter(req.headers_mut())?;
     let query = req.uri().query().map(str::to_owned);
-    let connect_timeout = Duration::from_millis(state.config.proxy_connect_timeout_ms);
     let suspect = Duration::from_secs(state.config.suspect_secs);
     let mut tried: Vec<String> = Vec::new();
     for _ in 0..2 {
@@ -210,11 +209,7 @@ async fn forward_to(
             continue;
         };
         let start = Instant::now();
-        match state
-            .upstreams
-            .connect(&target.authority, connect_timeout)
-            .await
-        {
+        match state.upstreams.connect(&target.authority).await {
             Ok(stream) => {
                 let result = forward::send(
                     stream,

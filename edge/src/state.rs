@@ -207,9 +207,8 @@ impl EdgeState {
         tracing::info!(coordinators = coordinators.len(), "edge registry loaded");
         let upstreams = commons_server::upstream::Upstreams::new(
             bound,
-            config
-                .private_upstreams
-                .unwrap_or_else(|| config.listen.ip().is_loopback()),
+            config.private_upstreams,
+            Duration::from_millis(config.proxy_connect_timeout_ms),
         );
         let state = Self(Arc::new(Inner {
             upstreams,
@@ -304,15 +303,9 @@ impl EdgeState {
         let key_id = self.key_of(token)?;
         // Only for an enrolled coordinator: nobody else gets a name resolved by registering.
         self.upstreams
-            .check_url(
-                &url,
-                Duration::from_millis(self.config.proxy_connect_timeout_ms),
-            )
+            .check_url(&url)
             .await
-            .map_err(|e| ApiError::Invalid {
-                field: "url".into(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| e.in_field("url"))?;
         let id = req
             .id
             .clone()

@@ -77,15 +77,11 @@ async fn register(
 /// address on a public coordinator): 422 naming the field, so the volunteer hears what is wrong at once.
 async fn check_endpoint(state: &AppState, field: &str, url: Option<&str>) -> ApiResult<()> {
     let Some(url) = url else { return Ok(()) };
-    let resolve = std::time::Duration::from_millis(state.config.proxy_connect_timeout_ms);
     state
         .upstreams
-        .check_url(url, resolve)
+        .check_url(url)
         .await
-        .map_err(|e| ApiError::Invalid {
-            field: field.into(),
-            message: e.to_string(),
-        })
+        .map_err(|e| e.in_field(field))
 }
 
 /// The client's address: the peer's, or, when the peer is a trusted proxy (the edge), the last address it put in

@@ -461,7 +461,6 @@ async fn route(
         }
     }
     let query = req.uri().query().map(str::to_owned);
-    let connect_timeout = Duration::from_millis(state.config.proxy_connect_timeout_ms);
     let timeout = Duration::from_secs(state.config.proxy_timeout_secs);
     let mut tried = Vec::new();
     // One try and one retry on another worker when the connection cannot be made.
@@ -469,7 +468,7 @@ async fn route(
         let Some((w, t)) = pick(&state, index, &tried, &rest, query.as_deref()) else {
             break;
         };
-        match state.upstreams.connect(&t.authority, connect_timeout).await {
+        match state.upstreams.connect(&t.authority).await {
             Ok(stream) => {
                 // The worker's request in flight and the queue's slot last as long as the answer's body.
                 let mut serving = serving.to(&w);
@@ -512,7 +511,7 @@ async fn route(
     if tried.is_empty()
         && let Some(t) = dht_target(&state, &service, &rest, query.as_deref()).await
     {
-        match state.upstreams.connect(&t.authority, connect_timeout).await {
+        match state.upstreams.connect(&t.authority).await {
             Ok(stream) => {
                 let result = match forward::send(stream, &t, req, client, timeout).await {
                     Ok(r) => {

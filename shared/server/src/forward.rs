@@ -34,11 +34,7 @@ impl Target {
         if uri.scheme_str() != Some("http") {
             return None;
         }
-        let auth = uri.authority()?;
-        let authority = match auth.port_u16() {
-            Some(_) => auth.to_string(),
-            None => format!("{}:80", auth.host()),
-        };
+        let authority = authority(&uri)?;
         let mut p = uri.path().trim_end_matches('/').to_owned();
         p.push_str(path);
         if let Some(q) = query {
@@ -52,9 +48,27 @@ impl Target {
     }
 }
 
-/// Opens the TCP connection, within `timeout`.
-pub async fn connect(authority: &str, timeout: Duration) -> std::io::Result<TcpStream> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(authority))
+/// The `host:port` an http(s) URI reaches (port 80 or 443 when it names none).
+pub fn authority(uri: &Uri) -> Option<String> {
+    let default = match uri.scheme_str()? {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let auth = uri.authority()?;
+    Some(format!(
+        "{}:{}",
+        auth.host(),
+        auth.port_u16().unwrap_or(default)
+    ))
+}
+
+/// Opens the TCP connection to `addr` (a `host:port`, or addresses tried in turn), within `timeout`.
+pub async fn connect(
+    addr: impl tokio::net::ToSocketAddrs,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     let _ = stream.set_nodelay(true);

@@ -17,11 +17,12 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use rand::RngCore;
 use tokio::net::TcpStream;
 
 use crate::error::ApiError;
+use crate::forward;
 
 /// Most servers a request may pass through (`Via` entries) before it is taken for a loop.
 pub const MAX_HOPS: usize = 8;
@@ -41,33 +42,43 @@ pub enum Refused {
     Private(IpAddr, &'static str),
 }
 
-/// The rule for upstream addresses, and this process's hop mark.
+impl Refused {
+    /// The 422 for a registered `field` whose URL is refused, so that whoever registers it hears at once what is
+    /// wrong.
+    pub fn in_field(self, field: &str) -> ApiError {
+        ApiError::Invalid {
+            field: field.into(),
+            message: self.to_string(),
+        }
+    }
+}
+
+/// The rule for upstream addresses, how long reaching one may take, and this process's hop mark.
 #[derive(Debug, Clone)]
 pub struct Upstreams {
     own: SocketAddr,
     allow_private: bool,
+    timeout: Duration,
     mark: String,
     via: HeaderValue,
 }
 
 impl Upstreams {
-    /// The rule for a server listening on `own`; `allow_private` lets it forward to non-public addresses.
-    pub fn new(own: SocketAddr, allow_private: bool) -> Self {
+    /// The rule for a server listening on `own`: `private_upstreams` lets it forward to non-public addresses (the
+    /// setting; none: only when `own` is a loopback address, where only this machine's upstreams can reach it
+    /// anyway). Resolving and connecting each take at most `timeout`.
+    pub fn new(own: SocketAddr, private_upstreams: Option<bool>, timeout: Duration) -> Self {
         let mut id = [0u8; 6];
         rand::rng().fill_bytes(&mut id);
         let mark = format!("commons-{}", hex::encode(id));
         let via = HeaderValue::from_str(&format!("1.1 {mark}")).expect("hex is a header value");
         Self {
             own,
-            allow_private,
+            allow_private: private_upstreams.unwrap_or_else(|| own.ip().is_loopback()),
+            timeout,
             mark,
             via,
         }
-    }
-
-    /// Whether non-public addresses are allowed.
-    pub fn allows_private(&self) -> bool {
-        self.allow_private
     }
 
     /// Whether `addr` may be connected to.
@@ -84,49 +95,43 @@ impl Upstreams {
         Ok(())
     }
 
-    /// Checks an upstream's base URL as it is registered: every address its host resolves to now (within
-    /// `timeout`; a name that does not resolve yet passes, and is checked again on every connection).
-    pub async fn check_url(&self, url: &str, timeout: Duration) -> Result<(), Refused> {
-        let Some(authority) = authority(url) else {
+    /// Checks an upstream's base URL as it is registered: every address its host resolves to now (a name that
+    /// does not resolve yet passes, and is checked again on every connection).
+    pub async fn check_url(&self, url: &str) -> Result<(), Refused> {
+        let Some(authority) = url.parse().ok().as_ref().and_then(forward::authority) else {
             return Ok(());
         };
-        let Ok(Ok(addrs)) = tokio::time::timeout(timeout, tokio::net::lookup_host(authority)).await
+        let Ok(Ok(addrs)) =
+            tokio::time::timeout(self.timeout, tokio::net::lookup_host(authority)).await
         else {
             return Ok(());
         };
         addrs.into_iter().try_for_each(|a| self.check(a))
     }
 
-    /// Opens a TCP connection to `authority` (`host:port`) within `timeout`, to the first of its addresses that
-    /// is allowed. A refused address is an error of kind `PermissionDenied` that says why.
-    pub async fn connect(&self, authority: &str, timeout: Duration) -> std::io::Result<TcpStream> {
-        let attempt = async {
-            let mut last = None;
-            for addr in tokio::net::lookup_host(authority).await? {
-                if let Err(refused) = self.check(addr) {
-                    last = Some(std::io::Error::new(
-                        std::io::ErrorKind::PermissionDenied,
-                        refused,
-                    ));
-                    continue;
-                }
-                match TcpStream::connect(addr).await {
-                    Ok(stream) => return Ok(stream),
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(last.unwrap_or_else(|| {
-                std::io::Error::new(
+    /// Opens a TCP connection to `authority` (`host:port`) to the first of its addresses that is allowed,
+    /// resolving and connecting each within the timeout. A refused address is an error of kind
+    /// `PermissionDenied` that says why.
+    pub async fn connect(&self, authority: &str) -> std::io::Result<TcpStream> {
+        let resolved = tokio::time::timeout(self.timeout, tokio::net::lookup_host(authority))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "resolving timed out")
+            })??;
+        let mut refused = None;
+        let allowed: Vec<SocketAddr> = resolved
+            .filter(|&addr| self.check(addr).map_err(|r| refused = Some(r)).is_ok())
+            .collect();
+        if allowed.is_empty() {
+            return Err(match refused {
+                Some(r) => std::io::Error::new(std::io::ErrorKind::PermissionDenied, r),
+                None => std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     format!("{authority} resolves to no address"),
-                )
-            }))
-        };
-        let stream = tokio::time::timeout(timeout, attempt).await.map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-        })??;
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+                ),
+            });
+        }
+        forward::connect(&allowed[..], self.timeout).await
     }
 
     /// Checks that a request about to be forwarded has not been here before nor through too many servers, then
@@ -154,19 +159,6 @@ impl Upstreams {
     }
 }
 
-/// The `host:port` of an http(s) URL (80 or 443 when it names none).
-fn authority(url: &str) -> Option<String> {
-    let uri: Uri = url.parse().ok()?;
-    let default = match uri.scheme_str()? {
-        "http" => 80,
-        "https" => 443,
-        _ => return None,
-    };
-    let auth = uri.authority()?;
-    let host = auth.host();
-    Some(format!("{host}:{}", auth.port_u16().unwrap_or(default)))
-}
-
 /// Whether `ip` is one of this machine's addresses: loopback, unspecified, or one a socket can be bound to.
 fn is_local(ip: IpAddr) -> bool {
     ip.is_loopback()
@@ -175,7 +167,7 @@ fn is_local(ip: IpAddr) -> bool {
 }
 
 /// What kind of non-public address `ip` is, or `None` for a public one.
-pub fn non_public(ip: IpAddr) -> Option<&'static str> {
+fn non_public(ip: IpAddr) -> Option<&'static str> {
     match ip.to_canonical() {
         IpAddr::V4(v4) => non_public_v4(v4),
         IpAddr::V6(v6) => non_public_v6(v6),
@@ -235,7 +227,11 @@ mod tests {
     use super::*;
 
     fn rule(private: bool) -> Upstreams {
-        Upstreams::new("0.0.0.0:8080".parse().unwrap(), private)
+        Upstreams::new(
+            "0.0.0.0:8080".parse().unwrap(),
+            Some(private),
+            Duration::from_secs(2),
+        )
     }
 
     #[test]
@@ -256,6 +252,16 @@ mod tests {
         }
         // Another port on this machine is another program.
         assert_eq!(rule(true).check("127.0.0.1:8081".parse().unwrap()), Ok(()));
+    }
+
+    #[test]
+    fn private_upstreams_default_to_whether_the_server_listens_on_loopback() {
+        let t = Duration::from_secs(2);
+        let private = "10.1.2.3:80".parse().unwrap();
+        let on_loopback = Upstreams::new("127.0.0.1:8080".parse().unwrap(), None, t);
+        assert_eq!(on_loopback.check(private), Ok(()));
+        let public = Upstreams::new("0.0.0.0:8080".parse().unwrap(), None, t);
+        assert!(matches!(public.check(private), Err(Refused::Private(..))));
     }
 
     #[test]
@@ -307,18 +313,17 @@ mod tests {
     #[tokio::test]
     async fn urls_are_checked_on_what_they_resolve_to() {
         let r = rule(false);
-        let t = Duration::from_secs(2);
         assert!(matches!(
-            r.check_url("http://localhost:9000", t).await,
+            r.check_url("http://localhost:9000").await,
             Err(Refused::Private(..))
         ));
         assert!(matches!(
-            rule(true).check_url("http://localhost:8080/x", t).await,
+            rule(true).check_url("http://localhost:8080/x").await,
             Err(Refused::Own(_))
         ));
-        assert_eq!(r.check_url("https://1.1.1.1", t).await, Ok(()));
+        assert_eq!(r.check_url("https://1.1.1.1").await, Ok(()));
         assert!(
-            r.check_url("http://[::1]", t).await.is_err(),
+            r.check_url("http://[::1]").await.is_err(),
             "port 80 by default"
         );
     }
@@ -328,13 +333,13 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let e = rule(false)
-            .connect(&format!("localhost:{port}"), Duration::from_secs(2))
+            .connect(&format!("localhost:{port}"))
             .await
             .unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
         assert!(e.to_string().contains("loopback"), "{e}");
         rule(true)
-            .connect(&format!("localhost:{port}"), Duration::from_secs(2))
+            .connect(&format!("localhost:{port}"))
             .await
             .unwrap();
     }
