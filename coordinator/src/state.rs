@@ -454,26 +454,18 @@ impl AppState {
         }
     }
 
-    /// Whether the worker `id` is registered with `endpoint` already.
-    pub fn has_endpoint(&self, id: &str, endpoint: &str) -> bool {
-        id.parse()
-            .ok()
-            .and_then(|id| self.registry.get(id))
-            .is_some_and(|w| w.live.lock().endpoint.as_deref() == Some(endpoint))
+    /// The worker a heartbeat for `id` comes from, when `token` is that worker's own (not even the admin's).
+    pub fn heartbeat_sender(&self, id: &str, token: Option<&str>) -> ApiResult<Arc<Worker>> {
+        match self.authorize_worker(id, token)? {
+            (_, Caller::Admin) => Err(ApiError::Forbidden(
+                "heartbeats come from the worker itself, with its own token".into(),
+            )),
+            (w, Caller::Worker) => Ok(w),
+        }
     }
 
-    /// Applies a heartbeat in memory; the flusher persists it.
-    pub fn heartbeat(
-        &self,
-        hb: HeartbeatRequest,
-        token: Option<&str>,
-    ) -> ApiResult<HeartbeatResponse> {
-        let (w, caller) = self.authorize_worker(&hb.worker_id, token)?;
-        if caller == Caller::Admin {
-            return Err(ApiError::Forbidden(
-                "heartbeats come from the worker itself, with its own token".into(),
-            ));
-        }
+    /// Applies a heartbeat from `w` (see [`AppState::heartbeat_sender`]) in memory; the flusher persists it.
+    pub fn apply_heartbeat(&self, w: &Worker, hb: HeartbeatRequest) -> HeartbeatResponse {
         let now_wall = now_ms();
         let (version, changed) = {
             let mut live = w.live.lock();
@@ -526,12 +518,12 @@ impl AppState {
             )
         };
         self.metrics.heartbeats.increment(1);
-        Ok(HeartbeatResponse {
+        HeartbeatResponse {
             status: "ok".into(),
             heartbeat_interval: self.config.heartbeat_interval_secs,
             assignment_version: version,
             assigned_containers: changed.map(|s| self.containers(&s)),
-        })
+        }
     }
 
     /// Removes a worker durably.

@@ -113,17 +113,15 @@ async fn heartbeat(
     Body(body): Body,
 ) -> ApiResult<Json<HeartbeatResponse>> {
     let hb = parse_heartbeat(&body)?;
-    // Checked when it changes (a name is resolved again on every connection anyway), and only for the worker
-    // itself: nobody else gets a name resolved by sending heartbeats.
+    let w = state.heartbeat_sender(&hb.worker_id, token.token())?;
+    // A new endpoint is checked before it is taken, and only once its worker's token is: nobody else gets a name
+    // resolved by sending heartbeats (an unchanged one is resolved again on every connection anyway).
     let moved = hb
         .endpoint
         .as_deref()
-        .filter(|e| !state.has_endpoint(&hb.worker_id, e));
-    if moved.is_some() {
-        state.authorize_worker(&hb.worker_id, token.token())?;
-        check_endpoint(&state, "endpoint", moved).await?;
-    }
-    Ok(Json(state.heartbeat(hb, token.token())?))
+        .filter(|e| w.live.lock().endpoint.as_deref() != Some(*e));
+    check_endpoint(&state, "endpoint", moved).await?;
+    Ok(Json(state.apply_heartbeat(&w, hb)))
 }
 
 /// A worker leaves.
