@@ -131,8 +131,6 @@ pub struct Gateway {
     /// Its routes and counters.
     pub routes: Arc<Routes>,
     task: JoinHandle<()>,
-    /// Never sent: the gateway stops when dropped (its task aborted), not gracefully.
-    _stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Gateway {
@@ -156,18 +154,14 @@ impl Gateway {
         // Each connection runs in a task the serving task owns: when the gateway goes (the agent quits or fails),
         // every connection goes with it, as when the process ends, and streams in progress are cut (the
         // coordinator then ends its client's stream with an error event).
-        let (stop, stopped) = tokio::sync::watch::channel(false);
+        // It is never stopped gracefully: dropped, its task is aborted.
         let task = tokio::spawn(async move {
-            if let Err(e) = commons_server::serve::run(listener, app, limits(), stopped).await {
+            let forever = std::future::pending();
+            if let Err(e) = commons_server::serve::run(listener, app, limits(), forever).await {
                 tracing::warn!(error = %e, "the gateway stopped serving");
             }
         });
-        Ok(Self {
-            addr,
-            routes,
-            task,
-            _stop: stop,
-        })
+        Ok(Self { addr, routes, task })
     }
 
     /// `http://{addr}`.

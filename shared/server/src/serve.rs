@@ -225,28 +225,34 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Serves `app` on `listener` within `limits` until `stop` turns true, then stops accepting and lets the
-/// connections finish their requests (each is told to close once its request in progress is answered). Every
-/// connection runs in a task this future owns: dropping it (aborting its task) cuts them all, as a crash would.
-/// Handlers see the client's address as `ConnectInfo<SocketAddr>`.
+/// Serves `app` on `listener` within `limits` until `stop` resolves (never, for `std::future::pending()`), then
+/// stops accepting and lets the connections finish their requests (each is told to close once its request in
+/// progress is answered). Every connection runs in a task this future owns: dropping it (aborting its task) cuts
+/// them all, as a crash would. Handlers see the client's address as `ConnectInfo<SocketAddr>`.
 pub async fn run(
     listener: TcpListener,
     app: Router,
     limits: Limits,
-    mut stop: watch::Receiver<bool>,
+    stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
     let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
         limits.body_idle_timeout,
     ));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
     let room = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let addresses = Addresses::new(&limits);
     let mut connections = JoinSet::new();
+    // What the connections watch, to close once their request is answered.
+    let (stopping, stopped_rx) = watch::channel(false);
+    tokio::pin!(stop);
     'serving: loop {
         let permit = tokio::select! {
             p = room.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            _ = stopped(&mut stop) => break,
+            () = &mut stop => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         let (stream, peer) = loop {
@@ -260,7 +266,7 @@ pub async fn run(
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                _ = stopped(&mut stop) => break 'serving,
+                () = &mut stop => break 'serving,
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         };
@@ -281,19 +287,16 @@ pub async fn run(
                 app.clone().oneshot(req)
             },
         );
-        let mut stopping = stop.clone();
-        let header_read_timeout = limits.header_read_timeout;
+        let mut stop = stopped_rx.clone();
+        let conn = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
         connections.spawn(async move {
             let _counted = (held, permit);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
             tokio::pin!(conn);
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,
-                _ = stopped(&mut stopping) => {
+                _ = stopped(&mut stop) => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -304,6 +307,7 @@ pub async fn run(
         });
     }
     drop(listener);
+    let _ = stopping.send(true);
     while connections.join_next().await.is_some() {}
     Ok(())
 }
@@ -324,8 +328,10 @@ impl Serving {
         let addr = listener.local_addr()?;
         // The recorder from the start: what is counted before the first scrape is not lost.
         crate::metrics::handle();
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(run(listener, app, limits, stopped));
+        let (stop, mut stopped_rx) = watch::channel(false);
+        let task = tokio::spawn(run(listener, app, limits, async move {
+            stopped(&mut stopped_rx).await;
+        }));
         Ok(Self {
             addr,
             stop,
@@ -447,11 +453,13 @@ mod tests {
         );
         let listener = listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = watch::channel(false);
+        let (stop, mut stopped_rx) = watch::channel(false);
         (
             addr,
             stop,
-            tokio::spawn(run(listener, app, limits, stopped)),
+            tokio::spawn(run(listener, app, limits, async move {
+                stopped(&mut stopped_rx).await;
+            })),
         )
     }
 
