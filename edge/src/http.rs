@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use commons_server::auth::Bearer;
 use commons_server::consumers::doc as keys;
 use commons_server::error::{ApiError, ApiResult};
-use commons_server::extract::{Body, ClientIp};
+use commons_server::extract::{Body, ClientIp, Id};
 use commons_server::forward::{self, Target};
 use commons_server::openapi::{Conventions, services};
 use commons_server::tokens::admin_routes;
@@ -23,7 +23,7 @@ use commons_shared::edge::{
     EdgeTopology, Seed,
 };
 use commons_shared::validate::{
-    MAX_BODY_BYTES, MAX_ID_LEN, MAX_STRING_LEN, parse_edge_heartbeat, parse_edge_register,
+    MAX_BODY_BYTES, MAX_STRING_LEN, parse_edge_heartbeat, parse_edge_register,
 };
 use serde_json::json;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -169,14 +169,8 @@ async fn heartbeat(
 async fn deregister(
     State(state): State<EdgeState>,
     token: Bearer,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> ApiResult<Json<serde_json::Value>> {
-    if id.len() > MAX_ID_LEN {
-        return Err(ApiError::Invalid {
-            field: "id".into(),
-            message: format!("at most {MAX_ID_LEN} characters"),
-        });
-    }
     state.deregister(&id, token.token()).await?;
     Ok(Json(json!({"status": "deregistered", "id": id})))
 }

@@ -10,22 +10,22 @@ mod proxy;
 mod updates;
 mod usage;
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::response::IntoResponse;
 use axum::routing::{any, delete, get, post};
 use axum::{Json, Router};
-use commons_server::extract::{Body, ClientIp};
+use commons_server::extract::{Body, ClientIp, Id};
 use commons_shared::ErrorBody;
 use commons_shared::api::{
     Health, HealthWorkers, HeartbeatResponse, RegisterRequest, RegisterResponse,
 };
-use commons_shared::validate::{MAX_BODY_BYTES, MAX_ID_LEN, parse_heartbeat, parse_registration};
+use commons_shared::validate::{MAX_BODY_BYTES, parse_heartbeat, parse_registration};
 use serde_json::json;
 use tower_http::limit::RequestBodyLimitLayer;
 use utoipa::OpenApi;
 
 use crate::auth::Bearer;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::state::AppState;
 use commons_server::consumers::doc as keys;
 use commons_server::openapi::{Conventions, services};
@@ -131,15 +131,9 @@ async fn heartbeat(
     security(("worker_token" = [])))]
 async fn unregister(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Id(id): Id,
     token: Bearer,
 ) -> ApiResult<Json<serde_json::Value>> {
-    if id.len() > MAX_ID_LEN {
-        return Err(ApiError::Invalid {
-            field: "id".into(),
-            message: format!("at most {MAX_ID_LEN} characters"),
-        });
-    }
     let id = state.unregister(&id, token.token()).await?;
     Ok(Json(json!({ "status": "unregistered", "worker_id": id })))
 }

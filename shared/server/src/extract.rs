@@ -7,7 +7,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use commons_shared::validate::MAX_BODY_BYTES;
+use commons_shared::validate::{MAX_BODY_BYTES, MAX_ID_LEN};
 
 use crate::error::ApiError;
 
@@ -62,6 +62,27 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
         cause = c.source();
     }
     false
+}
+
+/// A path's one parameter, an id of at most [`MAX_ID_LEN`] bytes; a longer one is a JSON 422 on the field `id`.
+#[derive(Debug)]
+pub struct Id(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(id) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        if id.len() > MAX_ID_LEN {
+            return Err(ApiError::Invalid {
+                field: "id".into(),
+                message: format!("at most {MAX_ID_LEN} characters"),
+            });
+        }
+        Ok(Self(id))
+    }
 }
 
 /// A query string read into `T`; one that does not fit is a JSON 422 on the field `query`.

@@ -4,7 +4,7 @@
 //! The table of a [`TokenKind`] has the columns `(id TEXT PRIMARY KEY, label TEXT, hash BLOB UNIQUE)`; only the
 //! SHA-256 of a token is stored, and the token itself is shown once, when it is created.
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use commons_shared::validate::{MAX_STRING_LEN, parse_json};
@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::auth::{AdminGate, NamedToken, TokenHash, TokenSet};
 use crate::db::{Db, DbError};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::Body;
+use crate::extract::{Body, Id};
 
 /// What a set of named tokens is called, where it is stored and how the admin API shows it.
 #[derive(Debug, Clone, Copy)]
@@ -164,16 +164,7 @@ where
             json!({ "id": id, "label": req.label, tokens.kind.secret_field: token }),
         ))
     };
-    let revoke = move |State(s): State<S>, _: A, Path(id): Path<String>| async move {
-        if id.len() > commons_shared::validate::MAX_ID_LEN {
-            return Err(ApiError::Invalid {
-                field: "id".into(),
-                message: format!(
-                    "at most {} characters",
-                    commons_shared::validate::MAX_ID_LEN
-                ),
-            });
-        }
+    let revoke = move |State(s): State<S>, _: A, Id(id): Id| async move {
         pick(&s).revoke(&id).await?;
         ApiResult::Ok(Json(json!({ "status": "revoked", "id": id })))
     };
