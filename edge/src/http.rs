@@ -190,12 +190,7 @@ async fn forward_to(
     let suspect = Duration::from_secs(state.config.suspect_secs);
     let mut tried: Vec<String> = Vec::new();
     for _ in 0..2 {
-        // A service no coordinator reports goes to any of them: it answers for it (404 for a service that does not
-        // exist, else what its workers and the DHT can do).
-        let Some(c) = state
-            .choose(&tried, location, service)
-            .or_else(|| service.and_then(|_| state.choose(&tried, location, None)))
-        else {
+        let Some(c) = state.choose(&tried, location, service) else {
             break;
         };
         let Some(target) = Target::from_base(&c.url, path, query.as_deref()) else {

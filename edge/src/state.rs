@@ -470,7 +470,9 @@ impl EdgeState {
             .count()
     }
 
-    /// Picks a coordinator by weight, skipping `skip`; for a service, only those with healthy workers for it.
+    /// Picks a coordinator by weight, skipping `skip`; for a service, one with healthy workers for it, else (none
+    /// reports it) any: a coordinator answers for a service itself (404 for one that does not exist, else what its
+    /// workers and the DHT can do).
     pub fn choose(
         &self,
         skip: &[String],
@@ -486,11 +488,14 @@ impl EdgeState {
             .filter(|c| !skip.contains(&c.id))
             .cloned()
             .collect();
-        let weights: Vec<f64> = cands
-            .iter()
-            .map(|c| c.weight(now, location, service))
-            .collect();
-        let i = pick_weighted(&weights, rand::rng().random::<f64>())?;
+        let pick = |service| {
+            let weights: Vec<f64> = cands
+                .iter()
+                .map(|c| c.weight(now, location, service))
+                .collect();
+            pick_weighted(&weights, rand::rng().random::<f64>())
+        };
+        let i = pick(service).or_else(|| service.and_then(|_| pick(None)))?;
         cands.get(i).cloned()
     }
 
