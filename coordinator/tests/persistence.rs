@@ -95,14 +95,21 @@ impl Drop for Proc {
 }
 
 fn start_binary(dir: &std::path::Path) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_commons-coordinator"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+    start_binary_with(dir, |_| {})
+}
+
+/// [`start_binary`] with more flags or environment from `tune`.
+fn start_binary_with(dir: &std::path::Path, tune: impl FnOnce(&mut Command)) -> (Proc, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_commons-coordinator"));
+    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         // The DHT node (on by default) on loopback, on a port the OS picks.
         .args(["--dht-listen", "/ip4/127.0.0.1/tcp/0"])
         .env("COMMONS_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("COMMONS_REGISTER_RATE_LIMIT", "0")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn");
+    tune(&mut cmd);
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -316,34 +323,13 @@ async fn coordinators_whose_clocks_are_ten_minutes_apart_find_each_other_in_the_
         std::path::Path::new(libfaketime).exists(),
         "{libfaketime}: install faketime (.ci/packages tests does)"
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_commons-coordinator"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--dht-listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--dht-seed",
-            &seed,
-        ])
-        .arg("--config")
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(&skewed_dir)
-        .env("COMMONS_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("RUST_LOG", "warn")
-        .env("LD_PRELOAD", libfaketime)
-        .env("FAKETIME", "+10m")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    out.read_line(&mut line).unwrap();
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let _skewed = Proc(child);
-    let skewed_url = line.trim().rsplit(' ').next().unwrap().to_owned();
-    assert!(skewed_url.starts_with("http://127.0.0.1:"), "{line}");
+    let (_skewed, skewed_url) = start_binary_with(&skewed_dir, |cmd| {
+        cmd.args(["--dht-seed", &seed])
+            .arg("--config")
+            .arg(&file)
+            .env("LD_PRELOAD", libfaketime)
+            .env("FAKETIME", "+10m");
+    });
     // Each finds the other's record, in both directions, whatever its clock says.
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     let (mut from_skewed, mut from_real) = (Vec::new(), Vec::new());

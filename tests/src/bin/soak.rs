@@ -23,6 +23,8 @@ use anyhow::{Result, bail};
 use bytes::Bytes;
 use clap::Parser;
 use commons_tests::load::{connect, percentile_ms, rss_kib, send, spawn};
+use http_body_util::Full;
+use hyper::client::conn::http1::SendRequest;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
@@ -108,6 +110,28 @@ async fn register(url: &str, endpoint: &str, i: u64) -> Result<Slot> {
     })
 }
 
+/// Sends a request on `s` and gives its status; `None` when the connection failed, after which `s` is a new one
+/// (when one can be made: else the next call fails too, and counts).
+async fn call(
+    s: &mut SendRequest<Full<Bytes>>,
+    url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Bytes,
+) -> Option<u16> {
+    let host = url.trim_start_matches("http://");
+    match send(s, method, host, path, token, body).await {
+        Ok((status, _)) => Some(status),
+        Err(_) => {
+            if let Ok(fresh) = connect(url).await {
+                *s = fresh;
+            }
+            None
+        }
+    }
+}
+
 /// The workers' endpoint: answers every service request at once.
 async fn worker_server() -> Result<String> {
     let app = axum::Router::new().fallback(|| async { "ok" });
@@ -187,7 +211,7 @@ async fn main() -> Result<()> {
     // Heartbeats: 16 connections, each for a share of the slots, each slot once per interval.
     let conns = 16usize;
     for c in 0..conns {
-        let (url, host, slots, window) = (url.clone(), host.clone(), slots.clone(), window.clone());
+        let (url, slots, window) = (url.clone(), slots.clone(), window.clone());
         let every = Duration::from_secs(cli.heartbeat_secs);
         tokio::spawn(async move {
             let mut s = connect(&url).await.expect("the coordinator accepts");
@@ -205,27 +229,20 @@ async fn main() -> Result<()> {
                         .to_string(),
                 );
                 let t = Instant::now();
-                let ok = match send(
+                let ok = match call(
                     &mut s,
+                    &url,
                     "POST",
-                    &host,
                     "/api/worker/heartbeat",
                     Some(&token),
                     body,
                 )
                 .await
                 {
-                    Ok((200, _)) => true,
+                    Some(200) => true,
                     // A slot replaced by churn between reading it and the answer: its old token is gone.
-                    Ok((401, _)) if slots[i].lock().id != id => true,
-                    Ok(_) => false,
-                    Err(_) => {
-                        s = match connect(&url).await {
-                            Ok(s) => s,
-                            Err(_) => continue,
-                        };
-                        false
-                    }
+                    Some(401) => slots[i].lock().id != id,
+                    _ => false,
                 };
                 let mut w = window.lock();
                 w.heartbeats_us.push(t.elapsed().as_micros() as u32);
@@ -235,7 +252,7 @@ async fn main() -> Result<()> {
     }
     // Service requests: a steady rate over 4 connections.
     for _ in 0..4 {
-        let (url, host, window) = (url.clone(), host.clone(), window.clone());
+        let (url, window) = (url.clone(), window.clone());
         let rate = (cli.requests_per_sec / 4).max(1);
         tokio::spawn(async move {
             let mut s = connect(&url).await.expect("the coordinator accepts");
@@ -243,26 +260,16 @@ async fn main() -> Result<()> {
             loop {
                 tick.tick().await;
                 let t = Instant::now();
-                let ok = match send(
+                let ok = call(
                     &mut s,
+                    &url,
                     "GET",
-                    &host,
                     "/api/service/ocr/health",
                     None,
                     Bytes::new(),
                 )
                 .await
-                {
-                    Ok((200, _)) => true,
-                    Ok(_) => false,
-                    Err(_) => {
-                        s = match connect(&url).await {
-                            Ok(s) => s,
-                            Err(_) => continue,
-                        };
-                        false
-                    }
-                };
+                    == Some(200);
                 let mut w = window.lock();
                 w.requests_us.push(t.elapsed().as_micros() as u32);
                 w.errors += u64::from(!ok);
