@@ -167,8 +167,9 @@ pub fn trial(report: std::path::PathBuf) -> anyhow::Result<()> {
     let settings = commons_agent::settings::Settings::load(
         &commons_agent::settings::Settings::default_path(),
     )?;
-    let creds: Arc<dyn commons_agent::credentials::CredentialStore> =
-        Arc::new(commons_agent::credentials::KeyringStore::new());
+    let creds: Arc<dyn commons_agent::credentials::CredentialStore> = Arc::new(
+        commons_agent::credentials::KeyringStore::new().with_timeout(settings.keyring_timeout()),
+    );
     let probe = Arc::from(commons_agent::hardware::default_probe());
     Ok(
         tokio::runtime::Runtime::new()?.block_on(commons_agent::update::trial(
@@ -180,8 +181,12 @@ pub fn trial(report: std::path::PathBuf) -> anyhow::Result<()> {
 /// Runs the app until Quit.
 pub fn run() -> anyhow::Result<()> {
     let settings_path = commons_agent::settings::Settings::default_path();
+    // A locked keyring waits for its password; the settings say how long (a broken file is the donor's to report).
+    let keyring_timeout = commons_agent::settings::Settings::load(&settings_path)
+        .map(|s| s.keyring_timeout())
+        .unwrap_or(commons_agent::credentials::DEFAULT_KEYRING_TIMEOUT);
     let creds: Arc<dyn commons_agent::credentials::CredentialStore> =
-        Arc::new(commons_agent::credentials::KeyringStore::new());
+        Arc::new(commons_agent::credentials::KeyringStore::new().with_timeout(keyring_timeout));
     let probe = Arc::from(commons_agent::hardware::default_probe());
     let mut donor = Donor::new(settings_path, creds, probe);
     match donor.settings().map_err(anyhow::Error::from).and_then(|s| {

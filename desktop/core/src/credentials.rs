@@ -4,6 +4,8 @@
 //! plaintext file.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +28,13 @@ pub enum CredentialError {
         "the OS keyring cannot be reached ({0}); on a server without one, pass --credentials-file PATH"
     )]
     Keyring(String),
+    /// The keyring did not answer in time: a locked Secret Service waits for someone to type the password.
+    #[error(
+        "the OS keyring did not answer within {0} s: it is most likely locked, waiting for someone to unlock it. \
+         Unlock it (log in to the desktop, or open Passwords and Keys) and start Commons again, or on a server \
+         pass --credentials-file PATH"
+    )]
+    KeyringTimeout(u64),
     /// The file failed.
     #[error("credentials file {0}: {1}")]
     File(PathBuf, String),
@@ -56,12 +65,19 @@ pub fn dht_identity(store: &dyn CredentialStore) -> Result<Vec<u8>, CredentialEr
     Ok(key)
 }
 
+/// How long a keyring operation may take before the agent gives up on it, unless told otherwise.
+pub const DEFAULT_KEYRING_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The OS keyring. On Linux: the desktop session's Secret Service (GNOME Keyring, KWallet) when a session bus
 /// offers one, else the kernel's keyutils keyring (headless servers); elsewhere the platform's store.
+///
+/// Every operation has a deadline ([`KeyringStore::with_timeout`]): a locked Secret Service asks its prompter
+/// for the password and waits for ever when nobody is there to type it.
 #[derive(Debug)]
 pub struct KeyringStore {
     service: String,
     user: String,
+    timeout: Duration,
     /// Chosen on first use: probing the session bus for every read and write would ask it again each time.
     backend: std::sync::OnceLock<Backend>,
 }
@@ -86,16 +102,27 @@ impl KeyringStore {
         Self {
             service: service.into(),
             user: user.into(),
+            timeout: DEFAULT_KEYRING_TIMEOUT,
             backend: std::sync::OnceLock::new(),
         }
     }
 
-    /// The backend this machine offers: the Secret Service when a session bus answers for it, else keyutils.
-    pub fn backend(&self) -> Backend {
-        *self.backend.get_or_init(|| self.probe_backend())
+    /// Gives up on an operation after `timeout` ([`DEFAULT_KEYRING_TIMEOUT`] unless set).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
-    fn probe_backend(&self) -> Backend {
+    /// The backend this machine offers: the Secret Service when a session bus answers for it, else keyutils.
+    pub fn backend(&self) -> Result<Backend, CredentialError> {
+        if let Some(b) = self.backend.get() {
+            return Ok(*b);
+        }
+        let b = self.probe_backend()?;
+        Ok(*self.backend.get_or_init(|| b))
+    }
+
+    fn probe_backend(&self) -> Result<Backend, CredentialError> {
         #[cfg(target_os = "linux")]
         {
             if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some()
@@ -104,29 +131,30 @@ impl KeyringStore {
                     &self.service,
                     &self.user,
                 )
-                && matches!(
-                    keyring::Entry::new_with_credential(Box::new(c)).get_password(),
-                    Ok(_) | Err(keyring::Error::NoEntry)
-                )
             {
-                return Backend::SecretService;
+                let entry = keyring::Entry::new_with_credential(Box::new(c));
+                if matches!(
+                    self.within_deadline(move || entry.get_password())?,
+                    Ok(_) | Err(keyring::Error::NoEntry)
+                ) {
+                    return Ok(Backend::SecretService);
+                }
             }
         }
-        Backend::Keyutils
+        Ok(Backend::Keyutils)
     }
 
     fn entry(&self) -> Result<keyring::Entry, CredentialError> {
-        let err = |e: keyring::Error| CredentialError::Keyring(e.to_string());
         #[cfg(target_os = "linux")]
         {
-            let credential: Box<keyring::credential::Credential> = match self.backend() {
+            let credential: Box<keyring::credential::Credential> = match self.backend()? {
                 Backend::SecretService => Box::new(
                     keyring::secret_service::SsCredential::new_with_target(
                         None,
                         &self.service,
                         &self.user,
                     )
-                    .map_err(err)?,
+                    .map_err(unreachable)?,
                 ),
                 Backend::Keyutils => Box::new(
                     keyring::keyutils::KeyutilsCredential::new_with_target(
@@ -134,41 +162,56 @@ impl KeyringStore {
                         &self.service,
                         &self.user,
                     )
-                    .map_err(err)?,
+                    .map_err(unreachable)?,
                 ),
             };
             Ok(keyring::Entry::new_with_credential(credential))
         }
         #[cfg(not(target_os = "linux"))]
-        keyring::Entry::new(&self.service, &self.user).map_err(err)
+        keyring::Entry::new(&self.service, &self.user).map_err(unreachable)
     }
-}
 
-impl Default for KeyringStore {
-    fn default() -> Self {
-        Self::new()
+    /// Runs one keyring call on its own thread and waits for it until the deadline. A call still waiting then
+    /// (for a prompt nobody answers) is left to finish or to end with the process.
+    fn within_deadline<T: Send + 'static>(
+        &self,
+        call: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, CredentialError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("keyring".into())
+            .spawn(move || {
+                let _ = tx.send(call());
+            })
+            .map_err(|e| CredentialError::Keyring(format!("cannot start a thread for it: {e}")))?;
+        rx.recv_timeout(self.timeout).map_err(|e| match e {
+            RecvTimeoutError::Timeout => CredentialError::KeyringTimeout(self.timeout.as_secs()),
+            RecvTimeoutError::Disconnected => {
+                CredentialError::Keyring("the keyring call failed".into())
+            }
+        })
     }
-}
 
-impl CredentialStore for KeyringStore {
-    fn load(&self) -> Result<Option<Credentials>, CredentialError> {
-        match self.entry()?.get_password() {
-            Ok(s) => serde_json::from_str(&s)
-                .map(Some)
-                .map_err(|e| CredentialError::Keyring(format!("stored value unreadable: {e}"))),
+    /// The stored text, if any.
+    fn password(&self) -> Result<Option<String>, CredentialError> {
+        let entry = self.entry()?;
+        match self.within_deadline(move || entry.get_password())? {
+            Ok(s) => Ok(Some(s)),
             Err(keyring::Error::NoEntry) => Ok(None),
-            Err(e) => Err(CredentialError::Keyring(e.to_string())),
+            Err(e) => Err(unreachable(e)),
         }
     }
 
-    fn save(&self, c: &Credentials) -> Result<(), CredentialError> {
-        let text = serde_json::to_string(c).map_err(|e| CredentialError::Keyring(e.to_string()))?;
+    /// Stores `text`, then reads it back: some keyrings accept a write they cannot keep (the sandbox's session
+    /// keyring does).
+    fn set_password(&self, text: String) -> Result<(), CredentialError> {
         let entry = self.entry()?;
-        entry
-            .set_password(&text)
-            .map_err(|e| CredentialError::Keyring(e.to_string()))?;
-        // Read it back: some keyrings accept a write they cannot keep (the sandbox's session keyring does).
-        match entry.get_password() {
+        let written = text.clone();
+        let back = self.within_deadline(move || {
+            entry.set_password(&written)?;
+            Ok(entry.get_password())
+        })?;
+        match back.map_err(unreachable)? {
             Ok(back) if back == text => Ok(()),
             Ok(_) => Err(CredentialError::Keyring(
                 "it did not keep what was written".into(),
@@ -179,52 +222,70 @@ impl CredentialStore for KeyringStore {
         }
     }
 
+    /// The entry beside this one that holds the DHT identity, on the same backend.
+    fn identity_entry(&self) -> KeyringStore {
+        let s = KeyringStore::named(&self.service, &format!("{}-dht-identity", self.user))
+            .with_timeout(self.timeout);
+        if let Some(b) = self.backend.get() {
+            let _ = s.backend.set(*b);
+        }
+        s
+    }
+}
+
+fn unreachable(e: keyring::Error) -> CredentialError {
+    CredentialError::Keyring(e.to_string())
+}
+
+impl Default for KeyringStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CredentialStore for KeyringStore {
+    fn load(&self) -> Result<Option<Credentials>, CredentialError> {
+        self.password()?
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(|e| CredentialError::Keyring(format!("stored value unreadable: {e}")))
+    }
+
+    fn save(&self, c: &Credentials) -> Result<(), CredentialError> {
+        let text = serde_json::to_string(c).map_err(|e| CredentialError::Keyring(e.to_string()))?;
+        self.set_password(text)
+    }
+
     fn clear(&self) -> Result<(), CredentialError> {
-        match self.entry()?.delete_credential() {
+        let entry = self.entry()?;
+        match self.within_deadline(move || entry.delete_credential())? {
             Ok(()) | Err(keyring::Error::NoEntry) => Ok(()),
-            Err(e) => Err(CredentialError::Keyring(e.to_string())),
+            Err(e) => Err(unreachable(e)),
         }
     }
 
     fn load_identity(&self) -> Result<Option<Vec<u8>>, CredentialError> {
-        let store = self.identity_entry();
-        match store.entry()?.get_password() {
-            Ok(s) => hex::decode(s.trim()).map(Some).map_err(|e| {
-                CredentialError::Keyring(format!("stored DHT identity unreadable: {e}"))
-            }),
-            Err(keyring::Error::NoEntry) => Ok(None),
-            Err(e) => Err(CredentialError::Keyring(e.to_string())),
-        }
+        self.identity_entry()
+            .password()?
+            .map(|s| hex::decode(s.trim()))
+            .transpose()
+            .map_err(|e| CredentialError::Keyring(format!("stored DHT identity unreadable: {e}")))
     }
 
     fn save_identity(&self, key: &[u8]) -> Result<(), CredentialError> {
-        let store = self.identity_entry();
-        store
-            .entry()?
-            .set_password(&hex::encode(key))
-            .map_err(|e| CredentialError::Keyring(e.to_string()))
-    }
-}
-
-impl KeyringStore {
-    /// The entry beside this one that holds the DHT identity, on the same backend.
-    fn identity_entry(&self) -> KeyringStore {
-        let s = KeyringStore::named(&self.service, &format!("{}-dht-identity", self.user));
-        let _ = s.backend.set(self.backend());
-        s
+        self.identity_entry().set_password(hex::encode(key))
     }
 }
 
 /// The named tunnel's token, kept in the keyring (`commons-agent` / `tunnel-token`).
 pub fn tunnel_token() -> Result<String, CredentialError> {
-    let entry = keyring::Entry::new("commons-agent", "tunnel-token")
-        .map_err(|e| CredentialError::Keyring(e.to_string()))?;
-    entry.get_password().map_err(|e| match e {
-        keyring::Error::NoEntry => CredentialError::Keyring(
-            "no tunnel token is stored (commons-agent / tunnel-token)".into(),
-        ),
-        e => CredentialError::Keyring(e.to_string()),
-    })
+    KeyringStore::named("commons-agent", "tunnel-token")
+        .password()?
+        .ok_or_else(|| {
+            CredentialError::Keyring(
+                "no tunnel token is stored (commons-agent / tunnel-token)".into(),
+            )
+        })
 }
 
 /// A file readable by its owner only.

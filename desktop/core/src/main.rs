@@ -94,7 +94,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let s = settings(&cli)?;
     match cli.command {
         Cmd::Detect { json } => detect(json),
-        Cmd::KeyringCheck => keyring_check(),
+        Cmd::KeyringCheck => keyring_check(&s),
         Cmd::Find {
             service,
             coordinator,
@@ -157,13 +157,14 @@ fn detect(json: bool) -> anyhow::Result<()> {
 }
 
 /// `keyring-check`: the OS keyring keeps, returns and forgets a secret.
-fn keyring_check() -> anyhow::Result<()> {
+fn keyring_check(s: &Settings) -> anyhow::Result<()> {
     use commons_agent::credentials::Credentials;
     let store = KeyringStore::named(
         "commons-agent-check",
         &format!("check-{}", std::process::id()),
-    );
-    let backend = store.backend();
+    )
+    .with_timeout(s.keyring_timeout());
+    let backend = store.backend()?;
     let probe = Credentials {
         worker_id: "check".into(),
         worker_token: "check".into(),
@@ -216,10 +217,11 @@ async fn donate(s: Settings, credentials_file: Option<&std::path::Path>) -> anyh
     let creds: Arc<dyn CredentialStore> = match credentials_file {
         Some(p) => Arc::new(FileStore::new(p)),
         None => {
-            let k = KeyringStore::new();
+            let k = Arc::new(KeyringStore::new().with_timeout(s.keyring_timeout()));
             // Fail now, with what to do, rather than after joining.
-            k.load()?;
-            Arc::new(k)
+            let probe = k.clone();
+            tokio::task::spawn_blocking(move || probe.load()).await??;
+            k
         }
     };
     let probe: Arc<dyn hardware::GpuProbe> = Arc::from(hardware::default_probe());

@@ -206,6 +206,9 @@ pub struct Settings {
     pub update_deadline_secs: u64,
     /// Where the updater keeps the versions marked bad [default: the cache dir].
     pub update_state: Option<PathBuf>,
+    /// Seconds a keyring call may take before the agent gives up and says what to do (a locked keyring waits
+    /// for someone to type its password).
+    pub keyring_timeout_secs: u64,
 }
 
 impl Default for Settings {
@@ -257,6 +260,7 @@ impl Default for Settings {
             update_interval_secs: 6 * 3600,
             update_deadline_secs: 120,
             update_state: None,
+            keyring_timeout_secs: 30,
         }
     }
 }
@@ -295,6 +299,11 @@ fn check_url(key: &'static str, url: &str) -> Result<(), SettingsError> {
 }
 
 impl Settings {
+    /// How long a keyring call may take.
+    pub fn keyring_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.keyring_timeout_secs)
+    }
+
     /// `$XDG_CONFIG_HOME/commons/agent.toml`.
     pub fn default_path() -> PathBuf {
         dirs::config_dir()
@@ -369,6 +378,12 @@ impl Settings {
                     "must be from 60 to 2592000 (30 days), got {}",
                     self.update_interval_secs
                 ),
+            });
+        }
+        if !(1..=600).contains(&self.keyring_timeout_secs) {
+            return Err(SettingsError::Invalid {
+                key: "keyring_timeout_secs",
+                message: format!("must be from 1 to 600, got {}", self.keyring_timeout_secs),
             });
         }
         if !(5..=3600).contains(&self.update_deadline_secs) {

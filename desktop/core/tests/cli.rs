@@ -153,7 +153,18 @@ async fn sigterm_is_a_graceful_quit() {
 }
 
 fn keyring_check(cmd: &mut Command) -> (bool, String) {
-    let out = cmd.output().expect("run the keyring check");
+    finished(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the keyring check"),
+    )
+}
+
+/// Whether a finished child succeeded, and what it said.
+fn finished(child: std::process::Child) -> (bool, String) {
+    let out = child.wait_with_output().unwrap();
     (
         out.status.success(),
         format!(
@@ -202,4 +213,54 @@ fn keyring_backends_keep_secrets_or_say_what_to_do() {
             .env_remove("DBUS_SESSION_BUS_ADDRESS"),
     );
     assert!(ok || text.contains("--credentials-file"), "{text}");
+}
+
+#[test]
+fn a_locked_keyring_with_nobody_to_unlock_it_is_given_up_with_what_to_do() {
+    // GNOME Keyring, unlocked at start and then locked, on a display: its prompter opens a window that nobody
+    // answers, and before the deadline the agent waited on it for ever.
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "keyring_timeout_secs = 3\n").unwrap();
+    let script = format!(
+        "echo '' | gnome-keyring-daemon --unlock --components=secrets >/dev/null 2>&1; \
+         dbus-send --session --print-reply --dest=org.freedesktop.secrets /org/freedesktop/secrets \
+           org.freedesktop.Secret.Service.Lock array:objpath:/org/freedesktop/secrets/collection/login >/dev/null \
+           || exit 9; \
+         exec {BIN} --config {} keyring-check",
+        config.display()
+    );
+    let started = Instant::now();
+    let mut child = Command::new("xvfb-run")
+        .args(["-a", "dbus-run-session", "--", "sh", "-c", &script])
+        .env("HOME", dir.path())
+        .env("XDG_DATA_HOME", dir.path().join("data"))
+        .env("XDG_RUNTIME_DIR", &run)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("xvfb-run, dbus and gnome-keyring (.ci/setup installs them)");
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the agent still waits on the locked keyring after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, text) = finished(child);
+    assert!(!ok, "a locked keyring cannot keep a secret: {text}");
+    assert!(
+        text.contains("did not answer within 3 s")
+            && text.contains("unlock it")
+            && text.contains("--credentials-file"),
+        "{text}"
+    );
 }
