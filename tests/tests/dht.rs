@@ -1,4 +1,5 @@
-//! The DHT end to end: an edge, two coordinators and twenty agents, all with real DHT nodes on loopback.
+//! The DHT end to end: an edge, two coordinators and twenty agents, all with real DHT nodes on loopback; a
+//! coordinator and then the edge killed under them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -221,6 +222,79 @@ async fn agents_fail_over_through_the_dht_and_the_edge_sees_nothing_of_it() {
             "{moving} agents failed over; the edge counted {kind} requests: {before:?} → {after:?}"
         );
     }
+
+    // Kill the edge, as kill -9 would (its connections cut, nothing flushed): workers and requests go on through
+    // the DHT and the coordinator they know.
+    let seen = |list: &serde_json::Value| -> Vec<(String, String)> {
+        list["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                let id = w["worker_id"].as_str().unwrap_or_default().to_owned();
+                (
+                    id,
+                    w["last_heartbeat"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let last = seen(
+        &survivor
+            .admin(&client, "/api/admin/workers?limit=100")
+            .await,
+    );
+    assert_eq!(last.len(), 20);
+    let edge_url = edge.url();
+    edge.server.abort().await;
+    assert!(
+        eventually(20, || async {
+            let now = seen(
+                &survivor
+                    .admin(&client, "/api/admin/workers?limit=100")
+                    .await,
+            );
+            now.len() == 20 && now.iter().all(|w| !last.contains(w))
+        })
+        .await,
+        "every worker heartbeats again with the edge gone"
+    );
+    for a in &mut agents {
+        assert_eq!(*a.state.borrow(), State::Active);
+    }
+    let r = client
+        .get(format!("{survivor_url}/api/service/ocr/status"))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("this worker does not run"),
+        "a service request reaches a worker without the edge: {body}"
+    );
+    assert!(matches!(
+        find_worker(Some(&d0), &survivor_url, "ocr").await,
+        Route::Direct { .. }
+    ));
+    // A new agent, with the seeds an earlier one cached, joins through the DHT.
+    let mut settings = dht_agent(&edge_url, dir.path(), 20);
+    settings.dht_seed_cache = Some(dir.path().join("seeds-0.json"));
+    let mut late = agent::start(
+        settings,
+        Arc::new(FileStore::new(dir.path().join("creds-20.json"))),
+        no_gpu(),
+    );
+    assert_eq!(
+        late.wait_for(Duration::from_secs(30), |s| *s == State::Active)
+            .await,
+        Some(State::Active),
+        "an agent joins with the edge dead"
+    );
+    assert_eq!(late.session.borrow().coordinator_url, survivor_url);
+    late.abort().await;
     for a in agents {
         a.abort().await;
     }
