@@ -97,6 +97,12 @@ pub struct Config {
     pub accounting: bool,
     /// Milliseconds between the accounting task's writes to the ledger.
     pub accounting_flush_ms: u64,
+    /// The fraction of a deterministic service's requests (the catalogue's `verify`) also sent to a second worker,
+    /// to compare the answers; a worker of lower trust is checked more often (the fraction over its trust).
+    /// 0 turns the checks off.
+    pub verify_fraction: f64,
+    /// A worker whose trust (0 to 1; new ones start at 0.5) falls below this gets no more requests.
+    pub trust_threshold: f64,
     /// Run a DHT node.
     pub dht: bool,
     /// Where the DHT node listens (multiaddrs).
@@ -161,6 +167,8 @@ impl Default for Config {
             queue_wait_secs: 30,
             accounting: true,
             accounting_flush_ms: 5000,
+            verify_fraction: 0.02,
+            trust_threshold: 0.2,
             dht: true,
             dht_listen: vec!["/ip4/0.0.0.0/tcp/4001".into()],
             dht_external: Vec::new(),
@@ -220,6 +228,12 @@ impl Validate for Config {
         }
         if self.accounting_flush_ms == 0 || self.accounting_flush_ms > 60_000 {
             return bad("accounting_flush_ms must be from 1 to 60000");
+        }
+        if !(0.0..=1.0).contains(&self.verify_fraction) {
+            return bad("verify_fraction must be from 0 to 1");
+        }
+        if !(0.0..crate::verify::NEW_TRUST).contains(&self.trust_threshold) {
+            return bad("trust_threshold must be from 0 to below 0.5 (a new worker's trust)");
         }
         if self.queue_length == 0 || self.queue_wait_secs == 0 {
             return bad("queue_length and queue_wait_secs must be at least 1");

@@ -21,6 +21,7 @@ pub mod store;
 pub mod tasks;
 mod topology;
 pub mod updates;
+pub mod verify;
 
 pub use commons_server::{auth, error};
 pub use config::Config;

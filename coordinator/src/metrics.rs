@@ -20,6 +20,8 @@ pub struct Metrics {
     pub route_errors: Counter,
     /// Per service, by catalogue index.
     pub services: Vec<ServiceMeters>,
+    /// Answers compared ([`crate::verify`]), by what the comparison found: agreed, outvoted, unresolved.
+    pub verdicts: [Counter; 3],
 }
 
 /// One service's figures: handles registered once, so a request looks up no labels.
@@ -103,7 +105,18 @@ impl Metrics {
             "commons_queue_rejections_total",
             "Requests refused by a service's full queue or that waited too long"
         );
+        metrics::describe_counter!(
+            "commons_verify_total",
+            "Answers compared with a second worker's, by result (agreed, outvoted, unresolved)"
+        );
+        let verdict =
+            |result: &'static str| metrics::counter!("commons_verify_total", "result" => result);
         Self {
+            verdicts: [
+                verdict("agreed"),
+                verdict("outvoted"),
+                verdict("unresolved"),
+            ],
             heartbeats: metrics::counter!("commons_heartbeats_total"),
             registrations: metrics::counter!("commons_registrations_total"),
             route_latency: metrics::histogram!("commons_route_latency_seconds"),

@@ -78,6 +78,8 @@ pub struct Live {
     /// The display name its volunteer chose, as last told to the ledger: `None` until its first heartbeat since
     /// this start, `Some(None)` anonymous.
     pub display_name: Option<Option<Box<str>>>,
+    /// How far its answers are trusted, 0 to 1 ([`crate::verify`]).
+    pub trust: f64,
     /// Changed since the last flush.
     pub dirty: bool,
 }

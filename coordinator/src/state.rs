@@ -411,6 +411,7 @@ impl AppState {
                 samples: "{}".into(),
                 requests: 0,
                 errors: 0,
+                trust: live.trust,
             },
         }
     }
@@ -540,6 +541,43 @@ impl AppState {
         Ok(w.id)
     }
 
+    /// Applies what comparing answers found to the workers' trust ([`crate::verify`]); a worker whose trust falls
+    /// below the threshold gets no more requests.
+    pub fn judged(&self, verdict: &crate::verify::Verdict) {
+        use crate::verify::{Verdict, confirmed, outvoted};
+        let change = |id: WorkerId, f: fn(f64) -> f64| {
+            let Some(w) = self.registry.get(id) else {
+                return;
+            };
+            let mut live = w.live.lock();
+            let before = live.trust;
+            live.trust = f(before);
+            live.dirty = true;
+            let threshold = self.config.trust_threshold;
+            if before >= threshold && live.trust < threshold {
+                tracing::warn!(worker = %id, trust = live.trust, "drained: its answers disagree with other workers'");
+            }
+        };
+        let [agreed, outvoted_counter, unresolved] = &self.metrics.verdicts;
+        match verdict {
+            Verdict::Agreed(ids) => {
+                agreed.increment(1);
+                for &id in ids {
+                    change(id, confirmed);
+                }
+            }
+            Verdict::Outvoted { wrong, right } => {
+                outvoted_counter.increment(1);
+                tracing::info!(worker = %wrong, "an answer outvoted by two other workers'");
+                change(*wrong, outvoted);
+                for &id in right {
+                    change(id, confirmed);
+                }
+            }
+            Verdict::Unresolved => unresolved.increment(1),
+        }
+    }
+
     /// Writes dirty heartbeat state durably, one chunk at a time: each chunk is committed before the next is
     /// built, so memory stays flat however many workers there are.
     pub async fn flush(&self) -> Result<usize, StoreError> {
@@ -573,6 +611,7 @@ impl AppState {
                     .unwrap_or_else(|_| "{}".into()),
                     requests: w.stats.requests() as i64,
                     errors: w.stats.errors() as i64,
+                    trust: live.trust,
                 });
             }
             if rows.len() == CHUNK {
@@ -710,6 +749,7 @@ fn new_worker(
             agent_version: new.capabilities.agent_version.clone().into(),
             endpoint: endpoint.map(Into::into),
             display_name: None,
+            trust: crate::verify::NEW_TRUST,
             dirty: false,
         }),
         caps: new.capabilities,
@@ -783,6 +823,7 @@ fn worker_from_row(
             agent_version: row.live.agent_version.into(),
             endpoint: row.endpoint.map(Into::into),
             display_name: None,
+            trust: row.live.trust.clamp(0.0, 1.0),
             dirty: false,
         }),
         stats: RequestStats::with_counts(

@@ -67,6 +67,8 @@ pub struct LiveRow {
     pub requests: i64,
     /// Of which failed.
     pub errors: i64,
+    /// How far its answers are trusted, 0 to 1 ([`crate::verify`]).
+    pub trust: f64,
 }
 
 /// The enrollment tokens, kept in their table.
@@ -106,6 +108,7 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE workers ADD COLUMN peer_id TEXT;",
     commons_server::consumers::TABLE,
     crate::ledger::TABLES,
+    "ALTER TABLE workers ADD COLUMN trust REAL NOT NULL DEFAULT 0.5;",
 ];
 
 /// The database.
@@ -139,8 +142,8 @@ impl Store {
                 tx.prepare_cached(
                     "INSERT INTO workers (id, token_hash, tier, roles, capabilities, ip_address, endpoint, tunnel_url, legacy,
                      services, assignment_version, registered_at_ms, last_heartbeat_ms, status, load, free_memory,
-                     agent_version, samples, requests, errors, peer_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                     agent_version, samples, requests, errors, peer_id, trust)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
                 )?
                 .execute(params![
                     w.id,
@@ -163,7 +166,8 @@ impl Store {
                     w.live.samples,
                     w.live.requests,
                     w.live.errors,
-                    w.peer_id
+                    w.peer_id,
+                    w.live.trust
                 ])
                 .map(|_| ())
             })
@@ -187,7 +191,7 @@ impl Store {
             .write(move |tx| {
                 let mut s = tx.prepare_cached(
                     "UPDATE workers SET last_heartbeat_ms = ?2, status = ?3, load = ?4, free_memory = ?5, agent_version = ?6,
-                     samples = ?7, requests = ?8, errors = ?9, endpoint = ?10 WHERE id = ?1",
+                     samples = ?7, requests = ?8, errors = ?9, endpoint = ?10, trust = ?11 WHERE id = ?1",
                 )?;
                 for l in &rows {
                     s.execute(params![
@@ -200,7 +204,8 @@ impl Store {
                         l.samples,
                         l.requests,
                         l.errors,
-                        l.endpoint
+                        l.endpoint,
+                        l.trust
                     ])?;
                 }
                 Ok(())
@@ -250,7 +255,7 @@ impl Store {
             let mut stmt = conn.prepare(
                 "SELECT id, token_hash, tier, roles, capabilities, ip_address, endpoint, tunnel_url, legacy, services,
                         assignment_version, registered_at_ms, last_heartbeat_ms, status, load, free_memory, agent_version,
-                        samples, requests, errors, peer_id FROM workers",
+                        samples, requests, errors, peer_id, trust FROM workers",
             )?;
             stmt.query_map([], |r| {
                 let id: String = r.get(0)?;
@@ -279,6 +284,7 @@ impl Store {
                         samples: r.get(17)?,
                         requests: r.get(18)?,
                         errors: r.get(19)?,
+                        trust: r.get(21)?,
                     },
                 })
             })?

@@ -617,6 +617,12 @@ pub struct WorkerSummary {
     pub legacy: bool,
     /// The machine.
     pub capabilities: Capabilities,
+    /// How far its answers are trusted, 0 to 1: a new worker starts halfway, an answer that others confirm raises
+    /// it, one that others outvote halves it.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0))]
+    pub trust: f64,
+    /// Its trust fell below the coordinator's threshold: it gets no requests.
+    pub drained: bool,
 }
 
 /// `GET /api/admin/workers`.

@@ -79,7 +79,28 @@ pub struct ServiceSpec {
     /// What one request is, in words, for the volunteer's "today you served 1,234 OCR pages".
     #[serde(default)]
     pub unit: Unit,
+    /// The requests whose answers are the same on every worker (OCR; embeddings on one model): the coordinator
+    /// sends a sample of them to a second worker as well and compares the answers, to find volunteers that answer
+    /// wrongly. Absent: its answers are never compared (chat is not deterministic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
 }
+
+/// Which of a service's requests are deterministic, and what in their answers may differ from run to run
+/// (`[service.verify]` in the catalogue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Verify {
+    /// Paths after the service's name (`ocr` for `POST /api/service/ocr/ocr`), matched exactly.
+    pub paths: Vec<String>,
+    /// Keys of a JSON answer left out of the comparison, at any depth (a timing, an id, a timestamp).
+    #[serde(default)]
+    pub ignore: Vec<String>,
+}
+
+/// At most this many paths, and keys to ignore, in a service's `verify`.
+pub const MAX_VERIFY_ITEMS: usize = 16;
 
 /// What one request of a service is, in words: `{ one = "OCR page", many = "OCR pages" }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +150,14 @@ fn concurrency() -> u32 {
 }
 
 impl ServiceSpec {
+    /// How to compare answers to a request for `path` (the part after the service's name), when they can be.
+    pub fn verifies(&self, path: &str) -> Option<&Verify> {
+        let path = path.trim_matches('/');
+        self.verify
+            .as_ref()
+            .filter(|v| v.paths.iter().any(|p| p.trim_matches('/') == path))
+    }
+
     /// The key a request for `path` (the part after the service's name) is routed by, when the service has one.
     pub fn sticky_key<'a>(&self, path: &'a str) -> Option<&'a str> {
         let n = usize::from(self.sticky_segment).checked_sub(1)?;
@@ -396,6 +425,22 @@ impl Catalogue {
                 return Err(invalid(
                     s,
                     "a GPU service must say how much VRAM it needs (min_vram)".into(),
+                ));
+            }
+            if let Some(v) = &s.verify
+                && (v.paths.is_empty()
+                    || v.paths.len() > MAX_VERIFY_ITEMS
+                    || v.ignore.len() > MAX_VERIFY_ITEMS
+                    || v.paths
+                        .iter()
+                        .chain(&v.ignore)
+                        .any(|p| p.is_empty() || p.len() > 128))
+            {
+                return Err(invalid(
+                    s,
+                    format!(
+                        "verify needs 1 to {MAX_VERIFY_ITEMS} paths and at most {MAX_VERIFY_ITEMS} keys to ignore, each 1 to 128 characters"
+                    ),
                 ));
             }
             if let Some(problem) = s.models.iter().find_map(crate::api::ModelArtifact::problem) {

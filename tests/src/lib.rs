@@ -482,7 +482,8 @@ pub fn ocr_catalogue(dir: &std::path::Path, replicas: u32) -> PathBuf {
         dir,
         &format!(
             "[[service]]\nname = \"ocr\"\nimage = {:?}\nport = 8884\nmin_ram = \"64MB\"\nmin_cores = 1\n\
-             replicas = {replicas}\nenv = {{ COMMONS_OCR_LANGUAGES = \"eng\" }}\n",
+             replicas = {replicas}\nenv = {{ COMMONS_OCR_LANGUAGES = \"eng\" }}\n\
+             verify = {{ paths = [\"ocr\"], ignore = [\"ms\"] }}\n",
             built_image("ocr"),
         ),
     )
@@ -591,11 +592,21 @@ pub async fn pool(
     client: &reqwest::Client,
     catalogue: impl FnOnce(&std::path::Path) -> PathBuf,
 ) -> (Edge, Coordinator) {
+    pool_tuned(client, catalogue, |_| {}).await
+}
+
+/// [`pool`], with `tune` adjusting the coordinator's configuration.
+pub async fn pool_tuned(
+    client: &reqwest::Client,
+    catalogue: impl FnOnce(&std::path::Path) -> PathBuf,
+    tune: impl FnOnce(&mut commons_coordinator::Config),
+) -> (Edge, Coordinator) {
     let edge = Edge::start(|_| {}).await;
     let key = edge.federation_key(client, "pool").await;
     let c = Coordinator::federated(&edge, &key, 200, |cfg, dir| {
         cfg.catalogue = Some(catalogue(dir));
         cfg.heartbeat_interval_secs = 1;
+        tune(cfg);
     })
     .await;
     assert!(

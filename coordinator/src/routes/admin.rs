@@ -66,6 +66,8 @@ fn summary(state: &AppState, w: &Worker, now: Instant) -> WorkerSummary {
         agent_version: live.agent_version.to_string(),
         legacy: w.legacy,
         capabilities: w.caps.clone(),
+        trust: live.trust,
+        drained: live.trust < state.config.trust_threshold,
     }
 }
 

@@ -1,13 +1,16 @@
 //! Service routing: `ANY /api/service/{type}/{*path}` goes to a healthy worker offering that service.
 //!
 //! The worker is picked at random, weighted by [`commons_shared::routing::route_weight`] (health, inverse load,
-//! latency EWMA, requests in flight). The TCP connection is opened first, so a worker that cannot be reached is
+//! latency EWMA, requests in flight) and by its trust; a drained worker gets none. The TCP connection is opened first, so a worker that cannot be reached is
 //! given up for another one (once) before any of the request body is read; the body is then streamed to the
 //! worker and the answer streamed back ([`commons_server::forward`]).
 //!
 //! Where the request goes on the worker: with an `endpoint` (or tunnel URL), `{endpoint}/api/service/{type}/{path}`
 //! (the agent's gateway speaks the same paths as the coordinator); a legacy worker with only an address gets
 //! `http://{ip_address}:{service port}/{path}` (the container itself).
+//!
+//! A sample of deterministic requests (the catalogue's `verify`) is held whole and, once the worker has answered,
+//! sent to a second worker, and a third when the two answers differ ([`cross_check`]); [`crate::verify`] judges.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,19 +95,22 @@ fn weight(
     w: &Worker,
     now: Instant,
 ) -> Option<f64> {
-    let (status, load) = {
+    let (status, load, trust) = {
         let live = w.live.lock();
-        if !reachable(w, live.endpoint.as_deref()) || !live.serves(spec) {
+        // A drained worker (its answers outvoted, see `crate::verify`) gets nothing.
+        if !reachable(w, live.endpoint.as_deref())
+            || !live.serves(spec)
+            || live.trust < state.config.trust_threshold
+        {
             return None;
         }
-        (live.status(now, state.liveness), live.load)
+        (live.status(now, state.liveness), live.load, live.trust)
     };
-    Some(route_weight(
-        status,
-        load,
-        w.stats.latency_ms(),
-        w.stats.in_flight(),
-    ))
+    // Trust scales the share: a new worker gets half a proven one's until others confirm its answers.
+    Some(
+        route_weight(status, load, w.stats.latency_ms(), w.stats.in_flight())
+            * trust.max(f64::MIN_POSITIVE),
+    )
     .filter(|&x| x > 0.0)
 }
 
@@ -268,6 +274,15 @@ struct Serving {
     tail: Option<Vec<u8>>,
     /// The stream ended with the event of a worker that failed in the middle.
     cut: bool,
+    /// The answer kept for comparison with another worker's, when this request is checked.
+    capture: Option<Capture>,
+}
+
+/// An answer being kept for [`cross_check`]: it is handed over whole, or not at all (cut, failed, too long).
+struct Capture {
+    body: Vec<u8>,
+    too_long: bool,
+    done: tokio::sync::oneshot::Sender<Vec<u8>>,
 }
 
 impl Serving {
@@ -302,6 +317,7 @@ impl Serving {
             status: StatusCode::BAD_GATEWAY,
             tail: metered.then(Vec::new),
             cut: false,
+            capture: None,
         }
     }
 
@@ -358,9 +374,23 @@ impl forward::Watch for Serving {
         if let Some(tail) = &mut self.tail {
             crate::accounting::keep_tail(tail, chunk);
         }
+        if let Some(c) = &mut self.capture {
+            c.too_long |= c.body.len() + chunk.len() > crate::verify::MAX_ANSWER_BYTES;
+            if !c.too_long {
+                c.body.extend_from_slice(chunk);
+            }
+        }
     }
 
     fn end(&mut self, complete: bool) {
+        if let Some(c) = self.capture.take()
+            && complete
+            && !self.cut
+            && !c.too_long
+            && self.status.is_success()
+        {
+            let _ = c.done.send(c.body);
+        }
         self.account(complete);
     }
 }
@@ -421,6 +451,140 @@ async fn admit(
     })
 }
 
+/// Whether this request to `w` is checked against another worker's answer, and then what its answers may differ
+/// in: a deterministic request (the catalogue's `verify`) with a known, small body, drawn with a probability that
+/// grows as the worker's trust falls.
+fn sample(
+    state: &AppState,
+    index: usize,
+    rest: &str,
+    req: &Request,
+    w: &Worker,
+) -> Option<Arc<[String]>> {
+    let verify = state.catalogue.get(index)?.verifies(rest)?;
+    let fraction = state.config.verify_fraction;
+    if fraction <= 0.0 {
+        return None;
+    }
+    let small = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n <= crate::verify::MAX_REQUEST_BYTES);
+    let p = crate::verify::probability(fraction, w.live.lock().trust);
+    (small && rand::rng().random::<f64>() < p).then(|| verify.ignore.clone().into())
+}
+
+/// A request as it is sent to another worker: its head and its whole body.
+struct Held {
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Held {
+    fn request(&self) -> Request {
+        let mut req = Request::new(axum::body::Body::from(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Reads a request's whole body (within the route's limit, and the server's body timeout), to send it twice.
+async fn hold(req: Request) -> Result<(Held, Request), ApiError> {
+    use axum::extract::FromRequest;
+    let (method, uri, headers) = (
+        req.method().clone(),
+        req.uri().clone(),
+        req.headers().clone(),
+    );
+    let commons_server::extract::Body(body) =
+        commons_server::extract::Body::from_request(req, &()).await?;
+    let copy = Held {
+        method,
+        uri,
+        headers,
+        body,
+    };
+    let req = copy.request();
+    Ok((copy, req))
+}
+
+/// A checked request: where it goes, who answered first, and what its answers may differ in.
+struct Checked {
+    index: usize,
+    rest: String,
+    query: Option<String>,
+    client: std::net::IpAddr,
+    first: WorkerId,
+    ignore: Arc<[String]>,
+}
+
+/// Once the first worker's answer is complete, asks a second worker the same, and a third when they differ; then
+/// lets the state judge ([`crate::verify`]). These requests are the coordinator's own: no queue slot, no consumer's
+/// record; the workers count them as served.
+async fn cross_check(
+    state: AppState,
+    c: Checked,
+    copy: Held,
+    answer: tokio::sync::oneshot::Receiver<Vec<u8>>,
+) {
+    // Nothing to compare when the first answer failed, was cut or was too long.
+    let Ok(first) = answer.await else {
+        return;
+    };
+    let mut asked = vec![c.first];
+    let Some((second, second_answer)) = ask_another(&state, &c, &copy, &mut asked).await else {
+        return;
+    };
+    let third = if crate::verify::agree(&first, &second_answer, &c.ignore) {
+        None
+    } else {
+        ask_another(&state, &c, &copy, &mut asked).await
+    };
+    let verdict = crate::verify::judge(
+        (c.first, &first),
+        (second, &second_answer),
+        third.as_ref().map(|(id, a)| (*id, a.as_slice())),
+        &c.ignore,
+    );
+    tracing::debug!(service = c.index, ?verdict, "answers compared");
+    state.judged(&verdict);
+}
+
+/// The whole 2xx answer of a worker not in `asked` (which it joins), or none when no other worker can answer.
+async fn ask_another(
+    state: &AppState,
+    c: &Checked,
+    copy: &Held,
+    asked: &mut Vec<WorkerId>,
+) -> Option<(WorkerId, Vec<u8>)> {
+    let (w, t) = pick(state, c.index, asked, &c.rest, c.query.as_deref())?;
+    asked.push(w.id);
+    let start = Instant::now();
+    w.stats.enter();
+    let answer = async {
+        let stream = state.upstreams.connect(&t.authority).await.ok()?;
+        let timeout = Duration::from_secs(state.config.proxy_timeout_secs);
+        let resp = forward::send(stream, &t, copy.request(), c.client, timeout)
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        axum::body::to_bytes(resp.into_body(), crate::verify::MAX_ANSWER_BYTES)
+            .await
+            .ok()
+    }
+    .await;
+    w.stats.leave();
+    w.stats.record(answer.is_some(), start.elapsed());
+    Some((w.id, answer?.to_vec()))
+}
+
 async fn route(
     state: AppState,
     client: std::net::IpAddr,
@@ -473,6 +637,34 @@ async fn route(
                 // The worker's request in flight and the queue's slot last as long as the answer's body.
                 let mut serving = serving.to(&w);
                 let waited = serving.slot.as_ref().map_or(Duration::ZERO, |s| s.waited);
+                // A sampled deterministic request: its body is held, to be sent to a second worker once this one
+                // has answered, and the answer kept to compare.
+                if let Some(check) = sample(&state, index, &rest, &req, &w) {
+                    let (copy, held) = match hold(req).await {
+                        Ok(held) => held,
+                        Err(e) => return Err(serving.failed(e)),
+                    };
+                    req = held;
+                    let (done, answer) = tokio::sync::oneshot::channel();
+                    serving.capture = Some(Capture {
+                        body: Vec::new(),
+                        too_long: false,
+                        done,
+                    });
+                    tokio::spawn(cross_check(
+                        state.clone(),
+                        Checked {
+                            index,
+                            rest: rest.clone(),
+                            query: query.clone(),
+                            client,
+                            first: w.id,
+                            ignore: check,
+                        },
+                        copy,
+                        answer,
+                    ));
+                }
                 let result = match forward::send(stream, &t, req, client, timeout).await {
                     Ok(mut r) => {
                         if let Ok(v) = axum::http::HeaderValue::from_str(&w.id.to_string()) {
@@ -573,6 +765,7 @@ mod tests {
                 agent_version: "".into(),
                 endpoint: endpoint.map(Into::into),
                 display_name: None,
+                trust: crate::verify::NEW_TRUST,
                 dirty: false,
             }),
             stats: Default::default(),

@@ -97,7 +97,7 @@ pub fn Workers() -> Html {
                     <thead><tr>
                         { header(Column::Id, "Worker") }{ header(Column::Tier, "Tier") }{ header(Column::Status, "Status") }
                         { header(Column::Load, "Load") }{ header(Column::Gpus, "GPUs") }<th>{ "Services" }</th>
-                        { header(Column::Heartbeat, "Last heartbeat") }{ header(Column::Requests, "Requests") }{ header(Column::Errors, "Errors") }
+                        { header(Column::Heartbeat, "Last heartbeat") }{ header(Column::Requests, "Requests") }{ header(Column::Errors, "Errors") }<th>{ "Trust" }</th>
                     </tr></thead>
                     <tbody>
                         { for rows.iter().map(|w| html! {
@@ -111,6 +111,7 @@ pub fn Workers() -> Html {
                                 <td>{ w.last_heartbeat.clone().unwrap_or_else(|| "never".into()) }</td>
                                 <td>{ w.requests }</td>
                                 <td>{ w.errors }</td>
+                                <td class={classes!("trust", w.drained.then_some("drained"))}>{ trust(w) }</td>
                             </tr>
                         }) }
                     </tbody>
@@ -163,6 +164,7 @@ pub fn WorkerDetail(p: &WorkerDetailProps) -> Html {
                 <dt>{ "Agent" }</dt><dd>{ format!("{}{}", w.agent_version, if w.legacy { " (legacy RMA worker)" } else { "" }) }</dd>
                 <dt>{ "Endpoint" }</dt><dd>{ w.endpoint.clone().unwrap_or_else(|| "none (behind NAT or not serving)".into()) }</dd>
                 <dt>{ "Requests" }</dt><dd>{ format!("{} ({} errors, {:.0} ms average)", w.requests, w.errors, w.latency_ms) }</dd>
+                <dt>{ "Trust" }</dt><dd id="worker-trust" class={classes!("trust", w.drained.then_some("drained"))}>{ trust(w) }</dd>
             </dl>
             <h2>{ "Capabilities" }</h2>
             <dl class="facts">
@@ -196,5 +198,15 @@ pub fn WorkerDetail(p: &WorkerDetailProps) -> Html {
             <LineChart id="chart-worker-load" title="Load (since this page opened, from the live feed)" fraction=true
                 series={vec![Series { label: "load".into(), colour: "#1a73e8", points: loads }]} />
         </>
+    }
+}
+
+/// A worker's trust in words: a percentage, and why it gets no requests when drained.
+fn trust(w: &WorkerSummary) -> String {
+    let pct = format!("{:.0} %", 100.0 * w.trust);
+    if w.drained {
+        format!("{pct}: drained, its answers disagreed with other workers'")
+    } else {
+        pct
     }
 }
