@@ -298,7 +298,20 @@ async fn the_portal_in_headless_chromium() {
     assert_eq!(graph["edges"].as_array().unwrap().len(), SEEDED + 1);
     screenshot(&b, "portal-topology").await;
 
-    // Workers: the table, then one worker's page.
+    // Workers: the table, then one worker's page. One worker's answers were outvoted twice: it is drained.
+    let outvoted: commons_shared::WorkerId = workers[1].id.parse().unwrap();
+    let others: [commons_shared::WorkerId; 2] = [
+        workers[2].id.parse().unwrap(),
+        workers[3].id.parse().unwrap(),
+    ];
+    for _ in 0..2 {
+        c.server
+            .state()
+            .judged(&commons_coordinator::verify::Verdict::Outvoted {
+                wrong: outvoted,
+                right: others,
+            });
+    }
     b.goto(&format!("{url}/#/workers")).await.unwrap();
     assert!(
         until(
@@ -312,12 +325,24 @@ async fn the_portal_in_headless_chromium() {
         .await,
         "the table lists every worker"
     );
+    assert_eq!(
+        count(&b, "table#workers td.trust.drained").await,
+        1,
+        "one worker is shown drained"
+    );
     screenshot(&b, "portal-workers").await;
-    click(&b, "table#workers tbody tr a").await;
+    b.goto(&format!("{url}/#/workers/{}", workers[1].id))
+        .await
+        .unwrap();
     assert!(
         text_of(&b, "#worker-title", 10)
             .await
             .starts_with("Worker ")
+    );
+    let trust = text_of(&b, "#worker-trust", 10).await;
+    assert!(
+        trust.ends_with("%: drained, its answers disagreed with other workers'"),
+        "{trust}"
     );
     screenshot(&b, "portal-worker").await;
 
