@@ -468,7 +468,7 @@ impl AppState {
     /// Applies a heartbeat from `w` (see [`AppState::heartbeat_sender`]) in memory; the flusher persists it.
     pub fn apply_heartbeat(&self, w: &Worker, hb: HeartbeatRequest) -> HeartbeatResponse {
         let now_wall = now_ms();
-        let (version, changed) = {
+        let (version, changed, drained) = {
             let mut live = w.live.lock();
             // Donated time: since its last heartbeat while it donated, at most two intervals (a gap longer than
             // that was spent offline).
@@ -516,6 +516,7 @@ impl AppState {
             (
                 live.assignment_version,
                 changed.then(|| live.services.clone()),
+                live.trust < self.config.trust_threshold,
             )
         };
         self.metrics.heartbeats.increment(1);
@@ -524,6 +525,7 @@ impl AppState {
             heartbeat_interval: self.config.heartbeat_interval_secs,
             assignment_version: version,
             assigned_containers: changed.map(|s| self.containers(&s)),
+            drained,
         }
     }
 
@@ -539,6 +541,14 @@ impl AppState {
             return Err(e.into());
         }
         Ok(w.id)
+    }
+
+    /// The operator sets a worker's trust (written with the next flush).
+    pub fn set_trust(&self, w: &Worker, trust: f64) {
+        let mut live = w.live.lock();
+        tracing::info!(worker = %w.id, from = live.trust, to = trust, "trust set by the operator");
+        live.trust = trust;
+        live.dirty = true;
     }
 
     /// Applies what comparing answers found to the workers' trust ([`crate::verify`]); a worker whose trust falls

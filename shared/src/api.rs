@@ -438,6 +438,10 @@ pub struct HeartbeatResponse {
     /// The new assignment, present only when it differs from the version the worker sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assigned_containers: Option<Vec<ContainerAssignment>>,
+    /// Other workers outvoted this one's answers until its trust fell below the coordinator's threshold: it gets
+    /// no requests (absent: false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
 }
 
 /// `GET /health` (seed shape).
@@ -623,6 +627,17 @@ pub struct WorkerSummary {
     pub trust: f64,
     /// Its trust fell below the coordinator's threshold: it gets no requests.
     pub drained: bool,
+}
+
+/// `PUT /api/admin/workers/{id}/trust`: the operator sets a worker's trust (to let a drained worker serve again,
+/// once its volunteer has fixed what made its answers wrong).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SetTrust {
+    /// 0 to 1; at or above the coordinator's `trust_threshold` the worker gets requests again.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0))]
+    pub trust: f64,
 }
 
 /// `GET /api/admin/workers`.

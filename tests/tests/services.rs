@@ -298,6 +298,61 @@ async fn a_volunteer_whose_container_answers_wrong_text_is_outvoted_and_drained(
         "{metrics}"
     );
     eprintln!("the impostor was drained after {drained_after} requests");
+    // Its volunteer hears it, in words, with what to do.
+    let problem = || {
+        agents[2]
+            .session
+            .borrow()
+            .problem
+            .clone()
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(10, || async {
+            problem().contains("answered the same requests differently")
+        })
+        .await,
+        "the drained volunteer is told: {:?}",
+        problem()
+    );
+
+    // The operator trusts it again (its volunteer fixed the fault): it is no longer drained, and the window's
+    // problem goes. A trust out of range, or an unknown worker, is refused.
+    let set_trust = |id: String, body: Value| {
+        let client = client.clone();
+        let url = c.url();
+        async move {
+            let r = client
+                .put(format!("{url}/api/admin/workers/{id}/trust"))
+                .bearer_auth(commons_coordinator::server::test_utils::ADMIN_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (status, v) = set_trust(ids[2].clone(), json!({"trust": 2.0})).await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (422, Some("invalid_field")),
+        "{v}"
+    );
+    let (status, _) = set_trust("00".repeat(16), json!({"trust": 0.5})).await;
+    assert_eq!(status, 404);
+    let (status, v) = set_trust(ids[2].clone(), json!({"trust": 0.5})).await;
+    assert_eq!((status, &v["drained"]), (200, &json!(false)), "{v}");
+    assert!(
+        eventually(10, || async {
+            agents[2].session.borrow().problem.is_none()
+        })
+        .await,
+        "the problem goes: {:?}",
+        problem()
+    );
 
     impostor.abort();
     for a in agents {

@@ -1,15 +1,15 @@
-//! The admin API: workers, stats, health, services, history, enrollment tokens. Every route needs the admin token.
+//! The admin API: workers (and their trust), stats, health, services, history, enrollment tokens. Every route needs the admin token.
 
 use std::time::Instant;
 
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use commons_server::extract::Query;
+use commons_server::extract::{Body, Id, Query};
 use commons_shared::ErrorBody;
 use commons_shared::api::{
     AdminHealth, EnrollmentToken, EnrollmentTokenRequest, History, HistoryPoint, ServiceCoverage,
-    ServicesReport, Stats, WorkerList, WorkerStatus, WorkerSummary,
+    ServicesReport, SetTrust, Stats, WorkerList, WorkerStatus, WorkerSummary,
 };
 use commons_shared::tier::Tier;
 use serde::Deserialize;
@@ -25,6 +25,10 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/admin/workers", get(workers))
         .route("/api/admin/workers/{id}", get(worker))
+        .route(
+            "/api/admin/workers/{id}/trust",
+            axum::routing::put(set_trust),
+        )
         .route("/api/admin/stats", get(stats))
         .route("/api/admin/health", get(admin_health))
         .route("/api/admin/services", get(services))
@@ -177,6 +181,31 @@ pub(crate) async fn worker(
         .ok()
         .and_then(|i| state.registry.get(i))
         .ok_or_else(|| ApiError::NotFound(format!("no worker {id:?}")))?;
+    Ok(Json(summary(&state, &w, Instant::now())))
+}
+
+/// Sets a worker's trust: a drained worker whose volunteer fixed the fault serves again.
+#[utoipa::path(put, path = "/api/admin/workers/{id}/trust", params(("id" = String, Path)), request_body = SetTrust,
+    responses((status = 200, body = WorkerSummary), (status = 404, body = ErrorBody)), security(("admin_token" = [])))]
+pub(crate) async fn set_trust(
+    State(state): State<AppState>,
+    _: Admin,
+    Id(id): Id,
+    Body(body): Body,
+) -> ApiResult<Json<WorkerSummary>> {
+    let SetTrust { trust } = commons_shared::validate::parse_json(&body)?;
+    if !(0.0..=1.0).contains(&trust) {
+        return Err(ApiError::Invalid {
+            field: "trust".into(),
+            message: format!("must be from 0 to 1, got {trust}"),
+        });
+    }
+    let w = id
+        .parse()
+        .ok()
+        .and_then(|i| state.registry.get(i))
+        .ok_or_else(|| ApiError::NotFound(format!("no worker {id:?}")))?;
+    state.set_trust(&w, trust);
     Ok(Json(summary(&state, &w, Instant::now())))
 }
 

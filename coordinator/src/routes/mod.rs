@@ -176,7 +176,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Commons coordinator", description = "Worker registry, assignment, heartbeats, routing and admin API."),
-    paths(register, heartbeat, unregister, health, admin::workers, admin::worker, admin::stats, admin::admin_health,
+    paths(register, heartbeat, unregister, health, admin::workers, admin::worker, admin::set_trust, admin::stats, admin::admin_health,
           admin::services, admin::history, admin::create_enrollment, admin::list_enrollments, admin::revoke_enrollment,
           keys::list_keys, keys::create_key, keys::revoke_key, keys::rotate_key, services::service,
           services::service_root, services::openai, services::metrics, dht::topology, dht::stats, portal::login,

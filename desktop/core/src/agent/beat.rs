@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use commons_shared::api::{HeartbeatRequest, ReportedStatus};
 
 use super::join::{Joined, jitter};
-use super::{Agent, Command, Ended, Next, State};
+use super::{Agent, Command, DRAINED, Ended, Next, State};
 use crate::client::CallError;
 use crate::hardware::{self, LoadSampler};
 
@@ -136,6 +136,13 @@ impl Agent {
                             self.reach.reported(hb.endpoint.clone());
                         }
                         j.interval = Duration::from_secs(r.heartbeat_interval.max(1));
+                        if r.drained != self.drained {
+                            self.drained = r.drained;
+                            if r.drained {
+                                tracing::warn!("drained by the coordinator: {DRAINED}");
+                            }
+                            self.show_problem();
+                        }
                         if let Some(list) = r.assigned_containers {
                             j.version = r.assignment_version;
                             tracing::info!(containers = list.len(), "new assignment");

@@ -257,6 +257,7 @@ pub fn start_with(
         work: Work::new(progress_tx),
         reach: Reach::default(),
         presence: Presence::new(dht.clone()),
+        drained: false,
     };
     let task = tokio::spawn(async move { agent.run().await });
     AgentHandle {
@@ -279,7 +280,15 @@ struct Agent {
     work: Work,
     reach: Reach,
     presence: Presence,
+    /// The coordinator said other workers outvote this one's answers, so it gets no requests.
+    drained: bool,
 }
+
+/// What the volunteer reads when the coordinator has drained this worker for wrong answers.
+pub const DRAINED: &str = "other volunteers' computers answered the same requests differently, so Commons sends \
+     this one no more requests. Something here changes what the services answer: faulty memory or a GPU that \
+     overheats, or a changed service. Run a memory test, check the GPU's temperature, then ask the coordinator's \
+     operator to trust this computer again";
 
 /// What ends a donating session.
 enum Next {
@@ -388,9 +397,17 @@ impl Agent {
         if let Some(routes) = self.work.reconcile().await {
             self.reach.set_routes(routes);
         }
-        let problem = self.work.problem();
-        self.ui.update(|s| s.problem = problem);
+        self.show_problem();
         self.show_containers();
+    }
+
+    /// What is wrong, for the volunteer: the containers' problem first, else being drained.
+    fn show_problem(&self) {
+        let problem = self
+            .work
+            .problem()
+            .or_else(|| self.drained.then(|| DRAINED.to_owned()));
+        self.ui.update(|s| s.problem = problem);
     }
 
     async fn pause_containers(&mut self) {
