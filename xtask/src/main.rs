@@ -4,9 +4,10 @@
 //!   installed) into `portal/dist`, with a gzip copy of each file for the coordinator to serve precompressed.
 //! - `cargo xtask desktop-ui [--dev]`: builds the desktop app's window (Yew) into `desktop/app/ui`, next to its
 //!   committed `index.html` and `style.css`; the app embeds that folder when it is compiled.
-//! - `cargo xtask agent-deb [--profile <p>]`: the headless agent as a Debian package for servers (binary, systemd
-//!   unit, settings in /etc/commons, its own user), laid out here and built by `dpkg-deb`, into
-//!   `$CARGO_TARGET_DIR/debian/`.
+//! - `cargo xtask agent-deb [--profile <p>] [--version <v>]`: the headless agent as a Debian package for servers
+//!   (binary, systemd unit, settings in /etc/commons, its own user, which a purge removes), laid out here and built
+//!   by `dpkg-deb`, into `$CARGO_TARGET_DIR/debian/`; `--version` names the package's version (the install check
+//!   builds an older one to upgrade from).
 //! - `cargo xtask update-fixtures`: what the update tests run: a throw-away release key pair (minisign), and the
 //!   headless agent and the desktop app each built twice with that key compiled in, as versions 0.1.0 and 0.1.1
 //!   (nothing else differs), stripped, in `$CARGO_TARGET_DIR/update-fixtures/`.
@@ -34,17 +35,23 @@ fn main() -> std::process::ExitCode {
         Some("portal") => wasm_page(&PORTAL, args.iter().any(|a| a == "--dev")),
         Some("desktop-ui") => wasm_page(&DESKTOP_UI, args.iter().any(|a| a == "--dev")),
         Some("serve") => wasm_page(&PORTAL, false).and_then(|()| serve(&args[1..])),
-        Some("agent-deb") => agent_deb(
-            args.iter()
-                .position(|a| a == "--profile")
-                .and_then(|i| args.get(i + 1))
-                .map_or("release", String::as_str),
-        ),
+        Some("agent-deb") => {
+            let flag = |name: &str| {
+                args.iter()
+                    .position(|a| a == name)
+                    .and_then(|i| args.get(i + 1))
+                    .map(String::as_str)
+            };
+            agent_deb(
+                flag("--profile").unwrap_or("release"),
+                flag("--version").unwrap_or(env!("CARGO_PKG_VERSION")),
+            )
+        }
         Some("update-fixtures") => update_fixtures(),
         Some("images") => images(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask portal [--dev] | cargo xtask desktop-ui [--dev] | cargo xtask agent-deb [--profile <p>] | cargo xtask update-fixtures | cargo xtask images --registry <host:port> [--profile <p>] [--tag <t>] | cargo xtask serve [-- <coordinator flags>]"
+                "usage: cargo xtask portal [--dev] | cargo xtask desktop-ui [--dev] | cargo xtask agent-deb [--profile <p>] [--version <v>] | cargo xtask update-fixtures | cargo xtask images --registry <host:port> [--profile <p>] [--tag <t>] | cargo xtask serve [-- <coordinator flags>]"
             );
             return std::process::ExitCode::from(2);
         }
@@ -273,8 +280,7 @@ fn wasm_page(page: &Page, dev: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The headless agent's .deb: `/usr/bin/commons-agent`, its systemd unit, `/etc/commons/agent.toml` (a conffile),
-/// and maintainer scripts that create its user and stop it before removal. Prints the package's path.
+/// The update tests' fixtures: a throw-away release key, and the agent and the desktop app built as two versions.
 fn update_fixtures() -> anyhow::Result<()> {
     let root = root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -327,7 +333,10 @@ fn update_fixtures() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn agent_deb(profile: &str) -> anyhow::Result<()> {
+/// The headless agent's .deb: `/usr/bin/commons-agent`, its systemd unit, `/etc/commons/agent.toml` (a conffile),
+/// and maintainer scripts that create its user, stop it before removal, and on purge remove the user and its state.
+/// Prints the package's path.
+fn agent_deb(profile: &str, version: &str) -> anyhow::Result<()> {
     let root = root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(cargo).current_dir(&root).args([
@@ -342,7 +351,6 @@ fn agent_deb(profile: &str) -> anyhow::Result<()> {
     let target_dir = target_dir(&root);
     let out_profile = profile_dir(profile);
     let binary = target_dir.join(out_profile).join("commons-agent");
-    let version = env!("CARGO_PKG_VERSION");
     let arch = String::from_utf8(
         Command::new("dpkg")
             .arg("--print-architecture")
@@ -379,6 +387,7 @@ fn agent_deb(profile: &str) -> anyhow::Result<()> {
     )?;
     place(&packaging.join("postinst"), "DEBIAN/postinst", 0o755)?;
     place(&packaging.join("prerm"), "DEBIAN/prerm", 0o755)?;
+    place(&packaging.join("postrm"), "DEBIAN/postrm", 0o755)?;
     let size_kib = walk_size(&stage)? / 1024;
     std::fs::write(stage.join("DEBIAN/conffiles"), "/etc/commons/agent.toml\n")?;
     std::fs::write(

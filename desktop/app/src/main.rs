@@ -3,6 +3,14 @@
 
 fn main() -> std::process::ExitCode {
     use std::io::IsTerminal;
+    // `commons --version`: what a packager or a support request asks first; no window, no display needed.
+    if std::env::args()
+        .nth(1)
+        .is_some_and(|a| a == "--version" || a == "-V")
+    {
+        println!("commons {}", commons_desktop::VERSION);
+        return std::process::ExitCode::SUCCESS;
+    }
     // Logs go to stdout; in colour only on a terminal (a log file or the journal gets plain text).
     tracing_subscriber::fmt()
         .with_env_filter(
