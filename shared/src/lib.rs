@@ -29,6 +29,7 @@ pub mod desktop;
 pub mod dht;
 pub mod edge;
 pub mod error;
+pub mod figures;
 pub mod ids;
 pub mod portal;
 pub mod release;

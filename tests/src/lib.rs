@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 pub mod browser;
+pub mod figures;
 pub mod load;
 pub mod update;
 

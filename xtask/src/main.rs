@@ -11,6 +11,8 @@
 //! - `cargo xtask update-fixtures`: what the update tests run: a throw-away release key pair (minisign), and the
 //!   headless agent and the desktop app each built twice with that key compiled in, as versions 0.1.0 and 0.1.1
 //!   (nothing else differs), stripped, in `$CARGO_TARGET_DIR/update-fixtures/`.
+//! - `cargo xtask bench-report`: runs the benchmarks' short versions (release builds) and writes `bench/report.html`
+//!   (each figure against its goal, SVG charts) and a line of `bench/history.jsonl` (see `bench.rs`).
 //! - `cargo xtask serve [-- <coordinator flags>]`: builds the portal, then runs the coordinator (release) on its
 //!   embedded defaults serving it.
 //! - `cargo xtask images --registry <host:port[/prefix]> [--profile <p>] [--tag <t>]`: the service images of
@@ -22,6 +24,8 @@
 //! Each sets up what the build needs first: the `wasm32-unknown-unknown` target (rustup) and a `wasm-bindgen` CLI of
 //! exactly the version of the `wasm-bindgen` crate in Cargo.lock (`cargo install`, once per machine, without
 //! `--locked`: its own lock file pins a crate version the registry here lacks; the version itself is pinned).
+
+mod bench;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,10 +52,11 @@ fn main() -> std::process::ExitCode {
             )
         }
         Some("update-fixtures") => update_fixtures(),
+        Some("bench-report") => bench::report(&root(), &target_dir(&root())),
         Some("images") => images(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask portal [--dev] | cargo xtask desktop-ui [--dev] | cargo xtask agent-deb [--profile <p>] [--version <v>] | cargo xtask update-fixtures | cargo xtask images --registry <host:port> [--profile <p>] [--tag <t>] | cargo xtask serve [-- <coordinator flags>]"
+                "usage: cargo xtask portal [--dev] | cargo xtask desktop-ui [--dev] | cargo xtask agent-deb [--profile <p>] [--version <v>] | cargo xtask update-fixtures | cargo xtask bench-report | cargo xtask images --registry <host:port> [--profile <p>] [--tag <t>] | cargo xtask serve [-- <coordinator flags>]"
             );
             return std::process::ExitCode::from(2);
         }

@@ -24,6 +24,7 @@ use commons_agent::hardware::RecordedProbe;
 use commons_agent::settings::Settings;
 use commons_dht::{Config, Dht, Role, generate_keypair};
 use commons_shared::dht::{WorkerRecord, worker_key};
+use commons_tests::figures::{Figure, Goal, distribution, record};
 use commons_tests::pct;
 use commons_tests::{Coordinator, Edge, catalogue_only, eventually};
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -202,6 +203,30 @@ async fn network(cli: &Cli) -> Result<()> {
         pct(&after, 0.5),
         pct(&after, 0.99)
     );
+    let n = cli.nodes;
+    record(&[
+        Figure::new(
+            "dht",
+            format!("record lookup p99, {n} nodes"),
+            "ms",
+            pct(&lookups, 0.99),
+        )
+        .points("percentile", distribution(|q| pct(&lookups, q))),
+        Figure::new(
+            "dht",
+            format!("lookup p99 after 30 % of {n} nodes died"),
+            "ms",
+            pct(&after, 0.99),
+        )
+        .points("percentile", distribution(|q| pct(&after, q))),
+        Figure::new(
+            "dht",
+            format!("lookups that succeed after 30 % of {n} nodes died"),
+            "%",
+            100.0 * ok as f64 / cli.lookups as f64,
+        )
+        .goal(Goal::AtLeast(99.0)),
+    ]);
     for n in &nodes {
         n.shutdown().await;
     }
@@ -333,6 +358,12 @@ async fn day(cli: &Cli, n: usize) -> Result<()> {
         "  edge requests during the day: {} {during:?}; {active}/{n} agents active at the end",
         during.iter().map(|(_, v)| v).sum::<u64>()
     );
+    record(&[Figure::new(
+        "dht",
+        format!("edge requests in a simulated day, {n} agents"),
+        "",
+        during.iter().map(|(_, v)| *v).sum::<u64>() as f64,
+    )]);
     for a in agents {
         a.abort().await;
     }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use commons_tests::figures::{Figure, Goal, distribution, record};
 use commons_tests::pct;
 use commons_tests::{Coordinator, Edge, WorkerServer, catalogue_only, eventually};
 use serde_json::{Value, json};
@@ -169,6 +170,27 @@ async fn main() -> Result<()> {
         pct(&via_edge, 0.5) - pct(&direct, 0.5),
         pct(&via_edge, 0.99) - pct(&direct, 0.99)
     );
+    let mut figures: Vec<Figure> = [
+        ("direct to a worker", &direct),
+        ("coordinator -> worker", &via_coord),
+        ("edge -> coordinator -> worker", &via_edge),
+    ]
+    .into_iter()
+    .map(|(path, sorted)| {
+        Figure::new("edge", format!("{path}, p50"), "ms", pct(sorted, 0.5))
+            .points("percentile", distribution(|q| pct(sorted, q)))
+    })
+    .collect();
+    figures.push(
+        Figure::new(
+            "edge",
+            "added by edge + coordinator, p50",
+            "ms",
+            pct(&via_edge, 0.5) - pct(&direct, 0.5),
+        )
+        .goal(Goal::AtMost(1.0)),
+    );
+    record(&figures);
 
     // 2. A simulated day. Counts so far (set-up and the overhead run) are subtracted.
     let before = edge.request_counts(&client).await;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
+use commons_tests::figures::{Figure, Goal, distribution, record};
 use commons_tests::load::{connect, percentile_ms, proc_kib, rss_kib, send, spawn};
 use serde_json::{Value, json};
 
@@ -276,6 +277,58 @@ async fn main() -> Result<()> {
         proc_kib(pid, "RssFile:") as f64 / 1024.0
     );
     drop(coord);
+    let n = cli.workers;
+    let rss_mib = after_hb as f64 / 1024.0;
+    let mut figures = vec![
+        Figure::new(
+            "loadgen",
+            format!("heartbeats/s, {n} workers"),
+            "/s",
+            hb.rate(),
+        ),
+        Figure::new(
+            "loadgen",
+            format!("heartbeat p99, {n} workers"),
+            "ms",
+            hb.p(0.99),
+        )
+        .goal(Goal::AtMost(8.0))
+        .points("percentile", distribution(|q| hb.p(q))),
+        Figure::new(
+            "loadgen",
+            format!("registration p99, {n} workers"),
+            "ms",
+            reg.p(0.99),
+        )
+        .goal(Goal::AtMost(5.0))
+        .points("percentile", distribution(|q| reg.p(q))),
+        Figure::new("loadgen", "coordinator RSS against workers", "MiB", rss_mib)
+            .points("workers", vec![(n as f64, rss_mib)]),
+        Figure::new(
+            "loadgen",
+            format!("RSS per worker, {n} workers"),
+            "KiB",
+            after_hb.saturating_sub(idle) as f64 / n as f64,
+        )
+        .goal(Goal::AtMost(2.0)),
+    ];
+    // The two memory goals: 10,000 workers in 20 MB, 100,000 in 256 MB.
+    if n == 10_000 {
+        figures.push(
+            Figure::new("loadgen", "coordinator RSS, 10,000 workers", "MiB", rss_mib)
+                .goal(Goal::AtMost(20.0)),
+        );
+    } else if n == 100_000 {
+        figures.push(
+            Figure::new(
+                "loadgen",
+                "coordinator RSS, 100,000 workers",
+                "MiB",
+                rss_mib,
+            )
+            .goal(Goal::AtMost(256.0)),
+        );
+    }
 
     if !cli.no_ceiling {
         let mut cmd = Command::new(&me);
@@ -292,6 +345,22 @@ async fn main() -> Result<()> {
             "coordinator throughput = {:.0}% of the ceiling",
             100.0 * hb.rate() / ceiling.rate()
         );
+        figures.push(Figure::new(
+            "loadgen",
+            format!("bare-axum ceiling, heartbeats/s, {n} workers"),
+            "/s",
+            ceiling.rate(),
+        ));
+        figures.push(
+            Figure::new(
+                "loadgen",
+                format!("heartbeat throughput against the ceiling, {n} workers"),
+                "%",
+                100.0 * hb.rate() / ceiling.rate(),
+            )
+            .goal(Goal::AtLeast(70.0)),
+        );
     }
+    record(&figures);
     Ok(())
 }

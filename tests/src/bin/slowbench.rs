@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
+use commons_tests::figures::{Figure, distribution, record};
 use commons_tests::{Coordinator, pct};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -133,5 +134,21 @@ async fn main() -> Result<()> {
         pct(&attacked, 0.5),
         pct(&attacked, 0.99)
     );
+    record(&[
+        Figure::new(
+            "slow clients",
+            "heartbeat p99, calm",
+            "ms",
+            pct(&calm, 0.99),
+        )
+        .points("percentile", distribution(|q| pct(&calm, q))),
+        Figure::new(
+            "slow clients",
+            "heartbeat p99 under slowloris and a greedy address",
+            "ms",
+            pct(&attacked, 0.99),
+        )
+        .points("percentile", distribution(|q| pct(&attacked, q))),
+    ]);
     Ok(())
 }

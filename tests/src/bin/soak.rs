@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use bytes::Bytes;
 use clap::Parser;
+use commons_tests::figures::{Figure, Goal, record};
 use commons_tests::load::{connect, percentile_ms, rss_kib, send, spawn};
 use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
@@ -283,6 +284,8 @@ async fn main() -> Result<()> {
     let churn =
         ((cli.workers as f64 * cli.churn_percent / 100.0).round() as usize).min(cli.workers);
     let start = Instant::now();
+    // Per period: (minute at its end, RSS MiB, heartbeat p99 ms, request p99 ms).
+    let mut series: Vec<(f64, f64, f64, f64)> = Vec::new();
     for p in 1..=periods {
         // Churn, spread over the period's first part: leave, then a new worker takes the slot.
         let mut rng = p as usize * 7919;
@@ -318,6 +321,12 @@ async fn main() -> Result<()> {
             baseline = Some(rss);
         }
         last = rss;
+        series.push((
+            (p * cli.period_secs) as f64 / 60.0,
+            rss as f64 / 1024.0,
+            percentile_ms(&w.heartbeats_us, 0.99),
+            percentile_ms(&w.requests_us, 0.99),
+        ));
         total_errors += w.errors;
         total_requests += (w.heartbeats_us.len() + w.requests_us.len()) as u64;
         println!(
@@ -339,6 +348,48 @@ async fn main() -> Result<()> {
         100.0 * (last as f64 - baseline as f64) / baseline.max(1) as f64
     );
     drop(coord);
+    let (n, minutes) = (cli.workers, cli.minutes);
+    let line = |f: fn(&(f64, f64, f64, f64)) -> f64| -> Vec<(f64, f64)> {
+        series.iter().map(|s| (s.0, f(s))).collect()
+    };
+    let growth = 100.0 * (last as f64 - baseline as f64) / baseline.max(1) as f64;
+    record(&[
+        Figure::new(
+            "soak",
+            format!("errors, {n} workers, {minutes} min"),
+            "",
+            total_errors as f64,
+        )
+        .goal(Goal::AtMost(0.0)),
+        Figure::new(
+            "soak",
+            format!("RSS growth after warm-up, {minutes} min"),
+            "%",
+            growth,
+        )
+        .goal(Goal::AtMost(5.0)),
+        Figure::new(
+            "soak",
+            format!("coordinator RSS over time, {n} workers"),
+            "MiB",
+            last as f64 / 1024.0,
+        )
+        .points("minute", line(|s| s.1)),
+        Figure::new(
+            "soak",
+            "heartbeat p99 per period",
+            "ms",
+            series.iter().map(|s| s.2).fold(0.0, f64::max),
+        )
+        .points("minute", line(|s| s.2)),
+        Figure::new(
+            "soak",
+            "service request p99 per period",
+            "ms",
+            series.iter().map(|s| s.3).fold(0.0, f64::max),
+        )
+        .points("minute", line(|s| s.3)),
+    ]);
     if total_errors > 0 {
         bail!("{total_errors} errors");
     }
