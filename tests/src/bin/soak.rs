@@ -67,6 +67,23 @@ struct Window {
     churned: u64,
 }
 
+impl Window {
+    /// Counts a failure of `what`, and says the first few of each kind.
+    fn failed(&mut self, what: &str, status: Option<u16>) {
+        self.errors += 1;
+        let n = FAILURES.fetch_add(1, Ordering::Relaxed);
+        if n < 20 {
+            match status {
+                Some(s) => eprintln!("soak: {what} answered {s}"),
+                None => eprintln!("soak: {what} got no answer (the connection failed)"),
+            }
+        }
+    }
+}
+
+/// Failures said so far (the first 20 are printed).
+static FAILURES: AtomicU64 = AtomicU64::new(0);
+
 type Shared = Arc<Mutex<Window>>;
 
 fn register_body(endpoint: &str, i: u64) -> Bytes {
@@ -84,6 +101,8 @@ fn register_body(endpoint: &str, i: u64) -> Bytes {
 struct Slot {
     id: String,
     token: String,
+    /// Being replaced by churn: unregistering, then registering anew. A worker that leaves sends no heartbeat.
+    leaving: bool,
 }
 
 async fn register(url: &str, endpoint: &str, i: u64) -> Result<Slot> {
@@ -108,6 +127,7 @@ async fn register(url: &str, endpoint: &str, i: u64) -> Result<Slot> {
     Ok(Slot {
         id: v["worker_id"].as_str().unwrap_or_default().to_owned(),
         token: v["worker_token"].as_str().unwrap_or_default().to_owned(),
+        leaving: false,
     })
 }
 
@@ -223,6 +243,9 @@ async fn main() -> Result<()> {
                 tick.tick().await;
                 let (id, token) = {
                     let slot = slots[i].lock();
+                    if slot.leaving {
+                        continue;
+                    }
                     (slot.id.clone(), slot.token.clone())
                 };
                 let body = Bytes::from(
@@ -230,7 +253,7 @@ async fn main() -> Result<()> {
                         .to_string(),
                 );
                 let t = Instant::now();
-                let ok = match call(
+                let status = call(
                     &mut s,
                     &url,
                     "POST",
@@ -238,16 +261,22 @@ async fn main() -> Result<()> {
                     Some(&token),
                     body,
                 )
-                .await
-                {
+                .await;
+                let ok = match status {
                     Some(200) => true,
-                    // A slot replaced by churn between reading it and the answer: its old token is gone.
-                    Some(401) => slots[i].lock().id != id,
+                    // A slot that churn began to replace between reading it and the answer: its old token is
+                    // gone.
+                    Some(401) => {
+                        let slot = slots[i].lock();
+                        slot.leaving || slot.id != id
+                    }
                     _ => false,
                 };
                 let mut w = window.lock();
                 w.heartbeats_us.push(t.elapsed().as_micros() as u32);
-                w.errors += u64::from(!ok);
+                if !ok {
+                    w.failed("a heartbeat", status);
+                }
             }
         });
     }
@@ -261,7 +290,7 @@ async fn main() -> Result<()> {
             loop {
                 tick.tick().await;
                 let t = Instant::now();
-                let ok = call(
+                let status = call(
                     &mut s,
                     &url,
                     "GET",
@@ -269,11 +298,12 @@ async fn main() -> Result<()> {
                     None,
                     Bytes::new(),
                 )
-                .await
-                    == Some(200);
+                .await;
                 let mut w = window.lock();
                 w.requests_us.push(t.elapsed().as_micros() as u32);
-                w.errors += u64::from(!ok);
+                if status != Some(200) {
+                    w.failed("a service request", status);
+                }
             }
         });
     }
@@ -293,7 +323,8 @@ async fn main() -> Result<()> {
             rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
             let i = rng % slots.len();
             let (id, token) = {
-                let slot = slots[i].lock();
+                let mut slot = slots[i].lock();
+                slot.leaving = true;
                 (slot.id.clone(), slot.token.clone())
             };
             let mut s = connect(&url).await?;
@@ -309,7 +340,20 @@ async fn main() -> Result<()> {
                     *slots[i].lock() = new;
                     w.churned += 1;
                 }
-                _ => w.errors += 1,
+                (gone, fresh) => {
+                    slots[i].lock().leaving = false;
+                    if let Err(e) = fresh {
+                        eprintln!("soak: a churn registration failed: {e}");
+                    }
+                    w.failed(
+                        if gone {
+                            "a churn registration"
+                        } else {
+                            "a churn unregistration"
+                        },
+                        None,
+                    );
+                }
             }
         }
         tokio::time::sleep_until((start + Duration::from_secs(p * cli.period_secs)).into()).await;
