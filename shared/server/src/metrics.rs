@@ -22,6 +22,40 @@ pub fn handle() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // Another recorder may already be installed (an embedding program's); then ours only renders nothing new.
         let _ = metrics::set_global_recorder(recorder);
+        // Histograms keep every sample until they are drained: by a scrape of /metrics, or by this upkeep. Without
+        // it, a coordinator that nobody scrapes grows by every request's latency (the soak's hour found it).
+        let upkeep = handle.clone();
+        let _ = std::thread::Builder::new()
+            .name(UPKEEP_THREAD.into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                }
+            });
         handle
     })
+}
+
+/// The thread that drains the histograms.
+pub const UPKEEP_THREAD: &str = "metrics-upkeep";
+
+/// How often it does.
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_histograms_are_drained_by_a_thread_of_their_own() {
+        super::handle();
+        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim().to_owned())
+            .collect();
+        assert!(
+            names.iter().any(|n| n == super::UPKEEP_THREAD),
+            "no upkeep thread among {names:?}"
+        );
+    }
 }
