@@ -70,6 +70,10 @@ struct Window {
 impl Window {
     /// Counts a failure of `what`, and says the first few of each kind.
     fn failed(&mut self, what: &str, status: Option<u16>) {
+        // Once the run is over its coordinator is gone: what fails then is not counted or said.
+        if ENDED.load(Ordering::Relaxed) {
+            return;
+        }
         self.errors += 1;
         let n = FAILURES.fetch_add(1, Ordering::Relaxed);
         if n < 20 {
@@ -83,6 +87,9 @@ impl Window {
 
 /// Failures said so far (the first 20 are printed).
 static FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// The run is over (its figures are taken).
+static ENDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 type Shared = Arc<Mutex<Window>>;
 
@@ -391,6 +398,7 @@ async fn main() -> Result<()> {
         last as f64 / 1024.0,
         100.0 * (last as f64 - baseline as f64) / baseline.max(1) as f64
     );
+    ENDED.store(true, Ordering::Relaxed);
     drop(coord);
     let (n, minutes) = (cli.workers, cli.minutes);
     let line = |f: fn(&(f64, f64, f64, f64)) -> f64| -> Vec<(f64, f64)> {
