@@ -1,9 +1,9 @@
 //! Service routing: `ANY /api/service/{type}/{*path}` goes to a healthy worker offering that service.
 //!
 //! The worker is picked at random, weighted by [`commons_shared::routing::route_weight`] (health, inverse load,
-//! latency EWMA, requests in flight) and by its trust; a drained worker gets none. The TCP connection is opened first, so a worker that cannot be reached is
-//! given up for another one (once) before any of the request body is read; the body is then streamed to the
-//! worker and the answer streamed back ([`commons_server::forward`]).
+//! latency EWMA, requests in flight) and by its trust; a drained worker gets none. The TCP connection is opened
+//! first, so a worker that cannot be reached is given up for another one (once) before any of the request body is
+//! read; the body is then streamed to the worker and the answer streamed back ([`commons_server::forward`]).
 //!
 //! Where the request goes on the worker: with an `endpoint` (or tunnel URL), `{endpoint}/api/service/{type}/{path}`
 //! (the agent's gateway speaks the same paths as the coordinator); a legacy worker with only an address gets

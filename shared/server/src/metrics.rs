@@ -48,14 +48,18 @@ mod tests {
     #[test]
     fn the_histograms_are_drained_by_a_thread_of_their_own() {
         super::handle();
-        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .map(|n| n.trim().to_owned())
-            .collect();
-        assert!(
-            names.iter().any(|n| n == super::UPKEEP_THREAD),
-            "no upkeep thread among {names:?}"
-        );
+        let names = || -> Vec<String> {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim().to_owned())
+                .collect()
+        };
+        // A new thread names itself once it runs: until then it bears its parent's name.
+        let named = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            names().iter().any(|n| n == super::UPKEEP_THREAD)
+        });
+        assert!(named, "no upkeep thread among {:?}", names());
     }
 }
