@@ -516,7 +516,7 @@ impl AppState {
             (
                 live.assignment_version,
                 changed.then(|| live.services.clone()),
-                live.trust < self.config.trust_threshold,
+                self.drained(live.trust),
             )
         };
         self.metrics.heartbeats.increment(1);
@@ -543,6 +543,11 @@ impl AppState {
         Ok(w.id)
     }
 
+    /// Whether a worker of this trust is drained: below the threshold, it gets no requests.
+    pub fn drained(&self, trust: f64) -> bool {
+        trust < self.config.trust_threshold
+    }
+
     /// The operator sets a worker's trust (written with the next flush).
     pub fn set_trust(&self, w: &Worker, trust: f64) {
         let mut live = w.live.lock();
@@ -560,11 +565,10 @@ impl AppState {
                 return;
             };
             let mut live = w.live.lock();
-            let before = live.trust;
-            live.trust = f(before);
+            let was_drained = self.drained(live.trust);
+            live.trust = f(live.trust);
             live.dirty = true;
-            let threshold = self.config.trust_threshold;
-            if before >= threshold && live.trust < threshold {
+            if !was_drained && self.drained(live.trust) {
                 tracing::warn!(worker = %id, trust = live.trust, "drained: its answers disagree with other workers'");
             }
         };

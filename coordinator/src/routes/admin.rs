@@ -44,6 +44,14 @@ pub(crate) fn routes() -> Router<AppState> {
         ))
 }
 
+/// The worker with this id, or 404.
+fn find(state: &AppState, id: &str) -> ApiResult<std::sync::Arc<Worker>> {
+    id.parse()
+        .ok()
+        .and_then(|i| state.registry.get(i))
+        .ok_or_else(|| ApiError::NotFound(format!("no worker {id:?}")))
+}
+
 fn summary(state: &AppState, w: &Worker, now: Instant) -> WorkerSummary {
     let live = w.live.lock();
     let requests = w.stats.requests();
@@ -71,7 +79,7 @@ fn summary(state: &AppState, w: &Worker, now: Instant) -> WorkerSummary {
         legacy: w.legacy,
         capabilities: w.caps.clone(),
         trust: live.trust,
-        drained: live.trust < state.config.trust_threshold,
+        drained: state.drained(live.trust),
     }
 }
 
@@ -176,11 +184,7 @@ pub(crate) async fn worker(
     _: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<Json<WorkerSummary>> {
-    let w = id
-        .parse()
-        .ok()
-        .and_then(|i| state.registry.get(i))
-        .ok_or_else(|| ApiError::NotFound(format!("no worker {id:?}")))?;
+    let w = find(&state, &id)?;
     Ok(Json(summary(&state, &w, Instant::now())))
 }
 
@@ -200,11 +204,7 @@ pub(crate) async fn set_trust(
             message: format!("must be from 0 to 1, got {trust}"),
         });
     }
-    let w = id
-        .parse()
-        .ok()
-        .and_then(|i| state.registry.get(i))
-        .ok_or_else(|| ApiError::NotFound(format!("no worker {id:?}")))?;
+    let w = find(&state, &id)?;
     state.set_trust(&w, trust);
     Ok(Json(summary(&state, &w, Instant::now())))
 }

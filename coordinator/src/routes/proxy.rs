@@ -100,7 +100,7 @@ fn weight(
         // A drained worker (its answers outvoted, see `crate::verify`) gets nothing.
         if !reachable(w, live.endpoint.as_deref())
             || !live.serves(spec)
-            || live.trust < state.config.trust_threshold
+            || state.drained(live.trust)
         {
             return None;
         }
