@@ -31,6 +31,25 @@ async fn ocr_with(
     }
 }
 
+/// A page that reads "Volunteers answer / this request", as a PNG.
+fn sample_png() -> Vec<u8> {
+    commons_ocr::sample::png_of(&commons_ocr::sample::pdf_with_text(&[
+        "Volunteers answer",
+        "this request",
+    ]))
+    .expect("pdftoppm")
+}
+
+/// Whether the pool reads the page right within 30 s: until every service listens on its socket, a request can
+/// meet one that is still starting.
+async fn until_it_reads(client: &reqwest::Client, base: &str, png: &[u8]) -> bool {
+    eventually(30, || async {
+        let (status, v) = ocr(client, base, png).await;
+        status == 200 && reads(&v)
+    })
+    .await
+}
+
 fn reads(v: &Value) -> bool {
     v["text"]
         .as_str()
@@ -67,18 +86,9 @@ async fn an_ocr_request_is_answered_through_edge_coordinator_agent_and_container
         "both ocr containers run: {}",
         c.admin(&client, "/api/admin/workers").await
     );
-    let png = commons_ocr::sample::png_of(&commons_ocr::sample::pdf_with_text(&[
-        "Volunteers answer",
-        "this request",
-    ]))
-    .expect("pdftoppm");
-    // Until both services listen on their sockets, a request can meet one that is still starting.
+    let png = sample_png();
     assert!(
-        eventually(30, || async {
-            let (status, v) = ocr(&client, &edge.url(), &png).await;
-            status == 200 && reads(&v)
-        })
-        .await,
+        until_it_reads(&client, &edge.url(), &png).await,
         "the first answer: {:?}",
         ocr(&client, &edge.url(), &png).await
     );
@@ -189,17 +199,9 @@ async fn a_volunteer_whose_container_answers_wrong_text_is_outvoted_and_drained(
         "three ocr containers run: {}",
         workers().await
     );
-    let png = commons_ocr::sample::png_of(&commons_ocr::sample::pdf_with_text(&[
-        "Volunteers answer",
-        "this request",
-    ]))
-    .expect("pdftoppm");
+    let png = sample_png();
     assert!(
-        eventually(30, || async {
-            let (status, v) = ocr(&client, &edge.url(), &png).await;
-            status == 200 && reads(&v)
-        })
-        .await,
+        until_it_reads(&client, &edge.url(), &png).await,
         "the containers serve"
     );
     let worker = |list: &Value, id: &str| {
