@@ -48,6 +48,37 @@ pub struct Worker {
     pub live: Mutex<Live>,
     /// Requests routed to it: counts, in flight, latency.
     pub stats: RequestStats,
+    /// Its reverse path, while the agent holds one open ([`commons_server::channel`]).
+    pub channel: Mutex<Option<Channel>>,
+}
+
+/// A worker's open channel: where requests go back over its own connection.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    /// The coordinator's end.
+    pub sender: commons_server::channel::Sender,
+    /// Which opening this is: a channel that closes forgets itself only if no newer one replaced it.
+    pub serial: u64,
+}
+
+impl Worker {
+    /// How the coordinator reaches it, with this endpoint (its live one).
+    pub fn path(&self, endpoint: Option<&str>) -> commons_shared::api::ReachPath {
+        commons_shared::api::ReachPath::of(
+            self.channel.lock().is_some(),
+            endpoint,
+            self.ip_address.is_some(),
+        )
+    }
+
+    /// The worker's channel, when one is open.
+    pub fn channel(&self) -> Option<commons_server::channel::Sender> {
+        let mut c = self.channel.lock();
+        if c.as_ref().is_some_and(|c| c.sender.is_closed()) {
+            *c = None;
+        }
+        c.as_ref().map(|c| c.sender.clone())
+    }
 }
 
 /// The changing part of a worker.

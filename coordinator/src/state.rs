@@ -540,6 +540,8 @@ impl AppState {
             self.registry.insert(removed);
             return Err(e.into());
         }
+        // Its channel closes once the requests on it are done.
+        w.channel.lock().take();
         Ok(w.id)
     }
 
@@ -773,6 +775,7 @@ fn new_worker(
         registered_at_ms: now_ms(),
         peer_id: new.peer_id.map(Into::into),
         stats: RequestStats::default(),
+        channel: Mutex::new(None),
     }
 }
 
@@ -844,5 +847,6 @@ fn worker_from_row(
             row.live.requests.max(0) as u64,
             row.live.errors.max(0) as u64,
         ),
+        channel: Mutex::new(None),
     })
 }

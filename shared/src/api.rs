@@ -304,6 +304,49 @@ impl WorkerStatus {
     }
 }
 
+/// How the coordinator reaches a worker's services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ReachPath {
+    /// Back over the worker's own connection to the coordinator (its channel): no port open, no tunnel. The
+    /// default, and the only way to a volunteer behind a home router.
+    Reverse,
+    /// A direct HTTP connection to the worker's endpoint (a forwarded port, a LAN, or a legacy worker's address).
+    Direct,
+    /// Through the worker's tunnel (an `https://` endpoint).
+    Tunnel,
+    /// Not reachable now.
+    None,
+}
+
+impl ReachPath {
+    /// All paths.
+    pub const ALL: [ReachPath; 4] = [Self::Reverse, Self::Direct, Self::Tunnel, Self::None];
+
+    /// Lowercase name (also the `X-Commons-Path` header of a routed answer).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reverse => "reverse",
+            Self::Direct => "direct",
+            Self::Tunnel => "tunnel",
+            Self::None => "none",
+        }
+    }
+
+    /// The path of a worker with its channel open or not, and this endpoint (or, legacy, an address only).
+    pub fn of(channel: bool, endpoint: Option<&str>, address: bool) -> Self {
+        match endpoint {
+            _ if channel => Self::Reverse,
+            Some(e) if e.starts_with("https://") => Self::Tunnel,
+            Some(e) if e.starts_with("http://") => Self::Direct,
+            Some(_) => Self::None,
+            None if address => Self::Direct,
+            None => Self::None,
+        }
+    }
+}
+
 impl From<ReportedStatus> for WorkerStatus {
     fn from(s: ReportedStatus) -> Self {
         match s {
@@ -627,6 +670,8 @@ pub struct WorkerSummary {
     pub trust: f64,
     /// Its trust fell below the coordinator's threshold: it gets no requests.
     pub drained: bool,
+    /// How this coordinator reaches it now.
+    pub path: ReachPath,
 }
 
 /// `PUT /api/admin/workers/{id}/trust`: the operator sets a worker's trust (to let a drained worker serve again,
@@ -789,5 +834,25 @@ mod tests {
                 serde_json::json!(s.as_str())
             );
         }
+        for p in ReachPath::ALL {
+            assert_eq!(
+                serde_json::to_value(p).unwrap(),
+                serde_json::json!(p.as_str())
+            );
+        }
+        let names: Vec<_> = ReachPath::ALL.iter().map(|p| p.as_str()).collect();
+        assert_eq!(names, ["reverse", "direct", "tunnel", "none"]);
+    }
+
+    #[test]
+    fn the_channel_comes_first_then_the_endpoint_says_the_path() {
+        let https = Some("https://x.trycloudflare.com");
+        let http = Some("http://192.0.2.1:8080");
+        assert_eq!(ReachPath::of(true, https, false), ReachPath::Reverse);
+        assert_eq!(ReachPath::of(false, https, false), ReachPath::Tunnel);
+        assert_eq!(ReachPath::of(false, http, true), ReachPath::Direct);
+        assert_eq!(ReachPath::of(false, None, true), ReachPath::Direct);
+        assert_eq!(ReachPath::of(false, None, false), ReachPath::None);
+        assert_eq!(ReachPath::of(false, Some("ftp://x"), true), ReachPath::None);
     }
 }

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 pub mod browser;
 pub mod figures;
 pub mod load;
+pub mod nat;
 pub mod update;
 
 /// An operator's catalogue in `dir` that drops every shipped service and adds `services` (TOML `[[service]]`
@@ -303,13 +304,18 @@ async fn echo(
     .into_response()
 }
 
+/// The routes of a [`WorkerServer`] named `name`, counting into `seen`: what a worker's gateway would serve.
+pub fn echo_routes(name: &str, seen: Arc<Seen>) -> Router {
+    Router::new()
+        .route("/api/service/{service}/{*path}", any(echo))
+        .with_state((name.to_owned(), seen))
+}
+
 impl WorkerServer {
     /// Starts one.
     pub async fn start(name: &str) -> Self {
         let seen = Arc::new(Seen::default());
-        let app = Router::new()
-            .route("/api/service/{service}/{*path}", any(echo))
-            .with_state((name.to_owned(), seen.clone()));
+        let app = echo_routes(name, seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {

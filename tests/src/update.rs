@@ -42,6 +42,17 @@ pub fn coordinator_bin() -> PathBuf {
     bin
 }
 
+/// The headless `commons-agent` binary built beside the tests (of this tree, whatever its version).
+pub fn agent_bin() -> PathBuf {
+    let bin = target("debug").join("commons-agent");
+    assert!(
+        bin.is_file(),
+        "{} is missing: cargo build -p commons-agent",
+        bin.display()
+    );
+    bin
+}
+
 /// Signs `file` with the minisign secret key `key` (its default trusted comment names the file).
 pub fn sign(file: &Path, key: &Path) {
     let out = std::process::Command::new("minisign")

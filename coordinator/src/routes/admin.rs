@@ -80,6 +80,7 @@ fn summary(state: &AppState, w: &Worker, now: Instant) -> WorkerSummary {
         capabilities: w.caps.clone(),
         trust: live.trust,
         drained: state.drained(live.trust),
+        path: w.path(live.endpoint.as_deref()),
     }
 }
 

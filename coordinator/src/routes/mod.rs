@@ -4,6 +4,7 @@
 //! imports one of them (`.ci/layers` checks it).
 
 mod admin;
+mod channel;
 mod dht;
 mod portal;
 mod proxy;
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/openapi.json", get(openapi))
         .merge(admin::routes())
+        .merge(channel::routes())
         .merge(dht::routes())
         .merge(updates::routes())
         .merge(portal::routes())
@@ -176,7 +178,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Commons coordinator", description = "Worker registry, assignment, heartbeats, routing and admin API."),
-    paths(register, heartbeat, unregister, health, admin::workers, admin::worker, admin::set_trust, admin::stats, admin::admin_health,
+    paths(register, heartbeat, unregister, channel::open, health, admin::workers, admin::worker, admin::set_trust, admin::stats, admin::admin_health,
           admin::services, admin::history, admin::create_enrollment, admin::list_enrollments, admin::revoke_enrollment,
           keys::list_keys, keys::create_key, keys::revoke_key, keys::rotate_key, services::service,
           services::service_root, services::openai, services::metrics, dht::topology, dht::stats, portal::login,

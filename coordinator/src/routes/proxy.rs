@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use commons_server::extract::ClientIp;
 use commons_server::forward::{self, Target};
 use commons_shared::WorkerId;
+use commons_shared::api::ReachPath;
 use commons_shared::routing::{pick_weighted, rendezvous_rank, route_weight};
 use rand::Rng;
 
@@ -32,6 +33,7 @@ use crate::state::AppState;
 
 fn target(
     w: &Worker,
+    channel: bool,
     endpoint: Option<&str>,
     service: &str,
     port: u16,
@@ -39,6 +41,14 @@ fn target(
     query: Option<&str>,
 ) -> Option<Target> {
     let sep = if rest.is_empty() { "" } else { "/" };
+    if channel {
+        // Over the worker's channel the agent's gateway answers, whatever its endpoint.
+        return Target::from_base(
+            "http://worker",
+            &format!("/api/service/{service}{sep}{rest}"),
+            query,
+        );
+    }
     if let Some(base) = endpoint {
         return Target::from_base(base, &format!("/api/service/{service}{sep}{rest}"), query);
     }
@@ -54,11 +64,49 @@ fn target(
     })
 }
 
-/// Whether a worker can be reached at all: an http endpoint, or (legacy) an address.
+/// Whether a worker can be reached at all: its channel, an http endpoint, or (legacy) an address. (A tunnel's
+/// `https://` endpoint is not proxied to: TLS to workers is not built yet.)
 fn reachable(w: &Worker, endpoint: Option<&str>) -> bool {
-    match endpoint {
-        Some(e) => e.starts_with("http://"),
-        None => w.ip_address.is_some(),
+    matches!(w.path(endpoint), ReachPath::Reverse | ReachPath::Direct)
+}
+
+/// How a request reaches the worker picked for it: where on the worker, and over its channel when it has one
+/// open (the reverse path, preferred: already connected, and the only way to a worker behind a NAT), else over a
+/// new TCP connection to its endpoint.
+struct Way {
+    target: Target,
+    channel: Option<commons_server::channel::Sender>,
+}
+
+/// An open way to a worker.
+enum Link {
+    Channel(commons_server::channel::Sender),
+    Tcp(tokio::net::TcpStream),
+}
+
+impl Way {
+    /// Opens the way: the channel as it is, or the TCP connection (failing when the worker cannot be reached).
+    async fn open(self, state: &AppState) -> std::io::Result<(Link, Target)> {
+        let link = match self.channel {
+            Some(c) => Link::Channel(c),
+            None => Link::Tcp(state.upstreams.connect(&self.target.authority).await?),
+        };
+        Ok((link, self.target))
+    }
+}
+
+impl Link {
+    async fn send(
+        self,
+        t: &Target,
+        req: Request,
+        client: std::net::IpAddr,
+        timeout: Duration,
+    ) -> Result<Response, ApiError> {
+        match self {
+            Self::Channel(c) => forward::send_on(&c, t, req, client, timeout).await,
+            Self::Tcp(stream) => forward::send(stream, t, req, client, timeout).await,
+        }
     }
 }
 
@@ -141,7 +189,7 @@ fn pick(
     skip: &[WorkerId],
     rest: &str,
     query: Option<&str>,
-) -> Option<(Arc<Worker>, Target)> {
+) -> Option<(Arc<Worker>, Way)> {
     let spec = state.catalogue.get(service)?;
     let sticky = spec.sticky_key(rest);
     // A keyed request goes to its key's worker even when that one is full; the others go to one with room (the
@@ -163,8 +211,18 @@ fn pick(
     while let Some(i) = choose(&weights) {
         let w = &cands[i];
         let endpoint = w.live.lock().endpoint.clone();
-        match target(w, endpoint.as_deref(), &spec.name, spec.port, rest, query) {
-            Some(t) => return Some((cands.swap_remove(i), t)),
+        let channel = w.channel();
+        let t = target(
+            w,
+            channel.is_some(),
+            endpoint.as_deref(),
+            &spec.name,
+            spec.port,
+            rest,
+            query,
+        );
+        match t {
+            Some(target) => return Some((cands.swap_remove(i), Way { target, channel })),
             None => weights[i] = 0.0,
         }
     }
@@ -254,6 +312,8 @@ pub(crate) async fn forward_openai(
 
 /// The response header that names the worker that answered.
 const WORKER_HEADER: &str = "x-commons-worker";
+/// How the answer came from the worker: [`ReachPath`]'s name.
+const PATH_HEADER: &str = "x-commons-path";
 /// The response header that says how long a request waited in its service's queue, ms (absent: it did not wait).
 const QUEUED_HEADER: &str = "x-commons-queued-ms";
 
@@ -562,14 +622,15 @@ async fn ask_another(
     copy: &Held,
     asked: &mut Vec<WorkerId>,
 ) -> Option<(WorkerId, Vec<u8>)> {
-    let (w, t) = pick(state, c.index, asked, &c.rest, c.query.as_deref())?;
+    let (w, way) = pick(state, c.index, asked, &c.rest, c.query.as_deref())?;
     asked.push(w.id);
     let start = Instant::now();
     w.stats.enter();
     let answer = async {
-        let stream = state.upstreams.connect(&t.authority).await.ok()?;
+        let (link, t) = way.open(state).await.ok()?;
         let timeout = Duration::from_secs(state.config.proxy_timeout_secs);
-        let resp = forward::send(stream, &t, copy.request(), c.client, timeout)
+        let resp = link
+            .send(&t, copy.request(), c.client, timeout)
             .await
             .ok()?;
         if !resp.status().is_success() {
@@ -629,11 +690,16 @@ async fn route(
     let mut tried = Vec::new();
     // One try and one retry on another worker when the connection cannot be made.
     for _ in 0..2 {
-        let Some((w, t)) = pick(&state, index, &tried, &rest, query.as_deref()) else {
+        let Some((w, way)) = pick(&state, index, &tried, &rest, query.as_deref()) else {
             break;
         };
-        match state.upstreams.connect(&t.authority).await {
-            Ok(stream) => {
+        let path = if way.channel.is_some() {
+            ReachPath::Reverse
+        } else {
+            ReachPath::Direct
+        };
+        match way.open(&state).await {
+            Ok((link, t)) => {
                 // The worker's request in flight and the queue's slot last as long as the answer's body.
                 let mut serving = serving.to(&w);
                 let waited = serving.slot.as_ref().map_or(Duration::ZERO, |s| s.waited);
@@ -665,11 +731,15 @@ async fn route(
                         answer,
                     ));
                 }
-                let result = match forward::send(stream, &t, req, client, timeout).await {
+                let result = match link.send(&t, req, client, timeout).await {
                     Ok(mut r) => {
                         if let Ok(v) = axum::http::HeaderValue::from_str(&w.id.to_string()) {
                             r.headers_mut().insert(WORKER_HEADER, v);
                         }
+                        r.headers_mut().insert(
+                            PATH_HEADER,
+                            axum::http::HeaderValue::from_static(path.as_str()),
+                        );
                         if !waited.is_zero() {
                             r.headers_mut().insert(
                                 QUEUED_HEADER,
@@ -769,13 +839,30 @@ mod tests {
                 dirty: false,
             }),
             stats: Default::default(),
+            channel: Default::default(),
         }
     }
 
     #[test]
     fn targets() {
+        // A worker with its channel open is reached there, at its gateway's path, whatever its endpoint.
         let t = target(
             &worker(Some("http://127.0.0.1:9000/base/"), None),
+            true,
+            Some("http://127.0.0.1:9000/base/"),
+            "ocr",
+            8884,
+            "v1/run",
+            Some("x=1"),
+        )
+        .unwrap();
+        assert_eq!(
+            (t.authority.as_str(), t.path_and_query.as_str()),
+            ("worker:80", "/api/service/ocr/v1/run?x=1")
+        );
+        let t = target(
+            &worker(Some("http://127.0.0.1:9000/base/"), None),
+            false,
             Some("http://127.0.0.1:9000/base/"),
             "ocr",
             8884,
@@ -789,6 +876,7 @@ mod tests {
         );
         let t = target(
             &worker(Some("http://w.example"), None),
+            false,
             Some("http://w.example"),
             "ocr",
             8884,
@@ -802,6 +890,7 @@ mod tests {
         );
         let t = target(
             &worker(None, Some("10.1.2.3")),
+            false,
             None,
             "ocr",
             8884,
@@ -816,6 +905,7 @@ mod tests {
         assert!(
             target(
                 &worker(Some("https://x.trycloudflare.com"), None),
+                false,
                 Some("https://x.trycloudflare.com"),
                 "ocr",
                 1,
@@ -824,6 +914,6 @@ mod tests {
             )
             .is_none()
         );
-        assert!(target(&worker(None, None), None, "ocr", 1, "", None).is_none());
+        assert!(target(&worker(None, None), false, None, "ocr", 1, "", None).is_none());
     }
 }

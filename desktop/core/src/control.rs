@@ -53,7 +53,9 @@ impl std::fmt::Display for Status {
             let tier = s.tier.map(|t| format!(", tier {t}")).unwrap_or_default();
             writeln!(f, "Worker {} at {}{tier}", s.worker_id, s.coordinator_url)?;
         }
-        if let Some(e) = &s.endpoint {
+        if let Some(r) = &s.reached {
+            writeln!(f, "Reached {r}")?;
+        } else if let Some(e) = &s.endpoint {
             writeln!(f, "Reached at {e}")?;
         }
         if let Some(h) = &s.held {
@@ -246,6 +248,8 @@ mod tests {
                 worker_id: "w-1".into(),
                 coordinator_url: "http://c.example".into(),
                 tier: Some(2),
+                endpoint: Some("http://127.0.0.1:4100".into()),
+                reached: Some("over this computer's own connection to the coordinator".into()),
                 held: Some("on battery".into()),
                 containers: vec![ContainerView {
                     name: "commons-ocr".into(),
@@ -261,6 +265,7 @@ mod tests {
             "Commons agent: donating\n\
              Today you served 3 OCR pages; 1.0 hours donated this week.\n\
              Worker w-1 at http://c.example, tier 2\n\
+             Reached over this computer's own connection to the coordinator\n\
              Held back: on battery\n\
              Services:\n  ocr  running   commons/ocr:1\n"
         );

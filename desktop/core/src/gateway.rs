@@ -130,6 +130,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// Its routes and counters.
     pub routes: Arc<Routes>,
+    /// Its router, also served on the channel ([`crate::channel`]).
+    pub app: Router,
     task: JoinHandle<()>,
 }
 
@@ -155,13 +157,21 @@ impl Gateway {
         // every connection goes with it, as when the process ends, and streams in progress are cut (the
         // coordinator then ends its client's stream with an error event).
         // It is never stopped gracefully: dropped, its task is aborted.
-        let task = tokio::spawn(async move {
-            let forever = std::future::pending();
-            if let Err(e) = commons_server::serve::run(listener, app, limits(), forever).await {
-                tracing::warn!(error = %e, "the gateway stopped serving");
+        let task = tokio::spawn({
+            let app = app.clone();
+            async move {
+                let forever = std::future::pending();
+                if let Err(e) = commons_server::serve::run(listener, app, limits(), forever).await {
+                    tracing::warn!(error = %e, "the gateway stopped serving");
+                }
             }
         });
-        Ok(Self { addr, routes, task })
+        Ok(Self {
+            addr,
+            routes,
+            app,
+            task,
+        })
     }
 
     /// `http://{addr}`.

@@ -9,11 +9,13 @@
 //! - [`containers`]: the assigned services in unprivileged, capped, labelled containers (bollard).
 //! - [`agent`]: joining, heartbeats, pause and resume, failover, quitting; its state on a watch channel.
 //! - [`control`]: the local control API on a unix socket.
-//! - [`gateway`]: the local reverse proxy in front of the containers; [`tunnel`]: how the world reaches it.
+//! - [`gateway`]: the local reverse proxy in front of the containers; [`channel`]: the reverse path, over which
+//!   the coordinator reaches it through the agent's own connection; [`tunnel`]: how the world reaches it.
 //! - [`update`]: signed self-updates: check the feed, verify, swap, trial run, rollback.
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod channel;
 pub mod client;
 pub mod containers;
 pub mod control;

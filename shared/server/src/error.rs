@@ -37,6 +37,9 @@ pub enum ApiError {
     /// 409: the request conflicts with what is stored.
     #[error("{0}")]
     Conflict(String),
+    /// 426: the request must switch protocols (a worker's channel opened without `Upgrade`).
+    #[error("{0}")]
+    UpgradeRequired(String),
     /// 429.
     #[error("{0}")]
     RateLimited(String),
@@ -91,6 +94,7 @@ impl ApiError {
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::UpgradeRequired(_) => (StatusCode::UPGRADE_REQUIRED, "upgrade_required"),
             Self::RateLimited(_) | Self::TooMany { quota: false, .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
             }

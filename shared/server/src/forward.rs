@@ -130,18 +130,9 @@ where
         .is_ok_and(|answer| answer.status().is_success())
 }
 
-/// Sends `req` to `target` over `stream` (TCP, or a unix socket) and returns the answer with its body streaming.
-/// `timeout` bounds the wait for the answer's headers.
-pub async fn send<S>(
-    stream: S,
-    target: &Target,
-    req: Request,
-    client: IpAddr,
-    timeout: Duration,
-) -> Result<Response, ApiError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+/// `req` as it goes upstream to `target`: hop-by-hop headers removed, `Host` set, `X-Forwarded-For` extended with
+/// `client`, and the path replaced.
+fn upstream_request(req: Request, target: &Target, client: IpAddr) -> Result<Request, ApiError> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(
@@ -164,11 +155,21 @@ where
         .parse()
         .map_err(|_| ApiError::BadRequest("the request path cannot be forwarded".into()))?;
     parts.version = axum::http::Version::HTTP_11;
-    let upstream = axum::http::Request::from_parts(parts, body);
-    match tokio::time::timeout(timeout, request(stream, upstream)).await {
+    Ok(Request::from_parts(parts, body))
+}
+
+/// The upstream's answer (or failure, or silence past `timeout`) as the client's answer, its body streaming.
+async fn answer(
+    sent: impl std::future::Future<
+        Output = Result<axum::http::Response<hyper::body::Incoming>, hyper::Error>,
+    >,
+    timeout: Duration,
+) -> Result<Response, ApiError> {
+    match tokio::time::timeout(timeout, sent).await {
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            parts.version = axum::http::Version::HTTP_11;
             let events = parts
                 .headers
                 .get(header::CONTENT_TYPE)
@@ -192,6 +193,50 @@ where
             timeout.as_secs()
         ))),
     }
+}
+
+/// Sends `req` to `target` over `stream` (TCP, or a unix socket) and returns the answer with its body streaming.
+/// `timeout` bounds the wait for the answer's headers.
+pub async fn send<S>(
+    stream: S,
+    target: &Target,
+    req: Request,
+    client: IpAddr,
+    timeout: Duration,
+) -> Result<Response, ApiError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let upstream = upstream_request(req, target, client)?;
+    answer(request(stream, upstream), timeout).await
+}
+
+/// Sends `req` to `target` over a worker's channel (the reverse path, HTTP/2: see [`crate::channel`]) and returns
+/// the answer with its body streaming. Dropping the answer's body resets the stream, which cancels the request at
+/// the worker.
+pub async fn send_on(
+    channel: &crate::channel::Sender,
+    target: &Target,
+    req: Request,
+    client: IpAddr,
+    timeout: Duration,
+) -> Result<Response, ApiError> {
+    let mut upstream = upstream_request(req, target, client)?;
+    // HTTP/2 names the authority in the URI, not in a Host header.
+    upstream.headers_mut().remove(header::HOST);
+    *upstream.version_mut() = axum::http::Version::HTTP_2;
+    *upstream.uri_mut() = format!("http://{}{}", target.authority, target.path_and_query)
+        .parse()
+        .map_err(|_| ApiError::BadRequest("the request path cannot be forwarded".into()))?;
+    let mut sender = channel.clone();
+    answer(
+        async move {
+            sender.ready().await?;
+            sender.send_request(upstream).await
+        },
+        timeout,
+    )
+    .await
 }
 
 /// What looks at a body as it is sent: each chunk, then how it ended. [`watch`] and [`watch_request`] put one on a

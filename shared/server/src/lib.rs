@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod channel;
 pub mod config;
 pub mod consumers;
 pub mod db;

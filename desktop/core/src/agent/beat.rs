@@ -97,6 +97,12 @@ impl Agent {
 
     /// Heartbeats until something ends this session.
     pub(super) async fn donate(&mut self, mut j: Joined) -> Next {
+        // Requests come back over the agent's own connection: no port to open, no tunnel needed.
+        self.reach.keep_channel(crate::channel::Opener {
+            coordinator_url: j.creds.coordinator_url.clone(),
+            worker_id: j.creds.worker_id.clone(),
+            worker_token: j.creds.worker_token.clone(),
+        });
         let mut sampler = Some(LoadSampler::new());
         let probe_every = Duration::from_millis(self.settings.probe_interval_ms);
         let mut next_beat = Instant::now();

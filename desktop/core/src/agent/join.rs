@@ -200,6 +200,7 @@ impl Agent {
         let caps = self.me.detect(self.settings.region.as_deref()).await;
         loop {
             let req = self.register_request(&caps);
+            let mut again = false;
             for entry in self.entries(failover).await {
                 match self.me.client.register(&entry, &req).await {
                     Ok(r) => {
@@ -207,6 +208,18 @@ impl Agent {
                         let j = self.joined(r).await;
                         self.presence.join_via(&seeds, &self.settings).await;
                         return Some(j);
+                    }
+                    // A coordinator on the internet cannot use a gateway on loopback (nor a LAN address): join
+                    // without an endpoint; the coordinator reaches this worker over its channel.
+                    Err(CallError::Refused {
+                        status: 422,
+                        message,
+                        ..
+                    }) if req.endpoint.is_some() && message.starts_with("endpoint") => {
+                        tracing::info!(%message, "the coordinator cannot use this worker's endpoint: joining without one, to be reached over the channel");
+                        self.reach.refuse_endpoint();
+                        again = true;
+                        break;
                     }
                     Err(e) => {
                         tracing::warn!(entry = %entry, error = %e, "registration failed");
@@ -220,6 +233,9 @@ impl Agent {
                         }
                     }
                 }
+            }
+            if again {
+                continue;
             }
             let wait = backoff.fail();
             let wait = wait + jitter(wait.as_millis() as u64 / 2);

@@ -130,6 +130,9 @@ pub struct Session {
     pub containers: Vec<ContainerView>,
     /// Where the coordinator reaches this worker's services (the tunnel's or the gateway's URL).
     pub endpoint: Option<String>,
+    /// How the coordinator reaches this worker, in plain words, once joined.
+    #[serde(default)]
+    pub reached: Option<String>,
     /// Why donating is held back now (outside the schedule, on battery, in use, a GPU too hot), if it is.
     pub held: Option<String>,
     /// Something the volunteer can fix, in plain words with the next step (e.g. the container engine is missing).
@@ -425,7 +428,19 @@ impl Agent {
     /// Publishes where the coordinator reaches this worker (a quick tunnel's address comes late and can change).
     fn show_endpoint(&self) {
         let e = self.reach.endpoint();
-        self.ui.update(|s| s.endpoint = e);
+        let reached = Some(if self.reach.channel_open() {
+            "over this computer's own connection to the coordinator: no port to open, no tunnel needed".to_owned()
+        } else if let Some(e) = &e {
+            format!(
+                "at {e} only: the connection that carries requests back from the coordinator is not open (it is retried; an older coordinator has none)"
+            )
+        } else {
+            "not yet: the connection that carries requests back from the coordinator is not open (it is retried)".to_owned()
+        });
+        self.ui.update(|s| {
+            s.endpoint = e;
+            s.reached = reached;
+        });
     }
 
     /// Takes new settings live: the hold rules at once, and the containers recreated when their caps changed.

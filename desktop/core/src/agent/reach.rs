@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::AgentError;
+use crate::channel::{Kept, Opener};
 use crate::containers::Upstream;
 use crate::gateway::Gateway;
 use crate::settings::{Settings, TunnelKind};
@@ -17,6 +18,11 @@ pub(super) struct Reach {
     tunnel: Option<Tunnel>,
     /// The endpoint the coordinator was last told (at registration or in a heartbeat).
     reported: Option<String>,
+    /// The channel to the coordinator now joined.
+    channel: Option<Kept>,
+    /// The coordinator refused the endpoint (a gateway on loopback, which a public coordinator cannot use): the
+    /// channel is the only way, and no endpoint is reported.
+    refused: bool,
 }
 
 impl Reach {
@@ -46,12 +52,22 @@ impl Reach {
             gateway: Some(g),
             tunnel: Some(tunnel),
             reported: None,
+            channel: None,
+            refused: false,
         })
     }
 
     /// Where the coordinator reaches this worker now.
     pub(super) fn endpoint(&self) -> Option<String> {
+        if self.refused {
+            return None;
+        }
         self.tunnel.as_ref().and_then(|t| t.url.borrow().clone())
+    }
+
+    /// The coordinator cannot use the endpoint: report none, and be reached over the channel only.
+    pub(super) fn refuse_endpoint(&mut self) {
+        self.refused = true;
     }
 
     /// The endpoint when the coordinator does not have it yet (for the next heartbeat).
@@ -77,8 +93,25 @@ impl Reach {
         }
     }
 
-    /// Stops the tunnel and the gateway.
+    /// Keeps the channel open to this coordinator, as this worker: a new one when either changed (a failover, a
+    /// new registration), the one open otherwise.
+    pub(super) fn keep_channel(&mut self, to: Opener) {
+        let Some(g) = &self.gateway else { return };
+        if self.channel.as_ref().is_none_or(|k| k.to != to) {
+            self.channel = Some(crate::channel::keep(to, g.app.clone()));
+        }
+    }
+
+    /// Whether the channel is open now.
+    pub(super) fn channel_open(&self) -> bool {
+        self.channel
+            .as_ref()
+            .is_some_and(|k| k.open.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Stops the channel, the tunnel and the gateway.
     pub(super) async fn close(&mut self) {
+        self.channel = None;
         if let Some(t) = self.tunnel.take() {
             t.stop().await;
         }
