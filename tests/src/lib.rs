@@ -300,6 +300,7 @@ async fn echo(
         "x_test": header("x-test"),
         "x_forwarded_for": header("x-forwarded-for"),
         "host": header("host"),
+        "gateway_key": header("x-commons-gateway-key"),
     }))
     .into_response()
 }

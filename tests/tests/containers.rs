@@ -347,6 +347,9 @@ async fn a_service_without_network_answers_through_its_socket() {
     let gw = Gateway::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
+    // As a coordinator with this key would send them (the gateway serves no one else).
+    gw.routes.set_key(Some("k".repeat(64)));
+    let key = || (commons_server::auth::GATEWAY_KEY_HEADER, "k".repeat(64));
     gw.routes.set(
         ours.into_iter()
             .map(|o| (o.service, o.upstream))
@@ -355,7 +358,11 @@ async fn a_service_without_network_answers_through_its_socket() {
     let client = reqwest::Client::new();
     let mut healthy = false;
     for _ in 0..100 {
-        if let Ok(r) = client.get(format!("{}/ocr/health", gw.url())).send().await
+        if let Ok(r) = client
+            .get(format!("{}/ocr/health", gw.url()))
+            .header(key().0, key().1)
+            .send()
+            .await
             && r.status() == 200
         {
             healthy = true;
@@ -394,6 +401,7 @@ async fn a_service_without_network_answers_through_its_socket() {
     .expect("pdftoppm");
     let r = client
         .post(format!("{}/api/service/ocr/ocr", gw.url()))
+        .header(key().0, key().1)
         .body(png)
         .send()
         .await

@@ -344,6 +344,9 @@ async fn the_portal_in_headless_chromium() {
         trust.ends_with("%: drained, its answers disagreed with other workers'"),
         "{trust}"
     );
+    // Registered with an endpoint and no channel open: reached directly.
+    let path = text_of(&b, "#worker-path", 10).await;
+    assert_eq!(path, "directly, at its endpoint or address");
     screenshot(&b, "portal-worker").await;
 
     // Services, coordinators, downloads.

@@ -140,6 +140,8 @@ async fn bodies_stream_through_with_method_headers_and_query() {
     let r: Value = client
         .delete(format!("{}/api/service/echo/a/b/c?x=1&y=2", c.url()))
         .header("x-test", "kept")
+        // A client cannot pass itself off as the coordinator: its key is dropped, the coordinator's sent.
+        .header(commons_server::auth::GATEWAY_KEY_HEADER, "forged")
         .send()
         .await
         .unwrap()
@@ -152,6 +154,9 @@ async fn bodies_stream_through_with_method_headers_and_query() {
     assert_eq!(r["x_test"], "kept");
     assert_eq!(r["x_forwarded_for"], "127.0.0.1");
     assert_eq!(r["host"], ws.addr.to_string());
+    // At an endpoint, the request proves it comes from the worker's coordinator.
+    let key = commons_server::auth::gateway_key(&commons_server::auth::hash_token(&w.token));
+    assert_eq!(r["gateway_key"], key);
 }
 
 /// A worker whose container for the service is not serving yet (`starting`: its health check has not passed) gets no

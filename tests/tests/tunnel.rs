@@ -87,7 +87,7 @@ async fn a_quick_tunnel_is_read_restarted_after_a_crash_and_stopped() {
 }
 
 #[tokio::test]
-async fn the_gateway_forwards_to_the_service_and_counts() {
+async fn the_gateway_serves_only_its_coordinator_forwards_to_the_service_and_counts() {
     let g = Gateway::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -97,12 +97,41 @@ async fn the_gateway_forwards_to_the_service_and_counts() {
         commons_agent::gateway::Upstream::Port(w.addr.port()),
     )]));
     let client = reqwest::Client::new();
-    // The echo server answers /api/service/...; the gateway strips its own prefix and forwards the rest.
+    let url = format!("{}/api/service/echo/api/service/echo/x?y=1", g.url());
+    // Before joining it knows no coordinator: nobody gets in.
+    let r = client.post(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let token = commons_server::auth::new_token();
+    let key = commons_server::auth::gateway_key(&commons_server::auth::hash_token(&token));
+    g.routes.set_key(Some(key.clone()));
+    // No key, someone else's key, the worker's token itself: 401, and the service never sees them.
+    let header = commons_server::auth::GATEWAY_KEY_HEADER;
+    let forged = commons_server::auth::gateway_key(&[7; 32]);
+    for offered in [None, Some(forged.as_str()), Some(token.as_str())] {
+        let mut req = client.post(&url).body("abc");
+        if let Some(k) = offered {
+            req = req.header(header, k);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{offered:?}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("only its coordinator")
+        );
+    }
+    assert_eq!(
+        w.seen.requests.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // The coordinator's key: the echo server answers /api/service/...; the gateway strips its own prefix,
+    // forwards the rest, and keeps the key to itself.
     let r: serde_json::Value = client
-        .post(format!(
-            "{}/api/service/echo/api/service/echo/x?y=1",
-            g.url()
-        ))
+        .post(&url)
+        .header(header, &key)
         .body("abc")
         .send()
         .await
@@ -114,8 +143,13 @@ async fn the_gateway_forwards_to_the_service_and_counts() {
     assert_eq!(r["path"], "x");
     assert_eq!(r["query"], "y=1");
     assert_eq!(r["body_len"], 3);
+    assert!(
+        r["gateway_key"].is_null(),
+        "the key stops at the gateway: {r}"
+    );
     let r = client
         .get(format!("{}/api/service/ocr/x", g.url()))
+        .header(header, &key)
         .send()
         .await
         .unwrap();

@@ -65,6 +65,11 @@ const BENCHES: &[Bench] = &[
         args: &[],
     },
     Bench {
+        title: "the reverse path against the direct one",
+        bin: "commons-reversebench",
+        args: &[],
+    },
+    Bench {
         title: "slow and greedy clients",
         bin: "commons-slowbench",
         args: &[],

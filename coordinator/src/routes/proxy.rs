@@ -1,13 +1,17 @@
 //! Service routing: `ANY /api/service/{type}/{*path}` goes to a healthy worker offering that service.
 //!
 //! The worker is picked at random, weighted by [`commons_shared::routing::route_weight`] (health, inverse load,
-//! latency EWMA, requests in flight) and by its trust; a drained worker gets none. The TCP connection is opened
-//! first, so a worker that cannot be reached is given up for another one (once) before any of the request body is
-//! read; the body is then streamed to the worker and the answer streamed back ([`commons_server::forward`]).
+//! latency EWMA, requests in flight) and by its trust; a drained worker gets none. The way to it is opened first
+//! (its channel, or a TCP connection), so a worker that cannot be reached is given up for another one (once)
+//! before any of the request body is read; the body is then streamed to the worker and the answer streamed back
+//! ([`commons_server::forward`]).
 //!
-//! Where the request goes on the worker: with an `endpoint` (or tunnel URL), `{endpoint}/api/service/{type}/{path}`
-//! (the agent's gateway speaks the same paths as the coordinator); a legacy worker with only an address gets
-//! `http://{ip_address}:{service port}/{path}` (the container itself).
+//! How the request reaches the worker ([`ReachPath`], told in `X-Commons-Path`): over its channel when it holds
+//! one open (the reverse path, [`commons_server::channel`]: HTTP/2 back over the agent's own connection), to its
+//! gateway's path `/api/service/{type}/{path}`; else at its `endpoint`, `{endpoint}/api/service/{type}/{path}`,
+//! with the gateway's key ([`commons_server::auth::gateway_key`]); a legacy worker with only an address gets
+//! `http://{ip_address}:{service port}/{path}` (the container itself). A service none of ours offers goes to the
+//! coordinator of a worker the DHT knows.
 //!
 //! A sample of deterministic requests (the catalogue's `verify`) is held whole and, once the worker has answered,
 //! sent to a second worker, and a third when the two answers differ ([`cross_check`]); [`crate::verify`] judges.
@@ -19,6 +23,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use commons_server::auth;
 use commons_server::extract::ClientIp;
 use commons_server::forward::{self, Target};
 use commons_shared::WorkerId;
@@ -76,20 +81,43 @@ fn reachable(w: &Worker, endpoint: Option<&str>) -> bool {
 struct Way {
     target: Target,
     channel: Option<commons_server::channel::Sender>,
+    /// To an agent's gateway at its endpoint: the proof that the request comes from its coordinator.
+    key: Option<axum::http::HeaderValue>,
 }
 
 /// An open way to a worker.
 enum Link {
     Channel(commons_server::channel::Sender),
-    Tcp(tokio::net::TcpStream),
+    Tcp(tokio::net::TcpStream, Option<axum::http::HeaderValue>),
 }
 
 impl Way {
+    /// The way to `w` at `target`: over `channel` when there is one, else to its endpoint (with the gateway's
+    /// key) or, legacy, its address.
+    fn to(
+        w: &Worker,
+        target: Target,
+        channel: Option<commons_server::channel::Sender>,
+        endpoint: bool,
+    ) -> Self {
+        let key = (channel.is_none() && endpoint)
+            .then(|| axum::http::HeaderValue::from_str(&auth::gateway_key(&w.token_hash)).ok())
+            .flatten();
+        Self {
+            target,
+            channel,
+            key,
+        }
+    }
+
     /// Opens the way: the channel as it is, or the TCP connection (failing when the worker cannot be reached).
     async fn open(self, state: &AppState) -> std::io::Result<(Link, Target)> {
         let link = match self.channel {
             Some(c) => Link::Channel(c),
-            None => Link::Tcp(state.upstreams.connect(&self.target.authority).await?),
+            None => Link::Tcp(
+                state.upstreams.connect(&self.target.authority).await?,
+                self.key,
+            ),
         };
         Ok((link, self.target))
     }
@@ -105,7 +133,13 @@ impl Link {
     ) -> Result<Response, ApiError> {
         match self {
             Self::Channel(c) => forward::send_on(&c, t, req, client, timeout).await,
-            Self::Tcp(stream) => forward::send(stream, t, req, client, timeout).await,
+            Self::Tcp(stream, key) => {
+                let mut req = req;
+                if let Some(k) = key {
+                    req.headers_mut().insert(auth::GATEWAY_KEY_HEADER, k);
+                }
+                forward::send(stream, t, req, client, timeout).await
+            }
         }
     }
 }
@@ -222,21 +256,26 @@ fn pick(
             query,
         );
         match t {
-            Some(target) => return Some((cands.swap_remove(i), Way { target, channel })),
+            Some(target) => {
+                let way = Way::to(w, target, channel, endpoint.is_some());
+                return Some((cands.swap_remove(i), way));
+            }
             None => weights[i] = 0.0,
         }
     }
     None
 }
 
-/// The least loaded live worker offering `service` in the DHT (another coordinator's), as a target.
+/// The coordinator of the least loaded live worker offering `service` in the DHT (another coordinator's), as a
+/// target: that coordinator reaches its worker (over its channel, or with its gateway's key); a gateway serves
+/// no one else.
 async fn dht_target(
     state: &AppState,
     service: &str,
     rest: &str,
     query: Option<&str>,
 ) -> Option<Target> {
-    let endpoints = dht_endpoints(state, service).await?;
+    let endpoints = dht_coordinators(state, service).await?;
     let sep = if rest.is_empty() { "" } else { "/" };
     endpoints
         .iter()
@@ -247,8 +286,9 @@ async fn dht_target(
 /// asks the DHT (16 shard lookups and a record read per provider) once, not once per request.
 const DHT_ROUTE_TTL: Duration = Duration::from_secs(5);
 
-/// Endpoints of the live workers offering `service` in the DHT, least loaded first.
-async fn dht_endpoints(state: &AppState, service: &str) -> Option<Arc<[String]>> {
+/// The coordinators of the live workers offering `service` in the DHT, each once, that of the least loaded
+/// worker first.
+async fn dht_coordinators(state: &AppState, service: &str) -> Option<Arc<[String]>> {
     let dht = state.dht.get()?;
     if let Some((at, list)) = state.dht_routes.lock().get(service)
         && at.elapsed() < DHT_ROUTE_TTL
@@ -259,11 +299,17 @@ async fn dht_endpoints(state: &AppState, service: &str) -> Option<Arc<[String]>>
         .find_service(service)
         .await
         .into_iter()
-        .filter_map(|f| Some((f.record.load, f.record.endpoint?)))
-        .filter(|(_, e)| e.starts_with("http://"))
+        .filter_map(|f| Some((f.record.load, f.record.coordinator_url?)))
+        .filter(|(_, c)| c.starts_with("http://"))
         .collect();
     found.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let list: Arc<[String]> = found.into_iter().map(|(_, e)| e).collect();
+    let mut list = Vec::new();
+    for (_, c) in found {
+        if !list.contains(&c) {
+            list.push(c);
+        }
+    }
+    let list: Arc<[String]> = list.into();
     // Keyed by catalogue service names only (unknown ones are refused before routing), so it stays small.
     state
         .dht_routes
@@ -666,6 +712,8 @@ async fn route(
         crate::state::now_ms(),
     )?;
     req.headers_mut().remove(axum::http::header::AUTHORIZATION);
+    // Only this coordinator proves itself to a gateway.
+    req.headers_mut().remove(auth::GATEWAY_KEY_HEADER);
     tracing::debug!(?consumer, %service, "service request");
     let start = Instant::now();
     state.requests_total.fetch_add(1, Ordering::Relaxed);
@@ -769,7 +817,8 @@ async fn route(
         w.stats.record(false, start.elapsed());
         tried.push(w.id);
     }
-    // None of ours offers it: ask the DHT for a worker of another coordinator.
+    // None of ours offers it: ask the DHT for a worker of another coordinator, and send it there (the hop header
+    // stops a request that would come back).
     if tried.is_empty()
         && let Some(t) = dht_target(&state, &service, &rest, query.as_deref()).await
     {
@@ -789,7 +838,7 @@ async fn route(
                 return result;
             }
             Err(e) => {
-                tracing::warn!(target = %t.authority, error = %e, "cannot connect to a worker found in the DHT")
+                tracing::warn!(target = %t.authority, error = %e, "cannot connect to the coordinator of a worker found in the DHT")
             }
         }
     }

@@ -2,6 +2,11 @@
 //! LAN) exposes. `/api/service/{service}/{path}` (the coordinator's forwarding path) and `/{service}/{path}` go to
 //! `/{path}` on the container's unix socket (a container without network), or on its port published on 127.0.0.1.
 //! It counts requests and measures latency; requests in flight count towards the load the agent reports.
+//!
+//! Only the worker's coordinator may use it: a request that came over the channel (the agent's own connection to
+//! its coordinator), or one that carries the coordinator's key ([`commons_server::auth::gateway_key`], on a
+//! direct or tunnel path). Anything else gets 401, so a leaked tunnel URL does not let strangers use the
+//! volunteer's machine outside every quota.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,6 +17,8 @@ use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use commons_server::auth::{GATEWAY_KEY_HEADER, key_matches};
+use commons_server::channel::Reversed;
 use commons_server::error::ApiError;
 use commons_server::extract::ClientIp;
 use commons_server::forward::{self, Target};
@@ -27,6 +34,8 @@ pub use crate::containers::Upstream;
 #[derive(Debug, Default)]
 pub struct Routes {
     upstreams: RwLock<HashMap<String, Upstream>>,
+    /// The key the coordinator proves itself with on a direct or tunnel path; none before joining.
+    key: RwLock<Option<String>>,
     /// Requests served: counts, in flight, latency.
     pub stats: RequestStats,
 }
@@ -35,6 +44,16 @@ impl Routes {
     /// Replaces the service → upstream map.
     pub fn set(&self, upstreams: HashMap<String, Upstream>) {
         *self.upstreams.write() = upstreams;
+    }
+
+    /// The coordinator's key from now on (a new registration brings a new one).
+    pub fn set_key(&self, key: Option<String>) {
+        *self.key.write() = key;
+    }
+
+    /// Whether `offered` is the coordinator's key.
+    fn admits(&self, offered: Option<&str>) -> bool {
+        matches!((offered, self.key.read().as_deref()), (Some(o), Some(k)) if key_matches(o, k))
     }
 
     /// Where a service listens.
@@ -112,6 +131,30 @@ async fn to_service(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Lets through only what comes from the coordinator: over the channel, or with its key (which goes no further).
+async fn only_the_coordinator(
+    State(r): State<Arc<Routes>>,
+    mut req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.extensions().get::<Reversed>().is_none() {
+        let offered = req
+            .headers()
+            .get(GATEWAY_KEY_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if !r.admits(offered) {
+            return ApiError::Unauthorized(
+                "this worker's gateway serves only its coordinator; send service requests to the coordinator \
+                 or the edge"
+                    .into(),
+            )
+            .into_response();
+        }
+    }
+    req.headers_mut().remove(GATEWAY_KEY_HEADER);
+    next.run(req).await
+}
+
 /// What the gateway bounds its clients with: the coordinator is its one client, so the per-address limit is the
 /// total.
 fn limits() -> commons_server::serve::Limits {
@@ -149,6 +192,10 @@ impl Gateway {
             Router::new()
                 .route("/api/service/{service}/{*path}", any(to_service))
                 .route("/{service}/{*path}", any(to_service))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    routes.clone(),
+                    only_the_coordinator,
+                ))
                 .with_state(routes.clone()),
         );
         let listener = commons_server::serve::listen(listen).await?;

@@ -1,6 +1,6 @@
 //! The workers table and one worker's page.
 
-use commons_shared::api::{WorkerList, WorkerSummary};
+use commons_shared::api::{ReachPath, WorkerList, WorkerSummary};
 use web_sys::{HtmlInputElement, HtmlSelectElement};
 use yew::prelude::*;
 
@@ -97,7 +97,7 @@ pub fn Workers() -> Html {
                     <thead><tr>
                         { header(Column::Id, "Worker") }{ header(Column::Tier, "Tier") }{ header(Column::Status, "Status") }
                         { header(Column::Load, "Load") }{ header(Column::Gpus, "GPUs") }<th>{ "Services" }</th>
-                        { header(Column::Heartbeat, "Last heartbeat") }{ header(Column::Requests, "Requests") }{ header(Column::Errors, "Errors") }<th>{ "Trust" }</th>
+                        { header(Column::Heartbeat, "Last heartbeat") }{ header(Column::Requests, "Requests") }{ header(Column::Errors, "Errors") }<th>{ "Trust" }</th><th>{ "Path" }</th>
                     </tr></thead>
                     <tbody>
                         { for rows.iter().map(|w| html! {
@@ -112,6 +112,7 @@ pub fn Workers() -> Html {
                                 <td>{ w.requests }</td>
                                 <td>{ w.errors }</td>
                                 <td class={classes!("trust", w.drained.then_some("drained"))}>{ trust(w) }</td>
+                                <td class={classes!("path", w.path.as_str())}>{ w.path.as_str() }</td>
                             </tr>
                         }) }
                     </tbody>
@@ -164,6 +165,7 @@ pub fn WorkerDetail(p: &WorkerDetailProps) -> Html {
                 <dt>{ "Agent" }</dt><dd>{ format!("{}{}", w.agent_version, if w.legacy { " (legacy RMA worker)" } else { "" }) }</dd>
                 <dt>{ "Endpoint" }</dt><dd>{ w.endpoint.clone().unwrap_or_else(|| "none (behind NAT or not serving)".into()) }</dd>
                 <dt>{ "Requests" }</dt><dd>{ format!("{} ({} errors, {:.0} ms average)", w.requests, w.errors, w.latency_ms) }</dd>
+                <dt>{ "Reached" }</dt><dd id="worker-path" class={classes!("path", w.path.as_str())}>{ reached(w.path) }</dd>
                 <dt>{ "Trust" }</dt><dd id="worker-trust" class={classes!("trust", w.drained.then_some("drained"))}>{ trust(w) }</dd>
             </dl>
             <h2>{ "Capabilities" }</h2>
@@ -198,6 +200,18 @@ pub fn WorkerDetail(p: &WorkerDetailProps) -> Html {
             <LineChart id="chart-worker-load" title="Load (since this page opened, from the live feed)" fraction=true
                 series={vec![Series { label: "load".into(), colour: "#1a73e8", points: loads }]} />
         </>
+    }
+}
+
+/// How the coordinator reaches a worker, in words.
+fn reached(path: ReachPath) -> &'static str {
+    match path {
+        ReachPath::Reverse => {
+            "over the worker's own connection (reverse path: no port open on its side)"
+        }
+        ReachPath::Direct => "directly, at its endpoint or address",
+        ReachPath::Tunnel => "through its tunnel (not routed to yet: TLS to workers is not built)",
+        ReachPath::None => "not reachable now",
     }
 }
 

@@ -45,6 +45,25 @@ pub fn token_matches(token: &str, hash: &TokenHash) -> bool {
     hash_token(token).ct_eq(hash).into()
 }
 
+/// The header by which a coordinator proves, on a direct or tunnel path, that a request to a worker's gateway
+/// comes from it (the reverse path needs none: its connection is the worker's own).
+pub const GATEWAY_KEY_HEADER: &str = "x-commons-gateway-key";
+
+/// The key a worker's gateway takes from its coordinator: derived from the worker's token, which only the two of
+/// them know (the coordinator from its hash). Not the token itself, nor its stored hash: a key seen on the way (a
+/// LAN, a tunnel) lets no one heartbeat as the worker, and a copy of the database holds no key.
+pub fn gateway_key(token_hash: &TokenHash) -> String {
+    let mut h = Sha256::new();
+    h.update(b"commons gateway key\0");
+    h.update(token_hash);
+    hex::encode(h.finalize())
+}
+
+/// Whether `offered` is `key`, in constant time.
+pub fn key_matches(offered: &str, key: &str) -> bool {
+    offered.len() == key.len() && bool::from(offered.as_bytes().ct_eq(key.as_bytes()))
+}
+
 /// Whether two hashes are equal, in constant time.
 pub fn hashes_equal(a: &TokenHash, b: &TokenHash) -> bool {
     a.ct_eq(b).into()
@@ -271,6 +290,22 @@ mod tests {
         let h = hash_token(&t);
         assert!(token_matches(&t, &h));
         assert!(!token_matches("nope", &h));
+    }
+
+    #[test]
+    fn a_gateway_key_is_the_same_on_both_sides_and_reveals_neither_token_nor_hash() {
+        let t = new_token();
+        let h = hash_token(&t);
+        // The agent derives it from its token, the coordinator from the hash it keeps.
+        let key = gateway_key(&hash_token(&t));
+        assert_eq!(key, gateway_key(&h));
+        assert_eq!(key.len(), 64);
+        assert_ne!(key, t);
+        assert_ne!(key, hex::encode(h));
+        assert_ne!(key, gateway_key(&hash_token(&new_token())));
+        assert!(key_matches(&key, &key));
+        assert!(!key_matches(&key[..63], &key));
+        assert!(!key_matches(&gateway_key(&[0; 32]), &key));
     }
 
     #[test]

@@ -94,9 +94,12 @@ impl Reach {
     }
 
     /// Keeps the channel open to this coordinator, as this worker: a new one when either changed (a failover, a
-    /// new registration), the one open otherwise.
+    /// new registration), the one open otherwise. The gateway takes that coordinator's key from now on.
     pub(super) fn keep_channel(&mut self, to: Opener) {
         let Some(g) = &self.gateway else { return };
+        g.routes.set_key(Some(commons_server::auth::gateway_key(
+            &commons_server::auth::hash_token(&to.worker_token),
+        )));
         if self.channel.as_ref().is_none_or(|k| k.to != to) {
             self.channel = Some(crate::channel::keep(to, g.app.clone()));
         }
