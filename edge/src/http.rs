@@ -14,7 +14,7 @@ use commons_server::auth::Bearer;
 use commons_server::consumers::doc as keys;
 use commons_server::error::{ApiError, ApiResult};
 use commons_server::extract::{Body, ClientIp, Id};
-use commons_server::forward::{self, Target};
+use commons_server::forward::Target;
 use commons_server::openapi::{Conventions, services};
 use commons_server::tokens::admin_routes;
 use commons_shared::ErrorBody;
@@ -175,8 +175,8 @@ async fn deregister(
     Ok(Json(json!({"status": "deregistered", "id": id})))
 }
 
-/// Tries up to two coordinators: connects first, so an unreachable one is skipped (and avoided for a while)
-/// before the request is spent.
+/// Tries up to two coordinators: connects first (or takes a connection kept alive from an earlier request), so an
+/// unreachable one is skipped (and avoided for a while) before the request is spent.
 async fn forward_to(
     state: &EdgeState,
     client: IpAddr,
@@ -198,16 +198,14 @@ async fn forward_to(
             continue;
         };
         let start = Instant::now();
-        match state.upstreams.connect(&target.authority).await {
-            Ok(stream) => {
-                let result = forward::send(
-                    stream,
-                    &target,
-                    req,
-                    client,
-                    Duration::from_secs(state.config.proxy_timeout_secs),
-                )
-                .await;
+        // A connection kept from an earlier request to that coordinator, else a new one.
+        match state.upstreams.open(&target.authority).await {
+            Ok(conn) => {
+                let timeout = Duration::from_secs(state.config.proxy_timeout_secs);
+                let result = state
+                    .upstreams
+                    .send(conn, &target, req, client, timeout)
+                    .await;
                 let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
                 c.record(ok, start.elapsed(), None);
                 return result;

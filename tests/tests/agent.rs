@@ -167,10 +167,20 @@ async fn failover_to_another_coordinator_through_the_edge_within_ten_seconds() {
         .await
         .unwrap();
     let first = a.session.borrow().coordinator_url.clone();
+    let id = a.session.borrow().worker_id.clone();
     let i = coords
         .iter()
         .position(|c| c.url() == first)
         .expect("joined one of ours");
+    // The coordinator reaches it over its channel.
+    assert!(
+        eventually(5, || async {
+            worker(&client, &first, &id).await.1["path"] == "reverse"
+        })
+        .await,
+        "{:?}",
+        worker(&client, &first, &id).await
+    );
     let dead = coords.remove(i);
     let killed = Instant::now();
     dead.server.abort().await;
@@ -190,11 +200,15 @@ async fn failover_to_another_coordinator_through_the_edge_within_ten_seconds() {
     assert!(took < Duration::from_secs(10), "{took:?}");
     assert_eq!(a.session.borrow().coordinator_url, coords[0].url());
     let id = a.session.borrow().worker_id.clone();
+    // The channel moved with it: the new coordinator reaches it over its own connection.
     assert!(
         eventually(5, || async {
-            worker(&client, &coords[0].url(), &id).await.0 == 200
+            let (status, w) = worker(&client, &coords[0].url(), &id).await;
+            status == 200 && w["path"] == "reverse"
         })
-        .await
+        .await,
+        "{:?}",
+        worker(&client, &coords[0].url(), &id).await
     );
     a.send(Command::Quit).await;
     a.join().await.unwrap();

@@ -1,8 +1,8 @@
 //! Service routing against real worker HTTP servers on loopback: weighted choice, retry when one is dead,
-//! 503 when none, and a streamed body passing through unchanged.
+//! 503 when none, a streamed body passing through unchanged, and the connection kept for the next request.
 
 use commons_tests::{
-    Coordinator, WorkerServer, catalogue_only, heartbeat, heartbeat_with, register,
+    Coordinator, WorkerServer, catalogue_only, eventually, heartbeat, heartbeat_with, register,
 };
 use serde_json::Value;
 use std::sync::atomic::Ordering;
@@ -308,4 +308,32 @@ async fn a_public_coordinator_forwards_to_public_addresses_only() {
     assert_eq!(r.status(), 503);
     assert_eq!(accepted.load(Ordering::Relaxed), 0);
     acceptor.abort();
+}
+
+/// A connection to a worker's endpoint outlives its request: the next request to that worker takes it instead of
+/// a new TCP handshake.
+#[tokio::test]
+async fn a_connection_to_a_worker_is_kept_for_the_next_request() {
+    let c = coordinator().await;
+    let client = reqwest::Client::new();
+    let ws = WorkerServer::start("w").await;
+    let w = register(&client, &c.url(), &ws.url()).await;
+    heartbeat(&client, &c.url(), &w, "healthy", 0.2).await;
+    let kept = || c.server.state().upstreams.kept();
+    for i in 0..5 {
+        let r = client
+            .get(format!("{}/api/service/echo/ping?i={i}", c.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+        // Kept once the answer has ended: one connection, taken and kept again by every request.
+        assert!(
+            eventually(5, || async { kept() == 1 }).await,
+            "request {i}: {} kept",
+            kept()
+        );
+    }
+    assert_eq!(ws.seen.requests.load(Ordering::Relaxed), 5);
 }

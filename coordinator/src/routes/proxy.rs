@@ -88,7 +88,7 @@ struct Way {
 /// An open way to a worker.
 enum Link {
     Channel(commons_server::channel::Sender),
-    Tcp(tokio::net::TcpStream, Option<axum::http::HeaderValue>),
+    Http(forward::Conn, Option<axum::http::HeaderValue>),
 }
 
 impl Way {
@@ -110,12 +110,13 @@ impl Way {
         }
     }
 
-    /// Opens the way: the channel as it is, or the TCP connection (failing when the worker cannot be reached).
+    /// Opens the way: the channel as it is, or a connection kept from an earlier request, or a new TCP connection
+    /// (failing when the worker cannot be reached).
     async fn open(self, state: &AppState) -> std::io::Result<(Link, Target)> {
         let link = match self.channel {
             Some(c) => Link::Channel(c),
-            None => Link::Tcp(
-                state.upstreams.connect(&self.target.authority).await?,
+            None => Link::Http(
+                state.upstreams.open(&self.target.authority).await?,
                 self.key,
             ),
         };
@@ -126,6 +127,7 @@ impl Way {
 impl Link {
     async fn send(
         self,
+        state: &AppState,
         t: &Target,
         req: Request,
         client: std::net::IpAddr,
@@ -133,12 +135,12 @@ impl Link {
     ) -> Result<Response, ApiError> {
         match self {
             Self::Channel(c) => forward::send_on(&c, t, req, client, timeout).await,
-            Self::Tcp(stream, key) => {
+            Self::Http(conn, key) => {
                 let mut req = req;
                 if let Some(k) = key {
                     req.headers_mut().insert(auth::GATEWAY_KEY_HEADER, k);
                 }
-                forward::send(stream, t, req, client, timeout).await
+                state.upstreams.send(conn, t, req, client, timeout).await
             }
         }
     }
@@ -676,7 +678,7 @@ async fn ask_another(
         let (link, t) = way.open(state).await.ok()?;
         let timeout = Duration::from_secs(state.config.proxy_timeout_secs);
         let resp = link
-            .send(&t, copy.request(), c.client, timeout)
+            .send(state, &t, copy.request(), c.client, timeout)
             .await
             .ok()?;
         if !resp.status().is_success() {
@@ -779,7 +781,7 @@ async fn route(
                         answer,
                     ));
                 }
-                let result = match link.send(&t, req, client, timeout).await {
+                let result = match link.send(&state, &t, req, client, timeout).await {
                     Ok(mut r) => {
                         if let Ok(v) = axum::http::HeaderValue::from_str(&w.id.to_string()) {
                             r.headers_mut().insert(WORKER_HEADER, v);
@@ -822,9 +824,9 @@ async fn route(
     if tried.is_empty()
         && let Some(t) = dht_target(&state, &service, &rest, query.as_deref()).await
     {
-        match state.upstreams.connect(&t.authority).await {
-            Ok(stream) => {
-                let result = match forward::send(stream, &t, req, client, timeout).await {
+        match state.upstreams.open(&t.authority).await {
+            Ok(conn) => {
+                let result = match state.upstreams.send(conn, &t, req, client, timeout).await {
                     Ok(r) => {
                         serving.status = r.status();
                         Ok(forward::watch(r, serving))

@@ -4,9 +4,15 @@
 //! The connection is opened first ([`connect`]) so that a caller can try another upstream when it cannot be
 //! reached, before any of the request body is read; [`send`] then forwards method, headers (hop-by-hop removed,
 //! `X-Forwarded-For` added) and the body.
+//!
+//! A connection whose answer ended cleanly is kept a few seconds in a [`Pool`] ([`send_kept`]): the next request to
+//! the same upstream (the edge's to a coordinator, a coordinator's to a worker's endpoint) then skips the TCP
+//! handshake.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -209,6 +215,118 @@ where
 {
     let upstream = upstream_request(req, target, client)?;
     answer(request(stream, upstream), timeout).await
+}
+
+/// How long a connection is kept idle for reuse: well under the idle time our servers allow a kept-alive
+/// connection (their `header_read_timeout_secs`, 10 s by default), so the other end does not close it as it is
+/// taken.
+const KEPT_FOR: Duration = Duration::from_secs(4);
+/// Idle connections kept per upstream, and in all.
+const KEPT_PER_UPSTREAM: usize = 16;
+const KEPT_IN_ALL: usize = 256;
+
+type Sender = hyper::client::conn::http1::SendRequest<Body>;
+
+/// Idle HTTP/1.1 connections to upstreams, by `host:port`, the most recent last.
+#[derive(Debug, Default)]
+pub struct Pool {
+    idle: parking_lot::Mutex<HashMap<String, Vec<(Sender, Instant)>>>,
+}
+
+/// An open connection to an upstream: one kept from an earlier request, or a new TCP connection.
+#[derive(Debug)]
+pub enum Conn {
+    /// Kept alive, ready for a request.
+    Kept(Sender),
+    /// Just connected.
+    New(TcpStream),
+}
+
+impl Pool {
+    /// An idle connection to `authority` that is still open, if one was kept.
+    pub fn take(&self, authority: &str) -> Option<Sender> {
+        let mut idle = self.idle.lock();
+        let list = idle.get_mut(authority)?;
+        let mut found = None;
+        // Too old or closed meanwhile: dropped (and so closed) on the way.
+        while let Some((sender, since)) = list.pop() {
+            if since.elapsed() < KEPT_FOR && sender.is_ready() {
+                found = Some(sender);
+                break;
+            }
+        }
+        if list.is_empty() {
+            idle.remove(authority);
+        }
+        found
+    }
+
+    /// Keeps `sender` once its answer has ended cleanly (not when its body was dropped halfway, nor when either side
+    /// closes the connection).
+    fn keep_when_done(self: &Arc<Self>, authority: String, mut sender: Sender) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let mut idle = pool.idle.lock();
+            let mut total: usize = idle.values().map(Vec::len).sum();
+            if total >= KEPT_IN_ALL {
+                for list in idle.values_mut() {
+                    list.retain(|(s, since)| since.elapsed() < KEPT_FOR && !s.is_closed());
+                }
+                idle.retain(|_, list| !list.is_empty());
+                total = idle.values().map(Vec::len).sum();
+            }
+            let list = idle.entry(authority).or_default();
+            if total < KEPT_IN_ALL && list.len() < KEPT_PER_UPSTREAM {
+                list.push((sender, Instant::now()));
+            }
+        });
+    }
+
+    /// Idle connections kept now.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().values().map(Vec::len).sum()
+    }
+}
+
+/// Sends `req` to `target` over `conn` (a kept connection, or a new one from [`connect`]) and returns the answer
+/// with its body streaming; the connection goes back to `pool` once the answer has ended cleanly. `timeout` bounds
+/// the wait for the answer's headers.
+pub async fn send_kept(
+    pool: &Arc<Pool>,
+    conn: Conn,
+    target: &Target,
+    req: Request,
+    client: IpAddr,
+    timeout: Duration,
+) -> Result<Response, ApiError> {
+    let upstream = upstream_request(req, target, client)?;
+    let authority = target.authority.clone();
+    let pool = pool.clone();
+    answer(
+        async move {
+            let mut sender = match conn {
+                Conn::Kept(s) => s,
+                Conn::New(stream) => {
+                    let (sender, conn) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "upstream connection closed");
+                        }
+                    });
+                    sender
+                }
+            };
+            let sent = sender.send_request(upstream);
+            pool.keep_when_done(authority, sender);
+            sent.await
+        },
+        timeout,
+    )
+    .await
 }
 
 /// Sends `req` to `target` over a worker's channel (the reverse path, HTTP/2: see [`crate::channel`]) and returns

@@ -61,6 +61,8 @@ pub struct Upstreams {
     timeout: Duration,
     mark: String,
     via: HeaderValue,
+    /// Connections kept alive between requests ([`Upstreams::open`], [`Upstreams::send`]).
+    pool: std::sync::Arc<forward::Pool>,
 }
 
 impl Upstreams {
@@ -78,7 +80,35 @@ impl Upstreams {
             timeout,
             mark,
             via,
+            pool: Default::default(),
         }
+    }
+
+    /// A connection to `authority`: one kept alive from an earlier request when there is one, else a new one
+    /// ([`Upstreams::connect`], with its checks). A kept one was checked when it was opened.
+    pub async fn open(&self, authority: &str) -> std::io::Result<forward::Conn> {
+        match self.pool.take(authority) {
+            Some(kept) => Ok(forward::Conn::Kept(kept)),
+            None => self.connect(authority).await.map(forward::Conn::New),
+        }
+    }
+
+    /// Sends `req` to `target` over `conn` (from [`Upstreams::open`]), keeping the connection for the next request
+    /// once the answer has ended ([`forward::send_kept`]).
+    pub async fn send(
+        &self,
+        conn: forward::Conn,
+        target: &forward::Target,
+        req: axum::extract::Request,
+        client: IpAddr,
+        timeout: Duration,
+    ) -> Result<axum::response::Response, crate::error::ApiError> {
+        forward::send_kept(&self.pool, conn, target, req, client, timeout).await
+    }
+
+    /// Idle connections kept now.
+    pub fn kept(&self) -> usize {
+        self.pool.idle()
     }
 
     /// Whether `addr` may be connected to.
