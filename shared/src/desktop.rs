@@ -168,6 +168,9 @@ pub struct Status {
     pub containers: Vec<ContainerRow>,
     /// Where the coordinator reaches this computer's services (tunnel or gateway URL).
     pub endpoint: Option<String>,
+    /// How the coordinator reaches this computer, in plain words (over its own connection: nothing to open).
+    #[serde(default)]
+    pub reached: Option<String>,
     /// DHT peers known (`None` without a DHT node).
     pub dht_peers: Option<usize>,
     /// Why donating is held back (schedule, battery, in use, hot GPU).

@@ -80,6 +80,17 @@ async fn the_window_starts_donating_and_pauses_against_a_real_coordinator() {
     );
     let tier = text_of(&w, "#tier", 5).await;
     assert!(["1", "2", "3"].contains(&tier.as_str()), "tier {tier:?}");
+    // How the coordinator reaches this computer, in words: over its own connection, nothing to open.
+    assert!(
+        until(
+            &w,
+            10,
+            "return (document.getElementById('reached')?.textContent || '').includes('own connection')"
+        )
+        .await,
+        "reached: {:?}",
+        text_of(&w, "#reached", 1).await
+    );
     let shot = screenshot(&w, "desktop-window-donating").await;
     assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
 

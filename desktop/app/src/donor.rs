@@ -578,6 +578,7 @@ impl Donor {
                 .filter(|w| !w.is_empty()),
             tier: session.as_ref().and_then(|s| s.tier),
             endpoint: session.as_ref().and_then(|s| s.endpoint.clone()),
+            reached: session.as_ref().and_then(|s| s.reached.clone()),
             held: session.as_ref().and_then(|s| s.held.clone()),
             problem: session.as_ref().and_then(|s| s.problem.clone()),
             catalogue: session.as_ref().and_then(|s| s.catalogue.clone()),

@@ -76,6 +76,7 @@ mod tests {
             tier: None,
             containers: Vec::new(),
             endpoint: None,
+            reached: None,
             dht_peers: None,
             held: held.map(str::to_owned),
             problem: None,

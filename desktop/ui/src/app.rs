@@ -304,7 +304,9 @@ fn dashboard(s: &Status, act: Callback<WindowCommand>, busy: bool) -> Html {
                 <dt>{ "Uptime" }</dt><dd id="uptime">{ s.uptime_secs.map_or("—".into(), words::duration) }</dd>
                 <dt>{ "Donated" }</dt><dd id="donated">{ words::hours(s.donated_secs) }</dd>
                 <dt>{ "Coordinator" }</dt><dd>{ s.coordinator_url.clone().unwrap_or_else(|| "—".into()) }</dd>
-                if let Some(e) = &s.endpoint {
+                if let Some(r) = &s.reached {
+                    <dt>{ "Reached" }</dt><dd id="reached">{ r }</dd>
+                } else if let Some(e) = &s.endpoint {
                     <dt>{ "Reached at" }</dt><dd id="endpoint">{ e }</dd>
                 }
                 if let Some(n) = s.dht_peers {
@@ -476,6 +478,7 @@ mod tests {
                 pull_total_bytes: 120,
             }],
             endpoint: Some("https://x.trycloudflare.com".into()),
+            reached: None,
             dht_peers: Some(4),
             held: None,
             problem: None,
@@ -537,6 +540,16 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("x.trycloudflare.com") && html.contains(r#"id="dht-peers""#));
+        // Once the agent says how it is reached, the window says that instead of an address.
+        let reached = Status {
+            reached: Some("over this computer's own connection to the coordinator".into()),
+            ..status(DonorState::Active)
+        };
+        let words = render(move || dashboard(&reached, Callback::noop(), false));
+        assert!(
+            words.contains(r#"id="reached""#) && !words.contains("x.trycloudflare.com"),
+            "{words}"
+        );
         assert!(
             html.contains(
                 "decided by the coordinator&#x27;s catalogue, signed by the Commons release key"

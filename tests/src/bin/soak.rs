@@ -172,6 +172,20 @@ async fn worker_server() -> Result<String> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Interrupted (Ctrl-C, SIGTERM), the soak stops at once and, dropping what it started, stops its coordinator
+    // too: a soak cut short leaves nothing running.
+    // The signal first: its handler is installed before the soak's first (long) poll.
+    tokio::select! {
+        biased;
+        () = commons_server::shutdown_signal() => {
+            eprintln!("interrupted: the coordinator is stopped, the figures so far are above");
+            Ok(())
+        }
+        done = soak(cli) => done,
+    }
+}
+
+async fn soak(cli: Cli) -> Result<()> {
     if cli.workers == 0 || cli.period_secs == 0 || cli.heartbeat_secs == 0 {
         bail!("--workers, --period-secs and --heartbeat-secs must be at least 1");
     }
