@@ -76,8 +76,8 @@ fn reachable(w: &Worker, endpoint: Option<&str>) -> bool {
 }
 
 /// How a request reaches the worker picked for it: where on the worker, and over its channel when it has one
-/// open (the reverse path, preferred: already connected, and the only way to a worker behind a NAT), else over a
-/// new TCP connection to its endpoint.
+/// open (the reverse path, preferred: already connected, and the only way to a worker behind a NAT), else over an
+/// HTTP/1.1 connection to its endpoint (one kept from an earlier request, or a new one).
 struct Way {
     target: Target,
     channel: Option<commons_server::channel::Sender>,
