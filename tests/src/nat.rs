@@ -19,6 +19,7 @@ pub struct HomeRouter {
     n: u8,
 }
 
+/// Runs `ip` with `args` (iproute2), failing the test with its error when it fails.
 fn ip(args: &[&str]) {
     let out = Command::new("ip")
         .args(args)
@@ -32,18 +33,9 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// Runs `program` with `args` in the namespace `ns`.
 fn in_ns(ns: &str, program: &str, args: &[&str]) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, program])
-        .args(args)
-        .output()
-        .expect("ip netns exec");
-    assert!(
-        out.status.success(),
-        "{program} {} in {ns}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ip(&[&["netns", "exec", ns, program], args].concat());
 }
 
 impl HomeRouter {

@@ -31,26 +31,25 @@ pub fn fixtures() -> PathBuf {
     dir
 }
 
-/// The `commons-coordinator` binary built beside the tests.
-pub fn coordinator_bin() -> PathBuf {
-    let bin = target("debug").join("commons-coordinator");
+/// The binary `name` of package `package`, built beside the tests (of this tree, whatever its version).
+fn built(package: &str, name: &str) -> PathBuf {
+    let bin = target("debug").join(name);
     assert!(
         bin.is_file(),
-        "{} is missing: cargo build -p commons-coordinator",
+        "{} is missing: cargo build -p {package}",
         bin.display()
     );
     bin
 }
 
-/// The headless `commons-agent` binary built beside the tests (of this tree, whatever its version).
+/// The `commons-coordinator` binary built beside the tests.
+pub fn coordinator_bin() -> PathBuf {
+    built("commons-coordinator", "commons-coordinator")
+}
+
+/// The headless `commons-agent` binary built beside the tests.
 pub fn agent_bin() -> PathBuf {
-    let bin = target("debug").join("commons-agent");
-    assert!(
-        bin.is_file(),
-        "{} is missing: cargo build -p commons-agent",
-        bin.display()
-    );
-    bin
+    built("commons-agent", "commons-agent")
 }
 
 /// Signs `file` with the minisign secret key `key` (its default trusted comment names the file).

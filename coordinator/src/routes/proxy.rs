@@ -110,6 +110,15 @@ impl Way {
         }
     }
 
+    /// The path it takes.
+    fn path(&self) -> ReachPath {
+        if self.channel.is_some() {
+            ReachPath::Reverse
+        } else {
+            ReachPath::Direct
+        }
+    }
+
     /// Opens the way: the channel as it is, or a connection kept from an earlier request, or a new TCP connection
     /// (failing when the worker cannot be reached).
     async fn open(self, state: &AppState) -> std::io::Result<(Link, Target)> {
@@ -743,11 +752,7 @@ async fn route(
         let Some((w, way)) = pick(&state, index, &tried, &rest, query.as_deref()) else {
             break;
         };
-        let path = if way.channel.is_some() {
-            ReachPath::Reverse
-        } else {
-            ReachPath::Direct
-        };
+        let path = way.path();
         match way.open(&state).await {
             Ok((link, t)) => {
                 // The worker's request in flight and the queue's slot last as long as the answer's body.
@@ -894,77 +899,52 @@ mod tests {
         }
     }
 
+    /// Where `target` sends an ocr request for a worker with this endpoint and address, its channel open or not:
+    /// (authority, path and query).
+    fn at(
+        endpoint: Option<&str>,
+        ip: Option<&str>,
+        channel: bool,
+        rest: &str,
+        query: Option<&str>,
+    ) -> Option<(String, String)> {
+        target(
+            &worker(endpoint, ip),
+            channel,
+            endpoint,
+            "ocr",
+            8884,
+            rest,
+            query,
+        )
+        .map(|t| (t.authority, t.path_and_query))
+    }
+
     #[test]
     fn targets() {
+        let local = Some("http://127.0.0.1:9000/base/");
+        let pair = |a: &str, p: &str| Some((a.to_owned(), p.to_owned()));
         // A worker with its channel open is reached there, at its gateway's path, whatever its endpoint.
-        let t = target(
-            &worker(Some("http://127.0.0.1:9000/base/"), None),
-            true,
-            Some("http://127.0.0.1:9000/base/"),
-            "ocr",
-            8884,
-            "v1/run",
-            Some("x=1"),
-        )
-        .unwrap();
         assert_eq!(
-            (t.authority.as_str(), t.path_and_query.as_str()),
-            ("worker:80", "/api/service/ocr/v1/run?x=1")
+            at(local, None, true, "v1/run", Some("x=1")),
+            pair("worker:80", "/api/service/ocr/v1/run?x=1")
         );
-        let t = target(
-            &worker(Some("http://127.0.0.1:9000/base/"), None),
-            false,
-            Some("http://127.0.0.1:9000/base/"),
-            "ocr",
-            8884,
-            "v1/run",
-            Some("x=1"),
-        )
-        .unwrap();
         assert_eq!(
-            (t.authority.as_str(), t.path_and_query.as_str()),
-            ("127.0.0.1:9000", "/base/api/service/ocr/v1/run?x=1")
+            at(local, None, false, "v1/run", Some("x=1")),
+            pair("127.0.0.1:9000", "/base/api/service/ocr/v1/run?x=1")
         );
-        let t = target(
-            &worker(Some("http://w.example"), None),
-            false,
-            Some("http://w.example"),
-            "ocr",
-            8884,
-            "",
-            None,
-        )
-        .unwrap();
         assert_eq!(
-            (t.authority.as_str(), t.path_and_query.as_str()),
-            ("w.example:80", "/api/service/ocr")
+            at(Some("http://w.example"), None, false, "", None),
+            pair("w.example:80", "/api/service/ocr")
         );
-        let t = target(
-            &worker(None, Some("10.1.2.3")),
-            false,
-            None,
-            "ocr",
-            8884,
-            "run",
-            None,
-        )
-        .unwrap();
         assert_eq!(
-            (t.authority.as_str(), t.path_and_query.as_str()),
-            ("10.1.2.3:8884", "/run")
+            at(None, Some("10.1.2.3"), false, "run", None),
+            pair("10.1.2.3:8884", "/run")
         );
-        assert!(
-            target(
-                &worker(Some("https://x.trycloudflare.com"), None),
-                false,
-                Some("https://x.trycloudflare.com"),
-                "ocr",
-                1,
-                "",
-                None
-            )
-            .is_none()
+        assert_eq!(
+            at(Some("https://x.trycloudflare.com"), None, false, "", None),
+            None
         );
-        assert!(target(&worker(None, None), false, None, "ocr", 1, "", None).is_none());
+        assert_eq!(at(None, None, false, "", None), None);
     }
 }

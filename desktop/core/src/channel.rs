@@ -57,6 +57,10 @@ pub async fn open_and_serve(
         to.coordinator_url.trim_end_matches('/'),
         to.worker_id
     );
+    let unreachable = |source| OpenError::Unreachable {
+        url: url.clone(),
+        source,
+    };
     let resp = http
         .get(&url)
         .bearer_auth(&to.worker_token)
@@ -64,23 +68,14 @@ pub async fn open_and_serve(
         .header(reqwest::header::UPGRADE, PROTOCOL)
         .send()
         .await
-        .map_err(|source| OpenError::Unreachable {
-            url: url.clone(),
-            source,
-        })?;
+        .map_err(unreachable)?;
     if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
         return Err(OpenError::Refused {
-            url,
+            url: url.clone(),
             status: resp.status().as_u16(),
         });
     }
-    let io = resp
-        .upgrade()
-        .await
-        .map_err(|source| OpenError::Unreachable {
-            url: url.clone(),
-            source,
-        })?;
+    let io = resp.upgrade().await.map_err(unreachable)?;
     tracing::info!(coordinator = %to.coordinator_url, "channel open: the coordinator reaches this worker over it");
     open.store(true, Ordering::Relaxed);
     let served = commons_server::channel::serve(io, routes).await;

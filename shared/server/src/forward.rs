@@ -110,13 +110,24 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    handshake(io).await?.send_request(req).await
+}
+
+/// The HTTP/1.1 client handshake over `io`; the connection is then driven by a task of its own.
+async fn handshake<S, B>(io: S) -> Result<hyper::client::conn::http1::SendRequest<B>, hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream connection closed");
         }
     });
-    sender.send_request(req).await
+    Ok(sender)
 }
 
 /// Whether `GET path` over `io` (a TCP or unix stream) answers 2xx: a service's health check. The caller bounds the
@@ -227,10 +238,17 @@ const KEPT_IN_ALL: usize = 256;
 
 type Sender = hyper::client::conn::http1::SendRequest<Body>;
 
-/// Idle HTTP/1.1 connections to upstreams, by `host:port`, the most recent last.
+/// Idle HTTP/1.1 connections to upstreams.
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle: parking_lot::Mutex<HashMap<String, Vec<(Sender, Instant)>>>,
+    idle: parking_lot::Mutex<Idle>,
+}
+
+/// The kept connections by `host:port` (the most recent last; no upstream with none), and how many in all.
+#[derive(Debug, Default)]
+struct Idle {
+    by_upstream: HashMap<String, Vec<(Sender, Instant)>>,
+    count: usize,
 }
 
 /// An open connection to an upstream: one kept from an earlier request, or a new TCP connection.
@@ -246,17 +264,19 @@ impl Pool {
     /// An idle connection to `authority` that is still open, if one was kept.
     pub fn take(&self, authority: &str) -> Option<Sender> {
         let mut idle = self.idle.lock();
-        let list = idle.get_mut(authority)?;
+        let Idle { by_upstream, count } = &mut *idle;
+        let list = by_upstream.get_mut(authority)?;
         let mut found = None;
         // Too old or closed meanwhile: dropped (and so closed) on the way.
         while let Some((sender, since)) = list.pop() {
+            *count -= 1;
             if since.elapsed() < KEPT_FOR && sender.is_ready() {
                 found = Some(sender);
                 break;
             }
         }
         if list.is_empty() {
-            idle.remove(authority);
+            by_upstream.remove(authority);
         }
         found
     }
@@ -270,24 +290,29 @@ impl Pool {
                 return;
             }
             let mut idle = pool.idle.lock();
-            let mut total: usize = idle.values().map(Vec::len).sum();
-            if total >= KEPT_IN_ALL {
-                for list in idle.values_mut() {
+            let Idle { by_upstream, count } = &mut *idle;
+            // Full: first drop what has expired or closed.
+            if *count >= KEPT_IN_ALL {
+                by_upstream.retain(|_, list| {
                     list.retain(|(s, since)| since.elapsed() < KEPT_FOR && !s.is_closed());
-                }
-                idle.retain(|_, list| !list.is_empty());
-                total = idle.values().map(Vec::len).sum();
+                    !list.is_empty()
+                });
+                *count = by_upstream.values().map(Vec::len).sum();
             }
-            let list = idle.entry(authority).or_default();
-            if total < KEPT_IN_ALL && list.len() < KEPT_PER_UPSTREAM {
+            if *count >= KEPT_IN_ALL {
+                return;
+            }
+            let list = by_upstream.entry(authority).or_default();
+            if list.len() < KEPT_PER_UPSTREAM {
                 list.push((sender, Instant::now()));
+                *count += 1;
             }
         });
     }
 
     /// Idle connections kept now.
     pub fn idle(&self) -> usize {
-        self.idle.lock().values().map(Vec::len).sum()
+        self.idle.lock().count
     }
 }
 
@@ -309,16 +334,7 @@ pub async fn send_kept(
         async move {
             let mut sender = match conn {
                 Conn::Kept(s) => s,
-                Conn::New(stream) => {
-                    let (sender, conn) =
-                        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "upstream connection closed");
-                        }
-                    });
-                    sender
-                }
+                Conn::New(stream) => handshake(stream).await?,
             };
             let sent = sender.send_request(upstream);
             pool.keep_when_done(authority, sender);
