@@ -21,6 +21,20 @@ impl Drop for Proc {
     }
 }
 
+/// Runs `bench` until it ends or the process is interrupted (Ctrl-C, SIGTERM). Interrupted, `bench` is dropped at
+/// once, and with it the [`Proc`]s it started: a benchmark cut short leaves no server running.
+pub async fn until_interrupted(bench: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    // The signal first: its handler is installed before the benchmark's first (long) poll.
+    tokio::select! {
+        biased;
+        () = commons_server::shutdown_signal() => {
+            eprintln!("interrupted: the servers it started are stopped, the figures so far are above");
+            Ok(())
+        }
+        done = bench => done,
+    }
+}
+
 /// Starts a server process that prints its URL as the last word of its first line.
 pub fn spawn(mut cmd: Command) -> Result<(Proc, String)> {
     let mut child = cmd

@@ -206,7 +206,10 @@ async fn bare_server() -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let cli = Cli::parse();
+    commons_tests::load::until_interrupted(loadgen(Cli::parse())).await
+}
+
+async fn loadgen(cli: Cli) -> Result<()> {
     if let Some(Sub::BareServer) = cli.command {
         return bare_server().await;
     }

@@ -171,18 +171,7 @@ async fn worker_server() -> Result<String> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let cli = Cli::parse();
-    // Interrupted (Ctrl-C, SIGTERM), the soak stops at once and, dropping what it started, stops its coordinator
-    // too: a soak cut short leaves nothing running.
-    // The signal first: its handler is installed before the soak's first (long) poll.
-    tokio::select! {
-        biased;
-        () = commons_server::shutdown_signal() => {
-            eprintln!("interrupted: the coordinator is stopped, the figures so far are above");
-            Ok(())
-        }
-        done = soak(cli) => done,
-    }
+    commons_tests::load::until_interrupted(soak(Cli::parse())).await
 }
 
 async fn soak(cli: Cli) -> Result<()> {
