@@ -123,6 +123,11 @@ pub struct Config {
     pub live_interval_ms: u64,
     /// How long a portal login lasts, seconds.
     pub session_ttl_secs: u64,
+    /// Serve HTTPS with this certificate chain (PEM, the leaf first); with `tls_key`. Unset: plain HTTP (behind a
+    /// reverse proxy that terminates TLS, or on loopback).
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -179,6 +184,8 @@ impl Default for Config {
             edge_admin_token: None,
             live_interval_ms: 1000,
             session_ttl_secs: 12 * 3600,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -191,11 +198,21 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 impl Config {
-    /// The URL given to workers.
+    /// The URL given to workers: `public_url`, else where it listens (https when it serves TLS).
     pub fn coordinator_url(&self, bound: SocketAddr) -> String {
+        let scheme = if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         self.public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{bound}"))
+            .unwrap_or_else(|| format!("{scheme}://{bound}"))
+    }
+
+    /// Its TLS, when it serves HTTPS (the files are read now).
+    pub fn tls(&self) -> Result<Option<commons_server::tls::Acceptor>, ConfigError> {
+        commons_server::tls::from_settings(self.tls_cert.as_deref(), self.tls_key.as_deref())
     }
 
     /// What the server bounds its clients with.
@@ -214,6 +231,11 @@ impl Validate for Config {
     /// Checks ranges.
     fn validate(&self) -> Result<(), ConfigError> {
         self.limits()?;
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls_cert and tls_key go together: give both to serve HTTPS, or neither".into(),
+            ));
+        }
         let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
         if self.flush_interval_ms == 0 || self.flush_interval_ms > 1000 {
             return bad("flush_interval_ms must be from 1 to 1000");

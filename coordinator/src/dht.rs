@@ -126,7 +126,7 @@ async fn join(state: &AppState, dht: &Dht) {
 
 /// Seeds from an edge's `GET /api/dht/bootstrap`.
 pub async fn fetch_seeds(edge: &str) -> Result<Vec<Multiaddr>, reqwest::Error> {
-    let b: Bootstrap = reqwest::Client::builder()
+    let b: Bootstrap = commons_server::tls::http()
         .timeout(Duration::from_secs(10))
         .build()?
         .get(format!("{}/api/dht/bootstrap", edge.trim_end_matches('/')))

@@ -110,6 +110,14 @@ struct Cli {
     #[arg(long, env = "COMMONS_EDGE_ADMIN_TOKEN", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     edge_admin_token: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM, the leaf first); needs --tls-key.
+    #[arg(long, env = "COMMONS_TLS_CERT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "COMMONS_TLS_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key: Option<PathBuf>,
     /// The admin token (at least 16 characters). Prefer the environment variable to a flag.
     #[arg(long, env = "COMMONS_ADMIN_TOKEN", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -220,6 +228,7 @@ fn release(config: &Config, cmd: ReleaseCmd) -> anyhow::Result<()> {
 }
 
 async fn run(mut cli: Cli) -> anyhow::Result<()> {
+    commons_server::tls::load_trust()?;
     let command = cli.command.take();
     let config = cli.into_config()?;
     if let Some(Sub::Release(cmd)) = command {

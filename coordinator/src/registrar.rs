@@ -70,7 +70,7 @@ impl Edge {
     fn new(state: &AppState, id: &str) -> Option<Self> {
         let c = &state.config;
         Some(Self {
-            client: reqwest::Client::builder()
+            client: commons_server::tls::http()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .ok()?,

@@ -55,8 +55,10 @@ impl Server {
         let url = config.coordinator_url(addr);
         let (state, new_admin_token) = AppState::load(config, store, addr, url).await?;
         let limits = state.config.limits()?;
-        let mut serving = Serving::start(listener, crate::routes::router(state.clone()), limits)
-            .map_err(ServeError::from)?;
+        let tls = state.config.tls()?;
+        let mut serving =
+            Serving::start(listener, tls, crate::routes::router(state.clone()), limits)
+                .map_err(ServeError::from)?;
         let db = state.store.db();
         let id = match db.setting("coordinator_id")? {
             Some(id) => id,
@@ -84,9 +86,14 @@ impl Server {
         self.addr
     }
 
-    /// `http://{addr}`.
+    /// `http://{addr}`, or `https://{addr}` when it serves TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.state.config.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The state (for tests and embedding).

@@ -53,6 +53,11 @@ pub struct Config {
     pub dht_heartbeat_interval_secs: u64,
     /// A DHT coordinator silent this long is forgotten.
     pub dht_coordinator_ttl_secs: u64,
+    /// Serve HTTPS with this certificate chain (PEM, the leaf first); with `tls_key`. Unset: plain HTTP (behind a
+    /// reverse proxy that terminates TLS, or on loopback).
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -79,11 +84,18 @@ impl Default for Config {
             bootstrap_ttl_secs: 300,
             dht_heartbeat_interval_secs: 6 * 3600,
             dht_coordinator_ttl_secs: 25 * 3600,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
 
 impl Config {
+    /// Its TLS, when it serves HTTPS (the files are read now).
+    pub fn tls(&self) -> Result<Option<commons_server::tls::Acceptor>, ConfigError> {
+        commons_server::tls::from_settings(self.tls_cert.as_deref(), self.tls_key.as_deref())
+    }
+
     /// What the server bounds its clients with.
     pub fn limits(&self) -> Result<commons_server::serve::Limits, ConfigError> {
         commons_server::serve::Limits::from_settings(
@@ -100,6 +112,11 @@ impl Validate for Config {
     /// Checks ranges.
     fn validate(&self) -> Result<(), ConfigError> {
         self.limits()?;
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls_cert and tls_key go together: give both to serve HTTPS, or neither".into(),
+            ));
+        }
         let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
         if self.heartbeat_interval_secs < 1 {
             return bad("heartbeat_interval_secs must be at least 1");

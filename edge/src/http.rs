@@ -199,7 +199,7 @@ async fn forward_to(
         };
         let start = Instant::now();
         // A connection kept from an earlier request to that coordinator, else a new one.
-        match state.upstreams.open(&target.authority).await {
+        match state.upstreams.open(&target).await {
             Ok(conn) => {
                 let timeout = Duration::from_secs(state.config.proxy_timeout_secs);
                 let result = state

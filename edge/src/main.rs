@@ -45,6 +45,14 @@ struct Cli {
     #[arg(long, env = "COMMONS_ADMIN_TOKEN", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     admin_token: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM, the leaf first); needs --tls-key.
+    #[arg(long, env = "COMMONS_EDGE_TLS_CERT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "COMMONS_EDGE_TLS_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key: Option<PathBuf>,
 }
 
 impl Cli {
@@ -60,6 +68,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    commons_server::tls::load_trust()?;
     let config = cli.into_config()?;
     let server = Server::bind(config).await?;
     commons_server::announce(

@@ -66,7 +66,8 @@ impl Server {
         let store = Store::open(&config.data_dir)?;
         let (state, new_admin_token) = EdgeState::load(config, store, addr).await?;
         let limits = state.config.limits()?;
-        let mut serving = Serving::start(listener, crate::http::router(state.clone()), limits)
+        let tls = state.config.tls()?;
+        let mut serving = Serving::start(listener, tls, crate::http::router(state.clone()), limits)
             .map_err(ServeError::from)?;
         serving.add_tasks(spawn_tasks(&state));
         Ok(Self {
@@ -82,9 +83,14 @@ impl Server {
         self.addr
     }
 
-    /// `http://{addr}`.
+    /// `http://{addr}`, or `https://{addr}` when it serves TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.state.config.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The state.

@@ -21,6 +21,7 @@ pub mod browser;
 pub mod figures;
 pub mod load;
 pub mod nat;
+pub mod tls;
 pub mod update;
 
 /// An operator's catalogue in `dir` that drops every shipped service and adds `services` (TOML `[[service]]`

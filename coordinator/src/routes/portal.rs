@@ -295,7 +295,7 @@ pub(crate) async fn coordinators(
 }
 
 async fn edge_coordinators(edge: &str, token: &str) -> Result<CoordinatorList, reqwest::Error> {
-    reqwest::Client::builder()
+    commons_server::tls::http()
         .timeout(Duration::from_secs(5))
         .build()?
         .get(format!(

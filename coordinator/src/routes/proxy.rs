@@ -66,13 +66,14 @@ fn target(
     Some(Target {
         authority: std::net::SocketAddr::new(ip, port).to_string(),
         path_and_query,
+        tls: false,
     })
 }
 
-/// Whether a worker can be reached at all: its channel, an http endpoint, or (legacy) an address. (A tunnel's
-/// `https://` endpoint is not proxied to: TLS to workers is not built yet.)
+/// Whether a worker can be reached at all: its channel, an http endpoint, a tunnel's https endpoint, or (legacy)
+/// an address.
 fn reachable(w: &Worker, endpoint: Option<&str>) -> bool {
-    matches!(w.path(endpoint), ReachPath::Reverse | ReachPath::Direct)
+    w.path(endpoint) != ReachPath::None
 }
 
 /// How a request reaches the worker picked for it: where on the worker, and over its channel when it has one
@@ -114,20 +115,19 @@ impl Way {
     fn path(&self) -> ReachPath {
         if self.channel.is_some() {
             ReachPath::Reverse
+        } else if self.target.tls {
+            ReachPath::Tunnel
         } else {
             ReachPath::Direct
         }
     }
 
-    /// Opens the way: the channel as it is, or a connection kept from an earlier request, or a new TCP connection
-    /// (failing when the worker cannot be reached).
+    /// Opens the way: the channel as it is, or a connection kept from an earlier request, or a new connection
+    /// (TCP, with TLS to a tunnel's endpoint; failing when the worker cannot be reached).
     async fn open(self, state: &AppState) -> std::io::Result<(Link, Target)> {
         let link = match self.channel {
             Some(c) => Link::Channel(c),
-            None => Link::Http(
-                state.upstreams.open(&self.target.authority).await?,
-                self.key,
-            ),
+            None => Link::Http(state.upstreams.open(&self.target).await?, self.key),
         };
         Ok((link, self.target))
     }
@@ -311,7 +311,7 @@ async fn dht_coordinators(state: &AppState, service: &str) -> Option<Arc<[String
         .await
         .into_iter()
         .filter_map(|f| Some((f.record.load, f.record.coordinator_url?)))
-        .filter(|(_, c)| c.starts_with("http://"))
+        .filter(|(_, c)| c.starts_with("http://") || c.starts_with("https://"))
         .collect();
     found.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut list = Vec::new();
@@ -829,7 +829,7 @@ async fn route(
     if tried.is_empty()
         && let Some(t) = dht_target(&state, &service, &rest, query.as_deref()).await
     {
-        match state.upstreams.open(&t.authority).await {
+        match state.upstreams.open(&t).await {
             Ok(conn) => {
                 let result = match state.upstreams.send(conn, &t, req, client, timeout).await {
                     Ok(r) => {

@@ -164,6 +164,7 @@ pub const VERSION: &str = commons_agent::build_version!();
 
 /// An update's trial run of this binary (see [`commons_agent::update::trial`]): the agent core only, no window.
 pub fn trial(report: std::path::PathBuf) -> anyhow::Result<()> {
+    commons_agent::load_trust()?;
     let settings = commons_agent::settings::Settings::load(
         &commons_agent::settings::Settings::default_path(),
     )?;
@@ -180,6 +181,7 @@ pub fn trial(report: std::path::PathBuf) -> anyhow::Result<()> {
 
 /// Runs the app until Quit.
 pub fn run() -> anyhow::Result<()> {
+    commons_agent::load_trust()?;
     let settings_path = commons_agent::settings::Settings::default_path();
     // A locked keyring waits for its password; the settings say how long (a broken file is the donor's to report).
     let keyring_timeout = commons_agent::settings::Settings::load(&settings_path)

@@ -110,7 +110,7 @@ pub fn keep(to: Opener, routes: Router) -> Kept {
         let (to, open) = (to.clone(), open.clone());
         async move {
             // No overall timeout: the connection lasts as long as the channel (HTTP/2 pings find a dead one).
-            let http = reqwest::Client::builder()
+            let http = commons_server::tls::http()
                 .connect_timeout(Duration::from_secs(5))
                 .http1_only()
                 .build()

@@ -43,7 +43,7 @@ fn join(base: &str, path: &str) -> String {
 impl Client {
     /// A client.
     pub fn new() -> Self {
-        let http = reqwest::Client::builder()
+        let http = commons_server::tls::http()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(90))

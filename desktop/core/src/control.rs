@@ -1,5 +1,6 @@
-//! The local control API: a unix socket (mode 0600) the CLI and the desktop app use to ask the running agent
-//! for its status and to pause, resume or quit it.
+//! The local control API: a unix socket (mode 0600), on Windows a named pipe (local clients only; only its owner,
+//! the administrators and the system may write to it), that the CLI and the desktop app use to ask the running
+//! agent for its status and to pause, resume or quit it.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +9,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -127,7 +127,7 @@ pub struct ControlServer {
 impl Drop for ControlServer {
     fn drop(&mut self) {
         self.task.abort();
-        let _ = std::fs::remove_file(&self.path);
+        endpoint::remove(&self.path);
     }
 }
 
@@ -167,17 +167,23 @@ pub enum ControlError {
     Answer(#[from] serde_json::Error),
 }
 
-/// Serves the control API at `path`.
-pub async fn serve(
-    path: &Path,
-    state: watch::Receiver<State>,
-    session: watch::Receiver<Session>,
-    commands: mpsc::Sender<Command>,
-) -> Result<ControlServer, ControlError> {
-    if path.exists() && UnixStream::connect(path).await.is_ok() {
-        return Err(ControlError::AlreadyRunning(path.to_owned()));
+/// The control socket: a unix socket file.
+#[cfg(unix)]
+mod endpoint {
+    use std::path::Path;
+
+    use tokio::net::{UnixListener, UnixStream};
+
+    pub(super) type Listener = UnixListener;
+
+    /// Whether an agent answers at `path`.
+    pub(super) async fn answers(path: &Path) -> bool {
+        path.exists() && UnixStream::connect(path).await.is_ok()
     }
-    let socket = || -> std::io::Result<UnixListener> {
+
+    /// Listens at `path` (a stale socket file replaced), readable and writable by this user only.
+    pub(super) fn bind(path: &Path) -> std::io::Result<Listener> {
+        use std::os::unix::fs::PermissionsExt;
         if path.exists() {
             std::fs::remove_file(path)?;
         }
@@ -185,14 +191,129 @@ pub async fn serve(
             std::fs::create_dir_all(dir)?;
         }
         let listener = UnixListener::bind(path)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         Ok(listener)
+    }
+
+    /// Serves `app` on `listener` for ever.
+    pub(super) async fn serve(listener: Listener, app: axum::Router) {
+        let _ = axum::serve(listener, app).await;
+    }
+
+    pub(super) async fn connect(path: &Path) -> std::io::Result<UnixStream> {
+        UnixStream::connect(path).await
+    }
+
+    /// What is left when the server goes.
+    pub(super) fn remove(path: &Path) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The control socket: a named pipe, `\\.\pipe\commons-agent-<hash of the path>` (a path already in `\\.\pipe\`
+/// is taken as it is), so that the settings name it as on other systems.
+#[cfg(windows)]
+mod endpoint {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use tokio::net::windows::named_pipe::{
+        ClientOptions, NamedPipeClient, NamedPipeServer, ServerOptions,
     };
-    let listener = socket().map_err(|source| ControlError::Socket {
+
+    pub(super) struct Listener {
+        name: String,
+        next: NamedPipeServer,
+    }
+
+    const PIPES: &str = r"\\.\pipe\";
+
+    /// The pipe's name for a settings path.
+    pub(super) fn name(path: &Path) -> String {
+        let p = path.to_string_lossy();
+        if p.to_ascii_lowercase().starts_with(PIPES) {
+            return p.into_owned();
+        }
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(p.as_bytes());
+        format!("{PIPES}commons-agent-{}", hex::encode(&hash[..8]))
+    }
+
+    /// ERROR_PIPE_BUSY: every instance of the pipe is serving someone.
+    const PIPE_BUSY: i32 = 231;
+
+    pub(super) async fn connect(path: &Path) -> std::io::Result<NamedPipeClient> {
+        let name = name(path);
+        let mut tries = 0;
+        loop {
+            match ClientOptions::new().open(&name) {
+                Err(e) if e.raw_os_error() == Some(PIPE_BUSY) && tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(super) async fn answers(path: &Path) -> bool {
+        connect(path).await.is_ok()
+    }
+
+    fn instance(name: &str, first: bool) -> std::io::Result<NamedPipeServer> {
+        ServerOptions::new()
+            .first_pipe_instance(first)
+            .reject_remote_clients(true)
+            .create(name)
+    }
+
+    pub(super) fn bind(path: &Path) -> std::io::Result<Listener> {
+        let name = name(path);
+        let next = instance(&name, true)?;
+        Ok(Listener { name, next })
+    }
+
+    /// Serves `app` on the pipe for ever: each client gets the waiting instance, and a new one waits for the next.
+    pub(super) async fn serve(mut listener: Listener, app: axum::Router) {
+        use hyper_util::rt::TokioIo;
+        use hyper_util::service::TowerToHyperService;
+        loop {
+            if listener.next.connect().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            let fresh = match instance(&listener.name, false) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the next instance of the control pipe");
+                    return;
+                }
+            };
+            let connected = std::mem::replace(&mut listener.next, fresh);
+            let service = TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(connected), service)
+                    .await;
+            });
+        }
+    }
+
+    /// A pipe leaves nothing behind.
+    pub(super) fn remove(_path: &Path) {}
+}
+
+/// Serves the control API at `path`.
+pub async fn serve(
+    path: &Path,
+    state: watch::Receiver<State>,
+    session: watch::Receiver<Session>,
+    commands: mpsc::Sender<Command>,
+) -> Result<ControlServer, ControlError> {
+    if endpoint::answers(path).await {
+        return Err(ControlError::AlreadyRunning(path.to_owned()));
+    }
+    let listener = endpoint::bind(path).map_err(|source| ControlError::Socket {
         path: path.to_owned(),
         source,
     })?;
@@ -206,9 +327,7 @@ pub async fn serve(
             session,
             commands,
         });
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let task = tokio::spawn(endpoint::serve(listener, app));
     Ok(ControlServer {
         path: path.to_owned(),
         task,
@@ -217,7 +336,7 @@ pub async fn serve(
 
 /// Calls the running agent: `GET /status` or `POST /pause|/resume|/quit`.
 pub async fn call(path: &Path, method: &str, route: &str) -> Result<Value, ControlError> {
-    let stream = UnixStream::connect(path)
+    let stream = endpoint::connect(path)
         .await
         .map_err(|source| ControlError::NotRunning {
             path: path.to_owned(),

@@ -93,6 +93,7 @@ async fn forward_to(
             let target = Target {
                 authority: format!("127.0.0.1:{port}"),
                 path_and_query: path,
+                tls: false,
             };
             match forward::connect(&target.authority, Duration::from_secs(2)).await {
                 Ok(stream) => forward::send(stream, &target, req, client, answer).await,
@@ -103,6 +104,7 @@ async fn forward_to(
             let target = Target {
                 authority: "localhost".into(),
                 path_and_query: path,
+                tls: false,
             };
             match tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(&socket)).await {
                 Ok(Ok(stream)) => forward::send(stream, &target, req, client, answer).await,
@@ -208,7 +210,9 @@ impl Gateway {
             let app = app.clone();
             async move {
                 let forever = std::future::pending();
-                if let Err(e) = commons_server::serve::run(listener, app, limits(), forever).await {
+                if let Err(e) =
+                    commons_server::serve::run(listener, None, app, limits(), forever).await
+                {
                     tracing::warn!(error = %e, "the gateway stopped serving");
                 }
             }

@@ -30,6 +30,10 @@ pub mod settings;
 pub mod tunnel;
 pub mod update;
 
+/// Reads the CA file `COMMONS_CA_FILE` names, if any, into what the agent trusts besides the public roots (a
+/// coordinator or release feed with a private CA's certificate). Call it once at start.
+pub use commons_server::tls::load_trust;
+
 /// Runs a blocking call (the keyring's D-Bus, NVML, sysinfo) on tokio's blocking threads, so that it never stalls
 /// the async ones; a panic in it is the caller's.
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {

@@ -91,6 +91,7 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    commons_server::tls::load_trust()?;
     let s = settings(&cli)?;
     match cli.command {
         Cmd::Detect { json } => detect(json),

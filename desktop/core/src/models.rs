@@ -115,7 +115,7 @@ pub struct ModelCache {
 impl ModelCache {
     /// A cache in `dir` holding at most `cap_bytes`.
     pub fn new(dir: PathBuf, cap_bytes: u64) -> Self {
-        let client = reqwest::Client::builder()
+        let client = commons_server::tls::http()
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(Duration::from_secs(60))
             .user_agent(concat!("commons-agent/", env!("CARGO_PKG_VERSION")))

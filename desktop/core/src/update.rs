@@ -247,7 +247,7 @@ impl Updater {
             channel: channel.to_owned(),
             exe,
             state,
-            http: reqwest::Client::builder()
+            http: commons_server::tls::http()
                 .connect_timeout(Duration::from_secs(10))
                 // A server that stops sending mid-download must not hold the updater forever.
                 .read_timeout(Duration::from_secs(60))

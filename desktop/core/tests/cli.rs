@@ -53,6 +53,17 @@ fn bad_settings_and_no_agent_are_sentences_and_a_nonzero_exit() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no agent is running"));
+    // A CA file to trust that cannot be used stops it with the reason.
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    let out = Command::new(BIN)
+        .env("COMMONS_CA_FILE", &ca)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("ca.pem holds no certificate"), "{said}");
 }
 
 #[tokio::test]

@@ -23,23 +23,27 @@ use tokio::net::TcpStream;
 
 use crate::error::ApiError;
 
-/// Where one request goes: `host:port` and the path with its query.
+/// Where one request goes: `host:port`, whether over TLS, and the path with its query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// `host:port`.
     pub authority: String,
     /// `/path?query`.
     pub path_and_query: String,
+    /// Over TLS (an `https://` base: a tunnel's endpoint, a coordinator serving HTTPS).
+    pub tls: bool,
 }
 
 impl Target {
-    /// `{base}{path}` with `query`, where `base` is an `http://` URL (any path on it is kept as a prefix).
-    /// `None` for anything but plain http: TLS to upstreams is not built yet.
+    /// `{base}{path}` with `query`, where `base` is an `http://` or `https://` URL (any path on it is kept as a
+    /// prefix). `None` for anything else.
     pub fn from_base(base: &str, path: &str, query: Option<&str>) -> Option<Self> {
         let uri: Uri = base.parse().ok()?;
-        if uri.scheme_str() != Some("http") {
-            return None;
-        }
+        let tls = match uri.scheme_str()? {
+            "http" => false,
+            "https" => true,
+            _ => return None,
+        };
         let authority = authority(&uri)?;
         let mut p = uri.path().trim_end_matches('/').to_owned();
         p.push_str(path);
@@ -50,9 +54,41 @@ impl Target {
         Some(Self {
             authority,
             path_and_query: p,
+            tls,
         })
     }
+
+    /// The host its certificate must name: the authority without its port (an IPv6 address without brackets).
+    pub fn host(&self) -> &str {
+        let host = self
+            .authority
+            .rsplit_once(':')
+            .map_or(self.authority.as_str(), |(h, _)| h);
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+
+    /// Its `Host` header: the authority, without the scheme's default port (a tunnel's front routes by name).
+    pub fn host_header(&self) -> &str {
+        let default = if self.tls { ":443" } else { ":80" };
+        self.authority
+            .strip_suffix(default)
+            .unwrap_or(&self.authority)
+    }
+
+    /// What its kept connections are filed under: the authority, with the scheme when it is TLS (a plain and a
+    /// TLS connection to one `host:port` are not interchangeable).
+    fn key(&self) -> std::borrow::Cow<'_, str> {
+        if self.tls {
+            format!("https://{}", self.authority).into()
+        } else {
+            self.authority.as_str().into()
+        }
+    }
 }
+
+/// A connection to an upstream: plain TCP, or TLS over it.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// The `host:port` an http(s) URI reaches (port 80 or 443 when it names none).
 pub fn authority(uri: &Uri) -> Option<String> {
@@ -154,7 +190,8 @@ fn upstream_request(req: Request, target: &Target, client: IpAddr) -> Result<Req
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(
         header::HOST,
-        HeaderValue::from_str(&target.authority).map_err(|e| ApiError::Internal(e.to_string()))?,
+        HeaderValue::from_str(target.host_header())
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
     );
     let forwarded = match parts
         .headers
@@ -251,21 +288,30 @@ struct Idle {
     count: usize,
 }
 
-/// An open connection to an upstream: one kept from an earlier request, or a new TCP connection.
-#[derive(Debug)]
+/// An open connection to an upstream: one kept from an earlier request, or a new one (TCP, or TLS over it).
 pub enum Conn {
     /// Kept alive, ready for a request.
     Kept(Sender),
     /// Just connected.
-    New(TcpStream),
+    New(Box<dyn Io>),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Kept(_) => "Conn::Kept",
+            Self::New(_) => "Conn::New",
+        })
+    }
 }
 
 impl Pool {
-    /// An idle connection to `authority` that is still open, if one was kept.
-    pub fn take(&self, authority: &str) -> Option<Sender> {
+    /// An idle connection to `target`'s upstream that is still open, if one was kept.
+    pub fn take(&self, target: &Target) -> Option<Sender> {
+        let key = target.key();
         let mut idle = self.idle.lock();
         let Idle { by_upstream, count } = &mut *idle;
-        let list = by_upstream.get_mut(authority)?;
+        let list = by_upstream.get_mut(&*key)?;
         let mut found = None;
         // Too old or closed meanwhile: dropped (and so closed) on the way.
         while let Some((sender, since)) = list.pop() {
@@ -276,14 +322,14 @@ impl Pool {
             }
         }
         if list.is_empty() {
-            by_upstream.remove(authority);
+            by_upstream.remove(&*key);
         }
         found
     }
 
     /// Keeps `sender` once its answer has ended cleanly (not when its body was dropped halfway, nor when either side
     /// closes the connection).
-    fn keep_when_done(self: &Arc<Self>, authority: String, mut sender: Sender) {
+    fn keep_when_done(self: &Arc<Self>, key: String, mut sender: Sender) {
         let pool = self.clone();
         tokio::spawn(async move {
             if sender.ready().await.is_err() {
@@ -302,7 +348,7 @@ impl Pool {
             if *count >= KEPT_IN_ALL {
                 return;
             }
-            let list = by_upstream.entry(authority).or_default();
+            let list = by_upstream.entry(key).or_default();
             if list.len() < KEPT_PER_UPSTREAM {
                 list.push((sender, Instant::now()));
                 *count += 1;
@@ -328,7 +374,7 @@ pub async fn send_kept(
     timeout: Duration,
 ) -> Result<Response, ApiError> {
     let upstream = upstream_request(req, target, client)?;
-    let authority = target.authority.clone();
+    let key = target.key().into_owned();
     let pool = pool.clone();
     answer(
         async move {
@@ -337,7 +383,7 @@ pub async fn send_kept(
                 Conn::New(stream) => handshake(stream).await?,
             };
             let sent = sender.send_request(upstream);
-            pool.keep_when_done(authority, sender);
+            pool.keep_when_done(key, sender);
             sent.await
         },
         timeout,
@@ -527,7 +573,18 @@ mod tests {
             (t.authority.as_str(), t.path_and_query.as_str()),
             ("w.example:80", "/api/x")
         );
-        assert!(Target::from_base("https://x.trycloudflare.com", "/", None).is_none());
+        assert!(!t.tls);
+        let t = Target::from_base("https://x.trycloudflare.com", "/", None).unwrap();
+        assert_eq!(
+            (t.authority.as_str(), t.host()),
+            ("x.trycloudflare.com:443", "x.trycloudflare.com")
+        );
+        assert!(t.tls);
+        assert_eq!(t.key(), "https://x.trycloudflare.com:443");
+        assert_eq!(t.host_header(), "x.trycloudflare.com");
+        let t = Target::from_base("https://[::1]:8443", "/", None).unwrap();
+        assert_eq!(t.host(), "::1");
+        assert!(Target::from_base("ftp://x.example", "/", None).is_none());
         assert!(Target::from_base("not a url", "/", None).is_none());
     }
 }

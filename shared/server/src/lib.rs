@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod serve;
 pub mod stats;
+pub mod tls;
 pub mod tokens;
 pub mod upstream;
 

@@ -190,8 +190,30 @@ impl Drop for Held {
     }
 }
 
+use crate::forward::Io;
+
+/// `stream` as the server speaks on it: TLS once its handshake is done within `within` when `tls` is given, else
+/// as it is. `None` when the handshake fails or takes too long (a slow or wrong client).
+async fn secure(
+    stream: TcpStream,
+    tls: Option<&crate::tls::Acceptor>,
+    within: Duration,
+) -> Option<Box<dyn Io>> {
+    let Some(tls) = tls else {
+        return Some(Box::new(stream));
+    };
+    match tokio::time::timeout(within, tls.accept(stream)).await {
+        Ok(Ok(s)) => Some(Box::new(s)),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "a TLS handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 /// Answers a connection over its address's limit with a JSON 429, then closes it.
-async fn refuse(mut stream: TcpStream, most: usize) {
+async fn refuse(mut stream: Box<dyn Io>, most: usize) {
     use tokio::io::AsyncWriteExt;
     let body = serde_json::to_string(&commons_shared::ErrorBody::new(
         "rate_limited",
@@ -225,12 +247,14 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Serves `app` on `listener` within `limits` until `stop` resolves (never, for `std::future::pending()`), then
-/// stops accepting and lets the connections finish their requests (each is told to close once its request in
-/// progress is answered). Every connection runs in a task this future owns: dropping it (aborting its task) cuts
-/// them all, as a crash would. Handlers see the client's address as `ConnectInfo<SocketAddr>`.
+/// Serves `app` on `listener` (over TLS when `tls` is given) within `limits` until `stop` resolves (never, for
+/// `std::future::pending()`), then stops accepting and lets the connections finish their requests (each is told
+/// to close once its request in progress is answered). Every connection runs in a task this future owns: dropping
+/// it (aborting its task) cuts them all, as a crash would. Handlers see the client's address as
+/// `ConnectInfo<SocketAddr>`. A TLS handshake must end within the header-read timeout.
 pub async fn run(
     listener: TcpListener,
+    tls: Option<crate::tls::Acceptor>,
     app: Router,
     limits: Limits,
     stop: impl std::future::Future<Output = ()>,
@@ -270,15 +294,18 @@ pub async fn run(
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         };
+        let _ = stream.set_nodelay(true);
+        let tls = tls.clone();
         let Some(held) = addresses.enter(peer.ip()) else {
             let most = addresses.most;
             connections.spawn(async move {
-                refuse(stream, most).await;
+                if let Some(io) = secure(stream, tls.as_ref(), Duration::from_secs(1)).await {
+                    refuse(io, most).await;
+                }
                 drop(permit);
             });
             continue;
         };
-        let _ = stream.set_nodelay(true);
         let app = app.clone();
         let service = hyper::service::service_fn(
             move |mut req: axum::http::Request<hyper::body::Incoming>| {
@@ -288,11 +315,16 @@ pub async fn run(
             },
         );
         let mut stop = stopped_rx.clone();
-        let conn = http
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
+        let http = http.clone();
+        let handshake = limits.header_read_timeout;
         connections.spawn(async move {
             let _counted = (held, permit);
+            let Some(io) = secure(stream, tls.as_ref(), handshake).await else {
+                return;
+            };
+            let conn = http
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
             tokio::pin!(conn);
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,
@@ -322,14 +354,19 @@ pub struct Serving {
 }
 
 impl Serving {
-    /// Serves `app` on `listener` within `limits` ([`run`]), with the client's address available to handlers
+    /// Serves `app` on `listener` (over TLS when `tls` is given) within `limits` ([`run`]), with the client's address available to handlers
     /// (`ConnectInfo`).
-    pub fn start(listener: TcpListener, app: Router, limits: Limits) -> std::io::Result<Self> {
+    pub fn start(
+        listener: TcpListener,
+        tls: Option<crate::tls::Acceptor>,
+        app: Router,
+        limits: Limits,
+    ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         // The recorder from the start: what is counted before the first scrape is not lost.
         crate::metrics::handle();
         let (stop, mut stopped_rx) = watch::channel(false);
-        let task = tokio::spawn(run(listener, app, limits, async move {
+        let task = tokio::spawn(run(listener, tls, app, limits, async move {
             stopped(&mut stopped_rx).await;
         }));
         Ok(Self {
@@ -457,7 +494,7 @@ mod tests {
         (
             addr,
             stop,
-            tokio::spawn(run(listener, app, limits, async move {
+            tokio::spawn(run(listener, None, app, limits, async move {
                 stopped(&mut stopped_rx).await;
             })),
         )

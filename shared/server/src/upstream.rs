@@ -84,13 +84,23 @@ impl Upstreams {
         }
     }
 
-    /// A connection to `authority`: one kept alive from an earlier request when there is one, else a new one
-    /// ([`Upstreams::connect`], with its checks). A kept one was checked when it was opened.
-    pub async fn open(&self, authority: &str) -> std::io::Result<forward::Conn> {
-        match self.pool.take(authority) {
-            Some(kept) => Ok(forward::Conn::Kept(kept)),
-            None => self.connect(authority).await.map(forward::Conn::New),
+    /// A connection to `target`'s upstream: one kept alive from an earlier request when there is one, else a new
+    /// one ([`Upstreams::connect`], with its checks; then TLS, within the timeout, for an `https://` target). A
+    /// kept one was checked when it was opened.
+    pub async fn open(&self, target: &forward::Target) -> std::io::Result<forward::Conn> {
+        if let Some(kept) = self.pool.take(target) {
+            return Ok(forward::Conn::Kept(kept));
         }
+        let tcp = self.connect(&target.authority).await?;
+        if !target.tls {
+            return Ok(forward::Conn::New(Box::new(tcp)));
+        }
+        let tls = tokio::time::timeout(self.timeout, crate::tls::connect(target.host(), tcp))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "the TLS handshake timed out")
+            })??;
+        Ok(forward::Conn::New(Box::new(tls)))
     }
 
     /// Sends `req` to `target` over `conn` (from [`Upstreams::open`]), keeping the connection for the next request
