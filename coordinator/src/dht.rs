@@ -46,13 +46,12 @@ pub fn identity(data_dir: &Path) -> Result<Keypair, StartError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = commons_dht::generate_keypair();
             let keep = || -> std::io::Result<()> {
-                use std::os::unix::fs::OpenOptionsExt;
                 std::fs::create_dir_all(data_dir)?;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)?;
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                let mut f = options.open(&path)?;
                 std::io::Write::write_all(&mut f, &commons_dht::encode_keypair(&key))?;
                 f.sync_all()
             };

@@ -22,7 +22,7 @@ use bollard::query_parameters::{
 use commons_shared::api::{ContainerAssignment, ContainerState, ContainerStatus};
 use commons_shared::backoff::Backoff;
 use futures_util::StreamExt;
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::models::{Local, ModelCache};
@@ -50,7 +50,7 @@ pub const LABEL_SPEC: &str = "org.commons.spec";
 pub enum EngineError {
     /// No engine answers.
     #[error(
-        "Docker is not running: {0}. Start Docker (or point DOCKER_HOST at it); until then this machine donates no containers"
+        "Docker is not running: {0}. To donate, {START_THE_ENGINE} (or point DOCKER_HOST at it); until then this machine donates no containers"
     )]
     NotRunning(String),
     /// The image is not on the volunteer's allow-list.
@@ -64,14 +64,23 @@ pub enum EngineError {
     Model(#[from] crate::models::ModelError),
 }
 
+/// What a volunteer does when no engine answers, in plain words: on Windows, Docker Desktop (its named pipe, which
+/// bollard's local defaults reach) on WSL 2.
+#[cfg(windows)]
+const START_THE_ENGINE: &str = "install Docker Desktop and start it (it needs WSL 2: if Docker Desktop says so, \
+     run `wsl --install` once as administrator and restart)";
+#[cfg(target_os = "macos")]
+const START_THE_ENGINE: &str = "install Docker Desktop and start it";
+#[cfg(not(any(windows, target_os = "macos")))]
+const START_THE_ENGINE: &str = "start Docker Desktop or install docker.io";
+
 /// The engine failing, in plain words with what to do next (for a window; the log keeps the details).
 pub fn engine_hint(e: &EngineError) -> String {
     match e {
-        EngineError::NotRunning(_) => {
-            "Docker is not running — start Docker Desktop or install docker.io, \
-            then press Retry. Until then this computer donates no services."
-                .into()
-        }
+        EngineError::NotRunning(_) => format!(
+            "Docker is not running — {START_THE_ENGINE}, then press Retry. Until then this computer donates no \
+             services."
+        ),
         other => other.to_string(),
     }
 }
@@ -311,7 +320,7 @@ pub async fn answers(upstream: &Upstream, path: &str) -> bool {
                 Ok(io) => forward::answers(io, path).await,
                 Err(_) => false,
             },
-            Upstream::Socket(s) => match UnixStream::connect(s).await {
+            Upstream::Socket(s) => match connect_socket(s).await {
                 Ok(io) => forward::answers(io, path).await,
                 Err(_) => false,
             },
@@ -334,8 +343,37 @@ struct Network {
     ports: Option<HashMap<String, Option<Vec<PortBinding>>>>,
 }
 
+/// Connects to a service's unix socket.
+#[cfg(unix)]
+pub(crate) async fn connect_socket(socket: &Path) -> std::io::Result<tokio::net::UnixStream> {
+    tokio::net::UnixStream::connect(socket).await
+}
+
+/// No service answers on a unix socket here: the engine (Docker Desktop) runs containers in a virtual machine, so
+/// services answer on ports (`service_reach = "ports"`, the default off Linux).
+#[cfg(not(unix))]
+pub(crate) async fn connect_socket(socket: &Path) -> std::io::Result<TcpStream> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        format!(
+            "{} is a unix socket, which this system's container engine cannot share",
+            socket.display()
+        ),
+    ))
+}
+
+/// Off unix there is no socket folder (see [`connect_socket`]); settings refuse `service_reach = "socket"`.
+#[cfg(not(unix))]
+fn socket_folder(_dir: &Path, _name: &str) -> Result<(PathBuf, String), EngineError> {
+    Err(EngineError::NotRunning(
+        "services cannot answer on a unix socket on this system: set service_reach = \"ports\""
+            .into(),
+    ))
+}
+
 /// The socket folder of container `name` under `dir`: made private to the agent (0700), emptied of an old socket;
 /// with the agent's `uid:gid` for the container to run as.
+#[cfg(unix)]
 fn socket_folder(dir: &Path, name: &str) -> Result<(PathBuf, String), EngineError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let folder = dir.join(name);

@@ -358,6 +358,42 @@ mod tests {
     use crate::agent::ContainerView;
     use commons_shared::api::ContainerState;
 
+    #[tokio::test]
+    async fn the_api_answers_at_its_path_for_one_agent_only_and_goes_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (_state, state) = watch::channel(State::Active);
+        let (_session, session) = watch::channel(Session::default());
+        let (commands, mut received) = mpsc::channel(4);
+        let e = call(&path, "GET", "/status").await.unwrap_err();
+        assert!(matches!(e, ControlError::NotRunning { .. }), "{e}");
+        let server = serve(&path, state.clone(), session.clone(), commands.clone())
+            .await
+            .unwrap();
+        let status: Status =
+            serde_json::from_value(call(&path, "GET", "/status").await.unwrap()).unwrap();
+        assert_eq!(status.state, State::Active);
+        // Several calls at once are each answered.
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let path = path.clone();
+            calls.spawn(async move { call(&path, "GET", "/status").await });
+        }
+        while let Some(answer) = calls.join_next().await {
+            assert_eq!(answer.unwrap().unwrap()["state"]["state"], "active");
+        }
+        assert_eq!(call(&path, "POST", "/pause").await.unwrap()["ok"], true);
+        assert!(matches!(received.recv().await, Some(Command::Pause)));
+        // A second agent is refused while the first answers.
+        let e = serve(&path, state, session, commands).await.unwrap_err();
+        assert!(matches!(e, ControlError::AlreadyRunning(_)), "{e}");
+        drop(server);
+        // Its task ends at the runtime's next turn.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let e = call(&path, "GET", "/status").await.unwrap_err();
+        assert!(matches!(e, ControlError::NotRunning { .. }), "{e}");
+    }
+
     #[test]
     fn status_reads_as_sentences_and_survives_json() {
         let status = Status {

@@ -87,8 +87,12 @@ pub struct KeyringStore {
 pub enum Backend {
     /// The Secret Service on the session bus.
     SecretService,
-    /// The kernel keyutils keyring (or the platform's own store off Linux).
+    /// The kernel keyutils keyring.
     Keyutils,
+    /// The Windows Credential Manager.
+    CredentialManager,
+    /// The macOS Keychain.
+    Keychain,
 }
 
 impl KeyringStore {
@@ -122,23 +126,30 @@ impl KeyringStore {
         Ok(*self.backend.get_or_init(|| b))
     }
 
+    #[cfg(not(target_os = "linux"))]
     fn probe_backend(&self) -> Result<Backend, CredentialError> {
-        #[cfg(target_os = "linux")]
+        Ok(if cfg!(windows) {
+            Backend::CredentialManager
+        } else {
+            Backend::Keychain
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn probe_backend(&self) -> Result<Backend, CredentialError> {
+        if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some()
+            && let Ok(c) = keyring::secret_service::SsCredential::new_with_target(
+                None,
+                &self.service,
+                &self.user,
+            )
         {
-            if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some()
-                && let Ok(c) = keyring::secret_service::SsCredential::new_with_target(
-                    None,
-                    &self.service,
-                    &self.user,
-                )
-            {
-                let entry = keyring::Entry::new_with_credential(Box::new(c));
-                if matches!(
-                    self.within_deadline(move || entry.get_password())?,
-                    Ok(_) | Err(keyring::Error::NoEntry)
-                ) {
-                    return Ok(Backend::SecretService);
-                }
+            let entry = keyring::Entry::new_with_credential(Box::new(c));
+            if matches!(
+                self.within_deadline(move || entry.get_password())?,
+                Ok(_) | Err(keyring::Error::NoEntry)
+            ) {
+                return Ok(Backend::SecretService);
             }
         }
         Ok(Backend::Keyutils)
@@ -156,7 +167,8 @@ impl KeyringStore {
                     )
                     .map_err(unreachable)?,
                 ),
-                Backend::Keyutils => Box::new(
+                // Only the two above are probed for on Linux.
+                Backend::Keyutils | Backend::CredentialManager | Backend::Keychain => Box::new(
                     keyring::keyutils::KeyutilsCredential::new_with_target(
                         None,
                         &self.service,

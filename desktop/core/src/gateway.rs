@@ -25,7 +25,6 @@ use commons_server::forward::{self, Target};
 use commons_server::serve::ServeError;
 use commons_server::stats::RequestStats;
 use parking_lot::RwLock;
-use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 
 pub use crate::containers::Upstream;
@@ -106,7 +105,12 @@ async fn forward_to(
                 path_and_query: path,
                 tls: false,
             };
-            match tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(&socket)).await {
+            match tokio::time::timeout(
+                Duration::from_secs(2),
+                crate::containers::connect_socket(&socket),
+            )
+            .await
+            {
                 Ok(Ok(stream)) => forward::send(stream, &target, req, client, answer).await,
                 Ok(Err(e)) => Err(not_answering(e)),
                 Err(_) => Err(not_answering(std::io::ErrorKind::TimedOut.into())),

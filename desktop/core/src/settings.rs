@@ -345,6 +345,14 @@ impl Settings {
     /// Checks ranges.
     pub fn validate(&self) -> Result<(), SettingsError> {
         check_url("edge_url", &self.edge_url)?;
+        if cfg!(not(unix)) && self.service_reach == ServiceReach::Socket {
+            return Err(SettingsError::Invalid {
+                key: "service_reach",
+                message: "\"socket\" needs Linux: this system's container engine runs containers in a virtual \
+                          machine, so use \"ports\""
+                    .into(),
+            });
+        }
         for (key, a) in std::iter::once(("dht_listen", &self.dht_listen))
             .chain(self.dht_seeds.iter().map(|s| ("dht_seeds", s)))
         {

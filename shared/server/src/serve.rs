@@ -421,6 +421,11 @@ pub fn service_listen() -> String {
 pub async fn service(program: &str, listen: &str, app: Router) -> Result<(), String> {
     let stop = crate::until_signal();
     match listen.strip_prefix("unix:") {
+        #[cfg(not(unix))]
+        Some(path) => Err(format!(
+            "cannot listen on unix:{path}: unix sockets are for Linux service images"
+        )),
+        #[cfg(unix)]
         Some(path) => {
             let _ = std::fs::remove_file(path);
             let listener = tokio::net::UnixListener::bind(path)
