@@ -1,6 +1,7 @@
 //! Whether the volunteer is using the computer, from input (keyboard and mouse), not from CPU load: the X11
-//! screen-saver extension's time since the last input. Where there is no display (a server, a container) nobody
-//! is at the keyboard, and the machine counts as idle.
+//! screen-saver extension's time since the last input on Linux, the system's own count on Windows
+//! (`GetLastInputInfo`) and macOS (IOHIDSystem's `HIDIdleTime`). Where there is no display (a server, a container)
+//! nobody is at the keyboard, and the machine counts as idle.
 
 use std::time::Duration;
 
@@ -63,6 +64,22 @@ impl IdleSource for X11Idle {
     }
 }
 
+/// The idle time this system keeps: Windows' and macOS's own (through `user-idle`).
+#[cfg(any(windows, target_os = "macos"))]
+#[derive(Debug, Default)]
+pub struct SystemIdle;
+
+#[cfg(any(windows, target_os = "macos"))]
+impl IdleSource for SystemIdle {
+    fn idle_for(&self) -> Option<Duration> {
+        user_idle::UserIdle::get_time().ok().map(|t| t.duration())
+    }
+}
+
+/// The idle time this system keeps: the X11 display's.
+#[cfg(not(any(windows, target_os = "macos")))]
+pub type SystemIdle = X11Idle;
+
 /// Whether someone is using the machine: input within `threshold`.
 pub fn in_use(source: &dyn IdleSource, threshold: Duration) -> bool {
     source.idle_for().is_some_and(|d| d < threshold)
@@ -93,5 +110,15 @@ mod tests {
             None,
             "a display that is not there"
         );
+    }
+
+    #[cfg(any(windows, target_os = "macos"))]
+    #[test]
+    fn the_systems_own_idle_time_is_read() {
+        let idle = SystemIdle
+            .idle_for()
+            .expect("the system keeps the time since the last input");
+        // Since the last input, not since the epoch.
+        assert!(idle < Duration::from_secs(30 * 86_400), "{idle:?}");
     }
 }

@@ -76,6 +76,41 @@ pub fn on_mains(power_supply: &Path) -> Option<bool> {
     }
 }
 
+/// Whether this machine runs on mains power; `None` when it cannot tell (no battery: a desktop or a server, which
+/// counts as mains). From sysfs on Linux.
+#[cfg(not(any(windows, target_os = "macos")))]
+pub fn mains() -> Option<bool> {
+    on_mains(Path::new("/sys/class/power_supply"))
+}
+
+/// Whether this machine runs on mains power, from the batteries the system lists (Windows, macOS): on battery
+/// when one is discharging; `None` when it has none (a desktop, which counts as mains) or cannot tell.
+#[cfg(any(windows, target_os = "macos"))]
+pub fn mains() -> Option<bool> {
+    let states: Vec<_> = starship_battery::Manager::new()
+        .ok()?
+        .batteries()
+        .ok()?
+        .flatten()
+        .map(|b| b.state())
+        .collect();
+    mains_from(&states)
+}
+
+/// On mains unless a battery is discharging (or empty); `None` without batteries.
+#[cfg(any(windows, target_os = "macos"))]
+fn mains_from(batteries: &[starship_battery::State]) -> Option<bool> {
+    use starship_battery::State;
+    if batteries.is_empty() {
+        return None;
+    }
+    Some(
+        !batteries
+            .iter()
+            .any(|s| matches!(s, State::Discharging | State::Empty)),
+    )
+}
+
 /// Minutes after local midnight now.
 pub fn local_minute() -> u16 {
     let now = jiff::Zoned::now();
@@ -161,5 +196,17 @@ mod tests {
         std::fs::write(dir.path().join("AC/online"), "1\n").unwrap();
         assert_eq!(on_mains(dir.path()), Some(true));
         assert_eq!(on_mains(Path::new("/nonexistent")), None);
+    }
+
+    #[cfg(any(windows, target_os = "macos"))]
+    #[test]
+    fn mains_from_the_systems_batteries() {
+        use starship_battery::State;
+        assert_eq!(mains_from(&[]), None);
+        assert_eq!(mains_from(&[State::Charging]), Some(true));
+        assert_eq!(mains_from(&[State::Full, State::Unknown]), Some(true));
+        assert_eq!(mains_from(&[State::Full, State::Discharging]), Some(false));
+        // The system answers (a machine without batteries: None, which counts as mains).
+        println!("this machine on mains: {:?}", mains());
     }
 }

@@ -484,17 +484,7 @@ impl Updater {
     ) -> Result<(), UpdateError> {
         let version = staged.info.version.clone();
         let backup = self.backup_path();
-        let _ = std::fs::remove_file(&backup);
-        std::fs::hard_link(&self.exe, &backup)
-            .or_else(|_| std::fs::copy(&self.exe, &backup).map(|_| ()))
-            .map_err(io_err(format!(
-                "cannot keep the old binary as {}",
-                backup.display()
-            )))?;
-        staged
-            .file
-            .persist(&self.exe)
-            .map_err(|e| UpdateError::Io(format!("cannot swap in the new binary: {}", e.error)))?;
+        swap(staged.file, &self.exe, &backup)?;
         tracing::warn!(from = %self.build.version, to = %version, "installed; trying the new version");
         match self.trial(args, deadline, &version).await {
             Ok(report) => {
@@ -623,6 +613,27 @@ pub enum TrialError {
     Agent(#[from] crate::agent::AgentError),
 }
 
+/// Puts `new` in place of `exe`, keeping the old binary as `backup`. The running binary may be `exe`: on unix it
+/// stays in place as a hard link (or a copy) and is replaced; Windows cannot overwrite a running .exe but can
+/// rename it, so there it moves aside to `backup` first (and back when the new one cannot be put in place).
+fn swap(new: tempfile::TempPath, exe: &Path, backup: &Path) -> Result<(), UpdateError> {
+    let _ = std::fs::remove_file(backup);
+    #[cfg(windows)]
+    let kept = std::fs::rename(exe, backup);
+    #[cfg(not(windows))]
+    let kept = std::fs::hard_link(exe, backup).or_else(|_| std::fs::copy(exe, backup).map(|_| ()));
+    kept.map_err(io_err(format!(
+        "cannot keep the old binary as {}",
+        backup.display()
+    )))?;
+    new.persist(exe).map_err(|e| {
+        #[cfg(windows)]
+        let _ = std::fs::rename(backup, exe);
+        UpdateError::Io(format!("cannot swap in the new binary: {}", e.error))
+    })?;
+    Ok(())
+}
+
 /// Replaces this process with `exe` run with `args`: the new version after an update, or the old one again after a
 /// rollback, told what it needs to carry on (see [`Restart`]). Returns only on failure.
 pub fn exec(exe: &Path, args: &[std::ffi::OsString], restart: Restart<'_>) -> std::io::Error {
@@ -646,5 +657,56 @@ pub fn exec(exe: &Path, args: &[std::ffi::OsString], restart: Restart<'_>) -> st
     match c.spawn() {
         Ok(_) => std::process::exit(0),
         Err(e) => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[ignore = "not a test: the swap test runs it as the binary it replaces while it runs"]
+    fn running_binary_stand_in() {
+        std::thread::sleep(Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_running_binary_is_swapped_for_the_new_one_and_kept_as_the_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir
+            .path()
+            .join(format!("agent{}", std::env::consts::EXE_SUFFIX));
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        let old = std::fs::read(&exe).unwrap();
+        // The binary runs while it is swapped (Windows refuses to overwrite a running .exe).
+        let mut running = std::process::Command::new(&exe)
+            .args([
+                "update::tests::running_binary_stand_in",
+                "--exact",
+                "--ignored",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let backup = dir.path().join("agent.old");
+        std::fs::write(&backup, "a stale backup").unwrap();
+        let new = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
+        std::fs::write(new.path(), "the new version").unwrap();
+        swap(new.into_temp_path(), &exe, &backup).unwrap();
+        assert_eq!(std::fs::read(&exe).unwrap(), b"the new version");
+        assert!(
+            std::fs::read(&backup).unwrap() == old,
+            "the old binary is the backup"
+        );
+        let _ = running.kill();
+        let _ = running.wait();
+        // A new binary that cannot be put in place leaves the old one where it was.
+        let gone = tempfile::NamedTempFile::new_in(dir.path())
+            .unwrap()
+            .into_temp_path();
+        std::fs::remove_file(&gone).unwrap();
+        assert!(swap(gone, &exe, &backup).is_err());
+        assert_eq!(std::fs::read(&exe).unwrap(), b"the new version");
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::idle::X11Idle;
+use crate::idle::SystemIdle;
 use crate::settings::Settings;
 
 /// The holds in force.
@@ -13,7 +13,7 @@ pub(super) struct Holds {
     rule: Option<String>,
     /// A GPU was hotter than the limit at the last heartbeat.
     hot: bool,
-    idle: X11Idle,
+    idle: SystemIdle,
 }
 
 /// What a check of the rules changed.
@@ -38,7 +38,7 @@ impl Holds {
             &settings.windows(),
             crate::schedule::local_minute(),
             settings.on_ac_power_only,
-            crate::schedule::on_mains(std::path::Path::new("/sys/class/power_supply")),
+            crate::schedule::mains(),
             settings.idle_only
                 && crate::idle::in_use(
                     &self.idle,
