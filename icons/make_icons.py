@@ -1,4 +1,5 @@
-"""Draws Commons' icons (app and tray states) as PNGs with the standard library only: `python3 icons/make_icons.py`."""
+"""Draws Commons' icons (app and tray states) as PNGs, and the Windows icon (icon.ico: PNG images at 16 to 256 pixels),
+with the standard library only: `python3 icons/make_icons.py`."""
 import math
 import os
 import struct
@@ -59,3 +60,27 @@ for name, size in [("32x32.png", 32), ("128x128.png", 128), ("128x128@2x.png", 2
     png(os.path.join(HERE, name), size, ring_mark(BLUE, "square"))
 for state, colour in [("active", (24, 128, 56)), ("paused", (249, 171, 0)), ("error", (217, 48, 37))]:
     png(os.path.join(HERE, f"tray-{state}.png"), 64, ring_mark(colour, "disc"))
+
+
+def ico(path, sizes, pixel):
+    """An ICO whose entries are PNG images (Windows Vista on), one per size."""
+    images = []
+    for size in sizes:
+        tmp = path + f".{size}.png"
+        png(tmp, size, pixel)
+        with open(tmp, "rb") as f:
+            images.append((size, f.read()))
+        os.remove(tmp)
+    header = struct.pack("<HHH", 0, 1, len(images))
+    offset = len(header) + 16 * len(images)
+    entries, data = b"", b""
+    for size, image in images:
+        # Width and height 0 mean 256.
+        entries += struct.pack("<BBBBHHII", size % 256, size % 256, 0, 0, 1, 32, len(image), offset)
+        offset += len(image)
+        data += image
+    with open(path, "wb") as f:
+        f.write(header + entries + data)
+
+
+ico(os.path.join(HERE, "icon.ico"), [16, 24, 32, 48, 64, 256], ring_mark(BLUE, "square"))
