@@ -352,6 +352,10 @@ mod tests {
             f.package.unwrap().file,
             "commons-agent-0.1.10-linux-x86_64.deb"
         );
+        // A Windows client is offered the Windows build, and no package.
+        let f = feed(dir.path(), "agent", "stable", "windows-x86_64").unwrap();
+        assert_eq!(f.latest.unwrap().file, "commons-agent-9.0.0-windows-x86_64");
+        assert!(f.package.is_none());
         let f = feed(dir.path(), "agent", "beta", "linux-x86_64").unwrap();
         assert_eq!(f.latest.unwrap().version, "0.2.0-beta.1");
         assert_eq!(
