@@ -111,6 +111,8 @@ pub struct Live {
     pub display_name: Option<Option<Box<str>>>,
     /// How far its answers are trusted, 0 to 1 ([`crate::verify`]).
     pub trust: f64,
+    /// The round trip of its heartbeat, ms, as it reported it (not stored).
+    pub rtt_ms: Option<u32>,
     /// Changed since the last flush.
     pub dirty: bool,
 }

@@ -509,6 +509,9 @@ impl AppState {
             if let Some(e) = hb.endpoint {
                 live.endpoint = Some(e.into());
             }
+            if hb.rtt_ms.is_some() {
+                live.rtt_ms = hb.rtt_ms;
+            }
             live.dirty = true;
             let changed = hb
                 .assignment_version
@@ -766,6 +769,7 @@ fn new_worker(
             endpoint: endpoint.map(Into::into),
             display_name: None,
             trust: crate::verify::NEW_TRUST,
+            rtt_ms: None,
             dirty: false,
         }),
         caps: new.capabilities,
@@ -841,6 +845,7 @@ fn worker_from_row(
             endpoint: row.endpoint.map(Into::into),
             display_name: None,
             trust: row.live.trust.clamp(0.0, 1.0),
+            rtt_ms: None,
             dirty: false,
         }),
         stats: RequestStats::with_counts(

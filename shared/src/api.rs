@@ -466,6 +466,10 @@ pub struct HeartbeatRequest {
     /// The name its volunteer chose for the leaderboard (absent: anonymous).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
+    /// The round trip of its previous heartbeat, ms: how far away the coordinator is along the route its requests
+    /// come back on (the reverse path's connection takes the same route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<u32>,
 }
 
 /// The answer to a heartbeat.
@@ -672,6 +676,9 @@ pub struct WorkerSummary {
     pub drained: bool,
     /// How this coordinator reaches it now.
     pub path: ReachPath,
+    /// The round trip of its heartbeat, ms, as it last reported it (none yet, or an agent that does not measure
+    /// it).
+    pub rtt_ms: Option<u32>,
 }
 
 /// `PUT /api/admin/workers/{id}/trust`: the operator sets a worker's trust (to let a drained worker serve again,

@@ -65,6 +65,27 @@ async fn joins_heartbeats_pauses_resumes_and_quits() {
     let (_, w) = worker(&client, &c.url(), &id).await;
     assert!(w["free_memory_bytes"].as_u64().unwrap() > 0);
     assert!(w["capabilities"]["memory_bytes"].as_u64().unwrap() > 0);
+    // It measures how far away its coordinator is (its heartbeat's round trip), reports it and says it.
+    assert!(
+        eventually(5, || async {
+            worker(&client, &c.url(), &id).await.1["rtt_ms"].is_u64()
+        })
+        .await,
+        "{:?}",
+        worker(&client, &c.url(), &id).await
+    );
+    assert!(
+        eventually(5, || async {
+            a.session
+                .borrow()
+                .reached
+                .as_deref()
+                .is_some_and(|r| r.contains(" ms away and back): no port to open"))
+        })
+        .await,
+        "{:?}",
+        a.session.borrow().reached
+    );
 
     a.send(Command::Pause).await;
     assert_eq!(

@@ -81,6 +81,7 @@ fn summary(state: &AppState, w: &Worker, now: Instant) -> WorkerSummary {
         trust: live.trust,
         drained: state.drained(live.trust),
         path: w.path(live.endpoint.as_deref()),
+        rtt_ms: live.rtt_ms,
     }
 }
 

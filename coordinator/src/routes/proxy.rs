@@ -892,6 +892,7 @@ mod tests {
                 endpoint: endpoint.map(Into::into),
                 display_name: None,
                 trust: crate::verify::NEW_TRUST,
+                rtt_ms: None,
                 dirty: false,
             }),
             stats: Default::default(),
@@ -941,10 +942,12 @@ mod tests {
             at(None, Some("10.1.2.3"), false, "run", None),
             pair("10.1.2.3:8884", "/run")
         );
+        // A tunnel's https endpoint, over TLS.
         assert_eq!(
             at(Some("https://x.trycloudflare.com"), None, false, "", None),
-            None
+            pair("x.trycloudflare.com:443", "/api/service/ocr")
         );
+        assert_eq!(at(Some("ftp://x.example"), None, false, "", None), None);
         assert_eq!(at(None, None, false, "", None), None);
     }
 }

@@ -112,7 +112,7 @@ pub fn Workers() -> Html {
                                 <td>{ w.requests }</td>
                                 <td>{ w.errors }</td>
                                 <td class={classes!("trust", w.drained.then_some("drained"))}>{ trust(w) }</td>
-                                <td class={classes!("path", w.path.as_str())}>{ w.path.as_str() }</td>
+                                <td class={classes!("path", w.path.as_str())}>{ path(w) }</td>
                             </tr>
                         }) }
                     </tbody>
@@ -165,7 +165,7 @@ pub fn WorkerDetail(p: &WorkerDetailProps) -> Html {
                 <dt>{ "Agent" }</dt><dd>{ format!("{}{}", w.agent_version, if w.legacy { " (legacy RMA worker)" } else { "" }) }</dd>
                 <dt>{ "Endpoint" }</dt><dd>{ w.endpoint.clone().unwrap_or_else(|| "none (behind NAT or not serving)".into()) }</dd>
                 <dt>{ "Requests" }</dt><dd>{ format!("{} ({} errors, {:.0} ms average)", w.requests, w.errors, w.latency_ms) }</dd>
-                <dt>{ "Reached" }</dt><dd id="worker-path" class={classes!("path", w.path.as_str())}>{ reached(w.path) }</dd>
+                <dt>{ "Reached" }</dt><dd id="worker-path" class={classes!("path", w.path.as_str())}>{ reached(w) }</dd>
                 <dt>{ "Trust" }</dt><dd id="worker-trust" class={classes!("trust", w.drained.then_some("drained"))}>{ trust(w) }</dd>
             </dl>
             <h2>{ "Capabilities" }</h2>
@@ -204,14 +204,28 @@ pub fn WorkerDetail(p: &WorkerDetailProps) -> Html {
 }
 
 /// How the coordinator reaches a worker, in words.
-fn reached(path: ReachPath) -> &'static str {
-    match path {
+fn reached(w: &WorkerSummary) -> String {
+    let how = match w.path {
         ReachPath::Reverse => {
             "over the worker's own connection (reverse path: no port open on its side)"
         }
         ReachPath::Direct => "directly, at its endpoint or address",
-        ReachPath::Tunnel => "through its tunnel (not routed to yet: TLS to workers is not built)",
+        ReachPath::Tunnel => "through its tunnel (HTTPS, its certificate checked)",
         ReachPath::None => "not reachable now",
+    };
+    match w.rtt_ms {
+        Some(ms) if w.path != ReachPath::None => {
+            format!("{how}; {ms} ms away (its heartbeat's round trip)")
+        }
+        _ => how.to_owned(),
+    }
+}
+
+/// The path column: how it is reached, and how far away it is when known.
+fn path(w: &WorkerSummary) -> String {
+    match w.rtt_ms {
+        Some(ms) if w.path != ReachPath::None => format!("{} · {ms} ms", w.path.as_str()),
+        _ => w.path.as_str().to_owned(),
     }
 }
 

@@ -76,6 +76,7 @@ impl Agent {
                 .map(str::trim)
                 .filter(|n| !n.is_empty())
                 .map(str::to_owned),
+            rtt_ms: self.reach.rtt_ms(),
         };
         (hb, hot)
     }
@@ -130,6 +131,7 @@ impl Agent {
             if now >= next_beat {
                 self.update_hold().await;
                 let (hb, hot) = self.heartbeat_request(&j, &mut sampler).await;
+                let sent = Instant::now();
                 match self
                     .me
                     .client()
@@ -138,6 +140,7 @@ impl Agent {
                 {
                     Ok(r) => {
                         beat_failures = 0;
+                        self.reach.measured(sent.elapsed());
                         if hb.endpoint.is_some() {
                             self.reach.reported(hb.endpoint.clone());
                         }

@@ -428,8 +428,15 @@ impl Agent {
     /// Publishes where the coordinator reaches this worker (a quick tunnel's address comes late and can change).
     fn show_endpoint(&self) {
         let e = self.reach.endpoint();
+        let away = self
+            .reach
+            .rtt_ms()
+            .map(|ms| format!(" (the coordinator is {ms} ms away and back)"))
+            .unwrap_or_default();
         let reached = Some(if self.reach.channel_open() {
-            "over this computer's own connection to the coordinator: no port to open, no tunnel needed".to_owned()
+            format!(
+                "over this computer's own connection to the coordinator{away}: no port to open, no tunnel needed"
+            )
         } else if let Some(e) = &e {
             format!(
                 "at {e} only: the connection that carries requests back from the coordinator is not open (it is retried; an older coordinator has none)"

@@ -23,6 +23,8 @@ pub(super) struct Reach {
     /// The coordinator refused the endpoint (a gateway on loopback, which a public coordinator cannot use): the
     /// channel is the only way, and no endpoint is reported.
     refused: bool,
+    /// The round trip of the last heartbeat: how far away the coordinator is.
+    rtt: Option<std::time::Duration>,
 }
 
 impl Reach {
@@ -54,6 +56,7 @@ impl Reach {
             reported: None,
             channel: None,
             refused: false,
+            rtt: None,
         })
     }
 
@@ -103,6 +106,17 @@ impl Reach {
         if self.channel.as_ref().is_none_or(|k| k.to != to) {
             self.channel = Some(crate::channel::keep(to, g.app.clone()));
         }
+    }
+
+    /// A heartbeat went to the coordinator and back in `rtt`.
+    pub(super) fn measured(&mut self, rtt: std::time::Duration) {
+        self.rtt = Some(rtt);
+    }
+
+    /// The last heartbeat's round trip, ms.
+    pub(super) fn rtt_ms(&self) -> Option<u32> {
+        self.rtt
+            .map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX))
     }
 
     /// Whether the channel is open now.
