@@ -1,4 +1,5 @@
-//! The JSON error body: `{"error": "<code>", "message": "<a sentence for a human>"}`.
+//! The JSON error body: `{"error": "<code>", "message": "<a sentence for a human>"}`, with `"field"` naming the
+//! input at fault in a 422 (`invalid_field`).
 
 use serde::{Deserialize, Serialize};
 
@@ -10,6 +11,10 @@ pub struct ErrorBody {
     pub error: String,
     /// What went wrong and, where it helps, what to do.
     pub message: String,
+    /// The dotted path of the input at fault (`invalid_field` only), for a client to act on without reading the
+    /// message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 impl ErrorBody {
@@ -18,6 +23,42 @@ impl ErrorBody {
         Self {
             error: error.into(),
             message: message.into(),
+            field: None,
         }
+    }
+
+    /// The same, naming the input at fault.
+    pub fn in_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wire_text_names_the_field_only_when_there_is_one() {
+        let plain = ErrorBody::new("not_found", "no worker \"x\"");
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"error":"not_found","message":"no worker \"x\""}"#
+        );
+        let field = ErrorBody::new("invalid_field", "endpoint: the coordinator's own address")
+            .in_field("endpoint");
+        let text = serde_json::to_string(&field).unwrap();
+        assert_eq!(
+            text,
+            r#"{"error":"invalid_field","message":"endpoint: the coordinator's own address","field":"endpoint"}"#
+        );
+        assert_eq!(serde_json::from_str::<ErrorBody>(&text).unwrap(), field);
+        // A body from a server that names no field reads as before.
+        assert_eq!(
+            serde_json::from_str::<ErrorBody>(r#"{"error":"x","message":"y"}"#)
+                .unwrap()
+                .field,
+            None
+        );
     }
 }

@@ -228,6 +228,8 @@ async fn a_worker_cannot_point_a_coordinator_at_itself_nor_start_a_loop() {
         let (status, body) = try_register(&client, &a.url(), &endpoint).await;
         assert_eq!(status, 422, "{endpoint}: {body}");
         assert_eq!(body["error"], "invalid_field");
+        // Named for a client to act on (an agent then joins without an endpoint).
+        assert_eq!(body["field"], "endpoint");
         assert!(
             body["message"].as_str().unwrap().contains("own address"),
             "{body}"

@@ -27,6 +27,8 @@ pub enum CallError {
         status: u16,
         /// The server's message.
         message: String,
+        /// The input it named as at fault (a 422).
+        field: Option<String>,
     },
 }
 
@@ -65,12 +67,15 @@ impl Client {
             return Err(CallError::Unknown(status));
         }
         if !r.status().is_success() {
-            let body: serde_json::Value = r.json().await.unwrap_or_default();
-            let message = body["message"].as_str().unwrap_or("no message").to_owned();
+            let body = r
+                .json::<commons_shared::ErrorBody>()
+                .await
+                .unwrap_or_else(|_| commons_shared::ErrorBody::new("unknown", "no message"));
             return Err(CallError::Refused {
                 url: url.into(),
                 status,
-                message,
+                message: body.message,
+                field: body.field,
             });
         }
         r.json().await.map_err(|e| CallError::Unreachable {

@@ -131,7 +131,10 @@ impl IntoResponse for ApiError {
         if let Self::Internal(detail) = &self {
             tracing::error!(%detail, "internal error");
         }
-        let body = ErrorBody::new(code, self.to_string());
+        let mut body = ErrorBody::new(code, self.to_string());
+        if let Self::Invalid { field, .. } = &self {
+            body = body.in_field(field.clone());
+        }
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS {
             let after = match &self {

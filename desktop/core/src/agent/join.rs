@@ -214,8 +214,9 @@ impl Agent {
                     Err(CallError::Refused {
                         status: 422,
                         message,
+                        field: Some(field),
                         ..
-                    }) if req.endpoint.is_some() && message.starts_with("endpoint") => {
+                    }) if req.endpoint.is_some() && field == "endpoint" => {
                         tracing::info!(%message, "the coordinator cannot use this worker's endpoint: joining without one, to be reached over the channel");
                         self.reach.refuse_endpoint();
                         again = true;
