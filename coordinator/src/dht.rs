@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use commons_dht::{Config as DhtConfig, Dht, DhtError, Keypair, Multiaddr, Role};
+use commons_dht::{Config as DhtConfig, Dht, DhtError, Keypair, Multiaddr, RelayLimits, Role};
 use commons_shared::dht::CoordinatorRecord;
 use commons_shared::edge::Bootstrap;
 use tokio::task::JoinHandle;
@@ -73,6 +73,9 @@ pub async fn start(state: &AppState) -> Result<Option<JoinHandle<()>>, StartErro
     config.listen = commons_dht::parse_addrs(&c.dht_listen);
     config.external = commons_dht::parse_addrs(&c.dht_external);
     config.refresh = Duration::from_secs(c.dht_refresh_secs);
+    // Agents behind NATs reserve a slot here and are reached through it; AutoNAT answers their probes.
+    config.relay = Some(RelayLimits::default());
+    config.private_addresses = state.upstreams.allows_private();
     let dht = Dht::start(config).await?;
     tracing::info!(peer = %dht.peer_id(), addresses = ?dht.addresses(), "DHT node listening");
     let _ = state.dht.set(dht.clone());

@@ -113,6 +113,8 @@ pub struct Live {
     pub trust: f64,
     /// The round trip of its heartbeat, ms, as it reported it (not stored).
     pub rtt_ms: Option<u32>,
+    /// Whether other DHT nodes reach it, as it reported (not stored).
+    pub nat: Option<commons_shared::dht::NatStatus>,
     /// Changed since the last flush.
     pub dirty: bool,
 }

@@ -512,6 +512,9 @@ impl AppState {
             if hb.rtt_ms.is_some() {
                 live.rtt_ms = hb.rtt_ms;
             }
+            if hb.nat.is_some() {
+                live.nat = hb.nat;
+            }
             live.dirty = true;
             let changed = hb
                 .assignment_version
@@ -770,6 +773,7 @@ fn new_worker(
             display_name: None,
             trust: crate::verify::NEW_TRUST,
             rtt_ms: None,
+            nat: None,
             dirty: false,
         }),
         caps: new.capabilities,
@@ -846,6 +850,7 @@ fn worker_from_row(
             display_name: None,
             trust: row.live.trust.clamp(0.0, 1.0),
             rtt_ms: None,
+            nat: None,
             dirty: false,
         }),
         stats: RequestStats::with_counts(

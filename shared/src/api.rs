@@ -470,6 +470,9 @@ pub struct HeartbeatRequest {
     /// come back on (the reverse path's connection takes the same route).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_ms: Option<u32>,
+    /// Whether other DHT nodes can reach it (its node's AutoNAT finding; absent without a DHT node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<crate::dht::NatStatus>,
 }
 
 /// The answer to a heartbeat.
@@ -679,6 +682,10 @@ pub struct WorkerSummary {
     /// The round trip of its heartbeat, ms, as it last reported it (none yet, or an agent that does not measure
     /// it).
     pub rtt_ms: Option<u32>,
+    /// Whether other DHT nodes can reach it, as it last reported (its node's AutoNAT finding): `private` means
+    /// behind a NAT, reached by peers through a relay or a hole punch.
+    #[serde(default)]
+    pub nat: Option<crate::dht::NatStatus>,
 }
 
 /// `PUT /api/admin/workers/{id}/trust`: the operator sets a worker's trust (to let a drained worker serve again,

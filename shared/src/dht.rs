@@ -240,6 +240,35 @@ impl LinkKind {
     }
 }
 
+/// Whether a DHT node can be reached from outside, as AutoNAT's probes found: other nodes were asked to dial it
+/// back at the addresses it was seen at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum NatStatus {
+    /// Not probed yet, or no peer could probe it.
+    #[default]
+    Unknown,
+    /// Dialled back: it can serve the DHT and be reached directly.
+    Public,
+    /// Not dialled back: behind a NAT or a firewall; others reach it through a relay (or a hole punch).
+    Private,
+}
+
+impl NatStatus {
+    /// All cases.
+    pub const ALL: [NatStatus; 3] = [Self::Unknown, Self::Public, Self::Private];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Public => "public",
+            Self::Private => "private",
+        }
+    }
+}
+
 /// A node in `GET /api/dht/topology` (seed shape: `id`, `type`, `services`, plus more).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -332,6 +361,21 @@ pub struct DhtStats {
     pub publish_failures: u64,
     /// Milliseconds the last bootstrap took.
     pub bootstrap_ms: Option<u64>,
+    /// Whether others can reach it (AutoNAT).
+    #[serde(default)]
+    pub nat: NatStatus,
+    /// The relay (a coordinator's peer id) it holds a reservation on, when it is behind a NAT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayed_by: Option<String>,
+    /// Relayed connections upgraded to direct ones by hole punching (DCUtR), and attempts that failed.
+    #[serde(default)]
+    pub hole_punched: u64,
+    /// Hole punches that failed (the connection stays relayed).
+    #[serde(default)]
+    pub hole_punch_failures: u64,
+    /// Circuits it relayed for others (a coordinator).
+    #[serde(default)]
+    pub relayed_circuits: u64,
 }
 
 #[cfg(test)]
@@ -360,6 +404,24 @@ mod tests {
             assert_eq!(
                 serde_json::from_value::<LinkKind>(serde_json::json!(text)).unwrap(),
                 kind
+            );
+        }
+    }
+
+    #[test]
+    fn nat_status_wire_names_are_pinned() {
+        for (status, text) in NatStatus::ALL
+            .into_iter()
+            .zip(["unknown", "public", "private"])
+        {
+            assert_eq!(status.as_str(), text);
+            assert_eq!(
+                serde_json::to_value(status).unwrap(),
+                serde_json::json!(text)
+            );
+            assert_eq!(
+                serde_json::from_value::<NatStatus>(serde_json::json!(text)).unwrap(),
+                status
             );
         }
     }

@@ -6,6 +6,9 @@
 //! ```text
 //! this machine 10.201.N.1 ── veth ── 10.201.N.2 router (masquerade, forward: established only) 10.202.N.1 ── veth ── 10.202.N.2 LAN
 //! ```
+//!
+//! For two routers that must reach each other (hole punching), the "internet" is a namespace of its own that
+//! forwards between them ([`Internet`]), so that this machine's own forwarding is never turned on.
 
 use std::process::Command;
 
@@ -17,6 +20,37 @@ pub struct HomeRouter {
     /// The LAN's namespace, where a volunteer's agent runs.
     pub lan: String,
     n: u8,
+}
+
+/// A namespace that stands for the internet: routers' WAN sides meet in it, and it forwards between them.
+#[derive(Debug)]
+pub struct Internet {
+    /// Its name.
+    pub ns: String,
+}
+
+impl Internet {
+    /// Makes one; `n` keeps its name apart from other tests'.
+    pub fn new(n: u8) -> Self {
+        let ns = format!("commons-i{}-{n}", std::process::id());
+        ip(&["netns", "add", &ns]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        in_ns(&ns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        Internet { ns }
+    }
+
+    /// `program`, run in it.
+    pub fn command(&self, program: &std::path::Path) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(program);
+        c
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
 }
 
 /// Runs `ip` with `args` (iproute2), failing the test with its error when it fails.
@@ -39,8 +73,17 @@ fn in_ns(ns: &str, program: &str, args: &[&str]) {
 }
 
 impl HomeRouter {
-    /// Builds one; `n` (1–250) keeps its names and subnets apart from other tests' routers.
+    /// Builds one on this machine; `n` (1–250) keeps its names and subnets apart from other tests' routers.
     pub fn new(n: u8) -> Self {
+        Self::build(n, None)
+    }
+
+    /// Builds one whose WAN side is in `internet`.
+    pub fn on(internet: &Internet, n: u8) -> Self {
+        Self::build(n, Some(&internet.ns))
+    }
+
+    fn build(n: u8, internet: Option<&str>) -> Self {
         let pid = std::process::id();
         let r = Self {
             router: format!("commons-r{pid}-{n}"),
@@ -52,14 +95,17 @@ impl HomeRouter {
         ip(&["netns", "add", &r.lan]);
         ip(&["link", "add", &wan, "type", "veth", "peer", "name", &wan_r]);
         ip(&["link", "set", &wan_r, "netns", &r.router]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", r.internet_address()),
-            "dev",
-            &wan,
-        ]);
-        ip(&["link", "set", &wan, "up"]);
+        // Where the WAN's far end is: this machine, or the internet namespace.
+        let inet: Vec<&str> = match internet {
+            Some(ns) => {
+                ip(&["link", "set", &wan, "netns", ns]);
+                vec!["-n", ns]
+            }
+            None => Vec::new(),
+        };
+        let wan_address = format!("{}/24", r.internet_address());
+        ip(&[&inet[..], &["addr", "add", &wan_address, "dev", &wan]].concat());
+        ip(&[&inet[..], &["link", "set", &wan, "up"]].concat());
         let (router, lan_ns) = (r.router.as_str(), r.lan.as_str());
         ip(&[
             "-n",
@@ -71,6 +117,15 @@ impl HomeRouter {
             &wan_r,
         ]);
         ip(&["-n", router, "link", "set", &wan_r, "up"]);
+        ip(&[
+            "-n",
+            router,
+            "route",
+            "add",
+            "default",
+            "via",
+            &r.internet_address(),
+        ]);
         ip(&[
             "-n", router, "link", "add", &lan_r, "type", "veth", "peer", "name", &lan,
         ]);
@@ -121,6 +176,24 @@ impl HomeRouter {
             ],
         );
         in_ns(router, "iptables", &["-P", "FORWARD", "DROP"]);
+        // Nothing new comes in to the router itself either: it drops, as home routers do, rather than answer
+        // with a reset.
+        in_ns(
+            router,
+            "iptables",
+            &[
+                "-A",
+                "INPUT",
+                "-i",
+                &wan_r,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW,INVALID",
+                "-j",
+                "DROP",
+            ],
+        );
         in_ns(
             router,
             "iptables",
@@ -154,9 +227,20 @@ impl HomeRouter {
         )
     }
 
-    /// This machine's address on the router's internet side: what a server for the LAN listens on.
+    /// This machine's (or the internet namespace's) address on the router's internet side: what a server for
+    /// the LAN listens on.
     pub fn internet_address(&self) -> String {
         format!("10.201.{}.1", self.n)
+    }
+
+    /// The router's public address: what the LAN's connections come from, seen from the internet.
+    pub fn public_address(&self) -> String {
+        format!("10.201.{}.2", self.n)
+    }
+
+    /// The LAN's namespace as a file, for `setns` (a thread that runs a node in the LAN).
+    pub fn lan_netns_path(&self) -> std::path::PathBuf {
+        std::path::Path::new("/var/run/netns").join(&self.lan)
     }
 
     /// `program`, run in the LAN.
@@ -172,6 +256,60 @@ impl Drop for HomeRouter {
         // Deleting a namespace deletes the veths in it, and so their peers here.
         for ns in [&self.lan, &self.router] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A DHT node on a thread of its own inside a network namespace (its sockets are the namespace's), with a
+/// runtime of its own; dropped, it stops.
+#[derive(Debug)]
+pub struct NodeIn {
+    /// The handle (usable from any runtime).
+    pub dht: commons_dht::Dht,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NodeIn {
+    /// Starts a node with `config` in the namespace at `netns` (a `/var/run/netns/<name>` file).
+    pub fn start(netns: &std::path::Path, config: commons_dht::Config) -> Self {
+        let netns = netns.to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let f = std::fs::File::open(&netns).expect("the namespace's file");
+            // Only this thread moves into the namespace.
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns {}: {e}", netns.display()));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                let dht = commons_dht::Dht::start(config)
+                    .await
+                    .expect("the node starts");
+                tx.send(dht.clone()).expect("the test waits for the node");
+                let _ = stopped.await;
+                dht.shutdown().await;
+            });
+        });
+        let dht = rx.recv().expect("the node started");
+        NodeIn {
+            dht,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for NodeIn {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

@@ -113,3 +113,173 @@ async fn an_agent_behind_a_nat_with_no_port_open_serves_ocr_over_its_own_connect
         c.admin(&client, "/api/admin/workers").await
     );
 }
+
+/// A DHT node's configuration for these tests: private addresses count (the test's "internet" is 10.201/16),
+/// probes start at once.
+fn node_config(role: commons_dht::Role) -> commons_dht::Config {
+    let mut c = commons_dht::Config::new(commons_dht::generate_keypair(), role);
+    c.private_addresses = true;
+    c.probe_delay = Duration::from_millis(500);
+    c.probe_interval = Duration::from_secs(2);
+    match role {
+        commons_dht::Role::Coordinator => c.relay = Some(commons_dht::RelayLimits::default()),
+        commons_dht::Role::Agent => {
+            c.server = false;
+            c.auto_server = true;
+        }
+    }
+    c
+}
+
+/// `node`'s address on the subnet `prefix` (e.g. "/ip4/10.201.230.1/"), with its peer id.
+fn address_on(node: &commons_dht::Dht, prefix: &str) -> commons_dht::Multiaddr {
+    node.addresses()
+        .into_iter()
+        .find(|a| a.to_string().starts_with(prefix))
+        .unwrap_or_else(|| panic!("an address on {prefix}: {:?}", node.addresses()))
+}
+
+#[tokio::test]
+async fn agents_behind_nats_reserve_a_relay_and_hole_punch_to_a_direct_connection() {
+    use commons_shared::dht::NatStatus;
+    use commons_tests::nat::{Internet, NodeIn};
+    // Numbers no other test's router takes (theirs are 20–219).
+    let internet = Internet::new(230);
+    let (r1, r2) = (
+        HomeRouter::on(&internet, 230),
+        HomeRouter::on(&internet, 231),
+    );
+    let inet = std::path::Path::new("/var/run/netns").join(&internet.ns);
+    // A coordinator's node on the internet: a DHT server, a relay, and AutoNAT's prober.
+    let relay = NodeIn::start(&inet, node_config(commons_dht::Role::Coordinator));
+    // An agent on the internet too (no NAT): AutoNAT finds it public, and it becomes a DHT server.
+    let public = NodeIn::start(&inet, node_config(commons_dht::Role::Agent));
+    // An agent behind each router.
+    let a = NodeIn::start(&r1.lan_netns_path(), node_config(commons_dht::Role::Agent));
+    let b = NodeIn::start(&r2.lan_netns_path(), node_config(commons_dht::Role::Agent));
+    let seed_1 = address_on(&relay.dht, &format!("/ip4/{}/", r1.internet_address()));
+    let seed_2 = address_on(&relay.dht, &format!("/ip4/{}/", r2.internet_address()));
+    public
+        .dht
+        .bootstrap(std::slice::from_ref(&seed_1))
+        .await
+        .expect("bootstrap");
+    a.dht
+        .bootstrap(std::slice::from_ref(&seed_1))
+        .await
+        .expect("bootstrap behind NAT 1");
+    b.dht
+        .bootstrap(std::slice::from_ref(&seed_2))
+        .await
+        .expect("bootstrap behind NAT 2");
+
+    // AutoNAT: the relay dials each agent back; the NATed ones are not reached, so they reserve a slot on it.
+    let relay_id = relay.dht.peer_id().to_base58();
+    for (name, n) in [("behind NAT 1", &a), ("behind NAT 2", &b)] {
+        let reserved = eventually(60, || async {
+            let s = n.dht.snapshot().await.stats;
+            s.nat == NatStatus::Private && s.relayed_by.as_deref() == Some(relay_id.as_str())
+        })
+        .await;
+        assert!(
+            reserved,
+            "the agent {name} finds itself private and reserves the relay: {:?}",
+            n.dht.snapshot().await.stats
+        );
+    }
+    assert!(
+        eventually(60, || async {
+            public.dht.snapshot().await.stats.nat == NatStatus::Public
+        })
+        .await,
+        "the agent on the internet is found public: {:?}",
+        public.dht.snapshot().await.stats
+    );
+    // Only the public agent serves the DHT: it enters the relay's routing table; the NATed ones do not.
+    assert!(
+        eventually(30, || async {
+            relay
+                .dht
+                .snapshot()
+                .await
+                .links
+                .iter()
+                .any(|(p, _)| *p == public.dht.peer_id())
+        })
+        .await,
+        "the public agent became a DHT server: {:?}",
+        relay.dht.snapshot().await.links
+    );
+    let links = relay.dht.snapshot().await.links;
+    assert!(
+        !links
+            .iter()
+            .any(|(p, _)| *p == a.dht.peer_id() || *p == b.dht.peer_id()),
+        "NATed agents stay DHT clients: {links:?}"
+    );
+
+    // B reaches A through the relay; DCUtR then punches a direct connection between the two routers.
+    let via_relay = seed_2
+        .clone()
+        .with(commons_dht::Protocol::P2pCircuit)
+        .with(commons_dht::Protocol::P2p(a.dht.peer_id()));
+    b.dht
+        .connect(via_relay)
+        .await
+        .expect("B reaches A through the relay");
+    let direct_from = format!("/ip4/{}/", r1.public_address());
+    let punched = eventually(60, || async {
+        b.dht.snapshot().await.connections.iter().any(|c| {
+            c.peer == a.dht.peer_id()
+                && !c.relayed
+                && c.address.to_string().starts_with(&direct_from)
+        })
+    })
+    .await;
+    let (sa, sb) = (a.dht.snapshot().await, b.dht.snapshot().await);
+    assert!(
+        punched,
+        "B holds a direct connection to A's router: {:?} / A {:?} B {:?}",
+        sb.connections, sa.stats, sb.stats
+    );
+    assert!(
+        sa.stats.hole_punched + sb.stats.hole_punched >= 1,
+        "DCUtR counted it: A {:?} B {:?}",
+        sa.stats,
+        sb.stats
+    );
+    assert!(
+        relay.dht.snapshot().await.stats.relayed_circuits >= 1,
+        "the relay carried the circuit"
+    );
+
+    // The figure: a relayed hop's extra round trip (ping on each connection between A and B).
+    let rtts = eventually(30, || async {
+        let c = b.dht.snapshot().await.connections;
+        let to_a = |relayed| {
+            c.iter()
+                .any(|c| c.peer == a.dht.peer_id() && c.relayed == relayed && c.rtt.is_some())
+        };
+        to_a(true) && to_a(false)
+    })
+    .await;
+    if rtts {
+        let c = b.dht.snapshot().await.connections;
+        let rtt = |relayed: bool| {
+            c.iter()
+                .find(|c| c.peer == a.dht.peer_id() && c.relayed == relayed)
+                .and_then(|c| c.rtt)
+                .unwrap()
+                .as_secs_f64()
+                * 1e3
+        };
+        println!(
+            "A ↔ B round trip: relayed {:.3} ms, direct (hole-punched) {:.3} ms: a relayed hop adds {:.3} ms",
+            rtt(true),
+            rtt(false),
+            rtt(true) - rtt(false)
+        );
+    } else {
+        println!("the relayed connection closed before both were pinged: no figure this run");
+    }
+}

@@ -82,6 +82,7 @@ fn summary(state: &AppState, w: &Worker, now: Instant) -> WorkerSummary {
         drained: state.drained(live.trust),
         path: w.path(live.endpoint.as_deref()),
         rtt_ms: live.rtt_ms,
+        nat: live.nat,
     }
 }
 

@@ -893,6 +893,7 @@ mod tests {
                 display_name: None,
                 trust: crate::verify::NEW_TRUST,
                 rtt_ms: None,
+                nat: None,
                 dirty: false,
             }),
             stats: Default::default(),

@@ -59,6 +59,8 @@ pub async fn start_with(
             .map_err(|e| DhtStartError::Listen(settings.dht_listen.clone(), e))?,
     ];
     config.server = settings.dht_server;
+    config.auto_server = true;
+    config.private_addresses = settings.dht_lan;
     config.refresh = Duration::from_secs(settings.dht_refresh_secs);
     Ok(Dht::start(config).await?)
 }

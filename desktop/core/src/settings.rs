@@ -183,9 +183,12 @@ pub struct Settings {
     pub dht: bool,
     /// Where the DHT node listens (a multiaddr).
     pub dht_listen: String,
-    /// Serve the DHT (store records, answer lookups). Only for machines others can reach (a server, a forwarded
-    /// port); a node behind NAT takes part as a client.
+    /// Serve the DHT (store records, answer lookups) from the start. Off, the node serves once AutoNAT finds it
+    /// reachable (other nodes dial it back), and takes part as a client behind a NAT, reachable through a relay.
     pub dht_server: bool,
+    /// The DHT runs on a LAN (a private deployment): AutoNAT counts private addresses as reachable ones. Off on
+    /// the internet, where a peer seen at a private address proves nothing.
+    pub dht_lan: bool,
     /// DHT seeds (multiaddrs ending in `/p2p/<peer id>`) besides the cached ones and the edge's.
     pub dht_seeds: Vec<String>,
     /// Seconds between refreshes of this worker's DHT record (it lives twice as long).
@@ -250,6 +253,7 @@ impl Default for Settings {
             dht: true,
             dht_listen: "/ip4/0.0.0.0/tcp/0".into(),
             dht_server: false,
+            dht_lan: false,
             dht_seeds: Vec::new(),
             dht_refresh_secs: 60,
             dht_stagger_ms: 2000,

@@ -1,6 +1,7 @@
 //! The workers table and one worker's page.
 
 use commons_shared::api::{ReachPath, WorkerList, WorkerSummary};
+use commons_shared::dht::NatStatus;
 use web_sys::{HtmlInputElement, HtmlSelectElement};
 use yew::prelude::*;
 
@@ -213,19 +214,31 @@ fn reached(w: &WorkerSummary) -> String {
         ReachPath::Tunnel => "through its tunnel (HTTPS, its certificate checked)",
         ReachPath::None => "not reachable now",
     };
-    match w.rtt_ms {
+    let how = match w.rtt_ms {
         Some(ms) if w.path != ReachPath::None => {
             format!("{how}; {ms} ms away (its heartbeat's round trip)")
         }
         _ => how.to_owned(),
+    };
+    match w.nat {
+        Some(NatStatus::Private) => format!(
+            "{how}; behind a NAT: other DHT nodes reach it through a relay, or directly after a hole punch"
+        ),
+        Some(NatStatus::Public) => format!("{how}; reachable directly by other DHT nodes"),
+        _ => how,
     }
 }
 
 /// The path column: how it is reached, and how far away it is when known.
 fn path(w: &WorkerSummary) -> String {
-    match w.rtt_ms {
+    let path = match w.rtt_ms {
         Some(ms) if w.path != ReachPath::None => format!("{} · {ms} ms", w.path.as_str()),
         _ => w.path.as_str().to_owned(),
+    };
+    if w.nat == Some(NatStatus::Private) {
+        path + " · NAT"
+    } else {
+        path
     }
 }
 

@@ -12,10 +12,11 @@ mod node;
 pub mod record;
 
 pub use libp2p::identity::Keypair;
+pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{
-    Config, Dht, DhtError, Found, ID_PROTOCOL, KAD_PROTOCOL, Role, Snapshot, now_ms, role_of,
-    split_peer,
+    Config, Connection, Dht, DhtError, Found, ID_PROTOCOL, KAD_PROTOCOL, RelayLimits, Role,
+    Snapshot, now_ms, role_of, split_peer,
 };
 
 /// The multiaddrs among `list` (seeds as text: settings, caches, answers); what does not parse is skipped.

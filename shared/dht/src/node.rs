@@ -1,21 +1,34 @@
-//! One DHT node: a libp2p swarm (TCP + noise + yamux; Kademlia, identify, ping) driven by a task, and a
-//! cloneable handle that talks to it over a channel.
+//! One DHT node: a libp2p swarm (TCP + noise + yamux; Kademlia, identify, ping; AutoNAT, circuit relay v2 and
+//! DCUtR hole punching for nodes behind NATs) driven by a task, and a cloneable handle that talks to it over a
+//! channel.
+//!
+//! Reachability: AutoNAT asks connected peers to dial the node back. A node found public becomes a DHT server
+//! when its config lets it (`auto_server`); a node found private stays a client and reserves a slot on a relay
+//! (a coordinator that serves circuit relay v2), so that others can reach it at `<relay>/p2p-circuit/p2p/<it>`.
+//! A connection that arrives over the relay is upgraded to a direct one by DCUtR where the NATs allow it (TCP
+//! simultaneous open from the ports the node listens on, which libp2p's TCP transport reuses for its dials).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use commons_shared::backoff::Backoff;
 use commons_shared::dht::{
-    CoordinatorRecord, NodeRole, RecordBody, RecordPayload, SERVICE_SHARDS, WorkerRecord,
-    coordinator_key, provider_key_allowed, service_key, worker_key,
+    CoordinatorRecord, NatStatus, NodeRole, RecordBody, RecordPayload, SERVICE_SHARDS,
+    WorkerRecord, coordinator_key, provider_key_allowed, service_key, worker_key,
 };
 use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore};
 use libp2p::kad::{self, Quorum, Record, RecordKey};
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, noise, ping, tcp, yamux};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, dcutr, identify, noise, ping, relay, tcp,
+    yamux,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::record::{self, MAX_VALUE_BYTES, RecordError};
@@ -79,6 +92,49 @@ pub struct Config {
     pub query_timeout: Duration,
     /// How long an idle connection stays open.
     pub idle_timeout: Duration,
+    /// Serve circuit relay v2 for nodes behind NATs, within these limits (coordinators).
+    pub relay: Option<RelayLimits>,
+    /// Become a DHT server once AutoNAT finds the node publicly reachable, and a client again when it finds it
+    /// private (agents). `server` serves from the start, whatever AutoNAT finds.
+    pub auto_server: bool,
+    /// Treat private and loopback addresses as reachable ones: AutoNAT probes them and answers probes from peers
+    /// seen at them. For a LAN deployment and tests; on the internet a peer seen at a private address proves
+    /// nothing about reachability.
+    pub private_addresses: bool,
+    /// AutoNAT: the first probe this long after start, then every `probe_interval` until sure (every 15 min
+    /// after).
+    pub probe_delay: Duration,
+    /// AutoNAT: the wait between probes while unsure.
+    pub probe_interval: Duration,
+}
+
+/// What a relay grants the nodes behind NATs that use it. A relayed connection carries DHT requests and the
+/// hole punch's coordination, not bulk data: circuits are short and small, and a node that needs more gets a
+/// direct connection by hole punching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Nodes holding a reservation at once, in all.
+    pub reservations: usize,
+    /// Circuits open at once, in all.
+    pub circuits: usize,
+    /// Circuits open at once per node.
+    pub circuits_per_peer: usize,
+    /// How long one circuit may last.
+    pub circuit_duration: Duration,
+    /// Bytes one circuit may carry (each way).
+    pub circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            reservations: 4096,
+            circuits: 256,
+            circuits_per_peer: 4,
+            circuit_duration: Duration::from_secs(120),
+            circuit_bytes: 1 << 20,
+        }
+    }
 }
 
 impl Config {
@@ -93,6 +149,11 @@ impl Config {
             refresh: Duration::from_secs(60),
             query_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            relay: None,
+            auto_server: false,
+            private_addresses: false,
+            probe_delay: Duration::from_secs(15),
+            probe_interval: Duration::from_secs(90),
         }
     }
 }
@@ -142,6 +203,18 @@ pub enum DhtError {
     /// The node's task has stopped.
     #[error("the DHT node has stopped")]
     Stopped,
+    /// An address to connect to lacks its `/p2p/<peer id>`.
+    #[error("address {0} has no /p2p/<peer id> at its end")]
+    NoPeer(Multiaddr),
+    /// A connection could not be made.
+    #[error("cannot connect to {peer}: {source}")]
+    Dial {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        #[source]
+        source: std::sync::Arc<libp2p::swarm::DialError>,
+    },
 }
 
 /// A record found in the DHT, checked.
@@ -164,6 +237,21 @@ pub struct Snapshot {
     pub stats: commons_shared::dht::DhtStats,
     /// Routing-table peers with the role they announced.
     pub links: Vec<(PeerId, NodeRole)>,
+    /// Open connections.
+    pub connections: Vec<Connection>,
+}
+
+/// One open connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connection {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its address on this connection (`.../p2p-circuit` when relayed).
+    pub address: Multiaddr,
+    /// Through a relay rather than direct.
+    pub relayed: bool,
+    /// The last ping's round trip on this connection.
+    pub rtt: Option<Duration>,
 }
 
 enum Cmd {
@@ -195,6 +283,10 @@ enum Cmd {
     Snapshot {
         reply: oneshot::Sender<Snapshot>,
     },
+    Connect {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), DhtError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -214,6 +306,10 @@ struct Behaviour {
     kad: kad::Behaviour<MemoryStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
+    autonat: autonat::Behaviour,
+    relay: Toggle<relay::Behaviour>,
+    relay_client: relay::client::Behaviour,
+    dcutr: dcutr::Behaviour,
 }
 
 /// Unix milliseconds now.
@@ -280,6 +376,17 @@ impl Dht {
             retry: Retry::default(),
             publish_failures: 0,
             bootstrap_ms: None,
+            server: config.server,
+            auto_server: config.auto_server,
+            nat: NatStatus::Unknown,
+            relays: HashMap::new(),
+            reservation: None,
+            relayed_by: None,
+            hole_punched: 0,
+            hole_punch_failures: 0,
+            relayed_circuits: 0,
+            conns: HashMap::new(),
+            connecting: HashMap::new(),
         };
         // Until every listener has an address; the node handles the events as it will later.
         let deadline = tokio::time::sleep(Duration::from_secs(5));
@@ -314,6 +421,12 @@ impl Dht {
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Connects to `addr` (ending in `/p2p/<peer id>`; a relayed one, `.../p2p-circuit/p2p/<peer id>`, goes
+    /// through that relay), and returns once a connection to the peer is open.
+    pub async fn connect(&self, addr: Multiaddr) -> Result<(), DhtError> {
+        self.ask(|reply| Cmd::Connect { addr, reply }).await?
     }
 
     /// Where it listens, each with `/p2p/<peer id>` (what a seed list holds).
@@ -522,6 +635,16 @@ fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, DhtError> {
     let server = config.server;
     let query_timeout = config.query_timeout;
     let role = config.role;
+    let relay_limits = config.relay;
+    let autonat_config = autonat::Config {
+        boot_delay: config.probe_delay,
+        retry_interval: config.probe_interval,
+        throttle_server_period: config.probe_interval.min(Duration::from_secs(90)),
+        only_global_ips: !config.private_addresses,
+        ..autonat::Config::default()
+    };
+    // TCP dials reuse the port the node listens on (libp2p's default), so that a NAT maps the node's outgoing
+    // connections to the same public port: what identify observes, and what a hole punch dials.
     let swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
         .with_tcp(
@@ -530,7 +653,9 @@ fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, DhtError> {
             yamux::Config::default,
         )
         .map_err(|e| DhtError::Build(Box::new(e)))?
-        .with_behaviour(|key| {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| DhtError::Build(Box::new(e)))?
+        .with_behaviour(|key, relay_client| {
             let peer = key.public().to_peer_id();
             let mut kc = kad::Config::new(KAD_PROTOCOL);
             kc.set_query_timeout(query_timeout)
@@ -563,10 +688,27 @@ fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, DhtError> {
                     .with_agent_version(role.agent_version())
                     .with_cache_size(0),
             );
+            let relay = relay_limits.map(|l| {
+                relay::Behaviour::new(
+                    peer,
+                    relay::Config {
+                        max_reservations: l.reservations,
+                        max_circuits: l.circuits,
+                        max_circuits_per_peer: l.circuits_per_peer,
+                        max_circuit_duration: l.circuit_duration,
+                        max_circuit_bytes: l.circuit_bytes,
+                        ..relay::Config::default()
+                    },
+                )
+            });
             Behaviour {
                 kad,
                 identify,
                 ping: ping::Behaviour::default(),
+                autonat: autonat::Behaviour::new(peer, autonat_config),
+                relay: relay.into(),
+                relay_client,
+                dcutr: dcutr::Behaviour::new(peer),
             }
         })
         .map_err(|e| DhtError::Build(Box::new(e)))?
@@ -626,6 +768,23 @@ struct Node {
     /// Own puts and announcements that reached nobody (each is retried).
     publish_failures: u64,
     bootstrap_ms: Option<u64>,
+    /// Serves the DHT whatever AutoNAT finds.
+    server: bool,
+    /// Serves it while AutoNAT finds the node public.
+    auto_server: bool,
+    nat: NatStatus,
+    /// Connected peers that serve circuit relay v2, with the address this node reached each at.
+    relays: HashMap<PeerId, Multiaddr>,
+    /// The relay listener asked for (a reservation pending or held).
+    reservation: Option<(PeerId, ListenerId)>,
+    /// The relay that accepted the reservation.
+    relayed_by: Option<PeerId>,
+    hole_punched: u64,
+    hole_punch_failures: u64,
+    relayed_circuits: u64,
+    conns: HashMap<ConnectionId, Connection>,
+    /// Who waits for a connection to a peer.
+    connecting: HashMap<PeerId, Vec<oneshot::Sender<Result<(), DhtError>>>>,
 }
 
 /// A publication of this node's own (its record, a provider key) that reached no peer: under load the lookup of
@@ -781,6 +940,25 @@ impl Node {
             }
             Cmd::Snapshot { reply } => {
                 let _ = reply.send(self.snapshot());
+            }
+            Cmd::Connect { addr, reply } => {
+                let Some((peer, _)) = split_peer(&addr) else {
+                    let _ = reply.send(Err(DhtError::NoPeer(addr)));
+                    return;
+                };
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                    .addresses(vec![addr])
+                    .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                    .build();
+                match self.swarm.dial(opts) {
+                    Ok(()) => self.connecting.entry(peer).or_default().push(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(DhtError::Dial {
+                            peer,
+                            source: std::sync::Arc::new(e),
+                        }));
+                    }
+                }
             }
             Cmd::Shutdown { .. } => unreachable!("handled in run"),
         }
@@ -954,8 +1132,17 @@ impl Node {
             rejected: self.rejected,
             publish_failures: self.publish_failures,
             bootstrap_ms: self.bootstrap_ms,
+            nat: self.nat,
+            relayed_by: self.relayed_by.map(|p| p.to_base58()),
+            hole_punched: self.hole_punched,
+            hole_punch_failures: self.hole_punch_failures,
+            relayed_circuits: self.relayed_circuits,
         };
-        Snapshot { stats, links }
+        Snapshot {
+            stats,
+            links,
+            connections: self.conns.values().cloned().collect(),
+        }
     }
 
     fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
@@ -982,6 +1169,16 @@ impl Node {
                 }
                 self.roles.insert(peer_id, role_of(&info.agent_version));
                 let speaks_kad = info.protocols.contains(&KAD_PROTOCOL);
+                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME)
+                    && let Some(at) = self
+                        .conns
+                        .values()
+                        .find(|c| c.peer == peer_id && !c.relayed)
+                        .map(|c| c.address.clone())
+                {
+                    self.relays.insert(peer_id, at);
+                    self.reserve();
+                }
                 if speaks_kad {
                     for a in info.listen_addrs {
                         self.kad().add_address(&peer_id, a);
@@ -989,7 +1186,151 @@ impl Node {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad(ev),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let address = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => address.clone(),
+                    ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
+                };
+                self.conns.insert(
+                    connection_id,
+                    Connection {
+                        peer: peer_id,
+                        address,
+                        relayed: endpoint.is_relayed(),
+                        rtt: None,
+                    },
+                );
+                for reply in self.connecting.remove(&peer_id).unwrap_or_default() {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                self.conns.remove(&connection_id);
+                if num_established == 0 {
+                    self.relays.remove(&peer_id);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                let waiting = self.connecting.remove(&peer).unwrap_or_default();
+                let error = std::sync::Arc::new(error);
+                for reply in waiting {
+                    let _ = reply.send(Err(DhtError::Dial {
+                        peer,
+                        source: error.clone(),
+                    }));
+                }
+            }
+            SwarmEvent::ListenerClosed { listener_id, .. }
+                if self.reservation.is_some_and(|(_, id)| id == listener_id) =>
+            {
+                // The relay went or refused: another (or the same, later) is asked at the next chance.
+                if let Some((relay, _)) = self.reservation.take() {
+                    tracing::info!(%relay, "the relay reservation ended");
+                    self.relays.remove(&relay);
+                }
+                self.relayed_by = None;
+                self.reserve();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                connection,
+                result: Ok(rtt),
+                ..
+            })) => {
+                if let Some(c) = self.conns.get_mut(&connection) {
+                    c.rtt = Some(rtt);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
+                new,
+                ..
+            })) => self.on_nat(new),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => {
+                tracing::info!(relay = %relay_peer_id, "reachable through a relay");
+                self.relayed_by = Some(relay_peer_id);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(relay::Event::CircuitReqAccepted {
+                ..
+            })) => self.relayed_circuits += 1,
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(_) => {
+                    tracing::info!(peer = %remote_peer_id, "hole punched: a direct connection");
+                    self.hole_punched += 1;
+                }
+                Err(error) => {
+                    tracing::info!(peer = %remote_peer_id, %error, "hole punch failed: the connection stays relayed");
+                    self.hole_punch_failures += 1;
+                }
+            },
             _ => {}
+        }
+    }
+
+    /// AutoNAT changed its mind: a public node serves the DHT (when allowed to); a private one is a client and
+    /// reserves a relay slot.
+    fn on_nat(&mut self, status: autonat::NatStatus) {
+        self.nat = match status {
+            autonat::NatStatus::Public(_) => NatStatus::Public,
+            autonat::NatStatus::Private => NatStatus::Private,
+            autonat::NatStatus::Unknown => NatStatus::Unknown,
+        };
+        tracing::info!(nat = self.nat.as_str(), "reachability");
+        if !self.server && self.auto_server {
+            let mode = if self.nat == NatStatus::Public {
+                kad::Mode::Server
+            } else {
+                kad::Mode::Client
+            };
+            self.kad().set_mode(Some(mode));
+        }
+        if self.nat == NatStatus::Private {
+            self.reserve();
+        } else if let Some((_, listener)) = self.reservation.take() {
+            // Reachable directly: the relay's slot is for those who are not.
+            self.swarm.remove_listener(listener);
+            self.relayed_by = None;
+        }
+    }
+
+    /// Behind a NAT and without a reservation: asks a connected relay for one (listening on its circuit
+    /// address).
+    fn reserve(&mut self) {
+        // A node that serves the DHT whatever AutoNAT says (a coordinator) is meant to be reachable: it does not
+        // hide behind a relay.
+        if self.server || self.nat != NatStatus::Private || self.reservation.is_some() {
+            return;
+        }
+        let Some((&relay, at)) = self.relays.iter().next() else {
+            return;
+        };
+        let mut addr = at.clone();
+        if !matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+            addr.push(Protocol::P2p(relay));
+        }
+        match self.swarm.listen_on(addr.with(Protocol::P2pCircuit)) {
+            Ok(id) => self.reservation = Some((relay, id)),
+            Err(e) => {
+                tracing::info!(%relay, error = %e, "cannot ask the relay for a reservation");
+                self.relays.remove(&relay);
+            }
         }
     }
 

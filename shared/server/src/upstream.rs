@@ -66,6 +66,11 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
+    /// Whether it forwards to loopback, private and link-local addresses (a LAN deployment).
+    pub fn allows_private(&self) -> bool {
+        self.allow_private
+    }
+
     /// The rule for a server listening on `own`: `private_upstreams` lets it forward to non-public addresses (the
     /// setting; none: only when `own` is a loopback address, where only this machine's upstreams can reach it
     /// anyway). Resolving and connecting each take at most `timeout`.

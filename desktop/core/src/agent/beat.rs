@@ -77,6 +77,7 @@ impl Agent {
                 .filter(|n| !n.is_empty())
                 .map(str::to_owned),
             rtt_ms: self.reach.rtt_ms(),
+            nat: self.reach.nat(),
         };
         (hb, hot)
     }
@@ -130,6 +131,8 @@ impl Agent {
             }
             if now >= next_beat {
                 self.update_hold().await;
+                let nat = self.presence.nat().await;
+                self.reach.set_nat(nat);
                 let (hb, hot) = self.heartbeat_request(&j, &mut sampler).await;
                 let sent = Instant::now();
                 match self

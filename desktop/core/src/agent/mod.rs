@@ -433,7 +433,12 @@ impl Agent {
             .rtt_ms()
             .map(|ms| format!(" (the coordinator is {ms} ms away and back)"))
             .unwrap_or_default();
-        let reached = Some(if self.reach.channel_open() {
+        let peers = self
+            .reach
+            .peers_sentence()
+            .map(|s| format!(" {s}"))
+            .unwrap_or_default();
+        let how = if self.reach.channel_open() {
             format!(
                 "over this computer's own connection to the coordinator{away}: no port to open, no tunnel needed"
             )
@@ -443,7 +448,8 @@ impl Agent {
             )
         } else {
             "not yet: the connection that carries requests back from the coordinator is not open (it is retried)".to_owned()
-        });
+        };
+        let reached = Some(how + &peers);
         self.ui.update(|s| {
             s.endpoint = e;
             s.reached = reached;

@@ -4,8 +4,8 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use commons_dht::Dht;
-use commons_shared::dht::WorkerRecord;
+use commons_dht::{Dht, Protocol};
+use commons_shared::dht::{NatStatus, WorkerRecord};
 use tokio::sync::watch;
 
 use crate::client::Client;
@@ -34,6 +34,21 @@ impl Presence {
     /// The node's peer id, once it runs.
     pub(super) fn peer_id(&self) -> Option<String> {
         self.node.get().map(|d| d.peer_id().to_base58())
+    }
+
+    /// How other DHT nodes reach this one: AutoNAT's finding, and the TCP port the node listens on (what a
+    /// volunteer would forward). `None` without a node.
+    pub(super) async fn nat(&self) -> Option<(NatStatus, Option<u16>)> {
+        let node = self.node.get()?;
+        let nat = node.snapshot().await.stats.nat;
+        let port = node.addresses().iter().find_map(|a| {
+            let relayed = a.iter().any(|p| p == Protocol::P2pCircuit);
+            a.iter().find_map(|p| match p {
+                Protocol::Tcp(port) if !relayed => Some(port),
+                _ => None,
+            })
+        });
+        Some((nat, port))
     }
 
     /// Starts the node and joins through cached seeds or the edge's; without it the agent works through its

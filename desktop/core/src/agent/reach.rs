@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use commons_shared::dht::NatStatus;
+
 use super::AgentError;
 use crate::channel::{Kept, Opener};
 use crate::containers::Upstream;
@@ -25,6 +27,8 @@ pub(super) struct Reach {
     refused: bool,
     /// The round trip of the last heartbeat: how far away the coordinator is.
     rtt: Option<std::time::Duration>,
+    /// How other DHT nodes reach this computer (AutoNAT), and the port its node listens on.
+    nat: Option<(NatStatus, Option<u16>)>,
 }
 
 impl Reach {
@@ -57,6 +61,7 @@ impl Reach {
             channel: None,
             refused: false,
             rtt: None,
+            nat: None,
         })
     }
 
@@ -113,6 +118,22 @@ impl Reach {
         self.rtt = Some(rtt);
     }
 
+    /// What AutoNAT found, and the DHT node's port.
+    pub(super) fn set_nat(&mut self, nat: Option<(NatStatus, Option<u16>)>) {
+        self.nat = nat;
+    }
+
+    /// What AutoNAT found.
+    pub(super) fn nat(&self) -> Option<NatStatus> {
+        self.nat.map(|(n, _)| n)
+    }
+
+    /// How other Commons nodes reach this computer, in plain words with the fix where there is one.
+    pub(super) fn peers_sentence(&self) -> Option<String> {
+        let (nat, port) = self.nat?;
+        peers_sentence(nat, port)
+    }
+
     /// The last heartbeat's round trip, ms.
     pub(super) fn rtt_ms(&self) -> Option<u32> {
         self.rtt
@@ -133,5 +154,57 @@ impl Reach {
             t.stop().await;
         }
         self.gateway = None;
+    }
+}
+
+/// How other Commons nodes (the DHT) reach this computer, for the volunteer: nothing while unknown.
+pub(crate) fn peers_sentence(nat: NatStatus, port: Option<u16>) -> Option<String> {
+    match nat {
+        NatStatus::Unknown => None,
+        NatStatus::Public => Some(match port {
+            Some(p) => format!(
+                "Other Commons computers reach this one directly (TCP port {p} is open to them)."
+            ),
+            None => "Other Commons computers reach this one directly.".to_owned(),
+        }),
+        NatStatus::Private => {
+            let forward = match port {
+                Some(p) => format!("forward TCP port {p} to this computer"),
+                None => "forward the port Commons listens on to this computer".to_owned(),
+            };
+            Some(format!(
+                "Your router blocks incoming connections, so other Commons computers reach this one through a relay, \
+                 which is slower (a direct path is tried each time). Turn on UPnP on your router, or {forward}, to \
+                 get a direct path. Requests from the coordinator are not affected: they come back over this \
+                 computer's own connection."
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peers_sentence_says_what_to_fix() {
+        assert_eq!(peers_sentence(NatStatus::Unknown, Some(4001)), None);
+        let private = peers_sentence(NatStatus::Private, Some(4001)).unwrap();
+        assert!(
+            private.starts_with("Your router blocks incoming connections"),
+            "{private}"
+        );
+        assert!(private.contains("forward TCP port 4001"), "{private}");
+        assert!(private.contains("UPnP"), "{private}");
+        let public = peers_sentence(NatStatus::Public, Some(4001)).unwrap();
+        assert!(
+            public.contains("directly") && public.contains("4001"),
+            "{public}"
+        );
+        assert!(
+            !peers_sentence(NatStatus::Private, None)
+                .unwrap()
+                .contains("port None")
+        );
     }
 }
