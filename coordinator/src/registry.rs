@@ -115,6 +115,8 @@ pub struct Live {
     pub rtt_ms: Option<u32>,
     /// Whether other DHT nodes reach it, as it reported (not stored).
     pub nat: Option<commons_shared::dht::NatStatus>,
+    /// How it can be reached, each way with its round trip, as it reported (not stored).
+    pub paths: Box<[commons_shared::api::PathReport]>,
     /// Changed since the last flush.
     pub dirty: bool,
 }

@@ -515,6 +515,9 @@ impl AppState {
             if hb.nat.is_some() {
                 live.nat = hb.nat;
             }
+            if let Some(paths) = hb.paths {
+                live.paths = paths.into();
+            }
             live.dirty = true;
             let changed = hb
                 .assignment_version
@@ -774,6 +777,7 @@ fn new_worker(
             trust: crate::verify::NEW_TRUST,
             rtt_ms: None,
             nat: None,
+            paths: Box::default(),
             dirty: false,
         }),
         caps: new.capabilities,
@@ -851,6 +855,7 @@ fn worker_from_row(
             trust: row.live.trust.clamp(0.0, 1.0),
             rtt_ms: None,
             nat: None,
+            paths: Box::default(),
             dirty: false,
         }),
         stats: RequestStats::with_counts(

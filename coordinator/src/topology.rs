@@ -6,6 +6,8 @@ use std::time::Instant;
 use commons_shared::api::WorkerStatus;
 use commons_shared::dht::{DhtTopology, LinkKind, NodeRole, TopologyEdge, TopologyNode};
 
+use commons_dht::PeerId;
+
 use crate::state::AppState;
 
 /// Rounds a load to two decimals, so that the live feed does not resend a node for noise.
@@ -29,15 +31,43 @@ fn bare_node(id: String, role: NodeRole) -> TopologyNode {
     }
 }
 
+/// Adds the circuits through this coordinator's relay: a link from the node that asked to the node it reached,
+/// each drawn as relayed (and either node added when the topology has not met it).
+fn relayed(
+    nodes: &mut Vec<TopologyNode>,
+    edges: &mut Vec<TopologyEdge>,
+    index: &mut HashMap<String, usize>,
+    circuits: &[(PeerId, PeerId)],
+) {
+    for (from, to) in circuits {
+        let (from, to) = (from.to_base58(), to.to_base58());
+        for id in [&from, &to] {
+            if !index.contains_key(id) {
+                index.insert(id.clone(), nodes.len());
+                nodes.push(bare_node(id.clone(), NodeRole::Peer));
+            }
+        }
+        edges.push(TopologyEdge {
+            from,
+            to,
+            kind: LinkKind::Relayed,
+        });
+    }
+}
+
 /// The topology the portal draws: the edge (when this coordinator is federated), this coordinator, its workers, and
 /// the DHT peers in its routing table.
 pub(crate) async fn build(state: &AppState) -> DhtTopology {
-    let (me, links) = match state.dht.get() {
+    let (me, links, circuits) = match state.dht.get() {
         Some(d) => {
             let snap = d.snapshot().await;
-            (d.peer_id().to_base58(), snap.links)
+            (d.peer_id().to_base58(), snap.links, snap.circuits)
         }
-        None => (format!("coordinator:{}", state.coordinator_url), Vec::new()),
+        None => (
+            format!("coordinator:{}", state.coordinator_url),
+            Vec::new(),
+            Vec::new(),
+        ),
     };
     let workers = state.registry.all();
     let mut nodes = vec![TopologyNode {
@@ -120,10 +150,50 @@ pub(crate) async fn build(state: &AppState) -> DhtTopology {
             kind: LinkKind::DhtLink,
         });
     }
+    relayed(&mut nodes, &mut edges, &mut index, &circuits);
     DhtTopology {
         node_count: nodes.len(),
         nodes,
         edges,
         dht_enabled: state.dht.get().is_some(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn circuits_are_relayed_links_between_nodes_the_topology_knows() {
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut nodes = vec![bare_node(a.to_base58(), NodeRole::Worker)];
+        let mut index = HashMap::from([(a.to_base58(), 0)]);
+        let mut edges = Vec::new();
+        relayed(&mut nodes, &mut edges, &mut index, &[(b, a), (b, c)]);
+        let ids: Vec<_> = nodes.iter().map(|n| (n.id.clone(), n.role)).collect();
+        assert_eq!(
+            ids,
+            [
+                (a.to_base58(), NodeRole::Worker),
+                (b.to_base58(), NodeRole::Peer),
+                (c.to_base58(), NodeRole::Peer)
+            ],
+            "a worker stays a worker; the unknown ends are added once"
+        );
+        assert_eq!(
+            edges,
+            [
+                TopologyEdge {
+                    from: b.to_base58(),
+                    to: a.to_base58(),
+                    kind: LinkKind::Relayed
+                },
+                TopologyEdge {
+                    from: b.to_base58(),
+                    to: c.to_base58(),
+                    kind: LinkKind::Relayed
+                }
+            ]
+        );
     }
 }

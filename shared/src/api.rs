@@ -347,6 +347,72 @@ impl ReachPath {
     }
 }
 
+/// One way a worker can be reached, as the worker sees it (its heartbeat's `paths`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum PathKind {
+    /// Its own connection to the coordinator (the channel), which requests come back over.
+    Reverse,
+    /// Peers connected to it directly: it is publicly reachable, or they are.
+    Direct,
+    /// Peers connected directly after a hole punch through its router (DCUtR).
+    HolePunched,
+    /// Peers reaching it through a relay (a coordinator's circuit relay).
+    Relayed,
+    /// Its tunnel (an `https://` endpoint).
+    Tunnel,
+}
+
+impl PathKind {
+    /// All kinds, fastest first (the order the agent reports them in).
+    pub const ALL: [PathKind; 5] = [
+        Self::Direct,
+        Self::HolePunched,
+        Self::Reverse,
+        Self::Tunnel,
+        Self::Relayed,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reverse => "reverse",
+            Self::Direct => "direct",
+            Self::HolePunched => "hole_punched",
+            Self::Relayed => "relayed",
+            Self::Tunnel => "tunnel",
+        }
+    }
+
+    /// In plain words, as the portal, the window and `commons-agent status` say it.
+    pub fn words(self) -> &'static str {
+        match self {
+            Self::Reverse => "its own connection to the coordinator",
+            Self::Direct => "direct",
+            Self::HolePunched => "direct after a hole punch",
+            Self::Relayed => "through a relay",
+            Self::Tunnel => "its tunnel",
+        }
+    }
+}
+
+/// How a worker is reached one way (its heartbeat's `paths`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PathReport {
+    /// Which way.
+    pub kind: PathKind,
+    /// Its round trip, ms (the median over its connections of this kind; absent: not measured yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 600000))]
+    pub rtt_ms: Option<u32>,
+    /// How many connections of this kind it holds (peers for the DHT's kinds; 1 for its channel or tunnel).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 100000))]
+    pub connections: u32,
+}
+
 impl From<ReportedStatus> for WorkerStatus {
     fn from(s: ReportedStatus) -> Self {
         match s {
@@ -473,6 +539,11 @@ pub struct HeartbeatRequest {
     /// Whether other DHT nodes can reach it (its node's AutoNAT finding; absent without a DHT node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<crate::dht::NatStatus>,
+    /// How it can be reached now, each way with its round trip (absent: an agent that does not say; empty: no
+    /// way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_items = 5))]
+    pub paths: Option<Vec<PathReport>>,
 }
 
 /// The answer to a heartbeat.
@@ -686,6 +757,9 @@ pub struct WorkerSummary {
     /// behind a NAT, reached by peers through a relay or a hole punch.
     #[serde(default)]
     pub nat: Option<crate::dht::NatStatus>,
+    /// How it can be reached, each way with its round trip, as it last reported.
+    #[serde(default)]
+    pub paths: Vec<PathReport>,
 }
 
 /// `PUT /api/admin/workers/{id}/trust`: the operator sets a worker's trust (to let a drained worker serve again,
@@ -856,6 +930,17 @@ mod tests {
         }
         let names: Vec<_> = ReachPath::ALL.iter().map(|p| p.as_str()).collect();
         assert_eq!(names, ["reverse", "direct", "tunnel", "none"]);
+        for k in PathKind::ALL {
+            assert_eq!(
+                serde_json::to_value(k).unwrap(),
+                serde_json::json!(k.as_str())
+            );
+        }
+        let names: Vec<_> = PathKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["direct", "hole_punched", "reverse", "tunnel", "relayed"]
+        );
     }
 
     #[test]

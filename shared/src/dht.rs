@@ -224,11 +224,19 @@ pub enum LinkKind {
     Registered,
     /// A coordinator to the edge it is federated with.
     Federated,
+    /// A circuit through this coordinator's relay, from the node that asked to the node behind a NAT it reached:
+    /// slower than a direct link, and the portal draws it apart.
+    Relayed,
 }
 
 impl LinkKind {
     /// All kinds.
-    pub const ALL: [LinkKind; 3] = [Self::DhtLink, Self::Registered, Self::Federated];
+    pub const ALL: [LinkKind; 4] = [
+        Self::DhtLink,
+        Self::Registered,
+        Self::Federated,
+        Self::Relayed,
+    ];
 
     /// The wire name.
     pub fn as_str(self) -> &'static str {
@@ -236,6 +244,7 @@ impl LinkKind {
             Self::DhtLink => "dht_link",
             Self::Registered => "registered",
             Self::Federated => "federated",
+            Self::Relayed => "relayed",
         }
     }
 }
@@ -376,6 +385,9 @@ pub struct DhtStats {
     /// Circuits it relayed for others (a coordinator).
     #[serde(default)]
     pub relayed_circuits: u64,
+    /// Nodes behind NATs holding a reservation on this node's relay now.
+    #[serde(default)]
+    pub reservations: u64,
 }
 
 #[cfg(test)]
@@ -395,9 +407,10 @@ mod tests {
                 role
             );
         }
-        for (kind, text) in LinkKind::ALL
-            .into_iter()
-            .zip(["dht_link", "registered", "federated"])
+        for (kind, text) in
+            LinkKind::ALL
+                .into_iter()
+                .zip(["dht_link", "registered", "federated", "relayed"])
         {
             assert_eq!(kind.as_str(), text);
             assert_eq!(serde_json::to_value(kind).unwrap(), serde_json::json!(text));

@@ -7,7 +7,7 @@
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
-use crate::api::{HeartbeatRequest, LegacyRegisterRequest, NewWorker, RegisterRequest};
+use crate::api::{HeartbeatRequest, LegacyRegisterRequest, NewWorker, PathKind, RegisterRequest};
 use crate::caps::{Capabilities, Cpu, Disk, Gpu, GpuVendor};
 use crate::edge::{CoordinatorFigures, EdgeHeartbeat, EdgeRegisterRequest};
 use crate::units::parse_size;
@@ -24,6 +24,10 @@ pub const MAX_LIST_LEN: usize = 64;
 pub const MAX_CORES: u32 = 65_536;
 /// The highest GPU index a machine can report.
 pub const MAX_GPU_INDEX: u32 = 1023;
+/// The longest round trip a heartbeat can report, ms (ten minutes: anything longer is not a round trip).
+pub const MAX_RTT_MS: u32 = 600_000;
+/// The most connections of one kind a heartbeat's path can count.
+pub const MAX_PATH_CONNECTIONS: u32 = 100_000;
 
 /// A request body that cannot be accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -385,6 +389,37 @@ pub fn parse_heartbeat(body: &[u8]) -> Result<HeartbeatRequest, InputError> {
     c.opt_string("available_memory", &hb.available_memory, MAX_STRING_LEN);
     c.opt_string("agent_version", &hb.agent_version, MAX_STRING_LEN);
     c.url("endpoint", &hb.endpoint);
+    if hb.rtt_ms.is_some_and(|r| r > MAX_RTT_MS) {
+        c.fail("rtt_ms", format!("must be at most {MAX_RTT_MS}"));
+    }
+    if let Some(paths) = &hb.paths {
+        if paths.len() > PathKind::ALL.len() {
+            c.fail(
+                "paths",
+                format!("must have at most {} entries", PathKind::ALL.len()),
+            );
+        }
+        for (i, p) in paths.iter().enumerate() {
+            if paths[..i].iter().any(|q| q.kind == p.kind) {
+                c.fail(
+                    &format!("paths[{i}].kind"),
+                    format!("{} is listed twice", p.kind.as_str()),
+                );
+            }
+            if p.rtt_ms.is_some_and(|r| r > MAX_RTT_MS) {
+                c.fail(
+                    &format!("paths[{i}].rtt_ms"),
+                    format!("must be at most {MAX_RTT_MS}"),
+                );
+            }
+            if p.connections > MAX_PATH_CONNECTIONS {
+                c.fail(
+                    &format!("paths[{i}].connections"),
+                    format!("must be at most {MAX_PATH_CONNECTIONS}"),
+                );
+            }
+        }
+    }
     c.finish()?;
     if let Some(name) = &hb.display_name {
         hb.display_name = Some(crate::usage::check_display_name(name)?);
@@ -662,6 +697,26 @@ mod tests {
                 r#"{"worker_id": "a", "status": "healthy", "load": 0.1, "containers": [{"name": "c", "state": "vibing"}]}"#,
                 "containers[0].state",
             ),
+            (
+                r#"{"worker_id": "a", "status": "healthy", "load": 0.1, "paths": [{"kind": "wormhole"}]}"#,
+                "paths[0].kind",
+            ),
+            (
+                r#"{"worker_id": "a", "status": "healthy", "load": 0.1, "paths": [{"kind": "relayed", "connections": 1}, {"kind": "relayed", "connections": 2}]}"#,
+                "paths[1].kind",
+            ),
+            (
+                r#"{"worker_id": "a", "status": "healthy", "load": 0.1, "paths": [{"kind": "direct", "rtt_ms": 700000, "connections": 1}]}"#,
+                "paths[0].rtt_ms",
+            ),
+            (
+                r#"{"worker_id": "a", "status": "healthy", "load": 0.1, "paths": [{"kind": "direct", "connections": 100001}]}"#,
+                "paths[0].connections",
+            ),
+            (
+                r#"{"worker_id": "a", "status": "healthy", "load": 0.1, "rtt_ms": 4000000000}"#,
+                "rtt_ms",
+            ),
         ];
         for (body, want) in bad {
             match parse_heartbeat(body.as_bytes()) {
@@ -669,6 +724,17 @@ mod tests {
                 other => panic!("{body}: {other:?}"),
             }
         }
+        let hb = parse_heartbeat(br#"{"worker_id": "a", "status": "healthy", "load": 0.1, "paths": [{"kind": "reverse", "rtt_ms": 3, "connections": 1}, {"kind": "hole_punched", "connections": 2}]}"#).unwrap();
+        let paths = hb.paths.unwrap();
+        assert_eq!(
+            (
+                paths[0].kind,
+                paths[0].rtt_ms,
+                paths[1].kind,
+                paths[1].rtt_ms
+            ),
+            (PathKind::Reverse, Some(3), PathKind::HolePunched, None)
+        );
         let long_id = format!(
             r#"{{"worker_id": "{}", "status": "healthy", "load": 0.1}}"#,
             "a".repeat(65)

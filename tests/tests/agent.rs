@@ -74,6 +74,21 @@ async fn joins_heartbeats_pauses_resumes_and_quits() {
         "{:?}",
         worker(&client, &c.url(), &id).await
     );
+    // And lists its paths: its own connection to the coordinator, with that round trip.
+    let reverse = |w: &Value| {
+        w["paths"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["kind"] == "reverse" && p["connections"] == 1 && p["rtt_ms"].is_u64())
+        })
+    };
+    assert!(
+        eventually(5, || async {
+            reverse(&worker(&client, &c.url(), &id).await.1)
+        })
+        .await,
+        "{:?}",
+        worker(&client, &c.url(), &id).await
+    );
     assert!(
         eventually(5, || async {
             a.session

@@ -86,6 +86,16 @@ async fn an_agent_behind_a_nat_with_no_port_open_serves_ocr_over_its_own_connect
     // It has no endpoint the coordinator could use (its gateway listens on the LAN's loopback, which the
     // coordinator refused): the channel is its only path.
     assert_eq!(w["path"], "reverse", "{w}");
+    assert!(
+        eventually(10, || async {
+            listed(&client, &c).await["paths"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p["kind"] == "reverse"))
+        })
+        .await,
+        "it lists its own connection among its paths: {}",
+        listed(&client, &c).await
+    );
     assert!(w["endpoint"].is_null(), "no endpoint was taken: {w}");
     // The agent quits (SIGTERM): it unregisters, and its channel closes with it.
     // (`ip netns exec` execs the agent: the child is the agent itself.)
@@ -141,6 +151,7 @@ fn address_on(node: &commons_dht::Dht, prefix: &str) -> commons_dht::Multiaddr {
 
 #[tokio::test]
 async fn agents_behind_nats_reserve_a_relay_and_hole_punch_to_a_direct_connection() {
+    use commons_shared::api::PathKind;
     use commons_shared::dht::NatStatus;
     use commons_tests::nat::{Internet, NodeIn};
     // Numbers no other test's router takes (theirs are 20–219).
@@ -227,6 +238,22 @@ async fn agents_behind_nats_reserve_a_relay_and_hole_punch_to_a_direct_connectio
         .connect(via_relay)
         .await
         .expect("B reaches A through the relay");
+    // The relay lists the circuit while it lasts (the topology draws it as a relayed link).
+    let listed = eventually(10, || async {
+        relay
+            .dht
+            .snapshot()
+            .await
+            .circuits
+            .contains(&(b.dht.peer_id(), a.dht.peer_id()))
+    })
+    .await;
+    assert!(listed, "the relay lists the circuit from B to A");
+    assert_eq!(
+        relay.dht.snapshot().await.stats.reservations,
+        2,
+        "both NATed agents hold a reservation on the relay"
+    );
     let direct_from = format!("/ip4/{}/", r1.public_address());
     let punched = eventually(60, || async {
         b.dht.snapshot().await.connections.iter().any(|c| {
@@ -241,6 +268,26 @@ async fn agents_behind_nats_reserve_a_relay_and_hole_punch_to_a_direct_connectio
         punched,
         "B holds a direct connection to A's router: {:?} / A {:?} B {:?}",
         sb.connections, sa.stats, sb.stats
+    );
+    // The direct connection is known for a hole punch's (on the side DCUtR told), and that side's paths say so.
+    let knows = |s: &commons_dht::Snapshot, other| {
+        s.connections
+            .iter()
+            .any(|c| c.peer == other && c.kind() == PathKind::HolePunched)
+            && s.paths()
+                .iter()
+                .any(|p| p.kind == PathKind::HolePunched && p.connections >= 1)
+    };
+    let punched_path = eventually(10, || async {
+        knows(&a.dht.snapshot().await, b.dht.peer_id())
+            || knows(&b.dht.snapshot().await, a.dht.peer_id())
+    })
+    .await;
+    assert!(
+        punched_path,
+        "a connection between A and B is a hole punch's: A {:?} B {:?}",
+        a.dht.snapshot().await.connections,
+        b.dht.snapshot().await.connections,
     );
     assert!(
         sa.stats.hole_punched + sb.stats.hole_punched >= 1,

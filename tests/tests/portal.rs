@@ -347,6 +347,29 @@ async fn the_portal_in_headless_chromium() {
     // Registered with an endpoint and no channel open: reached directly.
     let path = text_of(&b, "#worker-path", 10).await;
     assert_eq!(path, "directly, at its endpoint or address");
+    // The ways it says it is reached, each with its round trip.
+    let r = http
+        .post(format!("{url}/api/worker/heartbeat"))
+        .bearer_auth(&workers[1].token)
+        .json(&serde_json::json!({"worker_id": workers[1].id, "status": "healthy", "load": 0.1, "paths": [
+            {"kind": "hole_punched", "rtt_ms": 6, "connections": 2},
+            {"kind": "relayed", "connections": 1},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        until(
+            &b,
+            10,
+            "return (document.querySelector('#worker-paths') || {}).textContent == \
+             'direct after a hole punch: 2 connections, 6 ms · through a relay: 1 connection, not measured yet'"
+        )
+        .await,
+        "the worker's page lists its paths: {}",
+        text_of(&b, "#worker-paths", 1).await
+    );
     screenshot(&b, "portal-worker").await;
 
     // Services, coordinators, downloads.

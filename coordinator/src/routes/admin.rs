@@ -83,6 +83,7 @@ fn summary(state: &AppState, w: &Worker, now: Instant) -> WorkerSummary {
         path: w.path(live.endpoint.as_deref()),
         rtt_ms: live.rtt_ms,
         nat: live.nat,
+        paths: live.paths.to_vec(),
     }
 }
 

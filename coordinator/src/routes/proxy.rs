@@ -894,6 +894,7 @@ mod tests {
                 trust: crate::verify::NEW_TRUST,
                 rtt_ms: None,
                 nat: None,
+                paths: Box::default(),
                 dirty: false,
             }),
             stats: Default::default(),

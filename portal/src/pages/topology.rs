@@ -536,6 +536,9 @@ pub fn Topology() -> Html {
                 <span><i style="background:#1a73e8"></i>{ "tier 2 (service)" }</span>
                 <span><i style="background:#188038"></i>{ "tier 3 (data)" }</span>
                 <span><i style="background:#9aa0a6"></i>{ "stale / offline" }</span>
+                <span><i class="line" style="border-color:#bdc1c6"></i>{ "registered" }</span>
+                <span><i class="line" style="border-color:#f9ab00;border-top-style:dashed"></i>{ "DHT link" }</span>
+                <span><i class="line" style="border-color:#d93025;border-top-style:dotted"></i>{ "relayed (through this coordinator's relay)" }</span>
                 { " Size: capacity. Link width: requests. Drag to pan, wheel to zoom, click a node for details." }
             </p>
         </>

@@ -1,6 +1,6 @@
 //! The workers table and one worker's page.
 
-use commons_shared::api::{ReachPath, WorkerList, WorkerSummary};
+use commons_shared::api::{PathReport, ReachPath, WorkerList, WorkerSummary};
 use commons_shared::dht::NatStatus;
 use web_sys::{HtmlInputElement, HtmlSelectElement};
 use yew::prelude::*;
@@ -167,6 +167,7 @@ pub fn WorkerDetail(p: &WorkerDetailProps) -> Html {
                 <dt>{ "Endpoint" }</dt><dd>{ w.endpoint.clone().unwrap_or_else(|| "none (behind NAT or not serving)".into()) }</dd>
                 <dt>{ "Requests" }</dt><dd>{ format!("{} ({} errors, {:.0} ms average)", w.requests, w.errors, w.latency_ms) }</dd>
                 <dt>{ "Reached" }</dt><dd id="worker-path" class={classes!("path", w.path.as_str())}>{ reached(w) }</dd>
+                <dt>{ "Paths" }</dt><dd id="worker-paths">{ paths(&w.paths) }</dd>
                 <dt>{ "Trust" }</dt><dd id="worker-trust" class={classes!("trust", w.drained.then_some("drained"))}>{ trust(w) }</dd>
             </dl>
             <h2>{ "Capabilities" }</h2>
@@ -227,6 +228,28 @@ fn reached(w: &WorkerSummary) -> String {
         Some(NatStatus::Public) => format!("{how}; reachable directly by other DHT nodes"),
         _ => how,
     }
+}
+
+/// Every way the worker says it can be reached, each with its round trip ("direct after a hole punch: 2 connections,
+/// 6 ms · through a relay: 1 connection, 31 ms").
+fn paths(paths: &[PathReport]) -> String {
+    if paths.is_empty() {
+        return "not reported".to_owned();
+    }
+    paths
+        .iter()
+        .map(|p| {
+            let n = match p.connections {
+                1 => "1 connection".to_owned(),
+                n => format!("{n} connections"),
+            };
+            let rtt = p
+                .rtt_ms
+                .map_or_else(|| "not measured yet".to_owned(), |ms| format!("{ms} ms"));
+            format!("{}: {n}, {rtt}", p.kind.words())
+        })
+        .collect::<Vec<_>>()
+        .join(" · ")
 }
 
 /// The path column: how it is reached, and how far away it is when known.

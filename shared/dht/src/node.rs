@@ -11,6 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use commons_shared::api::{PathKind, PathReport};
 use commons_shared::backoff::Backoff;
 use commons_shared::dht::{
     CoordinatorRecord, NatStatus, NodeRole, RecordBody, RecordPayload, SERVICE_SHARDS,
@@ -239,6 +240,34 @@ pub struct Snapshot {
     pub links: Vec<(PeerId, NodeRole)>,
     /// Open connections.
     pub connections: Vec<Connection>,
+    /// Circuits through this node's relay now: (the node that asked, the node it reached).
+    pub circuits: Vec<(PeerId, PeerId)>,
+}
+
+impl Snapshot {
+    /// How this node is connected to its peers, kind by kind (direct, hole-punched, relayed), each with the median
+    /// of its connections' last ping round trips; kinds without a connection are left out.
+    pub fn paths(&self) -> Vec<PathReport> {
+        [PathKind::Direct, PathKind::HolePunched, PathKind::Relayed]
+            .into_iter()
+            .filter_map(|kind| {
+                let of_kind: Vec<_> = self
+                    .connections
+                    .iter()
+                    .filter(|c| c.kind() == kind)
+                    .collect();
+                let mut rtts: Vec<_> = of_kind.iter().filter_map(|c| c.rtt).collect();
+                rtts.sort_unstable();
+                (!of_kind.is_empty()).then(|| PathReport {
+                    kind,
+                    rtt_ms: rtts
+                        .get(rtts.len() / 2)
+                        .map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+                    connections: u32::try_from(of_kind.len()).unwrap_or(u32::MAX),
+                })
+            })
+            .collect()
+    }
 }
 
 /// One open connection.
@@ -252,6 +281,21 @@ pub struct Connection {
     pub relayed: bool,
     /// The last ping's round trip on this connection.
     pub rtt: Option<Duration>,
+    /// A direct connection that a hole punch made (DCUtR).
+    pub punched: bool,
+}
+
+impl Connection {
+    /// Which way it goes.
+    pub fn kind(&self) -> PathKind {
+        if self.relayed {
+            PathKind::Relayed
+        } else if self.punched {
+            PathKind::HolePunched
+        } else {
+            PathKind::Direct
+        }
+    }
 }
 
 enum Cmd {
@@ -385,6 +429,9 @@ impl Dht {
             hole_punched: 0,
             hole_punch_failures: 0,
             relayed_circuits: 0,
+            reserved: HashSet::new(),
+            circuits: HashMap::new(),
+            punched: HashSet::new(),
             conns: HashMap::new(),
             connecting: HashMap::new(),
         };
@@ -782,6 +829,12 @@ struct Node {
     hole_punched: u64,
     hole_punch_failures: u64,
     relayed_circuits: u64,
+    /// Nodes holding a reservation on this node's relay.
+    reserved: HashSet<PeerId>,
+    /// Circuits through this node's relay, by (asking node, reached node): how many are open.
+    circuits: HashMap<(PeerId, PeerId), u32>,
+    /// Hole-punched connections DCUtR announced before the swarm did.
+    punched: HashSet<ConnectionId>,
     conns: HashMap<ConnectionId, Connection>,
     /// Who waits for a connection to a peer.
     connecting: HashMap<PeerId, Vec<oneshot::Sender<Result<(), DhtError>>>>,
@@ -1137,11 +1190,13 @@ impl Node {
             hole_punched: self.hole_punched,
             hole_punch_failures: self.hole_punch_failures,
             relayed_circuits: self.relayed_circuits,
+            reservations: self.reserved.len() as u64,
         };
         Snapshot {
             stats,
             links,
             connections: self.conns.values().cloned().collect(),
+            circuits: self.circuits.keys().copied().collect(),
         }
     }
 
@@ -1203,6 +1258,7 @@ impl Node {
                         address,
                         relayed: endpoint.is_relayed(),
                         rtt: None,
+                        punched: self.punched.remove(&connection_id),
                     },
                 );
                 for reply in self.connecting.remove(&peer_id).unwrap_or_default() {
@@ -1216,6 +1272,7 @@ impl Node {
                 ..
             } => {
                 self.conns.remove(&connection_id);
+                self.punched.remove(&connection_id);
                 if num_established == 0 {
                     self.relays.remove(&peer_id);
                 }
@@ -1264,22 +1321,59 @@ impl Node {
                 tracing::info!(relay = %relay_peer_id, "reachable through a relay");
                 self.relayed_by = Some(relay_peer_id);
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Relay(relay::Event::CircuitReqAccepted {
-                ..
-            })) => self.relayed_circuits += 1,
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(ev)) => self.on_relay(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
                 remote_peer_id,
                 result,
             })) => match result {
-                Ok(_) => {
+                Ok(connection) => {
                     tracing::info!(peer = %remote_peer_id, "hole punched: a direct connection");
                     self.hole_punched += 1;
+                    match self.conns.get_mut(&connection) {
+                        Some(c) => c.punched = true,
+                        None => {
+                            self.punched.insert(connection);
+                        }
+                    }
                 }
                 Err(error) => {
                     tracing::info!(peer = %remote_peer_id, %error, "hole punch failed: the connection stays relayed");
                     self.hole_punch_failures += 1;
                 }
             },
+            _ => {}
+        }
+    }
+
+    /// What this node's relay did: reservations and circuits come and go.
+    fn on_relay(&mut self, ev: relay::Event) {
+        match ev {
+            relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
+                self.reserved.insert(src_peer_id);
+            }
+            relay::Event::ReservationClosed { src_peer_id }
+            | relay::Event::ReservationTimedOut { src_peer_id } => {
+                self.reserved.remove(&src_peer_id);
+            }
+            relay::Event::CircuitReqAccepted {
+                src_peer_id,
+                dst_peer_id,
+            } => {
+                self.relayed_circuits += 1;
+                *self.circuits.entry((src_peer_id, dst_peer_id)).or_default() += 1;
+            }
+            relay::Event::CircuitClosed {
+                src_peer_id,
+                dst_peer_id,
+                ..
+            } => {
+                if let Some(n) = self.circuits.get_mut(&(src_peer_id, dst_peer_id)) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.circuits.remove(&(src_peer_id, dst_peer_id));
+                    }
+                }
+            }
             _ => {}
         }
     }

@@ -78,6 +78,7 @@ impl Agent {
                 .map(str::to_owned),
             rtt_ms: self.reach.rtt_ms(),
             nat: self.reach.nat(),
+            paths: Some(self.reach.paths()),
         };
         (hb, hot)
     }
@@ -131,8 +132,8 @@ impl Agent {
             }
             if now >= next_beat {
                 self.update_hold().await;
-                let nat = self.presence.nat().await;
-                self.reach.set_nat(nat);
+                let dht = self.presence.reach().await;
+                self.reach.set_dht(dht);
                 let (hb, hot) = self.heartbeat_request(&j, &mut sampler).await;
                 let sent = Instant::now();
                 match self

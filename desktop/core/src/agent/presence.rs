@@ -5,12 +5,24 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use commons_dht::{Dht, Protocol};
+use commons_shared::api::PathReport;
 use commons_shared::dht::{NatStatus, WorkerRecord};
 use tokio::sync::watch;
 
 use crate::client::Client;
 use crate::credentials::CredentialStore;
 use crate::settings::Settings;
+
+/// How other DHT nodes reach this computer.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct DhtReach {
+    /// AutoNAT's finding.
+    pub nat: NatStatus,
+    /// The TCP port the node listens on.
+    pub port: Option<u16>,
+    /// Its connections: direct, hole-punched, relayed.
+    pub paths: Vec<PathReport>,
+}
 
 /// The node, whether it has joined, and what it published.
 pub(super) struct Presence {
@@ -36,11 +48,11 @@ impl Presence {
         self.node.get().map(|d| d.peer_id().to_base58())
     }
 
-    /// How other DHT nodes reach this one: AutoNAT's finding, and the TCP port the node listens on (what a
-    /// volunteer would forward). `None` without a node.
-    pub(super) async fn nat(&self) -> Option<(NatStatus, Option<u16>)> {
+    /// How other DHT nodes reach this one: AutoNAT's finding, the TCP port the node listens on (what a volunteer
+    /// would forward), and its connections kind by kind. `None` without a node.
+    pub(super) async fn reach(&self) -> Option<DhtReach> {
         let node = self.node.get()?;
-        let nat = node.snapshot().await.stats.nat;
+        let snap = node.snapshot().await;
         let port = node.addresses().iter().find_map(|a| {
             let relayed = a.iter().any(|p| p == Protocol::P2pCircuit);
             a.iter().find_map(|p| match p {
@@ -48,7 +60,11 @@ impl Presence {
                 _ => None,
             })
         });
-        Some((nat, port))
+        Some(DhtReach {
+            nat: snap.stats.nat,
+            port,
+            paths: snap.paths(),
+        })
     }
 
     /// Starts the node and joins through cached seeds or the edge's; without it the agent works through its

@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use commons_shared::api::{PathKind, PathReport};
 use commons_shared::dht::NatStatus;
 
 use super::AgentError;
+use super::presence::DhtReach;
 use crate::channel::{Kept, Opener};
 use crate::containers::Upstream;
 use crate::gateway::Gateway;
@@ -27,8 +29,8 @@ pub(super) struct Reach {
     refused: bool,
     /// The round trip of the last heartbeat: how far away the coordinator is.
     rtt: Option<std::time::Duration>,
-    /// How other DHT nodes reach this computer (AutoNAT), and the port its node listens on.
-    nat: Option<(NatStatus, Option<u16>)>,
+    /// How other DHT nodes reach this computer (AutoNAT, its node's port and connections).
+    dht: Option<DhtReach>,
 }
 
 impl Reach {
@@ -61,7 +63,7 @@ impl Reach {
             channel: None,
             refused: false,
             rtt: None,
-            nat: None,
+            dht: None,
         })
     }
 
@@ -118,20 +120,52 @@ impl Reach {
         self.rtt = Some(rtt);
     }
 
-    /// What AutoNAT found, and the DHT node's port.
-    pub(super) fn set_nat(&mut self, nat: Option<(NatStatus, Option<u16>)>) {
-        self.nat = nat;
+    /// What the DHT node found about how others reach it.
+    pub(super) fn set_dht(&mut self, dht: Option<DhtReach>) {
+        self.dht = dht;
     }
 
     /// What AutoNAT found.
     pub(super) fn nat(&self) -> Option<NatStatus> {
-        self.nat.map(|(n, _)| n)
+        self.dht.as_ref().map(|d| d.nat)
     }
 
-    /// How other Commons nodes reach this computer, in plain words with the fix where there is one.
+    /// Every way this worker is reached now, fastest kind first, each with its round trip: its channel to the
+    /// coordinator, its tunnel, and its DHT node's connections.
+    pub(super) fn paths(&self) -> Vec<PathReport> {
+        let mut paths = self
+            .dht
+            .as_ref()
+            .map(|d| d.paths.clone())
+            .unwrap_or_default();
+        if self.channel_open() {
+            paths.push(PathReport {
+                kind: PathKind::Reverse,
+                rtt_ms: self.rtt_ms(),
+                connections: 1,
+            });
+        }
+        if self.endpoint().is_some_and(|e| e.starts_with("https://")) {
+            paths.push(PathReport {
+                kind: PathKind::Tunnel,
+                rtt_ms: None,
+                connections: 1,
+            });
+        }
+        paths.sort_by_key(|p| PathKind::ALL.iter().position(|k| *k == p.kind));
+        paths
+    }
+
+    /// How other Commons nodes reach this computer, in plain words with the fix where there is one, and the
+    /// connections it holds.
     pub(super) fn peers_sentence(&self) -> Option<String> {
-        let (nat, port) = self.nat?;
-        peers_sentence(nat, port)
+        let d = self.dht.as_ref()?;
+        let nat = peers_sentence(d.nat, d.port);
+        let held = connections_sentence(&d.paths);
+        match (nat, held) {
+            (None, None) => None,
+            (a, b) => Some([a, b].into_iter().flatten().collect::<Vec<_>>().join(" ")),
+        }
     }
 
     /// The last heartbeat's round trip, ms.
@@ -155,6 +189,41 @@ impl Reach {
         }
         self.gateway = None;
     }
+}
+
+/// The DHT connections this computer holds, kind by kind with their round trips, for the volunteer ("Connected to
+/// 3 Commons computers: 2 directly (4 ms), 1 through a relay (31 ms).").
+pub(crate) fn connections_sentence(paths: &[PathReport]) -> Option<String> {
+    let dht: Vec<_> = paths
+        .iter()
+        .filter(|p| {
+            matches!(
+                p.kind,
+                PathKind::Direct | PathKind::HolePunched | PathKind::Relayed
+            ) && p.connections > 0
+        })
+        .collect();
+    let total: u32 = dht.iter().map(|p| p.connections).sum();
+    if total == 0 {
+        return None;
+    }
+    let parts: Vec<_> = dht
+        .iter()
+        .map(|p| {
+            let how = match p.kind {
+                PathKind::Direct => "directly",
+                PathKind::HolePunched => "directly after a hole punch through your router",
+                _ => "through a relay",
+            };
+            let rtt = p.rtt_ms.map(|ms| format!(" ({ms} ms)")).unwrap_or_default();
+            format!("{} {how}{rtt}", p.connections)
+        })
+        .collect();
+    let computers = if total == 1 { "computer" } else { "computers" };
+    Some(format!(
+        "Connected to {total} Commons {computers}: {}.",
+        parts.join(", ")
+    ))
 }
 
 /// How other Commons nodes (the DHT) reach this computer, for the volunteer: nothing while unknown.
@@ -185,6 +254,36 @@ pub(crate) fn peers_sentence(nat: NatStatus, port: Option<u16>) -> Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_connections_sentence_counts_each_kind_with_its_round_trip() {
+        let p = |kind, rtt_ms, connections| PathReport {
+            kind,
+            rtt_ms,
+            connections,
+        };
+        assert_eq!(connections_sentence(&[]), None);
+        assert_eq!(
+            connections_sentence(&[p(PathKind::Reverse, Some(3), 1)]),
+            None,
+            "the channel is said elsewhere"
+        );
+        assert_eq!(
+            connections_sentence(&[
+                p(PathKind::Direct, Some(4), 2),
+                p(PathKind::HolePunched, None, 1),
+                p(PathKind::Reverse, Some(3), 1),
+                p(PathKind::Relayed, Some(31), 1),
+            ])
+            .unwrap(),
+            "Connected to 4 Commons computers: 2 directly (4 ms), 1 directly after a hole punch through your \
+             router, 1 through a relay (31 ms)."
+        );
+        assert_eq!(
+            connections_sentence(&[p(PathKind::Direct, Some(4), 1)]).unwrap(),
+            "Connected to 1 Commons computer: 1 directly (4 ms)."
+        );
+    }
 
     #[test]
     fn the_peers_sentence_says_what_to_fix() {
