@@ -116,18 +116,22 @@ async fn an_agent_joins_through_an_https_edge_and_coordinator_and_is_reached_ove
     let key = edge.federation_key(&client, "pool").await;
     let c = Coordinator::federated(&edge, &key, 200, |cfg, _| {
         tls(&mut cfg.tls_cert, &mut cfg.tls_key);
+        cfg.heartbeat_interval_secs = 1;
     })
     .await;
     assert!(c.url().starts_with("https://"), "{}", c.url());
     // The coordinator registered with the edge over HTTPS.
     assert!(eventually(5, || async { edge.coordinator_count(&client).await == 1 }).await);
 
-    // The agent joins through the edge, which forwards its registration to the coordinator over TLS.
+    // The agent joins through the edge, which forwards its registration to the coordinator over TLS. It also has
+    // a tunnel-style https endpoint in front of it, whose round trip it measures.
+    let (tunnel, _seen, _tunnel_task) = tls_worker("agent-tunnel", &ca.server).await;
     let dir = tempfile::tempdir().unwrap();
     let mut a = agent::start(
         Settings {
             coordinator_url: None,
             edge_url: edge_url.clone(),
+            endpoint: Some(tunnel.clone()),
             containers: false,
             dht: false,
             ..Settings::default()
@@ -150,6 +154,23 @@ async fn an_agent_joins_through_an_https_edge_and_coordinator_and_is_reached_ove
             c.admin(&client, &format!("/api/admin/workers/{id}")).await["path"] == "reverse"
         })
         .await
+    );
+    // Its paths: the channel, and the tunnel with its measured round trip.
+    let measured = eventually(10, || async {
+        let w = c.admin(&client, &format!("/api/admin/workers/{id}")).await;
+        let has = |kind: &str| {
+            w["paths"].as_array().is_some_and(|p| {
+                p.iter()
+                    .any(|p| p["kind"] == kind && p["rtt_ms"].is_u64() && p["connections"] == 1)
+            })
+        };
+        has("reverse") && has("tunnel")
+    })
+    .await;
+    assert!(
+        measured,
+        "the worker lists its channel and its tunnel, each with a round trip: {}",
+        c.admin(&client, &format!("/api/admin/workers/{id}")).await
     );
 
     // A client that does not trust the test CA is refused at the handshake; plain HTTP gets no answer.

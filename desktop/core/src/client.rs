@@ -94,6 +94,22 @@ impl Client {
         Self::json(&url, self.http.post(&url).json(req).send().await).await
     }
 
+    /// The time a request to `url` takes to go there and back, whatever it answers (a tunnel's round trip: the
+    /// gateway behind it answers 401 to a request without the coordinator's key, which is all a probe needs).
+    pub async fn round_trip(&self, url: &str) -> Result<Duration, CallError> {
+        let sent = std::time::Instant::now();
+        self.http
+            .head(url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| CallError::Unreachable {
+                url: url.into(),
+                message: e.to_string(),
+            })?;
+        Ok(sent.elapsed())
+    }
+
     /// Sends a heartbeat.
     pub async fn heartbeat(
         &self,

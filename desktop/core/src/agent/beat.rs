@@ -134,6 +134,7 @@ impl Agent {
                 self.update_hold().await;
                 let dht = self.presence.reach().await;
                 self.reach.set_dht(dht);
+                self.reach.probe_tunnel(self.me.client());
                 let (hb, hot) = self.heartbeat_request(&j, &mut sampler).await;
                 let sent = Instant::now();
                 match self

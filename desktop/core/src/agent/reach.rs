@@ -2,10 +2,12 @@
 //! configured endpoint) in front of the gateway.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use commons_shared::api::{PathKind, PathReport};
 use commons_shared::dht::NatStatus;
+use parking_lot::Mutex;
 
 use super::AgentError;
 use super::presence::DhtReach;
@@ -31,7 +33,14 @@ pub(super) struct Reach {
     rtt: Option<std::time::Duration>,
     /// How other DHT nodes reach this computer (AutoNAT, its node's port and connections).
     dht: Option<DhtReach>,
+    /// The tunnel's round trip, ms, as last probed (`None`: not yet, or the probe failed).
+    tunnel_rtt: Arc<Mutex<Option<u32>>>,
+    /// When the tunnel is probed next.
+    next_probe: Option<Instant>,
 }
+
+/// How often the tunnel's round trip is measured.
+const TUNNEL_PROBE_EVERY: Duration = Duration::from_secs(30);
 
 impl Reach {
     /// Starts the gateway and the tunnel in front of it.
@@ -64,6 +73,8 @@ impl Reach {
             refused: false,
             rtt: None,
             dht: None,
+            tunnel_rtt: Arc::default(),
+            next_probe: None,
         })
     }
 
@@ -130,6 +141,35 @@ impl Reach {
         self.dht.as_ref().map(|d| d.nat)
     }
 
+    /// The tunnel's `https://` address, when the coordinator reaches this worker through one.
+    fn tunnel_url(&self) -> Option<String> {
+        self.endpoint().filter(|e| e.starts_with("https://"))
+    }
+
+    /// Measures the tunnel's round trip in the background, every [`TUNNEL_PROBE_EVERY`] (what the coordinator's
+    /// requests through it pay, less the last hop on this machine).
+    pub(super) fn probe_tunnel(&mut self, client: &crate::client::Client) {
+        let now = Instant::now();
+        let Some(url) = self.tunnel_url() else {
+            *self.tunnel_rtt.lock() = None;
+            return;
+        };
+        if self.next_probe.is_some_and(|at| now < at) {
+            return;
+        }
+        self.next_probe = Some(now + TUNNEL_PROBE_EVERY);
+        let (client, rtt) = (client.clone(), self.tunnel_rtt.clone());
+        tokio::spawn(async move {
+            let took = client.round_trip(&url).await;
+            if let Err(e) = &took {
+                tracing::info!(error = %e, "the tunnel did not answer its probe");
+            }
+            *rtt.lock() = took
+                .ok()
+                .map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
+        });
+    }
+
     /// Every way this worker is reached now, fastest kind first, each with its round trip: its channel to the
     /// coordinator, its tunnel, and its DHT node's connections.
     pub(super) fn paths(&self) -> Vec<PathReport> {
@@ -145,10 +185,10 @@ impl Reach {
                 connections: 1,
             });
         }
-        if self.endpoint().is_some_and(|e| e.starts_with("https://")) {
+        if self.tunnel_url().is_some() {
             paths.push(PathReport {
                 kind: PathKind::Tunnel,
-                rtt_ms: None,
+                rtt_ms: *self.tunnel_rtt.lock(),
                 connections: 1,
             });
         }
