@@ -259,6 +259,7 @@ async fn a_hot_gpu_pauses_donating() {
         name: "NVIDIA RTX 4090".into(),
         memory_total: 24 << 30,
         temperature_c: 95,
+        vendor: commons_shared::caps::GpuVendor::Nvidia,
         ..Default::default()
     };
     let mut a = agent::start(

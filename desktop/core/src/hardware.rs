@@ -1,8 +1,12 @@
-//! What this machine has: sysinfo for CPU, memory, disks and OS; NVML for NVIDIA GPUs.
+//! What this machine has: sysinfo for CPU, memory, disks and OS; NVML for NVIDIA GPUs; on macOS, System
+//! Information for the GPUs by name (Apple silicon has no NVML).
 //!
 //! NVML sits behind [`GpuProbe`] so the mapping from driver readings to capabilities is tested with recorded
-//! values; [`NvmlProbe`] is the real path and is used whenever `libnvidia-ml` loads. Without the driver it
-//! fails to initialise, and the agent says "no NVIDIA GPU" and carries on.
+//! values; [`NvmlProbe`] is the real path and is used whenever `libnvidia-ml` loads (`nvml.dll` on Windows). Without
+//! the driver it fails to initialise, and the agent says "no NVIDIA GPU" and carries on. On macOS,
+//! [`SystemProfilerProbe`] reads `system_profiler SPDisplaysDataType -json` once: names, vendors and dedicated
+//! memory, no live figures (an Apple GPU shares the machine's memory, so it never makes a GPU-tier machine, and the
+//! catalogue's CUDA services never go to it).
 
 use std::collections::HashSet;
 
@@ -34,6 +38,8 @@ pub struct GpuReading {
     pub cuda_version: i32,
     /// Compute capability (major, minor).
     pub compute_capability: (i32, i32),
+    /// Who made it (NVML's are NVIDIA's; macOS names Apple's, AMD's and Intel's).
+    pub vendor: GpuVendor,
 }
 
 /// Why GPUs could not be read.
@@ -94,6 +100,7 @@ impl GpuProbe for NvmlProbe {
                 driver_version: driver_version.clone(),
                 cuda_version,
                 compute_capability: cc,
+                vendor: GpuVendor::Nvidia,
             });
         }
         Ok(out)
@@ -110,8 +117,85 @@ impl GpuProbe for RecordedProbe {
     }
 }
 
-/// The probe for this machine: NVML when its library loads, else one that says why there is no GPU.
+/// The GPUs macOS's System Information names (`system_profiler SPDisplaysDataType -json`), read once: they do not
+/// change while the agent runs, and the command takes most of a second.
+#[derive(Debug, Default)]
+pub struct SystemProfilerProbe {
+    read: std::sync::OnceLock<Result<Vec<GpuReading>, NoGpu>>,
+}
+
+impl GpuProbe for SystemProfilerProbe {
+    fn read(&self) -> Result<Vec<GpuReading>, NoGpu> {
+        self.read
+            .get_or_init(|| {
+                let out = std::process::Command::new("/usr/sbin/system_profiler")
+                    .args(["SPDisplaysDataType", "-json"])
+                    .stdin(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .output()
+                    .map_err(|e| NoGpu(format!("system_profiler did not run: {e}")))?;
+                if !out.status.success() {
+                    return Err(NoGpu(format!("system_profiler failed ({})", out.status)));
+                }
+                parse_displays(&String::from_utf8_lossy(&out.stdout))
+            })
+            .clone()
+    }
+}
+
+/// The GPUs in `system_profiler SPDisplaysDataType -json`'s answer: each entry's model (or name), its vendor, and
+/// its dedicated memory where it has any ("spdisplays_vram": "8 GB"; Apple silicon shares the machine's).
+pub fn parse_displays(json: &str) -> Result<Vec<GpuReading>, NoGpu> {
+    let v: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| NoGpu(format!("system_profiler's answer is not JSON: {e}")))?;
+    let entries = v["SPDisplaysDataType"]
+        .as_array()
+        .ok_or_else(|| NoGpu("system_profiler lists no displays".to_owned()))?;
+    let text =
+        |e: &serde_json::Value, k: &str| e[k].as_str().map(str::trim).unwrap_or("").to_owned();
+    Ok(entries
+        .iter()
+        .filter_map(|e| {
+            let name = Some(text(e, "sppci_model"))
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| text(e, "_name"));
+            if name.is_empty() {
+                return None;
+            }
+            let vendor_key = text(e, "spdisplays_vendor").to_ascii_lowercase();
+            let vendor = match GpuVendor::from_name(&name) {
+                GpuVendor::Other if vendor_key.contains("apple") => GpuVendor::Apple,
+                GpuVendor::Other if vendor_key.contains("amd") || vendor_key.contains("ati") => {
+                    GpuVendor::Amd
+                }
+                GpuVendor::Other if vendor_key.contains("intel") => GpuVendor::Intel,
+                v => v,
+            };
+            let vram = ["spdisplays_vram", "_spdisplays_vram"]
+                .iter()
+                .find_map(|k| e[*k].as_str())
+                .and_then(|s| commons_shared::units::parse_size(s).ok())
+                .unwrap_or(0);
+            Some((name, vendor, vram))
+        })
+        .enumerate()
+        .map(|(i, (name, vendor, vram))| GpuReading {
+            index: i as u32,
+            name: clip(&name),
+            memory_total: vram,
+            memory_free: vram,
+            vendor,
+            ..GpuReading::default()
+        })
+        .collect())
+}
+
+/// The probe for this machine: on macOS, System Information's names; elsewhere NVML when its library loads, else
+/// one that says why there is no GPU.
 pub fn default_probe() -> Box<dyn GpuProbe> {
+    if cfg!(target_os = "macos") {
+        return Box::new(SystemProfilerProbe::default());
+    }
     match NvmlProbe::init() {
         Ok(p) => Box::new(p),
         Err(e) => Box::new(RecordedProbe(Err(e))),
@@ -123,7 +207,7 @@ pub fn gpus_to_capabilities(readings: &[GpuReading]) -> Vec<Gpu> {
     readings
         .iter()
         .map(|r| Gpu {
-            vendor: GpuVendor::Nvidia,
+            vendor: r.vendor,
             name: r.name.clone(),
             index: r.index,
             uuid: r.uuid.clone(),
@@ -366,7 +450,50 @@ mod tests {
             driver_version: "550.54.14".into(),
             cuda_version: 12040,
             compute_capability: (8, 6),
+            vendor: GpuVendor::Nvidia,
         }
+    }
+
+    #[test]
+    fn macs_name_their_gpus_and_apple_silicon_is_not_a_gpu_tier() {
+        // Recorded from an M2 Pro, and an Intel MacBook Pro with its two GPUs (the JSON system_profiler prints).
+        let m2 = r#"{"SPDisplaysDataType": [{"_name": "Apple M2 Pro", "spdisplays_mtlgpufamilysupport":
+            "spdisplays_metal3", "spdisplays_vendor": "sppci_vendor_Apple", "sppci_bus": "spdisplays_builtin",
+            "sppci_cores": "19", "sppci_device_type": "spdisplays_gpu", "sppci_model": "Apple M2 Pro"}]}"#;
+        let intel = r#"{"SPDisplaysDataType": [
+            {"_name": "Intel UHD Graphics 630", "spdisplays_vendor": "Intel", "sppci_model": "Intel UHD Graphics 630",
+             "spdisplays_vram_shared": "1536 MB"},
+            {"_name": "AMD Radeon Pro 5500M", "spdisplays_vendor": "sppci_vendor_amd",
+             "sppci_model": "AMD Radeon Pro 5500M", "spdisplays_vram": "8 GB"}]}"#;
+        let g = parse_displays(m2).unwrap();
+        assert_eq!(
+            (g[0].name.as_str(), g[0].vendor, g[0].memory_total),
+            ("Apple M2 Pro", GpuVendor::Apple, 0)
+        );
+        let caps = gpus_to_capabilities(&g);
+        assert_eq!(caps[0].vendor, GpuVendor::Apple);
+        let mut mac = detect(&RecordedProbe(Ok(g))).capabilities;
+        mac.memory_bytes = 32 * GIB;
+        mac.cpu.cores = 12;
+        assert_ne!(
+            commons_shared::tier::classify(&mac, false).tier,
+            commons_shared::tier::Tier::Gpu,
+            "unified memory is not VRAM"
+        );
+        let g = parse_displays(intel).unwrap();
+        let found: Vec<_> = g
+            .iter()
+            .map(|r| (r.index, r.name.as_str(), r.vendor, r.memory_total))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (0, "Intel UHD Graphics 630", GpuVendor::Intel, 0),
+                (1, "AMD Radeon Pro 5500M", GpuVendor::Amd, 8 * GIB)
+            ]
+        );
+        assert!(parse_displays("not json").is_err());
+        assert!(parse_displays("{}").is_err());
     }
 
     #[test]
