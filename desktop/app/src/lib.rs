@@ -30,9 +30,16 @@ pub fn run_app<R: Runtime>(
     let builder = if desktop {
         // The single-instance plugin goes first: a second launch must not get as far as starting anything.
         builder
-            .plugin(tauri_plugin_single_instance::init(|app, _, _| {
-                tracing::info!("launched again: opening the window");
-                show_window(app);
+            .plugin(tauri_plugin_single_instance::init(|app, argv, _| {
+                if argv.iter().any(|a| a == QUIT_ARG) {
+                    tracing::info!(
+                        "asked to quit by another launch (an uninstaller or an upgrade)"
+                    );
+                    tray::quit(app);
+                } else {
+                    tracing::info!("launched again: opening the window");
+                    show_window(app);
+                }
             }))
             .plugin(
                 tauri_plugin_autostart::Builder::new()
@@ -59,6 +66,12 @@ pub fn run_app<R: Runtime>(
             commands::restart_to_update
         ])
         .setup(move |app| {
+            // `commons --quit` with no Commons running (the running one got it through the single-instance plugin,
+            // and this launch ended there): nothing to quit, so nothing is started.
+            if desktop && std::env::args().any(|a| a == QUIT_ARG) {
+                app.handle().exit(0);
+                return Ok(());
+            }
             if desktop {
                 tray::create(app.handle())?;
                 follow_notices(app.handle());
@@ -158,6 +171,10 @@ pub fn show_window<R: Runtime>(app: &AppHandle<R>) {
 
 /// The window's label.
 pub const WINDOW: &str = "main";
+
+/// `commons --quit`: the running app stops its work (containers stopped, the worker unregistered) and exits, as
+/// its tray's Quit does; the uninstaller and the installer ask this before they touch its files.
+pub const QUIT_ARG: &str = "--quit";
 
 /// This build's version (a release build may set it: [`commons_agent::build_version!`]).
 pub const VERSION: &str = commons_agent::build_version!();

@@ -55,6 +55,17 @@ fn open_url(url: &str) {
     }
 }
 
+/// Quits as the volunteer's Quit does: the work stopped (at most 20 s), then the app. From the tray's Quit, and from
+/// `commons --quit` launched while the app runs.
+pub(crate) fn quit<R: Runtime>(app: &AppHandle<R>) {
+    let donor = app.state::<Arc<Donor>>().inner().clone();
+    let app = app.clone();
+    tauri::async_runtime::spawn(async move {
+        donor.quit(Duration::from_secs(20)).await;
+        app.exit(0);
+    });
+}
+
 fn on_menu<R: Runtime>(app: &AppHandle<R>, event: MenuEvent) {
     let donor = app.state::<Arc<Donor>>().inner().clone();
     let id = event.id().as_ref().to_owned();
@@ -91,13 +102,7 @@ fn on_menu<R: Runtime>(app: &AppHandle<R>, event: MenuEvent) {
                 }
             });
         }
-        ids::QUIT => {
-            let app = app.clone();
-            tauri::async_runtime::spawn(async move {
-                donor.quit(Duration::from_secs(20)).await;
-                app.exit(0);
-            });
-        }
+        ids::QUIT => quit(app),
         ids::TOGGLE | ids::PAUSE_HOUR | ids::PAUSE_TOMORROW => {
             tauri::async_runtime::spawn(async move {
                 let stopped = donor.watch().borrow().eq(&State::Stopped);

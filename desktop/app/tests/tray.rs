@@ -34,7 +34,7 @@ async fn the_tray_menu_starts_pauses_resumes_and_quits() {
         "Pause=>Resume",
     ]
     .into_iter()
-    .chain(["Resume=>Donating: *", "second", "quit"])
+    .chain(["Resume=>Donating: *", "second", "quit-launch"])
     .map(String::from)
     .collect();
     let app = std::path::Path::new(env!("CARGO_BIN_EXE_commons"));
@@ -105,9 +105,11 @@ async fn the_tray_menu_starts_pauses_resumes_and_quits() {
     assert_eq!(second["code"], 0, "{second}");
     assert_eq!(second["first_running"], true, "{second}");
 
-    // Quit: the app exits and has unregistered.
+    // `commons --quit` (what the uninstaller runs first): that launch ends at once, and the running app quits as
+    // its Quit does (the same function): it exits and has unregistered.
     let exited = find("exited").next().expect("the app exited after Quit");
-    assert_eq!(exited["code"], 0);
+    assert_eq!(exited["code"], 0, "{exited}");
+    assert_eq!(exited["launched"], 0, "{exited}");
     let registered_and_left = server.state().registry.all().is_empty();
     assert!(registered_and_left, "the worker unregistered on quit");
     server.shutdown().await.unwrap();

@@ -5,7 +5,7 @@ tray item registers with; it reads the item's dbusmenu, clicks entries as a shel
 
 Usage (inside dbus-run-session, with DISPLAY set): tray_host.py <app binary> [<click>...]
 Each <click> is "label=>expected": click the entry labelled `label`, then wait until an entry labelled `expected`
-appears (an `expected` ending in "*" is a prefix: "Donating: *" waits for the status line of a donating app). "quit" as a click clicks Quit and waits for the app to exit. "measure=N" samples the app's process tree
+appears (an `expected` ending in "*" is a prefix: "Donating: *" waits for the status line of a donating app). "quit" as a click clicks Quit and waits for the app to exit; "quit-launch" runs `commons --quit` instead. "measure=N" samples the app's process tree
 (the app and its WebKit processes) for N seconds: resident memory and CPU. "notified=TITLE" waits for a (further)
 notification titled TITLE. "second" launches the app again: it must exit by itself while the first one keeps running.
 "wait=LABEL" waits (up to 60 s) for an entry labelled LABEL. "restart=label=>expected" clicks `label`, then waits for
@@ -244,6 +244,22 @@ def main():
                 proc.kill()
                 return 1
             say(event="exited", code=code)
+            return 0
+        if click == "quit-launch":
+            # `commons --quit`, as the uninstaller asks it: the launch hands over and ends, the running app quits.
+            again = subprocess.Popen([app, "--quit"])
+            try:
+                launched = again.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                again.kill()
+                launched = None
+            try:
+                code = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                say(event="quit_timeout", launched=launched)
+                proc.kill()
+                return 1
+            say(event="exited", code=code, launched=launched)
             return 0
         if click.startswith("measure="):
             seconds = float(click.split("=", 1)[1])
