@@ -804,3 +804,73 @@ async fn a_slowloris_client_takes_only_its_own_share() {
     drop((slow, from_edge));
     server.shutdown().await.unwrap();
 }
+
+/// Every field a client sends is bounded in the published document as the server bounds it: strings have a
+/// `maxLength` (or a fixed set of values), lists a `maxItems`; what the document leaves open, the server would take.
+#[tokio::test]
+async fn every_request_field_is_bounded_in_the_document() {
+    let app = app().await;
+    let doc = app.call("GET", "/api/openapi.json", None, None).await.body;
+    let schemas = &doc["components"]["schemas"];
+    fn walk(
+        s: &serde_json::Value,
+        at: &str,
+        schemas: &serde_json::Value,
+        seen: &mut Vec<String>,
+        open: &mut Vec<String>,
+    ) {
+        if let Some(r) = s["$ref"].as_str() {
+            let name = r.trim_start_matches("#/components/schemas/").to_owned();
+            if !seen.contains(&name) {
+                seen.push(name.clone());
+                walk(&schemas[&name], &name, schemas, seen, open);
+            }
+            return;
+        }
+        for key in ["allOf", "oneOf", "anyOf"] {
+            for (i, sub) in s[key].as_array().into_iter().flatten().enumerate() {
+                walk(sub, &format!("{at}.{key}[{i}]"), schemas, seen, open);
+            }
+        }
+        let types: Vec<&str> = match &s["type"] {
+            serde_json::Value::String(t) => vec![t.as_str()],
+            serde_json::Value::Array(ts) => ts.iter().filter_map(|t| t.as_str()).collect(),
+            _ => vec![],
+        };
+        if types.contains(&"string") && s.get("maxLength").is_none() && s.get("enum").is_none() {
+            open.push(format!("{at} (a string without maxLength)"));
+        }
+        if types.contains(&"array") {
+            if s.get("maxItems").is_none() {
+                open.push(format!("{at} (a list without maxItems)"));
+            }
+            walk(&s["items"], &format!("{at}[]"), schemas, seen, open);
+        }
+        if let Some(props) = s["properties"].as_object() {
+            for (name, p) in props {
+                walk(p, &format!("{at}.{name}"), schemas, seen, open);
+            }
+        }
+    }
+    let (mut seen, mut open) = (Vec::new(), Vec::new());
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let body = &op["requestBody"]["content"]["application/json"]["schema"];
+            if !body.is_null() {
+                walk(
+                    body,
+                    &format!("{method} {path}"),
+                    schemas,
+                    &mut seen,
+                    &mut open,
+                );
+            }
+        }
+    }
+    assert!(seen.len() >= 5, "request bodies found: {seen:?}");
+    assert!(
+        open.is_empty(),
+        "unbounded in the document:\n{}",
+        open.join("\n")
+    );
+}

@@ -23,21 +23,29 @@ pub struct RegisterRequest {
     pub capabilities: Capabilities,
     /// Base URL at which the coordinator reaches this worker's services (`{endpoint}/api/service/{name}/...`).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub endpoint: Option<String>,
     /// The worker's tunnel URL, when it keeps one open.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub tunnel_url: Option<String>,
     /// The worker's address as it sees it.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub ip_address: Option<String>,
     /// The volunteer agrees to serve as an edge when the host has a public address.
     #[serde(default)]
     pub edge_opt_in: bool,
     /// Required when the coordinator asks for enrollment.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub enrollment_token: Option<String>,
     /// The worker's DHT peer id (base58), bound to its worker id.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 40, max_length = 64, pattern = "^[1-9A-HJ-NP-Za-km-z]+$")
+    )]
     pub peer_id: Option<String>,
 }
 
@@ -49,12 +57,15 @@ pub struct LegacyRegisterRequest {
     pub capabilities: LegacyCapabilities,
     /// The worker's address.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub ip_address: Option<String>,
     /// The worker's tunnel URL.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub tunnel_url: Option<String>,
     /// Required when the coordinator asks for enrollment.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub enrollment_token: Option<String>,
 }
 
@@ -469,6 +480,7 @@ impl ContainerState {
 #[serde(deny_unknown_fields)]
 pub struct ContainerStatus {
     /// Container name.
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub name: String,
     /// State.
     pub state: ContainerState,
@@ -513,24 +525,30 @@ pub struct HeartbeatRequest {
     pub free_memory_bytes: Option<u64>,
     /// Free memory, legacy string ("22.4GB").
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub available_memory: Option<String>,
     /// Per-GPU figures.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 64))]
     pub gpus: Vec<GpuSample>,
     /// Container states.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 64))]
     pub containers: Vec<ContainerStatus>,
     /// The assignment version the worker runs.
     #[serde(default)]
     pub assignment_version: Option<u64>,
     /// The agent's version.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub agent_version: Option<String>,
     /// A new base URL for the worker's services (its tunnel restarted with a new address).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub endpoint: Option<String>,
     /// The name its volunteer chose for the leaderboard (absent: anonymous).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 40))]
     pub display_name: Option<String>,
     /// The round trip of its previous heartbeat, ms: how far away the coordinator is along the route its requests
     /// come back on (the reverse path's connection takes the same route).

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 pub struct Cpu {
     /// Marketing name, e.g. "AMD Ryzen 7 5800X".
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub brand: String,
     /// Physical cores.
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65536))]
@@ -26,6 +27,7 @@ pub struct Cpu {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Disk {
     /// Mount point, e.g. "/" or "C:\\".
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub mount: String,
     /// Size in bytes.
     pub total_bytes: u64,
@@ -80,6 +82,7 @@ pub struct Gpu {
     #[serde(default)]
     pub vendor: GpuVendor,
     /// Marketing name.
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub name: String,
     /// Index as the driver numbers it.
     #[serde(default)]
@@ -87,14 +90,17 @@ pub struct Gpu {
     pub index: u32,
     /// Driver-assigned UUID, empty when unknown.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub uuid: String,
     /// Memory in bytes.
     pub vram_bytes: u64,
     /// Driver version, empty when unknown.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub driver_version: String,
     /// CUDA compute capability such as "8.6", empty when not NVIDIA or unknown.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub compute_capability: String,
 }
 
@@ -108,27 +114,34 @@ pub struct Capabilities {
     pub memory_bytes: u64,
     /// Disks.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 64))]
     pub disks: Vec<Disk>,
     /// GPUs.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 64))]
     pub gpus: Vec<Gpu>,
     /// Operating system, e.g. "linux", "windows", "macos".
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub os: String,
     /// CPU architecture, e.g. "x86_64".
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub arch: String,
     /// Host name.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub hostname: String,
     /// Region or location label, e.g. "eu-west"; empty when unknown.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub region: String,
     /// Whether the host has a public (reachable) address.
     #[serde(default)]
     pub public_address: bool,
     /// The agent's version.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub agent_version: String,
 }
 
@@ -166,15 +179,19 @@ pub struct LegacyCapabilities {
     /// CPU cores.
     pub cpu_cores: u32,
     /// Memory, e.g. "23.5GB".
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub ram: String,
     /// Free storage, e.g. "252.0GB".
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub storage: Option<String>,
     /// GPU name, e.g. "NVIDIA RTX 4090".
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub gpu_type: Option<String>,
     /// GPU memory, e.g. "24GB" or "4096MB".
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub gpu_memory: Option<String>,
     /// Free-form bandwidth figure; kept for display only.
     #[serde(default)]

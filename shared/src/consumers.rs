@@ -17,6 +17,7 @@ pub struct KeyPolicy {
     pub name: String,
     /// The services it may use, by catalogue name; empty: all of them.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = service_names))]
     pub services: Vec<String>,
     /// Requests per minute (a burst of this many, refilled evenly over the minute).
     #[serde(default = "default_rate")]
@@ -48,6 +49,25 @@ fn default_priority() -> u32 {
     DEFAULT_PRIORITY
 }
 
+/// A list of service names in the OpenAPI document, bounded as [`KeyPolicy::check`] bounds it.
+#[cfg(feature = "openapi")]
+fn service_names() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(32))
+                .pattern(Some("^[a-z0-9-]+$")),
+        )
+        .max_items(Some(MAX_KEY_SERVICES))
+        .description(Some(
+            "The services it may use, by catalogue name; empty: all of them.",
+        ))
+        .build()
+}
+
 /// At most this many services named in one key.
 pub const MAX_KEY_SERVICES: usize = 64;
 /// The highest rate a key can be given, per minute.
@@ -60,7 +80,7 @@ impl KeyPolicy {
             field: field.into(),
             message,
         };
-        if self.name.trim().is_empty() || self.name.len() > MAX_STRING_LEN {
+        if self.name.trim().is_empty() || self.name.chars().count() > MAX_STRING_LEN {
             return Err(field("name", format!("1 to {MAX_STRING_LEN} characters")));
         }
         if self.services.len() > MAX_KEY_SERVICES {

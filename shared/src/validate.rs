@@ -98,11 +98,18 @@ impl Check {
         }
     }
 
+    /// At most `max` characters (as the OpenAPI document's `maxLength` counts them), no control characters.
     fn string(&mut self, field: &str, value: &str, max: usize) {
-        if value.len() > max {
+        // Bytes bound characters from above: only a long string is counted.
+        let chars = if value.len() > max {
+            value.chars().count()
+        } else {
+            value.len()
+        };
+        if chars > max {
             self.fail(
                 field,
-                format!("is {} bytes long; at most {max} allowed", value.len()),
+                format!("is {chars} characters long; at most {max} allowed"),
             );
         } else if value.chars().any(char::is_control) {
             self.fail(field, "contains control characters".into());
@@ -599,6 +606,12 @@ mod tests {
 
     #[test]
     fn long_fields_and_lists_are_refused() {
+        // Characters are counted, as the document's maxLength counts them: 256 of "é" (512 bytes) pass.
+        let accented = "é".repeat(MAX_STRING_LEN);
+        let body = serde_json::json!({"capabilities": {"cpu": {"brand": accented, "cores": 2}, "memory_bytes": 1}});
+        parse_registration(body.to_string().as_bytes()).unwrap();
+        let body = serde_json::json!({"capabilities": {"cpu": {"brand": accented + "é", "cores": 2}, "memory_bytes": 1}});
+        assert_eq!(field_of(&body.to_string()), "capabilities.cpu.brand");
         let long = "x".repeat(MAX_STRING_LEN + 1);
         let body = format!(
             r#"{{"capabilities": {{"cpu": {{"cores": 2, "brand": "{long}"}}, "memory_bytes": 1}}}}"#
