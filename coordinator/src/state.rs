@@ -322,7 +322,15 @@ impl AppState {
         let class = classify(&new.capabilities, new.edge_opt_in);
         let services = self.reserve_services(&new.capabilities);
         let token = auth::new_token();
+        let carried = match new.peer_id.clone() {
+            Some(peer) => self.carried_trust(peer).await,
+            None => None,
+        };
         let worker = new_worker(new, class, services.clone(), auth::hash_token(&token));
+        if let Some(trust) = carried {
+            tracing::info!(worker = %worker.id, trust, "registered again: its trust carries over");
+            worker.live.lock().trust = trust;
+        }
         let row = self.row_of(&worker);
         if let Err(e) = self.store.insert_worker(row).await {
             self.release_services(&services);
@@ -352,6 +360,31 @@ impl AppState {
                 .map(commons_dht::Dht::address_strings)
                 .unwrap_or_default(),
         })
+    }
+
+    /// The trust a worker registering with this DHT identity starts at, when the identity's trust was lowered
+    /// (a worker of it still registered, or one that went): the lower of that and a new worker's. Registering
+    /// again does not wash away what other workers' answers found.
+    async fn carried_trust(&self, peer: String) -> Option<f64> {
+        let registered = self
+            .registry
+            .all()
+            .iter()
+            .filter(|w| w.peer_id.as_deref() == Some(peer.as_str()))
+            .map(|w| w.live.lock().trust)
+            .reduce(f64::min);
+        let kept = match self.store.peer_trust(peer).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the trust kept for a DHT identity");
+                None
+            }
+        };
+        [registered, kept]
+            .into_iter()
+            .flatten()
+            .reduce(f64::min)
+            .filter(|t| *t < crate::verify::NEW_TRUST)
     }
 
     /// Chooses the services for a new worker and counts it in their coverage at once, so that a burst of
@@ -545,7 +578,12 @@ impl AppState {
             .registry
             .remove(w.id)
             .ok_or_else(|| ApiError::NotFound(format!("no worker {id:?}")))?;
-        if let Err(e) = self.store.delete_worker(w.id.to_string()).await {
+        let keep = lowered_trust(&removed);
+        if let Err(e) = self
+            .store
+            .delete_worker(w.id.to_string(), keep, now_ms())
+            .await
+        {
             self.registry.insert(removed);
             return Err(e.into());
         }
@@ -728,9 +766,14 @@ impl AppState {
             })
             .map(|w| w.id)
             .collect();
-        for id in &gone {
-            self.registry.remove(*id);
-        }
+        let removed: Vec<_> = gone
+            .iter()
+            .filter_map(|id| self.registry.remove(*id))
+            .collect();
+        self.store.remember_trust(
+            removed.iter().filter_map(|w| lowered_trust(w)).collect(),
+            now_ms(),
+        );
         self.store
             .purge(gone.iter().map(ToString::to_string).collect());
         gone.len()
@@ -741,6 +784,13 @@ impl AppState {
         self.register_limit.trim();
         self.admin.trim();
     }
+}
+
+/// A worker's DHT identity and trust, when its trust is below a new worker's: what is kept when it goes.
+fn lowered_trust(w: &Worker) -> Option<(String, f64)> {
+    let trust = w.live.lock().trust;
+    let peer = w.peer_id.as_deref()?;
+    (trust < crate::verify::NEW_TRUST).then(|| (peer.to_owned(), trust))
 }
 
 /// A newly registered worker: a fresh id, healthy, version 1 of its assignment.

@@ -109,7 +109,25 @@ const MIGRATIONS: &[&str] = &[
     commons_server::consumers::TABLE,
     crate::ledger::TABLES,
     "ALTER TABLE workers ADD COLUMN trust REAL NOT NULL DEFAULT 0.5;",
+    // The lowered trust of workers that went (unregistered or forgotten), by their DHT identity: a worker that
+    // registers again with it starts there, not afresh.
+    "CREATE TABLE peer_trust (peer_id TEXT PRIMARY KEY NOT NULL, trust REAL NOT NULL, at_ms INTEGER NOT NULL) STRICT;",
 ];
+
+/// Keeps a DHT identity's lowered trust (the lower of what is kept and `trust`).
+fn keep_trust(
+    tx: &rusqlite::Transaction<'_>,
+    peer: &str,
+    trust: f64,
+    at_ms: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO peer_trust (peer_id, trust, at_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (peer_id) DO UPDATE SET trust = MIN(trust, excluded.trust), at_ms = excluded.at_ms",
+    )?
+    .execute(params![peer, trust, at_ms])
+    .map(|_| ())
+}
 
 /// The database.
 #[derive(Debug, Clone)]
@@ -174,10 +192,19 @@ impl Store {
             .await
     }
 
-    /// Deletes a worker; returns once durable, with whether it existed.
-    pub async fn delete_worker(&self, id: String) -> Result<bool, StoreError> {
+    /// Deletes a worker, keeping its lowered trust by its DHT identity in the same transaction when `keep` says
+    /// so; returns once durable, with whether it existed.
+    pub async fn delete_worker(
+        &self,
+        id: String,
+        keep: Option<(String, f64)>,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
         self.db
             .write(move |tx| {
+                if let Some((peer, trust)) = keep {
+                    keep_trust(tx, &peer, trust, at_ms)?;
+                }
                 tx.execute("DELETE FROM workers WHERE id = ?1", [id])
                     .map(|n| n > 0)
             })
@@ -222,6 +249,30 @@ impl Store {
             )
             .map(|_| ())
         });
+    }
+
+    /// Keeps the lowered trust of workers that go, by DHT identity (fire and forget).
+    pub fn remember_trust(&self, trusts: Vec<(String, f64)>, at_ms: i64) {
+        if !trusts.is_empty() {
+            self.db.write_later("peer trust", move |tx| {
+                for (peer, trust) in trusts {
+                    keep_trust(tx, &peer, trust, at_ms)?;
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// The trust kept for a DHT identity whose worker went, if any.
+    pub async fn peer_trust(&self, peer_id: String) -> Result<Option<f64>, StoreError> {
+        self.db
+            .read(move |conn| {
+                conn.prepare_cached("SELECT trust FROM peer_trust WHERE peer_id = ?1")?
+                    .query_map([peer_id], |r| r.get(0))?
+                    .next()
+                    .transpose()
+            })
+            .await
     }
 
     /// Forgets workers.

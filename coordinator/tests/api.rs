@@ -874,3 +874,72 @@ async fn every_request_field_is_bounded_in_the_document() {
         open.join("\n")
     );
 }
+
+/// Registering again does not wash away what other workers' answers found: a worker's lowered trust follows its
+/// DHT identity, to a second registration while the first is still listed, and past an unregistration (kept in
+/// SQLite in the same transaction). A new identity starts as new workers do.
+#[tokio::test]
+async fn a_lowered_trust_follows_the_dht_identity_into_a_new_registration() {
+    let app = app().await;
+    let peer = "12D3KooWGzh3uL8Yd7NvwfRuEVmwLV1Bk3vLSZfHRyJ4XuiQmdgj";
+    let with_peer = |peer: &str| {
+        let mut body = native(4, 16, None);
+        body["peer_id"] = json!(peer);
+        body
+    };
+    let trust_of = |id: String| {
+        let app = &app;
+        async move {
+            app.admin_get(&format!("/api/admin/workers/{id}"))
+                .await
+                .body["trust"]
+                .as_f64()
+                .unwrap()
+        }
+    };
+    let (first, first_token, _) = app.register(&with_peer(peer)).await;
+    assert_eq!(trust_of(first.clone()).await, 0.5, "a new worker's trust");
+    // Outvoted until drained (the operator's setting stands in for the verdicts here).
+    let r = app
+        .call(
+            "PUT",
+            &format!("/api/admin/workers/{first}/trust"),
+            Some(ADMIN_TOKEN),
+            Some(br#"{"trust": 0.1}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // Registered again while the first is still listed: the same trust.
+    let (second, second_token, _) = app.register(&with_peer(peer)).await;
+    assert_eq!(trust_of(second.clone()).await, 0.1);
+    assert_eq!(
+        app.admin_get(&format!("/api/admin/workers/{second}"))
+            .await
+            .body["drained"],
+        true
+    );
+    // Both unregister; a third registration of that identity still starts there.
+    for (id, token) in [(&first, &first_token), (&second, &second_token)] {
+        let r = app
+            .call(
+                "DELETE",
+                &format!("/api/worker/unregister/{id}"),
+                Some(token),
+                None,
+            )
+            .await;
+        assert!(r.status.is_success(), "{}", r.body);
+    }
+    let (third, _, _) = app.register(&with_peer(peer)).await;
+    assert_eq!(trust_of(third).await, 0.1, "kept past the unregistration");
+    // Another identity, and no identity, start afresh.
+    let (other, _, _) = app
+        .register(&with_peer(
+            "12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo",
+        ))
+        .await;
+    assert_eq!(trust_of(other).await, 0.5);
+    let (anonymous, _, _) = app.register(&native(4, 16, None)).await;
+    assert_eq!(trust_of(anonymous).await, 0.5);
+}
