@@ -231,8 +231,8 @@ impl Reach {
     }
 }
 
-/// The DHT connections this computer holds, kind by kind with their round trips, for the volunteer ("Connected to
-/// 3 Commons computers: 2 directly (4 ms), 1 through a relay (31 ms).").
+/// The DHT connections this computer holds, kind by kind with their round trips, for the volunteer ("3 connections
+/// to other Commons computers: 2 direct (4 ms), 1 through a relay (31 ms).").
 pub(crate) fn connections_sentence(paths: &[PathReport]) -> Option<String> {
     let dht: Vec<_> = paths
         .iter()
@@ -251,17 +251,21 @@ pub(crate) fn connections_sentence(paths: &[PathReport]) -> Option<String> {
         .iter()
         .map(|p| {
             let how = match p.kind {
-                PathKind::Direct => "directly",
-                PathKind::HolePunched => "directly after a hole punch through your router",
+                PathKind::Direct => "direct",
+                PathKind::HolePunched => "direct after a hole punch through your router",
                 _ => "through a relay",
             };
             let rtt = p.rtt_ms.map(|ms| format!(" ({ms} ms)")).unwrap_or_default();
             format!("{} {how}{rtt}", p.connections)
         })
         .collect();
-    let computers = if total == 1 { "computer" } else { "computers" };
+    let connections = if total == 1 {
+        "connection"
+    } else {
+        "connections"
+    };
     Some(format!(
-        "Connected to {total} Commons {computers}: {}.",
+        "{total} {connections} to other Commons computers: {}.",
         parts.join(", ")
     ))
 }
@@ -316,12 +320,12 @@ mod tests {
                 p(PathKind::Relayed, Some(31), 1),
             ])
             .unwrap(),
-            "Connected to 4 Commons computers: 2 directly (4 ms), 1 directly after a hole punch through your \
-             router, 1 through a relay (31 ms)."
+            "4 connections to other Commons computers: 2 direct (4 ms), 1 direct after a hole punch through \
+             your router, 1 through a relay (31 ms)."
         );
         assert_eq!(
             connections_sentence(&[p(PathKind::Direct, Some(4), 1)]).unwrap(),
-            "Connected to 1 Commons computer: 1 directly (4 ms)."
+            "1 connection to other Commons computers: 1 direct (4 ms)."
         );
     }
 
