@@ -52,20 +52,12 @@ fn default_priority() -> u32 {
 /// A list of service names in the OpenAPI document, bounded as [`KeyPolicy::check`] bounds it.
 #[cfg(feature = "openapi")]
 fn service_names() -> utoipa::openapi::schema::Array {
-    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
-    ArrayBuilder::new()
-        .items(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .min_length(Some(1))
-                .max_length(Some(32))
-                .pattern(Some("^[a-z0-9-]+$")),
-        )
-        .max_items(Some(MAX_KEY_SERVICES))
-        .description(Some(
-            "The services it may use, by catalogue name; empty: all of them.",
-        ))
-        .build()
+    crate::validate::string_list(
+        MAX_KEY_SERVICES,
+        32,
+        Some("^[a-z0-9-]+$"),
+        "The services it may use, by catalogue name; empty: all of them.",
+    )
 }
 
 /// At most this many services named in one key.

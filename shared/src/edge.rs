@@ -11,7 +11,20 @@ use serde::{Deserialize, Serialize};
 pub struct EdgeCapabilities {
     /// A location label, e.g. "London".
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub location: Option<String>,
+}
+
+/// The DHT addresses in the OpenAPI document, bounded as the edge's check bounds them.
+#[cfg(feature = "openapi")]
+fn dht_addrs() -> utoipa::openapi::schema::Array {
+    use crate::validate::{MAX_LIST_LEN, MAX_STRING_LEN, string_list};
+    string_list(
+        MAX_LIST_LEN,
+        MAX_STRING_LEN,
+        None,
+        "Its DHT node's addresses (multiaddrs).",
+    )
 }
 
 /// `POST /api/edge/register`: the seed shape (`worker_id`, `tunnel_url` or `url`, `capabilities{location}`)
@@ -22,21 +35,29 @@ pub struct EdgeCapabilities {
 pub struct EdgeRegisterRequest {
     /// The coordinator's stable id (the seeds call it `worker_id`); the edge picks one when absent.
     #[serde(default, alias = "worker_id")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")
+    )]
     pub id: Option<String>,
     /// The coordinator's public URL.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub url: Option<String>,
     /// The seed name for the URL.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub tunnel_url: Option<String>,
     /// Seed-shape location.
     #[serde(default)]
     pub capabilities: Option<EdgeCapabilities>,
     /// Region label, e.g. "eu-west".
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub region: Option<String>,
     /// The coordinator's DHT addresses (multiaddrs).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = dht_addrs))]
     pub dht_addrs: Vec<String>,
     /// How many workers it is willing to hold.
     #[serde(default)]
@@ -73,6 +94,7 @@ pub struct CoordinatorFigures {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EdgeHeartbeat {
     /// The coordinator's id.
+    #[cfg_attr(feature = "openapi", schema(max_length = 64))]
     pub id: String,
     /// Its figures.
     #[serde(flatten)]

@@ -29,6 +29,29 @@ pub const MAX_RTT_MS: u32 = 600_000;
 /// The most connections of one kind a heartbeat's path can count.
 pub const MAX_PATH_CONNECTIONS: u32 = 100_000;
 
+/// A list of bounded strings in the OpenAPI document, for `schema_with` (field attributes cannot bound the items of
+/// a `Vec<String>`).
+#[cfg(feature = "openapi")]
+pub(crate) fn string_list(
+    max_items: usize,
+    max_length: usize,
+    pattern: Option<&str>,
+    description: &str,
+) -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(pattern.map(|_| 1))
+                .max_length(Some(max_length))
+                .pattern(pattern),
+        )
+        .max_items(Some(max_items))
+        .description(Some(description))
+        .build()
+}
+
 /// A request body that cannot be accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum InputError {

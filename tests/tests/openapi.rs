@@ -118,3 +118,91 @@ async fn the_edge_answers_as_its_document_says() {
     let admin = format!("Bearer {}", commons_edge::server::test_utils::ADMIN_TOKEN);
     schemathesis(&schema, &[("Authorization", &admin)], &[]).await;
 }
+
+/// Where `doc` (an OpenAPI document) leaves a field a client sends unbounded: a string without `maxLength` (or a
+/// fixed set of values), a list without `maxItems`. What the document leaves open, the server would take.
+fn unbounded(doc: &serde_json::Value) -> Vec<String> {
+    let schemas = &doc["components"]["schemas"];
+    let (mut seen, mut open) = (Vec::new(), Vec::new());
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let body = &op["requestBody"]["content"]["application/json"]["schema"];
+            if !body.is_null() {
+                walk(
+                    body,
+                    &format!("{method} {path}"),
+                    schemas,
+                    &mut seen,
+                    &mut open,
+                );
+            }
+        }
+    }
+    assert!(seen.len() >= 3, "request bodies found: {seen:?}");
+    open
+}
+
+fn walk(
+    s: &serde_json::Value,
+    at: &str,
+    schemas: &serde_json::Value,
+    seen: &mut Vec<String>,
+    open: &mut Vec<String>,
+) {
+    if let Some(r) = s["$ref"].as_str() {
+        let name = r.trim_start_matches("#/components/schemas/").to_owned();
+        if !seen.contains(&name) {
+            seen.push(name.clone());
+            walk(&schemas[&name], &name, schemas, seen, open);
+        }
+        return;
+    }
+    for key in ["allOf", "oneOf", "anyOf"] {
+        for (i, sub) in s[key].as_array().into_iter().flatten().enumerate() {
+            walk(sub, &format!("{at}.{key}[{i}]"), schemas, seen, open);
+        }
+    }
+    let types: Vec<&str> = match &s["type"] {
+        serde_json::Value::String(t) => vec![t.as_str()],
+        serde_json::Value::Array(ts) => ts.iter().filter_map(|t| t.as_str()).collect(),
+        _ => vec![],
+    };
+    if types.contains(&"string") && s.get("maxLength").is_none() && s.get("enum").is_none() {
+        open.push(format!("{at} (a string without maxLength)"));
+    }
+    if types.contains(&"array") {
+        if s.get("maxItems").is_none() {
+            open.push(format!("{at} (a list without maxItems)"));
+        }
+        walk(&s["items"], &format!("{at}[]"), schemas, seen, open);
+    }
+    if let Some(props) = s["properties"].as_object() {
+        for (name, p) in props {
+            walk(p, &format!("{at}.{name}"), schemas, seen, open);
+        }
+    }
+}
+
+/// Every field a client sends is bounded in both published documents as the servers bound it.
+#[tokio::test]
+async fn every_request_field_of_both_documents_is_bounded() {
+    let client = reqwest::Client::new();
+    let c = Coordinator::start(|_, _| {}).await;
+    let edge = Edge::start(|_| {}).await;
+    for url in [c.url(), edge.url()] {
+        let doc: serde_json::Value = client
+            .get(format!("{url}/api/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let open = unbounded(&doc);
+        assert!(
+            open.is_empty(),
+            "unbounded in {url}'s document:\n{}",
+            open.join("\n")
+        );
+    }
+}
