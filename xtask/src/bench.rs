@@ -16,10 +16,13 @@ struct Bench {
     title: &'static str,
     bin: &'static str,
     args: &'static [&'static str],
+    /// Added when no container engine is at `DOCKER_HOST`.
+    without_engine: &'static [&'static str],
 }
 
-/// What runs, in order: short versions of the benchmarks the README gives figures for. The agent, portal,
-/// desktop, update and llm benchmarks need the container engine, Chromium, Xvfb or a model: the README shows them.
+/// What runs, in order: short versions of the benchmarks the README gives figures for. The agent runs with one
+/// container when an engine is at `DOCKER_HOST` (`.ci/engine.sh`), else without; the portal, desktop, update and
+/// llm benchmarks need Chromium, Xvfb, fixtures or a model: the README shows them.
 const BENCHES: &[Bench] = &[
     Bench {
         title: "coordinator, 1,000 workers",
@@ -33,6 +36,7 @@ const BENCHES: &[Bench] = &[
             "5",
             "--no-ceiling",
         ],
+        without_engine: &[],
     },
     Bench {
         title: "coordinator, 10,000 workers, against the bare-axum ceiling",
@@ -45,6 +49,7 @@ const BENCHES: &[Bench] = &[
             "--duration",
             "10",
         ],
+        without_engine: &[],
     },
     Bench {
         title: "coordinator, 100,000 workers",
@@ -58,26 +63,37 @@ const BENCHES: &[Bench] = &[
             "5",
             "--no-ceiling",
         ],
+        without_engine: &[],
     },
     Bench {
         title: "edge and coordinator forwarding",
         bin: "commons-edgebench",
         args: &[],
+        without_engine: &[],
     },
     Bench {
         title: "the reverse path against the direct one",
         bin: "commons-reversebench",
         args: &[],
+        without_engine: &[],
     },
     Bench {
         title: "slow and greedy clients",
         bin: "commons-slowbench",
         args: &[],
+        without_engine: &[],
     },
     Bench {
         title: "DHT lookups, churn and a simulated day",
         bin: "commons-dhtbench",
         args: &["--agents", "20"],
+        without_engine: &[],
+    },
+    Bench {
+        title: "the agent: joining, idle, failover",
+        bin: "commons-agentbench",
+        args: &["--idle-secs", "10"],
+        without_engine: &["--no-containers"],
     },
     Bench {
         title: "soak, short version",
@@ -92,6 +108,7 @@ const BENCHES: &[Bench] = &[
             "--warmup-periods",
             "2",
         ],
+        without_engine: &[],
     },
 ];
 
@@ -129,6 +146,11 @@ pub fn report(root: &Path, target_dir: &Path) -> anyhow::Result<()> {
         "commons-coordinator",
         "-p",
         "commons-tests",
+        // The agent benchmark runs the headless agent beside itself.
+        "-p",
+        "commons-agent",
+        "--bin",
+        "commons-agent",
     ]);
     for b in BENCHES {
         build.args(["--bin", b.bin]);
@@ -139,10 +161,17 @@ pub fn report(root: &Path, target_dir: &Path) -> anyhow::Result<()> {
     let figures_file = target_dir.join("bench-figures.jsonl");
     let _ = std::fs::remove_file(&figures_file);
     let mut ran = Vec::new();
+    let engine = std::env::var_os("DOCKER_HOST").is_some();
     for b in BENCHES {
-        println!("bench-report: {} ({} {})", b.title, b.bin, b.args.join(" "));
+        let args: Vec<&str> = b
+            .args
+            .iter()
+            .chain(if engine { &[][..] } else { b.without_engine })
+            .copied()
+            .collect();
+        println!("bench-report: {} ({} {})", b.title, b.bin, args.join(" "));
         let ok = Command::new(target_dir.join("release").join(b.bin))
-            .args(b.args)
+            .args(&args)
             .env(FIGURES_ENV, &figures_file)
             .env("RUST_LOG", "error")
             .status()

@@ -19,6 +19,7 @@ use clap::Parser;
 use commons_agent::agent::{self, State};
 use commons_agent::credentials::FileStore;
 use commons_agent::settings::Settings;
+use commons_tests::figures::{Figure, Goal, record};
 use commons_tests::{Coordinator, Edge, eventually};
 
 /// Measures the agent.
@@ -192,6 +193,35 @@ async fn main() -> Result<()> {
         "failover (default settings: probe every 3 s): active on another coordinator after {:.2} s (goal < 10 s)",
         times[0].as_secs_f64()
     );
+    let containers = if cli.no_containers {
+        "no containers"
+    } else {
+        "one container"
+    };
+    record(&[
+        Figure::new(
+            "agent",
+            format!("registration to Active ({containers})"),
+            "ms",
+            active.as_secs_f64() * 1000.0,
+        )
+        .goal(Goal::AtMost(2000.0)),
+        Figure::new(
+            "agent",
+            format!("idle agent RSS ({containers})"),
+            "MiB",
+            rss as f64 / 1024.0,
+        )
+        .goal(Goal::AtMost(20.0 * 1e6 / f64::from(1 << 20))),
+        Figure::new("agent", "idle agent CPU", "% of a core", cpu).goal(Goal::AtMost(0.5)),
+        Figure::new(
+            "agent",
+            "failover to another coordinator",
+            "s",
+            times[0].as_secs_f64(),
+        )
+        .goal(Goal::AtMost(10.0)),
+    ]);
     a.send(agent::Command::Quit).await;
     a.join().await?;
     Ok(())
