@@ -208,6 +208,17 @@ impl Registry {
         self.len() == 0
     }
 
+    /// The lowest trust among the workers registered with this DHT identity (a scan under the read lock, without
+    /// copying the map).
+    pub fn trust_of_peer(&self, peer: &str) -> Option<f64> {
+        self.workers
+            .read()
+            .values()
+            .filter(|w| w.peer_id.as_deref() == Some(peer))
+            .map(|w| w.live.lock().trust)
+            .reduce(f64::min)
+    }
+
     /// A snapshot of every worker.
     pub fn all(&self) -> Vec<Arc<Worker>> {
         self.workers.read().values().cloned().collect()

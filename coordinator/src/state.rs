@@ -366,13 +366,7 @@ impl AppState {
     /// (a worker of it still registered, or one that went): the lower of that and a new worker's. Registering
     /// again does not wash away what other workers' answers found.
     async fn carried_trust(&self, peer: String) -> Option<f64> {
-        let registered = self
-            .registry
-            .all()
-            .iter()
-            .filter(|w| w.peer_id.as_deref() == Some(peer.as_str()))
-            .map(|w| w.live.lock().trust)
-            .reduce(f64::min);
+        let registered = self.registry.trust_of_peer(&peer);
         let kept = match self.store.peer_trust(peer).await {
             Ok(t) => t,
             Err(e) => {
