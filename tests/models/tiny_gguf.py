@@ -4,18 +4,17 @@
 llama.cpp loads it with its real code and serves it; what it generates is nonsense, but every answer is well formed.
 The weights come from a fixed seed, so the same script writes the same file (the tests pin its SHA-256 at run time).
 
-usage: tiny_gguf.py OUT.gguf
+usage: tiny_gguf.py OUT.gguf [--embd N --heads N --layers N --ff N --f16]
+
+The defaults make the tests' model (about 4 MB); larger shapes make a model whose speed means something, for the GPU
+benchmark (bench/gpu/): `--embd 2048 --heads 16 --layers 16 --ff 5632 --f16` is a 0.8-billion-parameter body.
 """
 
-import sys
+import argparse
 
 import gguf
 import numpy as np
 
-N_EMBD = 256
-N_HEAD = 4
-N_LAYER = 4
-N_FF = 512
 N_CTX = 4096
 
 # SentencePiece ("llama") vocabulary: unknown, begin, end, 256 byte fallbacks, then words and letters.
@@ -52,12 +51,20 @@ def vocab():
 
 
 def main():
-    if len(sys.argv) != 2:
-        sys.exit("usage: tiny_gguf.py OUT.gguf")
+    cli = argparse.ArgumentParser(description="Writes a Llama-architecture GGUF model with random weights.")
+    cli.add_argument("out")
+    cli.add_argument("--embd", type=int, default=256, help="embedding length")
+    cli.add_argument("--heads", type=int, default=4, help="attention heads")
+    cli.add_argument("--layers", type=int, default=4, help="blocks")
+    cli.add_argument("--ff", type=int, default=512, help="feed-forward length")
+    cli.add_argument("--f16", action="store_true", help="matrices in f16 (default f32)")
+    args = cli.parse_args()
+    N_EMBD, N_HEAD, N_LAYER, N_FF = args.embd, args.heads, args.layers, args.ff
+    matrix_type = np.float16 if args.f16 else np.float32
     rng = np.random.default_rng(17)
     tokens, scores, types = vocab()
     n_vocab = len(tokens)
-    w = gguf.GGUFWriter(sys.argv[1], "llama")
+    w = gguf.GGUFWriter(args.out, "llama")
     w.add_name("commons-tiny")
     w.add_context_length(N_CTX)
     w.add_embedding_length(N_EMBD)
@@ -67,7 +74,7 @@ def main():
     w.add_head_count_kv(N_HEAD)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(N_EMBD // N_HEAD)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if args.f16 else gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
     w.add_token_scores(scores)
@@ -83,7 +90,9 @@ def main():
 
     def t(name, *shape):
         # numpy's shape is GGML's dimensions reversed: (rows, columns) = (ne[1], ne[0]).
-        w.add_tensor(name, (rng.standard_normal(shape) * 0.05).astype(np.float32))
+        # float64 draws for the tests' f32 model (its bytes stay as they were); float32 draws for a large one.
+        draw = rng.standard_normal(shape, dtype=np.float32 if args.f16 else np.float64)
+        w.add_tensor(name, (draw * 0.05).astype(matrix_type))
 
     def ones(name, n):
         w.add_tensor(name, np.ones(n, dtype=np.float32))
