@@ -10,6 +10,9 @@ use crate::Coordinator;
 /// The platform the fixtures are built for.
 pub const PLATFORM: &str = "linux-x86_64";
 
+/// The platform of the Windows fixtures (`cargo xtask update-fixtures --windows`).
+pub const WINDOWS: &str = "windows-x86_64";
+
 /// `$CARGO_TARGET_DIR/<dir>`, found from this program's place (a test in `…/debug/deps/`, a bench in `…/release/`).
 fn target(dir: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -72,7 +75,18 @@ pub fn sign(file: &Path, key: &Path) {
 
 /// A signed artifact for `version`: `bytes` under the name the signature must carry, in `dir`.
 pub fn artifact(dir: &Path, version: &str, bytes: &[u8], key: &Path) -> PathBuf {
-    let file = dir.join(format!("commons-agent-{version}-{PLATFORM}"));
+    artifact_for(dir, PLATFORM, version, bytes, key)
+}
+
+/// [`artifact`] for another platform than this one.
+pub fn artifact_for(
+    dir: &Path,
+    platform: &str,
+    version: &str,
+    bytes: &[u8],
+    key: &Path,
+) -> PathBuf {
+    let file = dir.join(format!("commons-agent-{version}-{platform}"));
     std::fs::write(&file, bytes).unwrap();
     sign(&file, key);
     file
@@ -81,6 +95,17 @@ pub fn artifact(dir: &Path, version: &str, bytes: &[u8], key: &Path) -> PathBuf 
 /// `commons-coordinator release add` into `releases`, trusting `key`.
 pub fn release_add(
     releases: &Path,
+    file: &Path,
+    version: &str,
+    key: &Path,
+) -> std::process::Output {
+    release_add_for(releases, PLATFORM, file, version, key)
+}
+
+/// [`release_add`] for another platform than this one.
+pub fn release_add_for(
+    releases: &Path,
+    platform: &str,
     file: &Path,
     version: &str,
     key: &Path,
@@ -94,7 +119,7 @@ pub fn release_add(
             "--channel",
             "stable",
             "--platform",
-            PLATFORM,
+            platform,
         ])
         .args(["--notes", "test release"])
         .arg("--releases-dir")
@@ -107,7 +132,12 @@ pub fn release_add(
 
 /// [`release_add`], which must succeed.
 pub fn publish(releases: &Path, file: &Path, version: &str, key: &Path) {
-    let out = release_add(releases, file, version, key);
+    publish_for(releases, PLATFORM, file, version, key);
+}
+
+/// [`publish`] for another platform than this one.
+pub fn publish_for(releases: &Path, platform: &str, file: &Path, version: &str, key: &Path) {
+    let out = release_add_for(releases, platform, file, version, key);
     assert!(
         out.status.success(),
         "release add: {}",
@@ -235,5 +265,109 @@ impl Volunteer {
     /// Whether the process is still running.
     pub fn still_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+}
+
+/// Wine, which runs the Windows fixtures (`COMMONS_WINE`, default Debian's `/usr/lib/wine/wine64`), in the prefix
+/// `WINEPREFIX` names (.ci/windows sets it and builds its stand-in DLLs there).
+fn wine() -> PathBuf {
+    std::env::var_os("COMMONS_WINE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/wine/wine64"))
+}
+
+/// A path of this machine as a Windows program under Wine sees it (`/` is drive `Z:`).
+pub fn wine_path(p: &Path) -> String {
+    format!("Z:{}", p.display().to_string().replace('/', "\\"))
+}
+
+/// A Windows volunteer: a copy of a Windows fixture build in a writable folder, run by Wine against a coordinator.
+/// Wine's processes are ended when it is dropped (`wineserver -k`): after an update the agent runs as a new process
+/// that this one did not start.
+#[derive(Debug)]
+pub struct WineVolunteer {
+    /// Its folder: `bin/commons-agent.exe`, settings, credentials, log.
+    pub dir: tempfile::TempDir,
+    /// The binary.
+    pub exe: PathBuf,
+    /// The first process (Wine's, for the build started).
+    pub child: tokio::process::Child,
+}
+
+impl WineVolunteer {
+    /// Runs the Windows fixture build `version` against `c`.
+    pub fn start(version: &str, c: &Coordinator) -> Self {
+        let fixture = fixtures().join(format!("windows/commons-agent-{version}.exe"));
+        assert!(
+            fixture.is_file(),
+            "{} is missing: run `cargo xtask update-fixtures --windows` first (.ci/windows does)",
+            fixture.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        let exe = dir.path().join("bin/commons-agent.exe");
+        std::fs::copy(&fixture, &exe).unwrap();
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "coordinator_url = {:?}\ncontainers = false\ndht = false\nupdate_deadline_secs = 60\nupdate_state = {:?}\n",
+                c.url(),
+                wine_path(&dir.path().join("update.json"))
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = tokio::process::Command::new(wine())
+            .arg(&exe)
+            .arg("--config")
+            .arg(wine_path(&config))
+            .arg("--credentials-file")
+            .arg(wine_path(&dir.path().join("credentials.json")))
+            .arg("--control-socket")
+            .arg(wine_path(&dir.path().join("agent.sock")))
+            .arg("run")
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Self { dir, exe, child }
+    }
+
+    /// Its log so far (stdout and stderr, of every process it became).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Waits for `needle` in the log (Wine starts slowly: up to 90 s).
+    pub async fn wait_log(&self, needle: &str) -> String {
+        for _ in 0..900 {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no {needle:?} in the Windows agent's log:\n{}", self.log());
+    }
+
+    /// What `--version` of the binary at `exe` says, run by Wine.
+    pub fn version_of(exe: &Path) -> String {
+        let out = std::process::Command::new(wine())
+            .arg(exe)
+            .arg("--version")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for WineVolunteer {
+    fn drop(&mut self) {
+        let server = wine().with_file_name("wineserver");
+        let _ = std::process::Command::new(server).arg("-k").status();
     }
 }

@@ -305,3 +305,52 @@ async fn a_binary_it_cannot_replace_is_left_alone_and_the_package_is_named() {
     assert_eq!(v.installed_version(), "commons-agent 0.1.0");
     assert!(v.still_running(), "{log}");
 }
+
+/// The Windows agent (cross-built by `cargo xtask update-fixtures --windows`) under Wine updates itself from the feed's
+/// Windows release: the running .exe moves aside (Windows cannot overwrite it), the new one goes in its place and,
+/// Windows having no exec, is started as a new process that reports the new version as the same worker.
+#[tokio::test]
+#[ignore = "run by .ci/windows, under Wine, with the Windows fixtures it builds"]
+async fn a_windows_agent_under_wine_updates_itself_to_a_signed_release() {
+    let fx = fixtures();
+    let (c, releases) = coordinator().await;
+    let work = tempfile::tempdir().unwrap();
+    let new = std::fs::read(fx.join("windows/commons-agent-0.1.1.exe")).unwrap();
+    let file = artifact_for(
+        work.path(),
+        WINDOWS,
+        "0.1.1",
+        &new,
+        &fx.join("test-release.key"),
+    );
+    publish_for(
+        &releases,
+        WINDOWS,
+        &file,
+        "0.1.1",
+        &fx.join("test-release.pub"),
+    );
+    let feed: Value = reqwest::get(format!("{}/api/updates/agent/stable/{WINDOWS}", c.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(feed["latest"]["version"], "0.1.1");
+
+    let v = WineVolunteer::start("0.1.0", &c);
+    let log = v.wait_log("updated from=0.1.0 to=0.1.1").await;
+    assert!(log.contains("the new version is healthy"), "{log}");
+    // One worker only: the new process carried on as the worker the old one registered.
+    let id = reports(&c, "0.1.1").await;
+    assert_eq!(WineVolunteer::version_of(&v.exe), "commons-agent 0.1.1");
+    assert_eq!(std::fs::read(&v.exe).unwrap(), new);
+    let previous = PathBuf::from(format!("{}.previous", v.exe.display()));
+    assert_eq!(
+        std::fs::read(&previous).unwrap(),
+        std::fs::read(fx.join("windows/commons-agent-0.1.0.exe")).unwrap()
+    );
+    // Still the one worker, heartbeating from the new process.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(fleet(&c).await, vec![(id, "0.1.1".to_owned())]);
+}

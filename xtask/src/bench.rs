@@ -135,9 +135,8 @@ fn register_font() -> anyhow::Result<()> {
 /// Runs the benchmarks (release builds) and writes the report.
 pub fn report(root: &Path, target_dir: &Path) -> anyhow::Result<()> {
     register_font()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(&cargo);
-    build.current_dir(root).args([
+    let mut build = crate::cargo();
+    build.args([
         "build",
         "--release",
         "-p",

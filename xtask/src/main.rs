@@ -10,7 +10,8 @@
 //!   builds an older one to upgrade from).
 //! - `cargo xtask update-fixtures`: what the update tests run: a throw-away release key pair (minisign), and the
 //!   headless agent and the desktop app each built twice with that key compiled in, as versions 0.1.0 and 0.1.1
-//!   (nothing else differs), stripped, in `$CARGO_TARGET_DIR/update-fixtures/`.
+//!   (nothing else differs), stripped, in `$CARGO_TARGET_DIR/update-fixtures/`; with `--windows`, the headless agent
+//!   built for Windows the same way, in `update-fixtures/windows/` (for the update test under Wine, .ci/windows).
 //! - `cargo xtask bench-report`: runs the benchmarks' short versions (release builds) and writes `bench/report.html`
 //!   (each figure against its goal, SVG charts) and a line of `bench/history.jsonl` (see `bench.rs`).
 //! - `cargo xtask serve [-- <coordinator flags>]`: builds the portal, then runs the coordinator (release) on its
@@ -51,12 +52,18 @@ fn main() -> std::process::ExitCode {
                 flag("--version").unwrap_or(env!("CARGO_PKG_VERSION")),
             )
         }
-        Some("update-fixtures") => update_fixtures(),
+        Some("update-fixtures") => match args.get(1).map(String::as_str) {
+            None => update_fixtures(),
+            Some("--windows") => update_fixtures_windows(),
+            Some(other) => Err(anyhow::anyhow!(
+                "update-fixtures takes --windows or nothing, not {other:?}"
+            )),
+        },
         Some("bench-report") => bench::report(&root(), &target_dir(&root())),
         Some("images") => images(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask portal [--dev] | cargo xtask desktop-ui [--dev] | cargo xtask agent-deb [--profile <p>] [--version <v>] | cargo xtask update-fixtures | cargo xtask bench-report | cargo xtask images --registry <host:port> [--profile <p>] [--tag <t>] | cargo xtask serve [-- <coordinator flags>]"
+                "usage: cargo xtask portal [--dev] | cargo xtask desktop-ui [--dev] | cargo xtask agent-deb [--profile <p>] [--version <v>] | cargo xtask update-fixtures [--windows] | cargo xtask bench-report | cargo xtask images --registry <host:port> [--profile <p>] [--tag <t>] | cargo xtask serve [-- <coordinator flags>]"
             );
             return std::process::ExitCode::from(2);
         }
@@ -75,6 +82,30 @@ fn root() -> PathBuf {
         .parent()
         .expect("xtask sits in the workspace")
         .to_owned()
+}
+
+/// A `cargo` command for a build of the workspace, in it: the cargo that runs xtask, without the variables `cargo run`
+/// set for xtask itself. A build script that reads one of them sees it change between this build and a plain `cargo
+/// build` (ring's reads `CARGO_MANIFEST_DIR`), and each would build that crate and every crate above it again.
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&name.as_ref())
+        {
+            c.env_remove(name.as_ref());
+        }
+    }
+    c
 }
 
 /// Where cargo builds: `$CARGO_TARGET_DIR`, else `target/` in the workspace.
@@ -144,8 +175,7 @@ fn ensure_tools(root: &Path) -> anyhow::Result<()> {
         "xtask: installing wasm-bindgen-cli {wanted} (found {}; a few minutes, once per machine)",
         have.as_deref().unwrap_or("none")
     );
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).args([
+    run(cargo().args([
         "install",
         "wasm-bindgen-cli",
         "--version",
@@ -158,14 +188,12 @@ fn ensure_tools(root: &Path) -> anyhow::Result<()> {
 /// Runs the coordinator (release) serving the built portal; extra flags go to it.
 fn serve(extra: &[String]) -> anyhow::Result<()> {
     let root = root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let extra: Vec<&str> = extra
         .iter()
         .map(String::as_str)
         .filter(|a| *a != "--")
         .collect();
-    run(Command::new(cargo)
-        .current_dir(&root)
+    run(cargo()
         .args([
             "run",
             "--release",
@@ -214,8 +242,7 @@ fn wasm_page(page: &Page, dev: bool) -> anyhow::Result<()> {
     ensure_tools(&root)?;
     let target_dir = target_dir(&root);
     let profile = if dev { "dev" } else { "wasm" };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).current_dir(&root).args([
+    run(cargo().args([
         "build",
         "--package",
         page.package,
@@ -288,7 +315,6 @@ fn wasm_page(page: &Page, dev: bool) -> anyhow::Result<()> {
 /// The update tests' fixtures: a throw-away release key, and the agent and the desktop app built as two versions.
 fn update_fixtures() -> anyhow::Result<()> {
     let root = root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target_dir = target_dir(&root);
     let out = target_dir.join("update-fixtures");
     std::fs::create_dir_all(&out)?;
@@ -305,8 +331,7 @@ fn update_fixtures() -> anyhow::Result<()> {
     let key = std::fs::read_to_string(&public)?;
     // The agent and the desktop app, each built twice with the test key: only the version differs.
     let build = |env: &[(&str, &str)]| {
-        run(Command::new(&cargo)
-            .current_dir(&root)
+        run(cargo()
             .args([
                 "build",
                 "--package",
@@ -338,13 +363,44 @@ fn update_fixtures() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Windows fixtures of the update test under Wine (.ci/windows): the headless agent built for
+/// `x86_64-pc-windows-gnu` as 0.1.0 and 0.1.1 with the test key of [`update_fixtures`] (which must have run), stripped,
+/// in `$CARGO_TARGET_DIR/update-fixtures/windows/`. The Windows build is left as 0.1.1: the next ordinary one rebuilds
+/// the agent's crate only.
+fn update_fixtures_windows() -> anyhow::Result<()> {
+    let root = root();
+    let target_dir = target_dir(&root);
+    let fixtures = target_dir.join("update-fixtures");
+    let key = std::fs::read_to_string(fixtures.join("test-release.pub"))
+        .context("no test release key: run `cargo xtask update-fixtures` first")?;
+    let out = fixtures.join("windows");
+    std::fs::create_dir_all(&out)?;
+    let target = "x86_64-pc-windows-gnu";
+    for version in ["0.1.0", "0.1.1"] {
+        run(cargo()
+            .args(["build", "--target", target, "--package", "commons-agent"])
+            // With the app's package too, as .ci/windows builds them: the same features, so the same build of
+            // every crate they share (only the agent's is built again).
+            .args(["--package", "commons", "--bin", "commons-agent"])
+            .env("COMMONS_BUILD_VERSION", version)
+            .env("COMMONS_RELEASE_KEY", &key))?;
+        let to = out.join(format!("commons-agent-{version}.exe"));
+        std::fs::copy(target_dir.join(target).join("debug/commons-agent.exe"), &to)?;
+        run(Command::new("x86_64-w64-mingw32-strip")
+            .arg("--strip-debug")
+            .arg(&to))
+        .context("x86_64-w64-mingw32-strip (mingw-w64) is needed")?;
+    }
+    println!("Windows update fixtures in {}", out.display());
+    Ok(())
+}
+
 /// The headless agent's .deb: `/usr/bin/commons-agent`, its systemd unit, `/etc/commons/agent.toml` (a conffile),
 /// and maintainer scripts that create its user, stop it before removal, and on purge remove the user and its state.
 /// Prints the package's path.
 fn agent_deb(profile: &str, version: &str) -> anyhow::Result<()> {
     let root = root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).current_dir(&root).args([
+    run(cargo().args([
         "build",
         "--package",
         "commons-agent",
@@ -723,7 +779,6 @@ fn images(args: &[String]) -> anyhow::Result<()> {
         .trim_end_matches('/');
     let profile = flag(args, "--profile").unwrap_or("release");
     let root = root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target = target_dir(&root);
     let host = host_suite()?;
     let out_dir = target.join("images");
@@ -732,7 +787,7 @@ fn images(args: &[String]) -> anyhow::Result<()> {
         "# Written by `cargo xtask images`: each service's image, pinned by digest.\n",
     );
     for img in SERVICE_IMAGES {
-        run(Command::new(&cargo).current_dir(&root).args([
+        run(cargo().args([
             "build",
             "--profile",
             profile,
