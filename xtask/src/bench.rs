@@ -1,4 +1,4 @@
-//! `cargo xtask bench-report`: runs the benchmarks that need nothing but this machine, collects the figures each
+//! `cargo xtask bench-report`: builds what the benchmarks need, runs their short versions, collects the figures each
 //! appends to `COMMONS_FIGURES` ([`commons_shared::figures`]), and writes `bench/report.html` (every figure against
 //! its goal, SVG charts drawn with plotters, the change since the last run) and a line of `bench/history.jsonl`.
 
@@ -18,11 +18,27 @@ struct Bench {
     args: &'static [&'static str],
     /// Added when no container engine is at `DOCKER_HOST`.
     without_engine: &'static [&'static str],
+    /// What it needs built besides the release binaries.
+    needs: Needs,
+}
+
+/// What a benchmark needs built before it runs (the report builds it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    /// Nothing more.
+    Nothing,
+    /// The built portal (`cargo xtask portal`); Chromium and its driver are the machine's (`.ci/setup`).
+    Portal,
+    /// The agent builds 0.1.0 and 0.1.1 with the test key (`cargo xtask update-fixtures`).
+    UpdateFixtures,
+    /// The desktop app's window (`cargo xtask desktop-ui`), embedded in the release app, which the report builds;
+    /// Xvfb and a session bus are the machine's.
+    DesktopApp,
 }
 
 /// What runs, in order: short versions of the benchmarks the README gives figures for. The agent runs with one
-/// container when an engine is at `DOCKER_HOST` (`.ci/engine.sh`), else without; the portal, desktop, update and
-/// llm benchmarks need Chromium, Xvfb, fixtures or a model: the README shows them.
+/// container when an engine is at `DOCKER_HOST` (`.ci/engine.sh`), else without; the llm benchmarks need the llm
+/// image or a GPU: the README shows them.
 const BENCHES: &[Bench] = &[
     Bench {
         title: "coordinator, 1,000 workers",
@@ -37,6 +53,7 @@ const BENCHES: &[Bench] = &[
             "--no-ceiling",
         ],
         without_engine: &[],
+        needs: Needs::Nothing,
     },
     Bench {
         title: "coordinator, 10,000 workers, against the bare-axum ceiling",
@@ -50,6 +67,7 @@ const BENCHES: &[Bench] = &[
             "10",
         ],
         without_engine: &[],
+        needs: Needs::Nothing,
     },
     Bench {
         title: "coordinator, 100,000 workers",
@@ -64,36 +82,63 @@ const BENCHES: &[Bench] = &[
             "--no-ceiling",
         ],
         without_engine: &[],
+        needs: Needs::Nothing,
     },
     Bench {
         title: "edge and coordinator forwarding",
         bin: "commons-edgebench",
         args: &[],
         without_engine: &[],
+        needs: Needs::Nothing,
     },
     Bench {
         title: "the reverse path against the direct one",
         bin: "commons-reversebench",
         args: &[],
         without_engine: &[],
+        needs: Needs::Nothing,
     },
     Bench {
         title: "slow and greedy clients",
         bin: "commons-slowbench",
         args: &[],
         without_engine: &[],
+        needs: Needs::Nothing,
     },
     Bench {
         title: "DHT lookups, churn and a simulated day",
         bin: "commons-dhtbench",
         args: &["--agents", "20"],
         without_engine: &[],
+        needs: Needs::Nothing,
     },
     Bench {
         title: "the agent: joining, idle, failover",
         bin: "commons-agentbench",
         args: &["--idle-secs", "10"],
         without_engine: &["--no-containers"],
+        needs: Needs::Nothing,
+    },
+    Bench {
+        title: "the portal: the topology of 1,000 workers in headless Chromium",
+        bin: "commons-portalbench",
+        args: &["--workers", "1000", "--runs", "3"],
+        without_engine: &[],
+        needs: Needs::Portal,
+    },
+    Bench {
+        title: "the desktop app: cold start, RSS and CPU while donating",
+        bin: "commons-desktopbench",
+        args: &["--starts", "3", "--seconds", "10"],
+        without_engine: &[],
+        needs: Needs::DesktopApp,
+    },
+    Bench {
+        title: "a signed self-update of the agent, step by step",
+        bin: "commons-updatebench",
+        args: &["3"],
+        without_engine: &[],
+        needs: Needs::UpdateFixtures,
     },
     Bench {
         title: "soak, short version",
@@ -109,6 +154,7 @@ const BENCHES: &[Bench] = &[
             "2",
         ],
         without_engine: &[],
+        needs: Needs::Nothing,
     },
 ];
 
@@ -135,6 +181,16 @@ fn register_font() -> anyhow::Result<()> {
 /// Runs the benchmarks (release builds) and writes the report.
 pub fn report(root: &Path, target_dir: &Path) -> anyhow::Result<()> {
     register_font()?;
+    let needs = |n: Needs| BENCHES.iter().any(|b| b.needs == n);
+    if needs(Needs::Portal) {
+        crate::wasm_page(&crate::PORTAL, false)?;
+    }
+    if needs(Needs::DesktopApp) {
+        crate::wasm_page(&crate::DESKTOP_UI, false)?;
+    }
+    if needs(Needs::UpdateFixtures) {
+        crate::update_fixtures()?;
+    }
     let mut build = crate::cargo();
     build.args([
         "build",
@@ -150,6 +206,11 @@ pub fn report(root: &Path, target_dir: &Path) -> anyhow::Result<()> {
         "commons-agent",
         "--bin",
         "commons-agent",
+        // The desktop benchmark runs the app as the .deb ships it.
+        "-p",
+        "commons",
+        "--bin",
+        "commons",
     ]);
     for b in BENCHES {
         build.args(["--bin", b.bin]);

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use commons_tests::Coordinator;
+use commons_tests::figures::{Figure, Goal, record};
 use serde_json::Value;
 
 #[derive(Debug, Parser)]
@@ -115,5 +116,36 @@ async fn main() -> anyhow::Result<()> {
         measured["app_anon_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
         measured["app_file_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
     );
+    let kib = |k: &str| measured[k].as_f64().unwrap_or(f64::NAN);
+    record(&[
+        Figure::new(
+            "desktop",
+            "cold start to tray icon",
+            "ms",
+            1000.0 * starts[starts.len() / 2],
+        )
+        .goal(Goal::AtMost(2000.0)),
+        // The goal is 120 MB (decimal).
+        Figure::new(
+            "desktop",
+            "RSS while donating with no requests",
+            "MiB",
+            kib("rss_kib") / 1024.0,
+        )
+        .goal(Goal::AtMost(120e6 / 1048576.0)),
+        Figure::new(
+            "desktop",
+            "RSS of its own (heap, stacks)",
+            "MiB",
+            kib("app_anon_kib") / 1024.0,
+        ),
+        Figure::new(
+            "desktop",
+            "CPU while donating with no requests",
+            "%",
+            kib("cpu_percent"),
+        )
+        .goal(Goal::AtMost(0.5)),
+    ]);
     Ok(())
 }

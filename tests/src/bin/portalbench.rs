@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use commons_coordinator::server::test_utils::ADMIN_TOKEN;
 use commons_tests::browser::{Driver, portal_dist, screenshot, until, wait_for};
+use commons_tests::figures::{Figure, Goal, record};
 use commons_tests::{Coordinator, register};
 use fantoccini::Locator;
 use serde_json::Value;
@@ -138,11 +139,11 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "  frames per second while the layout settles:   median {:.1} fps (goal >= 30)",
-        median(fps)
+        median(fps.clone())
     );
     println!(
         "  layout settling time:                          median {:.0} ms",
-        median(settle)
+        median(settle.clone())
     );
     println!(
         "  wasm: {:.0} KiB, {:.0} KiB gzip (goal <= 500 KB gzip); whole portal {:.0} KiB gzip",
@@ -150,5 +151,36 @@ async fn main() -> anyhow::Result<()> {
         wasm_gz as f64 / 1024.0,
         all_gz as f64 / 1024.0
     );
+    record(&[
+        Figure::new(
+            "portal",
+            format!(
+                "first render of the laid-out topology, {} workers",
+                args.workers
+            ),
+            "ms",
+            median(first.clone()),
+        )
+        .goal(Goal::AtMost(1500.0))
+        .points(
+            "page load",
+            first
+                .iter()
+                .enumerate()
+                .map(|(i, v)| ((i + 1) as f64, *v))
+                .collect(),
+        ),
+        Figure::new(
+            "portal",
+            "frames per second while the layout settles",
+            "fps",
+            median(fps),
+        )
+        .goal(Goal::AtLeast(30.0)),
+        Figure::new("portal", "layout settling time", "ms", median(settle)),
+        // The goal is 500 KB (decimal).
+        Figure::new("portal", "wasm, gzip", "KiB", wasm_gz as f64 / 1024.0)
+            .goal(Goal::AtMost(500_000.0 / 1024.0)),
+    ]);
     Ok(())
 }

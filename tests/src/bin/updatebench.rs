@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use commons_tests::figures::{Figure, record};
 use commons_tests::update::{Volunteer, coordinator_offering_0_1_1, fixtures};
 
 /// Log lines that mark the steps, in order.
@@ -94,4 +95,24 @@ async fn main() {
         "  not donating in all                   {:8.1} ms",
         ms(median(steps[5].clone()))
     );
+    let names = [
+        "download, SHA-256 and signature check",
+        "handover",
+        "trial of the new version",
+        "exec of the new version",
+        "the new version donating again",
+        "not donating in all",
+    ];
+    let figures: Vec<Figure> = names
+        .iter()
+        .zip(&steps)
+        .map(|(name, d)| Figure::new("update", *name, "ms", ms(median(d.clone()))))
+        .chain([Figure::new(
+            "update",
+            "download, SHA-256 and signature check, speed",
+            "MiB/s",
+            size as f64 / 1048576.0 / download.as_secs_f64(),
+        )])
+        .collect();
+    record(&figures);
 }
