@@ -406,7 +406,13 @@ impl Engine {
     /// Connects to the engine at `DOCKER_HOST` (or the platform default) and agrees on an API version.
     pub async fn connect(policy: Policy) -> Result<Self, EngineError> {
         let docker = match &policy.docker_host {
+            #[cfg(not(windows))]
             Some(host) => Docker::connect_with_socket(host, 120, bollard::API_DEFAULT_VERSION),
+            // Straight to the pipe (`npipe:////./pipe/docker_engine`, Docker Desktop's): bollard's
+            // `connect_with_socket` first asks the file system whether the path exists, which Wine answers no for a
+            // pipe that is there. A missing pipe fails at the first call below, as a missing socket does.
+            #[cfg(windows)]
+            Some(host) => Docker::connect_with_named_pipe(host, 120, bollard::API_DEFAULT_VERSION),
             None => Docker::connect_with_local_defaults(),
         }
         .map_err(|e| EngineError::NotRunning(e.to_string()))?;
@@ -912,5 +918,94 @@ mod tests {
             }
             .allows(i)
         }));
+    }
+
+    /// Docker Desktop's engine answers on a named pipe, which Docker Desktop alone provides; a stand-in answers the
+    /// two calls [`Engine::connect`] makes (the API version, then a ping) on a real pipe, and the agent reaches it
+    /// through bollard's named-pipe client as it reaches Docker Desktop. With no engine on the pipe, the volunteer
+    /// is told what to install.
+    #[cfg(windows)]
+    #[tokio::test]
+    async fn the_engine_is_reached_over_a_named_pipe_as_docker_desktop_serves_it() {
+        use std::sync::{Arc, Mutex};
+
+        use http_body_util::Full;
+        use hyper::body::Bytes;
+        use tokio::net::windows::named_pipe::ServerOptions;
+
+        let name = format!(r"\\.\pipe\commons-test-engine-{}", std::process::id());
+        let asked = Arc::new(Mutex::new(Vec::<String>::new()));
+        let mut next = ServerOptions::new()
+            .first_pipe_instance(true)
+            .create(&name)
+            .unwrap();
+        let (pipe, seen) = (name.clone(), asked.clone());
+        tokio::spawn(async move {
+            while next.connect().await.is_ok() {
+                let fresh = ServerOptions::new().create(&pipe).unwrap();
+                let connected = std::mem::replace(&mut next, fresh);
+                let seen = seen.clone();
+                let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    let path = req.uri().path().to_owned();
+                    seen.lock().unwrap().push(path.clone());
+                    let (status, body) = if path.ends_with("/_ping") {
+                        (200, "OK")
+                    } else if path.ends_with("/version") {
+                        (
+                            200,
+                            r#"{"Version":"27.0.0","ApiVersion":"1.47","MinAPIVersion":"1.24","Os":"linux","Arch":"amd64"}"#,
+                        )
+                    } else {
+                        (404, r#"{"message":"not served by this stand-in"}"#)
+                    };
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .status(status)
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                                .unwrap(),
+                        )
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(connected), service),
+                );
+            }
+        });
+        let policy = |host: String| Policy {
+            allowed_images: Vec::new(),
+            cpu_percent: 50,
+            memory_bytes: 1 << 30,
+            allow_gpu: false,
+            instance: "t".into(),
+            gpus: None,
+            scratch_mb: 64,
+            gpu_percent: 100,
+            allow_network: false,
+            models_dir: std::env::temp_dir(),
+            models_cap_bytes: 0,
+            docker_host: Some(host),
+            reach: Reach::Ports,
+        };
+        // The form of Docker Desktop's own address, npipe:////./pipe/docker_engine.
+        let host = format!("npipe://{}", name.replace('\\', "/"));
+        Engine::connect(policy(host))
+            .await
+            .expect("the engine on the pipe answers");
+        let asked = asked.lock().unwrap().clone();
+        assert!(asked.iter().any(|p| p.ends_with("/version")), "{asked:?}");
+        assert!(asked.iter().any(|p| p.ends_with("/_ping")), "{asked:?}");
+
+        let gone = Engine::connect(policy("npipe:////./pipe/commons-test-no-engine".into()))
+            .await
+            .expect_err("no engine answers on that pipe");
+        assert!(matches!(gone, EngineError::NotRunning(_)), "{gone}");
+        assert!(
+            engine_hint(&gone).contains("install Docker Desktop and start it"),
+            "{}",
+            engine_hint(&gone)
+        );
     }
 }
