@@ -48,9 +48,11 @@ impl Agent {
         })
         .await;
         *sampler = Some(taken);
-        let hot = gpus
-            .iter()
-            .any(|g| g.temperature_c > self.settings.max_gpu_temp_c);
+        let hot = super::holds::too_hot(
+            gpus.iter().map(|g| g.temperature_c),
+            self.settings.max_gpu_temp_c,
+            self.holds.hot(),
+        );
         let status = if !self.donating() || hot {
             ReportedStatus::Paused
         } else if load.cpu > 0.9 {
