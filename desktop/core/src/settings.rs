@@ -122,7 +122,7 @@ pub struct Settings {
     pub display_name: Option<String>,
     /// Milliseconds between checks that the coordinator is still there (failover detection).
     pub probe_interval_ms: u64,
-    /// Pause donating while a GPU is hotter than this (°C), until every GPU has cooled 5 °C below it.
+    /// Pause donating while a GPU is hotter than this (°C), and for a minute after.
     pub max_gpu_temp_c: u32,
     /// The local control socket [default: `$XDG_RUNTIME_DIR/commons-agent.sock`].
     pub control_socket: Option<PathBuf>,

@@ -35,7 +35,8 @@ impl Agent {
         }
     }
 
-    /// The next heartbeat, and whether a GPU is too hot. The samples (sysinfo, NVML) are read off the async threads.
+    /// The next heartbeat, and whether a GPU is over the limit. The samples (sysinfo, NVML) are read off the async
+    /// threads.
     async fn heartbeat_request(
         &self,
         j: &Joined,
@@ -48,11 +49,10 @@ impl Agent {
         })
         .await;
         *sampler = Some(taken);
-        let hot = super::holds::too_hot(
-            gpus.iter().map(|g| g.temperature_c),
-            self.settings.max_gpu_temp_c,
-            self.holds.hot(),
-        );
+        let over = gpus
+            .iter()
+            .any(|g| g.temperature_c > self.settings.max_gpu_temp_c);
+        let hot = self.holds.too_hot(over, Instant::now());
         let status = if !self.donating() || hot {
             ReportedStatus::Paused
         } else if load.cpu > 0.9 {
@@ -82,7 +82,7 @@ impl Agent {
             nat: self.reach.nat(),
             paths: Some(self.reach.paths()),
         };
-        (hb, hot)
+        (hb, over)
     }
 
     /// Publishes this worker in the DHT, or withdraws it while it does not donate.
@@ -137,7 +137,7 @@ impl Agent {
                 let dht = self.presence.reach().await;
                 self.reach.set_dht(dht);
                 self.reach.probe_tunnel(self.me.client());
-                let (hb, hot) = self.heartbeat_request(&j, &mut sampler).await;
+                let (hb, over) = self.heartbeat_request(&j, &mut sampler).await;
                 let sent = Instant::now();
                 match self
                     .me
@@ -168,10 +168,10 @@ impl Agent {
                                 self.reconcile().await;
                             }
                         }
-                        self.holds.set_hot(hot);
+                        self.holds.set_heat(over, Instant::now());
                         self.show_held();
                         self.show_endpoint();
-                        self.ui.set(if hot {
+                        self.ui.set(if self.holds.heat_holds() {
                             State::Paused
                         } else {
                             self.active_state()

@@ -1,7 +1,7 @@
 //! When donating is held back: outside the schedule, on battery, while the volunteer is at the keyboard, or while
 //! a GPU is hotter than the limit.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::idle::SystemIdle;
 use crate::settings::Settings;
@@ -11,8 +11,10 @@ use crate::settings::Settings;
 pub(super) struct Holds {
     /// Why a rule (schedule, power, idle) holds donating back, if one does.
     rule: Option<String>,
-    /// A GPU was hotter than the limit at the last heartbeat.
+    /// Heat held donating back at the last heartbeat.
     hot: bool,
+    /// When a GPU was last over the limit.
+    last_over: Option<Instant>,
     idle: SystemIdle,
 }
 
@@ -54,67 +56,70 @@ impl Holds {
         }
     }
 
-    /// A GPU is (not) too hot ([`too_hot`]).
-    pub(super) fn set_hot(&mut self, hot: bool) {
-        self.hot = hot;
+    /// Records a heartbeat's reading: whether a GPU was over the limit at `now`.
+    pub(super) fn set_heat(&mut self, over: bool, now: Instant) {
+        if over {
+            self.last_over = Some(now);
+        }
+        self.hot = self.too_hot(over, now);
     }
 
-    /// Whether a hot GPU held donating back at the last heartbeat.
-    pub(super) fn hot(&self) -> bool {
+    /// Whether heat held donating back at the last heartbeat.
+    pub(super) fn heat_holds(&self) -> bool {
         self.hot
+    }
+
+    /// Whether heat holds donating back with this reading: a GPU is over the limit now, or was less than
+    /// [`COOL_DOWN`] ago.
+    pub(super) fn too_hot(&self, over: bool, now: Instant) -> bool {
+        over || self
+            .last_over
+            .is_some_and(|t| now.saturating_duration_since(t) < COOL_DOWN)
     }
 
     /// Why donating is held back: a rule, else a hot GPU.
     pub(super) fn why(&self, max_gpu_temp_c: u32) -> Option<String> {
         self.rule.clone().or_else(|| {
             self.hot.then(|| {
-                format!(
-                    "a GPU is hotter than {max_gpu_temp_c} °C (donating goes on once it has cooled to {} °C)",
-                    max_gpu_temp_c.saturating_sub(COOL_MARGIN_C)
-                )
+                format!("a GPU is hotter than {max_gpu_temp_c} °C, or was in the last minute")
             })
         })
     }
 }
 
-/// How far below the limit every GPU must cool before a hold for heat is lifted, °C. A GPU cools fast once its work
-/// pauses (an H200 went from 59 °C under load to 39 °C within 2 s, bench/gpu/agent_gpu.py): with no margin, a GPU
-/// that reaches the limit under the pool's work would pause and resume it at every heartbeat.
-pub(super) const COOL_MARGIN_C: u32 = 5;
-
-/// Whether the GPUs, at these temperatures (°C), hold donating back: one is hotter than `limit`, or a hold for heat is
-/// in force (`held`) and one is not yet [`COOL_MARGIN_C`] below it.
-pub(super) fn too_hot(temperatures: impl IntoIterator<Item = u32>, limit: u32, held: bool) -> bool {
-    let resume_at = if held {
-        limit.saturating_sub(COOL_MARGIN_C)
-    } else {
-        limit
-    };
-    temperatures.into_iter().any(|t| t > resume_at)
-}
+/// How long a hold for heat lasts after a GPU was last over the limit. A GPU cools fast once its work pauses (an H200
+/// went from 59 °C under load to 39 °C within 2 s, bench/gpu/agent_gpu.py): without it, a GPU that reaches the limit
+/// under the pool's work would pause and resume that work at every heartbeat. A time rather than a margin under the
+/// limit, so that a GPU which idles close to a low limit is not held for ever.
+pub(super) const COOL_DOWN: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_hot_gpu_holds_until_it_has_cooled_below_the_limit_by_the_margin() {
-        // Not held: only over the limit holds.
-        assert!(!too_hot([40, 30], 40, false));
-        assert!(too_hot([41, 30], 40, false));
-        // Held: 36 to 40 °C keeps the hold, 35 lifts it.
-        assert!(too_hot([39], 40, true));
-        assert!(too_hot([36, 20], 40, true));
-        assert!(!too_hot([35, 20], 40, true));
-        // No GPU, nothing to hold.
-        assert!(!too_hot([], 40, true));
+    fn heat_holds_while_a_gpu_is_over_the_limit_and_a_minute_after() {
         let mut h = Holds::default();
-        h.set_hot(true);
+        let t0 = Instant::now();
+        assert!(!h.too_hot(false, t0));
+        h.set_heat(false, t0);
+        assert_eq!(h.why(85), None);
+        h.set_heat(true, t0);
         assert_eq!(
             h.why(85).as_deref(),
-            Some("a GPU is hotter than 85 °C (donating goes on once it has cooled to 80 °C)")
+            Some("a GPU is hotter than 85 °C, or was in the last minute")
         );
-        h.set_hot(false);
+        // Cooled below the limit at once: still held within the minute, released after it.
+        let soon = t0 + Duration::from_secs(2);
+        assert!(h.too_hot(false, soon));
+        h.set_heat(false, soon);
+        assert!(h.why(85).is_some());
+        let later = t0 + COOL_DOWN;
+        assert!(!h.too_hot(false, later));
+        h.set_heat(false, later);
         assert_eq!(h.why(85), None);
+        // Over again: held again, for a minute from this reading.
+        h.set_heat(true, later);
+        assert!(h.too_hot(false, later + COOL_DOWN - Duration::from_secs(1)));
     }
 }
