@@ -4,12 +4,12 @@ and the hold on a GPU hotter than the volunteer's limit.
 
 Starts a coordinator on loopback (no DHT, 2 s heartbeats) and the headless agent against it (no containers, no DHT,
 `max_gpu_temp_c = 40`, the lowest a volunteer can set), then loads the GPU with PyTorch matrix products for
-`--load-secs` seconds and watches for as long again after: every 2 s, the worker's GPU figures as the admin API lists
+`--load-secs` seconds and watches for `--watch-secs` in all (default twice the load): every 2 s, the worker's GPU figures as the admin API lists
 them, its status there, and what the agent itself says holds it back (`commons-agent status --json`). Writes each
 reading as a JSON line to OUT/agent-gpu.jsonl and prints a summary; the logs go to OUT/coordinator.log and
 OUT/agent.log. Standard library only (PyTorch for the load, when python3 has it).
 
-usage: agent_gpu.py --bin DIR --out OUT [--load-secs N]
+usage: agent_gpu.py --bin DIR --out OUT [--load-secs N] [--watch-secs N]
 """
 
 import argparse
@@ -46,6 +46,7 @@ def main():
     cli.add_argument("--bin", required=True, help="the folder with commons-coordinator and commons-agent")
     cli.add_argument("--out", required=True)
     cli.add_argument("--load-secs", type=float, default=30)
+    cli.add_argument("--watch-secs", type=float, help="default: twice --load-secs")
     args = cli.parse_args()
     bins = os.path.abspath(args.bin)
     out = os.path.abspath(args.out)
@@ -101,7 +102,7 @@ def main():
         procs.append(load)
         started = time.time()
         readings = []
-        while time.time() - started < 2 * args.load_secs:
+        while time.time() - started < (args.watch_secs or 2 * args.load_secs):
             time.sleep(2)
             workers = admin("/api/admin/workers")["workers"]
             status = subprocess.run(agent_args + ["status", "--json"], env=env, capture_output=True, text=True)
