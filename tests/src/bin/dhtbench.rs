@@ -47,6 +47,9 @@ struct Cli {
     /// Skip the network measurements.
     #[arg(long)]
     day_only: bool,
+    /// Seconds between the nodes publishing their records and the first lookup.
+    #[arg(long, default_value_t = 3)]
+    settle_secs: u64,
 }
 
 fn rss_mib() -> f64 {
@@ -112,7 +115,7 @@ async fn network(cli: &Cli) -> Result<()> {
         })
         .await?;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(cli.settle_secs)).await;
     let per_node = (rss_mib() - before) / cli.nodes as f64;
 
     // One more node joining the full network, ten times.
