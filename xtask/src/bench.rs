@@ -109,7 +109,7 @@ const BENCHES: &[Bench] = &[
         title: "DHT lookups, churn and a simulated day",
         bin: "commons-dhtbench",
         // Ten seconds for the 100 nodes' records to be stored before the lookups: on a busy machine three were
-        // not enough (852 of 1,000 found in one report, 1,000 on a quiet machine with either).
+        // most likely not enough (852 of 1,000 found in one report; 1,000 on a quiet machine with 3 or 20).
         args: &["--agents", "20", "--settle-secs", "10"],
         without_engine: &[],
         needs: Needs::Nothing,
