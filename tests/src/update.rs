@@ -171,101 +171,19 @@ pub async fn coordinator_offering_0_1_1() -> Coordinator {
     c
 }
 
-/// A volunteer's server: a copy of an agent build in a writable folder, running against `c`.
+/// A volunteer's server: a copy of an agent build in a writable folder, running against a coordinator, natively or
+/// (a Windows build) under Wine.
 #[derive(Debug)]
 pub struct Volunteer {
-    /// Its folder: `bin/commons-agent`, settings, credentials, log.
+    /// Its folder: `bin/commons-agent` (`.exe` under Wine), settings, credentials, log.
     pub dir: tempfile::TempDir,
     /// The binary.
     pub exe: PathBuf,
-    /// The process.
+    /// The process started (Wine's, for a Windows build).
     pub child: tokio::process::Child,
-}
-
-impl Volunteer {
-    /// Runs the fixture build `version` against `c`.
-    pub fn start(version: &str, c: &Coordinator) -> Self {
-        Self::start_in(version, c, false, false)
-    }
-
-    /// With `read_only`, the binary's folder is mounted read-only for the agent (in a mount namespace of its own),
-    /// as /usr/bin is for a system package's binary; with `paused`, it starts paused by the volunteer (as after an
-    /// update's restart while paused).
-    pub fn start_in(version: &str, c: &Coordinator, read_only: bool, paused: bool) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("bin")).unwrap();
-        let exe = dir.path().join("bin/commons-agent");
-        std::fs::copy(fixtures().join(format!("commons-agent-{version}")), &exe).unwrap();
-        let config = dir.path().join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "coordinator_url = {:?}\ncontainers = false\ndht = false\nupdate_deadline_secs = 30\nupdate_state = {:?}\n",
-                c.url(),
-                dir.path().join("update.json")
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let mut cmd = if read_only {
-            let mut c = tokio::process::Command::new("unshare");
-            c.args(["--mount", "--propagation", "private", "sh", "-c"])
-                .arg(r#"mount -o bind,ro "$0" "$0" && exec "$@""#)
-                .arg(dir.path().join("bin"))
-                .arg(&exe);
-            c
-        } else {
-            tokio::process::Command::new(&exe)
-        };
-        let child = cmd
-            .arg("--config")
-            .arg(&config)
-            .arg("--credentials-file")
-            .arg(dir.path().join("credentials.json"))
-            .arg("--control-socket")
-            .arg(dir.path().join("agent.sock"))
-            .arg("run")
-            .env("NO_COLOR", "1")
-            .env("COMMONS_START_PAUSED", if paused { "1" } else { "0" })
-            .env_remove("RUST_LOG")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        Self { dir, exe, child }
-    }
-
-    /// Its log so far (stdout and stderr).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-    }
-
-    /// Waits for `needle` in the log.
-    pub async fn wait_log(&self, needle: &str) -> String {
-        for _ in 0..300 {
-            let log = self.log();
-            if log.contains(needle) {
-                return log;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("no {needle:?} in the agent's log:\n{}", self.log());
-    }
-
-    /// What `--version` of the binary now in place says.
-    pub fn installed_version(&self) -> String {
-        let out = std::process::Command::new(&self.exe)
-            .arg("--version")
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    /// Whether the process is still running.
-    pub fn still_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
+    /// A Windows build run by Wine: after an update its agent runs as a new process that this one did not start,
+    /// so Wine's processes are ended when the volunteer is dropped (`wineserver -k`).
+    wine: bool,
 }
 
 /// Wine, which runs the Windows fixtures (`COMMONS_WINE`, default Debian's `/usr/lib/wine/wine64`), in the prefix
@@ -281,51 +199,89 @@ pub fn wine_path(p: &Path) -> String {
     format!("Z:{}", p.display().to_string().replace('/', "\\"))
 }
 
-/// A Windows volunteer: a copy of a Windows fixture build in a writable folder, run by Wine against a coordinator.
-/// Wine's processes are ended when it is dropped (`wineserver -k`): after an update the agent runs as a new process
-/// that this one did not start.
-#[derive(Debug)]
-pub struct WineVolunteer {
-    /// Its folder: `bin/commons-agent.exe`, settings, credentials, log.
-    pub dir: tempfile::TempDir,
-    /// The binary.
-    pub exe: PathBuf,
-    /// The first process (Wine's, for the build started).
-    pub child: tokio::process::Child,
-}
-
-impl WineVolunteer {
-    /// Runs the Windows fixture build `version` against `c`.
+impl Volunteer {
+    /// Runs the fixture build `version` against `c`.
     pub fn start(version: &str, c: &Coordinator) -> Self {
+        Self::start_in(version, c, false, false)
+    }
+
+    /// With `read_only`, the binary's folder is mounted read-only for the agent (in a mount namespace of its own),
+    /// as /usr/bin is for a system package's binary; with `paused`, it starts paused by the volunteer (as after an
+    /// update's restart while paused).
+    pub fn start_in(version: &str, c: &Coordinator, read_only: bool, paused: bool) -> Self {
+        let fixture = fixtures().join(format!("commons-agent-{version}"));
+        Self::launch(&fixture, "commons-agent", c, false, |dir, exe| {
+            let mut cmd = if read_only {
+                let mut c = tokio::process::Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(r#"mount -o bind,ro "$0" "$0" && exec "$@""#)
+                    .arg(dir.join("bin"))
+                    .arg(exe);
+                c
+            } else {
+                tokio::process::Command::new(exe)
+            };
+            cmd.env("COMMONS_START_PAUSED", if paused { "1" } else { "0" });
+            cmd
+        })
+    }
+
+    /// Runs the Windows fixture build `version` (`cargo xtask update-fixtures --windows`) against `c`, under Wine.
+    pub fn start_windows(version: &str, c: &Coordinator) -> Self {
         let fixture = fixtures().join(format!("windows/commons-agent-{version}.exe"));
         assert!(
             fixture.is_file(),
             "{} is missing: run `cargo xtask update-fixtures --windows` first (.ci/windows does)",
             fixture.display()
         );
+        Self::launch(&fixture, "commons-agent.exe", c, true, |_, exe| {
+            let mut cmd = tokio::process::Command::new(wine());
+            cmd.arg(exe);
+            cmd
+        })
+    }
+
+    /// Copies `fixture` into a new folder as `bin/<name>`, writes its settings and starts `command(folder,
+    /// binary)` with the agent's arguments, its output into the folder's log.
+    fn launch(
+        fixture: &Path,
+        name: &str,
+        c: &Coordinator,
+        wine: bool,
+        command: impl FnOnce(&Path, &Path) -> tokio::process::Command,
+    ) -> Self {
+        // The paths the agent is given, as it sees them.
+        let seen = |p: &Path| {
+            if wine {
+                wine_path(p)
+            } else {
+                p.display().to_string()
+            }
+        };
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("bin")).unwrap();
-        let exe = dir.path().join("bin/commons-agent.exe");
-        std::fs::copy(&fixture, &exe).unwrap();
+        let exe = dir.path().join("bin").join(name);
+        std::fs::copy(fixture, &exe).unwrap();
         let config = dir.path().join("agent.toml");
         std::fs::write(
             &config,
             format!(
-                "coordinator_url = {:?}\ncontainers = false\ndht = false\nupdate_deadline_secs = 60\nupdate_state = {:?}\n",
+                "coordinator_url = {:?}\ncontainers = false\ndht = false\nupdate_deadline_secs = {}\nupdate_state = {:?}\n",
                 c.url(),
-                wine_path(&dir.path().join("update.json"))
+                // Wine starts slowly.
+                if wine { 60 } else { 30 },
+                seen(&dir.path().join("update.json"))
             ),
         )
         .unwrap();
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let child = tokio::process::Command::new(wine())
-            .arg(&exe)
+        let child = command(dir.path(), &exe)
             .arg("--config")
-            .arg(wine_path(&config))
+            .arg(seen(&config))
             .arg("--credentials-file")
-            .arg(wine_path(&dir.path().join("credentials.json")))
+            .arg(seen(&dir.path().join("credentials.json")))
             .arg("--control-socket")
-            .arg(wine_path(&dir.path().join("agent.sock")))
+            .arg(seen(&dir.path().join("agent.sock")))
             .arg("run")
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
@@ -334,7 +290,12 @@ impl WineVolunteer {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        Self { dir, exe, child }
+        Self {
+            dir,
+            exe,
+            child,
+            wine,
+        }
     }
 
     /// Its log so far (stdout and stderr, of every process it became).
@@ -342,32 +303,42 @@ impl WineVolunteer {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 
-    /// Waits for `needle` in the log (Wine starts slowly: up to 90 s).
+    /// Waits for `needle` in the log: up to 30 s, 90 s under Wine (which starts slowly).
     pub async fn wait_log(&self, needle: &str) -> String {
-        for _ in 0..900 {
+        for _ in 0..if self.wine { 900 } else { 300 } {
             let log = self.log();
             if log.contains(needle) {
                 return log;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("no {needle:?} in the Windows agent's log:\n{}", self.log());
+        panic!("no {needle:?} in the agent's log:\n{}", self.log());
     }
 
-    /// What `--version` of the binary at `exe` says, run by Wine.
-    pub fn version_of(exe: &Path) -> String {
-        let out = std::process::Command::new(wine())
-            .arg(exe)
-            .arg("--version")
-            .output()
-            .unwrap();
+    /// What `--version` of the binary now in place says (run by Wine for a Windows build).
+    pub fn installed_version(&self) -> String {
+        let mut cmd = if self.wine {
+            let mut c = std::process::Command::new(wine());
+            c.arg(&self.exe);
+            c
+        } else {
+            std::process::Command::new(&self.exe)
+        };
+        let out = cmd.arg("--version").output().unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Whether the process is still running.
+    pub fn still_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 }
 
-impl Drop for WineVolunteer {
+impl Drop for Volunteer {
     fn drop(&mut self) {
-        let server = wine().with_file_name("wineserver");
-        let _ = std::process::Command::new(server).arg("-k").status();
+        if self.wine {
+            let server = wine().with_file_name("wineserver");
+            let _ = std::process::Command::new(server).arg("-k").status();
+        }
     }
 }

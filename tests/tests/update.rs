@@ -25,6 +25,16 @@ async fn fleet(c: &Coordinator) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The agent's stable feed for `platform`, as the coordinator serves it.
+async fn stable_feed(c: &Coordinator, platform: &str) -> Value {
+    reqwest::get(format!("{}/api/updates/agent/stable/{platform}", c.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Waits until the only worker reports `version`; returns its id.
 async fn reports(c: &Coordinator, version: &str) -> String {
     let mut last = Vec::new();
@@ -43,12 +53,7 @@ async fn reports(c: &Coordinator, version: &str) -> String {
 #[tokio::test]
 async fn the_agent_updates_itself_to_a_signed_release_restarts_and_reports_it() {
     let c = coordinator_offering_0_1_1().await;
-    let feed: Value = reqwest::get(format!("{}/api/updates/agent/stable/{PLATFORM}", c.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let feed = stable_feed(&c, PLATFORM).await;
     assert_eq!(feed["latest"]["version"], "0.1.1");
     assert_eq!(feed["latest"]["notes"], "test release");
 
@@ -330,20 +335,15 @@ async fn a_windows_agent_under_wine_updates_itself_to_a_signed_release() {
         "0.1.1",
         &fx.join("test-release.pub"),
     );
-    let feed: Value = reqwest::get(format!("{}/api/updates/agent/stable/{WINDOWS}", c.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let feed = stable_feed(&c, WINDOWS).await;
     assert_eq!(feed["latest"]["version"], "0.1.1");
 
-    let v = WineVolunteer::start("0.1.0", &c);
+    let v = Volunteer::start_windows("0.1.0", &c);
     let log = v.wait_log("updated from=0.1.0 to=0.1.1").await;
     assert!(log.contains("the new version is healthy"), "{log}");
     // One worker only: the new process carried on as the worker the old one registered.
     let id = reports(&c, "0.1.1").await;
-    assert_eq!(WineVolunteer::version_of(&v.exe), "commons-agent 0.1.1");
+    assert_eq!(v.installed_version(), "commons-agent 0.1.1");
     assert_eq!(std::fs::read(&v.exe).unwrap(), new);
     let previous = PathBuf::from(format!("{}.previous", v.exe.display()));
     assert_eq!(

@@ -884,14 +884,10 @@ impl Engine {
 mod tests {
     use super::*;
 
-    #[test]
-    fn allow_list() {
-        let p = Policy {
-            allowed_images: vec![
-                "docker.io/library/redis:7.4-alpine".into(),
-                "127.0.0.1:5000/".into(),
-                "ghcr.io/commons/ocr:".into(),
-            ],
+    /// A policy that allows nothing, with the engine at `docker_host`.
+    fn policy(docker_host: Option<String>) -> Policy {
+        Policy {
+            allowed_images: Vec::new(),
             cpu_percent: 50,
             memory_bytes: 1 << 30,
             allow_gpu: false,
@@ -902,8 +898,20 @@ mod tests {
             allow_network: false,
             models_dir: PathBuf::from("/nonexistent"),
             models_cap_bytes: 0,
-            docker_host: None,
+            docker_host,
             reach: Reach::Ports,
+        }
+    }
+
+    #[test]
+    fn allow_list() {
+        let p = Policy {
+            allowed_images: vec![
+                "docker.io/library/redis:7.4-alpine".into(),
+                "127.0.0.1:5000/".into(),
+                "ghcr.io/commons/ocr:".into(),
+            ],
+            ..policy(None)
         };
         assert!(p.allows("docker.io/library/redis:7.4-alpine"));
         assert!(!p.allows("docker.io/library/redis:latest"));
@@ -974,33 +982,20 @@ mod tests {
                 );
             }
         });
-        let policy = |host: String| Policy {
-            allowed_images: Vec::new(),
-            cpu_percent: 50,
-            memory_bytes: 1 << 30,
-            allow_gpu: false,
-            instance: "t".into(),
-            gpus: None,
-            scratch_mb: 64,
-            gpu_percent: 100,
-            allow_network: false,
-            models_dir: std::env::temp_dir(),
-            models_cap_bytes: 0,
-            docker_host: Some(host),
-            reach: Reach::Ports,
-        };
         // The form of Docker Desktop's own address, npipe:////./pipe/docker_engine.
         let host = format!("npipe://{}", name.replace('\\', "/"));
-        Engine::connect(policy(host))
+        Engine::connect(policy(Some(host)))
             .await
             .expect("the engine on the pipe answers");
         let asked = asked.lock().unwrap().clone();
         assert!(asked.iter().any(|p| p.ends_with("/version")), "{asked:?}");
         assert!(asked.iter().any(|p| p.ends_with("/_ping")), "{asked:?}");
 
-        let gone = Engine::connect(policy("npipe:////./pipe/commons-test-no-engine".into()))
-            .await
-            .expect_err("no engine answers on that pipe");
+        let gone = Engine::connect(policy(Some(
+            "npipe:////./pipe/commons-test-no-engine".into(),
+        )))
+        .await
+        .expect_err("no engine answers on that pipe");
         assert!(matches!(gone, EngineError::NotRunning(_)), "{gone}");
         assert!(
             engine_hint(&gone).contains("install Docker Desktop and start it"),
