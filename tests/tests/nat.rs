@@ -141,12 +141,20 @@ fn node_config(role: commons_dht::Role) -> commons_dht::Config {
     c
 }
 
-/// `node`'s address on the subnet `prefix` (e.g. "/ip4/10.201.230.1/"), with its peer id.
-fn address_on(node: &commons_dht::Dht, prefix: &str) -> commons_dht::Multiaddr {
-    node.addresses()
-        .into_iter()
-        .find(|a| a.to_string().starts_with(prefix))
-        .unwrap_or_else(|| panic!("an address on {prefix}: {:?}", node.addresses()))
+/// `node`'s address on the subnet `prefix` (e.g. "/ip4/10.201.230.1/"), with its peer id. A node listening on every
+/// interface learns their addresses one by one after it has started (CI once saw only 127.0.0.1 at first): up to 5 s.
+async fn address_on(node: &commons_dht::Dht, prefix: &str) -> commons_dht::Multiaddr {
+    for _ in 0..100 {
+        if let Some(a) = node
+            .addresses()
+            .into_iter()
+            .find(|a| a.to_string().starts_with(prefix))
+        {
+            return a;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("an address on {prefix}: {:?}", node.addresses())
 }
 
 #[tokio::test]
@@ -168,8 +176,8 @@ async fn agents_behind_nats_reserve_a_relay_and_hole_punch_to_a_direct_connectio
     // An agent behind each router.
     let a = NodeIn::start(&r1.lan_netns_path(), node_config(commons_dht::Role::Agent));
     let b = NodeIn::start(&r2.lan_netns_path(), node_config(commons_dht::Role::Agent));
-    let seed_1 = address_on(&relay.dht, &format!("/ip4/{}/", r1.internet_address()));
-    let seed_2 = address_on(&relay.dht, &format!("/ip4/{}/", r2.internet_address()));
+    let seed_1 = address_on(&relay.dht, &format!("/ip4/{}/", r1.internet_address())).await;
+    let seed_2 = address_on(&relay.dht, &format!("/ip4/{}/", r2.internet_address())).await;
     public
         .dht
         .bootstrap(std::slice::from_ref(&seed_1))
