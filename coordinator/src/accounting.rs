@@ -157,25 +157,17 @@ impl Sums {
                     minute,
                     key_id,
                     service: names.get(service).cloned().unwrap_or_default(),
-                    worker_id: worker.map(|w| w.to_string()).unwrap_or_default(),
+                    worker_id: worker,
                     totals,
                 })
                 .collect(),
-            credit: taken
-                .credit
-                .into_iter()
-                .map(|(w, c)| (w.to_string(), c))
-                .collect(),
+            credit: taken.credit.into_iter().collect(),
             donated: taken
                 .donated
                 .into_iter()
-                .map(|((w, day), ms)| (w.to_string(), day, ms))
+                .map(|((w, day), ms)| (w, day, ms))
                 .collect(),
-            names: taken
-                .names
-                .into_iter()
-                .map(|(w, n)| (w.to_string(), n))
-                .collect(),
+            names: taken.names.into_iter().collect(),
         }
     }
 }
@@ -296,13 +288,13 @@ mod tests {
         let b = s.batch(&["ocr".into(), "llm".into()]);
         assert_eq!(b.usage.len(), 3);
         assert!(
-            b.usage.iter().any(|u| u.worker_id.is_empty()),
+            b.usage.iter().any(|u| u.worker_id.is_none()),
             "recorded without a worker"
         );
         let w1 = b
             .usage
             .iter()
-            .find(|u| u.worker_id == WorkerId(1).to_string())
+            .find(|u| u.worker_id == Some(WorkerId(1)))
             .unwrap();
         assert_eq!((w1.minute, w1.service.as_str()), (61, "llm"));
         assert_eq!(
@@ -314,11 +306,11 @@ mod tests {
             (2, 1, 1000)
         );
         let credit: FxHashMap<_, _> = b.credit.into_iter().collect();
-        let c1 = &credit[&WorkerId(1).to_string()];
+        let c1 = &credit[&WorkerId(1)];
         assert_eq!((c1.requests, c1.compute_ms), (1, 200.0));
-        let c2 = &credit[&WorkerId(2).to_string()];
+        let c2 = &credit[&WorkerId(2)];
         assert_eq!((c2.requests, c2.online_ms), (0, 30_000));
-        assert_eq!(b.donated, vec![(WorkerId(2).to_string(), 1, 30_000)]);
+        assert_eq!(b.donated, vec![(WorkerId(2), 1, 30_000)]);
         assert!(s.batch(&[]).is_empty(), "a batch takes the sums");
     }
 

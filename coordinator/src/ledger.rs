@@ -4,6 +4,7 @@
 //! Written in batches by the accounting task ([`crate::accounting`]), never on a request's path; read by the admin
 //! usage report, the volunteers' leaderboard and a worker's own contribution.
 
+use commons_shared::WorkerId;
 use commons_shared::usage::{Credit, KeyUsage, ServiceUsage, Totals, UsagePoint};
 use rusqlite::{Connection, Row, Transaction, params};
 
@@ -54,8 +55,8 @@ pub(crate) struct UsageRow {
     pub key_id: String,
     /// The service's name.
     pub service: String,
-    /// The worker's id ("" when none of ours took it).
-    pub worker_id: String,
+    /// The worker (none when none of ours took it: stored as "").
+    pub worker_id: Option<WorkerId>,
     /// The sums.
     pub totals: Totals,
 }
@@ -76,12 +77,13 @@ pub(crate) struct CreditRow {
 pub(crate) struct Batch {
     /// Usage to add.
     pub usage: Vec<UsageRow>,
-    /// Credit to add, per worker id.
-    pub credit: Vec<(String, CreditRow)>,
-    /// Online time to add, per worker id and UTC day.
-    pub donated: Vec<(String, i64, u64)>,
+    /// Credit to add, per worker. Ids stay 16 bytes until each row is written: a batch holds every worker that
+    /// heartbeated since the last one.
+    pub credit: Vec<(WorkerId, CreditRow)>,
+    /// Online time to add, per worker and UTC day.
+    pub donated: Vec<(WorkerId, i64, u64)>,
     /// Display names chosen (none: anonymous again).
-    pub names: Vec<(String, Option<String>)>,
+    pub names: Vec<(WorkerId, Option<String>)>,
 }
 
 impl Batch {
@@ -109,7 +111,7 @@ fn add_batch(tx: &Transaction<'_>, b: &Batch, now_ms: i64) -> rusqlite::Result<(
             r.minute,
             r.key_id,
             r.service,
-            r.worker_id,
+            r.worker_id.map(|w| w.to_string()).unwrap_or_default(),
             sql(t.requests),
             sql(t.completed),
             sql(t.bytes_in),
@@ -125,21 +127,26 @@ fn add_batch(tx: &Transaction<'_>, b: &Batch, now_ms: i64) -> rusqlite::Result<(
             online_ms = online_ms + excluded.online_ms",
     )?;
     for (id, c) in &b.credit {
-        s.execute(params![id, sql(c.requests), c.compute_ms, sql(c.online_ms)])?;
+        s.execute(params![
+            id.to_string(),
+            sql(c.requests),
+            c.compute_ms,
+            sql(c.online_ms)
+        ])?;
     }
     let mut s = tx.prepare_cached(
         "INSERT INTO donated (worker_id, day, online_ms) VALUES (?1, ?2, ?3)
          ON CONFLICT DO UPDATE SET online_ms = online_ms + excluded.online_ms",
     )?;
     for (id, day, ms) in &b.donated {
-        s.execute(params![id, day, sql(*ms)])?;
+        s.execute(params![id.to_string(), day, sql(*ms)])?;
     }
     let mut s = tx.prepare_cached(
         "INSERT INTO credit (worker_id, display_name) VALUES (?1, ?2)
          ON CONFLICT DO UPDATE SET display_name = excluded.display_name",
     )?;
     for (id, name) in &b.names {
-        s.execute(params![id, name])?;
+        s.execute(params![id.to_string(), name])?;
     }
     let keep_from = now_ms - KEEP_DAYS * DAY_MS;
     tx.prepare_cached("DELETE FROM usage WHERE minute < ?1")?
@@ -373,12 +380,15 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn row(minute: i64, key: &str, service: &str, worker: &str, completed: u64) -> UsageRow {
+    const W1: WorkerId = WorkerId(1);
+    const W2: WorkerId = WorkerId(2);
+
+    fn row(minute: i64, key: &str, service: &str, worker: WorkerId, completed: u64) -> UsageRow {
         UsageRow {
             minute,
             key_id: key.into(),
             service: service.into(),
-            worker_id: worker.into(),
+            worker_id: Some(worker),
             totals: Totals {
                 requests: 1,
                 completed,
@@ -402,21 +412,21 @@ mod tests {
             store.add_usage(
                 Batch {
                     usage: vec![
-                        row(now_min, "k1", "ocr", "w1", 1),
-                        row(now_min, "k1", "llm", "w1", 0),
-                        row(now_min - 61, "k2", "ocr", "w2", 1),
-                        row(old, "k1", "ocr", "w1", 1),
+                        row(now_min, "k1", "ocr", W1, 1),
+                        row(now_min, "k1", "llm", W1, 0),
+                        row(now_min - 61, "k2", "ocr", W2, 1),
+                        row(old, "k1", "ocr", W1, 1),
                     ],
                     credit: vec![(
-                        "w1".into(),
+                        W1,
                         CreditRow {
                             requests: 1,
                             compute_ms: 20.0,
                             online_ms: 1_800_000,
                         },
                     )],
-                    donated: vec![("w1".into(), now_ms / DAY_MS, 1_800_000)],
-                    names: vec![("w1".into(), Some("Ada".into()))],
+                    donated: vec![(W1, now_ms / DAY_MS, 1_800_000)],
+                    names: vec![(W1, Some("Ada".into()))],
                 },
                 now_ms,
             );
@@ -443,7 +453,7 @@ mod tests {
         assert_eq!(board[0].1.as_deref(), Some("Ada"));
         assert_eq!(board[0].2.requests, 2);
         assert_eq!(board[0].2.hours, 1.0);
-        let rec = store.worker_record("w1".into(), now_ms).await.unwrap();
+        let rec = store.worker_record(W1.to_string(), now_ms).await.unwrap();
         assert_eq!(
             rec.today,
             vec![("ocr".to_owned(), 2), ("llm".to_owned(), 0)]
@@ -455,7 +465,10 @@ mod tests {
             store.key_use_today(now_ms).unwrap(),
             vec![("k1".to_owned(), 4, 20)]
         );
-        let none = store.worker_record("w9".into(), now_ms).await.unwrap();
+        let none = store
+            .worker_record(WorkerId(9).to_string(), now_ms)
+            .await
+            .unwrap();
         assert_eq!(none, WorkerRecord::default());
     }
 }
