@@ -228,9 +228,15 @@ async fn loadgen(cli: Cli) -> Result<()> {
         );
     }
     let data = tempfile::tempdir()?;
+    // One client address stands in for every worker: the per-address connection limit (64) would refuse a
+    // heartbeat connection opened before the server saw a registration connection close.
+    let config = data.path().join("coordinator.toml");
+    std::fs::write(&config, "max_connections_per_address = 4096\n")?;
     let mut cmd = Command::new(&bin);
     cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data.path())
+        .arg("--config")
+        .arg(&config)
         // The DHT node (on by default) on loopback, on a port the OS picks.
         .args(["--dht-listen", "/ip4/127.0.0.1/tcp/0"])
         .env("COMMONS_REGISTER_RATE_LIMIT", "0")
