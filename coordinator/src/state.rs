@@ -528,8 +528,8 @@ impl AppState {
             }
             live.last_seen = Instant::now();
             live.last_heartbeat_ms = Some(now_wall);
-            live.gpus = hb.gpus;
-            live.containers = hb.containers;
+            live.gpus = hb.gpus.into_boxed_slice();
+            live.containers = hb.containers.into_boxed_slice();
             if let Some(v) = hb.agent_version {
                 live.agent_version = v.into();
             }
@@ -811,8 +811,8 @@ fn new_worker(
             free_memory: 0,
             last_seen: Instant::now(),
             last_heartbeat_ms: None,
-            gpus: Vec::new(),
-            containers: Vec::new(),
+            gpus: Box::default(),
+            containers: Box::default(),
             services,
             assignment_version: 1,
             agent_version: new.capabilities.agent_version.clone().into(),
@@ -889,8 +889,8 @@ fn worker_from_row(
             free_memory: row.live.free_memory.max(0) as u64,
             last_seen,
             last_heartbeat_ms: row.live.last_heartbeat_ms,
-            gpus: samples.gpus,
-            containers: samples.containers,
+            gpus: samples.gpus.into_boxed_slice(),
+            containers: samples.containers.into_boxed_slice(),
             services,
             assignment_version: row.assignment_version,
             agent_version: row.live.agent_version.into(),
