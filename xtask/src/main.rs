@@ -27,6 +27,7 @@
 //! `--locked`: its own lock file pins a crate version the registry here lacks; the version itself is pinned).
 
 mod bench;
+mod link_order;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -60,10 +61,11 @@ fn main() -> std::process::ExitCode {
             )),
         },
         Some("bench-report") => bench::report(&root(), &target_dir(&root())),
+        Some("link-order") => link_order::link_order(&root(), &target_dir(&root())),
         Some("images") => images(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask portal [--dev] | cargo xtask desktop-ui [--dev] | cargo xtask agent-deb [--profile <p>] [--version <v>] | cargo xtask update-fixtures [--windows] | cargo xtask bench-report | cargo xtask images --registry <host:port> [--profile <p>] [--tag <t>] | cargo xtask serve [-- <coordinator flags>]"
+                "usage: cargo xtask portal [--dev] | cargo xtask desktop-ui [--dev] | cargo xtask agent-deb [--profile <p>] [--version <v>] | cargo xtask update-fixtures [--windows] | cargo xtask bench-report | cargo xtask link-order | cargo xtask images --registry <host:port> [--profile <p>] [--tag <t>] | cargo xtask serve [-- <coordinator flags>]"
             );
             return std::process::ExitCode::from(2);
         }
