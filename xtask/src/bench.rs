@@ -193,16 +193,7 @@ pub fn report(root: &Path, target_dir: &Path) -> anyhow::Result<()> {
     if needs(Needs::UpdateFixtures) {
         crate::update_fixtures()?;
     }
-    // The coordinator alone, as it ships, so that its functions have the names coordinator/link-order.txt lists
-    // (built with other packages, features unify differently).
-    crate::run(crate::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "commons-coordinator",
-        "--bin",
-        "commons-coordinator",
-    ]))?;
+    crate::release_coordinator()?;
     let mut build = crate::cargo();
     build.args([
         "build",

@@ -18,16 +18,7 @@ pub fn link_order(root: &Path, target_dir: &Path) -> anyhow::Result<()> {
     if Command::new("valgrind").arg("--version").output().is_err() {
         bail!("valgrind is not installed: `apt-get install valgrind`, then run this again");
     }
-    // The coordinator alone, as it ships: built with other packages, their features unify differently and
-    // generic functions get other names.
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "commons-coordinator",
-        "--bin",
-        "commons-coordinator",
-    ]))?;
+    crate::release_coordinator()?;
     run(cargo().args([
         "build",
         "--release",

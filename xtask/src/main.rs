@@ -111,6 +111,20 @@ fn cargo() -> Command {
 }
 
 /// Where cargo builds: `$CARGO_TARGET_DIR`, else `target/` in the workspace.
+/// Builds the release coordinator alone, as it ships, so that its functions have the names
+/// `coordinator/link-order.txt` lists: built with other packages, their features unify differently and generic
+/// functions get other names.
+fn release_coordinator() -> anyhow::Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "commons-coordinator",
+        "--bin",
+        "commons-coordinator",
+    ]))
+}
+
 fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
