@@ -2,7 +2,7 @@
 //! process, then against a bare axum handler (the ceiling), and prints the figures.
 //!
 //! ```text
-//! cargo build --release -p commons-coordinator -p commons-tests
+//! cargo build --release -p commons-coordinator && cargo build --release -p commons-tests
 //! target/release/commons-loadgen --workers 10000 --connections 64 --duration 10
 //! ```
 

@@ -9,7 +9,7 @@
 //! the RSS change from the first period after warm-up to the last.
 //!
 //! ```text
-//! cargo build --release -p commons-coordinator -p commons-tests
+//! cargo build --release -p commons-coordinator && cargo build --release -p commons-tests
 //! $CARGO_TARGET_DIR/release/commons-soak --minutes 60                      # the hour
 //! $CARGO_TARGET_DIR/release/commons-soak --minutes 2 --period-secs 10      # the short version
 //! ```
