@@ -528,8 +528,8 @@ impl AppState {
             }
             live.last_seen = Instant::now();
             live.last_heartbeat_ms = Some(now_wall);
-            live.gpus = hb.gpus.into_boxed_slice();
-            live.containers = hb.containers.into_boxed_slice();
+            keep_or_replace(&mut live.gpus, hb.gpus);
+            keep_or_replace(&mut live.containers, hb.containers);
             if let Some(v) = hb.agent_version {
                 live.agent_version = v.into();
             }
@@ -787,6 +787,14 @@ fn lowered_trust(w: &Worker) -> Option<(String, f64)> {
     (trust < crate::verify::NEW_TRUST).then(|| (peer.to_owned(), trust))
 }
 
+/// Replaces a worker's reported samples only when they changed: most heartbeats report the same containers, and a
+/// boxed slice made from serde's vector reallocates it (to drop its spare capacity) under the worker's lock.
+fn keep_or_replace<T: PartialEq>(slot: &mut Box<[T]>, reported: Vec<T>) {
+    if **slot != *reported {
+        *slot = reported.into_boxed_slice();
+    }
+}
+
 /// A newly registered worker: a fresh id, healthy, version 1 of its assignment.
 fn new_worker(
     new: NewWorker,
@@ -908,4 +916,25 @@ fn worker_from_row(
         ),
         channel: Mutex::new(None),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_or_replace;
+
+    #[test]
+    fn reported_samples_are_replaced_only_when_they_change() {
+        let mut slot: Box<[u32]> = vec![1, 2].into_boxed_slice();
+        let before = slot.as_ptr();
+        keep_or_replace(&mut slot, vec![1, 2]);
+        assert_eq!(
+            slot.as_ptr(),
+            before,
+            "the same samples keep their allocation"
+        );
+        keep_or_replace(&mut slot, vec![3]);
+        assert_eq!(&*slot, &[3]);
+        keep_or_replace(&mut slot, Vec::new());
+        assert!(slot.is_empty());
+    }
 }

@@ -31,11 +31,10 @@ pub fn link_order(root: &Path, target_dir: &Path) -> anyhow::Result<()> {
     ]))?;
     let release = target_dir.join("release");
     let coordinator = release.join("commons-coordinator");
-    let work_dir = target_dir.join("link-order");
+    let work = &target_dir.join("link-order");
     // A profile left by an earlier run would be read with this one's.
-    let _ = std::fs::remove_dir_all(&work_dir);
-    std::fs::create_dir_all(&work_dir)?;
-    let work = &work_dir;
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work)?;
     // Not exec: the benchmarks kill the process they started, and callgrind writes its profile only when the
     // coordinator exits; the wrapper dies and the coordinator is stopped below with SIGTERM.
     let wrapper = work.join("coordinator");
