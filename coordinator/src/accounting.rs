@@ -1,13 +1,14 @@
-//! Accounting: every service request the coordinator routes, and every heartbeat of a donating worker, becomes an
-//! event on a bounded channel; one task sums them per minute, key, service and worker and hands the sums to the
-//! ledger ([`crate::ledger`]) every few seconds in one write.
+//! Accounting: every service request the coordinator routes becomes an event on a bounded channel; one task sums
+//! them per minute, key, service and worker and hands the sums to the ledger ([`crate::ledger`]) every few seconds in
+//! one write. (Donated time and display names come with heartbeats: they are kept in the worker and booked with its
+//! live row by the flusher, [`crate::state::AppState::flush`], so no heartbeat sends an event.)
 //!
 //! The request path only fills a record and `try_send`s it: no lock, no I/O. When the channel is full (the writer
 //! cannot keep up) the event is dropped and counted (`commons_accounting_dropped_total`), never waited for.
 //!
-//! Credit comes from these records only: a worker earns for the requests it completed (a 2xx or 3xx answer that
-//! reached the client whole) and for the time between its heartbeats while it donated; nothing it reports about
-//! itself counts.
+//! Credit comes from what the coordinator saw only: a worker earns for the requests it completed (a 2xx or 3xx answer
+//! that reached the client whole, counted here) and for the time between its heartbeats while it donated (measured
+//! by the coordinator's clock); nothing it reports about itself counts.
 
 use std::time::Duration;
 
@@ -20,8 +21,7 @@ use crate::ledger::{Batch, CreditRow, UsageRow};
 use crate::store::Store;
 
 const MINUTE_MS: i64 = 60_000;
-const DAY_MS: i64 = 86_400_000;
-/// Events waiting for the task at most.
+/// Records waiting for the task at most.
 const CHANNEL: usize = 65_536;
 
 /// One service request, once its answer ended.
@@ -42,39 +42,16 @@ pub(crate) struct Record {
     pub totals: Totals,
 }
 
-/// What the accounting task sums.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Event {
-    /// A service request ended.
-    Served(Record),
-    /// A worker was online and donating for `ms` up to `at_ms` (between two heartbeats).
-    Online {
-        /// The worker.
-        worker: WorkerId,
-        /// The later heartbeat, ms since the epoch.
-        at_ms: i64,
-        /// How long.
-        ms: u64,
-    },
-    /// A worker's volunteer chose a display name (none: anonymous).
-    Named {
-        /// The worker.
-        worker: WorkerId,
-        /// The name.
-        name: Option<String>,
-    },
-}
-
 /// The request path's end of accounting.
 #[derive(Debug)]
 pub(crate) struct Accounting {
-    tx: Option<mpsc::Sender<Event>>,
+    tx: Option<mpsc::Sender<Record>>,
     dropped: metrics::Counter,
 }
 
 impl Accounting {
     /// Accounting on (with the receiver for [`run`]) or off.
-    pub(crate) fn new(on: bool) -> (Self, Option<mpsc::Receiver<Event>>) {
+    pub(crate) fn new(on: bool) -> (Self, Option<mpsc::Receiver<Record>>) {
         metrics::describe_counter!(
             "commons_accounting_dropped_total",
             "Accounting events dropped because the ledger could not keep up"
@@ -98,10 +75,10 @@ impl Accounting {
         self.tx.is_some()
     }
 
-    /// Hands an event to the task without waiting; dropped (and counted) when it is behind.
-    pub(crate) fn send(&self, event: Event) {
+    /// Hands a record to the task without waiting; dropped (and counted) when it is behind.
+    pub(crate) fn send(&self, record: Record) {
         if let Some(tx) = &self.tx
-            && tx.try_send(event).is_err()
+            && tx.try_send(record).is_err()
         {
             self.dropped.increment(1);
         }
@@ -113,38 +90,22 @@ impl Accounting {
 struct Sums {
     usage: FxHashMap<(i64, String, usize, Option<WorkerId>), Totals>,
     credit: FxHashMap<WorkerId, CreditRow>,
-    donated: FxHashMap<(WorkerId, i64), u64>,
-    names: FxHashMap<WorkerId, Option<String>>,
 }
 
 impl Sums {
-    fn add(&mut self, e: Event) {
-        match e {
-            Event::Served(r) => {
-                if let Some(worker) = r.worker
-                    && r.totals.completed > 0
-                {
-                    let c = self.credit.entry(worker).or_default();
-                    c.requests += r.totals.completed;
-                    c.compute_ms += r.totals.duration_ms as f64 * r.weight;
-                }
-                let t = self
-                    .usage
-                    .entry((r.at_ms.div_euclid(MINUTE_MS), r.key, r.service, r.worker))
-                    .or_default();
-                add(t, &r.totals);
-            }
-            Event::Online { worker, at_ms, ms } => {
-                self.credit.entry(worker).or_default().online_ms += ms;
-                *self
-                    .donated
-                    .entry((worker, at_ms.div_euclid(DAY_MS)))
-                    .or_default() += ms;
-            }
-            Event::Named { worker, name } => {
-                self.names.insert(worker, name);
-            }
+    fn add(&mut self, r: Record) {
+        if let Some(worker) = r.worker
+            && r.totals.completed > 0
+        {
+            let c = self.credit.entry(worker).or_default();
+            c.requests += r.totals.completed;
+            c.compute_ms += r.totals.duration_ms as f64 * r.weight;
         }
+        let t = self
+            .usage
+            .entry((r.at_ms.div_euclid(MINUTE_MS), r.key, r.service, r.worker))
+            .or_default();
+        add(t, &r.totals);
     }
 
     fn batch(&mut self, names: &[String]) -> Batch {
@@ -162,12 +123,6 @@ impl Sums {
                 })
                 .collect(),
             credit: taken.credit.into_iter().collect(),
-            donated: taken
-                .donated
-                .into_iter()
-                .map(|((w, day), ms)| (w, day, ms))
-                .collect(),
-            names: taken.names.into_iter().collect(),
         }
     }
 }
@@ -187,7 +142,7 @@ fn add(t: &mut Totals, r: &Totals) {
 pub(crate) async fn run(
     store: Store,
     services: Vec<String>,
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: mpsc::Receiver<Record>,
     every: Duration,
 ) {
     let mut sums = Sums::default();
@@ -253,8 +208,8 @@ pub(crate) fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
 mod tests {
     use super::*;
 
-    fn record(worker: u128, completed: u64, ms: u64) -> Event {
-        Event::Served(Record {
+    fn record(worker: u128, completed: u64, ms: u64) -> Record {
+        Record {
             at_ms: 61 * MINUTE_MS + 5,
             key: "k".into(),
             service: 1,
@@ -266,7 +221,7 @@ mod tests {
                 duration_ms: ms,
                 ..Totals::default()
             },
-        })
+        }
     }
 
     #[test]
@@ -276,15 +231,8 @@ mod tests {
         s.add(record(1, 0, 900));
         s.add(record(2, 0, 50));
         let mut nobody = record(3, 1, 10);
-        if let Event::Served(r) = &mut nobody {
-            r.worker = None;
-        }
+        nobody.worker = None;
         s.add(nobody);
-        s.add(Event::Online {
-            worker: WorkerId(2),
-            at_ms: DAY_MS + 1,
-            ms: 30_000,
-        });
         let b = s.batch(&["ocr".into(), "llm".into()]);
         assert_eq!(b.usage.len(), 3);
         assert!(
@@ -308,9 +256,10 @@ mod tests {
         let credit: FxHashMap<_, _> = b.credit.into_iter().collect();
         let c1 = &credit[&WorkerId(1)];
         assert_eq!((c1.requests, c1.compute_ms), (1, 200.0));
-        let c2 = &credit[&WorkerId(2)];
-        assert_eq!((c2.requests, c2.online_ms), (0, 30_000));
-        assert_eq!(b.donated, vec![(WorkerId(2), 1, 30_000)]);
+        assert!(
+            !credit.contains_key(&WorkerId(2)),
+            "a failed request earns nothing"
+        );
         assert!(s.batch(&[]).is_empty(), "a batch takes the sums");
     }
 

@@ -1,8 +1,9 @@
 //! The usage ledger in the coordinator's SQLite file: what was served per minute, per consumer key, service and
 //! worker (kept 30 days), each worker's credit (kept for good), and the hours each worker donated per day.
 //!
-//! Written in batches by the accounting task ([`crate::accounting`]), never on a request's path; read by the admin
-//! usage report, the volunteers' leaderboard and a worker's own contribution.
+//! Written in batches by the accounting task ([`crate::accounting`]) and, for donated time and display names, with
+//! each worker's live row by the flusher ([`book`]); never on a request's path. Read by the admin usage report, the
+//! volunteers' leaderboard and a worker's own contribution.
 
 use commons_shared::WorkerId;
 use commons_shared::usage::{Credit, KeyUsage, ServiceUsage, Totals, UsagePoint};
@@ -61,15 +62,59 @@ pub(crate) struct UsageRow {
     pub totals: Totals,
 }
 
-/// What a worker earned in one batch.
+/// What a worker earned by serving in one batch.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct CreditRow {
     /// Completed requests.
     pub requests: u64,
     /// Weighted compute time of completed requests, ms.
     pub compute_ms: f64,
-    /// Time online, ms.
+}
+
+/// What a worker's heartbeats brought since its live row was last written, booked with it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Booking {
+    /// Time it donated, ms (on the UTC day of its last heartbeat).
     pub online_ms: u64,
+    /// The display name its volunteer chose (none: anonymous), when it changed or was first heard since this start.
+    pub name: Option<Option<String>>,
+}
+
+impl Booking {
+    /// Whether there is nothing to book.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.online_ms == 0 && self.name.is_none()
+    }
+}
+
+/// Books what worker `id`'s heartbeats brought (`at_ms`: its last heartbeat): its credit's hours, the hours of that
+/// day, its display name.
+pub(crate) fn book(
+    tx: &Transaction<'_>,
+    id: &str,
+    at_ms: i64,
+    b: &Booking,
+) -> rusqlite::Result<()> {
+    if b.online_ms > 0 {
+        tx.prepare_cached(
+            "INSERT INTO credit (worker_id, online_ms) VALUES (?1, ?2)
+             ON CONFLICT DO UPDATE SET online_ms = online_ms + excluded.online_ms",
+        )?
+        .execute(params![id, sql(b.online_ms)])?;
+        tx.prepare_cached(
+            "INSERT INTO donated (worker_id, day, online_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO UPDATE SET online_ms = online_ms + excluded.online_ms",
+        )?
+        .execute(params![id, at_ms.div_euclid(DAY_MS), sql(b.online_ms)])?;
+    }
+    if let Some(name) = &b.name {
+        tx.prepare_cached(
+            "INSERT INTO credit (worker_id, display_name) VALUES (?1, ?2)
+             ON CONFLICT DO UPDATE SET display_name = excluded.display_name",
+        )?
+        .execute(params![id, name])?;
+    }
+    Ok(())
 }
 
 /// One batch for the ledger.
@@ -77,21 +122,13 @@ pub(crate) struct CreditRow {
 pub(crate) struct Batch {
     /// Usage to add.
     pub usage: Vec<UsageRow>,
-    /// Credit to add, per worker. Ids stay 16 bytes until each row is written: a batch holds every worker that
-    /// heartbeated since the last one.
+    /// Credit to add, per worker that served (ids stay 16 bytes until each row is written).
     pub credit: Vec<(WorkerId, CreditRow)>,
-    /// Online time to add, per worker and UTC day.
-    pub donated: Vec<(WorkerId, i64, u64)>,
-    /// Display names chosen (none: anonymous again).
-    pub names: Vec<(WorkerId, Option<String>)>,
 }
 
 impl Batch {
     pub(crate) fn is_empty(&self) -> bool {
-        self.usage.is_empty()
-            && self.credit.is_empty()
-            && self.donated.is_empty()
-            && self.names.is_empty()
+        self.usage.is_empty() && self.credit.is_empty()
     }
 }
 
@@ -122,31 +159,11 @@ fn add_batch(tx: &Transaction<'_>, b: &Batch, now_ms: i64) -> rusqlite::Result<(
         ])?;
     }
     let mut s = tx.prepare_cached(
-        "INSERT INTO credit (worker_id, requests, compute_ms, online_ms) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT DO UPDATE SET requests = requests + excluded.requests, compute_ms = compute_ms + excluded.compute_ms,
-            online_ms = online_ms + excluded.online_ms",
+        "INSERT INTO credit (worker_id, requests, compute_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT DO UPDATE SET requests = requests + excluded.requests, compute_ms = compute_ms + excluded.compute_ms",
     )?;
     for (id, c) in &b.credit {
-        s.execute(params![
-            id.to_string(),
-            sql(c.requests),
-            c.compute_ms,
-            sql(c.online_ms)
-        ])?;
-    }
-    let mut s = tx.prepare_cached(
-        "INSERT INTO donated (worker_id, day, online_ms) VALUES (?1, ?2, ?3)
-         ON CONFLICT DO UPDATE SET online_ms = online_ms + excluded.online_ms",
-    )?;
-    for (id, day, ms) in &b.donated {
-        s.execute(params![id.to_string(), day, sql(*ms)])?;
-    }
-    let mut s = tx.prepare_cached(
-        "INSERT INTO credit (worker_id, display_name) VALUES (?1, ?2)
-         ON CONFLICT DO UPDATE SET display_name = excluded.display_name",
-    )?;
-    for (id, name) in &b.names {
-        s.execute(params![id.to_string(), name])?;
+        s.execute(params![id.to_string(), sql(c.requests), c.compute_ms])?;
     }
     let keep_from = now_ms - KEEP_DAYS * DAY_MS;
     tx.prepare_cached("DELETE FROM usage WHERE minute < ?1")?
@@ -422,14 +439,21 @@ mod tests {
                         CreditRow {
                             requests: 1,
                             compute_ms: 20.0,
-                            online_ms: 1_800_000,
                         },
                     )],
-                    donated: vec![(W1, now_ms / DAY_MS, 1_800_000)],
-                    names: vec![(W1, Some("Ada".into()))],
                 },
                 now_ms,
             );
+            // What the flusher books with a live row: half an hour donated, and a name.
+            let booking = Booking {
+                online_ms: 1_800_000,
+                name: Some(Some("Ada".into())),
+            };
+            store
+                .db()
+                .write(move |tx| book(tx, &W1.to_string(), now_ms, &booking))
+                .await
+                .unwrap();
         }
         store.write_live(Vec::new()).await.unwrap(); // a barrier: both batches are in
         let (keys, services) = store

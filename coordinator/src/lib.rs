@@ -9,6 +9,7 @@ mod accounting;
 pub mod config;
 pub mod dht;
 mod ledger;
+pub mod machine;
 pub mod metrics;
 mod queue;
 pub mod registrar;

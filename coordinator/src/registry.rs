@@ -11,7 +11,6 @@ use commons_shared::WorkerId;
 use commons_shared::api::{
     ContainerState, ContainerStatus, GpuSample, ReportedStatus, Roles, WorkerStatus,
 };
-use commons_shared::caps::Capabilities;
 use commons_shared::catalogue::ServiceSpec;
 use commons_shared::tier::Tier;
 use parking_lot::{Mutex, RwLock};
@@ -20,6 +19,7 @@ use rustc_hash::FxHashMap;
 use commons_server::stats::RequestStats;
 
 use crate::auth::TokenHash;
+use crate::machine::{Kinds, Machine};
 
 /// A registered worker.
 #[derive(Debug)]
@@ -32,8 +32,8 @@ pub struct Worker {
     pub tier: Tier,
     /// Roles.
     pub roles: Roles,
-    /// The machine.
-    pub caps: Capabilities,
+    /// The machine, as it reported it at registration.
+    pub machine: Machine,
     /// Address it registered with.
     pub ip_address: Option<Box<str>>,
     /// Tunnel URL.
@@ -94,8 +94,8 @@ pub struct Live {
     pub last_seen: Instant,
     /// Wall-clock time of its last heartbeat, ms since the epoch; `None` before the first.
     pub last_heartbeat_ms: Option<i64>,
-    /// GPU figures (boxed slices, not vectors: 8 bytes less each, and no spare capacity. With them a `Worker` fits
-    /// jemalloc's 640-byte class; 16 bytes more took the 768-byte one.)
+    /// GPU figures (boxed slices, not vectors: 8 bytes less each, and no spare capacity; see
+    /// `a_worker_fits_the_512_byte_size_class`).
     pub gpus: Box<[GpuSample]>,
     /// Container states.
     pub containers: Box<[ContainerStatus]>,
@@ -107,9 +107,14 @@ pub struct Live {
     pub agent_version: Box<str>,
     /// Base URL of its services (a heartbeat can change it when a tunnel restarts).
     pub endpoint: Option<Box<str>>,
-    /// The display name its volunteer chose, as last told to the ledger: `None` until its first heartbeat since
-    /// this start, `Some(None)` anonymous.
+    /// The display name its volunteer chose, as last heard: `None` until its first heartbeat since this start,
+    /// `Some(None)` anonymous.
     pub display_name: Option<Option<Box<str>>>,
+    /// The display name changed (or was first heard) since the flusher last booked it in the ledger.
+    pub name_unbooked: bool,
+    /// Time it donated since the flusher last booked it in the ledger, ms (kept here rather than summed per
+    /// heartbeat elsewhere: a heartbeat adds to its own worker, under the lock it already holds).
+    pub unbooked_ms: u32,
     /// How far its answers are trusted, 0 to 1 ([`crate::verify`]).
     pub trust: f64,
     /// The round trip of its heartbeat, ms, as it reported it (not stored).
@@ -162,6 +167,8 @@ pub struct Registry {
     /// Keyed by server-chosen random ids, so a fast non-keyed hash cannot be steered into collisions.
     workers: RwLock<FxHashMap<WorkerId, Arc<Worker>>>,
     providers: RwLock<Vec<Vec<Arc<Worker>>>>,
+    /// The machine kinds the workers share.
+    kinds: Kinds,
 }
 
 impl Registry {
@@ -170,7 +177,13 @@ impl Registry {
         Self {
             workers: RwLock::default(),
             providers: RwLock::new(vec![Vec::new(); services]),
+            kinds: Kinds::default(),
         }
+    }
+
+    /// The machine kinds the workers share (to make a worker's [`Machine`], and to sweep).
+    pub fn kinds(&self) -> &Kinds {
+        &self.kinds
     }
 
     /// Adds a worker.
@@ -254,11 +267,11 @@ impl Registry {
 mod tests {
     use super::*;
 
-    /// Every worker is one `Arc<Worker>` (its two counts and the worker): at 10,000 workers each 128-byte step of
-    /// jemalloc's size classes is 1.2 MiB. A field that pushes it past 640 bytes should be a choice.
+    /// Every worker is one `Arc<Worker>` (its two counts and the worker): at 10,000 workers each step of jemalloc's
+    /// size classes (512, 640, 768 bytes) is 1.2 MiB. A field that pushes it past 512 bytes should be a choice.
     #[test]
-    fn a_worker_fits_the_640_byte_size_class() {
+    fn a_worker_fits_the_512_byte_size_class() {
         let arc = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<Worker>();
-        assert!(arc <= 640, "an Arc<Worker> is {arc} bytes");
+        assert!(arc <= 512, "an Arc<Worker> is {arc} bytes");
     }
 }

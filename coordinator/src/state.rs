@@ -23,6 +23,7 @@ use commons_server::tokens::{StoredTokens, admin_gate};
 use crate::auth::{self, AdminGate, RateLimit};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
+use crate::ledger::Booking;
 use crate::metrics::Metrics;
 use crate::registry::{Live, Liveness, Registry, Worker};
 use crate::store::{ENROLLMENT_TOKENS, LiveRow, Store, StoreError, WorkerRow};
@@ -70,7 +71,7 @@ pub struct Inner {
     pub(crate) accounting: crate::accounting::Accounting,
     /// The accounting task's end, until the task takes it.
     pub(crate) accounting_events:
-        Mutex<Option<tokio::sync::mpsc::Receiver<crate::accounting::Event>>>,
+        Mutex<Option<tokio::sync::mpsc::Receiver<crate::accounting::Record>>>,
     register_limit: RateLimit,
     /// Live workers per service (index by catalogue), refreshed by the sweeper and bumped by registrations.
     coverage: Mutex<Vec<u32>>,
@@ -199,7 +200,7 @@ impl AppState {
         let rows = store.load_workers()?;
         let count = rows.len();
         for row in rows {
-            match worker_from_row(row, &catalogue, now, wall) {
+            match worker_from_row(row, registry.kinds(), &catalogue, now, wall) {
                 Ok(w) => registry.insert(Arc::new(w)),
                 Err(e) => {
                     tracing::error!(error = %e, "skipping a stored worker that cannot be read")
@@ -326,12 +327,20 @@ impl AppState {
             Some(peer) => self.carried_trust(peer).await,
             None => None,
         };
-        let worker = new_worker(new, class, services.clone(), auth::hash_token(&token));
+        // Capabilities always serialise (plain data).
+        let capabilities = serde_json::to_string(&new.capabilities).unwrap_or_else(|_| "{}".into());
+        let worker = new_worker(
+            new,
+            self.registry.kinds(),
+            class,
+            services.clone(),
+            auth::hash_token(&token),
+        );
         if let Some(trust) = carried {
             tracing::info!(worker = %worker.id, trust, "registered again: its trust carries over");
             worker.live.lock().trust = trust;
         }
-        let row = self.row_of(&worker);
+        let row = self.row_of(&worker, capabilities);
         if let Err(e) = self.store.insert_worker(row).await {
             self.release_services(&services);
             return Err(e.into());
@@ -407,8 +416,8 @@ impl AppState {
         }
     }
 
-    /// A new worker as stored.
-    fn row_of(&self, w: &Worker) -> WorkerRow {
+    /// A new worker as stored (`capabilities`: as it sent them, in JSON).
+    fn row_of(&self, w: &Worker, capabilities: String) -> WorkerRow {
         let live = w.live.lock();
         let endpoint = live.endpoint.as_deref().map(str::to_owned);
         WorkerRow {
@@ -416,8 +425,7 @@ impl AppState {
             token_hash: w.token_hash.to_vec(),
             tier: w.tier.number(),
             roles: roles_bits(w.roles),
-            // Capabilities always serialise (plain data).
-            capabilities: serde_json::to_string(&w.caps).unwrap_or_else(|_| "{}".into()),
+            capabilities,
             ip_address: w.ip_address.as_deref().map(str::to_owned),
             endpoint: endpoint.clone(),
             tunnel_url: w.tunnel_url.as_deref().map(str::to_owned),
@@ -505,21 +513,15 @@ impl AppState {
             {
                 let most = self.config.heartbeat_interval_secs.saturating_mul(2_000);
                 let ms = u64::try_from(now_wall - prev).unwrap_or(0).min(most);
-                if ms > 0 {
-                    self.accounting.send(crate::accounting::Event::Online {
-                        worker: w.id,
-                        at_ms: now_wall,
-                        ms,
-                    });
+                if self.accounting.on() {
+                    let ms = u32::try_from(ms).unwrap_or(u32::MAX);
+                    live.unbooked_ms = live.unbooked_ms.saturating_add(ms);
                 }
             }
             if live.display_name.as_ref().map(Option::as_deref) != Some(hb.display_name.as_deref())
             {
-                live.display_name = Some(hb.display_name.as_deref().map(Into::into));
-                self.accounting.send(crate::accounting::Event::Named {
-                    worker: w.id,
-                    name: hb.display_name,
-                });
+                live.display_name = Some(hb.display_name.map(Into::into));
+                live.name_unbooked = self.accounting.on();
             }
             live.reported = hb.status;
             live.load = hb.load;
@@ -530,7 +532,9 @@ impl AppState {
             live.last_heartbeat_ms = Some(now_wall);
             keep_or_replace(&mut live.gpus, hb.gpus);
             keep_or_replace(&mut live.containers, hb.containers);
-            if let Some(v) = hb.agent_version {
+            if let Some(v) = hb.agent_version
+                && *live.agent_version != *v
+            {
                 live.agent_version = v.into();
             }
             if let Some(e) = hb.endpoint {
@@ -573,11 +577,18 @@ impl AppState {
             .remove(w.id)
             .ok_or_else(|| ApiError::NotFound(format!("no worker {id:?}")))?;
         let keep = lowered_trust(&removed);
+        // What its last heartbeats brought is booked as it goes; taken under its lock, so no flush books it too.
+        let (last_ms, booking) = {
+            let mut live = removed.live.lock();
+            (live.last_heartbeat_ms.unwrap_or(0), take_booking(&mut live))
+        };
+        let booked = (!booking.is_empty()).then(|| (last_ms, booking.clone()));
         if let Err(e) = self
             .store
-            .delete_worker(w.id.to_string(), keep, now_ms())
+            .delete_worker(w.id.to_string(), keep, booked, now_ms())
             .await
         {
+            restore_booking(&mut removed.live.lock(), booking);
             self.registry.insert(removed);
             return Err(e.into());
         }
@@ -635,8 +646,10 @@ impl AppState {
         }
     }
 
-    /// Writes dirty heartbeat state durably, one chunk at a time: each chunk is committed before the next is
-    /// built, so memory stays flat however many workers there are.
+    /// Writes dirty heartbeat state durably, with the donated time and display names its heartbeats brought to the
+    /// ledger, one chunk at a time: each chunk is committed before the next is built, so memory stays flat however
+    /// many workers there are. (A chunk that fails to commit is not written again: the next heartbeat's state
+    /// replaces its live rows, and its seconds of donated time are lost, as an accounting batch would be.)
     pub async fn flush(&self) -> Result<usize, StoreError> {
         #[derive(serde::Serialize)]
         struct Samples<'a> {
@@ -653,23 +666,27 @@ impl AppState {
                     continue;
                 }
                 live.dirty = false;
-                rows.push(LiveRow {
-                    id: w.id.to_string(),
-                    last_heartbeat_ms: live.last_heartbeat_ms,
-                    status: live.reported.as_str().into(),
-                    load: live.load,
-                    free_memory: live.free_memory.min(i64::MAX as u64) as i64,
-                    agent_version: live.agent_version.to_string(),
-                    endpoint: live.endpoint.as_deref().map(str::to_owned),
-                    samples: serde_json::to_string(&Samples {
-                        gpus: &live.gpus,
-                        containers: &live.containers,
-                    })
-                    .unwrap_or_else(|_| "{}".into()),
-                    requests: w.stats.requests() as i64,
-                    errors: w.stats.errors() as i64,
-                    trust: live.trust,
-                });
+                let booking = take_booking(&mut live);
+                rows.push((
+                    LiveRow {
+                        id: w.id.to_string(),
+                        last_heartbeat_ms: live.last_heartbeat_ms,
+                        status: live.reported.as_str().into(),
+                        load: live.load,
+                        free_memory: live.free_memory.min(i64::MAX as u64) as i64,
+                        agent_version: live.agent_version.to_string(),
+                        endpoint: live.endpoint.as_deref().map(str::to_owned),
+                        samples: serde_json::to_string(&Samples {
+                            gpus: &live.gpus,
+                            containers: &live.containers,
+                        })
+                        .unwrap_or_else(|_| "{}".into()),
+                        requests: w.stats.requests() as i64,
+                        errors: w.stats.errors() as i64,
+                        trust: live.trust,
+                    },
+                    booking,
+                ));
             }
             if rows.len() == CHUNK {
                 total += rows.len();
@@ -715,7 +732,7 @@ impl AppState {
             let mut live = w.live.lock();
             let current: Vec<usize> = live.services.iter().map(|&s| usize::from(s)).collect();
             let next = assign(
-                &w.caps,
+                w.machine.hardware(),
                 &self.catalogue,
                 &coverage,
                 &current,
@@ -770,6 +787,7 @@ impl AppState {
         );
         self.store
             .purge(gone.iter().map(ToString::to_string).collect());
+        self.registry.kinds().sweep();
         gone.len()
     }
 
@@ -787,6 +805,24 @@ fn lowered_trust(w: &Worker) -> Option<(String, f64)> {
     (trust < crate::verify::NEW_TRUST).then(|| (peer.to_owned(), trust))
 }
 
+/// Takes what a worker's heartbeats brought to the ledger since it was last booked.
+fn take_booking(live: &mut Live) -> Booking {
+    let name = std::mem::take(&mut live.name_unbooked)
+        .then(|| live.display_name.clone().flatten().map(String::from));
+    Booking {
+        online_ms: u64::from(std::mem::take(&mut live.unbooked_ms)),
+        name,
+    }
+}
+
+/// Puts back what [`take_booking`] took, when it could not be written (newer heartbeats may have added to it).
+fn restore_booking(live: &mut Live, b: Booking) {
+    let ms = u32::try_from(b.online_ms).unwrap_or(u32::MAX);
+    live.unbooked_ms = live.unbooked_ms.saturating_add(ms);
+    live.name_unbooked |= b.name.is_some();
+    live.dirty |= !b.is_empty();
+}
+
 /// Replaces a worker's reported samples only when they changed: most heartbeats report the same containers, and a
 /// boxed slice made from serde's vector reallocates it (to drop its spare capacity) under the worker's lock.
 fn keep_or_replace<T: PartialEq>(slot: &mut Box<[T]>, reported: Vec<T>) {
@@ -798,6 +834,7 @@ fn keep_or_replace<T: PartialEq>(slot: &mut Box<[T]>, reported: Vec<T>) {
 /// A newly registered worker: a fresh id, healthy, version 1 of its assignment.
 fn new_worker(
     new: NewWorker,
+    kinds: &crate::machine::Kinds,
     class: commons_shared::tier::Classification,
     services: Vec<u16>,
     token_hash: auth::TokenHash,
@@ -826,13 +863,15 @@ fn new_worker(
             agent_version: new.capabilities.agent_version.clone().into(),
             endpoint: endpoint.map(Into::into),
             display_name: None,
+            name_unbooked: false,
+            unbooked_ms: 0,
             trust: crate::verify::NEW_TRUST,
             rtt_ms: None,
             nat: None,
             paths: Box::default(),
             dirty: false,
         }),
-        caps: new.capabilities,
+        machine: kinds.machine(new.capabilities),
         ip_address: new.ip_address.map(Into::into),
         tunnel_url: new.tunnel_url.map(Into::into),
         legacy: new.legacy,
@@ -845,6 +884,7 @@ fn new_worker(
 
 fn worker_from_row(
     row: WorkerRow,
+    kinds: &crate::machine::Kinds,
     catalogue: &Catalogue,
     now: Instant,
     wall_ms: i64,
@@ -852,7 +892,8 @@ fn worker_from_row(
     let corrupt = |what: &str| StoreError::Corrupt(format!("worker {}: {what}", row.id));
     let id: WorkerId = row.id.parse().map_err(|_| corrupt("id"))?;
     let tier = Tier::from_number(row.tier).ok_or_else(|| corrupt("tier"))?;
-    let caps = serde_json::from_str(&row.capabilities).map_err(|_| corrupt("capabilities"))?;
+    let caps: Capabilities =
+        serde_json::from_str(&row.capabilities).map_err(|_| corrupt("capabilities"))?;
     let names: Vec<String> =
         serde_json::from_str(&row.services).map_err(|_| corrupt("services"))?;
     // Services that left the catalogue are dropped; the rebalancer fills any gap.
@@ -885,7 +926,7 @@ fn worker_from_row(
             edge: row.roles & 1 != 0,
             storage: row.roles & 2 != 0,
         },
-        caps,
+        machine: kinds.machine(caps),
         ip_address: row.ip_address.map(Into::into),
         tunnel_url: row.tunnel_url.map(Into::into),
         legacy: row.legacy,
@@ -904,6 +945,8 @@ fn worker_from_row(
             agent_version: row.live.agent_version.into(),
             endpoint: row.endpoint.map(Into::into),
             display_name: None,
+            name_unbooked: false,
+            unbooked_ms: 0,
             trust: row.live.trust.clamp(0.0, 1.0),
             rtt_ms: None,
             nat: None,

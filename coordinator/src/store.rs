@@ -9,6 +9,8 @@ use commons_server::db::Db;
 use commons_server::tokens::TokenKind;
 use rusqlite::params;
 
+use crate::ledger::Booking;
+
 pub use commons_server::db::DbError as StoreError;
 
 /// A worker as stored.
@@ -193,11 +195,13 @@ impl Store {
     }
 
     /// Deletes a worker, keeping its lowered trust by its DHT identity in the same transaction when `keep` says
-    /// so; returns once durable, with whether it existed.
-    pub async fn delete_worker(
+    /// so, and booking what its last heartbeats brought (`booking`: with the time of the last one); returns once
+    /// durable, with whether it existed.
+    pub(crate) async fn delete_worker(
         &self,
         id: String,
         keep: Option<(String, f64)>,
+        booking: Option<(i64, Booking)>,
         at_ms: i64,
     ) -> Result<bool, StoreError> {
         self.db
@@ -205,22 +209,29 @@ impl Store {
                 if let Some((peer, trust)) = keep {
                     keep_trust(tx, &peer, trust, at_ms)?;
                 }
+                if let Some((last_ms, b)) = &booking {
+                    crate::ledger::book(tx, &id, *last_ms, b)?;
+                }
                 tx.execute("DELETE FROM workers WHERE id = ?1", [id])
                     .map(|n| n > 0)
             })
             .await
     }
 
-    /// Writes heartbeat state in one transaction and waits until it is durable (an empty list is a barrier:
-    /// everything queued before it is durable when it returns).
-    pub async fn write_live(&self, rows: Vec<LiveRow>) -> Result<(), StoreError> {
+    /// Writes heartbeat state in one transaction, with what each worker's heartbeats brought to the ledger
+    /// ([`crate::ledger::book`]), and waits until it is durable (an empty list is a barrier: everything queued
+    /// before it is durable when it returns).
+    pub(crate) async fn write_live(&self, rows: Vec<(LiveRow, Booking)>) -> Result<(), StoreError> {
         self.db
             .write(move |tx| {
                 let mut s = tx.prepare_cached(
                     "UPDATE workers SET last_heartbeat_ms = ?2, status = ?3, load = ?4, free_memory = ?5, agent_version = ?6,
                      samples = ?7, requests = ?8, errors = ?9, endpoint = ?10, trust = ?11 WHERE id = ?1",
                 )?;
-                for l in &rows {
+                for (l, b) in &rows {
+                    if !b.is_empty() {
+                        crate::ledger::book(tx, &l.id, l.last_heartbeat_ms.unwrap_or(0), b)?;
+                    }
                     s.execute(params![
                         l.id,
                         l.last_heartbeat_ms,

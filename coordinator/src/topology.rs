@@ -123,8 +123,8 @@ pub(crate) async fn build(state: &AppState) -> DhtTopology {
             worker_id: Some(w.id.to_string()),
             tier: Some(w.tier.number()),
             status: Some(live.status(now, state.liveness)),
-            location: Some(w.caps.region.clone()).filter(|r| !r.is_empty()),
-            capacity: Some(f64::from(w.caps.cpu.cores) + 8.0 * w.caps.gpus.len() as f64),
+            location: Some(w.machine.region().to_owned()).filter(|r| !r.is_empty()),
+            capacity: Some(f64::from(w.machine.cores()) + 8.0 * w.machine.gpus().len() as f64),
             requests: Some(w.stats.requests()),
             load: Some(round_load(live.load)),
         });

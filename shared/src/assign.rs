@@ -5,31 +5,55 @@
 //! a new worker whose every candidate is already covered still gets the least-covered service it can hold, so no
 //! donated machine sits idle.
 
-use crate::caps::{Capabilities, GpuVendor};
+use crate::caps::{Capabilities, Gpu, GpuVendor};
 use crate::catalogue::{Catalogue, ServiceSpec};
+
+/// What assignment reads of a machine: its [`Capabilities`], or a server's compact copy of them.
+#[derive(Debug, Clone, Copy)]
+pub struct Hardware<'a> {
+    /// CPU cores.
+    pub cores: u32,
+    /// Installed memory, bytes.
+    pub memory_bytes: u64,
+    /// The most free space on any one disk, bytes.
+    pub max_free_disk: u64,
+    /// Its GPUs.
+    pub gpus: &'a [Gpu],
+}
+
+impl<'a> From<&'a Capabilities> for Hardware<'a> {
+    fn from(caps: &'a Capabilities) -> Self {
+        Self {
+            cores: caps.cpu.cores,
+            memory_bytes: caps.memory_bytes,
+            max_free_disk: caps.max_free_disk(),
+            gpus: &caps.gpus,
+        }
+    }
+}
 
 /// What a worker has already committed to the services it holds.
 #[derive(Debug, Clone)]
 struct Holding<'a> {
-    caps: &'a Capabilities,
+    hw: Hardware<'a>,
     ram: u64,
     storage: u64,
     gpu_taken: Vec<bool>,
 }
 
 impl<'a> Holding<'a> {
-    fn new(caps: &'a Capabilities) -> Self {
+    fn new(hw: Hardware<'a>) -> Self {
         Self {
-            caps,
+            hw,
             ram: 0,
             storage: 0,
-            gpu_taken: vec![false; caps.gpus.len()],
+            gpu_taken: vec![false; hw.gpus.len()],
         }
     }
 
     /// The GPU a service would take: the smallest free NVIDIA GPU with enough VRAM.
     fn gpu_for(&self, spec: &ServiceSpec) -> Option<usize> {
-        self.caps
+        self.hw
             .gpus
             .iter()
             .enumerate()
@@ -43,9 +67,9 @@ impl<'a> Holding<'a> {
     }
 
     fn try_take(&mut self, spec: &ServiceSpec) -> bool {
-        if self.caps.cpu.cores < spec.min_cores
-            || self.ram.saturating_add(spec.min_ram) > self.caps.memory_bytes
-            || self.storage.saturating_add(spec.min_storage) > self.caps.max_free_disk()
+        if self.hw.cores < spec.min_cores
+            || self.ram.saturating_add(spec.min_ram) > self.hw.memory_bytes
+            || self.storage.saturating_add(spec.min_storage) > self.hw.max_free_disk
         {
             return false;
         }
@@ -67,13 +91,17 @@ impl<'a> Holding<'a> {
 }
 
 /// Whether a machine could run this one service on its own.
-pub fn can_hold(caps: &Capabilities, spec: &ServiceSpec) -> bool {
-    Holding::new(caps).try_take(spec)
+pub fn can_hold<'a>(hw: impl Into<Hardware<'a>>, spec: &ServiceSpec) -> bool {
+    Holding::new(hw.into()).try_take(spec)
 }
 
 /// Whether a machine could run all of these services at once.
-pub fn can_hold_all(caps: &Capabilities, catalogue: &Catalogue, services: &[usize]) -> bool {
-    let mut h = Holding::new(caps);
+pub fn can_hold_all<'a>(
+    hw: impl Into<Hardware<'a>>,
+    catalogue: &Catalogue,
+    services: &[usize],
+) -> bool {
+    let mut h = Holding::new(hw.into());
     services
         .iter()
         .all(|&i| catalogue.get(i).is_some_and(|s| h.try_take(s)))
@@ -84,15 +112,15 @@ pub fn can_hold_all(caps: &Capabilities, catalogue: &Catalogue, services: &[usiz
 /// `coverage[i]` is how many live workers already run service `i` (this worker excluded). At most `max_services`
 /// services in all. With `fill_idle`, a worker left with nothing gets the least-covered service it can hold even if
 /// every service already has its wanted replicas (used at registration; rebalancing only fills gaps).
-pub fn assign(
-    caps: &Capabilities,
+pub fn assign<'a>(
+    hw: impl Into<Hardware<'a>>,
     catalogue: &Catalogue,
     coverage: &[u32],
     current: &[usize],
     max_services: usize,
     fill_idle: bool,
 ) -> Vec<usize> {
-    let mut holding = Holding::new(caps);
+    let mut holding = Holding::new(hw.into());
     let mut chosen: Vec<usize> = Vec::with_capacity(max_services);
     for &i in current {
         if let Some(spec) = catalogue.get(i)

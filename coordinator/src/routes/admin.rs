@@ -77,7 +77,7 @@ fn summary(state: &AppState, w: &Worker, now: Instant) -> WorkerSummary {
         endpoint: live.endpoint.as_deref().map(str::to_owned),
         agent_version: live.agent_version.to_string(),
         legacy: w.legacy,
-        capabilities: w.caps.clone(),
+        capabilities: w.machine.capabilities(),
         trust: live.trust,
         drained: state.drained(live.trust),
         path: w.path(live.endpoint.as_deref()),

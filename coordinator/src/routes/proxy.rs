@@ -476,11 +476,7 @@ impl Serving {
             }
         }
         // Called once (the body ends once; `failed` consumes the request): the record can be taken.
-        self.state
-            .accounting
-            .send(crate::accounting::Event::Served(std::mem::take(
-                &mut self.record,
-            )));
+        self.state.accounting.send(std::mem::take(&mut self.record));
     }
 }
 
@@ -872,7 +868,7 @@ mod tests {
             token_hash: [0; 32],
             tier: commons_shared::tier::Tier::Service,
             roles: Default::default(),
-            caps: Default::default(),
+            machine: crate::machine::Kinds::default().machine(Default::default()),
             ip_address: ip.map(Into::into),
             tunnel_url: None,
             legacy: false,
@@ -891,6 +887,8 @@ mod tests {
                 agent_version: "".into(),
                 endpoint: endpoint.map(Into::into),
                 display_name: None,
+                name_unbooked: false,
+                unbooked_ms: 0,
                 trust: crate::verify::NEW_TRUST,
                 rtt_ms: None,
                 nat: None,
