@@ -13,8 +13,8 @@ use commons_shared::api::{
 };
 use commons_shared::catalogue::ServiceSpec;
 use commons_shared::tier::Tier;
+use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
-use rustc_hash::FxHashMap;
 
 use commons_server::stats::RequestStats;
 
@@ -161,11 +161,18 @@ impl Live {
     }
 }
 
+/// The registry's hash of a worker id.
+fn hash(id: WorkerId) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(id)
+}
+
 /// All workers, and which of them run each service.
 #[derive(Debug, Default)]
 pub struct Registry {
-    /// Keyed by server-chosen random ids, so a fast non-keyed hash cannot be steered into collisions.
-    workers: RwLock<FxHashMap<WorkerId, Arc<Worker>>>,
+    /// Each worker by its id (a table of the workers themselves, 8 bytes a slot, not a map that repeats the 16-byte
+    /// id beside each). Hashed by server-chosen random ids, so a fast non-keyed hash cannot be steered into collisions.
+    workers: RwLock<HashTable<Arc<Worker>>>,
     providers: RwLock<Vec<Vec<Arc<Worker>>>>,
     /// The machine kinds the workers share.
     kinds: Kinds,
@@ -189,7 +196,17 @@ impl Registry {
     /// Adds a worker.
     pub fn insert(&self, w: Arc<Worker>) {
         let services = w.live.lock().services.clone();
-        self.workers.write().insert(w.id, w.clone());
+        let id = w.id;
+        match self
+            .workers
+            .write()
+            .entry(hash(id), |x| x.id == id, |x| hash(x.id))
+        {
+            hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = w.clone(),
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(w.clone());
+            }
+        }
         let mut p = self.providers.write();
         for s in services {
             if let Some(list) = p.get_mut(usize::from(s)) {
@@ -200,7 +217,12 @@ impl Registry {
 
     /// Removes a worker; the removed one if it was there.
     pub fn remove(&self, id: WorkerId) -> Option<Arc<Worker>> {
-        let w = self.workers.write().remove(&id)?;
+        let (w, _) = self
+            .workers
+            .write()
+            .find_entry(hash(id), |x| x.id == id)
+            .ok()?
+            .remove();
         for list in self.providers.write().iter_mut() {
             list.retain(|x| x.id != id);
         }
@@ -209,7 +231,7 @@ impl Registry {
 
     /// A worker by id.
     pub fn get(&self, id: WorkerId) -> Option<Arc<Worker>> {
-        self.workers.read().get(&id).cloned()
+        self.workers.read().find(hash(id), |x| x.id == id).cloned()
     }
 
     /// Number of workers.
@@ -227,7 +249,7 @@ impl Registry {
     pub fn trust_of_peer(&self, peer: &str) -> Option<f64> {
         self.workers
             .read()
-            .values()
+            .iter()
             .filter(|w| w.peer_id.as_deref() == Some(peer))
             .map(|w| w.live.lock().trust)
             .reduce(f64::min)
@@ -235,7 +257,7 @@ impl Registry {
 
     /// A snapshot of every worker.
     pub fn all(&self) -> Vec<Arc<Worker>> {
-        self.workers.read().values().cloned().collect()
+        self.workers.read().iter().cloned().collect()
     }
 
     /// The workers that run a service.
