@@ -95,7 +95,8 @@ pub struct Config {
     /// Record every service request and donated hour in the usage ledger (usage reports, quotas across restarts,
     /// volunteers' credit). Off only to measure what it costs.
     pub accounting: bool,
-    /// Milliseconds between the accounting task's writes to the ledger.
+    /// Milliseconds between the accounting task's writes of served requests to the ledger (donated time and display
+    /// names are written with each heartbeat flush, `flush_interval_ms`).
     pub accounting_flush_ms: u64,
     /// The fraction of a deterministic service's requests (the catalogue's `verify`) also sent to a second worker,
     /// to compare the answers; a worker of lower trust is checked more often (the fraction over its trust).
