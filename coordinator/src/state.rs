@@ -963,7 +963,52 @@ fn worker_from_row(
 
 #[cfg(test)]
 mod tests {
-    use super::keep_or_replace;
+    use super::*;
+
+    #[test]
+    fn what_heartbeats_bring_is_taken_once_and_put_back_when_not_written() {
+        let new = NewWorker {
+            capabilities: Capabilities::default(),
+            endpoint: None,
+            tunnel_url: None,
+            ip_address: None,
+            edge_opt_in: false,
+            enrollment_token: None,
+            legacy: false,
+            peer_id: None,
+        };
+        let class = classify(&new.capabilities, false);
+        let w = new_worker(
+            new,
+            &crate::machine::Kinds::default(),
+            class,
+            Vec::new(),
+            [0; 32],
+        );
+        let mut live = w.live.lock();
+        assert!(
+            take_booking(&mut live).is_empty(),
+            "nothing before a heartbeat"
+        );
+        live.unbooked_ms = 30_000;
+        live.display_name = Some(Some("Ada".into()));
+        live.name_unbooked = true;
+        let b = take_booking(&mut live);
+        assert_eq!(
+            b,
+            Booking {
+                online_ms: 30_000,
+                name: Some(Some("Ada".into())),
+            }
+        );
+        assert!(take_booking(&mut live).is_empty(), "taken once");
+        // The write failed; a heartbeat added a second meanwhile.
+        live.unbooked_ms = 1_000;
+        live.dirty = false;
+        restore_booking(&mut live, b);
+        assert_eq!(live.unbooked_ms, 31_000);
+        assert!(live.name_unbooked && live.dirty, "the next flush books it");
+    }
 
     #[test]
     fn reported_samples_are_replaced_only_when_they_change() {
