@@ -1,11 +1,17 @@
-//! Hands `link-order.txt` (written by `cargo xtask link-order`) to the linker for the release coordinator on
-//! x86_64 Linux, where rustc links with LLD: the functions a serving coordinator runs are laid out together, and its
-//! resident code shrinks from most of the binary's 10.9 MB of code to about what runs (at 10,000 workers, 12.5 -> 7.1
-//! MiB mapped from files, with the same heartbeats/s; `commons-loadgen`). Names the file lists that the binary lacks
-//! (after a dependency or compiler changes) are skipped; the layout is then only less tight until the file is made
-//! again. Other targets and debug builds link as before. The names are those of the coordinator built alone
-//! (`cargo build --release -p commons-coordinator`, as it ships): built together with other packages, their features
-//! unify differently and generic functions get other names.
+//! Release links of the coordinator on x86_64 Linux, where rustc links with its own LLD:
+//!
+//! - `link-order.txt` (written by `cargo xtask link-order`) goes to the linker: the functions a serving coordinator
+//!   runs are laid out together, and its resident code shrinks from most of the binary's 10.9 MB of code to about
+//!   what runs (at 10,000 workers, 12.5 -> 7.1 MiB mapped from files, with the same heartbeats/s; `commons-loadgen`).
+//!   Names the file lists that the binary lacks (after a dependency, the compiler or the code changes) are skipped;
+//!   the layout is then only less tight until the file is made again. The names are those of the coordinator built
+//!   alone (`cargo build --release -p commons-coordinator`, as it ships): built together with other packages, their
+//!   features unify differently and generic functions get other names. `COMMONS_NO_LINK_ORDER` links without it.
+//! - Relative relocations are packed (DT_RELR, read by glibc 2.36 and later): the dynamic loader reads every
+//!   relocation at start, and the 560 kB table of them stayed resident; packed, it takes a few kB. Only where the
+//!   build's own glibc reads them (the binary then needs 2.36 or later, as one built against 2.36's symbols would).
+//!
+//! Other targets and debug builds link as before.
 
 fn main() {
     println!("cargo:rerun-if-changed=link-order.txt");
@@ -14,26 +20,17 @@ fn main() {
     let lld_target = var("CARGO_CFG_TARGET_ARCH") == "x86_64"
         && var("CARGO_CFG_TARGET_OS") == "linux"
         && var("CARGO_CFG_TARGET_ENV") == "gnu";
-    if !lld_target
-        || var("PROFILE") != "release"
-        || std::env::var_os("COMMONS_NO_LINK_ORDER").is_some()
-        || !links_with_rust_lld()
-    {
+    if !lld_target || var("PROFILE") != "release" || !links_with_rust_lld() {
         return;
     }
-    // Relative relocations packed (DT_RELR, read by glibc 2.36 and later): the dynamic loader reads every relocation
-    // at start, and the 560 kB table of them stayed resident; packed, it takes a few kB. Only where the build's own
-    // glibc reads them (the binary then needs 2.36 or later, as one built against 2.36's symbols would).
+    let arg = |a: &str| println!("cargo:rustc-link-arg-bin=commons-coordinator={a}");
     if glibc_reads_relr() {
-        println!("cargo:rustc-link-arg-bin=commons-coordinator=-Wl,-z,pack-relative-relocs");
+        arg("-Wl,-z,pack-relative-relocs");
     }
     let file = std::path::Path::new(&var("CARGO_MANIFEST_DIR")).join("link-order.txt");
-    if file.exists() {
-        println!(
-            "cargo:rustc-link-arg-bin=commons-coordinator=-Wl,--symbol-ordering-file={}",
-            file.display()
-        );
-        println!("cargo:rustc-link-arg-bin=commons-coordinator=-Wl,--no-warn-symbol-ordering");
+    if file.exists() && std::env::var_os("COMMONS_NO_LINK_ORDER").is_none() {
+        arg(&format!("-Wl,--symbol-ordering-file={}", file.display()));
+        arg("-Wl,--no-warn-symbol-ordering");
     }
 }
 

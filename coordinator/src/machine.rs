@@ -7,8 +7,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use commons_shared::assign::Hardware;
-use commons_shared::caps::{Capabilities, Cpu, Disk, Gpu};
+use commons_shared::caps::{Capabilities, Cpu, Disk, Gpu, Resources};
 use parking_lot::Mutex;
 
 /// The text that many machines share.
@@ -105,38 +104,14 @@ impl Machine {
         }
     }
 
-    /// What assignment reads of it.
-    pub fn hardware(&self) -> Hardware<'_> {
-        Hardware {
+    /// What assignment and the pool's totals read of it.
+    pub fn resources(&self) -> Resources<'_> {
+        Resources {
             cores: self.cores,
             memory_bytes: self.memory_bytes,
-            max_free_disk: self.disks.iter().map(|d| d.free_bytes).max().unwrap_or(0),
+            disks: &self.disks,
             gpus: &self.gpus,
         }
-    }
-
-    /// CPU cores.
-    pub fn cores(&self) -> u32 {
-        self.cores
-    }
-
-    /// Its GPUs.
-    pub fn gpus(&self) -> &[Gpu] {
-        &self.gpus
-    }
-
-    /// VRAM over all GPUs.
-    pub fn total_vram(&self) -> u64 {
-        self.gpus
-            .iter()
-            .fold(0u64, |sum, g| sum.saturating_add(g.vram_bytes))
-    }
-
-    /// Free space over all disks.
-    pub fn total_free_disk(&self) -> u64 {
-        self.disks
-            .iter()
-            .fold(0u64, |sum, d| sum.saturating_add(d.free_bytes))
     }
 
     /// Its region or location label; empty when unknown.
@@ -190,12 +165,12 @@ mod tests {
         assert_eq!(c.capabilities(), caps("c", "us-east"));
         assert!(Arc::ptr_eq(&a.kind, &b.kind), "one kind, held once");
         assert!(!Arc::ptr_eq(&a.kind, &c.kind));
-        let hw = a.hardware();
+        let hw = a.resources();
         assert_eq!(
-            (hw.cores, hw.memory_bytes, hw.max_free_disk),
+            (hw.cores, hw.memory_bytes, hw.max_free_disk()),
             (16, 64 << 30, 1000 << 30)
         );
-        assert_eq!(a.total_free_disk(), 1300 << 30);
+        assert_eq!(hw.total_free_disk(), 1300 << 30);
         assert_eq!(kinds.sweep(), 2);
         drop(c);
         assert_eq!(kinds.sweep(), 1, "a kind no machine uses goes");

@@ -197,16 +197,10 @@ impl Registry {
     pub fn insert(&self, w: Arc<Worker>) {
         let services = w.live.lock().services.clone();
         let id = w.id;
-        match self
-            .workers
+        self.workers
             .write()
             .entry(hash(id), |x| x.id == id, |x| hash(x.id))
-        {
-            hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = w.clone(),
-            hashbrown::hash_table::Entry::Vacant(e) => {
-                e.insert(w.clone());
-            }
-        }
+            .insert(w.clone());
         let mut p = self.providers.write();
         for s in services {
             if let Some(list) = p.get_mut(usize::from(s)) {

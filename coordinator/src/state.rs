@@ -732,7 +732,7 @@ impl AppState {
             let mut live = w.live.lock();
             let current: Vec<usize> = live.services.iter().map(|&s| usize::from(s)).collect();
             let next = assign(
-                w.machine.hardware(),
+                w.machine.resources(),
                 &self.catalogue,
                 &coverage,
                 &current,

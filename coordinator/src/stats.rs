@@ -25,11 +25,12 @@ pub(crate) fn snapshot(state: &AppState) -> (Stats, ByTier<bool>) {
         if status.is_live() {
             *s.workers_by_tier.get_mut(w.tier) += 1;
             *load_sum.get_mut(w.tier) += live.load;
-            s.gpus += w.machine.gpus().len() as u64;
+            let hw = w.machine.resources();
+            s.gpus += hw.gpus.len() as u64;
             // Saturating: a worker's figures are what it claims, up to u64::MAX.
-            s.total_vram_bytes = s.total_vram_bytes.saturating_add(w.machine.total_vram());
-            s.cpu_cores += u64::from(w.machine.cores());
-            s.storage_bytes = s.storage_bytes.saturating_add(w.machine.total_free_disk());
+            s.total_vram_bytes = s.total_vram_bytes.saturating_add(hw.total_vram());
+            s.cpu_cores += u64::from(hw.cores);
+            s.storage_bytes = s.storage_bytes.saturating_add(hw.total_free_disk());
             let version = match &*live.agent_version {
                 "" => "unknown",
                 v => v,

@@ -124,7 +124,10 @@ pub(crate) async fn build(state: &AppState) -> DhtTopology {
             tier: Some(w.tier.number()),
             status: Some(live.status(now, state.liveness)),
             location: Some(w.machine.region().to_owned()).filter(|r| !r.is_empty()),
-            capacity: Some(f64::from(w.machine.cores()) + 8.0 * w.machine.gpus().len() as f64),
+            capacity: Some({
+                let hw = w.machine.resources();
+                f64::from(hw.cores) + 8.0 * hw.gpus.len() as f64
+            }),
             requests: Some(w.stats.requests()),
             load: Some(round_load(live.load)),
         });

@@ -5,44 +5,26 @@
 //! a new worker whose every candidate is already covered still gets the least-covered service it can hold, so no
 //! donated machine sits idle.
 
-use crate::caps::{Capabilities, Gpu, GpuVendor};
+use crate::caps::{Capabilities, GpuVendor, Resources};
 use crate::catalogue::{Catalogue, ServiceSpec};
 
-/// What assignment reads of a machine: its [`Capabilities`], or a server's compact copy of them.
-#[derive(Debug, Clone, Copy)]
-pub struct Hardware<'a> {
-    /// CPU cores.
-    pub cores: u32,
-    /// Installed memory, bytes.
-    pub memory_bytes: u64,
-    /// The most free space on any one disk, bytes.
-    pub max_free_disk: u64,
-    /// Its GPUs.
-    pub gpus: &'a [Gpu],
-}
-
-impl<'a> From<&'a Capabilities> for Hardware<'a> {
+impl<'a> From<&'a Capabilities> for Resources<'a> {
     fn from(caps: &'a Capabilities) -> Self {
-        Self {
-            cores: caps.cpu.cores,
-            memory_bytes: caps.memory_bytes,
-            max_free_disk: caps.max_free_disk(),
-            gpus: &caps.gpus,
-        }
+        caps.resources()
     }
 }
 
 /// What a worker has already committed to the services it holds.
 #[derive(Debug, Clone)]
 struct Holding<'a> {
-    hw: Hardware<'a>,
+    hw: Resources<'a>,
     ram: u64,
     storage: u64,
     gpu_taken: Vec<bool>,
 }
 
 impl<'a> Holding<'a> {
-    fn new(hw: Hardware<'a>) -> Self {
+    fn new(hw: Resources<'a>) -> Self {
         Self {
             hw,
             ram: 0,
@@ -69,7 +51,7 @@ impl<'a> Holding<'a> {
     fn try_take(&mut self, spec: &ServiceSpec) -> bool {
         if self.hw.cores < spec.min_cores
             || self.ram.saturating_add(spec.min_ram) > self.hw.memory_bytes
-            || self.storage.saturating_add(spec.min_storage) > self.hw.max_free_disk
+            || self.storage.saturating_add(spec.min_storage) > self.hw.max_free_disk()
         {
             return false;
         }
@@ -91,13 +73,13 @@ impl<'a> Holding<'a> {
 }
 
 /// Whether a machine could run this one service on its own.
-pub fn can_hold<'a>(hw: impl Into<Hardware<'a>>, spec: &ServiceSpec) -> bool {
+pub fn can_hold<'a>(hw: impl Into<Resources<'a>>, spec: &ServiceSpec) -> bool {
     Holding::new(hw.into()).try_take(spec)
 }
 
 /// Whether a machine could run all of these services at once.
 pub fn can_hold_all<'a>(
-    hw: impl Into<Hardware<'a>>,
+    hw: impl Into<Resources<'a>>,
     catalogue: &Catalogue,
     services: &[usize],
 ) -> bool {
@@ -113,7 +95,7 @@ pub fn can_hold_all<'a>(
 /// services in all. With `fill_idle`, a worker left with nothing gets the least-covered service it can hold even if
 /// every service already has its wanted replicas (used at registration; rebalancing only fills gaps).
 pub fn assign<'a>(
-    hw: impl Into<Hardware<'a>>,
+    hw: impl Into<Resources<'a>>,
     catalogue: &Catalogue,
     coverage: &[u32],
     current: &[usize],

@@ -13,7 +13,7 @@ pub struct Cpu {
     /// Physical cores.
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65536))]
     pub cores: u32,
-    /// Hardware threads (logical CPUs).
+    /// Resources threads (logical CPUs).
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(maximum = 65536))]
     pub threads: u32,
@@ -146,6 +146,32 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
+    /// What assignment, tiers and the pool's totals read of it.
+    pub fn resources(&self) -> Resources<'_> {
+        Resources {
+            cores: self.cpu.cores,
+            memory_bytes: self.memory_bytes,
+            disks: &self.disks,
+            gpus: &self.gpus,
+        }
+    }
+}
+
+/// The figures of a machine that decide what it can run: read from its [`Capabilities`], or from a server's compact
+/// copy of them.
+#[derive(Debug, Clone, Copy)]
+pub struct Resources<'a> {
+    /// CPU cores.
+    pub cores: u32,
+    /// Installed memory, bytes.
+    pub memory_bytes: u64,
+    /// Its disks.
+    pub disks: &'a [Disk],
+    /// Its GPUs.
+    pub gpus: &'a [Gpu],
+}
+
+impl Resources<'_> {
     /// The largest VRAM of any single GPU, in bytes.
     pub fn max_vram(&self) -> u64 {
         self.gpus.iter().map(|g| g.vram_bytes).max().unwrap_or(0)

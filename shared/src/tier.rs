@@ -80,7 +80,7 @@ pub struct Classification {
 
 /// The tier and roles a machine earns.
 pub fn classify(caps: &Capabilities, edge_opt_in: bool) -> Classification {
-    let tier = if caps.max_vram() >= GPU_TIER_MIN_VRAM {
+    let tier = if caps.resources().max_vram() >= GPU_TIER_MIN_VRAM {
         Tier::Gpu
     } else if caps.memory_bytes >= SERVICE_TIER_MIN_RAM && caps.cpu.cores >= SERVICE_TIER_MIN_CORES
     {
@@ -91,7 +91,7 @@ pub fn classify(caps: &Capabilities, edge_opt_in: bool) -> Classification {
     Classification {
         tier,
         edge: caps.public_address && edge_opt_in,
-        storage: caps.max_free_disk() > STORAGE_ROLE_MIN_FREE,
+        storage: caps.resources().max_free_disk() > STORAGE_ROLE_MIN_FREE,
     }
 }
 

@@ -541,7 +541,7 @@ mod tests {
         .unwrap();
         assert!(w.legacy);
         assert_eq!(w.capabilities.memory_bytes, 23 * GIB + GIB / 2);
-        assert_eq!(w.capabilities.max_free_disk(), 252 * GIB);
+        assert_eq!(w.capabilities.resources().max_free_disk(), 252 * GIB);
         assert_eq!(w.capabilities.gpus[0].vram_bytes, 4 * GIB);
         assert_eq!(w.capabilities.gpus[0].vendor, GpuVendor::Nvidia);
         assert_eq!(w.capabilities.cpu.cores, 2);
